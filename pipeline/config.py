@@ -1,0 +1,216 @@
+"""One place for configuration: `signalbox.yaml` plus a few environment overrides.
+
+Loading validates everything up front so a typo fails at start-up with the key, the bad value
+and what is allowed, instead of minutes later inside a Dagster run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "signalbox.yaml"
+SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,30}$")
+
+ENV_CONFIG = "SIGNALBOX_CONFIG"
+ENV_HOME = "SIGNALBOX_HOME"
+ENV_BYBIT_URL = "SIGNALBOX_BYBIT_URL"
+ENV_BYBIT_WS = "SIGNALBOX_BYBIT_WS"
+ENV_SOURCE = "SIGNALBOX_SOURCE"
+
+Source = Literal["auto", "bybit", "replay"]
+
+
+class ConfigError(ValueError):
+    """Bad configuration: the message names the file, the key, the value and what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BybitConfig(_Section):
+    rest_url: str = "https://api.bybit.com"
+    ws_url: str = "wss://stream.bybit.com/v5/public/linear"
+    category: Literal["linear", "spot", "inverse"] = "linear"
+    timeout_s: float = Field(10.0, gt=0, le=120)
+    max_retries: int = Field(8, ge=0, le=50)
+    probe_timeout_s: float = Field(3.0, gt=0, le=30)
+
+    @field_validator("rest_url", "ws_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^(https?|wss?)://[^\s/]+", v):
+            raise ValueError("must be a URL such as https://api.bybit.com or ws://127.0.0.1:8765")
+        return v.rstrip("/")
+
+
+class ReplayConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=0, le=65535)
+    seed: int = 7
+    data: str | None = None
+    faults: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class UiConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(3000, ge=1, le=65535)
+
+
+class LiveConfig(_Section):
+    history_days: int = Field(7, ge=0, le=3650)
+    run_retention_days: float = Field(2.0, gt=0)
+    catchup_chunk_minutes: int = Field(1440, ge=1, le=1440)
+    freshness_minutes: int = Field(3, ge=1)
+    gap_scan_days: int = Field(3, ge=1, le=60)
+
+
+class SidecarConfig(_Section):
+    socket: str = "sidecar.sock"
+    tcp_host: str = "127.0.0.1"
+    tcp_port: int | None = Field(None, ge=0, le=65535)
+    token: str | None = None
+    history: int = Field(10_000, ge=10)
+    heartbeat_s: float = Field(5.0, gt=0)
+    client_buffer: int = Field(1_000, ge=10)
+    signal_ttl_minutes: int = Field(60, ge=1)
+
+
+class Settings(_Section):
+    """Validated configuration; paths are absolute."""
+
+    symbols: list[str] = ["BTCUSDT"]
+    start_date: dt.date = dt.date(2023, 1, 1)
+    home: Path = Path(".signalbox")
+    source: Source = "auto"
+    bybit: BybitConfig = BybitConfig()
+    replay: ReplayConfig = ReplayConfig()
+    ui: UiConfig = UiConfig()
+    live: LiveConfig = LiveConfig()
+    sidecar: SidecarConfig = SidecarConfig()
+    timeframes: list[str] = [
+        "1m", "3m", "5m", "15m", "30m", "37m", "1h", "2h", "148m",
+        "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M",
+    ]  # fmt: skip
+    personalities: list[str] = ["scalping", "swing", "ma_trend", "vote"]
+    config_path: Path | None = None
+
+    @field_validator("symbols")
+    @classmethod
+    def _symbols(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("needs at least one symbol, e.g. [BTCUSDT]")
+        for s in v:
+            if not SYMBOL_RE.match(s):
+                raise ValueError(f"{s!r} is not a symbol: use uppercase exchange symbols like BTCUSDT")
+        if len(set(v)) != len(v):
+            raise ValueError("lists a symbol twice")
+        return v
+
+    @field_validator("start_date")
+    @classmethod
+    def _start(cls, v: dt.date) -> dt.date:
+        if v < dt.date(2018, 1, 1) or v > dt.datetime.now(dt.UTC).date():
+            raise ValueError("must be a day between 2018-01-01 and today (UTC), as YYYY-MM-DD")
+        return v
+
+    @field_validator("timeframes")
+    @classmethod
+    def _timeframes(cls, v: list[str]) -> list[str]:
+        from pipeline.timeframes import parse_timeframe
+
+        for tf in v:
+            parse_timeframe(tf)
+        if "1m" not in v:
+            raise ValueError("must include 1m (every other timeframe is built from it)")
+        return v
+
+    # -- derived paths -------------------------------------------------------------------
+    @property
+    def warehouse_dir(self) -> Path:
+        return self.home / "warehouse"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.home / self.sidecar.socket
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.home / "outbox"
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with some fields replaced and validated again."""
+        data = self.model_dump()
+        data.update(changes)
+        return _validate(data, self.config_path)
+
+
+def _format_error(err: ValidationError, path: Path | None, raw: dict[str, Any]) -> str:
+    where = str(path) if path else "configuration"
+    lines = [f"invalid configuration in {where}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        value = e.get("input")
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "is not a known key (check the spelling; see signalbox.yaml for every key)"
+        lines.append(f"  {key} = {value!r}: {msg}")
+    return "\n".join(lines)
+
+
+def _validate(data: dict[str, Any], path: Path | None) -> Settings:
+    try:
+        settings = Settings.model_validate({**data, "config_path": path})
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, path, data)) from None
+    base = path.parent if path else REPO_ROOT
+    home = settings.home if settings.home.is_absolute() else (base / settings.home)
+    return settings.model_copy(update={"home": home.resolve()})
+
+
+def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Read the YAML file, apply environment overrides, validate."""
+    env = dict(os.environ if env is None else env)
+    cfg_path = Path(path or env.get(ENV_CONFIG) or DEFAULT_CONFIG)
+    data: dict[str, Any] = {}
+    if cfg_path.exists():
+        try:
+            loaded = yaml.safe_load(cfg_path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"invalid configuration in {cfg_path}: not valid YAML: {err}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"invalid configuration in {cfg_path}: top level must be a mapping")
+        data = loaded
+    elif path or env.get(ENV_CONFIG):
+        raise ConfigError(f"configuration file {cfg_path} does not exist")
+    if env.get(ENV_HOME):
+        data["home"] = str(Path(env[ENV_HOME]).expanduser().resolve())
+    if env.get(ENV_SOURCE):
+        data["source"] = env[ENV_SOURCE]
+    bybit = dict(data.get("bybit") or {})
+    if env.get(ENV_BYBIT_URL):
+        bybit["rest_url"] = env[ENV_BYBIT_URL]
+    if env.get(ENV_BYBIT_WS):
+        bybit["ws_url"] = env[ENV_BYBIT_WS]
+    if bybit:
+        data["bybit"] = bybit
+    return _validate(data, cfg_path.resolve() if cfg_path.exists() else None)
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    """Process-wide settings, read once (Dagster run processes import this)."""
+    return load_settings()

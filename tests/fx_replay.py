@@ -1,0 +1,1 @@
+"""Fixtures that run the replay exchange on loopback (filled in by the replay work)."""

@@ -1,0 +1,65 @@
+"""Versioned schema migrations: `migrations/NNNN_name.sql`, each applied once, in order."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import duckdb
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+_NAME_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+def available() -> list[tuple[int, str, Path]]:
+    found = []
+    for p in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        m = _NAME_RE.match(p.name)
+        if not m:
+            raise RuntimeError(f"migration file {p} must be named NNNN_name.sql")
+        found.append((int(m.group(1)), m.group(2), p))
+    versions = [v for v, _, _ in found]
+    if len(set(versions)) != len(versions):
+        raise RuntimeError(f"two migrations share a version number in {MIGRATIONS_DIR}")
+    return found
+
+
+def latest_version() -> int:
+    return max((v for v, _, _ in available()), default=0)
+
+
+def current_version(con: duckdb.DuckDBPyConnection) -> int:
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
+        " AND table_catalog = current_database()"
+    ).fetchone()
+    if not exists or not exists[0]:
+        return 0
+    row = con.execute("SELECT max(version) FROM schema_migrations").fetchone()
+    return int(row[0] or 0) if row else 0
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> list[int]:
+    """Apply pending migrations, each in its own transaction; returns the versions applied."""
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version INTEGER PRIMARY KEY, name VARCHAR NOT NULL,"
+        " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+    )
+    done = current_version(con)
+    applied = []
+    for version, name, path in available():
+        if version <= done:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(path.read_text())
+            con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        applied.append(version)
+    return applied

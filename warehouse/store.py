@@ -1,0 +1,210 @@
+"""The warehouse: one DuckDB file per data source, idempotent partition writes, a read replica.
+
+Writers hold the file only for one transaction. Every replacement is logged in `replica_log`
+so the replica (a separate file people and tools open freely) can replay what it missed: it is
+synced right after each write, incrementally when nobody holds it and by copying the whole
+file to a new inode and renaming it into place when somebody does. A reader who keeps the old
+replica open keeps a consistent snapshot; the pipeline never waits for them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from warehouse.connection import connect
+from warehouse.migrations import current_version, migrate
+
+if TYPE_CHECKING:
+    import duckdb
+    import polars as pl
+    import pyarrow as pa
+
+_MIGRATED: set[Path] = set()
+# Above this many missed writes, copying the file beats replaying them one by one.
+MAX_INCREMENTAL = 64
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dt.datetime):
+        return {"ts": v.isoformat()}
+    return v
+
+
+def _from_json(v: Any) -> Any:
+    if isinstance(v, dict) and "ts" in v:
+        return dt.datetime.fromisoformat(v["ts"])
+    return v
+
+
+@dataclass(frozen=True)
+class Warehouse:
+    """A DuckDB warehouse file and its read replica."""
+
+    path: Path
+    replica_sync: bool = field(default=True, compare=False)
+
+    @property
+    def replica_path(self) -> Path:
+        return self.path.with_name(self.path.stem + ".replica.duckdb")
+
+    # -- connections ---------------------------------------------------------------------
+    @contextmanager
+    def writer(self, wait_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-write connection on the live file, migrated; closed on exit."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with connect(self.path, wait_s=wait_s) as con:
+            if self.path not in _MIGRATED:
+                migrate(con)
+                _MIGRATED.add(self.path)
+            yield con
+
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
+        """Run a read query on the live file (pipeline use; people read the replica)."""
+        with self.writer() as con:
+            return con.execute(sql, params or []).pl()
+
+    # -- writes --------------------------------------------------------------------------
+    def replace(
+        self,
+        table: str,
+        frame: pl.DataFrame | pa.Table,
+        where: str,
+        params: Sequence[Any] = (),
+    ) -> int:
+        """Atomically replace the rows matching `where` with `frame`; returns rows inserted.
+
+        Set-based: the frame is inserted from Arrow in one statement. Rows in `frame` that do
+        not match `where` would survive a later replacement, so callers pass matching rows.
+        """
+        arrow = frame.to_arrow() if hasattr(frame, "to_arrow") else frame
+        with self.writer() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute(f"DELETE FROM {table} WHERE {where}", list(params))
+                con.register("_incoming", arrow)
+                con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _incoming")
+                con.unregister("_incoming")
+                con.execute(
+                    "INSERT INTO replica_log (seq, tbl, predicate, params) SELECT"
+                    " coalesce(max(seq), 0) + 1, ?, ?, ? FROM replica_log",
+                    [table, where, json.dumps([_jsonable(p) for p in params])],
+                )
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            if self.replica_sync:
+                self.sync_replica(con)
+        return arrow.num_rows
+
+    def ensure_columns(self, table: str, columns: dict[str, str]) -> list[str]:
+        """Add missing columns (name -> SQL type); returns the ones added."""
+        with self.writer() as con:
+            have = {
+                r[0]
+                for r in con.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_name = ?"
+                    " AND table_catalog = current_database()",
+                    [table],
+                ).fetchall()
+            }
+            added = [c for c in columns if c not in have]
+            for c in added:
+                con.execute(f'ALTER TABLE {table} ADD COLUMN "{c}" {columns[c]}')
+            if added and self.replica_sync:
+                self._copy_replica(con)
+            return added
+
+    # -- the replica ---------------------------------------------------------------------
+    def sync_replica(self, con: duckdb.DuckDBPyConnection) -> str:
+        """Bring the replica up to the live file; returns 'incremental', 'copy' or 'current'."""
+        try:
+            return self._sync_incremental(con)
+        except Exception:  # replica locked, missing, stale schema or damaged: copy instead
+            self._copy_replica(con)
+            return "copy"
+
+    def _sync_incremental(self, con: duckdb.DuckDBPyConnection) -> str:
+        import duckdb
+
+        if not self.replica_path.exists():
+            raise _NeedsCopy("no replica yet")
+        con.execute(f"ATTACH '{self.replica_path}' AS rep")
+        try:
+            try:
+                rep_seq = con.execute("SELECT last_seq FROM rep.replica_state").fetchone()
+                rep_ver = con.execute("SELECT max(version) FROM rep.schema_migrations").fetchone()
+            except duckdb.Error as err:
+                raise _NeedsCopy(str(err)) from None
+            if not rep_seq or not rep_ver or rep_ver[0] != current_version(con):
+                raise _NeedsCopy("schema changed")
+            pending = con.execute(
+                "SELECT seq, tbl, predicate, params FROM replica_log WHERE seq > ? ORDER BY seq",
+                [rep_seq[0]],
+            ).fetchall()
+            if not pending:
+                return "current"
+            if len(pending) > MAX_INCREMENTAL:
+                raise _NeedsCopy("too far behind")
+            con.execute("BEGIN TRANSACTION")
+            try:
+                for _seq, tbl, predicate, raw in pending:
+                    params = [_from_json(p) for p in json.loads(raw)]
+                    con.execute(f"DELETE FROM rep.{tbl} WHERE {predicate}", params)
+                    con.execute(
+                        f"INSERT INTO rep.{tbl} BY NAME SELECT * FROM {tbl} WHERE {predicate}",
+                        params,
+                    )
+                con.execute("UPDATE rep.replica_state SET last_seq = ?", [pending[-1][0]])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("DELETE FROM replica_log WHERE seq < ?", [pending[-1][0] - 1000])
+            return "incremental"
+        finally:
+            con.execute("DETACH rep")
+
+    def _copy_replica(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Copy the live file (checkpointed) to a new inode and rename it over the replica."""
+        con.execute("CHECKPOINT")
+        last = con.execute("SELECT coalesce(max(seq), 0) FROM replica_log").fetchone()
+        tmp = self.replica_path.with_name(f".{self.replica_path.name}.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)
+        shutil.copyfile(self.path, tmp)
+        con.execute(f"ATTACH '{tmp}' AS newrep")
+        try:
+            con.execute(
+                "CREATE OR REPLACE TABLE newrep.replica_state AS SELECT ?::BIGINT AS last_seq",
+                [last[0] if last else 0],
+            )
+        finally:
+            con.execute("DETACH newrep")
+        os.replace(tmp, self.replica_path)
+        Path(str(tmp) + ".wal").unlink(missing_ok=True)
+
+    def ensure_replica(self) -> Path:
+        """Make sure a replica exists (creating the warehouse if needed); returns its path."""
+        if not self.replica_path.exists():
+            with self.writer() as con:
+                self._copy_replica(con)
+        return self.replica_path
+
+    @contextmanager
+    def reader(self, wait_s: float = 10.0) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection on the replica (what people and tools should use)."""
+        self.ensure_replica()
+        with connect(self.replica_path, read_only=True, wait_s=wait_s) as con:
+            yield con
+
+
+class _NeedsCopy(Exception):
+    pass
