@@ -115,7 +115,9 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="signalbox", description=__doc__.splitlines()[0])
-    p.add_argument("--config", help="configuration file (default: signalbox.yaml or $SIGNALBOX_CONFIG)")
+    p.add_argument(
+        "--config", help="configuration file (default: signalbox.yaml or $SIGNALBOX_CONFIG)"
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, fn: Callable[..., int], help_: str) -> argparse.ArgumentParser:
@@ -146,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sp = add("sql", cmd_sql, "query the read replica of the warehouse")
-    sp.add_argument("query", nargs="+", help="SQL, e.g. \"SELECT count(*) FROM candles\"")
+    sp.add_argument("query", nargs="+", help='SQL, e.g. "SELECT count(*) FROM candles"')
     sp.add_argument("--max-rows", type=int, default=40, help="rows shown (default 40)")
     sp.add_argument("--csv", action="store_true", help="print CSV instead of a table")
 

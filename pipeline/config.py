@@ -25,8 +25,19 @@ ENV_HOME = "SIGNALBOX_HOME"
 ENV_BYBIT_URL = "SIGNALBOX_BYBIT_URL"
 ENV_BYBIT_WS = "SIGNALBOX_BYBIT_WS"
 ENV_SOURCE = "SIGNALBOX_SOURCE"
+ENV_SYMBOLS = "SIGNALBOX_SYMBOLS"
 
 Source = Literal["auto", "bybit", "replay"]
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that leaves dates as text, so validation can name the key of a bad one."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:timestamp"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 
 
 class ConfigError(ValueError):
@@ -111,7 +122,7 @@ class Settings(_Section):
             raise ValueError("needs at least one symbol, e.g. [BTCUSDT]")
         for s in v:
             if not SYMBOL_RE.match(s):
-                raise ValueError(f"{s!r} is not a symbol: use uppercase exchange symbols like BTCUSDT")
+                raise ValueError(f"{s!r} is not a symbol: use exchange symbols like BTCUSDT")
         if len(set(v)) != len(v):
             raise ValueError("lists a symbol twice")
         return v
@@ -164,10 +175,11 @@ def _format_error(err: ValidationError, path: Path | None, raw: dict[str, Any]) 
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         value = e.get("input")
+        shown = value.isoformat() if isinstance(value, dt.date) else repr(value)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "is not a known key (check the spelling; see signalbox.yaml for every key)"
-        lines.append(f"  {key} = {value!r}: {msg}")
+        lines.append(f"  {key} = {shown}: {msg}")
     return "\n".join(lines)
 
 
@@ -188,9 +200,9 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
     data: dict[str, Any] = {}
     if cfg_path.exists():
         try:
-            loaded = yaml.safe_load(cfg_path.read_text()) or {}
+            loaded = yaml.load(cfg_path.read_text(), Loader=_Loader) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"invalid configuration in {cfg_path}: not valid YAML: {err}") from None
+            raise ConfigError(f"invalid configuration in {cfg_path}: bad YAML: {err}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"invalid configuration in {cfg_path}: top level must be a mapping")
         data = loaded
@@ -200,6 +212,8 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
         data["home"] = str(Path(env[ENV_HOME]).expanduser().resolve())
     if env.get(ENV_SOURCE):
         data["source"] = env[ENV_SOURCE]
+    if env.get(ENV_SYMBOLS):
+        data["symbols"] = [x.strip() for x in env[ENV_SYMBOLS].split(",") if x.strip()]
     bybit = dict(data.get("bybit") or {})
     if env.get(ENV_BYBIT_URL):
         bybit["rest_url"] = env[ENV_BYBIT_URL]

@@ -34,10 +34,10 @@ def current_version(con: duckdb.DuckDBPyConnection) -> int:
     exists = con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
         " AND table_catalog = current_database()"
-    ).fetchone()
+    ).fetchall()[0]
     if not exists or not exists[0]:
         return 0
-    row = con.execute("SELECT max(version) FROM schema_migrations").fetchone()
+    row = con.execute("SELECT max(version) FROM schema_migrations").fetchall()[0]
     return int(row[0] or 0) if row else 0
 
 
@@ -56,7 +56,9 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[int]:
         con.execute("BEGIN TRANSACTION")
         try:
             con.execute(path.read_text())
-            con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
+            con.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name]
+            )
             con.execute("COMMIT")
         except Exception:
             con.execute("ROLLBACK")

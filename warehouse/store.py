@@ -45,6 +45,16 @@ def _from_json(v: Any) -> Any:
 
 
 @dataclass(frozen=True)
+class Replacement:
+    """Rows of `table` matching `where` (with `params`) are replaced by `frame`."""
+
+    table: str
+    frame: Any  # pl.DataFrame | pa.Table
+    where: str
+    params: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
 class Warehouse:
     """A DuckDB warehouse file and its read replica."""
 
@@ -69,7 +79,7 @@ class Warehouse:
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
         """Run a read query on the live file (pipeline use; people read the replica)."""
         with self.writer() as con:
-            return con.execute(sql, params or []).pl()
+            return con.sql(sql, params=list(params) if params else None).pl()
 
     # -- writes --------------------------------------------------------------------------
     def replace(
@@ -79,31 +89,39 @@ class Warehouse:
         where: str,
         params: Sequence[Any] = (),
     ) -> int:
-        """Atomically replace the rows matching `where` with `frame`; returns rows inserted.
+        """Atomically replace the rows matching `where` with `frame`; returns rows inserted."""
+        return self.replace_many([Replacement(table, frame, where, tuple(params))])
 
-        Set-based: the frame is inserted from Arrow in one statement. Rows in `frame` that do
-        not match `where` would survive a later replacement, so callers pass matching rows.
+    def replace_many(self, items: Sequence[Replacement]) -> int:
+        """Replace several tables' ranges in ONE transaction; returns rows inserted.
+
+        Set-based: each frame goes in from Arrow in one statement. Callers pass frames whose
+        rows all match their `where`, so a later replacement of the same range removes them.
         """
-        arrow = frame.to_arrow() if hasattr(frame, "to_arrow") else frame
+        inserted = 0
         with self.writer() as con:
             con.execute("BEGIN TRANSACTION")
             try:
-                con.execute(f"DELETE FROM {table} WHERE {where}", list(params))
-                con.register("_incoming", arrow)
-                con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _incoming")
-                con.unregister("_incoming")
-                con.execute(
-                    "INSERT INTO replica_log (seq, tbl, predicate, params) SELECT"
-                    " coalesce(max(seq), 0) + 1, ?, ?, ? FROM replica_log",
-                    [table, where, json.dumps([_jsonable(p) for p in params])],
-                )
+                for it in items:
+                    arrow = it.frame.to_arrow() if hasattr(it.frame, "to_arrow") else it.frame
+                    con.execute(f"DELETE FROM {it.table} WHERE {it.where}", list(it.params))
+                    if arrow.num_rows:
+                        con.register("_incoming", arrow)
+                        con.execute(f"INSERT INTO {it.table} BY NAME SELECT * FROM _incoming")
+                        con.unregister("_incoming")
+                    inserted += arrow.num_rows
+                    con.execute(
+                        "INSERT INTO replica_log (seq, tbl, predicate, params) SELECT"
+                        " coalesce(max(seq), 0) + 1, ?, ?, ? FROM replica_log",
+                        [it.table, it.where, json.dumps([_jsonable(p) for p in it.params])],
+                    )
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
             if self.replica_sync:
                 self.sync_replica(con)
-        return arrow.num_rows
+        return inserted
 
     def ensure_columns(self, table: str, columns: dict[str, str]) -> list[str]:
         """Add missing columns (name -> SQL type); returns the ones added."""
@@ -140,8 +158,10 @@ class Warehouse:
         con.execute(f"ATTACH '{self.replica_path}' AS rep")
         try:
             try:
-                rep_seq = con.execute("SELECT last_seq FROM rep.replica_state").fetchone()
-                rep_ver = con.execute("SELECT max(version) FROM rep.schema_migrations").fetchone()
+                rep_seq = con.execute("SELECT last_seq FROM rep.replica_state").fetchall()[0]
+                rep_ver = con.execute("SELECT max(version) FROM rep.schema_migrations").fetchall()[
+                    0
+                ]
             except duckdb.Error as err:
                 raise _NeedsCopy(str(err)) from None
             if not rep_seq or not rep_ver or rep_ver[0] != current_version(con):
@@ -176,7 +196,7 @@ class Warehouse:
     def _copy_replica(self, con: duckdb.DuckDBPyConnection) -> None:
         """Copy the live file (checkpointed) to a new inode and rename it over the replica."""
         con.execute("CHECKPOINT")
-        last = con.execute("SELECT coalesce(max(seq), 0) FROM replica_log").fetchone()
+        last = con.execute("SELECT coalesce(max(seq), 0) FROM replica_log").fetchall()[0]
         tmp = self.replica_path.with_name(f".{self.replica_path.name}.{os.getpid()}.tmp")
         tmp.unlink(missing_ok=True)
         shutil.copyfile(self.path, tmp)

@@ -1,0 +1,91 @@
+"""What every asset module shares: partitions, the DuckDB pool, settings, check results."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
+import dagster as dg
+
+from pipeline.checks import CheckOutcome
+from pipeline.config import Settings, settings
+from pipeline.instance import POOL
+from pipeline.sources import Endpoint, current, warehouse_for
+from warehouse import Warehouse
+
+# BackfillPolicy is "beta" in Dagster 1.13; single-run backfills are what we rely on.
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+
+DAILY = dg.DailyPartitionsDefinition(
+    start_date=settings().start_date.isoformat(), end_offset=1, timezone="UTC"
+)
+SINGLE_RUN = dg.BackfillPolicy.single_run()
+
+
+@lru_cache(maxsize=1)
+def endpoint() -> Endpoint:
+    """The exchange this process talks to (resolved once per run process)."""
+    return current(settings())
+
+
+def warehouse() -> Warehouse:
+    return warehouse_for(settings(), endpoint())
+
+
+def config() -> Settings:
+    return settings()
+
+
+def window(context: dg.AssetExecutionContext) -> tuple[dt.datetime, dt.datetime]:
+    """The run's partition range as [start, end) in UTC."""
+    tw = context.partition_time_window
+    return tw.start.astimezone(dt.UTC), tw.end.astimezone(dt.UTC)
+
+
+def check_result(name: str, outcome: CheckOutcome, asset: str | None = None) -> dg.AssetCheckResult:
+    meta = {"result": outcome.description, **outcome.metadata}
+    return dg.AssetCheckResult(
+        check_name=name,
+        passed=outcome.passed,
+        asset_key=asset,
+        metadata=meta,
+        description=outcome.description,
+        severity=dg.AssetCheckSeverity.ERROR,
+    )
+
+
+@contextmanager
+def pool_slot(context: dg.AssetExecutionContext, wait_s: float = 3600.0) -> Iterator[None]:
+    """Hold a slot of the shared DuckDB pool for just this block (not the whole step).
+
+    Steps that spend time off the warehouse (talking to the exchange) claim the slot only
+    around their writes, so a slow exchange never blocks the other writers.
+    """
+    storage = context.instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        yield
+        return
+    if POOL not in storage.get_concurrency_keys():
+        storage.initialize_concurrency_limit_to_default(POOL)
+    run_id = context.run_id
+    step = context.op_execution_context.node_handle.to_string() + ":write"
+    deadline = time.monotonic() + wait_s
+    delay, told = 0.05, False
+    while not storage.claim_concurrency_slot(POOL, run_id, step).is_claimed:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"waited {wait_s:.0f} s for a slot in the {POOL!r} pool")
+        if delay >= 1 and not told:
+            context.log.info(f"waiting for the {POOL!r} pool: another run is writing")
+            told = True
+        time.sleep(delay * random.uniform(0.5, 1.5))
+        delay = min(delay * 2, 2.0)
+    try:
+        yield
+    finally:
+        storage.free_concurrency_slot_for_step(run_id, step)

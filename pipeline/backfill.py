@@ -1,0 +1,135 @@
+"""`signalbox backfill`: materialize daily partitions through Dagster, with progress.
+
+The work runs as one Dagster run (single-run backfill policy) via the `dagster` CLI against
+the persistent instance, so it shows up in the UI like any other run, honours the DuckDB pool
+and records materializations and check results. This module only prepares the environment
+and turns Dagster's event stream into a progress bar.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+
+from pipeline.config import Settings
+from pipeline.instance import dagster_env
+from pipeline.processes import exchange, source_env, spawn, stop
+from pipeline.sources import current
+
+DAILY_SELECTION = "bybit_klines_1m"
+_PROGRESS = re.compile(r"progress (\d+)/(\d+) minutes \((\d+)%\) (.*)")
+_STEP = re.compile(r" - (\w+) - STEP_START")
+_CHECK = re.compile(
+    r"ASSET_CHECK_EVALUATION - (?:Asset check|Check) '?(\w+)'? .*?(passed|failed)", re.I
+)
+_FAIL = re.compile(r"(STEP_FAILURE|RUN_FAILURE|Error|Exception|Traceback)")
+
+
+class BackfillError(ValueError):
+    pass
+
+
+def validate_range(settings: Settings, start: dt.date, end: dt.date) -> None:
+    today = dt.datetime.now(dt.UTC).date()
+    if end < start:
+        raise BackfillError(f"--end {end} is before --start {start}; give the last day, inclusive")
+    if start < settings.start_date:
+        raise BackfillError(
+            f"--start {start} is before the first partition {settings.start_date}; "
+            "lower start_date in signalbox.yaml to go further back"
+        )
+    if end > today:
+        raise BackfillError(f"--end {end} is in the future (today is {today} UTC)")
+
+
+def _bar(pct: float, width: int = 30) -> str:
+    filled = int(width * pct / 100)
+    return "[" + "#" * filled + "." * (width - filled) + f"] {pct:5.1f}%"
+
+
+def render(lines: Iterable[str], out=sys.stderr) -> tuple[bool, list[str]]:
+    """Echo Dagster's output as progress; returns (saw_failure, the last lines for errors)."""
+    tty = out.isatty()
+    tail: list[str] = []
+    failed = False
+    t0 = time.monotonic()
+    for raw in lines:
+        line = raw.rstrip("\n")
+        tail = [*tail[-60:], line]
+        if m := _PROGRESS.search(line):
+            done, total, pct, note = int(m[1]), int(m[2]), float(m[3]), m[4]
+            rate = done / max(time.monotonic() - t0, 1e-6)
+            msg = f"{_bar(pct)} {done}/{total} candle-minutes, {rate:,.0f}/s  {note}"
+            print(("\r" + msg[:150].ljust(150)) if tty else msg, end="" if tty else "\n",
+                  file=out, flush=True)  # fmt: skip
+        elif m := _STEP.search(line):
+            print(("\n" if tty else "") + f"→ {m[1]}", file=out, flush=True)
+        elif "ASSET_CHECK_EVALUATION" in line:
+            print(("\n" if tty else "") + "  check: " + line.split(" - ")[-1][:160], file=out)
+        elif _FAIL.search(line) and "STEP_SUCCESS" not in line:
+            failed = failed or "FAILURE" in line
+    if tty:
+        print(file=out)
+    return failed, tail
+
+
+def materialize(
+    settings: Settings,
+    selection: str,
+    partition_range: str | None = None,
+    run_config: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> int:
+    """Run `dagster asset materialize` for `selection` and show its progress."""
+    ep = current(settings)
+    with exchange(settings, ep) as live_ep:
+        extra = source_env(live_ep)
+        extra["SIGNALBOX_SYMBOLS"] = ",".join(settings.symbols)
+        env = dagster_env(settings, extra)
+        args = [sys.executable, "-m", "dagster", "asset", "materialize"]
+        args += ["-m", "pipeline.definitions", "--select", selection]
+        if partition_range:
+            args += ["--partition-range", partition_range]
+        if run_config:
+            args += ["--config-json", run_config]
+        print(f"source: {live_ep.label} ({live_ep.rest_url})", file=sys.stderr)
+        proc = spawn(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                     bufsize=1)  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            failed, tail = render(proc.stdout)
+            code = proc.wait()
+        except KeyboardInterrupt:
+            stop(proc)
+            raise
+    if code != 0 or failed:
+        print("\n".join(tail[-40:]), file=sys.stderr)
+        print(
+            f"signalbox: the Dagster run failed (exit {code}); see the run in the UI",
+            file=sys.stderr,
+        )
+        return code or 1
+    print("done: the run and its materializations are in the Dagster UI", file=sys.stderr)
+    return 0
+
+
+def backfill(settings: Settings, start: dt.date, end: dt.date, assets: str = "all") -> int:
+    try:
+        validate_range(settings, start, end)
+    except BackfillError as err:
+        print(f"signalbox backfill: {err}", file=sys.stderr)
+        return 2
+    selection = DAILY_SELECTION if assets == "all" else assets
+    print(
+        f"backfilling {', '.join(settings.symbols)} {start} → {end} ({selection})", file=sys.stderr
+    )
+    return materialize(settings, selection, f"{start.isoformat()}...{end.isoformat()}")
+
+
+def backtest(settings: Settings, personality: str, start: dt.date, end: dt.date,
+             symbol: str | None = None) -> int:  # fmt: skip
+    raise SystemExit("signalbox backtest: not available yet (backtest reports land with issue 7)")

@@ -1,0 +1,162 @@
+"""`signalbox up` (what `make run` runs): everything, as one supervised command.
+
+Starts the replay exchange when the source needs it, the Dagster webserver and daemon against
+the persistent state directory, and the signal sidecar; backfills the recent history the live
+assets need; restarts a child that dies; and on Ctrl-C stops them all, leaving no orphans.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.backfill import DAILY_SELECTION, materialize
+from pipeline.config import REPO_ROOT, Settings
+from pipeline.instance import dagster_env
+from pipeline.processes import source_env, spawn, start_replay, stop
+from pipeline.sources import Endpoint, reachable, remember, resolve, warehouse_for
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    env: dict[str, str] | None = None
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    started: float = field(default=0.0)
+
+    def start(self) -> None:
+        self.proc = spawn(self.args, env=self.env, cwd=REPO_ROOT)
+        self.started = time.monotonic()
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _say(msg: str) -> None:
+    print(f"signalbox: {msg}", file=sys.stderr, flush=True)
+
+
+def choose_source(settings: Settings) -> tuple[Endpoint, subprocess.Popen | None]:
+    """Resolve the source; start the replay exchange when it is the choice and not running."""
+    if settings.source == "auto":
+        _say(
+            f"probing live Bybit at {settings.bybit.rest_url} "
+            f"({settings.bybit.probe_timeout_s:g} s)…"
+        )
+    ep = resolve(settings)
+    if ep.kind == "bybit":
+        why = "forced by SIGNALBOX_SOURCE=bybit" if settings.source == "bybit" else "reachable"
+        _say(f"source: live Bybit ({ep.rest_url}), {why}")
+        return ep, None
+    why = "forced by configuration" if settings.source == "replay" else "live Bybit unreachable"
+    if reachable(ep.rest_url, 1.0):
+        _say(f"source: replay exchange already running at {ep.rest_url} ({why})")
+        return ep, None
+    replay = start_replay(settings)
+    _say(
+        f"source: replay exchange at {replay.endpoint.rest_url} "
+        f"({why}; seed {settings.replay.seed})"
+    )
+    return replay.endpoint, replay.proc
+
+
+def up(settings: Settings, history_days: int | None = None) -> int:
+    """Run everything until Ctrl-C."""
+    ui = settings.ui
+    if not _port_free(ui.host, ui.port):
+        _say(
+            f"port {ui.port} on {ui.host} is in use: "
+            "stop what holds it or pass --port / set ui.port"
+        )
+        return 2
+    ep, replay_proc = choose_source(settings)
+    remember(settings, ep)
+    env = dagster_env(settings, source_env(ep))
+    wh = warehouse_for(settings, ep)
+    children = [
+        Child(
+            "webserver",
+            [
+                str(BIN / "dagster-webserver"),
+                "-w",
+                "workspace.yaml",
+                "-h",
+                ui.host,
+                "-p",
+                str(ui.port),
+            ],
+            env,
+        ),
+        Child("daemon", [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], env),
+    ]
+    sidecar = REPO_ROOT / "pipeline" / "sidecar" / "server.py"
+    if sidecar.exists():
+        children.append(Child("sidecar", [sys.executable, "-m", "pipeline.cli", "sidecar"], env))
+
+    def _interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        children[0].start()
+        _say(f"Dagster UI: http://{ui.host}:{ui.port}")
+        days = settings.live.history_days if history_days is None else history_days
+        if days:
+            today = dt.datetime.now(dt.UTC).date()
+            first = max(settings.start_date, today - dt.timedelta(days=days))
+            _say(f"backfilling {first} → {today} before going live…")
+            code = materialize(settings, DAILY_SELECTION, f"{first}...{today}")
+            if code != 0:
+                _say("the initial backfill failed (see above); going live anyway, it will catch up")
+        for child in children[1:]:
+            child.start()
+        wh.ensure_replica()
+        _say("running. Where to look:")
+        _say(f"  UI        http://{ui.host}:{ui.port}")
+        _say(f'  warehouse {wh.replica_path}  (read replica; `signalbox sql "SELECT …"`)')
+        _say(f"  socket    {settings.socket_path}  (`signalbox tail`)")
+        _say(f"  source    {ep.label} {ep.rest_url}")
+        _say("Ctrl-C stops everything.")
+        while True:
+            time.sleep(0.5)
+            for child in children:
+                if child.proc is not None and child.proc.poll() is not None:
+                    code = child.proc.returncode
+                    delay = (
+                        min(2**child.restarts, 60) if time.monotonic() - child.started < 60 else 1
+                    )
+                    _say(f"{child.name} exited with code {code}; restarting in {delay} s")
+                    time.sleep(delay)
+                    child.restarts += 1
+                    child.start()
+            if replay_proc is not None and replay_proc.poll() is not None:
+                _say("the replay exchange exited; restarting it")
+                replay_proc = start_replay(settings).proc
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _say("stopping…")
+        for child in reversed(children):
+            if child.proc is not None:
+                stop(child.proc)
+        if replay_proc is not None:
+            stop(replay_proc)
+        _say("stopped.")
+    return 0

@@ -1,0 +1,85 @@
+"""Configuration: defaults, environment overrides and the messages bad values produce."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, load_settings
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "signalbox.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_repo_config_loads_with_documented_defaults():
+    s = load_settings(env={})
+    assert s.symbols == ["BTCUSDT"]
+    assert s.start_date == dt.date(2023, 1, 1)
+    assert s.home.is_absolute() and s.home.name == ".signalbox"
+    assert "37m" in s.timeframes and "148m" in s.timeframes and len(s.timeframes) == 17
+    assert s.ui.port == 3000 and s.live.history_days == 7 and s.live.run_retention_days == 2
+
+
+def test_environment_overrides(tmp_path: Path):
+    cfg = write(tmp_path, "symbols: [BTCUSDT]\n")
+    s = load_settings(
+        cfg,
+        env={
+            "SIGNALBOX_HOME": str(tmp_path / "state"),
+            "SIGNALBOX_BYBIT_URL": "http://127.0.0.1:9999",
+            "SIGNALBOX_BYBIT_WS": "ws://127.0.0.1:9999/v5/public/linear",
+            "SIGNALBOX_SOURCE": "replay",
+            "SIGNALBOX_SYMBOLS": "BTCUSDT,ETHUSDT",
+        },
+    )
+    assert s.home == (tmp_path / "state").resolve()
+    assert s.bybit.rest_url == "http://127.0.0.1:9999"
+    assert s.bybit.ws_url.startswith("ws://127.0.0.1:9999")
+    assert s.source == "replay"
+    assert s.symbols == ["BTCUSDT", "ETHUSDT"]
+    assert s.warehouse_dir == s.home / "warehouse"
+
+
+def test_relative_home_is_relative_to_the_config_file(tmp_path: Path):
+    s = load_settings(write(tmp_path, "home: state\n"), env={})
+    assert s.home == (tmp_path / "state").resolve()
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "value", "hint"),
+    [
+        ("symbols: [btc-usdt]\n", "symbols", "btc-usdt", "like BTCUSDT"),
+        ("symbols: []\n", "symbols", "[]", "at least one symbol"),
+        ("source: live\n", "source", "'live'", "'auto', 'bybit' or 'replay'"),
+        ("start_date: 2023-02-30\n", "start_date", "2023-02-30", "date"),
+        ("start_date: 2099-01-01\n", "start_date", "2099-01-01", "between 2018-01-01 and today"),
+        ("timeframes: [1m, 7x]\n", "timeframes", "7x", "m (minutes), h (hours)"),
+        ("timeframes: [5m]\n", "timeframes", "5m", "must include 1m"),
+        ("bybit: {rest_url: api.bybit.com}\n", "bybit.rest_url", "api.bybit.com", "URL"),
+        ("bybit: {timout_s: 3}\n", "bybit.timout_s", "3", "not a known key"),
+        ("ui: {port: 70000}\n", "ui.port", "70000", "less than or equal to 65535"),
+        ("replay: {faults: 1.5}\n", "replay.faults", "1.5", "less than or equal to 1"),
+    ],
+)
+def test_bad_values_name_key_value_and_what_is_allowed(tmp_path, text, key, value, hint):
+    cfg = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg, env={})
+    msg = str(err.value)
+    assert str(cfg) in msg
+    line = next(ln for ln in msg.splitlines() if ln.strip().startswith(key + " "))
+    assert value in line and hint in line, msg
+
+
+def test_not_yaml_and_missing_file(tmp_path: Path):
+    with pytest.raises(ConfigError, match="bad YAML"):
+        load_settings(write(tmp_path, "symbols: [BTCUSDT\n"), env={})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.yaml", env={})
+    with pytest.raises(ConfigError, match="source = 'sideways'"):
+        load_settings(write(tmp_path, ""), env={"SIGNALBOX_SOURCE": "sideways"})

@@ -1,0 +1,163 @@
+"""The warehouse: migrations, idempotent partition writes, lock handling, the read replica."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from pipeline import synthetic
+from tests.conftest import DAY0
+from warehouse import Replacement, Warehouse, WarehouseBusy, connect
+from warehouse.migrations import latest_version, migrate
+
+DAY = dt.timedelta(days=1)
+WHERE = "symbol = ? AND open_time >= ? AND open_time < ?"
+
+
+def klines(day: dt.datetime, days: int = 1, symbol: str = "BTCUSDT") -> pl.DataFrame:
+    ms = int(day.timestamp() * 1000)
+    f = synthetic.frame(symbol, ms, ms + days * 86_400_000)
+    now = dt.datetime(2024, 6, 1, tzinfo=dt.UTC)
+    return f.with_columns(
+        source=pl.lit("test"), ingested_at=pl.lit(now, dtype=pl.Datetime("us", "UTC"))
+    )
+
+
+def count(path: Path, sql: str = "SELECT count(*) FROM bybit_klines_1m") -> int:
+    with connect(path, read_only=True, wait_s=5) as con:
+        return con.execute(sql).fetchall()[0][0]
+
+
+def holder(path: Path, seconds: float, read_only: bool = False) -> subprocess.Popen:
+    """Another process that opens `path` and keeps it for `seconds`."""
+    code = textwrap.dedent(f"""
+        import duckdb, time, sys
+        con = duckdb.connect({str(path)!r}, read_only={read_only})
+        print("open", flush=True)
+        time.sleep({seconds})
+    """)
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "open"
+    return p
+
+
+def test_migrations_create_schema_once(tmp_path: Path):
+    path = tmp_path / "w.duckdb"
+    with connect(path) as con:
+        applied = migrate(con)
+        assert applied == list(range(1, latest_version() + 1))
+        assert migrate(con) == []  # running again is a no-op
+        tables = {
+            r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
+        }
+    for t in ["bybit_klines_1m", "candles", "indicators", "signals", "backtest_runs",
+              "backtest_trades", "kline_gaps", "schema_migrations"]:  # fmt: skip
+        assert t in tables
+
+
+def test_partition_replace_is_idempotent_and_exact(tmp_path: Path):
+    wh = Warehouse(tmp_path / "w.duckdb")
+    week = klines(DAY0, 7)
+    wh.replace("bybit_klines_1m", week, WHERE, ["BTCUSDT", DAY0, DAY0 + 7 * DAY])
+    first = wh.query("SELECT * FROM bybit_klines_1m ORDER BY open_time")
+    assert first.height == 7 * 1440
+    # Re-writing one day changes nothing else and duplicates nothing.
+    day3 = week.filter(pl.col("open_time").dt.date() == (DAY0 + 2 * DAY).date())
+    for _ in range(2):
+        wh.replace("bybit_klines_1m", day3, WHERE, ["BTCUSDT", DAY0 + 2 * DAY, DAY0 + 3 * DAY])
+    again = wh.query("SELECT * FROM bybit_klines_1m ORDER BY open_time")
+    assert again.equals(first)
+    # Replacing a day with fewer rows removes exactly the rows not in the new content.
+    wh.replace(
+        "bybit_klines_1m", day3.head(100), WHERE, ["BTCUSDT", DAY0 + 2 * DAY, DAY0 + 3 * DAY]
+    )
+    assert count(wh.path) == 6 * 1440 + 100
+
+
+def test_failed_write_leaves_the_old_content(tmp_path: Path):
+    wh = Warehouse(tmp_path / "w.duckdb")
+    day = klines(DAY0)
+    wh.replace("bybit_klines_1m", day, WHERE, ["BTCUSDT", DAY0, DAY0 + DAY])
+    dup = pl.concat([day, day.head(1)])  # violates the primary key mid-insert
+    with pytest.raises(duckdb.ConstraintException):
+        wh.replace_many(
+            [
+                Replacement("bybit_klines_1m", dup, WHERE, ("BTCUSDT", DAY0, DAY0 + DAY)),
+            ]
+        )
+    assert count(wh.path) == 1440
+
+
+def test_lock_conflict_waits_then_names_the_holder(tmp_path: Path):
+    wh = Warehouse(tmp_path / "w.duckdb")
+    wh.replace("bybit_klines_1m", klines(DAY0), WHERE, ["BTCUSDT", DAY0, DAY0 + DAY])
+    p = holder(wh.path, 30)
+    try:
+        with pytest.raises(WarehouseBusy) as err, connect(wh.path, wait_s=0.5):
+            pass
+        assert f"PID {p.pid}" in str(err.value) and "signalbox sql" in str(err.value)
+    finally:
+        p.kill()
+        p.wait()
+    # A short hold is simply waited out.
+    p = holder(wh.path, 0.5)
+    with connect(wh.path, wait_s=10) as con:
+        assert con.execute("SELECT count(*) FROM bybit_klines_1m").fetchall()[0][0] == 1440
+    p.wait()
+
+
+def test_replica_follows_every_write_and_never_blocks_it(tmp_path: Path):
+    wh = Warehouse(tmp_path / "w.duckdb")
+    wh.replace("bybit_klines_1m", klines(DAY0), WHERE, ["BTCUSDT", DAY0, DAY0 + DAY])
+    assert count(wh.replica_path) == 1440
+    # Someone keeps the replica open read-write (as the DuckDB CLI does) while we write.
+    p = holder(wh.replica_path, 60)
+    try:
+        for i in range(1, 4):
+            d = DAY0 + i * DAY
+            wh.replace("bybit_klines_1m", klines(d), WHERE, ["BTCUSDT", d, d + DAY])
+            # The path people open shows the new write at once, though the old file is held.
+            assert count(wh.replica_path) == (i + 1) * 1440
+    finally:
+        p.kill()
+        p.wait()
+    # Incremental path again once nobody holds it: replica equals the live file.
+    d = DAY0 + 4 * DAY
+    wh.replace("bybit_klines_1m", klines(d), WHERE, ["BTCUSDT", d, d + DAY])
+    with connect(wh.replica_path, read_only=True) as con:
+        rep = con.sql("SELECT * FROM bybit_klines_1m ORDER BY open_time").pl()
+    assert rep.equals(wh.query("SELECT * FROM bybit_klines_1m ORDER BY open_time"))
+
+
+def test_replica_catches_up_on_writes_it_missed(tmp_path: Path):
+    """A writer that died between commit and replica sync leaves the replica one write
+    behind; the next write brings it fully up to date."""
+    live = Warehouse(tmp_path / "w.duckdb")
+    live.replace("bybit_klines_1m", klines(DAY0), WHERE, ["BTCUSDT", DAY0, DAY0 + DAY])
+    unsynced = Warehouse(live.path, replica_sync=False)
+    d1, d2 = DAY0 + DAY, DAY0 + 2 * DAY
+    unsynced.replace("bybit_klines_1m", klines(d1), WHERE, ["BTCUSDT", d1, d1 + DAY])
+    assert count(live.replica_path) == 1440  # one write behind
+    live.replace("bybit_klines_1m", klines(d2), WHERE, ["BTCUSDT", d2, d2 + DAY])
+    assert count(live.replica_path) == 3 * 1440
+
+
+def test_replica_is_read_only_for_sql_and_survives_schema_changes(tmp_path: Path):
+    wh = Warehouse(tmp_path / "w.duckdb")
+    wh.replace("bybit_klines_1m", klines(DAY0), WHERE, ["BTCUSDT", DAY0, DAY0 + DAY])
+    assert wh.ensure_columns("indicators", {"ema_7": "DOUBLE"}) == ["ema_7"]
+    assert wh.ensure_columns("indicators", {"ema_7": "DOUBLE"}) == []
+    with wh.reader() as con:
+        cols = [r[0] for r in con.execute("DESCRIBE indicators").fetchall()]
+        assert "ema_7" in cols
+        with pytest.raises(duckdb.Error):
+            con.execute("DELETE FROM bybit_klines_1m")
+    assert os.path.exists(wh.replica_path)
