@@ -1,0 +1,274 @@
+"""A self-contained HTML report per run, and a markdown summary for the Dagster UI.
+
+The HTML embeds its charts as PNG data URIs and has no scripts or external links, so it can be
+mailed, attached to an asset's metadata or opened from disk anywhere and look the same.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from pipeline.backtest.result import BacktestResult
+
+MAX_TRADE_ROWS = 500
+
+# (section, [(metric key, label, unit)]) — the order people read a report in.
+SECTIONS: list[tuple[str, list[tuple[str, str, str]]]] = [
+    (
+        "Window",
+        [
+            ("start", "Start", ""),
+            ("end", "End", ""),
+            ("duration_days", "Duration", "days"),
+            ("complete_candles_pct", "Complete candles", "%"),
+            ("missing_minutes", "Missing minutes", ""),
+            ("signals", "Signals", ""),
+            ("degraded_signals", "Degraded signals", ""),
+            ("signals_expired", "Expired signals", ""),
+        ],
+    ),
+    (
+        "Returns",
+        [
+            ("starting_equity", "Starting equity", ""),
+            ("final_equity", "Final equity", ""),
+            ("total_return_pct", "Total return", "%"),
+            ("cagr_pct", "CAGR", "%"),
+            ("buy_hold_return_pct", "Buy & hold return", "%"),
+            ("return_ann_pct", "Return (ann.)", "%"),
+            ("volatility_ann_pct", "Volatility (ann.)", "%"),
+        ],
+    ),
+    (
+        "Risk",
+        [
+            ("sharpe", "Sharpe", ""),
+            ("sortino", "Sortino", ""),
+            ("calmar", "Calmar", ""),
+            ("max_drawdown_pct", "Max drawdown", "%"),
+            ("max_drawdown_duration_days", "Max drawdown duration", "days"),
+            ("avg_drawdown_pct", "Avg drawdown", "%"),
+            ("max_time_underwater_days", "Max time underwater", "days"),
+            ("exposure_pct", "Exposure time", "%"),
+            ("liquidations", "Liquidations", ""),
+        ],
+    ),
+    (
+        "Trades",
+        [
+            ("trades", "Trades", ""),
+            ("trades_long", "Long", ""),
+            ("trades_short", "Short", ""),
+            ("win_rate_pct", "Win rate", "%"),
+            ("win_rate_long_pct", "Win rate long", "%"),
+            ("win_rate_short_pct", "Win rate short", "%"),
+            ("profit_factor", "Profit factor", ""),
+            ("expectancy", "Expectancy", "per trade"),
+            ("expectancy_pct", "Expectancy", "%"),
+            ("sqn", "SQN", ""),
+            ("avg_win", "Avg win", ""),
+            ("avg_loss", "Avg loss", ""),
+            ("avg_win_loss_ratio", "Avg win / avg loss", ""),
+            ("best_trade_pct", "Best trade", "%"),
+            ("worst_trade_pct", "Worst trade", "%"),
+            ("avg_trade_duration_minutes", "Avg trade duration", "min"),
+            ("max_consecutive_wins", "Max consecutive wins", ""),
+            ("max_consecutive_losses", "Max consecutive losses", ""),
+            ("both_touched", "Bars touching stop and target (stop assumed)", ""),
+        ],
+    ),
+    ("Costs", [("fees_paid", "Fees paid", ""), ("slippage_paid", "Slippage paid", "")]),
+]
+
+SUMMARY_KEYS = (
+    "total_return_pct",
+    "buy_hold_return_pct",
+    "cagr_pct",
+    "sharpe",
+    "sortino",
+    "calmar",
+    "max_drawdown_pct",
+    "trades",
+    "win_rate_pct",
+    "profit_factor",
+    "expectancy",
+    "fees_paid",
+    "both_touched",
+    "complete_candles_pct",
+    "degraded_signals",
+)
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;
+color:#222;max-width:1200px}
+h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:13px;margin:6px 0}
+td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
+th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
+.grid{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}.grid table{flex:0 0 auto}
+.scroll{overflow-x:auto}td{white-space:nowrap}
+img{max-width:100%;border:1px solid #eee;display:block;margin:8px 0}
+.muted{color:#777;font-size:12px}
+"""
+
+
+def fmt(v: Any, unit: str = "") -> str:
+    """Human formatting: thousands separators, 2-4 decimals, no 'None'."""
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, dt.datetime):
+        return v.strftime("%Y-%m-%d %H:%M")
+    if isinstance(v, int):
+        s = f"{v:,}"
+    elif isinstance(v, float):
+        s = f"{v:,.2f}" if abs(v) >= 1 or v == 0 else f"{v:.4g}"
+    else:
+        s = str(v).replace("T", " ").removesuffix("+00:00")
+    return f"{s} {unit}".strip() if unit and unit != "%" else s + ("%" if unit == "%" else "")
+
+
+def _table_html(frame: pl.DataFrame, limit: int | None = None) -> str:
+    rows = frame.rows() if limit is None else frame.head(limit).rows()
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(fmt(v))}</td>" for v in r) + "</tr>" for r in rows
+    )
+    return f"<div class='scroll'><table><tr>{head}</tr>{body}</table></div>"
+
+
+def _img(name: str, data: bytes, alt: str) -> str:
+    uri = "data:image/png;base64," + base64.b64encode(data).decode()
+    return f'<img id="{name}" class="chart" alt="{html.escape(alt)}" src="{uri}">'
+
+
+def report_html(
+    res: BacktestResult,
+    charts: dict[str, bytes],
+    walk_forward: pl.DataFrame | None = None,
+) -> str:
+    """The report page as one string."""
+    m = res.metrics
+    title = f"Backtest {res.personality} on {res.symbol} ({res.timeframe})"
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p class='muted'>{html.escape(fmt(m.get('start')))} to "
+        f"{html.escape(fmt(m.get('end')))} UTC, 1m fills at the next bar's open, "
+        f"taker fee {res.params.taker:.4%}, maker fee {res.params.maker:.4%}, slippage "
+        f"{res.params.slippage_bps:g} bp.</p>",
+        "<h2>Charts</h2>",
+        _img("equity", charts["equity"], "equity curve against buy-and-hold"),
+        _img("drawdown", charts["drawdown"], "drawdown (underwater) curve"),
+        _img("candles", charts["candles"], "candlesticks with entries and exits"),
+        "<h2>Metrics</h2><div class='grid'>",
+    ]
+    for section, items in SECTIONS:
+        rows = "".join(
+            f"<tr><td>{html.escape(label)}</td><td>{html.escape(fmt(m.get(key), unit))}</td></tr>"
+            for key, label, unit in items
+        )
+        parts.append(f"<table><tr><th colspan='2'>{section}</th></tr>{rows}</table>")
+    parts.append("</div>")
+    tables = res.tables()
+    for name, heading in (
+        ("by_exit_reason", "By exit reason"),
+        ("by_month", "By month"),
+        ("by_confidence", "By confidence bucket"),
+    ):
+        parts += [f"<h2>{heading}</h2>", _table_html(tables[name])]
+    if walk_forward is not None and walk_forward.height:
+        parts += ["<h2>Walk-forward (out-of-sample folds)</h2>", _table_html(walk_forward)]
+    trades = res.trades.select(
+        "side",
+        "entry_time",
+        "entry_price",
+        "exit_time",
+        "exit_price",
+        "size",
+        "fees",
+        "slippage",
+        "pnl",
+        "return_pct",
+        "exit_reason",
+        "confidence",
+    )
+    shown = min(trades.height, MAX_TRADE_ROWS)
+    parts += [
+        f"<h2>Trades ({trades.height}"
+        + (f", first {shown} shown" if shown < trades.height else "")
+        + ")</h2>",
+        _table_html(trades.with_row_index("no", offset=1), MAX_TRADE_ROWS),
+        "<h2>Parameters</h2>",
+        "<table>"
+        + "".join(
+            f"<tr><td>{html.escape(k)}</td><td>{html.escape(fmt(v))}</td></tr>"
+            for k, v in res.params.to_dict().items()
+        )
+        + "</table>",
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def write_report(
+    res: BacktestResult,
+    out_dir: str | Path,
+    *,
+    period: tuple[dt.datetime, dt.datetime] | None = None,
+    walk_forward: pl.DataFrame | None = None,
+) -> dict[str, Path]:
+    """Write equity.png, drawdown.png, candles.png and report.html into `out_dir`.
+
+    `period` picks the candlestick chart's span (default: two days up to the last exit).
+    Returns {"equity", "drawdown", "candles", "html"} -> path.
+    """
+    from pipeline.backtest import plots
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    charts = {
+        "equity": plots.equity_png(res),
+        "drawdown": plots.drawdown_png(res),
+        "candles": plots.candles_png(res, period),
+    }
+    paths: dict[str, Path] = {}
+    for name, data in charts.items():
+        paths[name] = out / f"{name}.png"
+        paths[name].write_bytes(data)
+    paths["html"] = out / "report.html"
+    paths["html"].write_text(report_html(res, charts, walk_forward), encoding="utf-8")
+    return paths
+
+
+def summary_markdown(res: BacktestResult) -> str:
+    """A compact markdown table of the headline metrics and exit reasons (Dagster metadata)."""
+    m = res.metrics
+    units = {k: u for _, items in SECTIONS for k, _, u in items}
+    labels = {k: lbl for _, items in SECTIONS for k, lbl, _ in items}
+    lines = [
+        f"**{res.personality}** on **{res.symbol}** ({res.timeframe}), "
+        f"{fmt(m.get('start'))} to {fmt(m.get('end'))} UTC",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    lines += [f"| {labels.get(k, k)} | {fmt(m.get(k), units.get(k, ''))} |" for k in SUMMARY_KEYS]
+    by_reason = res.tables()["by_exit_reason"]
+    if by_reason.height:
+        lines += ["", "| exit reason | trades | win rate | P&L |", "|---|---|---|---|"]
+        lines += [
+            f"| {r['exit_reason']} | {r['trades']} | {fmt(r['win_rate_pct'], '%')} | "
+            f"{fmt(r['pnl'])} |"
+            for r in by_reason.iter_rows(named=True)
+        ]
+    return "\n".join(lines)
