@@ -74,7 +74,7 @@ def pool_slot(context: dg.AssetExecutionContext, wait_s: float = 3600.0) -> Iter
     if POOL not in storage.get_concurrency_keys():
         storage.initialize_concurrency_limit_to_default(POOL)
     run_id = context.run_id
-    step = context.op_execution_context.node_handle.to_string() + ":write"
+    step = str(context.op_execution_context.node_handle) + ":write"
     deadline = time.monotonic() + wait_s
     delay, told = 0.05, False
     while not storage.claim_concurrency_slot(POOL, run_id, step).is_claimed:

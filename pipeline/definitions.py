@@ -4,14 +4,30 @@ Runs execute in-process: the live path is a handful of millisecond steps, and a 
 step would cost seconds. Asset modules stay thin; the work is in pipeline/ and warehouse/.
 """
 
-from __future__ import annotations
-
 import dagster as dg
 
 from assets import klines
+from sensors import live, repair
+
+quality_job = dg.define_asset_job(
+    "quality",
+    selection=dg.AssetSelection.checks(klines.klines_expectations),
+    description="The great-expectations suites (slow to import, so daily, not per minute).",
+)
+
+quality_schedule = dg.ScheduleDefinition(
+    job=quality_job,
+    cron_schedule="20 0 * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Daily great-expectations validation of recent candles.",
+)
 
 defs = dg.Definitions(
     assets=[klines.bybit_klines_1m],
     asset_checks=[klines.klines_expectations],
+    jobs=[live.live_job, quality_job],
+    sensors=[live.bybit_live, repair.kline_gap_repair, repair.purge_live_runs],
+    schedules=[repair.daily_repair, quality_schedule],
     executor=dg.in_process_executor,
 )

@@ -1,0 +1,153 @@
+"""`bybit_live`: keeps the warehouse current to the last closed minute.
+
+Each tick asks the exchange for the newest closed candle per symbol and requests ONE run that
+ingests the new minutes into their day's partition and updates every downstream live asset.
+It never opens DuckDB; the warehouse's state comes from the asset's materializations, and the
+heavy lifting happens in the run. Around a minute's close the tick waits the last few seconds
+for the candle to close instead of finding it up to 5 s later on the next daemon tick.
+"""
+
+import datetime as dt
+import json
+import time
+from functools import lru_cache
+
+import dagster as dg
+
+from assets.common import DAILY, config, endpoint
+from pipeline.live import MINUTE, behind, describe, floor_minute, plan
+
+LIVE_TAG = "signalbox/live"
+MODE_TAG = "signalbox/mode"
+ALIGN_S = 5.5  # the daemon's sensor loop period, plus a little
+CLOSE_GRACE_S = 0.25  # let the exchange finish closing the candle
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+LIVE_SELECTION = dg.AssetSelection.groups("ingest", "timeframes", "signals") - dg.AssetSelection.checks(
+    dg.AssetCheckKey(dg.AssetKey("bybit_klines_1m"), "expectations_suite")
+)
+
+live_job = dg.define_asset_job(
+    "live",
+    selection=LIVE_SELECTION,
+    partitions_def=DAILY,
+    description="Ingest new minutes into a day's partition, then update its timeframes, "
+    "indicators and signals. Launched by the bybit_live sensor, the daily repair and backfills.",
+)
+
+
+@lru_cache(maxsize=1)
+def _client():
+    from pipeline.bybit import BybitClient
+
+    ep = endpoint()
+    return BybitClient(ep.rest_url, category=config().bybit.category, timeout_s=2.0, max_retries=0)
+
+
+def _warehouse_last(instance: dg.DagsterInstance) -> dict[str, dt.datetime]:
+    """Per symbol, the newest open_time recorded on recent materializations."""
+    out: dict[str, dt.datetime] = {}
+    records = instance.fetch_materializations(dg.AssetKey("bybit_klines_1m"), limit=20).records
+    for rec in records:
+        mat = rec.asset_materialization
+        meta = mat.metadata.get("last_open_time") if mat else None
+        for sym, iso in (meta.value if meta else {}).items():
+            t = dt.datetime.fromisoformat(iso)
+            if sym not in out or t > out[sym]:
+                out[sym] = t
+    return out
+
+
+def _newest_closed(symbols: list[str]) -> dict[str, dt.datetime]:
+    client = _client()
+    return {s: t for s in symbols if (t := client.latest_closed_open_time(s)) is not None}
+
+
+def _align_to_close(context: dg.SensorEvaluationContext) -> None:
+    """If the next minute closes before the next daemon tick, wait for it here."""
+    now = time.time()
+    offset = _client().server_time().timestamp() - now
+    if abs(offset) > 2.0:  # a replay clock running elsewhere in time: no alignment
+        return
+    wait = 60 - ((now + offset) % 60) + CLOSE_GRACE_S
+    if wait <= ALIGN_S:
+        time.sleep(wait)
+
+
+@dg.sensor(
+    job=live_job,
+    minimum_interval_seconds=1,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Requests a run for every newly closed 1m candle (catching up in day-sized "
+    "chunks after downtime). Cursor: per symbol, the open_time of the last candle handed off.",
+)
+def bybit_live(context: dg.SensorEvaluationContext):
+    s = config()
+    try:
+        _align_to_close(context)
+        newest = _newest_closed(s.symbols)
+    except Exception as err:  # the exchange is down or misbehaving: try again next tick
+        return dg.SkipReason(f"exchange unavailable ({type(err).__name__}: {err}); retrying")
+    if not newest:
+        return dg.SkipReason("the exchange reported no closed candle yet")
+
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    handed = {k: dt.datetime.fromisoformat(v) for k, v in cursor.get("symbols", {}).items()}
+    attempt = int(cursor.get("attempt", 0))
+    in_flight = context.instance.get_runs(
+        dg.RunsFilter(tags={LIVE_TAG: "1"}, statuses=IN_FLIGHT), limit=1
+    )
+    now = dt.datetime.now(dt.UTC)
+    default_start = floor_minute(now) - dt.timedelta(days=s.live.history_days or 1)
+    retry_at = float(cursor.get("retry_at", 0))
+    if in_flight:
+        base = handed
+    else:
+        truth = _warehouse_last(context.instance)
+        if handed and any(truth.get(k, default_start) < v for k, v in handed.items()):
+            # Handed-off minutes never arrived (the run failed or was lost): plan them again
+            # under a new run key, backing off so a persistent failure is not hammered.
+            if time.time() < retry_at:
+                return dg.SkipReason(f"last live run failed; retrying at {retry_at:.0f}")
+            attempt += 1
+            retry_at = time.time() + min(2**attempt, 120)
+        base = truth
+    resume = min(base.get(sym, default_start) + MINUTE for sym in s.symbols)
+    target = min(newest.values())
+    chunks = plan(target, resume, s.live.catchup_chunk_minutes)
+    if not chunks:
+        return dg.SkipReason(f"up to date: last candle {target:%Y-%m-%d %H:%M} UTC")
+    lag = behind(target, resume)
+    mode = "live" if lag <= 3 * MINUTE else "catchup"
+    if mode == "catchup":
+        context.log.info(
+            f"catching up: {describe(lag)} behind; requesting {len(chunks)} chunk(s) "
+            f"{chunks[0].start:%Y-%m-%d %H:%M} → {chunks[-1].end:%Y-%m-%d %H:%M}"
+        )
+    requests = [
+        dg.RunRequest(
+            run_key=c.run_key(attempt),
+            partition_key=c.partition,
+            run_config={
+                "ops": {
+                    "bybit_klines_1m": {
+                        "config": {"start": c.start.isoformat(), "end": c.end.isoformat()}
+                    }
+                }
+            },
+            tags={LIVE_TAG: "1", MODE_TAG: mode, "signalbox/minutes": str(c.minutes)},
+        )
+        for c in chunks
+    ]
+    last = chunks[-1].end - MINUTE
+    new_cursor = {
+        "symbols": {sym: last.isoformat() for sym in s.symbols},
+        "attempt": attempt,
+        "retry_at": retry_at,
+    }
+    return dg.SensorResult(run_requests=requests, cursor=json.dumps(new_cursor))

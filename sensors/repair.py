@@ -1,0 +1,120 @@
+"""Repair and housekeeping: the daily re-ingest, gap repair, and purging old live runs."""
+
+import datetime as dt
+
+import dagster as dg
+
+from assets.common import config
+from assets.common import warehouse as get_warehouse
+from sensors.live import LIVE_TAG, MODE_TAG, live_job
+
+REPAIR_GRACE = dt.timedelta(minutes=3)  # the newest minutes belong to the live path
+
+
+@dg.schedule(
+    job=live_job,
+    cron_schedule="5 0 * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Shortly after midnight UTC, re-ingest yesterday in full from REST (closing any "
+    "minute the live path missed) and recompute its timeframes, indicators and signals.",
+)
+def daily_repair(context: dg.ScheduleEvaluationContext):
+    day = (context.scheduled_execution_time.astimezone(dt.UTC) - dt.timedelta(days=1)).date()
+    return dg.RunRequest(
+        run_key=f"repair:{day}", partition_key=day.isoformat(), tags={MODE_TAG: "repair"}
+    )
+
+
+def unexplained_gaps(now: dt.datetime, days: int) -> dict[str, int]:
+    """Per recent day, minutes missing from the read replica and not known exchange gaps."""
+    from warehouse import connect
+
+    wh = get_warehouse()
+    if not wh.replica_path.exists():
+        return {}
+    symbols = config().symbols
+    start = dt.datetime.combine(now.date() - dt.timedelta(days=days - 1), dt.time(), dt.UTC)
+    end = now.replace(second=0, microsecond=0) - REPAIR_GRACE
+    with connect(wh.replica_path, read_only=True, wait_s=2) as con:
+        rows = con.execute(
+            "SELECT CAST(open_time AS DATE) AS day, count(*) FROM ("
+            " SELECT symbol, open_time FROM bybit_klines_1m WHERE open_time >= ? AND open_time < ?"
+            " UNION ALL"
+            " SELECT symbol, open_time FROM kline_gaps WHERE open_time >= ? AND open_time < ?)"
+            " GROUP BY ALL",
+            [start, end, start, end],
+        ).fetchall()
+    have = {d.isoformat(): n for d, n in rows}
+    out = {}
+    day = start
+    while day < end:
+        day_end = min(day + dt.timedelta(days=1), end)
+        expected = int((day_end - day).total_seconds() // 60) * len(symbols)
+        missing = expected - have.get(day.date().isoformat(), 0)
+        if missing > 0:
+            out[day.date().isoformat()] = missing
+        day += dt.timedelta(days=1)
+    return out
+
+
+@dg.sensor(
+    job=live_job,
+    minimum_interval_seconds=300,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Every 5 minutes, look for minutes missing in recent partitions (reading the "
+    "replica) and request a full re-ingest of each day that has them.",
+)
+def kline_gap_repair(context: dg.SensorEvaluationContext):
+    now = dt.datetime.now(dt.UTC)
+    try:
+        gaps = unexplained_gaps(now, config().live.gap_scan_days)
+    except Exception as err:  # replica busy or missing: the next scan will see it
+        return dg.SkipReason(f"could not scan the replica: {err}")
+    if not gaps:
+        return dg.SkipReason("no gaps in recent partitions")
+    hour = now.strftime("%Y%m%dT%H")
+    return [
+        dg.RunRequest(
+            run_key=f"gap-repair:{day}:{hour}",
+            partition_key=day,
+            tags={MODE_TAG: "repair", "signalbox/missing_minutes": str(n)},
+        )
+        for day, n in sorted(gaps.items())
+    ]
+
+
+@dg.sensor(
+    minimum_interval_seconds=3600,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Hourly, delete live runs older than live.run_retention_days so run storage "
+    "stays bounded (1,440 live runs a day). Backfill, repair and report runs are kept.",
+)
+def purge_live_runs(context: dg.SensorEvaluationContext):
+    keep = dt.timedelta(days=config().live.run_retention_days)
+    cutoff = dt.datetime.now(dt.UTC) - keep
+    purged = purge_before(context.instance, cutoff)
+    return dg.SkipReason(f"purged {purged} live run(s) created before {cutoff:%Y-%m-%d %H:%M} UTC")
+
+
+def purge_before(instance: dg.DagsterInstance, cutoff: dt.datetime, batch: int = 500) -> int:
+    """Delete finished live runs created before `cutoff`; returns how many."""
+    purged = 0
+    while True:
+        records = instance.get_run_records(
+            dg.RunsFilter(
+                tags={LIVE_TAG: "1"},
+                created_before=cutoff,
+                statuses=[
+                    dg.DagsterRunStatus.SUCCESS,
+                    dg.DagsterRunStatus.FAILURE,
+                    dg.DagsterRunStatus.CANCELED,
+                ],
+            ),
+            limit=batch,
+        )
+        for rec in records:
+            instance.delete_run(rec.dagster_run.run_id)
+        purged += len(records)
+        if len(records) < batch:
+            return purged
