@@ -43,6 +43,17 @@ def tick_size(symbol: str) -> float:
     return float(10 ** (np.floor(np.log10(_base_level(symbol))) - 5))
 
 
+def price_decimals(symbol: str) -> int:
+    """Decimal places of a price on the tick grid (1 for BTC's 0.1 tick)."""
+    return max(0, -int(np.floor(np.log10(tick_size(symbol)) + 1e-9)))
+
+
+def _on_grid(x: np.ndarray | float, tick: float, decimals: int, how=np.round) -> np.ndarray:
+    """Snap to the tick, then to the nearest float of that decimal (what parsing the exchange's
+    string gives back), so a value survives the round trip through text bit for bit."""
+    return np.round(how(np.asarray(x) / tick) * tick, decimals)
+
+
 def _knot(seed: int, symbol: str, scale: int, index: int) -> float:
     return float(_rng(seed, symbol, "knot", scale, index).standard_normal())
 
@@ -62,8 +73,10 @@ def day_open_log(seed: int, symbol: str, day: int) -> float:
 def _seasonal(minutes: np.ndarray) -> np.ndarray:
     """Intraday activity: quiet in the Asian night, busy at the US open (14:30 UTC)."""
     hours = minutes / 60.0
-    return 0.75 + 0.35 * np.exp(-(((hours - 14.5) / 2.5) ** 2)) + 0.15 * np.sin(
-        2 * np.pi * (hours - 8) / 24
+    return (
+        0.75
+        + 0.35 * np.exp(-(((hours - 14.5) / 2.5) ** 2))
+        + 0.15 * np.sin(2 * np.pi * (hours - 8) / 24)
     )
 
 
@@ -87,19 +100,19 @@ def _day(seed: int, symbol: str, day: int) -> np.ndarray:
     path = np.cumsum(steps)
     # Brownian bridge: bend the walk so the day ends exactly where the next one starts.
     path = start + path - (path[-1] - (end - start)) * (minutes + 1) / 1440
-    tick = tick_size(symbol)
+    tick, dec = tick_size(symbol), price_decimals(symbol)
     close = np.exp(path)
     open_ = np.empty(1440)
     open_[0] = np.exp(start)
     open_[1:] = close[:-1]
-    close = np.round(close / tick) * tick
-    open_ = np.round(open_ / tick) * tick
+    close = _on_grid(close, tick, dec)
+    open_ = _on_grid(open_, tick, dec)
     wick = np.abs(rng.standard_normal((2, 1440))) * sigma * 0.6 * close
-    high = np.ceil((np.maximum(open_, close) + wick[0]) / tick) * tick
-    low = np.floor((np.minimum(open_, close) - wick[1]) / tick) * tick
+    high = _on_grid(np.maximum(open_, close) + wick[0], tick, dec, np.ceil)
+    low = _on_grid(np.minimum(open_, close) - wick[1], tick, dec, np.floor)
     move = np.abs(steps) / np.maximum(sigma, 1e-12)
     volume = 12.0 * season**2 * regime * (0.6 + 0.5 * move) * rng.lognormal(0.0, 0.35, 1440)
-    volume = np.round(volume, 3) + 0.001
+    volume = np.round(np.round(volume, 3) + 0.001, 3)
     turnover = np.round(volume * (open_ + high + low + close) / 4, 4)
     return np.column_stack([open_, high, low, close, volume, turnover])
 
@@ -128,14 +141,22 @@ def forming(symbol: str, open_ms: int, now_ms: int, seed: int = 7) -> np.ndarray
     """The still-forming candle at `now_ms`: its final values scaled by the elapsed share."""
     row = candles(symbol, open_ms, open_ms + MINUTE_MS, seed)[0].copy()
     f = min(max((now_ms - open_ms) / MINUTE_MS, 0.0), 1.0)
-    tick = tick_size(symbol)
+    return partial(row, f, tick_size(symbol), price_decimals(symbol))
+
+
+def partial(
+    row: np.ndarray, f: float, tick: float, decimals: int, size_decimals: tuple[int, int] = (3, 4)
+) -> np.ndarray:
+    """A candle `f` (0..1) of the way through its minute, from its final values: prices move
+    from the open towards the final close/high/low, volume and turnover accrue linearly."""
+    row = np.array(row, dtype=np.float64)
     o, h, low, c = row[1:5]
-    close = np.round((o + (c - o) * f) / tick) * tick
-    row[2] = max(o, close, np.round((o + (h - o) * f) / tick) * tick)
-    row[3] = min(o, close, np.round((o - (o - low) * f) / tick) * tick)
+    close = float(_on_grid(o + (c - o) * f, tick, decimals))
+    row[2] = max(o, close, float(_on_grid(o + (h - o) * f, tick, decimals)))
+    row[3] = min(o, close, float(_on_grid(o - (o - low) * f, tick, decimals)))
     row[4] = close
-    row[5] = np.round(row[5] * f, 3)
-    row[6] = np.round(row[6] * f, 4)
+    row[5] = np.round(row[5] * f, size_decimals[0])
+    row[6] = np.round(row[6] * f, size_decimals[1])
     return row
 
 

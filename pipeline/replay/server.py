@@ -1,0 +1,465 @@
+"""The replay exchange's server: Bybit v5 REST and public WebSocket on one loopback port.
+
+A small asyncio HTTP/1.1 server (keep-alive, request bodies for the admin endpoints, and
+exact control over broken responses for fault injection) that hands WebSocket upgrades to
+`ws.WsSession`. Routes:
+
+    GET  /v5/market/kline           Bybit kline (see market.py for start/end/limit semantics)
+    GET  /v5/market/time            the exchange clock
+    WS   /v5/public/{linear,spot,inverse,option}
+    GET  /_replay/health            {"ok": true, ...}
+    GET|POST /_replay/faults        {"rate", "kinds", "duration_s", "count", "long_delay_s",
+                                     "delay_s", "clear"} -> the fault plan (faults.py)
+    POST /_replay/revise            {"symbol", "open_time" (ms or ISO), "open"...} late revision
+    GET|POST /_replay/clock         {"now" (ms or ISO), "speed", "advance_s"} -> clock state
+    GET|POST /_replay/stats         request counts by path and fault kind; {"reset": true}
+
+Request errors are HTTP 200 with a Bybit retCode, as on the real exchange. Parameter errors
+other than Bybit's documented ones ("Invalid period!", "Not supported symbols") use retCode
+10001 with a "params error: ..." message; real Bybit's wording for those is not verified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import Counter
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from pipeline.replay import intervals as iv
+from pipeline.replay import wire
+from pipeline.replay.clock import ExchangeClock, to_ms
+from pipeline.replay.data import FileSource, Source, make_source
+from pipeline.replay.faults import GROUPS, Fault, Faults, malformed_kline, malformed_time
+from pipeline.replay.market import Market, MarketError
+from pipeline.replay.ws import CHANNELS, WsSession
+
+CATEGORIES = ("spot", "linear", "inverse")
+MAX_HEAD = 64 * 1024
+_GATEWAY = {
+    502: b"<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway"
+    b"</h1></center></body></html>",
+    503: b"<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>",
+    504: b"<html><head><title>504 Gateway Time-out</title></head><body><center><h1>504 Gateway"
+    b" Time-out</h1></center></body></html>",
+    403: b"",
+    429: b"Too Many Requests",
+}
+
+
+class _Reply:
+    __slots__ = ("body", "ctype", "headers", "status")
+
+    def __init__(
+        self,
+        status: int,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+        ctype: str = "application/json; charset=utf-8",
+    ) -> None:
+        self.status, self.body, self.headers, self.ctype = status, body, headers or {}, ctype
+
+    def head(self, length: int | None = None) -> bytes:
+        n = len(self.body) if length is None else length
+        lines = [
+            f"HTTP/1.1 {self.status} {HTTPStatus(self.status).phrase}",
+            f"Content-Type: {self.ctype}",
+            f"Content-Length: {n}",
+            "Connection: keep-alive",
+            *(f"{k}: {v}" for k, v in self.headers.items()),
+        ]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _json(status: int, obj: Any) -> _Reply:
+    return _Reply(status, json.dumps(obj, separators=(",", ":"), default=str).encode())
+
+
+class ReplayServer:
+    """The asyncio server; `start()` inside a running loop, `close()` to stop."""
+
+    def __init__(
+        self,
+        market: Market,
+        clock: ExchangeClock,
+        faults: Faults,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ws_push_s: float = 2.0,
+    ) -> None:
+        self.market, self.clock, self.faults = market, clock, faults
+        self.host, self.port = host, port
+        self.ws_push_s = ws_push_s
+        self.stats: Counter[str] = Counter()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._sessions: set[WsSession] = set()
+        self._pusher: asyncio.Task[None] | None = None
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}/v5/public/linear"
+
+    async def start(self) -> None:
+        # Import polars (page formatting, ~0.5 s) off the loop now, not inside the first
+        # request, where it could outlast a client's timeout.
+        threading.Thread(target=importlib.import_module, args=("polars",), daemon=True).start()
+        self._server = await asyncio.start_server(
+            self._connection, self.host, self.port, limit=MAX_HEAD
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._pusher = asyncio.create_task(self._push_loop())
+
+    async def close(self) -> None:
+        if self._pusher:
+            self._pusher.cancel()
+        if self._server:
+            self._server.close()
+        for w in list(self._writers):
+            w.transport.abort()
+        if self._server:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+
+    async def _push_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            for session in list(self._sessions):
+                try:
+                    session.push_due()
+                except Exception as err:  # never let one session stop the others' pushes
+                    print(f"replay: websocket push failed: {err!r}", file=sys.stderr)
+                    session.close()
+
+    # -- connections ---------------------------------------------------------------------
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+                    return
+                method, target, headers = _parse_head(head)
+                if method is None:
+                    writer.write(_Reply(400, b"bad request").head(11) + b"bad request")
+                    return
+                if headers.get("upgrade", "").lower() == "websocket":
+                    await self._websocket(target, head, reader, writer)
+                    return
+                length = int(headers.get("content-length", "0") or 0)
+                body = await reader.readexactly(length) if length else b""
+                keep = await self._respond(method, target, body, writer)
+                if not keep or headers.get("connection", "").lower() == "close":
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            return
+        finally:
+            self._writers.discard(writer)
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _websocket(
+        self, target: str, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        path = urlsplit(target).path.rstrip("/")
+        channel = path.removeprefix("/v5/public/")
+        if not path.startswith("/v5/public/") or channel not in CHANNELS:
+            writer.write(_Reply(404, b"not found", ctype="text/plain").head() + b"not found")
+            return
+        self.stats["ws_connections"] += 1
+        session = WsSession(
+            channel, reader, writer, self.market, self.clock, self.ws_push_s, self.stats
+        )
+        self._sessions.add(session)
+        try:
+            await session.run(head)
+        finally:
+            self._sessions.discard(session)
+
+    async def _respond(
+        self, method: str, target: str, body: bytes, writer: asyncio.StreamWriter
+    ) -> bool:
+        url = urlsplit(target)
+        path = url.path.rstrip("/") or "/"
+        query = dict(parse_qsl(url.query, keep_blank_values=True))
+        self.stats["requests"] += 1
+        self.stats[f"path {path}"] += 1
+        if path in ("/v5/market/kline", "/v5/market/time"):
+            if method != "GET":
+                reply = _Reply(405, b"method not allowed", ctype="text/plain")
+            else:
+                try:
+                    return await self._market(path, query, writer)
+                except (ConnectionError, asyncio.CancelledError):
+                    raise
+                except Exception as err:  # a bug here must not look like a network fault
+                    traceback.print_exc()
+                    reply = _json(500, {"error": repr(err)})
+        elif path.startswith("/_replay/"):
+            reply = self._admin(method, path, query, body)
+        else:
+            reply = _Reply(404, b"not found", ctype="text/plain")
+        writer.write(reply.head() + reply.body)
+        await writer.drain()
+        return True
+
+    # -- exchange endpoints --------------------------------------------------------------
+    async def _market(self, path: str, query: dict[str, str], writer: asyncio.StreamWriter) -> bool:
+        fault = self.faults.draw()
+        kind = fault.kind if fault else None
+        if fault:
+            self.faults.record(fault.kind)
+            self.stats[f"fault {fault.kind}"] += 1
+        if kind == "delay":
+            lo, hi = self.faults.delay_s
+            await asyncio.sleep(lo + (hi - lo) * fault.p)  # type: ignore[union-attr]
+        elif kind == "long_delay":
+            await asyncio.sleep(self.faults.long_delay_s)
+        if kind == "drop_before":
+            writer.close()
+            return False
+        reply = _fault_reply(kind, self.clock.now_ms()) if kind else None
+        if reply is None:
+            reply = self._kline(query, fault) if path == "/v5/market/kline" else self._time(fault)
+        if writer.is_closing():  # the client gave up during a delay
+            return False
+        if kind == "drop_mid_body":
+            writer.write(reply.head() + reply.body[: max(1, len(reply.body) // 2)])
+            writer.close()  # flushes what was written, then FIN: the body stops short
+            return False
+        if not fault or kind in ("delay", "long_delay"):
+            self.stats["ok"] += 1
+        writer.write(reply.head() + reply.body)
+        await writer.drain()
+        return True
+
+    def _time(self, fault: Fault | None) -> _Reply:
+        now = self.clock.now_ms()
+        if fault and fault.kind in _MALFORMED:
+            return _Reply(200, malformed_time(fault, now)[0])
+        return _Reply(200, wire.time_body(now))
+
+    def _kline(self, q: dict[str, str], fault: Fault | None) -> _Reply:
+        now = self.clock.now_ms()
+        try:
+            category, symbol, interval, start, end, limit = _kline_params(q, self.market)
+        except _ParamError as err:
+            body = wire.error_body(10001, str(err), now)
+            if fault and fault.kind == "truncated":
+                body = body[: len(body) // 2]
+            return _Reply(200, body)
+        rows = self.market.kline(symbol, interval, start, end, limit, now)
+        if fault and fault.kind in _MALFORMED:
+            step = iv.length_ms(interval) or 30 * iv.DAY_MS
+            body, _ = malformed_kline(fault, symbol, category, rows, now, step, start, end)
+            return _Reply(200, body)
+        return _Reply(200, wire.kline_body(symbol, category, rows, now))
+
+    # -- admin ---------------------------------------------------------------------------
+    def _admin(self, method: str, path: str, query: dict[str, str], body: bytes) -> _Reply:
+        try:
+            data = json.loads(body) if body.strip() else {}
+            if not isinstance(data, dict):
+                raise ValueError("the body must be a JSON object")
+            data = {**query, **data} if method == "POST" else dict(query)
+            name = path.removeprefix("/_replay/")
+            if name == "health":
+                return _json(200, {"ok": True, "source": self.market.source.name})
+            if name == "faults":
+                if method == "POST":
+                    return _json(200, _configure_faults(self.faults, data))
+                return _json(200, {**self.faults.state(), "counts": dict(self.faults.counts)})
+            if name == "revise" and method == "POST":
+                symbol = str(data.pop("symbol", ""))
+                open_ms = to_ms(data.pop("open_time"))
+                row = self.market.revise(symbol, open_ms, data, self.clock.now_ms())
+                return _json(200, {"ok": True, "candle": json.loads(row[0])})
+            if name == "clock":
+                if method == "POST":
+                    _set_clock(self.clock, data)
+                return _json(200, self.clock.state())
+            if name == "stats":
+                if method == "POST" and data.get("reset"):
+                    self.stats.clear()
+                    self.faults.counts.clear()
+                return _json(200, self.stats_dict())
+        except KeyError as err:
+            return _json(400, {"error": f"missing field {err}"})
+        except (ValueError, TypeError, MarketError) as err:
+            return _json(400, {"error": str(err)})
+        return _json(404, {"error": f"no admin endpoint {method} {path}"})
+
+    def stats_dict(self) -> dict[str, Any]:
+        s = dict(self.stats)
+        return {
+            "requests": s.get("requests", 0),
+            "ok": s.get("ok", 0),
+            "ws_connections": s.get("ws_connections", 0),
+            "paths": {k[5:]: v for k, v in s.items() if k.startswith("path ")},
+            "faults": {k[6:]: v for k, v in s.items() if k.startswith("fault ")},
+            "ws_ops": {k[6:]: v for k, v in s.items() if k.startswith("ws_op ")},
+        }
+
+
+_MALFORMED = set(GROUPS["malformed"])
+
+
+def _fault_reply(kind: str, now_ms: int) -> _Reply | None:
+    """Replies that replace the real one entirely (status and retCode faults)."""
+    if kind == "ret_10006":
+        reset = int(time.time() * 1000) + 100 + (now_ms % 200)
+        headers = {
+            "X-Bapi-Limit": "600",
+            "X-Bapi-Limit-Status": "0",
+            "X-Bapi-Limit-Reset-Timestamp": str(reset),
+        }
+        return _Reply(200, wire.error_body(10006, "Too many visits!", now_ms), headers)
+    if kind.startswith("http_"):
+        status = int(kind[5:])
+        return _Reply(status, _GATEWAY[status], ctype="text/html")
+    if kind == "ret_10000":
+        return _Reply(200, wire.error_body(10000, "Server Timeout", now_ms))
+    if kind == "ret_10016":
+        return _Reply(200, wire.error_body(10016, "Internal server error.", now_ms))
+    return None
+
+
+class _ParamError(ValueError):
+    pass
+
+
+def _int_param(q: dict[str, str], name: str) -> int | None:
+    raw = q.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise _ParamError(f"params error: {name} must be an integer, not {raw!r}") from None
+
+
+def _kline_params(
+    q: dict[str, str], market: Market
+) -> tuple[str, str, str, int | None, int | None, int]:
+    category = q.get("category") or "linear"
+    if category not in CATEGORIES:
+        raise _ParamError("Illegal category")
+    symbol = q.get("symbol", "")
+    if not market.supports(symbol):
+        raise _ParamError("Not supported symbols")
+    interval = q.get("interval", "")
+    if interval not in iv.INTERVALS:
+        raise _ParamError("Invalid period!")
+    limit = _int_param(q, "limit")
+    limit = 200 if limit is None else limit
+    if not 1 <= limit <= 1000:
+        raise _ParamError(f"params error: limit must be between 1 and 1000, not {limit}")
+    start, end = _int_param(q, "start"), _int_param(q, "end")
+    if start is not None and end is not None and start > end:
+        raise _ParamError("params error: start must not be greater than end")
+    return category, symbol, interval, start, end, limit
+
+
+def _configure_faults(faults: Faults, data: dict[str, Any]) -> dict[str, Any]:
+    if data.get("clear"):
+        return faults.clear()
+    kinds = data.get("kinds")
+    if isinstance(kinds, str):
+        kinds = [k for k in kinds.split(",") if k]
+    delay = data.get("delay_s")
+    return faults.configure(
+        rate=None if data.get("rate") is None else float(data["rate"]),
+        kinds=kinds,
+        duration_s=None if data.get("duration_s") is None else float(data["duration_s"]),
+        count=None if data.get("count") is None else int(data["count"]),
+        long_delay_s=None if data.get("long_delay_s") is None else float(data["long_delay_s"]),
+        delay_s=None if delay is None else (float(delay[0]), float(delay[1])),
+    )
+
+
+def _set_clock(clock: ExchangeClock, data: dict[str, Any]) -> None:
+    speed = None if data.get("speed") is None else float(data["speed"])
+    if data.get("advance_s") is not None:
+        clock.advance(float(data["advance_s"]))
+    if data.get("now") is not None or speed is not None:
+        clock.set(data.get("now"), speed)
+
+
+def _parse_head(head: bytes) -> tuple[str | None, str, dict[str, str]]:
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1"):
+        return None, "", {}
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            k, v = line.split(":", 1)
+            headers[k.strip().lower()] = v.strip()
+    return parts[0], parts[1], headers
+
+
+# -- the `signalbox replay` command --------------------------------------------------------
+def main(
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    seed: int = 7,
+    data: str | None = None,
+    faults: float = 0.0,
+    clock_start: str | None = None,
+    clock_speed: float = 1.0,
+) -> int:
+    """Serve until SIGINT/SIGTERM; prints `REST <url>` and `WS <url>` first, then details."""
+    try:
+        clock = ExchangeClock(clock_start, clock_speed or 1.0)
+        source = make_source(seed, data)
+    except ValueError as err:
+        print(f"signalbox replay: {err}", file=sys.stderr)
+        return 2
+    server = ReplayServer(Market(source), clock, Faults(seed, faults), host, port)
+    return asyncio.run(_serve(server, source, seed, faults))
+
+
+async def _serve(server: ReplayServer, source: Source, seed: int, faults: float) -> int:
+    try:
+        await server.start()
+    except OSError as err:
+        print(
+            f"signalbox replay: cannot listen on {server.host}:{server.port}: {err.strerror or err}"
+            " (is another exchange running? use --port 0 for a free port)",
+            file=sys.stderr,
+        )
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    what = (
+        f"file {source.path} ({source.symbol or 'any symbol'})"  # type: ignore[attr-defined]
+        if isinstance(source, FileSource)
+        else f"synthetic market, seed {seed}"
+    )
+    clock = server.clock.state()
+    print(f"REST {server.rest_url}", flush=True)
+    print(f"WS {server.ws_url}", flush=True)
+    print(
+        f"serving {what}; clock {clock['now']} x{clock['speed']:g}; faults {faults:.0%};"
+        f" admin {server.rest_url}/_replay/stats. Ctrl-C stops.",
+        flush=True,
+    )
+    await stop.wait()
+    await server.close()
+    return 0
