@@ -35,7 +35,7 @@ INSTANCE_CONFIG = {
     "schedules": {"use_threads": True, "num_workers": 2},
     "run_monitoring": {
         "enabled": True,
-        "start_timeout_seconds": 120,
+        "start_timeout_seconds": 60,
         "poll_interval_seconds": 10,
         "max_resume_run_attempts": 0,
     },

@@ -15,7 +15,8 @@ from functools import lru_cache
 import dagster as dg
 
 from assets.common import DAILY, config, endpoint
-from pipeline.live import MINUTE, behind, describe, floor_minute, plan
+from pipeline.live import MINUTE, behind, describe, plan
+from sensors.reaper import reap_dead_runs
 
 LIVE_TAG = "signalbox/live"
 MODE_TAG = "signalbox/mode"
@@ -28,9 +29,9 @@ IN_FLIGHT = [
     dg.DagsterRunStatus.STARTED,
 ]
 
-LIVE_SELECTION = dg.AssetSelection.groups("ingest", "timeframes", "signals") - dg.AssetSelection.checks(
-    dg.AssetCheckKey(dg.AssetKey("bybit_klines_1m"), "expectations_suite")
-)
+LIVE_SELECTION = dg.AssetSelection.groups(
+    "ingest", "timeframes", "signals"
+) - dg.AssetSelection.checks(dg.AssetCheckKey(dg.AssetKey("bybit_klines_1m"), "expectations_suite"))
 
 live_job = dg.define_asset_job(
     "live",
@@ -99,11 +100,15 @@ def bybit_live(context: dg.SensorEvaluationContext):
     cursor = json.loads(context.cursor) if context.cursor else {}
     handed = {k: dt.datetime.fromisoformat(v) for k, v in cursor.get("symbols", {}).items()}
     attempt = int(cursor.get("attempt", 0))
+    for run_id in reap_dead_runs(context.instance):
+        context.log.warning(f"run {run_id} lost its process; marked failed")
     in_flight = context.instance.get_runs(
         dg.RunsFilter(tags={LIVE_TAG: "1"}, statuses=IN_FLIGHT), limit=1
     )
-    now = dt.datetime.now(dt.UTC)
-    default_start = floor_minute(now) - dt.timedelta(days=s.live.history_days or 1)
+    target = min(newest.values())
+    # With an empty warehouse, start `history_days` back on the exchange's clock (which is not
+    # the wall clock when a replay exchange runs in the past), or at the newest candle.
+    default_start = target - dt.timedelta(days=s.live.history_days)
     retry_at = float(cursor.get("retry_at", 0))
     if in_flight:
         base = handed
@@ -117,8 +122,7 @@ def bybit_live(context: dg.SensorEvaluationContext):
             attempt += 1
             retry_at = time.time() + min(2**attempt, 120)
         base = truth
-    resume = min(base.get(sym, default_start) + MINUTE for sym in s.symbols)
-    target = min(newest.values())
+    resume = min(base.get(sym, default_start - MINUTE) + MINUTE for sym in s.symbols)
     chunks = plan(target, resume, s.live.catchup_chunk_minutes)
     if not chunks:
         return dg.SkipReason(f"up to date: last candle {target:%Y-%m-%d %H:%M} UTC")
@@ -140,7 +144,12 @@ def bybit_live(context: dg.SensorEvaluationContext):
                     }
                 }
             },
-            tags={LIVE_TAG: "1", MODE_TAG: mode, "signalbox/minutes": str(c.minutes)},
+            tags={
+                LIVE_TAG: "1",
+                MODE_TAG: mode,
+                "signalbox/minutes": str(c.minutes),
+                "dagster/max_runtime": "900",
+            },
         )
         for c in chunks
     ]

@@ -26,21 +26,33 @@ def daily_repair(context: dg.ScheduleEvaluationContext):
     )
 
 
-def unexplained_gaps(now: dt.datetime, days: int) -> dict[str, int]:
-    """Per recent day, minutes missing from the read replica and not known exchange gaps."""
+def unexplained_gaps(days: int) -> dict[str, int]:
+    """Per recent day, minutes missing from the read replica that are not known exchange gaps.
+
+    "Recent" is measured back from the newest candle in the warehouse (the exchange's clock,
+    not ours), and only inside the data: a day after the newest candle is the live path's job,
+    a day before the oldest one was never asked for.
+    """
     from warehouse import connect
 
     wh = get_warehouse()
     if not wh.replica_path.exists():
         return {}
     symbols = config().symbols
-    start = dt.datetime.combine(now.date() - dt.timedelta(days=days - 1), dt.time(), dt.UTC)
-    end = now.replace(second=0, microsecond=0) - REPAIR_GRACE
     with connect(wh.replica_path, read_only=True, wait_s=2) as con:
+        lo, hi = con.execute(
+            "SELECT min(open_time), max(open_time) FROM bybit_klines_1m"
+        ).fetchall()[0]
+        if hi is None:
+            return {}
+        end = hi - REPAIR_GRACE + dt.timedelta(minutes=1)
+        start = max(
+            lo, dt.datetime.combine(hi.date() - dt.timedelta(days=days - 1), dt.time(), dt.UTC)
+        )
         rows = con.execute(
             "SELECT CAST(open_time AS DATE) AS day, count(*) FROM ("
             " SELECT symbol, open_time FROM bybit_klines_1m WHERE open_time >= ? AND open_time < ?"
-            " UNION ALL"
+            " UNION"
             " SELECT symbol, open_time FROM kline_gaps WHERE open_time >= ? AND open_time < ?)"
             " GROUP BY ALL",
             [start, end, start, end],
@@ -49,12 +61,14 @@ def unexplained_gaps(now: dt.datetime, days: int) -> dict[str, int]:
     out = {}
     day = start
     while day < end:
-        day_end = min(day + dt.timedelta(days=1), end)
+        day_end = min(
+            dt.datetime.combine(day.date(), dt.time(), dt.UTC) + dt.timedelta(days=1), end
+        )
         expected = int((day_end - day).total_seconds() // 60) * len(symbols)
         missing = expected - have.get(day.date().isoformat(), 0)
         if missing > 0:
             out[day.date().isoformat()] = missing
-        day += dt.timedelta(days=1)
+        day = day_end
     return out
 
 
@@ -68,7 +82,7 @@ def unexplained_gaps(now: dt.datetime, days: int) -> dict[str, int]:
 def kline_gap_repair(context: dg.SensorEvaluationContext):
     now = dt.datetime.now(dt.UTC)
     try:
-        gaps = unexplained_gaps(now, config().live.gap_scan_days)
+        gaps = unexplained_gaps(config().live.gap_scan_days)
     except Exception as err:  # replica busy or missing: the next scan will see it
         return dg.SkipReason(f"could not scan the replica: {err}")
     if not gaps:
