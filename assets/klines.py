@@ -1,12 +1,14 @@
 """`bybit_klines_1m`: raw 1-minute candles per daily partition, with its blocking checks."""
 
 import datetime as dt
+import time
 
 import dagster as dg
 
 from assets.common import DAILY, SINGLE_RUN, check_result, config, endpoint, pool_slot
 from assets.common import warehouse as get_warehouse
 from assets.common import window as partition_window
+from pipeline.latency import record as record_latency
 
 ASSET = "bybit_klines_1m"
 CHECKS = ["no_duplicates", "ohlc_sane", "complete_minutes", "nothing_from_future"]
@@ -48,6 +50,7 @@ def bybit_klines_1m(context: dg.AssetExecutionContext, config: KlinesConfig):
     from pipeline.checks import kline_checks
     from pipeline.ingest import client_for, ingest
 
+    started_at = time.time()
     s, ep, wh = _settings(), endpoint(), get_warehouse()
     p_start, p_end = partition_window(context)
     exchange_now = client_for(s, ep).server_time()
@@ -68,6 +71,7 @@ def bybit_klines_1m(context: dg.AssetExecutionContext, config: KlinesConfig):
             s, ep, start, end, closed_by=closed_by, progress=progress,
             write_guard=lambda: pool_slot(context),
         )  # fmt: skip
+        committed_at = time.time()
 
     check_end = min(p_end, closed_by)
     with pool_slot(context):
@@ -104,6 +108,14 @@ def bybit_klines_1m(context: dg.AssetExecutionContext, config: KlinesConfig):
     }
     if summary:
         meta["exchange_gaps_found"] = summary.gaps
+        if config.start:  # a live run: record where the minute's time went
+            meta["latency_s"] = round(committed_at - end.timestamp(), 3)
+            record_latency(
+                s.home, run_id=context.run_id, close=end.timestamp(), committed_at=committed_at,
+                requested_at=float(context.run.tags.get("signalbox/requested_at", "nan")),
+                asset_started_at=started_at, minutes=summary.rows,
+                checks_passed=all(o.passed for o in outcomes.values()),
+            )  # fmt: skip
     return dg.MaterializeResult(
         metadata=meta,
         check_results=[check_result(name, outcomes[name], ASSET) for name in CHECKS],

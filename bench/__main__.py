@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "BENCHMARKS.md"
-ORDER = ["backfill", "live", "timeframes", "signals", "sidecar", "backtest", "e2e"]
+ORDER = ["replay", "backfill", "live", "timeframes", "signals", "sidecar", "backtest", "e2e"]
 
 
 def _modules(selected: list[str]) -> list[str]:

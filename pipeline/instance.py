@@ -18,6 +18,7 @@ from pipeline.config import Settings
 POOL = "duckdb"
 
 INSTANCE_CONFIG = {
+    "run_launcher": {"module": "sensors.launcher", "class": "WarmRunLauncher"},
     "run_coordinator": {
         "module": "dagster.core.run_coordinator",
         "class": "QueuedRunCoordinator",
@@ -36,7 +37,7 @@ INSTANCE_CONFIG = {
     "run_monitoring": {
         "enabled": True,
         "start_timeout_seconds": 60,
-        "poll_interval_seconds": 10,
+        "poll_interval_seconds": 5,
         "max_resume_run_attempts": 0,
     },
     "retention": {

@@ -16,7 +16,6 @@ import dagster as dg
 
 from assets.common import DAILY, config, endpoint
 from pipeline.live import MINUTE, behind, describe, plan
-from sensors.reaper import reap_dead_runs
 
 LIVE_TAG = "signalbox/live"
 MODE_TAG = "signalbox/mode"
@@ -100,15 +99,14 @@ def bybit_live(context: dg.SensorEvaluationContext):
     cursor = json.loads(context.cursor) if context.cursor else {}
     handed = {k: dt.datetime.fromisoformat(v) for k, v in cursor.get("symbols", {}).items()}
     attempt = int(cursor.get("attempt", 0))
-    for run_id in reap_dead_runs(context.instance):
-        context.log.warning(f"run {run_id} lost its process; marked failed")
     in_flight = context.instance.get_runs(
         dg.RunsFilter(tags={LIVE_TAG: "1"}, statuses=IN_FLIGHT), limit=1
     )
     target = min(newest.values())
-    # With an empty warehouse, start `history_days` back on the exchange's clock (which is not
-    # the wall clock when a replay exchange runs in the past), or at the newest candle.
-    default_start = target - dt.timedelta(days=s.live.history_days)
+    # With an empty warehouse, start at midnight `history_days` back on the exchange's clock
+    # (not the wall clock: a replay exchange may run in the past), so partitions are whole.
+    today = dt.datetime.combine(target.date(), dt.time(), dt.UTC)
+    default_start = today - dt.timedelta(days=s.live.history_days)
     retry_at = float(cursor.get("retry_at", 0))
     if in_flight:
         base = handed
@@ -149,6 +147,7 @@ def bybit_live(context: dg.SensorEvaluationContext):
                 MODE_TAG: mode,
                 "signalbox/minutes": str(c.minutes),
                 "dagster/max_runtime": "900",
+                "signalbox/requested_at": f"{time.time():.3f}",
             },
         )
         for c in chunks
