@@ -20,7 +20,7 @@ from pipeline.instance import dagster_env
 from pipeline.processes import exchange, source_env, spawn, stop
 from pipeline.sources import current
 
-DAILY_SELECTION = "bybit_klines_1m"
+DAILY_SELECTION = "group:ingest or group:timeframes or group:signals"
 _PROGRESS = re.compile(r"progress (\d+)/(\d+) minutes \((\d+)%\) (.*)")
 _STEP = re.compile(r" - (\w+) - STEP_START")
 _CHECK = re.compile(

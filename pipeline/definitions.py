@@ -6,12 +6,12 @@ step would cost seconds. Asset modules stay thin; the work is in pipeline/ and w
 
 import dagster as dg
 
-from assets import klines
+from assets import klines, timeframes
 from sensors import live, repair
 
 quality_job = dg.define_asset_job(
     "quality",
-    selection=dg.AssetSelection.checks(klines.klines_expectations),
+    selection=live.SLOW_CHECKS,
     description="The great-expectations suites (slow to import, so daily, not per minute).",
 )
 
@@ -24,8 +24,8 @@ quality_schedule = dg.ScheduleDefinition(
 )
 
 defs = dg.Definitions(
-    assets=[klines.bybit_klines_1m],
-    asset_checks=[klines.klines_expectations],
+    assets=[klines.bybit_klines_1m, timeframes.candles, timeframes.indicators],
+    asset_checks=[klines.klines_expectations, timeframes.indicators_warmup],
     jobs=[live.live_job, quality_job],
     sensors=[live.bybit_live, repair.kline_gap_repair, repair.purge_live_runs],
     schedules=[repair.daily_repair, quality_schedule],

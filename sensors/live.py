@@ -14,6 +14,7 @@ from functools import lru_cache
 
 import dagster as dg
 
+from assets import klines, timeframes
 from assets.common import DAILY, config, endpoint
 from pipeline.live import MINUTE, behind, describe, plan
 
@@ -28,9 +29,10 @@ IN_FLIGHT = [
     dg.DagsterRunStatus.STARTED,
 ]
 
-LIVE_SELECTION = dg.AssetSelection.groups(
-    "ingest", "timeframes", "signals"
-) - dg.AssetSelection.checks(dg.AssetCheckKey(dg.AssetKey("bybit_klines_1m"), "expectations_suite"))
+# Slow checks (great-expectations, warm-up against full history) run on the daily quality
+# schedule, never in the minute-by-minute job.
+SLOW_CHECKS = dg.AssetSelection.checks(klines.klines_expectations, timeframes.indicators_warmup)
+LIVE_SELECTION = dg.AssetSelection.groups("ingest", "timeframes", "signals") - SLOW_CHECKS
 
 live_job = dg.define_asset_job(
     "live",
