@@ -13,7 +13,7 @@ from functools import lru_cache
 import dagster as dg
 
 from pipeline.checks import CheckOutcome
-from pipeline.config import Settings, settings
+from pipeline.config import settings
 from pipeline.instance import POOL
 from pipeline.sources import Endpoint, current, warehouse_for
 from warehouse import Warehouse
@@ -36,10 +36,6 @@ def endpoint() -> Endpoint:
 
 def warehouse() -> Warehouse:
     return warehouse_for(settings(), endpoint())
-
-
-def config() -> Settings:
-    return settings()
 
 
 def window(context: dg.AssetExecutionContext) -> tuple[dt.datetime, dt.datetime]:
@@ -89,3 +85,14 @@ def pool_slot(context: dg.AssetExecutionContext, wait_s: float = 3600.0) -> Iter
         yield
     finally:
         storage.free_concurrency_slot_for_step(run_id, step)
+
+
+def md_table(frame) -> str:
+    """A polars frame as a markdown table for the UI (floats to 4 significant digits)."""
+    if frame is None or frame.height == 0:
+        return "(none)"
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * frame.width]
+    for row in frame.iter_rows():
+        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -5,9 +5,10 @@ import time
 
 import dagster as dg
 
-from assets.common import DAILY, SINGLE_RUN, check_result, config, endpoint, pool_slot
+from assets.common import DAILY, SINGLE_RUN, check_result, endpoint, md_table, pool_slot
 from assets.common import warehouse as get_warehouse
 from assets.common import window as partition_window
+from pipeline.config import settings
 from pipeline.latency import record as record_latency
 
 ASSET = "bybit_klines_1m"
@@ -40,7 +41,7 @@ def _parse(ts: str | None) -> dt.datetime | None:
     ),
     check_specs=[dg.AssetCheckSpec(name, asset=ASSET, blocking=True) for name in CHECKS],
     freshness_policy=dg.FreshnessPolicy.time_window(
-        fail_window=dt.timedelta(minutes=config().live.freshness_minutes)
+        fail_window=dt.timedelta(minutes=settings().live.freshness_minutes)
     ),
     metadata={"table": "bybit_klines_1m", "pool": "duckdb (claimed only while writing)"},
 )
@@ -51,7 +52,7 @@ def bybit_klines_1m(context: dg.AssetExecutionContext, config: KlinesConfig):
     from pipeline.ingest import client_for, ingest
 
     started_at = time.time()
-    s, ep, wh = _settings(), endpoint(), get_warehouse()
+    s, ep, wh = settings(), endpoint(), get_warehouse()
     p_start, p_end = partition_window(context)
     exchange_now = client_for(s, ep).server_time()
     closed_by = exchange_now.replace(second=0, microsecond=0)
@@ -68,9 +69,14 @@ def bybit_klines_1m(context: dg.AssetExecutionContext, config: KlinesConfig):
     summary = None
     if start < end:
         summary = ingest(
-            s, ep, start, end, closed_by=closed_by, progress=progress,
+            s,
+            ep,
+            start,
+            end,
+            closed_by=closed_by,
+            progress=progress,
             write_guard=lambda: pool_slot(context),
-        )  # fmt: skip
+        )
         committed_at = time.time()
 
     check_end = min(p_end, closed_by)
@@ -101,7 +107,7 @@ def bybit_klines_1m(context: dg.AssetExecutionContext, config: KlinesConfig):
         "ingested_range": ident,
         "partition_rows": frame.height,
         "gaps_found": outcomes["complete_minutes"].metadata.get("missing", 0),
-        "per_symbol": dg.MetadataValue.md(_md_table(per_symbol)),
+        "per_symbol": dg.MetadataValue.md(md_table(per_symbol)),
         "last_open_time": dg.MetadataValue.json(
             {r["symbol"]: r["last"].isoformat() for r in per_symbol.iter_rows(named=True)}
         ),
@@ -111,27 +117,19 @@ def bybit_klines_1m(context: dg.AssetExecutionContext, config: KlinesConfig):
         if config.start:  # a live run: record where the minute's time went
             meta["latency_s"] = round(committed_at - end.timestamp(), 3)
             record_latency(
-                s.home, run_id=context.run_id, close=end.timestamp(), committed_at=committed_at,
+                s.home,
+                run_id=context.run_id,
+                close=end.timestamp(),
+                committed_at=committed_at,
                 requested_at=float(context.run.tags.get("signalbox/requested_at", "nan")),
-                asset_started_at=started_at, minutes=summary.rows,
+                asset_started_at=started_at,
+                minutes=summary.rows,
                 checks_passed=all(o.passed for o in outcomes.values()),
-            )  # fmt: skip
+            )
     return dg.MaterializeResult(
         metadata=meta,
         check_results=[check_result(name, outcomes[name], ASSET) for name in CHECKS],
     )
-
-
-def _settings():
-    return config()
-
-
-def _md_table(frame) -> str:
-    cols = frame.columns
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in frame.iter_rows():
-        lines.append("| " + " | ".join(str(v) for v in row) + " |")
-    return "\n".join(lines)
 
 
 @dg.asset_check(

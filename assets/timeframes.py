@@ -10,9 +10,10 @@ import datetime as dt
 
 import dagster as dg
 
-from assets.common import DAILY, SINGLE_RUN, check_result, config
+from assets.common import DAILY, SINGLE_RUN, check_result
 from assets.common import warehouse as get_warehouse
 from assets.common import window as partition_window
+from pipeline.config import settings
 
 CANDLE_CHECKS = ["ohlc_sane", "no_duplicates", "on_grid", "complete_consistent", "counts_match_1m"]
 INDICATOR_CHECKS = ["ranges", "nulls_where_not_due", "no_lookahead"]
@@ -60,7 +61,7 @@ def candles(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     from pipeline.resample import check_candles, owned_by, resample
     from pipeline.timeframes import partition_input_window
 
-    s, wh = config(), get_warehouse()
+    s, wh = settings(), get_warehouse()
     start, end = partition_window(context)
     days = _days(start, end)
     read_from = partition_input_window(days[0], s.timeframes)[0]
@@ -137,7 +138,7 @@ def indicators(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         warmup_bars,
     )
 
-    s, wh, spec = config(), get_warehouse(), load_spec()
+    s, wh, spec = settings(), get_warehouse(), load_spec()
     start, end = partition_window(context)
     days = _days(start, end)
     live = context.run.tags.get("signalbox/mode") == "live"
@@ -164,13 +165,17 @@ def indicators(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             for name, outcome in check_indicators(hist, ind, spec).items():
                 outcomes[name].append(outcome)
     frame = pl.concat([p for p in parts if p.height], how="diagonal_relaxed") if parts else None
-    columns = [c for c in (frame.columns if frame is not None else []) if c not in ("symbol",
-               "timeframe", "open_time", "close_time")]  # fmt: skip
+    columns = [
+        c
+        for c in (frame.columns if frame is not None else [])
+        if c not in ("symbol", "timeframe", "open_time", "close_time")
+    ]
     wh.ensure_columns(
         "indicators", {c: "BOOLEAN" if c == "bb_squeeze" else "DOUBLE" for c in columns}
     )
-    written = wh.replace("indicators", frame if frame is not None else pl.DataFrame(),
-                         *_owned_where(start, end))  # fmt: skip
+    written = wh.replace(
+        "indicators", frame if frame is not None else pl.DataFrame(), *_owned_where(start, end)
+    )
     meta = {
         "rows_written": written,
         "days": len(days),
@@ -202,7 +207,7 @@ def indicators_warmup(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckRe
     spec = load_spec()
     wh = get_warehouse()
     outcomes = []
-    for tf in config().timeframes:
+    for tf in settings().timeframes:
         hist = wh.query(
             "SELECT * FROM candles WHERE timeframe = ? ORDER BY symbol, open_time DESC LIMIT ?",
             [tf, 4 * spec.max_warmup],

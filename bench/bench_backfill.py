@@ -50,10 +50,25 @@ def run() -> str:
 
     with tempfile.TemporaryDirectory() as tmp, ReplayExchange(seed=7) as ex:
         home = Path(tmp) / "home"
-        env = dict(os.environ, SIGNALBOX_HOME=str(home), SIGNALBOX_SOURCE="replay",
-                   SIGNALBOX_BYBIT_URL=ex.rest_url, SIGNALBOX_BYBIT_WS=ex.ws_url)  # fmt: skip
-        args = [sys.executable, "-m", "pipeline.cli", "backfill", "--start", str(YEAR[0]),
-                "--end", str(YEAR[1]), "--assets", "bybit_klines_1m"]  # fmt: skip
+        env = dict(
+            os.environ,
+            SIGNALBOX_HOME=str(home),
+            SIGNALBOX_SOURCE="replay",
+            SIGNALBOX_BYBIT_URL=ex.rest_url,
+            SIGNALBOX_BYBIT_WS=ex.ws_url,
+        )
+        args = [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "backfill",
+            "--start",
+            str(YEAR[0]),
+            "--end",
+            str(YEAR[1]),
+            "--assets",
+            "bybit_klines_1m",
+        ]
         t0 = time.perf_counter()
         proc = subprocess.run(args, env=env, capture_output=True, text=True)
         total = time.perf_counter() - t0
@@ -67,11 +82,20 @@ def run() -> str:
     rows_table = table(
         ["path", "seconds", "rows/s", "vs bare insert"],
         [
-            ["bare `INSERT ... SELECT` from Arrow (baseline)", f"{bare:.2f}", f"{n / bare:,.0f}", "1.0x"],
-            ["`signalbox backfill`, whole command", f"{total:.1f}", f"{rows / total:,.0f}",
-             f"{total / bare:.0f}x slower"],
+            [
+                "bare `INSERT ... SELECT` from Arrow (baseline)",
+                f"{bare:.2f}",
+                f"{n / bare:,.0f}",
+                "1.0x",
+            ],
+            [
+                "`signalbox backfill`, whole command",
+                f"{total:.1f}",
+                f"{rows / total:,.0f}",
+                f"{total / bare:.0f}x slower",
+            ],
         ],
-    )  # fmt: skip
+    )
     ingest = f"{max(rates):,.0f}" if rates else "n/a"
     verdict = "meets" if total < 60 else "misses"
     return (

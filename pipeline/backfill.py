@@ -64,8 +64,12 @@ def render(lines: Iterable[str], out=sys.stderr) -> tuple[bool, list[str]]:
             done, total, pct, note = int(m[1]), int(m[2]), float(m[3]), m[4]
             rate = done / max(time.monotonic() - t0, 1e-6)
             msg = f"{_bar(pct)} {done}/{total} candle-minutes, {rate:,.0f}/s  {note}"
-            print(("\r" + msg[:150].ljust(150)) if tty else msg, end="" if tty else "\n",
-                  file=out, flush=True)  # fmt: skip
+            print(
+                ("\r" + msg[:150].ljust(150)) if tty else msg,
+                end="" if tty else "\n",
+                file=out,
+                flush=True,
+            )
         elif m := _STEP.search(line):
             print(("\n" if tty else "") + f"→ {m[1]}", file=out, flush=True)
         elif "ASSET_CHECK_EVALUATION" in line:
@@ -82,7 +86,7 @@ def materialize(
     selection: str,
     partition_range: str | None = None,
     run_config: str | None = None,
-    tags: dict[str, str] | None = None,
+    partition: str | None = None,
 ) -> int:
     """Run `dagster asset materialize` for `selection` and show its progress."""
     ep = current(settings)
@@ -94,11 +98,14 @@ def materialize(
         args += ["-m", "pipeline.definitions", "--select", selection]
         if partition_range:
             args += ["--partition-range", partition_range]
+        if partition:
+            args += ["--partition", partition]
         if run_config:
             args += ["--config-json", run_config]
         print(f"source: {live_ep.label} ({live_ep.rest_url})", file=sys.stderr)
-        proc = spawn(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                     bufsize=1)  # fmt: skip
+        proc = spawn(
+            args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
         try:
             assert proc.stdout is not None
             failed, tail = render(proc.stdout)
@@ -130,6 +137,34 @@ def backfill(settings: Settings, start: dt.date, end: dt.date, assets: str = "al
     return materialize(settings, selection, f"{start.isoformat()}...{end.isoformat()}")
 
 
-def backtest(settings: Settings, personality: str, start: dt.date, end: dt.date,
-             symbol: str | None = None) -> int:  # fmt: skip
-    raise SystemExit("signalbox backtest: not available yet (backtest reports land with issue 7)")
+def backtest(
+    settings: Settings,
+    personality: str,
+    start: dt.date,
+    end: dt.date,
+    symbol: str | None = None,
+    params: str | None = None,
+) -> int:
+    """Materialize one personality's backtest report over [start, end] through Dagster."""
+    import json
+
+    if personality not in settings.personalities:
+        known = ", ".join(settings.personalities)
+        print(
+            f"signalbox backtest: unknown personality {personality!r}; configured: {known}",
+            file=sys.stderr,
+        )
+        return 2
+    if end < start:
+        print(f"signalbox backtest: --end {end} is before --start {start}", file=sys.stderr)
+        return 2
+    cfg = {"start": start.isoformat(), "end": end.isoformat(), "params_json": params or "{}"}
+    if symbol:
+        cfg["symbol"] = symbol
+    run_config = json.dumps({"ops": {"backtest_report": {"config": cfg}}})
+    print(f"backtesting {personality} {start} → {end}", file=sys.stderr)
+    code = materialize(settings, "backtest_report", partition=personality, run_config=run_config)
+    if code == 0:
+        reports = settings.home / settings.backtest.report_dir / personality
+        print(f"reports: {reports}", file=sys.stderr)
+    return code

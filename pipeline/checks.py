@@ -65,8 +65,11 @@ def ohlc_sane(frame: pl.DataFrame, keys: list[str]) -> CheckOutcome:
     if bad.is_empty():
         return CheckOutcome(True, f"OHLC and volume sane on {frame.height} rows")
     sample = [", ".join(_iso(v) for v in r) for r in bad.head(MAX_LISTED).select(keys).rows()]
-    return CheckOutcome(False, f"{bad.height} rows with inconsistent OHLC/volume", {
-        "bad_rows": bad.height, "examples": sample})  # fmt: skip
+    return CheckOutcome(
+        False,
+        f"{bad.height} rows with inconsistent OHLC/volume",
+        {"bad_rows": bad.height, "examples": sample},
+    )
 
 
 def missing_minutes(
@@ -77,8 +80,9 @@ def missing_minutes(
 
     if end <= start:
         return {s: [] for s in symbols}
-    grid = pl.datetime_range(start, end - dt.timedelta(minutes=1), "1m", eager=True,
-                             time_unit="us", time_zone="UTC").alias("open_time")  # fmt: skip
+    grid = pl.datetime_range(
+        start, end - dt.timedelta(minutes=1), "1m", eager=True, time_unit="us", time_zone="UTC"
+    ).alias("open_time")
     out: dict[str, list[dt.datetime]] = {}
     for sym in symbols:
         have = frame.filter(pl.col("symbol") == sym).select(
@@ -113,10 +117,14 @@ def nothing_from_future(frame: pl.DataFrame, now: dt.datetime) -> CheckOutcome:
     bad = frame.filter(pl.col("close_time") > now)
     if bad.is_empty():
         return CheckOutcome(True, f"no candle closes after {_iso(now)}")
-    return CheckOutcome(False, f"{bad.height} candle(s) close after {_iso(now)}", {
-        "future_rows": bad.height,
-        "examples": _listed(bad["open_time"].to_list()),
-    })  # fmt: skip
+    return CheckOutcome(
+        False,
+        f"{bad.height} candle(s) close after {_iso(now)}",
+        {
+            "future_rows": bad.height,
+            "examples": _listed(bad["open_time"].to_list()),
+        },
+    )
 
 
 def kline_checks(

@@ -110,7 +110,9 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.backfill import backtest
 
-    return backtest(settings, args.personality, args.start, args.end, symbol=args.symbol)
+    return backtest(
+        settings, args.personality, args.start, args.end, symbol=args.symbol, params=args.params
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--personality", required=True)
     sp.add_argument("--start", type=_date, required=True)
     sp.add_argument("--end", type=_date, required=True)
-    sp.add_argument("--symbol", type=str.upper)
+    sp.add_argument("--symbol", type=str.upper, help="default: every configured symbol")
+    sp.add_argument("--params", help='JSON overrides, e.g. \'{"slippage_bps": 2, "leverage": 3}\'')
     return p
 
 

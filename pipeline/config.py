@@ -96,6 +96,26 @@ class SidecarConfig(_Section):
     signal_ttl_minutes: int = Field(60, ge=1)
 
 
+class BacktestConfig(_Section):
+    window_days: int = Field(90, ge=1, le=3650)
+    folds: int = Field(4, ge=1, le=24)
+    report_dir: str = "reports"  # relative to home
+    params: dict[str, Any] = {}
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from pipeline.backtest.params import BacktestParams, ParamError
+
+        try:
+            BacktestParams(**v)
+        except TypeError as err:
+            raise ValueError(f"unknown backtest parameter: {err}") from None
+        except ParamError as err:
+            raise ValueError(str(err).replace("\n", ";")) from None
+        return v
+
+
 class Settings(_Section):
     """Validated configuration; paths are absolute."""
 
@@ -108,6 +128,7 @@ class Settings(_Section):
     ui: UiConfig = UiConfig()
     live: LiveConfig = LiveConfig()
     sidecar: SidecarConfig = SidecarConfig()
+    backtest: BacktestConfig = BacktestConfig()
     timeframes: list[str] = [
         "1m", "3m", "5m", "15m", "30m", "37m", "1h", "2h", "148m",
         "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M",

@@ -6,7 +6,7 @@ step would cost seconds. Asset modules stay thin; the work is in pipeline/ and w
 
 import dagster as dg
 
-from assets import klines, timeframes
+from assets import backtests, klines, timeframes
 from sensors import live, repair
 
 quality_job = dg.define_asset_job(
@@ -24,10 +24,15 @@ quality_schedule = dg.ScheduleDefinition(
 )
 
 defs = dg.Definitions(
-    assets=[klines.bybit_klines_1m, timeframes.candles, timeframes.indicators],
+    assets=[
+        klines.bybit_klines_1m,
+        timeframes.candles,
+        timeframes.indicators,
+        backtests.backtest_report,
+    ],
     asset_checks=[klines.klines_expectations, timeframes.indicators_warmup],
-    jobs=[live.live_job, quality_job],
+    jobs=[live.live_job, quality_job, backtests.backtest_job],
     sensors=[live.bybit_live, repair.kline_gap_repair, repair.purge_live_runs],
-    schedules=[repair.daily_repair, quality_schedule],
+    schedules=[repair.daily_repair, quality_schedule, backtests.daily_backtests],
     executor=dg.in_process_executor,
 )

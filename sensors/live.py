@@ -15,7 +15,8 @@ from functools import lru_cache
 import dagster as dg
 
 from assets import klines, timeframes
-from assets.common import DAILY, config, endpoint
+from assets.common import DAILY, endpoint
+from pipeline.config import settings
 from pipeline.live import MINUTE, behind, describe, plan
 
 LIVE_TAG = "signalbox/live"
@@ -48,7 +49,9 @@ def _client():
     from pipeline.bybit import BybitClient
 
     ep = endpoint()
-    return BybitClient(ep.rest_url, category=config().bybit.category, timeout_s=2.0, max_retries=0)
+    return BybitClient(
+        ep.rest_url, category=settings().bybit.category, timeout_s=2.0, max_retries=0
+    )
 
 
 def _warehouse_last(instance: dg.DagsterInstance) -> dict[str, dt.datetime]:
@@ -89,7 +92,7 @@ def _align_to_close(context: dg.SensorEvaluationContext) -> None:
     "chunks after downtime). Cursor: per symbol, the open_time of the last candle handed off.",
 )
 def bybit_live(context: dg.SensorEvaluationContext):
-    s = config()
+    s = settings()
     try:
         _align_to_close(context)
         newest = _newest_closed(s.symbols)

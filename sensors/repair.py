@@ -4,8 +4,8 @@ import datetime as dt
 
 import dagster as dg
 
-from assets.common import config
 from assets.common import warehouse as get_warehouse
+from pipeline.config import settings
 from sensors.live import LIVE_TAG, MODE_TAG, live_job
 
 REPAIR_GRACE = dt.timedelta(minutes=3)  # the newest minutes belong to the live path
@@ -38,7 +38,7 @@ def unexplained_gaps(days: int) -> dict[str, int]:
     wh = get_warehouse()
     if not wh.replica_path.exists():
         return {}
-    symbols = config().symbols
+    symbols = settings().symbols
     with connect(wh.replica_path, read_only=True, wait_s=2) as con:
         lo, hi = con.execute(
             "SELECT min(open_time), max(open_time) FROM bybit_klines_1m"
@@ -82,7 +82,7 @@ def unexplained_gaps(days: int) -> dict[str, int]:
 def kline_gap_repair(context: dg.SensorEvaluationContext):
     now = dt.datetime.now(dt.UTC)
     try:
-        gaps = unexplained_gaps(config().live.gap_scan_days)
+        gaps = unexplained_gaps(settings().live.gap_scan_days)
     except Exception as err:  # replica busy or missing: the next scan will see it
         return dg.SkipReason(f"could not scan the replica: {err}")
     if not gaps:
@@ -105,7 +105,7 @@ def kline_gap_repair(context: dg.SensorEvaluationContext):
     "stays bounded (1,440 live runs a day). Backfill, repair and report runs are kept.",
 )
 def purge_live_runs(context: dg.SensorEvaluationContext):
-    keep = dt.timedelta(days=config().live.run_retention_days)
+    keep = dt.timedelta(days=settings().live.run_retention_days)
     cutoff = dt.datetime.now(dt.UTC) - keep
     purged = purge_before(context.instance, cutoff)
     return dg.SkipReason(f"purged {purged} live run(s) created before {cutoff:%Y-%m-%d %H:%M} UTC")

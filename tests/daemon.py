@@ -85,5 +85,6 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str, daemon: Daemon
         if cond():
             return
         time.sleep(1.0)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n"
-                         + (daemon.tail() if daemon else ""))  # fmt: skip
+    raise AssertionError(
+        f"timed out after {timeout:.0f} s waiting for {what}\n" + (daemon.tail() if daemon else "")
+    )

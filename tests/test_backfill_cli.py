@@ -38,8 +38,19 @@ def week(tmp_path_factory):
 
     home = tmp_path_factory.mktemp("home")
     with ReplayExchange(seed=7) as ex:
-        r = run_cli(["backfill", "--start", "2024-01-01", "--end", "2024-01-07",
-                     "--symbols", "BTCUSDT,ETHUSDT"], home, ex)  # fmt: skip
+        r = run_cli(
+            [
+                "backfill",
+                "--start",
+                "2024-01-01",
+                "--end",
+                "2024-01-07",
+                "--symbols",
+                "BTCUSDT,ETHUSDT",
+            ],
+            home,
+            ex,
+        )
         yield home, ex, r, table(home)
 
 
@@ -56,8 +67,19 @@ def test_backfill_writes_every_minute_of_every_day(week):
 
 def test_backfill_again_leaves_the_table_identical(week):
     home, ex, _, before = week
-    r = run_cli(["backfill", "--start", "2024-01-01", "--end", "2024-01-07",
-                 "--symbols", "BTCUSDT,ETHUSDT"], home, ex)  # fmt: skip
+    r = run_cli(
+        [
+            "backfill",
+            "--start",
+            "2024-01-01",
+            "--end",
+            "2024-01-07",
+            "--symbols",
+            "BTCUSDT,ETHUSDT",
+        ],
+        home,
+        ex,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert table(home) == before
 
@@ -67,9 +89,20 @@ def test_backfill_with_ten_percent_faults_gives_the_identical_result(week, tmp_p
 
     _, _, _, expected = week
     with ReplayExchange(seed=7, faults=0.10, long_delay_s=1.0) as flaky:
-        r = run_cli(["backfill", "--start", "2024-01-01", "--end", "2024-01-07",
-                     "--symbols", "BTCUSDT,ETHUSDT"], tmp_path, flaky,
-                    SIGNALBOX_CONFIG=str(_fast_timeouts(tmp_path)))  # fmt: skip
+        r = run_cli(
+            [
+                "backfill",
+                "--start",
+                "2024-01-01",
+                "--end",
+                "2024-01-07",
+                "--symbols",
+                "BTCUSDT,ETHUSDT",
+            ],
+            tmp_path,
+            flaky,
+            SIGNALBOX_CONFIG=str(_fast_timeouts(tmp_path)),
+        )
         injected = sum(flaky.stats().get("faults", {}).values())
     assert r.returncode == 0, r.stderr[-3000:]
     assert injected > 0
@@ -151,8 +184,11 @@ def test_exchange_intervals_match_our_timeframes(week):
     cols = ["open_time", "open", "high", "low", "close", "volume"]
     for interval, tf in [("60", "1h"), ("240", "4h"), ("D", "1d")]:
         theirs = client.fetch_klines("BTCUSDT", lo, hi, interval=interval).select(cols)
-        ours = _frame(home, f"SELECT * FROM candles WHERE symbol = 'BTCUSDT' AND timeframe = '{tf}'"
-                      " ORDER BY open_time").select(cols)  # fmt: skip
+        ours = _frame(
+            home,
+            f"SELECT * FROM candles WHERE symbol = 'BTCUSDT' AND timeframe = '{tf}'"
+            " ORDER BY open_time",
+        ).select(cols)
         assert theirs.height == ours.height > 0, tf
         assert theirs.select(cols[:5]).equals(ours.select(cols[:5])), tf
         assert (theirs["volume"] - ours["volume"]).abs().max() < 1e-6, tf

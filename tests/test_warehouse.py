@@ -58,8 +58,16 @@ def test_migrations_create_schema_once(tmp_path: Path):
         tables = {
             r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
         }
-    for t in ["bybit_klines_1m", "candles", "indicators", "signals", "backtest_runs",
-              "backtest_trades", "kline_gaps", "schema_migrations"]:  # fmt: skip
+    for t in [
+        "bybit_klines_1m",
+        "candles",
+        "indicators",
+        "signals",
+        "backtest_runs",
+        "backtest_trades",
+        "kline_gaps",
+        "schema_migrations",
+    ]:
         assert t in tables
 
 

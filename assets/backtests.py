@@ -1,0 +1,181 @@
+"""`backtest_report`: each personality's stored signals replayed over the stored 1m candles.
+
+Partitioned by personality. A run covers a rolling window (config `backtest.window_days`,
+ending today) unless a period is given (`signalbox backtest`, or the launchpad in the UI);
+it writes `backtest_runs` / `backtest_trades`, the charts and an HTML report under the state
+directory, and shows the metrics, the charts and a walk-forward table in the UI.
+"""
+
+import base64
+import datetime as dt
+import hashlib
+import json
+
+import dagster as dg
+
+from assets.common import check_result, md_table
+from assets.common import warehouse as get_warehouse
+from pipeline.config import settings
+
+PERSONALITIES = dg.StaticPartitionsDefinition(settings().personalities)
+
+
+class BacktestConfig(dg.Config):
+    """Period and parameters of a backtest; empty means the configured rolling window."""
+
+    start: str | None = None  # first day, YYYY-MM-DD (UTC)
+    end: str | None = None  # last day, inclusive
+    symbol: str | None = None  # default: every configured symbol
+    params_json: str = "{}"  # overrides of the configured backtest parameters
+
+
+def _period(cfg: BacktestConfig, window_days: int) -> tuple[dt.datetime, dt.datetime]:
+    today = dt.datetime.now(dt.UTC).date()
+    end = dt.date.fromisoformat(cfg.end) if cfg.end else today
+    start = dt.date.fromisoformat(cfg.start) if cfg.start else end - dt.timedelta(window_days)
+    if end < start:
+        raise dg.Failure(f"backtest end {end} is before its start {start}")
+    as_dt = lambda d: dt.datetime.combine(d, dt.time(), dt.UTC)  # noqa: E731
+    return as_dt(start), as_dt(end) + dt.timedelta(days=1)
+
+
+def run_id_for(personality: str, symbol: str, tf: str, start, end, params: dict) -> str:
+    digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{personality}:{symbol}:{tf}:{start:%Y%m%d}-{end:%Y%m%d}:{digest}"
+
+
+def _img_md(path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f"![{path.stem}](data:image/png;base64,{data})"
+
+
+@dg.asset(
+    partitions_def=PERSONALITIES,
+    deps=["signals"],
+    pool="duckdb",
+    group_name="reports",
+    kinds={"duckdb", "numba"},
+    description=(
+        "Backtest of each personality's stored signals over 1m candles: next-bar-open fills, "
+        "Bybit fees, slippage, risk sizing, stops; metrics, charts, walk-forward, HTML report."
+    ),
+    check_specs=[dg.AssetCheckSpec("data_quality", asset="backtest_report", blocking=False)],
+    metadata={"tables": "backtest_runs, backtest_trades"},
+)
+def backtest_report(context: dg.AssetExecutionContext, config: BacktestConfig):
+    import polars as pl
+
+    from pipeline.backtest import BacktestParams, run_backtest, summary_markdown, walk_forward
+    from pipeline.backtest import write_report as write_html
+    from pipeline.checks import CheckOutcome
+    from warehouse import Replacement
+
+    s, wh = settings(), get_warehouse()
+    personality = context.partition_key
+    overrides = {**s.backtest.params, **json.loads(config.params_json or "{}")}
+    params = BacktestParams(**overrides)
+    start, end = _period(config, s.backtest.window_days)
+    symbols = [config.symbol] if config.symbol else s.symbols
+    candles = wh.query(
+        "SELECT symbol, open_time, close_time, open, high, low, close, volume, complete "
+        "FROM candles WHERE timeframe = '1m' AND open_time >= ? AND open_time < ? "
+        "ORDER BY symbol, open_time",
+        [start - dt.timedelta(days=1), end],
+    )
+    signals = wh.query(
+        "SELECT * FROM signals WHERE personality = ? AND close_time >= ? AND close_time < ? "
+        "ORDER BY symbol, timeframe, close_time",
+        [personality, start, end],
+    )
+    meta: dict = {"period": f"{start:%Y-%m-%d} → {end - dt.timedelta(days=1):%Y-%m-%d}"}
+    markdown, quality = [], []
+    replacements = []
+    for symbol in symbols:
+        sym_candles = candles.filter(pl.col("symbol") == symbol)
+        sym_signals = signals.filter(pl.col("symbol") == symbol)
+        timeframes = sorted(sym_signals["timeframe"].unique().to_list()) or [None]
+        if sym_candles.height == 0:
+            markdown.append(f"**{symbol}**: no candles in the period; backfill it first.")
+            continue
+        for tf in timeframes:
+            sigs = sym_signals.filter(pl.col("timeframe") == tf) if tf else sym_signals
+            res = run_backtest(
+                sym_candles,
+                sigs,
+                params,
+                start=start,
+                end=end,
+                personality=personality,
+                symbol=symbol,
+            )
+            rid = run_id_for(personality, symbol, res.timeframe or "-", start, end, overrides)
+            folds = walk_forward(sym_candles, sigs, params, s.backtest.folds, start=start, end=end)
+            out = s.home / s.backtest.report_dir / personality / rid.replace(":", "_")
+            paths = write_html(res, out, walk_forward=folds)
+            replacements += [
+                Replacement("backtest_runs", res.runs_frame(rid), "run_id = ?", (rid,)),
+                Replacement("backtest_trades", res.trades_frame(rid), "run_id = ?", (rid,)),
+            ]
+            m = res.metrics
+            quality.append((symbol, tf, m.get("complete_candles_pct"), m.get("degraded_signals")))
+            markdown += [
+                summary_markdown(res),
+                _img_md(paths["equity"]),
+                _img_md(paths["drawdown"]),
+                "**Walk-forward** (out-of-sample folds, side by side)",
+                md_table(folds),
+                f"Full report: `{paths['html']}`",
+            ]
+            key = f"{symbol}_{res.timeframe}"
+            meta[f"{key}_report"] = dg.MetadataValue.path(str(paths["html"]))
+            for name in (
+                "total_return_pct",
+                "sharpe",
+                "max_drawdown_pct",
+                "win_rate_pct",
+                "trades",
+                "profit_factor",
+            ):
+                if m.get(name) is not None:
+                    meta[f"{key}_{name}"] = m[name]
+            meta[f"{key}_metrics"] = dg.MetadataValue.json(m)
+    if replacements:
+        wh.replace_many(replacements)
+    meta["summary"] = dg.MetadataValue.md("\n\n".join(markdown) or "no signals in the period")
+    worst = min((q[2] for q in quality if q[2] is not None), default=100.0)
+    outcome = CheckOutcome(
+        worst >= 99.0,
+        f"lowest share of complete candles in a backtest window: {worst:.2f} %",
+        {
+            "windows": [
+                {"symbol": a, "timeframe": b, "complete_pct": c, "degraded_signals": d}
+                for a, b, c, d in quality
+            ]
+        },
+    )
+    return dg.MaterializeResult(
+        metadata=meta, check_results=[check_result("data_quality", outcome, "backtest_report")]
+    )
+
+
+backtest_job = dg.define_asset_job(
+    "backtest_reports",
+    selection=dg.AssetSelection.assets(backtest_report),
+    partitions_def=PERSONALITIES,
+    description="Refresh every personality's backtest report over the rolling window.",
+)
+
+
+@dg.schedule(
+    job=backtest_job,
+    cron_schedule="40 0 * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Daily, after the repair and quality runs: one report per personality.",
+)
+def daily_backtests(context: dg.ScheduleEvaluationContext):
+    day = context.scheduled_execution_time.date().isoformat()
+    return [
+        dg.RunRequest(run_key=f"backtest:{p}:{day}", partition_key=p)
+        for p in PERSONALITIES.get_partition_keys()
+    ]
