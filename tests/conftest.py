@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.fx_replay"]
+pytest_plugins = ["tests.fx_replay", "tests.fx_sidecar"]
 
 # The synthetic market every test shares (pipeline.synthetic, seed 7).
 SEED = 7

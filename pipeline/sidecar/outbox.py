@@ -1,0 +1,535 @@
+"""The hand-off from the pipeline to the sidecar: an append-only outbox of signal lines on disk.
+
+`publish` is all the pipeline calls. It assigns sequence numbers and appends under an fcntl
+lock, then pokes the sidecar with one non-blocking datagram, so it never waits on the sidecar:
+when the sidecar is down the lines simply wait in the outbox until it comes back.
+
+Layout of `settings.outbox_dir`:
+- `<first seq>.jsonl` segments: one encoded `signal` message per line, exactly the bytes the
+  sidecar forwards. Only the newest segment is appended to; a torn last line (a publisher
+  SIGKILLed mid-write) has no newline, so readers never consume it and the next publisher
+  truncates it away before appending.
+- `state.json`: a checkpoint (position, last seq, the keys still inside the TTL for
+  deduplication, the latest line per key), replaced atomically. It lets a fresh process start
+  without re-reading every segment, and keeps the latest signals and the dedup keys alive when
+  old segments are compacted away. Segments are rotated every ~history/4 lines and the oldest
+  are deleted once the rest still hold `history` signals.
+- `lock`: the fcntl lock publishers share. The sidecar only reads, so it never blocks them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import socket
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.sidecar.protocol import SCHEMA, encode, iso, to_us
+
+if TYPE_CHECKING:
+    from pipeline.config import Settings
+    from pipeline.timeframes import Timeframe
+
+log = logging.getLogger("signalbox.sidecar.outbox")
+
+SUFFIX = ".jsonl"
+STATE = "state.json"
+LOCK = "lock"
+# Lines appended between checkpoints: bounds a cold start's re-read. It grows with the number
+# of dedup keys held so that rewriting the checkpoint stays a small cost per line.
+CHECKPOINT_EVERY = 256
+ACTIONS = ("BUY", "SELL")
+
+Key = tuple[str, str, str]  # symbol, personality, timeframe
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One outbox line, parsed just enough to route it."""
+
+    seq: int
+    key: Key
+    close_us: int
+    line: bytes
+
+
+def parse(line: bytes, with_close: bool = True) -> Entry | None:
+    """An outbox line as an Entry, or None when it is not a readable signal line.
+    The sidecar routes by seq and key only, so it skips the close time (close_us 0)."""
+    try:
+        m = json.loads(line)
+        close = to_us(dt.datetime.fromisoformat(m["close_time"])) if with_close else 0
+        return Entry(int(m["seq"]), (m["symbol"], m["personality"], m["timeframe"]), close, line)
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return None
+
+
+def segment_name(first_seq: int) -> str:
+    return f"{first_seq:016d}{SUFFIX}"
+
+
+def segments(outbox_dir: Path) -> list[tuple[int, Path]]:
+    """(first seq, path) of every segment, oldest first."""
+    try:
+        names = os.listdir(outbox_dir)
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        stem = name[: -len(SUFFIX)]
+        if name.endswith(SUFFIX) and stem.isdigit():
+            out.append((int(stem), outbox_dir / name))
+    return sorted(out)
+
+
+def read_lines(fd: int, offset: int) -> tuple[list[bytes], int, int]:
+    """Complete lines after `offset`: (lines with their newline, end of the last one, size)."""
+    size = os.fstat(fd).st_size
+    if size <= offset:
+        return [], offset, size
+    data = os.pread(fd, size - offset, offset)
+    end = data.rfind(b"\n") + 1
+    if not end:
+        return [], offset, offset + len(data)
+    return [ln + b"\n" for ln in data[: end - 1].split(b"\n")], offset + end, offset + len(data)
+
+
+def read_state(outbox_dir: Path) -> dict[str, Any] | None:
+    """The checkpoint, or None when missing or unreadable (then segments are re-read)."""
+    try:
+        state = json.loads((outbox_dir / STATE).read_bytes())
+        int(state["segment"]), int(state["offset"]), int(state["last_seq"])
+        if not isinstance(state["keys"], dict) or not isinstance(state["latest"], list):
+            raise TypeError
+        return state
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError, RecursionError):
+        log.warning("outbox checkpoint %s is unreadable; re-reading segments", outbox_dir / STATE)
+        return None
+
+
+def latest_from_state(state: dict[str, Any] | None) -> list[Entry]:
+    """The latest line per key kept in the checkpoint (survives compaction of its segment)."""
+    out = []
+    for msg in (state or {}).get("latest", []):
+        e = parse(encode(msg)) if isinstance(msg, dict) else None
+        if e is not None:
+            out.append(e)
+    return out
+
+
+class Tail:
+    """Follows the outbox from a position, complete lines only, across rotations.
+
+    The segment list is read before the current segment: a newer segment exists only once
+    the current one is final, so reading to its end after listing misses nothing.
+    """
+
+    def __init__(self, outbox_dir: Path, with_close: bool = True) -> None:
+        self.dir = outbox_dir
+        self.with_close = with_close
+        self.seg_first = 0
+        self.offset = 0
+        self.last_seq = 0
+        self._fd: int | None = None
+        self.skipped = 0  # seqs that never appeared (compacted before they were read)
+
+    def _open(self, first: int) -> int | None:
+        self.close()
+        try:
+            self._fd = os.open(self.dir / segment_name(first), os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _read_current(self, out: list[Entry]) -> bool:
+        """Append the new complete lines of the current segment to `out`; any read?"""
+        fd = self._fd if self._fd is not None else self._open(self.seg_first)
+        if fd is None:
+            return False
+        lines, self.offset, _ = read_lines(fd, self.offset)
+        for line in lines:
+            e = parse(line, self.with_close)
+            if e is None:
+                log.warning("skipping an unreadable outbox line in %s", self.seg_first)
+            elif e.seq > self.last_seq:
+                if self.last_seq and e.seq != self.last_seq + 1:
+                    self.skipped += e.seq - self.last_seq - 1
+                out.append(e)
+                self.last_seq = e.seq
+        return bool(lines)
+
+    def read(self) -> list[Entry]:
+        """New entries since the last read. The hot path (a poke after an append) costs an
+        fstat and a pread: a rotation is spotted by opening the segment that must follow,
+        named last seq + 1; listing the directory is the fallback for everything else."""
+        out: list[Entry] = []
+        if self._fd is not None:
+            while True:
+                got = self._read_current(out)
+                nxt = self.last_seq + 1
+                try:
+                    fd = os.open(self.dir / segment_name(nxt), os.O_RDONLY)
+                except FileNotFoundError:
+                    if got:
+                        return out
+                    break
+                self.close()
+                self._fd, self.seg_first, self.offset = fd, nxt, 0
+        segs = [first for first, _ in segments(self.dir)]
+        if not segs:
+            return out
+        if self.seg_first not in segs:  # first read, or our segment was compacted away
+            later = [f for f in segs if f > self.seg_first]
+            if not later:
+                return out
+            self.seg_first, self.offset = later[0], 0
+            self.close()
+        i = segs.index(self.seg_first)
+        while True:  # listed first: a segment followed by another one is final
+            self._read_current(out)
+            if i + 1 >= len(segs):
+                return out
+            i += 1
+            self.seg_first, self.offset = segs[i], 0
+            self.close()
+
+
+# -- publishing ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Book:
+    """What one process knows about an outbox; re-validated under the lock on every publish."""
+
+    dir: Path
+    pid: int
+    lock_fd: int
+    seg_first: int = 0  # first seq of the newest segment (0: none yet)
+    seg_ino: int = 0
+    offset: int = 0  # end of the complete lines of the newest segment
+    last_seq: int = 0
+    keys: dict[str, int] = field(default_factory=dict)  # dedup key -> close_time (us)
+    latest: dict[Key, tuple[int, bytes]] = field(default_factory=dict)
+    since_checkpoint: int = 0
+    fd: int = -1  # open for appending to the newest segment (seg_first), or -1
+    fd_first: int = 0
+
+    def marker(self) -> bytes:
+        """What this process believes the outbox is; compared with the lock file's hint."""
+        return f"{self.seg_first} {self.offset} {self.last_seq} {self.seg_ino}\n".encode()
+
+    def segment_fd(self) -> int:
+        if self.fd >= 0 and self.fd_first != self.seg_first:
+            os.close(self.fd)
+            self.fd = -1
+        if self.fd < 0:
+            path = self.dir / segment_name(self.seg_first)
+            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self.fd_first = self.seg_first
+        return self.fd
+
+
+_books: dict[Path, _Book] = {}
+_thread_lock = threading.Lock()
+_poke_sock: socket.socket | None = None
+
+
+def _dedup_key(key: Key, close_us: int) -> str:
+    return f"{key[0]}|{key[1]}|{key[2]}|{close_us}"
+
+
+def _apply(book: _Book, e: Entry) -> None:
+    book.keys[_dedup_key(e.key, e.close_us)] = e.close_us
+    if e.key not in book.latest or book.latest[e.key][0] < e.seq:
+        book.latest[e.key] = (e.seq, e.line)
+    book.last_seq = max(book.last_seq, e.seq)
+    book.since_checkpoint += 1
+
+
+def _scan(book: _Book, first: int, path: Path, offset: int, newest: bool) -> None:
+    fd = os.open(path, os.O_RDWR if newest else os.O_RDONLY)
+    try:
+        lines, end, size = read_lines(fd, offset)
+        for line in lines:
+            e = parse(line)
+            if e is None:
+                log.warning("skipping an unreadable outbox line in %s", path)
+            else:
+                _apply(book, e)
+        if newest:
+            if size > end:  # torn tail from a crashed publisher: never consumed, drop it
+                log.warning("repairing %s: dropping %d bytes of a torn last line", path, size - end)
+                os.ftruncate(fd, end)
+            book.seg_first, book.seg_ino, book.offset = first, os.fstat(fd).st_ino, end
+    finally:
+        os.close(fd)
+
+
+def _reload(book: _Book, segs: list[tuple[int, Path]]) -> None:
+    """Rebuild from the checkpoint plus the segments written after it."""
+    if book.fd >= 0:  # the newest segment may be another file now
+        os.close(book.fd)
+        book.fd = -1
+    book.seg_first = book.seg_ino = book.offset = book.last_seq = book.since_checkpoint = 0
+    book.keys, book.latest = {}, {}
+    state = read_state(book.dir)
+    start, offset = 0, 0
+    if state is not None:
+        book.last_seq = int(state["last_seq"])
+        book.keys = {str(k): int(v) for k, v in state["keys"].items()}
+        for e in latest_from_state(state):
+            book.latest[e.key] = (e.seq, e.line)
+        if any(first == int(state["segment"]) for first, _ in segs):
+            start, offset = int(state["segment"]), int(state["offset"])
+    for i, (first, path) in enumerate(segs):
+        if first < start:
+            continue
+        _scan(book, first, path, offset if first == start else 0, newest=i == len(segs) - 1)
+
+
+def _sync(book: _Book) -> None:
+    """Bring the book up to date with what other processes appended (under the lock)."""
+    segs = segments(book.dir)
+    if book.seg_first and segs and segs[-1][0] == book.seg_first:
+        try:
+            st = os.stat(segs[-1][1])
+        except FileNotFoundError:
+            st = None
+        if st is not None and st.st_ino == book.seg_ino and st.st_size >= book.offset:
+            if st.st_size > book.offset:
+                _scan(book, book.seg_first, segs[-1][1], book.offset, newest=True)
+            return
+    _reload(book, segs)
+
+
+def _checkpoint(book: _Book, cutoff_us: int) -> None:
+    book.keys = {k: v for k, v in book.keys.items() if v >= cutoff_us}
+    state = {
+        "version": 1,
+        "segment": book.seg_first,
+        "offset": book.offset,
+        "last_seq": book.last_seq,
+        "keys": book.keys,
+        "latest": [json.loads(line) for _, line in sorted(book.latest.values())],
+    }
+    tmp = book.dir / f"{STATE}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(json.dumps(state, separators=(",", ":")).encode())
+    os.replace(tmp, book.dir / STATE)
+    book.since_checkpoint = 0
+
+
+def _compact(book: _Book, history: int) -> None:
+    """Delete the oldest segments while the others still hold `history` signals."""
+    segs = segments(book.dir)
+    while len(segs) >= 2 and book.last_seq - segs[1][0] + 1 >= history:
+        segs.pop(0)[1].unlink(missing_ok=True)
+
+
+def _book(outbox_dir: Path) -> _Book:
+    book = _books.get(outbox_dir)
+    if book is None or book.pid != os.getpid():  # a forked child must not share the lock fd
+        outbox_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(outbox_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        book = _books[outbox_dir] = _Book(outbox_dir, os.getpid(), fd)
+    return book
+
+
+def _utc(v: Any, what: str) -> dt.datetime:
+    if isinstance(v, str):
+        v = dt.datetime.fromisoformat(v)
+    if not isinstance(v, dt.datetime):
+        raise ValueError(f"{what} must be a datetime, got {type(v).__name__}")
+    return v.replace(tzinfo=dt.UTC) if v.tzinfo is None else v.astimezone(dt.UTC)
+
+
+@functools.lru_cache(maxsize=256)
+def _timeframe(name: str) -> Timeframe:
+    from pipeline.timeframes import parse_timeframe
+
+    return parse_timeframe(name)
+
+
+def _expires(close: dt.datetime, timeframe: str) -> dt.datetime:
+    """A signal holds until the next bar of its timeframe closes and replaces it."""
+    tf = _timeframe(timeframe)
+    if tf.kind == "fixed":
+        return close + dt.timedelta(minutes=tf.minutes)
+    month = close.month - 1 + tf.months
+    return close.replace(year=close.year + month // 12, month=month % 12 + 1)
+
+
+def _message(s: dict[str, Any], close: dt.datetime, emitted: str) -> dict[str, Any]:
+    """The wire `signal` message (without seq) for one signal dict; raises on bad fields."""
+    name = f"signal {s.get('symbol')}/{s.get('personality')}/{s.get('timeframe')}"
+    for k in ("symbol", "personality", "timeframe", "quality"):
+        if not isinstance(s.get(k), str) or not s[k]:
+            raise ValueError(f"{name}: {k} must be a non-empty string, got {s.get(k)!r}")
+    if s.get("action") not in ACTIONS:
+        raise ValueError(f"{name}: action must be BUY or SELL, got {s.get('action')!r}")
+    conf, price = float(s["confidence"]), float(s["price"])
+    if not 0.0 <= conf <= 1.0:
+        raise ValueError(f"{name}: confidence must be within [0, 1], got {conf}")
+    if not math.isfinite(price):
+        raise ValueError(f"{name}: price must be finite, got {price}")
+    reasons = s.get("reasons") or []
+    if isinstance(reasons, str) or not isinstance(reasons, Iterable):
+        raise ValueError(f"{name}: reasons must be a list of strings, got {reasons!r}")
+    return {
+        "type": "signal",
+        "schema": SCHEMA,
+        "seq": 0,
+        "symbol": s["symbol"],
+        "personality": s["personality"],
+        "timeframe": s["timeframe"],
+        "action": s["action"],
+        "confidence": conf,
+        "price": price,
+        "open_time": iso(_utc(s["open_time"], f"{name}: open_time")),
+        "close_time": iso(close),
+        "emitted_at": emitted,
+        "expires_at": iso(_expires(close, s["timeframe"])),
+        "reasons": [str(r) for r in reasons],
+        "quality": s["quality"],
+    }
+
+
+@functools.lru_cache(maxsize=16)
+def poke_address(outbox_dir: Path) -> str:
+    """The sidecar's wake-up address: an abstract Unix datagram socket named after the outbox
+    (no file to go stale, no path-length limit, gone when the sidecar dies)."""
+    digest = hashlib.sha256(os.fsencode(os.path.realpath(outbox_dir))).hexdigest()[:32]
+    return f"\0signalbox-sidecar-{digest}"
+
+
+def poke(outbox_dir: Path) -> bool:
+    """Tell a listening sidecar to read the outbox now; never blocks, never raises."""
+    global _poke_sock
+    try:
+        if _poke_sock is None:
+            _poke_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+        _poke_sock.sendto(b"!", poke_address(outbox_dir))
+        return True
+    except OSError:  # no sidecar (ECONNREFUSED), or its queue is full (EAGAIN): it will poll
+        return False
+
+
+def publish(
+    settings: Settings, signals: list[dict[str, Any]], *, now: dt.datetime | None = None
+) -> list[int]:
+    """Append the signals not published before and not older than the TTL; return their seqs.
+
+    Idempotent: (symbol, personality, timeframe, close_time) goes out at most once, so the live
+    run may pass all of today's signals every minute. `now` (default: the wall clock) is what
+    the TTL is measured against, e.g. the replay exchange's clock. Signals older than the TTL
+    cost no I/O at all. Raises ValueError on a malformed signal, before appending anything.
+    """
+    now = now or dt.datetime.now(dt.UTC)
+    cutoff_us = to_us(now) - settings.sidecar.signal_ttl_minutes * 60_000_000
+    fresh: dict[str, tuple[int, dt.datetime, dict[str, Any]]] = {}
+    msgs: dict[str, dict[str, Any]] = {}
+    emitted = iso(dt.datetime.now(dt.UTC))
+    for i, s in enumerate(signals):
+        try:
+            close = _utc(s["close_time"], "close_time")
+            close_us = to_us(close)
+            if close_us >= cutoff_us:
+                k = _dedup_key((s["symbol"], s["personality"], s["timeframe"]), close_us)
+                fresh[k] = (close_us, close, s)
+                msgs[k] = _message(s, close, emitted)
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"signal #{i} {s!r:.200}: missing or bad field {err}") from None
+    if not fresh:
+        return []
+    history = settings.sidecar.history
+    outbox_dir = settings.outbox_dir
+    with _thread_lock:
+        book = _book(outbox_dir)
+        fcntl.flock(book.lock_fd, fcntl.LOCK_EX)
+        try:
+            seqs = _append(book, fresh, msgs, history, cutoff_us)
+        finally:
+            fcntl.flock(book.lock_fd, fcntl.LOCK_UN)
+    if seqs:
+        poke(outbox_dir)
+    return seqs
+
+
+HINT_SIZE = 96
+
+
+def _append(
+    book: _Book,
+    fresh: dict[str, tuple[int, dt.datetime, dict[str, Any]]],
+    msgs: dict[str, dict[str, Any]],
+    history: int,
+    cutoff_us: int,
+) -> list[int]:
+    """Under the lock. The lock file holds a hint, written BEFORE each append: the state the
+    outbox is in once that append completes. A book equal to the hint has seen every line,
+    so the directory need not be listed; any crash or failure leaves a hint no book matches,
+    which forces the full re-read (and torn-line repair)."""
+    if (
+        not book.seg_first
+        or book.fd < 0
+        or os.pread(book.lock_fd, HINT_SIZE, 0).rstrip(b"\0 ") != book.marker()
+        or os.fstat(book.fd).st_size != book.offset  # belt and braces: bytes we did not write
+    ):
+        _sync(book)
+    new = [k for k in fresh if k not in book.keys]
+    if not new:
+        return []
+    new.sort(key=lambda k: (fresh[k][0], k))  # seq order follows bar close time
+    rotate = not book.seg_first or book.last_seq + 1 - book.seg_first >= max(64, history // 4)
+    if rotate:
+        book.seg_first, book.offset = book.last_seq + 1, 0
+    entries = []
+    for i, k in enumerate(new, start=book.last_seq + 1):
+        msgs[k]["seq"] = i
+        line = encode(msgs[k])
+        m = msgs[k]
+        entries.append(Entry(i, (m["symbol"], m["personality"], m["timeframe"]), fresh[k][0], line))
+    data = b"".join(e.line for e in entries)
+    try:
+        fd = book.segment_fd()
+        if rotate:
+            book.seg_ino = os.fstat(fd).st_ino
+        end, last = book.offset + len(data), entries[-1].seq
+        hint = f"{book.seg_first} {end} {last} {book.seg_ino}\n".encode()
+        os.pwrite(book.lock_fd, hint.ljust(HINT_SIZE), 0)
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError:
+            os.ftruncate(fd, book.offset)  # e.g. disk full: leave no partial batch behind
+            raise
+    except BaseException:
+        book.seg_first = 0  # unknown state: the next publish re-reads the outbox
+        raise
+    book.offset = end
+    for e in entries:
+        _apply(book, e)
+    if rotate or book.since_checkpoint >= max(CHECKPOINT_EVERY, len(book.keys) // 2):
+        _checkpoint(book, cutoff_us)
+    if rotate:
+        _compact(book, history)
+    return [e.seq for e in entries]

@@ -1,0 +1,589 @@
+"""The always-on sidecar: tails the outbox and streams signals to subscribers (asyncio).
+
+One event loop, no threads. The outbox is read on a poke datagram from the publisher and on
+a short poll as a fallback; each new line is routed by its key and forwarded as the very bytes
+the publisher wrote, joined once per distinct filter, never re-encoded per subscriber.
+
+A subscriber is in one of four states: `auth` (TCP, before its token), `pending` (waiting a
+moment for a subscribe before defaulting to everything), `catchup` (being fed its snapshot or
+replay straight from the history as fast as its socket drains, so a replay longer than its
+buffer is fine), `live` (new lines pushed as they arrive; when its socket is full they queue,
+and past `client_buffer` queued messages it is disconnected with a reason).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import collections
+import contextlib
+import datetime as dt
+import fcntl
+import hmac
+import logging
+import os
+import resource
+import signal
+import socket
+import stat
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from pipeline.config import Settings, load_settings
+from pipeline.sidecar import outbox
+from pipeline.sidecar import protocol as proto
+from pipeline.sidecar.outbox import Entry, Key
+
+log = logging.getLogger("signalbox.sidecar")
+
+SUBSCRIBE_GRACE_S = 0.2  # a plain client (socat) gets everything after this long
+AUTH_TIMEOUT_S = 5.0
+POLL_S = 0.25  # fallback outbox poll when no poke arrives
+WRITE_HIGH = 64 * 1024  # transport buffer above which we queue ourselves (and count messages)
+CHUNK = 512  # history lines written per catch-up step
+CLOSE_GRACE_S = 10.0  # how long an evicted client gets to read its error line
+
+
+class Refused(RuntimeError):
+    """The sidecar cannot start (another one is live, bad configuration): say why, exit 1."""
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("signalbox")
+    except Exception:
+        return "0"
+
+
+class Hub:
+    """The history, the latest line per key, and the connected subscribers."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.history = settings.sidecar.history
+        self.limit = settings.sidecar.client_buffer
+        self.version = _version()
+        self.tail = outbox.Tail(settings.outbox_dir, with_close=False)
+        self.seqs: list[int] = []
+        self.lines: list[bytes] = []
+        self.keys: list[Key] = []
+        self.latest: dict[Key, tuple[int, bytes]] = {}
+        self.last_seq = 0
+        self.trimmed_upto = 0  # every seq <= this has left the in-memory history
+        # dicts as ordered sets: fan-out goes in subscription order (fair, and consecutive
+        # sends to one subscriber process find it awake instead of waking it each time)
+        self.live: dict[Conn, None] = {}
+        self.conns: set[Conn] = set()
+
+    # -- outbox ---------------------------------------------------------------------------
+    def restore(self) -> None:
+        """History and latest signals from the outbox, as they were before a restart."""
+        state = outbox.read_state(self.settings.outbox_dir)
+        for e in outbox.latest_from_state(state):
+            self.latest[e.key] = (e.seq, e.line)
+        self.trimmed_upto = -1
+        self._add(self.tail.read())
+        self._trim(self.history)
+        self.last_seq = max(self.last_seq, int((state or {}).get("last_seq", 0)))
+        self.trimmed_upto = self.seqs[0] - 1 if self.seqs else self.last_seq
+
+    def _add(self, entries: list[Entry]) -> None:
+        for e in entries:
+            self.seqs.append(e.seq)
+            self.lines.append(e.line)
+            self.keys.append(e.key)
+            if e.key not in self.latest or self.latest[e.key][0] < e.seq:
+                self.latest[e.key] = (e.seq, e.line)
+        if entries:
+            self.last_seq = max(self.last_seq, entries[-1].seq)
+        if len(self.seqs) > 2 * self.history:  # trim in batches: amortised O(1) per line
+            self._trim(self.history)
+
+    def _trim(self, keep: int) -> None:
+        extra = len(self.seqs) - keep
+        if extra > 0:
+            self.trimmed_upto = self.seqs[extra - 1]
+            del self.seqs[:extra], self.lines[:extra], self.keys[:extra]
+
+    def ingest(self) -> None:
+        """Read what the publishers appended and push it to the live subscribers."""
+        try:
+            entries = self.tail.read()
+        except OSError as err:
+            log.warning("cannot read the outbox: %s", err)
+            return
+        if not entries:
+            return
+        if self.tail.skipped:
+            log.warning(
+                "%d signal(s) were compacted out of the outbox before being read", self.tail.skipped
+            )
+            self.tail.skipped = 0
+        self._add(entries)
+        self.broadcast(entries)
+
+    def broadcast(self, entries: list[Entry]) -> None:
+        joined: dict[proto.Filter, tuple[bytes, int]] = {}
+        for c in list(self.live):
+            f = c.filter
+            if f not in joined:
+                sel = [e.line for e in entries if f.everything or f.matches(e.key)]
+                joined[f] = (b"".join(sel), len(sel))
+            data, n = joined[f]
+            if n:
+                c.send(data, n)
+
+    def heartbeat(self) -> None:
+        msg = proto.heartbeat(self.last_seq, dt.datetime.now(dt.UTC))
+        for c in list(self.live):
+            c.send(msg)
+
+    # -- what a new subscription starts with ------------------------------------------------
+    def snapshot(self, f: proto.Filter) -> list[bytes]:
+        return [
+            line
+            for key, (_, line) in sorted(self.latest.items(), key=lambda kv: kv[1][0])
+            if f.everything or f.matches(key)
+        ]
+
+    def oldest_seq(self) -> int:
+        return self.seqs[0] if self.seqs else self.last_seq + 1
+
+
+class Conn(asyncio.Protocol):
+    """One subscriber connection."""
+
+    def __init__(self, hub: Hub, tcp: bool) -> None:
+        self.hub = hub
+        self.tcp = tcp
+        self.state = "auth" if tcp else "pending"
+        self.filter = proto.Filter()
+        self.transport: asyncio.Transport | None = None
+        self.fd = -1  # the socket, written directly while the transport has nothing buffered
+        self.inbuf = bytearray()
+        self.discarding = False
+        self.paused = False
+        self.queue: collections.deque[tuple[bytes, int]] = collections.deque()
+        self.queued = 0
+        self.initial: collections.deque[bytes] = collections.deque()
+        self.cursor = 0  # last history seq considered during catch-up
+        self.timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio callbacks ----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH)
+        sock = transport.get_extra_info("socket")
+        self.fd = sock.fileno() if sock is not None else -1
+        self.hub.conns.add(self)
+        loop = asyncio.get_running_loop()
+        if self.tcp:
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.timer = loop.call_later(AUTH_TIMEOUT_S, self._auth_timeout)
+        else:
+            self._hello()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = "closed"
+        self.hub.live.pop(self, None)
+        self.hub.conns.discard(self)
+        if self.timer:
+            self.timer.cancel()
+        self.queue.clear()
+        self.initial.clear()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._received(data)
+        except Exception:  # a bug must cost one connection, never the server
+            log.exception("unexpected error handling a subscriber's input")
+            self.close("internal_error", "the server could not handle this input")
+
+    def _received(self, data: bytes) -> None:
+        if self.state == "closed":
+            return
+        if self.discarding:
+            nl = data.find(b"\n")
+            if nl < 0:
+                return
+            data, self.discarding = data[nl + 1 :], False
+        self.inbuf += data
+        while self.state != "closed":
+            nl = self.inbuf.find(b"\n")
+            if nl < 0:
+                break
+            line = bytes(self.inbuf[:nl])
+            del self.inbuf[: nl + 1]
+            if len(line) > proto.MAX_LINE:
+                self._too_long()
+            elif line.strip():
+                self._request(line)
+        if len(self.inbuf) > proto.MAX_LINE:
+            self.inbuf.clear()
+            self.discarding = True
+            self._too_long()
+
+    def eof_received(self) -> bool:
+        return True  # a subscriber that has nothing more to say still wants signals
+
+    def _too_long(self) -> None:
+        self.send(
+            proto.error(
+                "line_too_long",
+                f"request lines are limited to {proto.MAX_LINE} bytes; the line was ignored",
+            )
+        )
+
+    # -- requests -------------------------------------------------------------------------
+    def _request(self, line: bytes) -> None:
+        s = self.hub.settings
+        try:
+            req = proto.parse_request(line, s.personalities, s.timeframes)
+        except proto.ProtocolError as err:
+            if self.state == "auth":
+                return self.close("unauthorized", f"authenticate first ({err})")
+            self.send(proto.error(err.code, str(err)))
+            return None
+        except Exception as err:  # never let one client's input take the server down
+            log.exception("unexpected error parsing a request")
+            self.send(proto.error("bad_request", f"could not handle the request: {err}"))
+            return None
+        if self.state == "auth":
+            token = s.sidecar.token or ""
+            if req.token is None or not hmac.compare_digest(req.token.encode(), token.encode()):
+                return self.close("unauthorized", "missing or wrong token")
+            if self.timer:
+                self.timer.cancel()
+            self._hello()
+        if req.op == "subscribe":
+            self._subscribe(req)
+        return None
+
+    def _hello(self) -> None:
+        h = self.hub
+        self.send(
+            proto.hello(h.last_seq, h.oldest_seq(), h.settings.sidecar.heartbeat_s, h.version)
+        )
+        self.state = "pending"
+        self.timer = asyncio.get_running_loop().call_later(
+            SUBSCRIBE_GRACE_S, self._subscribe, proto.Request("subscribe")
+        )
+
+    def _auth_timeout(self) -> None:
+        self.close("unauthorized", f"no token within {AUTH_TIMEOUT_S:.0f} s")
+
+    def _subscribe(self, req: proto.Request) -> None:
+        """Start (or restart) the stream: snapshot or replay from history, then live."""
+        if self.state == "closed":
+            return
+        if self.timer:
+            self.timer.cancel()
+            self.timer = None
+        h = self.hub
+        h.live.pop(self, None)
+        self.filter = req.filter
+        self.initial.clear()
+        if req.since_seq is None:
+            self.initial.extend(h.snapshot(req.filter))
+            self.cursor = h.last_seq
+        elif req.since_seq > h.last_seq:
+            self.send(
+                proto.error(
+                    "since_ahead",
+                    f"since_seq {req.since_seq} is ahead of the "
+                    f"latest seq {h.last_seq}; streaming new signals only",
+                )
+            )
+            self.cursor = h.last_seq
+        elif req.since_seq < h.trimmed_upto:
+            self.send(proto.gap(req.since_seq, h.oldest_seq()))
+            self.cursor = h.trimmed_upto
+        else:
+            self.cursor = req.since_seq
+        self.state = "catchup"
+        self._pump()
+
+    # -- output ---------------------------------------------------------------------------
+    def send(self, data: bytes, n: int = 1) -> None:
+        """Write now if the socket keeps up, else queue; too much queued: disconnect."""
+        if self.state == "closed" or self.transport is None:
+            return
+        if self.paused or self.queue:
+            self.queue.append((data, n))
+            self.queued += n
+            if self.queued > self.hub.limit:
+                self.close(
+                    "too_slow",
+                    f"more than {self.hub.limit} messages behind; "
+                    "reconnect with since_seq to resume",
+                )
+        elif self.fd < 0 or self.transport.get_write_buffer_size():
+            self.transport.write(data)
+        else:  # the fan-out hot path: one syscall, none of the transport's bookkeeping
+            try:
+                sent = os.write(self.fd, data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                sent = 0  # let the transport meet the error and close properly
+            if sent < len(data):
+                self.transport.write(data[sent:])
+
+    def _flush(self) -> None:
+        while self.queue and not self.paused and self.state != "closed":
+            data, n = self.queue.popleft()
+            self.queued -= n
+            assert self.transport is not None
+            self.transport.write(data)
+        if self.state == "catchup" and not self.queue:
+            self._pump()
+
+    def _pump(self) -> None:
+        """Feed the snapshot, then history after the cursor, while the socket takes it."""
+        h = self.hub
+        assert self.transport is not None
+        while self.state == "catchup" and not self.paused:
+            if self.initial:
+                n = min(CHUNK, len(self.initial))
+                self.transport.write(b"".join(self.initial.popleft() for _ in range(n)))
+                continue
+            if self.cursor < h.trimmed_upto:
+                self.close("too_slow", "fell behind the replay history; reconnect to resume")
+                return
+            i = bisect.bisect_right(h.seqs, self.cursor)
+            if i >= len(h.seqs):
+                self.state = "live"
+                h.live[self] = None
+                return
+            j = min(i + CHUNK, len(h.seqs))
+            f = self.filter
+            sel = (
+                h.lines[i:j]
+                if f.everything
+                else [h.lines[k] for k in range(i, j) if f.matches(h.keys[k])]
+            )
+            self.cursor = h.seqs[j - 1]
+            if sel:
+                self.transport.write(b"".join(sel))
+
+    def close(self, code: str, message: str) -> None:
+        """Say why (if the socket still takes it), then close; abort if it never drains."""
+        if self.state == "closed" or self.transport is None:
+            return
+        log.info("disconnecting a subscriber: %s (%s)", message, code)
+        self.state = "closed"
+        self.hub.live.pop(self, None)
+        self.queue.clear()
+        self.initial.clear()
+        if self.timer:
+            self.timer.cancel()
+        t = self.transport
+        t.write(proto.error(code, message, fatal=True))
+        t.close()
+        asyncio.get_running_loop().call_later(CLOSE_GRACE_S, t.abort)
+
+
+# -- sockets ------------------------------------------------------------------------------
+
+
+def _take_lock(path: Path) -> int:
+    """Hold `<socket>.lock` for our lifetime: a live sidecar is never displaced."""
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise Refused(
+            f"another sidecar (pid {pid}) is already serving {path}; "
+            "stop it first or set sidecar.socket to another path"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _is_live(path: Path) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(0.5)
+    try:
+        with proto.unix_address(path) as addr:
+            s.connect(addr)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def _bind_unix(path: Path) -> socket.socket:
+    """Listen on `path` with mode 0600, replacing a stale socket file left by a crash."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise Refused(
+                f"{path} exists and is not a socket; move it away or change sidecar.socket"
+            )
+        if _is_live(path):
+            raise Refused(f"a live server is already listening on {path}")
+        log.info("removing stale socket %s", path)
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)  # no window in which the socket is reachable by others
+    try:
+        with proto.unix_address(path) as addr:
+            sock.bind(addr)
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def _bind_poke(outbox_dir: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+    try:
+        sock.bind(outbox.poke_address(outbox_dir))
+    except OSError:
+        sock.close()
+        raise Refused(f"another sidecar is already reading the outbox {outbox_dir}") from None
+    return sock
+
+
+def _bind_tcp(settings: Settings) -> socket.socket:
+    sc = settings.sidecar
+    if not sc.token:
+        raise Refused(
+            "sidecar.tcp_port is set but sidecar.token is empty: a TCP listener "
+            "needs a token (set sidecar.token in the configuration)"
+        )
+    sock = socket.create_server((sc.tcp_host, sc.tcp_port or 0), backlog=1024)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setblocking(False)
+    return sock
+
+
+def _raise_fd_limit() -> None:
+    """Each subscriber is a file descriptor; the usual soft limit of 1024 is too low."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Serve until `stop` is set (or SIGINT/SIGTERM); removes the socket file on the way out."""
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    path = settings.socket_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    settings.outbox_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lock_fd = _take_lock(path)
+    socks: list[socket.socket] = []
+    servers: list[asyncio.AbstractServer] = []
+    tasks: list[asyncio.Task[None]] = []
+    unix_ino = None
+    try:
+        poke = _bind_poke(settings.outbox_dir)
+        socks.append(poke)
+        hub = Hub(settings)
+        hub.restore()
+        unix = _bind_unix(path)
+        socks.append(unix)
+        unix_ino = path.stat().st_ino
+        servers.append(await loop.create_unix_server(lambda: Conn(hub, False), sock=unix))
+        where = str(path)
+        if settings.sidecar.tcp_port is not None:
+            tcp = _bind_tcp(settings)
+            socks.append(tcp)
+            servers.append(await loop.create_server(lambda: Conn(hub, True), sock=tcp))
+            host, port = tcp.getsockname()[:2]
+            where += f" and tcp {host}:{port}"
+
+        def on_poke() -> None:
+            try:
+                while poke.recv(64):
+                    pass
+            except OSError:
+                pass
+            hub.ingest()
+
+        loop.add_reader(poke.fileno(), on_poke)
+
+        async def every(period: float, fn: Callable[[], None]) -> None:
+            while True:
+                await asyncio.sleep(period)
+                try:
+                    fn()
+                except Exception:
+                    log.exception("periodic %s failed", fn.__name__)
+
+        tasks.append(asyncio.create_task(every(POLL_S, hub.ingest)))
+        tasks.append(asyncio.create_task(every(settings.sidecar.heartbeat_s, hub.heartbeat)))
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        log.info(
+            "serving %s; latest seq %d, %d in history, outbox %s",
+            where,
+            hub.last_seq,
+            len(hub.seqs),
+            settings.outbox_dir,
+        )
+        await stop.wait()
+        log.info("stopping (%d subscriber(s) connected)", len(hub.conns))
+        loop.remove_reader(poke.fileno())
+        for c in list(hub.conns):
+            if c.transport is not None:
+                c.transport.abort()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        for t in tasks:
+            t.cancel()
+        for srv in servers:
+            srv.close()
+        for s in socks:
+            s.close()
+        try:
+            if unix_ino is not None and path.stat().st_ino == unix_ino:
+                path.unlink()
+        except FileNotFoundError:
+            pass
+        os.close(lock_fd)
+
+
+def main(settings: Settings) -> int:
+    """`signalbox sidecar`: serve until SIGINT/SIGTERM; 0 on a clean stop, 1 if refused."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO,
+            stream=sys.stderr,
+            format="%(asctime)s sidecar %(levelname)s %(message)s",
+        )
+    _raise_fd_limit()
+    try:
+        asyncio.run(serve(settings))
+    except Refused as err:
+        log.error("%s", err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(load_settings()))
