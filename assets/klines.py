@@ -79,7 +79,7 @@ def bybit_klines_1m(context: dg.AssetExecutionContext, config: KlinesConfig):
         )
         committed_at = time.time()
 
-    check_end = min(p_end, closed_by)
+    check_end = max(end, p_start)  # what this run is answerable for
     with pool_slot(context):
         frame = wh.query(
             "SELECT symbol, open_time, close_time, open, high, low, close, volume FROM "

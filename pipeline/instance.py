@@ -1,8 +1,8 @@
 """The Dagster instance under the state directory: `dagster.yaml`, written on first start.
 
 The settings below are what the live path needs: a queued run coordinator that dequeues every
-second, one concurrency pool of size 1 shared by every DuckDB writer (DuckDB admits one
-process per file), sensor threads so a slow tick never stalls the others, run monitoring so a
+second, live runs one at a time, one concurrency pool of size 1 shared by every DuckDB writer
+(DuckDB admits one process per file), sensor threads so a slow tick never stalls the others, run monitoring so a
 run killed mid-write is marked failed and retried, and tick retention so storage stays small.
 """
 
@@ -30,7 +30,12 @@ INSTANCE_CONFIG = {
     },
     "concurrency": {
         "pools": {"default_limit": 1, "granularity": "op"},
-        "runs": {"max_concurrent_runs": 4},
+        # Live runs one at a time, in order: a minute is never checked before the one
+        # before it has been written.
+        "runs": {
+            "max_concurrent_runs": 4,
+            "tag_concurrency_limits": [{"key": "signalbox/live", "limit": 1}],
+        },
     },
     "sensors": {"use_threads": True, "num_workers": 4},
     "schedules": {"use_threads": True, "num_workers": 2},

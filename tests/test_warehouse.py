@@ -169,3 +169,51 @@ def test_replica_is_read_only_for_sql_and_survives_schema_changes(tmp_path: Path
         with pytest.raises(duckdb.Error):
             con.execute("DELETE FROM bybit_klines_1m")
     assert os.path.exists(wh.replica_path)
+
+
+def test_sigkill_mid_write_leaves_old_or_new_never_half(tmp_path: Path):
+    """A writer killed at a random moment inside its transaction: the partition afterwards is
+    exactly the old content or exactly the new one, and the next write completes it."""
+    import random
+    import time
+
+    wh = Warehouse(tmp_path / "w.duckdb")
+    month = klines(DAY0, 30)
+    old = month.with_columns(close=pl.col("close") + 1.0)
+    span = ["BTCUSDT", DAY0, DAY0 + 30 * DAY]
+    wh.replace("bybit_klines_1m", old, WHERE, span)
+    script = tmp_path / "writer.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import datetime as dt, polars as pl
+        from pathlib import Path
+        from tests.test_warehouse import klines, WHERE, DAY0, DAY
+        from warehouse import Warehouse
+        wh = Warehouse(Path({str(wh.path)!r}))
+        new = klines(DAY0, 30)
+        print("ready", flush=True)
+        while True:
+            wh.replace("bybit_klines_1m", new, WHERE, ["BTCUSDT", DAY0, DAY0 + 30 * DAY])
+    """)
+    )
+    rng = random.Random(7)
+    for _ in range(5):
+        root = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ, PYTHONPATH=root)
+        p = subprocess.Popen(
+            [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env
+        )
+        assert p.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.05, 1.5))
+        p.kill()
+        p.wait()
+        got = wh.query("SELECT * FROM bybit_klines_1m ORDER BY open_time")
+        closes = got["close"]
+        assert got.height == 30 * 1440
+        is_old = closes.equals(old["close"])
+        is_new = closes.equals(month["close"])
+        assert is_old or is_new, "a half-written partition"
+    wh.replace("bybit_klines_1m", month, WHERE, span)  # the next run completes it
+    assert wh.query("SELECT close FROM bybit_klines_1m ORDER BY open_time")["close"].equals(
+        month["close"]
+    )
