@@ -30,6 +30,7 @@ from dagster._core.launcher import (
 from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
 ROOT = Path(__file__).resolve().parent.parent
+PID_TAG = "signalbox/worker_pid"
 WATCHED = ("pipeline", "assets", "sensors", "warehouse")
 PRELOAD = [
     "dagster",
@@ -68,8 +69,11 @@ def _worker(instance_ref_json: str, run_id: str) -> None:
     os._exit(code)
 
 
-def _pid_from_events(instance: dg.DagsterInstance, run_id: str) -> int | None:
-    for rec in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
+def _worker_pid(instance: dg.DagsterInstance, run: dg.DagsterRun) -> int | None:
+    """The pid this launcher tagged the run with, else the one the worker logged at start."""
+    if PID_TAG in run.tags:
+        return int(run.tags[PID_TAG])
+    for rec in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
         event = rec.dagster_event
         meta = event.engine_event_data.metadata if event and event.engine_event_data else {}
         if "Started process for run" in (rec.user_message or "") and "pid" in meta:
@@ -101,7 +105,6 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         self._lock = threading.Lock()
         self._ctx: Any = None
         self._stamp = -1.0
-        self._procs: dict[str, Any] = {}
         super().__init__()
 
     @property
@@ -152,16 +155,15 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
                 name=f"dagster-run-{run.run_id[:8]}",
             )
             proc.start()
-            self._procs = {k: p for k, p in self._procs.items() if p.is_alive()}
-            self._procs[run.run_id] = proc
+        # Other daemon threads (run monitoring) hold their own launcher: the pid goes on the run.
+        self._instance.add_run_tags(run.run_id, {PID_TAG: str(proc.pid)})
 
     def terminate(self, run_id: str) -> bool:
         run = self._instance.get_run_by_id(run_id)
         if not run or run.is_finished:
             return False
         self._instance.report_run_canceling(run)
-        proc = self._procs.get(run_id)
-        pid = proc.pid if proc is not None else _pid_from_events(self._instance, run_id)
+        pid = _worker_pid(self._instance, run)
         if pid is None or not _alive(pid):
             return False
         os.kill(pid, signal.SIGINT)  # Dagster turns this into a clean cancellation
@@ -172,15 +174,14 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         return True
 
     def check_run_worker_health(self, run: dg.DagsterRun) -> CheckRunHealthResult:
-        proc = self._procs.get(run.run_id)
-        pid = proc.pid if proc is not None else _pid_from_events(self._instance, run.run_id)
-        if pid is None:
-            return CheckRunHealthResult(WorkerStatus.UNKNOWN, "no worker pid recorded yet")
-        if proc is not None and proc.exitcode is not None:
-            status = WorkerStatus.SUCCESS if proc.exitcode == 0 else WorkerStatus.FAILED
-            return CheckRunHealthResult(status, f"worker exited with code {proc.exitcode}")
+        pid = _worker_pid(self._instance, run)
+        if pid is None:  # not launched by us and no pid logged: nothing to judge by
+            return CheckRunHealthResult(WorkerStatus.RUNNING, "no worker pid known")
         if _alive(pid):
             return CheckRunHealthResult(WorkerStatus.RUNNING, run_worker_id=str(pid))
+        # A killed worker never released its DuckDB pool slot: free it, or every later run
+        # would wait for it forever.
+        self._instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         return CheckRunHealthResult(
             WorkerStatus.FAILED,
             f"the run's process (pid {pid}) is gone: killed or crashed. Any write it was "
