@@ -17,10 +17,14 @@ import dagster as dg
 from assets import klines, timeframes
 from assets.common import DAILY, endpoint
 from pipeline.config import settings
-from pipeline.live import MINUTE, behind, describe, plan
+from pipeline.live import MINUTE, Chunk, behind, describe, plan
 
 LIVE_TAG = "signalbox/live"
 MODE_TAG = "signalbox/mode"
+CHUNK_TAG = "signalbox/chunk"
+ATTEMPT_TAG = "signalbox/attempt"
+MAX_ATTEMPTS = 5
+MIN_TIME = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 ALIGN_S = 5.5  # the daemon's sensor loop period, plus a little
 CLOSE_GRACE_S = 0.25  # let the exchange finish closing the candle
 IN_FLIGHT = [
@@ -100,67 +104,96 @@ def bybit_live(context: dg.SensorEvaluationContext):
         return dg.SkipReason(f"exchange unavailable ({type(err).__name__}: {err}); retrying")
     if not newest:
         return dg.SkipReason("the exchange reported no closed candle yet")
+    target = min(newest.values())
+    checked_at = time.time()
 
     cursor = json.loads(context.cursor) if context.cursor else {}
     handed = {k: dt.datetime.fromisoformat(v) for k, v in cursor.get("symbols", {}).items()}
-    attempt = int(cursor.get("attempt", 0))
+    # 1. Live runs that failed or were lost since the last tick: their chunks, again.
+    retries = _failed_chunks(context.instance, float(cursor.get("checked_at", 0)))
+    for chunk, attempt in retries:
+        context.log.warning(f"retrying {chunk.start:%H:%M}→{chunk.end:%H:%M} (attempt {attempt})")
+    # 2. New minutes, from the last one handed off. When nothing is in flight and the
+    #    warehouse is behind what was handed off (runs lost with a wiped queue), from there.
     in_flight = context.instance.get_runs(
         dg.RunsFilter(tags={LIVE_TAG: "1"}, statuses=IN_FLIGHT), limit=1
     )
-    target = min(newest.values())
+    base = handed
+    if not handed or (not in_flight and not retries):
+        truth = _warehouse_last(context.instance)
+        if not handed or any(truth.get(k, MIN_TIME) < v for k, v in handed.items()):
+            base = truth
     # With an empty warehouse, start at midnight `history_days` back on the exchange's clock
     # (not the wall clock: a replay exchange may run in the past), so partitions are whole.
     today = dt.datetime.combine(target.date(), dt.time(), dt.UTC)
     default_start = today - dt.timedelta(days=s.live.history_days)
-    retry_at = float(cursor.get("retry_at", 0))
-    if in_flight:
-        base = handed
-    else:
-        truth = _warehouse_last(context.instance)
-        if handed and any(truth.get(k, default_start) < v for k, v in handed.items()):
-            # Handed-off minutes never arrived (the run failed or was lost): plan them again
-            # under a new run key, backing off so a persistent failure is not hammered.
-            if time.time() < retry_at:
-                return dg.SkipReason(f"last live run failed; retrying at {retry_at:.0f}")
-            attempt += 1
-            retry_at = time.time() + min(2**attempt, 120)
-        base = truth
     resume = min(base.get(sym, default_start - MINUTE) + MINUTE for sym in s.symbols)
     chunks = plan(target, resume, s.live.catchup_chunk_minutes)
-    if not chunks:
-        return dg.SkipReason(f"up to date: last candle {target:%Y-%m-%d %H:%M} UTC")
+    handed_now = {sym: chunks[-1].end - MINUTE for sym in s.symbols} if chunks else base
+    new_cursor = json.dumps(
+        {"symbols": {k: v.isoformat() for k, v in handed_now.items()}, "checked_at": checked_at}
+    )
+    if not chunks and not retries:
+        return dg.SensorResult(
+            skip_reason=f"up to date: last candle {target:%Y-%m-%d %H:%M} UTC", cursor=new_cursor
+        )
     lag = behind(target, resume)
     mode = "live" if lag <= 3 * MINUTE else "catchup"
-    if mode == "catchup":
+    if chunks and mode == "catchup":
         context.log.info(
             f"catching up: {describe(lag)} behind; requesting {len(chunks)} chunk(s) "
             f"{chunks[0].start:%Y-%m-%d %H:%M} → {chunks[-1].end:%Y-%m-%d %H:%M}"
         )
-    requests = [
-        dg.RunRequest(
-            run_key=c.run_key(attempt),
-            partition_key=c.partition,
-            run_config={
-                "ops": {
-                    "bybit_klines_1m": {
-                        "config": {"start": c.start.isoformat(), "end": c.end.isoformat()}
-                    }
+    now = time.time()
+    requests = [_request(c, a, "retry", now, target) for c, a in retries]
+    requests += [_request(c, 0, mode, now, target) for c in chunks]
+    return dg.SensorResult(run_requests=requests, cursor=new_cursor)
+
+
+def _request(c: Chunk, attempt: int, mode: str, now: float, newest: dt.datetime):
+    return dg.RunRequest(
+        run_key=c.run_key(attempt),
+        partition_key=c.partition,
+        run_config={
+            "ops": {
+                "bybit_klines_1m": {
+                    "config": {"start": c.start.isoformat(), "end": c.end.isoformat()}
                 }
-            },
-            tags={
-                LIVE_TAG: "1",
-                MODE_TAG: mode,
-                "signalbox/minutes": str(c.minutes),
-                "dagster/max_runtime": "900",
-                "signalbox/requested_at": f"{time.time():.3f}",
-            },
-        )
-        for c in chunks
-    ]
-    last = chunks[-1].end - MINUTE
-    new_cursor = {
-        "symbols": {sym: last.isoformat() for sym in s.symbols},
-        "attempt": attempt,
-        "retry_at": retry_at,
-    }
-    return dg.SensorResult(run_requests=requests, cursor=json.dumps(new_cursor))
+            }
+        },
+        tags={
+            LIVE_TAG: "1",
+            MODE_TAG: mode,
+            CHUNK_TAG: f"{c.start.isoformat()}/{c.end.isoformat()}",
+            ATTEMPT_TAG: str(attempt),
+            "signalbox/minutes": str(c.minutes),
+            "signalbox/requested_at": f"{now:.3f}",
+            "signalbox/exchange_now": (newest + MINUTE).isoformat(),
+            "dagster/max_runtime": "900",
+        },
+    )
+
+
+def _failed_chunks(instance: dg.DagsterInstance, since: float) -> list[tuple[Chunk, int]]:
+    """Chunks of live runs that failed (or were canceled) since `since`, with their next
+    attempt number; a chunk that failed MAX_ATTEMPTS times is left to the gap repair."""
+    if not since:
+        return []
+    records = instance.get_run_records(
+        dg.RunsFilter(
+            tags={LIVE_TAG: "1"},
+            statuses=[dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED],
+            updated_after=dt.datetime.fromtimestamp(since, dt.UTC),
+        ),
+        limit=50,
+    )
+    out = []
+    for rec in records:
+        tags = rec.dagster_run.tags
+        if CHUNK_TAG not in tags:
+            continue
+        a, b = (dt.datetime.fromisoformat(x) for x in tags[CHUNK_TAG].split("/"))
+        attempt = int(tags.get(ATTEMPT_TAG, "0")) + 1
+        if attempt <= MAX_ATTEMPTS:
+            out.append((Chunk(a, b), attempt))
+    return out
