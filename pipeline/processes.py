@@ -61,31 +61,35 @@ class ReplayProcess:
 def start_replay(
     settings: Settings, port: int | None = None, timeout: float = 30.0
 ) -> ReplayProcess:
-    """Start `signalbox replay` and wait until it prints its URLs and answers."""
+    """Start `signalbox replay`, logging to `<home>/logs/replay.log`; wait until it answers."""
     port = settings.replay.port if port is None else port
+    log = settings.home / "logs" / "replay.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    offset = log.stat().st_size if log.exists() else 0
     args = [sys.executable, "-m", "pipeline.cli", "replay", "--port", str(port)]
-    proc = spawn(args, stdout=subprocess.PIPE, text=True, bufsize=1)
+    with log.open("ab") as out:
+        proc = spawn(args, stdout=out, stderr=out)
     deadline = time.monotonic() + timeout
     rest = ws = None
-    assert proc.stdout is not None
     while time.monotonic() < deadline and not (rest and ws):
-        line = proc.stdout.readline()
-        if not line:
-            if proc.poll() is not None:
-                raise RuntimeError(f"replay exchange exited with code {proc.returncode}")
-            continue
-        m = re.search(r"(https?://\S+)", line)
-        if m and not rest:
-            rest = m.group(1).rstrip("/")
-        m = re.search(r"(wss?://\S+)", line)
-        if m and not ws:
-            ws = m.group(1)
+        text = log.read_bytes()[offset:].decode(errors="replace")
+        rest = rest or _first(r"(https?://\S+)", text)
+        ws = ws or _first(r"(wss?://\S+)", text)
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"replay exchange exited with code {proc.returncode}:\n{text[-2000:]}"
+            )
+        time.sleep(0.05)
     if not rest or not reachable(rest, 5.0):
         stop(proc)
-        raise RuntimeError(f"replay exchange did not come up within {timeout:.0f} s")
+        raise RuntimeError(f"replay exchange did not come up within {timeout:.0f} s (see {log})")
     base = replay_endpoint(settings)
-    ws = ws or rest.replace("http", "ws", 1) + "/v5/public/linear"
-    return ReplayProcess(proc, Endpoint("replay", rest, ws, base.warehouse_id, base.label))
+    return ReplayProcess(proc, Endpoint("replay", rest, ws or "", base.warehouse_id, base.label))
+
+
+def _first(pattern: str, text: str) -> str | None:
+    m = re.search(pattern, text)
+    return m.group(1).rstrip("/") if m else None
 
 
 @contextmanager

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline import latency
 from pipeline.backfill import DAILY_SELECTION, materialize
 from pipeline.config import REPO_ROOT, Settings
 from pipeline.instance import dagster_env
@@ -27,16 +28,27 @@ BIN = Path(sys.executable).parent
 
 @dataclass
 class Child:
+    """A supervised process whose output goes to `<home>/logs/<name>.log`."""
+
     name: str
     args: list[str]
-    env: dict[str, str] | None = None
+    env: dict[str, str]
+    log: Path
     proc: subprocess.Popen | None = None
     restarts: int = 0
     started: float = field(default=0.0)
 
     def start(self) -> None:
-        self.proc = spawn(self.args, env=self.env, cwd=REPO_ROOT)
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.proc = spawn(self.args, env=self.env, cwd=REPO_ROOT, stdout=out, stderr=out)
         self.started = time.monotonic()
+
+    def tail(self, n: int = 15) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -51,6 +63,16 @@ def _port_free(host: str, port: int) -> bool:
 
 def _say(msg: str) -> None:
     print(f"signalbox: {msg}", file=sys.stderr, flush=True)
+
+
+def _report(rec: dict) -> None:
+    """One line per live run: what was written and how long after the candle closed."""
+    if "committed_at" not in rec:
+        return
+    close = time.strftime("%H:%M", time.gmtime(rec["close"] - 60))
+    lag = rec["committed_at"] - rec["close"]
+    ok = "checks passed" if rec.get("checks_passed") else "CHECKS FAILED (see the UI)"
+    _say(f"live: {rec.get('minutes')} candle(s) up to {close} UTC in {lag:.1f} s, {ok}")
 
 
 def choose_source(settings: Settings) -> tuple[Endpoint, subprocess.Popen | None]:
@@ -90,6 +112,7 @@ def up(settings: Settings, history_days: int | None = None) -> int:
     remember(settings, ep)
     env = dagster_env(settings, source_env(ep))
     wh = warehouse_for(settings, ep)
+    logs = settings.home / "logs"
     children = [
         Child(
             "webserver",
@@ -103,12 +126,18 @@ def up(settings: Settings, history_days: int | None = None) -> int:
                 str(ui.port),
             ],
             env,
+            logs / "webserver.log",
         ),
-        Child("daemon", [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], env),
+        Child(
+            "daemon",
+            [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+            env,
+            logs / "daemon.log",
+        ),
+        Child(
+            "sidecar", [sys.executable, "-m", "pipeline.cli", "sidecar"], env, logs / "sidecar.log"
+        ),
     ]
-    sidecar = REPO_ROOT / "pipeline" / "sidecar" / "server.py"
-    if sidecar.exists():
-        children.append(Child("sidecar", [sys.executable, "-m", "pipeline.cli", "sidecar"], env))
 
     def _interrupt(signum, frame):
         raise KeyboardInterrupt
@@ -133,12 +162,19 @@ def up(settings: Settings, history_days: int | None = None) -> int:
         _say(f'  warehouse {wh.replica_path}  (read replica; `signalbox sql "SELECT …"`)')
         _say(f"  socket    {settings.socket_path}  (`signalbox tail`)")
         _say(f"  source    {ep.label} {ep.rest_url}")
+        _say(f"  logs      {logs}/  (daemon.log, webserver.log, sidecar.log, latency.jsonl)")
         _say("Ctrl-C stops everything.")
+        seen = len(latency.read(settings.home))
         while True:
             time.sleep(0.5)
+            records = latency.read(settings.home)
+            for rec in records[seen:]:
+                _report(rec)
+            seen = len(records)
             for child in children:
                 if child.proc is not None and child.proc.poll() is not None:
                     code = child.proc.returncode
+                    _say(f"{child.name} stopped; the end of {child.log}:\n{child.tail()}")
                     delay = (
                         min(2**child.restarts, 60) if time.monotonic() - child.started < 60 else 1
                     )
