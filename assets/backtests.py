@@ -13,7 +13,7 @@ import json
 
 import dagster as dg
 
-from assets.common import check_result, md_table
+from assets.common import check_result, endpoint, md_table
 from assets.common import warehouse as get_warehouse
 from pipeline.config import settings
 
@@ -87,7 +87,10 @@ def backtest_report(context: dg.AssetExecutionContext, config: BacktestConfig):
         "ORDER BY symbol, timeframe, close_time",
         [personality, start, end],
     )
-    meta: dict = {"period": f"{start:%Y-%m-%d} → {end - dt.timedelta(days=1):%Y-%m-%d}"}
+    meta: dict = {
+        "source": endpoint().label,
+        "period": f"{start:%Y-%m-%d} → {end - dt.timedelta(days=1):%Y-%m-%d}",
+    }
     markdown, quality = [], []
     replacements = []
     for symbol in symbols:

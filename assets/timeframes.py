@@ -10,7 +10,7 @@ import datetime as dt
 
 import dagster as dg
 
-from assets.common import DAILY, SINGLE_RUN, check_result
+from assets.common import DAILY, SINGLE_RUN, check_result, endpoint
 from assets.common import warehouse as get_warehouse
 from assets.common import window as partition_window
 from pipeline.config import settings
@@ -83,6 +83,7 @@ def candles(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         pl.len().alias("buckets"), (~pl.col("complete")).sum().alias("incomplete")
     )
     meta = {
+        "source": endpoint().label,
         "rows_written": written,
         "as_of": as_of.isoformat(),
         "days": len(days),
@@ -177,6 +178,7 @@ def indicators(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         "indicators", frame if frame is not None else pl.DataFrame(), *_owned_where(start, end)
     )
     meta = {
+        "source": endpoint().label,
         "rows_written": written,
         "days": len(days),
         "indicators": len(columns),
