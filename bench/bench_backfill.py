@@ -9,7 +9,6 @@ the read replica -> the blocking checks and the great-expectations suite. The ba
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 import subprocess
 import sys
@@ -46,17 +45,12 @@ def _bare_insert(path: Path) -> tuple[float, int]:
 def run() -> str:
     from bench.common import table
     from pipeline.replay import ReplayExchange
+    from tests.daemon import replay_env
     from warehouse import connect
 
     with tempfile.TemporaryDirectory() as tmp, ReplayExchange(seed=7) as ex:
         home = Path(tmp) / "home"
-        env = dict(
-            os.environ,
-            SIGNALBOX_HOME=str(home),
-            SIGNALBOX_SOURCE="replay",
-            SIGNALBOX_BYBIT_URL=ex.rest_url,
-            SIGNALBOX_BYBIT_WS=ex.ws_url,
-        )
+        env = replay_env(home, ex)
         args = [
             sys.executable,
             "-m",

@@ -31,19 +31,21 @@ def write_config(home: Path, **live: object) -> Path:
     return path
 
 
+def replay_env(home: Path, replay=None) -> dict[str, str]:
+    """Environment for a signalbox process: this home, the replay exchange `replay` (a
+    running ReplayExchange; None: the one the CLI starts itself)."""
+    env = dict(os.environ, SIGNALBOX_HOME=str(home), SIGNALBOX_SOURCE="replay")
+    if replay is not None:
+        env.update(SIGNALBOX_BYBIT_URL=replay.rest_url, SIGNALBOX_BYBIT_WS=replay.ws_url)
+    return env
+
+
 class Daemon:
     """`dagster-daemon run` for one SIGNALBOX_HOME and one replay exchange."""
 
     def __init__(self, home: Path, replay, config: Path) -> None:
-        env = {
-            "SIGNALBOX_CONFIG": str(config),
-            "SIGNALBOX_HOME": str(home),
-            "SIGNALBOX_SOURCE": "replay",
-            "SIGNALBOX_BYBIT_URL": replay.rest_url,
-            "SIGNALBOX_BYBIT_WS": replay.ws_url,
-        }
-        settings = load_settings(config, env={**os.environ, **env})
-        self.env = dagster_env(settings, env)
+        env = {**replay_env(home, replay), "SIGNALBOX_CONFIG": str(config)}
+        self.env = dagster_env(load_settings(config, env=env), env)
         self.home = home
         self.log = home / "daemon.log"
         self.proc: subprocess.Popen | None = None

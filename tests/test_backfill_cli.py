@@ -3,23 +3,21 @@ against a temporary instance, the real pybit client talking to the replay exchan
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.daemon import replay_env
 from warehouse import connect
 
 CLI = [sys.executable, "-m", "pipeline.cli"]
+WEEK = ["backfill", "--start", "2024-01-01", "--end", "2024-01-07", "--symbols", "BTCUSDT,ETHUSDT"]
 
 
 def run_cli(args: list[str], home: Path, replay=None, **env: str) -> subprocess.CompletedProcess:
-    e = dict(os.environ, SIGNALBOX_HOME=str(home), SIGNALBOX_SOURCE="replay", **env)
-    if replay is not None:
-        e["SIGNALBOX_BYBIT_URL"] = replay.rest_url
-        e["SIGNALBOX_BYBIT_WS"] = replay.ws_url
+    e = {**replay_env(home, replay), **env}
     return subprocess.run(CLI + args, env=e, capture_output=True, text=True, timeout=300)
 
 
@@ -39,15 +37,7 @@ def week(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     with ReplayExchange(seed=7) as ex:
         r = run_cli(
-            [
-                "backfill",
-                "--start",
-                "2024-01-01",
-                "--end",
-                "2024-01-07",
-                "--symbols",
-                "BTCUSDT,ETHUSDT",
-            ],
+            WEEK,
             home,
             ex,
         )
@@ -68,15 +58,7 @@ def test_backfill_writes_every_minute_of_every_day(week):
 def test_backfill_again_leaves_the_table_identical(week):
     home, ex, _, before = week
     r = run_cli(
-        [
-            "backfill",
-            "--start",
-            "2024-01-01",
-            "--end",
-            "2024-01-07",
-            "--symbols",
-            "BTCUSDT,ETHUSDT",
-        ],
+        WEEK,
         home,
         ex,
     )
@@ -90,15 +72,7 @@ def test_backfill_with_ten_percent_faults_gives_the_identical_result(week, tmp_p
     _, _, _, expected = week
     with ReplayExchange(seed=7, faults=0.10, long_delay_s=1.0) as flaky:
         r = run_cli(
-            [
-                "backfill",
-                "--start",
-                "2024-01-01",
-                "--end",
-                "2024-01-07",
-                "--symbols",
-                "BTCUSDT,ETHUSDT",
-            ],
+            WEEK,
             tmp_path,
             flaky,
             SIGNALBOX_CONFIG=str(_fast_timeouts(tmp_path)),

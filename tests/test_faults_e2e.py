@@ -4,7 +4,6 @@ someone keeps the read replica open; and a candle the exchange revises after we 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import subprocess
 import sys
 import textwrap
@@ -12,7 +11,7 @@ import textwrap
 import pytest
 
 from pipeline.latency import read as latency_log
-from tests.daemon import Daemon, replica_rows, wait_for, write_config
+from tests.daemon import Daemon, replay_env, replica_rows, wait_for, write_config
 from tests.test_live_e2e import KLINES, MINUTE, assert_exact
 from warehouse import connect
 
@@ -64,13 +63,7 @@ def test_outage_of_minutes_with_the_replica_held_loses_nothing(tmp_path, replay_
 def test_revised_candle_ends_with_the_exchange_final_values(tmp_path, replay):
     """The exchange revises a stored candle (same open_time, new values): the daily repair's
     full re-ingest of the partition stores the final values, and the timeframes follow."""
-    env = dict(
-        os.environ,
-        SIGNALBOX_HOME=str(tmp_path),
-        SIGNALBOX_SOURCE="replay",
-        SIGNALBOX_BYBIT_URL=replay.rest_url,
-        SIGNALBOX_BYBIT_WS=replay.ws_url,
-    )
+    env = replay_env(tmp_path, replay)
     cmd = [
         sys.executable,
         "-m",
