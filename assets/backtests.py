@@ -40,8 +40,10 @@ def _period(cfg: BacktestConfig, window_days: int) -> tuple[dt.datetime, dt.date
 
 
 def run_id_for(personality: str, symbol: str, tf: str, start, end, params: dict) -> str:
+    """Stable per (personality, symbol, timeframe, period, parameters): a re-run replaces."""
     digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
-    return f"{personality}:{symbol}:{tf}:{start:%Y%m%d}-{end:%Y%m%d}:{digest}"
+    last = end - dt.timedelta(days=1)
+    return f"{personality}:{symbol}:{tf}:{start:%Y%m%d}-{last:%Y%m%d}:{digest}"
 
 
 def _img_md(path) -> str:

@@ -6,7 +6,7 @@ step would cost seconds. Asset modules stay thin; the work is in pipeline/ and w
 
 import dagster as dg
 
-from assets import backtests, klines, timeframes
+from assets import backtests, klines, signals, timeframes
 from sensors import live, repair
 
 quality_job = dg.define_asset_job(
@@ -28,6 +28,7 @@ defs = dg.Definitions(
         klines.bybit_klines_1m,
         timeframes.candles,
         timeframes.indicators,
+        signals.signals,
         backtests.backtest_report,
     ],
     asset_checks=[klines.klines_expectations, timeframes.indicators_warmup],

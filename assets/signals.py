@@ -1,0 +1,149 @@
+"""`signals`: every configured personality's BUY/SELL signals per daily partition.
+
+A partition's signals equal what one pass over all history gives and what the live path
+computes bar by bar (pipeline/signals.py proves it; the checks here re-prove it on a sample of
+each run). In live runs the new signals go to the sidecar's outbox right after the write, so a
+subscriber gets them within milliseconds and never delays the run.
+"""
+
+import datetime as dt
+import json
+import time
+
+import dagster as dg
+
+from assets.common import DAILY, SINGLE_RUN, check_result, endpoint, md_table
+from assets.common import warehouse as get_warehouse
+from assets.common import window as partition_window
+from pipeline.config import settings
+
+CHECKS = ["valid", "no_lookahead"]
+LIVE_LOOKAHEAD_SAMPLE = 3  # bars per personality on the minute-by-minute path
+BACKFILL_LOOKAHEAD_SAMPLE = 60
+
+
+def _read_frames(wh, windows: dict[str, tuple[dt.datetime, dt.datetime]]):
+    """Candles LEFT JOIN indicators for each timeframe's window, in one query."""
+
+    values = ", ".join("(?, ?, ?)" for _ in windows)
+    params = [v for tf, (lo, hi) in windows.items() for v in (tf, lo, hi)]
+    joined = wh.query(
+        f"SELECT c.*, i.* EXCLUDE (symbol, timeframe, open_time, close_time) FROM candles c "
+        f"JOIN (VALUES {values}) w(tf, lo, hi) ON c.timeframe = w.tf AND c.open_time >= w.lo "
+        "AND c.close_time <= w.hi LEFT JOIN indicators i USING (symbol, timeframe, open_time) "
+        "ORDER BY c.timeframe, c.symbol, c.open_time",
+        params,
+    )
+    by_tf = joined.partition_by("timeframe", as_dict=True)
+    return {tf: by_tf.get((tf,), joined.clear()) for tf in windows}
+
+
+def _merge_windows(windows: list[dict]) -> dict[str, tuple[dt.datetime, dt.datetime]]:
+    out: dict[str, tuple[dt.datetime, dt.datetime]] = {}
+    for w in windows:
+        for tf, (lo, hi) in w.items():
+            a, b = out.get(tf, (lo, hi))
+            out[tf] = (min(a, lo), max(b, hi))
+    return out
+
+
+def _to_messages(rows) -> list[dict]:
+    """Signal rows as the dicts the sidecar's outbox takes."""
+    out = []
+    for r in rows.iter_rows(named=True):
+        r = dict(r)
+        r["snapshot"] = (
+            json.loads(r["snapshot"]) if isinstance(r["snapshot"], str) else r["snapshot"]
+        )
+        out.append(r)
+    return out
+
+
+@dg.asset(
+    partitions_def=DAILY,
+    backfill_policy=SINGLE_RUN,
+    deps=["indicators"],
+    pool="duckdb",
+    group_name="signals",
+    kinds={"duckdb", "polars"},
+    description=(
+        "BUY/SELL signals of every configured personality (pipeline/personalities/*.yaml) "
+        "with confidence, reasons, a snapshot of the values that decided them and the data "
+        "quality of their window. Live runs hand new ones to the sidecar."
+    ),
+    check_specs=[dg.AssetCheckSpec(c, asset="signals", blocking=True) for c in CHECKS],
+    metadata={"table": "signals"},
+)
+def signals(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    import polars as pl
+
+    from pipeline import latency
+    from pipeline.checks import CheckOutcome
+    from pipeline.personality import load_personalities
+    from pipeline.sidecar.outbox import publish
+    from pipeline.signals import (
+        check_signals,
+        check_signals_lookahead,
+        signal_input_window,
+        signal_summary,
+        signals_for_partition,
+    )
+
+    s, wh = settings(), get_warehouse()
+    start, end = partition_window(context)
+    first, last = start.date(), (end - dt.timedelta(days=1)).date()
+    tags = context.run.tags
+    live = tags.get("signalbox/live") == "1"
+    personalities = load_personalities(s.personalities, s.timeframes)
+    windows = {p.name: signal_input_window(first, p, last) for p in personalities}
+    frames = _read_frames(wh, _merge_windows(list(windows.values())))
+    per_p = {p.name: signals_for_partition(frames, first, p, last) for p in personalities}
+    rows = pl.concat(list(per_p.values()), how="vertical_relaxed") if per_p else pl.DataFrame()
+    names = [p.name for p in personalities]
+    marks = ", ".join("?" * len(names))
+    written = wh.replace(
+        "signals",
+        rows,
+        f"close_time > ? AND close_time <= ? AND personality IN ({marks})",
+        [start, end, *names],
+    )
+    valid = [check_signals(per_p[p.name], p) for p in personalities]
+
+    published: list[int] = []
+    if live and all(o.passed for o in valid) and rows.height:
+        exchange_now = tags.get("signalbox/exchange_now")
+        now = dt.datetime.fromisoformat(exchange_now) if exchange_now else None
+        published = publish(s, _to_messages(rows), now=now)
+        latency.record(
+            s.home, run_id=context.run_id, stage="signals", published_at=time.time(),
+            published=len(published),
+        )  # fmt: skip
+
+    sample = LIVE_LOOKAHEAD_SAMPLE if live else BACKFILL_LOOKAHEAD_SAMPLE
+    lookahead = [check_signals_lookahead(frames, p, sample=sample, day=last) for p in personalities]
+    summary = signal_summary(rows)
+    table = pl.DataFrame([{"personality": k, **v} for k, v in summary.items()] if summary else None)
+    meta = {
+        "source": endpoint().label,
+        "rows_written": written,
+        "published_to_sidecar": len(published),
+        "per_personality": dg.MetadataValue.md(md_table(table)),
+        "summary": dg.MetadataValue.json(summary),
+    }
+    results = {
+        "valid": _combine(valid, names, CheckOutcome),
+        "no_lookahead": _combine(lookahead, names, CheckOutcome),
+    }
+    return dg.MaterializeResult(
+        metadata=meta, check_results=[check_result(n, results[n], "signals") for n in CHECKS]
+    )
+
+
+def _combine(outcomes, names, outcome_cls):
+    """One outcome from one per personality, naming the personalities that failed."""
+    failed = [(n, o) for n, o in zip(names, outcomes, strict=True) if not o.passed]
+    meta = {n: o.description for n, o in zip(names, outcomes, strict=True)}
+    if not failed:
+        return outcome_cls(True, f"passed for {', '.join(names)}", meta)
+    desc = "; ".join(f"{n}: {o.description}" for n, o in failed)
+    return outcome_cls(False, desc, {**meta, **failed[0][1].metadata})
