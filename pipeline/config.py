@@ -166,6 +166,21 @@ class Settings(_Section):
             raise ValueError("must include 1m (every other timeframe is built from it)")
         return v
 
+    @field_validator("personalities")
+    @classmethod
+    def _personalities(cls, v: list[str]) -> list[str]:
+        from pipeline.personality import PERSONALITY_DIR, personality_path
+
+        for name in v:
+            if not personality_path(name).expanduser().exists():
+                known = ", ".join(sorted(p.stem for p in PERSONALITY_DIR.glob("*.yaml")))
+                raise ValueError(
+                    f"{name!r} is neither a shipped personality ({known}) nor a YAML file"
+                )
+        if len(set(v)) != len(v):
+            raise ValueError("lists a personality twice")
+        return v
+
     # -- derived paths -------------------------------------------------------------------
     @property
     def warehouse_dir(self) -> Path:

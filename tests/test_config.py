@@ -64,6 +64,7 @@ def test_relative_home_is_relative_to_the_config_file(tmp_path: Path):
         ("bybit: {timout_s: 3}\n", "bybit.timout_s", "3", "not a known key"),
         ("ui: {port: 70000}\n", "ui.port", "70000", "less than or equal to 65535"),
         ("replay: {faults: 1.5}\n", "replay.faults", "1.5", "less than or equal to 1"),
+        ("personalities: [scalpin]\n", "personalities", "scalpin", "neither a shipped"),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_allowed(tmp_path, text, key, value, hint):
