@@ -119,6 +119,7 @@ def bybit_klines_1m(context: dg.AssetExecutionContext, config: KlinesConfig):
             record_latency(
                 s.home,
                 run_id=context.run_id,
+                stage="ingest",
                 close=end.timestamp(),
                 committed_at=committed_at,
                 requested_at=float(context.run.tags.get("signalbox/requested_at", "nan")),

@@ -34,13 +34,14 @@ def run() -> str:
         try:
             deadline = time.monotonic() + 60 * (CANDLES + 4)
             while time.monotonic() < deadline:
-                lines = [x for x in read(home) if x.get("minutes") == 1]
+                lines = [x for x in read(home, "ingest") if x.get("minutes") == 1]
                 if len(lines) >= CANDLES + 1:
                     break
                 time.sleep(2)
         finally:
             daemon.stop()
-    lines = [x for x in read(home) if x.get("minutes") == 1][1:]  # the first is the warm-up
+    # the first run is the warm-up
+    lines = [x for x in read(home, "ingest") if x.get("minutes") == 1][1:]
     if len(lines) < 10:
         raise RuntimeError(f"only {len(lines)} live runs logged:\n{daemon.tail()}")
     total = [x["committed_at"] - x["close"] for x in lines]

@@ -33,14 +33,17 @@ def record(home: Path, **fields: Any) -> None:
         os.close(fd)
 
 
-def read(home: Path) -> list[dict[str, Any]]:
+def read(home: Path, stage: str | None = None) -> list[dict[str, Any]]:
+    """Every record, or only one stage's ("ingest" from the klines asset, "signals")."""
     path = log_path(home)
     if not path.exists():
         return []
     out = []
     for line in path.read_text().splitlines():
         try:
-            out.append(json.loads(line))
+            rec = json.loads(line)
         except ValueError:
             continue  # a torn last line from a killed writer
+        if stage is None or rec.get("stage", "ingest") == stage:
+            out.append(rec)
     return out

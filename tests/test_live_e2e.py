@@ -44,7 +44,7 @@ def test_daemon_ingests_each_closed_minute_once(tmp_path, replay):
     assert_exact(rows, rows[0][0], last)
     assert rows[0][0] <= first_close - MINUTE  # it started from the minute closed at start
     assert last >= target - MINUTE
-    runs = latency_log(tmp_path)
+    runs = latency_log(tmp_path, "ingest")
     assert len(runs) >= 3 and all(r["checks_passed"] for r in runs)  # every live run was clean
 
 
@@ -73,4 +73,4 @@ def test_daemon_killed_across_midnight_catches_up_exactly(tmp_path, replay_facto
     assert_exact(rows, first, rows[-1][0])
     days = {r[0].date() for r in rows}
     assert days == {dt.date(2024, 2, 28), dt.date(2024, 2, 29)}
-    assert all(r["checks_passed"] for r in latency_log(tmp_path))
+    assert all(r["checks_passed"] for r in latency_log(tmp_path, "ingest"))
