@@ -24,9 +24,11 @@ def percentile(values: list[float], q: float) -> float:
     """q in [0, 100], linear interpolation."""
     if not values:
         return float("nan")
-    return statistics.quantiles(sorted(values), n=100, method="inclusive")[int(q) - 1] if len(
-        values
-    ) > 1 else values[0]
+    return (
+        statistics.quantiles(sorted(values), n=100, method="inclusive")[int(q) - 1]
+        if len(values) > 1
+        else values[0]
+    )
 
 
 def table(header: list[str], rows: list[list[object]]) -> str:

@@ -2,8 +2,9 @@
 
 The settings below are what the live path needs: a queued run coordinator that dequeues every
 second, live runs one at a time, one concurrency pool of size 1 shared by every DuckDB writer
-(DuckDB admits one process per file), sensor threads so a slow tick never stalls the others, run monitoring so a
-run killed mid-write is marked failed and retried, and tick retention so storage stays small.
+(DuckDB admits one process per file), sensor threads so a slow tick never stalls the others,
+run monitoring so a run killed mid-write is marked failed and retried, and tick retention so
+storage stays small.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 
 from pipeline.live import MINUTE, Chunk, behind, describe, plan
 
@@ -23,7 +24,7 @@ def test_catch_up_splits_at_midnight_and_is_bounded():
     chunks = plan(newest, T, chunk_minutes=1440, max_chunks=3)
     assert [c.partition for c in chunks] == ["2024-02-28", "2024-02-29", "2024-03-01"]
     assert chunks[0].minutes == 10 and chunks[1].minutes == 1440
-    for a, b in zip(chunks, chunks[1:], strict=False):
+    for a, b in itertools.pairwise(chunks):
         assert a.end == b.start  # contiguous: nothing skipped, nothing twice
     assert chunks[-1].end < newest + MINUTE  # bounded: the rest comes on the next tick
     again = plan(newest, chunks[-1].end, chunk_minutes=1440, max_chunks=3)
