@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "signalbox.yaml"
@@ -168,8 +175,14 @@ class Settings(_Section):
 
     @field_validator("personalities")
     @classmethod
-    def _personalities(cls, v: list[str]) -> list[str]:
-        from pipeline.personality import PERSONALITY_DIR, personality_path
+    def _personalities(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        """Each file is loaded here, so a bad one fails at start-up, not inside a run."""
+        from pipeline.personality import (
+            PERSONALITY_DIR,
+            PersonalityError,
+            load_personality,
+            personality_path,
+        )
 
         for name in v:
             if not personality_path(name).expanduser().exists():
@@ -177,6 +190,11 @@ class Settings(_Section):
                 raise ValueError(
                     f"{name!r} is neither a shipped personality ({known}) nor a YAML file"
                 )
+            if "timeframes" in info.data:  # else that key's own error is reported
+                try:
+                    load_personality(personality_path(name).expanduser(), info.data["timeframes"])
+                except PersonalityError as err:
+                    raise ValueError(str(err)) from None
         if len(set(v)) != len(v):
             raise ValueError("lists a personality twice")
         return v

@@ -84,3 +84,14 @@ def test_not_yaml_and_missing_file(tmp_path: Path):
         load_settings(tmp_path / "nope.yaml", env={})
     with pytest.raises(ConfigError, match="source = 'sideways'"):
         load_settings(write(tmp_path, ""), env={"SIGNALBOX_SOURCE": "sideways"})
+
+
+def test_a_broken_personality_file_fails_at_load_not_in_a_run(tmp_path: Path):
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("name: mine\ntimeframes: [1m]\nthreshold: 0.5\nrules:\n  - {name: r}\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, f"personalities: [scalping, {bad}]\n"), env={})
+    assert str(bad) in str(err.value) and "'r'" in str(err.value)
+    # a personality reading a timeframe the config no longer builds
+    with pytest.raises(ConfigError, match="5m"):
+        load_settings(write(tmp_path, "timeframes: [1m, 15m]\npersonalities: [scalping]\n"), env={})
