@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast bench lint lock clean chromium
+.PHONY: run test test-fast bench lint lock clean sysdeps
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Signalbox needs Python 3.11, found " + sys.version.split()[0]'
@@ -17,20 +17,21 @@ $(STAMP): requirements.lock pyproject.toml
 run: $(STAMP)
 	$(BIN)/signalbox up
 
-# The HTML-report test renders in headless Chromium (Debian's package; Playwright cannot
-# download browsers offline). Installed here when missing and we may use apt.
-chromium:
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing Debian's chromium for the report rendering test"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
-	    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else \
-	    echo "warning: chromium not found; install it (apt-get install chromium) or the report test fails"; \
-	  fi; }
+# Two tests need system programs Playwright/pip cannot fetch offline: the HTML-report test
+# renders in headless Chromium, the protocol test talks through socat. Debian packages are
+# installed here when missing and we may use apt; otherwise those tests say what to install.
+SYSDEPS := chromium socat
+sysdeps:
+	@missing=""; for p in $(SYSDEPS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then SUDO=""; \
+	  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO="sudo"; \
+	  else echo "warning: missing$$missing; install them (apt-get install$$missing) or their tests skip/fail"; exit 0; fi; \
+	  echo "installing$$missing for the report rendering and socket protocol tests"; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
-test: $(STAMP) chromium
+test: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
