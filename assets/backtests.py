@@ -17,7 +17,7 @@ from assets.common import check_result, endpoint, md_table
 from assets.common import warehouse as get_warehouse
 from pipeline.config import settings
 
-PERSONALITIES = dg.StaticPartitionsDefinition(settings().personalities)
+PERSONALITIES = dg.StaticPartitionsDefinition(settings().personality_names)
 
 
 class BacktestConfig(dg.Config):

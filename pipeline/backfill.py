@@ -148,8 +148,8 @@ def backtest(
     """Materialize one personality's backtest report over [start, end] through Dagster."""
     import json
 
-    if personality not in settings.personalities:
-        known = ", ".join(settings.personalities)
+    if personality not in settings.personality_names:
+        known = ", ".join(settings.personality_names)
         print(
             f"signalbox backtest: unknown personality {personality!r}; configured: {known}",
             file=sys.stderr,

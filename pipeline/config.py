@@ -199,6 +199,13 @@ class Settings(_Section):
             raise ValueError("lists a personality twice")
         return v
 
+    @property
+    def personality_names(self) -> list[str]:
+        """What signals, the socket and backtests call them: a file's name is its stem."""
+        from pipeline.personality import personality_path
+
+        return [personality_path(p).stem for p in self.personalities]
+
     # -- derived paths -------------------------------------------------------------------
     @property
     def warehouse_dir(self) -> Path:

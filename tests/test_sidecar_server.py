@@ -281,3 +281,31 @@ def test_live_stream_follows_segment_rotation_and_compaction(
     for i in range(0, 301, 7):
         seqs += publish(s, signals(7, offset=i))
     assert [m["seq"] for m in sub.signals(len(seqs))] == seqs == list(range(1, 302))
+
+
+def test_a_personality_from_a_yaml_path_is_subscribed_to_by_its_name(
+    tmp_path, home, sidecar, connect, signals
+):
+    import yaml
+
+    from pipeline.config import load_settings
+    from pipeline.personality import PERSONALITY_DIR
+
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(
+        (PERSONALITY_DIR / "swing.yaml").read_text().replace("name: swing", "name: mine")
+    )
+    cfg = tmp_path / "signalbox.yaml"
+    cfg.write_text(
+        yaml.safe_dump({"home": str(home), "personalities": ["scalping", str(mine)], "sidecar": {}})
+    )
+    s = load_settings(cfg, env={"SIGNALBOX_HOME": str(home)})
+    assert s.personality_names == ["scalping", "mine"]
+    publish(s, signals(2, personalities=("scalping", "mine")))
+    sidecar(cfg)
+    sub = connect(s.socket_path)
+    sub.send({"op": "subscribe", "personalities": ["mine"]})
+    assert [m["personality"] for m in sub.signals(1)] == ["mine"]
+    publish(s, signals(1, offset=-1, personalities=("scalping",)))
+    publish(s, signals(1, offset=-1, personalities=("mine",)))
+    assert [(m["seq"], m["personality"]) for m in sub.signals(1)] == [(4, "mine")]

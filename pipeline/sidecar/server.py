@@ -250,7 +250,7 @@ class Conn(asyncio.Protocol):
     def _request(self, line: bytes) -> None:
         s = self.hub.settings
         try:
-            req = proto.parse_request(line, s.personalities, s.timeframes)
+            req = proto.parse_request(line, s.personality_names, s.timeframes)
         except proto.ProtocolError as err:
             if self.state == "auth":
                 return self.close("unauthorized", f"authenticate first ({err})")
