@@ -19,13 +19,14 @@ from warehouse import connect
 BIN = Path(sys.executable).parent
 
 
-def write_config(home: Path, **live: object) -> Path:
-    """The repo's config with a few `live:` settings replaced, written into `home`."""
+def write_config(home: Path, top: dict | None = None, **live: object) -> Path:
+    """The repo's config with some `live:` settings (and top-level keys) replaced, in `home`."""
     import yaml
 
     data = yaml.safe_load((REPO_ROOT / "signalbox.yaml").read_text())
     data["home"] = str(home)
     data["live"] = {**data["live"], **live}
+    data.update(top or {})
     path = home / "signalbox.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
