@@ -85,9 +85,10 @@ def run() -> str:
             stop(tail)
             stop(sidecar)
         log = read(home)
-    fresh = [r for r in received if _close(r[1]) > started + dt.timedelta(minutes=1)]
-    if len(fresh) < min(10, SIGNALS):
-        raise RuntimeError(f"only {len(fresh)} signals reached the subscriber:\n{daemon.tail()}")
+        fresh = [r for r in received if _close(r[1]) > started + dt.timedelta(minutes=1)]
+        if len(fresh) < min(10, SIGNALS):  # while the daemon's log is still there
+            got = f"only {len(fresh)} signals reached the subscriber"
+            raise RuntimeError(f"{got}:\n{daemon.tail()}")
     ingest = {x["close"]: x for x in log if "committed_at" in x}
     published = {x["run_id"]: x for x in log if x.get("stage") == "signals"}
     total, detect, start, commit, compute, deliver = [], [], [], [], [], []

@@ -40,10 +40,10 @@ def run() -> str:
                 time.sleep(2)
         finally:
             daemon.stop()
-    # the first run is the warm-up
-    lines = [x for x in read(home, "ingest") if x.get("minutes") == 1][1:]
-    if len(lines) < 10:
-        raise RuntimeError(f"only {len(lines)} live runs logged:\n{daemon.tail()}")
+        # read before the temporary home goes; the first run is the warm-up
+        lines = [x for x in read(home, "ingest") if x.get("minutes") == 1][1:]
+        if len(lines) < 10:
+            raise RuntimeError(f"only {len(lines)} live runs logged:\n{daemon.tail()}")
     total = [x["committed_at"] - x["close"] for x in lines]
     detect = [x["requested_at"] - x["close"] for x in lines]
     start = [x["asset_started_at"] - x["requested_at"] for x in lines]
