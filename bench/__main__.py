@@ -60,19 +60,21 @@ def main(argv: list[str]) -> None:
     sys.path.insert(0, str(ROOT))
     names = _modules(argv)
     sections = _split(OUT.read_text()) if argv and OUT.exists() else {}
+    head = OUT.read_text().split("<!-- bench:", 1)[0] if argv and OUT.exists() else _header()
     for name in names:
         mod = importlib.import_module(f"bench.bench_{name}")
         print(f"== {mod.TITLE} ==", flush=True)
         t0 = time.perf_counter()
         body = mod.run().strip()
         took = time.perf_counter() - t0
-        sections[name] = f"## {mod.TITLE}\n\n{body}\n\n_(benchmark took {took:.0f} s)_\n\n"
+        when = f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC"
+        sections[name] = f"## {mod.TITLE}\n\n{body}\n\n_(run {when}, took {took:.0f} s)_\n\n"
         print(body, flush=True)
-    ordered = sorted(sections, key=lambda n: (ORDER.index(n) if n in ORDER else 99, n))
-    head = OUT.read_text().split("<!-- bench:", 1)[0] if argv and OUT.exists() else _header()
-    OUT.write_text(
-        head.rstrip() + "\n\n" + "".join(f"<!-- bench:{n} -->\n{sections[n]}" for n in ordered)
-    )
+        # written after each benchmark, so a later one failing loses nothing measured
+        ordered = sorted(sections, key=lambda n: (ORDER.index(n) if n in ORDER else 99, n))
+        OUT.write_text(
+            head.rstrip() + "\n\n" + "".join(f"<!-- bench:{n} -->\n{sections[n]}" for n in ordered)
+        )
     print(f"wrote {OUT}")
 
 

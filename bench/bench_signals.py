@@ -14,7 +14,6 @@ segments (with their exchange maintenance gaps) for the share of degraded signal
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import time
 from typing import Any
 
@@ -231,5 +230,4 @@ def run() -> str:
                 ["personality", "signals", "per hour", "per week", "degraded if emitted"], seg_rows
             ),
         ]
-    body.append(f"\n_Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC._")
     return "\n".join(body)
