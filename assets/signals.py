@@ -113,10 +113,11 @@ def signals(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     if live and all(o.passed for o in valid) and rows.height:
         exchange_now = tags.get("signalbox/exchange_now")
         now = dt.datetime.fromisoformat(exchange_now) if exchange_now else None
+        publish_started_at = time.time()
         published = publish(s, _to_messages(rows), now=now)
         latency.record(
-            s.home, run_id=context.run_id, stage="signals", published_at=time.time(),
-            published=len(published),
+            s.home, run_id=context.run_id, stage="signals", published=len(published),
+            publish_started_at=publish_started_at, published_at=time.time(),
         )  # fmt: skip
 
     sample = LIVE_LOOKAHEAD_SAMPLE if live else BACKFILL_LOOKAHEAD_SAMPLE

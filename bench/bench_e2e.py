@@ -110,15 +110,15 @@ def run() -> str:
             detect.append(k["requested_at"] - close)
             start.append(k["asset_started_at"] - k["requested_at"])
             commit.append(k["committed_at"] - k["asset_started_at"])
-            compute.append(p["published_at"] - k["committed_at"])
-            deliver.append(recv - p["published_at"])
+            compute.append(p["publish_started_at"] - k["committed_at"])
+            deliver.append(recv - p["publish_started_at"])
     rows = [
         ["close → signal at the subscriber (total)", *_stats(total)],
         ["detection: close → sensor requests the run", *_stats(detect)],
         ["run start: request → asset code runs", *_stats(start)],
         ["ingest: fetch, validate, write the 1m candle", *_stats(commit)],
-        ["compute: candles, indicators, signals, checks, outbox", *_stats(compute)],
-        ["publish: outbox → sidecar → `signalbox tail`", *_stats(deliver)],
+        ["compute: candles, indicators, signals and their checks", *_stats(compute)],
+        ["publish: outbox append → sidecar → `signalbox tail`", *_stats(deliver)],
     ]
     p50, p95 = (float(v) for v in _stats(total))
     verdict = "meets" if p50 < 6 and p95 < 10 else "misses"

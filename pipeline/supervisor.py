@@ -66,7 +66,12 @@ def _say(msg: str) -> None:
 
 
 def _report(rec: dict) -> None:
-    """One line per live run: what was written and how long after the candle closed."""
+    """One line per live run: what was written and how long after the candle closed, and
+    the signals it handed to the sidecar."""
+    if rec.get("stage") == "signals":
+        if rec.get("published"):
+            _say(f"signals: {rec['published']} new, handed to the sidecar")
+        return
     if "committed_at" not in rec:
         return
     close = time.strftime("%H:%M", time.gmtime(rec["close"] - 60))

@@ -1,0 +1,98 @@
+"""`signalbox up` (what `make run` runs): everything comes up, candles land, Ctrl-C leaves
+no process behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import REPO_ROOT
+from tests.daemon import replay_env, write_config
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below `pid`, by walking /proc's parent links."""
+    parent: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parent[int(d.name)] = int(fields[1])
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out.update(kids)
+        todo += kids
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_up_serves_the_ui_ingests_live_and_stops_cleanly_on_ctrl_c(tmp_path: Path):
+    ui, replay = _free_port(), _free_port()
+    cfg = write_config(tmp_path, {"ui": {"port": ui}, "replay": {"port": replay}}, history_days=0)
+    env = {**replay_env(tmp_path), "SIGNALBOX_CONFIG": str(cfg)}
+    log = tmp_path / "up.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "up"],
+            env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+
+        def wait(text: str, timeout: float) -> None:
+            deadline = time.monotonic() + timeout
+            while text not in log.read_text():
+                assert proc.poll() is None, f"`signalbox up` exited:\n{log.read_text()}"
+                assert time.monotonic() < deadline, f"no {text!r} in:\n{log.read_text()}"
+                time.sleep(0.5)
+
+        wait("Ctrl-C stops everything", 180)
+        text = log.read_text()
+        for where in (f"http://127.0.0.1:{ui}", "replay.replica.duckdb", "sidecar.sock", "replay"):
+            assert where in text
+        with urllib.request.urlopen(f"http://127.0.0.1:{ui}/server_info", timeout=10) as r:
+            assert r.status == 200
+        wait("live: ", 180)  # the sensor's first run committed candles, and up reports it
+        assert (tmp_path / "sidecar.sock").exists()
+        kids = _descendants(proc.pid)
+        assert len(kids) >= 4  # replay, webserver, daemon, sidecar (and their own children)
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        assert proc.wait(60) == 0
+        assert "stopped." in log.read_text()
+        deadline = time.monotonic() + 10
+        while any(_alive(k) for k in kids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = {k for k in kids if _alive(k)}
+        assert not left, f"orphaned processes: {left}"
+    finally:
+        for pid in [*_descendants(proc.pid), proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
