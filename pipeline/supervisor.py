@@ -61,6 +61,20 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def _answers(url: str, child: Child, timeout: float) -> bool:
+    """Wait until `url` answers (the webserver is up), unless its process died meanwhile."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and child.proc is not None and child.proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return True
+        except OSError:
+            time.sleep(0.5)
+    return False
+
+
 def _say(msg: str) -> None:
     print(f"signalbox: {msg}", file=sys.stderr, flush=True)
 
@@ -162,6 +176,8 @@ def up(settings: Settings, history_days: int | None = None) -> int:
         for child in children[1:]:
             child.start()
         wh.ensure_replica()
+        if not _answers(f"http://{ui.host}:{ui.port}/server_info", children[0], 90):
+            _say(f"the Dagster UI is not answering yet; see {children[0].log}")
         _say("running. Where to look:")
         _say(f"  UI        http://{ui.host}:{ui.port}")
         _say(f'  warehouse {wh.replica_path}  (read replica; `signalbox sql "SELECT …"`)')
