@@ -64,5 +64,6 @@ def run() -> str:
         + table(["stage", "p50 s", "p95 s"], rows)
         + f"\n\nTarget p50 < 5 s and p95 < 8 s: {verdict} it. The sensor waits for the close "
         "when it falls within the daemon's 5 s tick, so detection is a fraction of a second; "
-        "most of the rest is Dagster queueing and starting a fresh run process."
+        "most of the rest is Dagster queueing the run and starting it (forked from the warm "
+        "run launcher)."
     )
