@@ -172,10 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Commands that compute or serve signals check the personality files before they start.
+SIGNAL_COMMANDS = frozenset({"up", "backfill", "backtest", "sidecar"})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings(args.config)
+        if args.command in SIGNAL_COMMANDS:
+            settings.check_personalities()
         return int(args.func(args, settings) or 0)
     except ConfigError as err:
         print(f"signalbox: {err}", file=sys.stderr)

@@ -14,14 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "signalbox.yaml"
@@ -175,14 +168,8 @@ class Settings(_Section):
 
     @field_validator("personalities")
     @classmethod
-    def _personalities(cls, v: list[str], info: ValidationInfo) -> list[str]:
-        """Each file is loaded here, so a bad one fails at start-up, not inside a run."""
-        from pipeline.personality import (
-            PERSONALITY_DIR,
-            PersonalityError,
-            load_personality,
-            personality_path,
-        )
+    def _personalities(cls, v: list[str]) -> list[str]:
+        from pipeline.personality import PERSONALITY_DIR, personality_path
 
         for name in v:
             if not personality_path(name).expanduser().exists():
@@ -190,14 +177,23 @@ class Settings(_Section):
                 raise ValueError(
                     f"{name!r} is neither a shipped personality ({known}) nor a YAML file"
                 )
-            if "timeframes" in info.data:  # else that key's own error is reported
-                try:
-                    load_personality(personality_path(name).expanduser(), info.data["timeframes"])
-                except PersonalityError as err:
-                    raise ValueError(str(err)) from None
         if len(set(v)) != len(v):
             raise ValueError("lists a personality twice")
         return v
+
+    def check_personalities(self) -> None:
+        """Load every personality against the configured timeframes, so a broken file fails
+        when a command starts rather than inside a run. Not a validator: resolving the
+        indicator set imports TA-Lib and pandas (~0.5 s), which `sql` or `tail` need not pay."""
+        from pipeline.personality import PersonalityError, load_personality, personality_path
+
+        for name in self.personalities:
+            try:
+                load_personality(personality_path(name).expanduser(), self.timeframes)
+            except PersonalityError as err:
+                where = self.config_path or "the configuration"
+                msg = f"invalid configuration in {where}:\n  personalities: {err}"
+                raise ConfigError(msg) from None
 
     @property
     def personality_names(self) -> list[str]:

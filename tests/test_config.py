@@ -86,12 +86,24 @@ def test_not_yaml_and_missing_file(tmp_path: Path):
         load_settings(write(tmp_path, ""), env={"SIGNALBOX_SOURCE": "sideways"})
 
 
-def test_a_broken_personality_file_fails_at_load_not_in_a_run(tmp_path: Path):
+def test_a_broken_personality_file_fails_at_start_not_in_a_run(tmp_path: Path, capsys):
     bad = tmp_path / "mine.yaml"
     bad.write_text("name: mine\ntimeframes: [1m]\nthreshold: 0.5\nrules:\n  - {name: r}\n")
+    cfg = write(tmp_path, f"personalities: [scalping, {bad}]\n")
     with pytest.raises(ConfigError) as err:
-        load_settings(write(tmp_path, f"personalities: [scalping, {bad}]\n"), env={})
+        load_settings(cfg, env={}).check_personalities()
     assert str(bad) in str(err.value) and "'r'" in str(err.value)
+    # the commands that run signals refuse to start; the bad file is named on the terminal
+    from pipeline.cli import main
+
+    assert (
+        main(["--config", str(cfg), "backfill", "--start", "2024-01-01", "--end", "2024-01-01"])
+        == 2
+    )
+    assert str(bad) in capsys.readouterr().err
     # a personality reading a timeframe the config no longer builds
     with pytest.raises(ConfigError, match="5m"):
-        load_settings(write(tmp_path, "timeframes: [1m, 15m]\npersonalities: [scalping]\n"), env={})
+        s = load_settings(
+            write(tmp_path, "timeframes: [1m, 15m]\npersonalities: [scalping]\n"), env={}
+        )
+        s.check_personalities()
