@@ -44,14 +44,12 @@ def _pulse_yaml(name: str, up: str, down: str) -> str:
     )
 
 
-def _stats(values: list[float]) -> tuple[str, str]:
-    from bench.common import percentile
-
-    return f"{percentile(values, 50):.3f}", f"{percentile(values, 95):.3f}"
-
-
 def run() -> str:
-    from bench.common import table
+    from bench.common import p50_p95, table
+
+    def _stats(values: list[float]) -> tuple[str, str]:
+        return p50_p95(values, 3)
+
     from pipeline.latency import read
     from pipeline.processes import spawn, stop
     from pipeline.replay import ReplayExchange

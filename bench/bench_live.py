@@ -16,14 +16,8 @@ TITLE = "Live ingest latency: candle close → row committed in DuckDB"
 CANDLES = int(os.environ.get("BENCH_LIVE_CANDLES", "12"))
 
 
-def _stats(values: list[float]) -> tuple[str, str]:
-    from bench.common import percentile
-
-    return f"{percentile(values, 50):.2f}", f"{percentile(values, 95):.2f}"
-
-
 def run() -> str:
-    from bench.common import table
+    from bench.common import p50_p95, table
     from pipeline.latency import read
     from pipeline.replay import ReplayExchange
     from tests.daemon import Daemon, write_config
@@ -50,13 +44,13 @@ def run() -> str:
     work = [x["committed_at"] - x["asset_started_at"] for x in lines]
     floor = [d + s for d, s in zip(detect, start, strict=True)]
     rows = [
-        ["close → committed (total)", *_stats(total)],
-        ["floor: close → run executing (detection + run start)", *_stats(floor)],
-        ["  detection: close → sensor requests the run", *_stats(detect)],
-        ["  run start: request → asset code runs (queue, process, imports)", *_stats(start)],
-        ["our work: fetch the candle, validate, write, sync replica", *_stats(work)],
+        ["close → committed (total)", *p50_p95(total)],
+        ["floor: close → run executing (detection + run start)", *p50_p95(floor)],
+        ["  detection: close → sensor requests the run", *p50_p95(detect)],
+        ["  run start: request → asset code runs (queue, process, imports)", *p50_p95(start)],
+        ["our work: fetch the candle, validate, write, sync replica", *p50_p95(work)],
     ]
-    p50, p95 = (float(v) for v in _stats(total))
+    p50, p95 = (float(v) for v in p50_p95(total))
     verdict = "meets" if p50 < 5 and p95 < 8 else "misses"
     return (
         f"{len(lines)} consecutive 1m candles (replay exchange on the wall clock, one symbol), "

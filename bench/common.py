@@ -31,6 +31,11 @@ def percentile(values: list[float], q: float) -> float:
     )
 
 
+def p50_p95(values: list[float], digits: int = 2) -> tuple[str, str]:
+    """The median and the 95th percentile, formatted for a latency table."""
+    return f"{percentile(values, 50):.{digits}f}", f"{percentile(values, 95):.{digits}f}"
+
+
 def table(header: list[str], rows: list[list[object]]) -> str:
     """A markdown table."""
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
