@@ -92,11 +92,12 @@ class _Minutes:
             .cast(pl.Float64)
             .alias("turnover"),
         )
-        if df.height and not _sorted(df):
+        sid = _symbol_runs(df)
+        if df.height and not _sorted(df, sid):
             df = df.sort("symbol", "t")
-        runs = df.select(pl.col("symbol").rle_id().alias("sid"), "symbol")
-        self.sid = runs["sid"].to_numpy().astype(np.int32)
-        self.names = runs["symbol"].gather(_run_starts(self.sid)) if df.height else runs["symbol"]
+            sid = _symbol_runs(df)
+        self.sid = sid.astype(np.int32)
+        self.names = df["symbol"].gather(_run_starts(self.sid)) if df.height else df["symbol"]
         self.t = df["t"].to_numpy().astype(np.int64, copy=False)
         self.cols = {c: df[c].to_numpy() for c in _PRICES}
         self.n = df.height
@@ -109,12 +110,17 @@ class _Minutes:
             raise ValueError(f"duplicate 1m candle {sym} {when} ({dup.size} duplicates)")
 
 
-def _sorted(df: pl.DataFrame) -> bool:
-    """Sorted by (symbol, t)? Checked in numpy so the common, already sorted case costs ~1 ms."""
-    import numpy as np
+def _symbol_runs(df: pl.DataFrame) -> np.ndarray:
+    """Run id of each row's symbol (0, 1, ... each time the symbol changes)."""
     import polars as pl
 
-    sid = df.select(pl.col("symbol").rle_id())["symbol"].to_numpy()
+    return df.select(pl.col("symbol").rle_id())["symbol"].to_numpy()
+
+
+def _sorted(df: pl.DataFrame, sid: np.ndarray) -> bool:
+    """Sorted by (symbol, t)? Checked in numpy so the common, already sorted case costs ~1 ms."""
+    import numpy as np
+
     if not df["symbol"].gather(_run_starts(sid)).is_sorted(descending=False):
         return False  # a symbol in two runs, or runs out of order
     t = df["t"].to_numpy()
@@ -132,7 +138,7 @@ def _repeat_names(names: pl.Series, sid: np.ndarray) -> pl.Series:
     import numpy as np
     import polars as pl
 
-    counts = np.bincount(sid, minlength=len(names)) if sid.size else np.zeros(0, dtype=int)
+    counts = np.diff(np.searchsorted(sid, np.arange(len(names) + 1)))
     parts = [
         pl.repeat(names[i], int(k), eager=True, dtype=pl.String) for i, k in enumerate(counts) if k
     ]
@@ -190,33 +196,39 @@ def _roll_up(src: _Level, tf: Timeframe) -> _Level:
             "high": _reduce(np.maximum, c["high"], starts),
             "low": _reduce(np.minimum, c["low"], starts),
             "close": c["close"][last],
-            # Sums always by reduceat (sequential), whatever the gaps: a partition and the
-            # whole history must add the same numbers in the same order, bit for bit.
-            "volume": np.add.reduceat(c["volume"], starts),
-            "turnover": np.add.reduceat(c["turnover"], starts),
+            "volume": _reduce(np.add, c["volume"], starts),
+            "turnover": _reduce(np.add, c["turnover"], starts),
         },
         _reduce(np.add, src.n1, starts).astype(np.int32),
     )
 
 
 def _reduce(op: np.ufunc, values: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """op.reduceat(values, starts); when the inner groups all hold the same small number k of
-    rows (no gaps), as k strided element-wise passes instead, ~3x faster than reduceat. Exact
-    ops only (max, min, integer sums): their result does not depend on the evaluation order."""
+    """op.reduceat(values, starts), bit for bit; when the inner groups all hold the same small
+    number k of rows (no gaps), as k strided element-wise passes instead, ~3x faster.
+
+    Max, min and integer sums do not depend on the order of evaluation. A float sum does:
+    reduceat adds the group's first value to the sum of the rest, and sums fewer than 8 values
+    left to right (numpy's pairwise summation starts at 8), so for k <= 8 the passes do the same
+    (v0 + ((v1 + v2) + ...)); longer float groups keep reduceat. A partition and the whole
+    history then add the same numbers in the same order whichever path each takes.
+    """
     import numpy as np
 
     g = len(starts)
     k = int(starts[2] - starts[1]) if g >= 3 else 0
     a, b = (int(starts[1]), int(starts[-1])) if g >= 3 else (0, 0)
-    if not 1 < k <= 16 or b - a != k * (g - 2) or (starts[2:] - starts[1:-1] != k).any():
+    limit = 8 if op is np.add and values.dtype.kind == "f" else 16
+    if not 1 < k <= limit or b - a != k * (g - 2) or (starts[2:] - starts[1:-1] != k).any():
         return op.reduceat(values, starts)
     out = np.empty(g, dtype=values.dtype)
     inner = out[1:-1]
-    inner[:] = values[a:b:k]
-    for j in range(1, k):
+    inner[:] = values[a + 1 : b : k]
+    for j in range(2, k):
         op(inner, values[a + j : b : k], out=inner)
-    out[0] = op.reduce(values[:a])
-    out[-1] = op.reduce(values[b:])
+    op(values[a:b:k], inner, out=inner)
+    out[0] = op.reduceat(values[:a], [0])[0]
+    out[-1] = op.reduceat(values[b:], [0])[0]
     return out
 
 

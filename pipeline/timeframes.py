@@ -145,8 +145,11 @@ def bucket_start(tf: Timeframe | str, ms: Any) -> Any:
     a, kind = _to_ms(ms)
     if t.kind == "month":
         out = _month_ms((_months_since_epoch(a) // t.months) * t.months)
-    else:
+    elif t.anchor_ms:
         out = t.anchor_ms + ((a - t.anchor_ms) // t.ms) * t.ms
+    else:  # epoch-anchored: half the passes over a year of minutes
+        out = a // t.ms
+        out *= t.ms
     return _back(out, kind, ms)
 
 
@@ -161,6 +164,19 @@ def shift_buckets(tf: Timeframe | str, start: Any, n: int) -> Any:
     return _back(out, kind, start)
 
 
+def bucket_range(tf: Timeframe | str, first_ms: int, last_ms: int) -> np.ndarray:
+    """Open times (ms) of every bucket from the one holding `first_ms` to the one holding
+    `last_ms`, both included: a grid to `searchsorted` sorted times against."""
+    import numpy as np
+
+    t = as_timeframe(tf)
+    a, b = bucket_start(t, int(first_ms)), bucket_start(t, int(last_ms))
+    if t.kind != "month":
+        return np.arange(a, b + 1, t.ms, dtype=np.int64)
+    m = _months_since_epoch(np.asarray([a, b], dtype=np.int64))
+    return _month_ms(np.arange(m[0], m[1] + 1, t.months))
+
+
 def bucket_end(tf: Timeframe | str, start: Any) -> Any:
     """Close time (exclusive end) of the bucket opening at `start`."""
     return shift_buckets(tf, start, 1)
@@ -168,9 +184,15 @@ def bucket_end(tf: Timeframe | str, start: Any) -> Any:
 
 def expected_minutes(tf: Timeframe | str, start: Any) -> Any:
     """How many 1m candles a complete bucket holds (months vary); `start` is any time in it."""
+    import numpy as np
+
+    t = as_timeframe(tf)
     a, kind = _to_ms(start)
-    a = bucket_start(tf, a)
-    out = (shift_buckets(tf, a, 1) - a) // MINUTE_MS
+    if t.kind == "month":
+        a = bucket_start(t, a)
+        out = (shift_buckets(t, a, 1) - a) // MINUTE_MS
+    else:  # fixed length: no arithmetic on a year of open times
+        out = np.full(a.shape, t.minutes, dtype=np.int64)
     return _back(out, kind, start, as_time=False)
 
 

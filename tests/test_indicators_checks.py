@@ -163,15 +163,22 @@ def test_duplicates_and_missing_columns_are_refused(candles: pl.DataFrame) -> No
     assert empty.is_empty() and empty.columns[4:] == load_spec().columns
 
 
-@pytest.mark.parametrize("big", [0, 300, 10**9])
-def test_chunking_of_the_output_does_not_change_it(
-    candles: pl.DataFrame, indicators: pl.DataFrame, monkeypatch: pytest.MonkeyPatch, big: int
+@pytest.mark.parametrize(("big", "threads"), [(0, 1), (0, 2), (0, 5), (300, 3), (10**9, 2)])
+def test_chunking_and_threads_do_not_change_the_output(
+    candles: pl.DataFrame,
+    indicators: pl.DataFrame,
+    monkeypatch: pytest.MonkeyPatch,
+    big: int,
+    threads: int,
 ) -> None:
-    """Long series get their own chunk, runs of short ones a joint one: same rows, same order."""
+    """Long series get their own chunk and their entries spread over threads (bb_width waits
+    for bbands, squeeze for bb_width ...), runs of short ones a joint chunk on this thread:
+    same rows, same order, same bits."""
     import pipeline.indicators as ind
 
     monkeypatch.setattr(ind, "BIG_SERIES", big)
-    assert compute_indicators(candles).equals(indicators)
+    assert compute_indicators(candles, threads=threads).equals(indicators)
+    assert compute_indicators(candles, threads=1).equals(indicators)
 
 
 def test_each_symbol_is_its_own_series(candles: pl.DataFrame, indicators: pl.DataFrame) -> None:
