@@ -174,7 +174,7 @@ def test_chunking_and_threads_do_not_change_the_output(
     """Long series get their own chunk and their entries spread over threads (bb_width waits
     for bbands, squeeze for bb_width ...), runs of short ones a joint chunk on this thread:
     same rows, same order, same bits."""
-    import pipeline.indicators as ind
+    import pipeline.indicators.compute as ind
 
     monkeypatch.setattr(ind, "BIG_SERIES", big)
     assert compute_indicators(candles, threads=threads).equals(indicators)

@@ -1,0 +1,304 @@
+"""Checks on computed indicators: values in range, NULL exactly where a value is not due, no
+lookahead (sampled bars recomputed from history cut at their close) and warm-up vs full history."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
+
+from pipeline.checks import MAX_LISTED, CheckOutcome
+from pipeline.indicators.compute import (
+    SeriesRange,
+    compute_indicators,
+    compute_series,
+    first_row_arrays,
+    prepare,
+    utc_times,
+)
+from pipeline.indicators.spec import IndicatorSpec, load_spec
+from pipeline.timeframes import (
+    from_ms,
+)
+
+if TYPE_CHECKING:
+    import polars as pl
+
+
+def _value_columns(spec: IndicatorSpec, frame: pl.DataFrame) -> list[str]:
+    return [c for c in spec.columns if c in frame.columns]
+
+
+def check_ranges(indicators: pl.DataFrame, spec: IndicatorSpec | None = None) -> CheckOutcome:
+    """Configured bounds (RSI, Stochastic, ADX in [0, 100]; ATR >= 0 ...), ordered outputs
+    (Bollinger upper >= middle >= lower), and no NaN or infinity stored (missing is NULL)."""
+    import polars as pl
+
+    spec = spec or load_spec()
+    problems: dict[str, int] = {}
+    examples: list[str] = []
+
+    def count(label: str, bad: pl.Expr) -> None:
+        rows = indicators.filter(bad)
+        if rows.height:
+            problems[label] = rows.height
+            examples.extend(
+                f"{label}: {s} {tf} {t.isoformat()}"
+                for s, tf, t in rows.head(5).select("symbol", "timeframe", "open_time").iter_rows()
+            )
+
+    for ind in spec.indicators:
+        cols = [c for c in ind.outputs if c in indicators.columns]
+        for c in cols:
+            if not ind.boolean:
+                count(f"{c} NaN/inf", ~pl.col(c).is_finite())
+            lo, hi = ind.bounds or (None, None)
+            if lo is not None:
+                count(f"{c} < {lo}", pl.col(c).cast(pl.Float64) < lo)
+            if hi is not None:
+                count(f"{c} > {hi}", pl.col(c).cast(pl.Float64) > hi)
+        if ind.ordered:
+            for a, b in itertools.pairwise(cols):
+                count(f"{a} < {b}", pl.col(a) < pl.col(b))
+    if not problems:
+        return CheckOutcome(True, f"indicator ranges hold on {indicators.height} rows")
+    total = sum(problems.values())
+    return CheckOutcome(
+        False,
+        f"{total} out-of-range value(s): {problems}",
+        {"violations": problems, "examples": examples[:MAX_LISTED]},
+    )
+
+
+def check_nulls(
+    candles: pl.DataFrame, indicators: pl.DataFrame, spec: IndicatorSpec | None = None
+) -> CheckOutcome:
+    """NULL exactly where a value is not due: a value wherever its warm-up was in `candles`
+    (no NaN where a value is due) and none where it was not (no silently different number).
+
+    `candles` are the candles the indicators were computed from (with their history).
+    """
+    import numpy as np
+
+    spec = spec or load_spec()
+    prep = prepare(candles, spec)
+    df = prep.df
+    keyed = indicators.with_columns(utc_times(indicators, "open_time"))
+    missing: dict[str, int] = {}
+    unexpected: dict[str, int] = {}
+    examples: list[str] = []
+    orphans = keyed.join(
+        df.select("symbol", "timeframe", "open_time"),
+        how="anti",
+        on=["symbol", "timeframe", "open_time"],
+    ).height
+    by_series = keyed.partition_by("symbol", "timeframe", as_dict=True)
+    for s in prep.series:
+        rows = by_series.get((s.symbol, s.timeframe))
+        if rows is None:
+            continue
+        _, ctx = prep.inputs(s)
+        pos = np.searchsorted(ctx.open_ms, rows["open_time"].dt.epoch("ms").to_numpy())
+        pos = np.clip(pos, 0, len(ctx.open_ms) - 1)
+        first = first_row_arrays(ctx, spec)
+        for c in _value_columns(spec, rows):
+            due = first[c][pos] >= 0
+            null = rows[c].is_null().to_numpy()
+            for label, bad, tally in (
+                ("NULL where due", due & null, missing),
+                ("value before warm-up", ~due & ~null, unexpected),
+            ):
+                if bad.any():
+                    tally[c] = tally.get(c, 0) + int(bad.sum())
+                    t = from_ms(int(ctx.open_ms[pos[np.argmax(bad)]]))
+                    examples.append(f"{c} {label}: {s.symbol} {s.timeframe} {t.isoformat()}")
+    if not missing and not unexpected and not orphans:
+        return CheckOutcome(True, f"values present exactly where due on {indicators.height} rows")
+    return CheckOutcome(
+        False,
+        f"{sum(missing.values())} NULL where due, {sum(unexpected.values())} value(s) without"
+        f" warm-up, {orphans} row(s) without a candle",
+        {
+            "null_where_due": missing,
+            "value_before_warmup": unexpected,
+            "orphans": orphans,
+            "examples": examples[:MAX_LISTED],
+        },
+    )
+
+
+def _differs(
+    spec: IndicatorSpec,
+    got: Mapping[str, float],
+    want: Mapping[str, float],
+    close: float,
+    magnitude: Mapping[str, float],
+) -> list[str]:
+    """Columns where two values of one bar differ by more than the tolerance (NULL vs value too)."""
+    bad = []
+    for ind in spec.indicators:
+        for c in ind.outputs:
+            if c not in want:
+                continue
+            a, b = got.get(c), want[c]
+            a = None if a is None or a != a else float(a)
+            b = None if b is None or b != b else float(b)
+            if a is None or b is None:
+                if (a is None) != (b is None):
+                    bad.append(c)
+                continue
+            if ind.boolean:
+                scale = 0.0
+            elif ind.scale == "price":
+                scale = abs(close)
+            elif ind.scale == "range" and ind.bounds:
+                scale = float(ind.bounds[1]) - float(ind.bounds[0])  # type: ignore[arg-type]
+            else:
+                scale = max(magnitude.get(c, 0.0), 1e-300)
+            if abs(a - b) > spec.tolerance * scale:
+                bad.append(c)
+    return bad
+
+
+def _sample(n: int, lo: int, k: int, seed: int) -> list[int]:
+    """Up to k row positions in [lo, n): the newest plus a seeded random spread."""
+    import numpy as np
+
+    if n <= lo:
+        return []
+    pick = {n - 1} | set(np.random.default_rng(seed).integers(lo, n, size=max(k - 1, 0)).tolist())
+    return sorted(pick)
+
+
+def _magnitudes(rows: pl.DataFrame, spec: IndicatorSpec) -> dict[str, float]:
+    import polars as pl
+
+    cols = [c for c in _value_columns(spec, rows) if rows.schema[c] == pl.Float64]
+    if not cols or rows.is_empty():
+        return {}
+    means = rows.select(pl.col(c).abs().mean() for c in cols).row(0, named=True)
+    return {c: float(v or 0.0) for c, v in means.items()}
+
+
+def _iter_stored(
+    series: list[SeriesRange], stored: pl.DataFrame
+) -> Iterator[tuple[SeriesRange, pl.DataFrame]]:
+    by_series = stored.with_columns(utc_times(stored, "open_time")).partition_by(
+        "symbol", "timeframe", as_dict=True
+    )
+    for s in series:
+        rows = by_series.get((s.symbol, s.timeframe))
+        if rows is not None and rows.height:
+            yield s, rows.sort("open_time")
+
+
+def check_lookahead(
+    candles: pl.DataFrame,
+    indicators: pl.DataFrame,
+    spec: IndicatorSpec | None = None,
+    *,
+    per_series: int = 5,
+    seed: int = 0,
+) -> CheckOutcome:
+    """For a sample of stored bars per series (always the newest), recompute from the candles
+    truncated at that bar's close: the values must equal the stored ones (within the
+    tolerance), so no stored value used a later bar. The truncated input starts at the earliest
+    row any of the bar's values depends on, which keeps each recomputation small.
+
+    `candles` are those the indicators were computed from (with their warm-up history).
+    """
+    import numpy as np
+
+    spec = spec or load_spec()
+    prep = prepare(candles, spec)
+    failures: list[str] = []
+    checked = 0
+    for s, rows in _iter_stored(prep.series, indicators):
+        cols_all, ctx_all = prep.inputs(s)
+        first = first_row_arrays(ctx_all, spec)
+        mags = _magnitudes(rows, spec)
+        stored_t = rows["open_time"].dt.epoch("ms").to_numpy()
+        for j in _sample(rows.height, 0, per_series, seed):
+            i = int(np.searchsorted(ctx_all.open_ms, stored_t[j]))
+            if i >= len(ctx_all.open_ms) or ctx_all.open_ms[i] != stored_t[j]:
+                failures.append(f"{s.symbol} {s.timeframe} {from_ms(stored_t[j])}: no candle")
+                continue
+            # The earliest row any column needs (all of them when some value is not due).
+            lo = max(0, min(int(f[i]) for f in first.values()))
+            cols, ctx = prep.inputs(s, lo=s.lo + lo, hi=s.lo + i + 1)
+            got = {c: v[-1] for c, v in compute_series(cols, ctx, spec).items()}
+            want = rows.row(j, named=True)
+            bad = _differs(spec, got, want, float(cols_all["close"][i]), mags)
+            checked += 1
+            if bad:
+                failures.append(
+                    f"{s.symbol} {s.timeframe} {from_ms(stored_t[j]).isoformat()}: {bad}"
+                )
+    if not failures:
+        return CheckOutcome(True, f"{checked} sampled bars recomputed without their future: equal")
+    return CheckOutcome(
+        False,
+        f"{len(failures)} of {checked} sampled bars differ when their"
+        " future is cut off (lookahead)",
+        {"failures": len(failures), "examples": failures[:MAX_LISTED]},
+    )
+
+
+def check_warmup(
+    candles: pl.DataFrame,
+    spec: IndicatorSpec | None = None,
+    *,
+    per_series: int = 3,
+    seed: int = 0,
+) -> CheckOutcome:
+    """Values computed from only their derived warm-up equal those computed from all of
+    `candles` within the tolerance, for a sample of bars per series and every column."""
+    spec = spec or load_spec()
+    full = compute_indicators(candles, spec)
+    prep = prepare(candles, spec)
+    failures: list[str] = []
+    checked = 0
+    for s, rows in _iter_stored(prep.series, full):
+        cols_all, ctx_all = prep.inputs(s)
+        first = first_row_arrays(ctx_all, spec)
+        mags = _magnitudes(rows, spec)
+        for i in _sample(rows.height, min(spec.warmup.values(), default=0), per_series, seed):
+            want_all = rows.row(i, named=True)
+            by_start: dict[int, list[str]] = {}
+            for c, f in first.items():
+                if f[i] >= 0:  # due in the full history: recompute from exactly what it needs
+                    by_start.setdefault(int(f[i]), []).append(c)
+            for start, cols in by_start.items():
+                sub, ctx = prep.inputs(s, lo=s.lo + start, hi=s.lo + i + 1)
+                res = compute_series(sub, ctx, spec)
+                got = {c: res[c][-1] for c in cols}
+                want = {c: want_all[c] for c in cols}
+                bad = _differs(spec, got, want, float(cols_all["close"][i]), mags)
+                checked += 1
+                if bad:
+                    failures.append(f"{s.symbol} {s.timeframe} row {i} from row {start}: {bad}")
+    if not failures:
+        what = (
+            "nothing to compare (history shorter than the warm-up)"
+            if not checked
+            else (f"{checked} sampled recomputations from the derived warm-up match full history")
+        )
+        return CheckOutcome(True, f"{what} within {spec.tolerance:g}", {"checked": checked})
+    return CheckOutcome(
+        False,
+        f"{len(failures)} of {checked} sampled recomputations from the derived warm-up differ"
+        f" from full history beyond {spec.tolerance:g}",
+        {"failures": len(failures), "examples": failures[:MAX_LISTED]},
+    )
+
+
+def check_indicators(
+    candles: pl.DataFrame, indicators: pl.DataFrame, spec: IndicatorSpec | None = None
+) -> dict[str, CheckOutcome]:
+    """The per-partition checks by name (the warm-up check wants long history: run it apart)."""
+    spec = spec or load_spec()
+    return {
+        "ranges": check_ranges(indicators, spec),
+        "nulls_where_not_due": check_nulls(candles, indicators, spec),
+        "no_lookahead": check_lookahead(candles, indicators, spec),
+    }
