@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pipeline.checks import MAX_LISTED, CheckOutcome
 from pipeline.indicators.compute import (
+    Prepared,
     SeriesRange,
     compute_indicators,
     compute_series,
@@ -16,12 +18,12 @@ from pipeline.indicators.compute import (
     prepare,
     utc_times,
 )
+from pipeline.indicators.custom import Context
 from pipeline.indicators.spec import IndicatorSpec, load_spec
-from pipeline.timeframes import (
-    from_ms,
-)
+from pipeline.timeframes import from_ms
 
 if TYPE_CHECKING:
+    import numpy as np
     import polars as pl
 
 
@@ -180,16 +182,29 @@ def _magnitudes(rows: pl.DataFrame, spec: IndicatorSpec) -> dict[str, float]:
     return {c: float(v or 0.0) for c, v in means.items()}
 
 
-def _iter_stored(
-    series: list[SeriesRange], stored: pl.DataFrame
-) -> Iterator[tuple[SeriesRange, pl.DataFrame]]:
+@dataclass(frozen=True)
+class _Stored:
+    """One series' stored rows beside what recomputing them needs."""
+
+    series: SeriesRange
+    rows: pl.DataFrame  # open_time ascending
+    close: np.ndarray  # the series' closes (the scale of price-like values)
+    ctx: Context
+    first: dict[str, np.ndarray]  # per column, the first row each value depends on
+    magnitudes: dict[str, float]
+
+
+def _iter_stored(prep: Prepared, stored: pl.DataFrame, spec: IndicatorSpec) -> Iterator[_Stored]:
     by_series = stored.with_columns(utc_times(stored, "open_time")).partition_by(
         "symbol", "timeframe", as_dict=True
     )
-    for s in series:
+    for s in prep.series:
         rows = by_series.get((s.symbol, s.timeframe))
         if rows is not None and rows.height:
-            yield s, rows.sort("open_time")
+            rows = rows.sort("open_time")
+            cols, ctx = prep.inputs(s)
+            first = first_row_arrays(ctx, spec)
+            yield _Stored(s, rows, cols["close"], ctx, first, _magnitudes(rows, spec))
 
 
 def check_lookahead(
@@ -213,10 +228,8 @@ def check_lookahead(
     prep = prepare(candles, spec)
     failures: list[str] = []
     checked = 0
-    for s, rows in _iter_stored(prep.series, indicators):
-        cols_all, ctx_all = prep.inputs(s)
-        first = first_row_arrays(ctx_all, spec)
-        mags = _magnitudes(rows, spec)
+    for st in _iter_stored(prep, indicators, spec):
+        s, rows, ctx_all, first, mags = st.series, st.rows, st.ctx, st.first, st.magnitudes
         stored_t = rows["open_time"].dt.epoch("ms").to_numpy()
         for j in _sample(rows.height, 0, per_series, seed):
             i = int(np.searchsorted(ctx_all.open_ms, stored_t[j]))
@@ -228,7 +241,7 @@ def check_lookahead(
             cols, ctx = prep.inputs(s, lo=s.lo + lo, hi=s.lo + i + 1)
             got = {c: v[-1] for c, v in compute_series(cols, ctx, spec).items()}
             want = rows.row(j, named=True)
-            bad = _differs(spec, got, want, float(cols_all["close"][i]), mags)
+            bad = _differs(spec, got, want, float(st.close[i]), mags)
             checked += 1
             if bad:
                 failures.append(
@@ -258,10 +271,8 @@ def check_warmup(
     prep = prepare(candles, spec)
     failures: list[str] = []
     checked = 0
-    for s, rows in _iter_stored(prep.series, full):
-        cols_all, ctx_all = prep.inputs(s)
-        first = first_row_arrays(ctx_all, spec)
-        mags = _magnitudes(rows, spec)
+    for st in _iter_stored(prep, full, spec):
+        s, rows, first, mags = st.series, st.rows, st.first, st.magnitudes
         for i in _sample(rows.height, min(spec.warmup.values(), default=0), per_series, seed):
             want_all = rows.row(i, named=True)
             by_start: dict[int, list[str]] = {}
@@ -273,7 +284,7 @@ def check_warmup(
                 res = compute_series(sub, ctx, spec)
                 got = {c: res[c][-1] for c in cols}
                 want = {c: want_all[c] for c in cols}
-                bad = _differs(spec, got, want, float(cols_all["close"][i]), mags)
+                bad = _differs(spec, got, want, float(st.close[i]), mags)
                 checked += 1
                 if bad:
                     failures.append(f"{s.symbol} {s.timeframe} row {i} from row {start}: {bad}")
