@@ -8,8 +8,9 @@ Layout of `settings.outbox_dir`:
 - `<first seq>.jsonl` segments: one encoded `signal` message per line, exactly the bytes the
   sidecar forwards. Only the newest segment is appended to; a torn last line (a publisher
   SIGKILLed mid-write) has no newline, so readers never consume it and the next publisher
-  truncates it away before appending. Appends are fdatasync'd before the sidecar is poked, so
-  a power loss cannot drop a line a subscriber was sent or a checkpoint names.
+  truncates it away before appending. `publish` returns once its lines are on disk
+  (fdatasync), and a checkpoint never names lines that are not; the sidecar is poked just
+  before that sync, so it does not wait for the disk.
 - `state.json`: a checkpoint (position, last seq, the keys still inside the TTL for
   deduplication, the latest line per key), replaced atomically. It lets a fresh process start
   without re-reading every segment, and keeps the latest signals and the dedup keys alive when
@@ -481,8 +482,6 @@ def publish(
             seqs = _append(book, fresh, msgs, history, cutoff_us)
         finally:
             fcntl.flock(book.lock_fd, fcntl.LOCK_UN)
-    if seqs:
-        poke(outbox_dir)
     return seqs
 
 
@@ -532,12 +531,16 @@ def _append(
         try:
             while view:
                 view = view[os.write(fd, view) :]
-            os.fdatasync(fd)  # on disk before the sidecar is poked or a checkpoint names it
-            if rotate:
-                _fsync_dir(book.dir)  # the new segment's name too
         except OSError:
             os.ftruncate(fd, book.offset)  # e.g. disk full: leave no partial batch behind
             raise
+        # The sidecar reads the page cache: wake it first, then wait for the disk (~0.3 ms),
+        # which publish() does before it returns and before any checkpoint names these lines.
+        # A failed sync leaves the lines in place (they may have been sent): re-read next time.
+        poke(book.dir)
+        os.fdatasync(fd)
+        if rotate:
+            _fsync_dir(book.dir)  # the new segment's name too
     except BaseException:
         book.seg_first = 0  # unknown state: the next publish re-reads the outbox
         raise
