@@ -1,6 +1,6 @@
 """Sidecar: publish-to-subscriber latency and throughput, next to a bare Unix-socket baseline.
 
-"Publish" is the pipeline's `outbox.publish()` call (lock, append, poke, fdatasync), so the whole
+"Publish" is the pipeline's `outbox.publish()` call (lock, append, poke), so the whole
 hand-off is measured: outbox -> sidecar process -> subscriber processes. Times are taken with
 `time.perf_counter()` (CLOCK_MONOTONIC, one clock for every process on the machine).
 Signal prices come from the real Bybit BTCUSDT file when it is present.
@@ -449,8 +449,8 @@ def run() -> str:
     return "\n\n".join(
         [
             "Latency is from the start of the pipeline's `publish()` call (outbox append under the "
-            "lock, a poke datagram, then fdatasync before it returns) to the line arriving at "
-            "each subscriber, measured on "
+            "lock, then a poke datagram; every ~256 lines a checkpoint that syncs them to disk "
+            "first) to the line arriving at each subscriber, measured on "
             "one monotonic clock. Baseline: a bare Unix-socket ping-pong between two processes "
             f"(one-way = RTT/2, {len(line)}-byte lines, 2,800 round trips) and a bare stream of "
             "the same lines, in the same run. Targets: p50 < 0.5 ms with 1 subscriber, "

@@ -8,9 +8,10 @@ Layout of `settings.outbox_dir`:
 - `<first seq>.jsonl` segments: one encoded `signal` message per line, exactly the bytes the
   sidecar forwards. Only the newest segment is appended to; a torn last line (a publisher
   SIGKILLed mid-write) has no newline, so readers never consume it and the next publisher
-  truncates it away before appending. `publish` returns once its lines are on disk
-  (fdatasync), and a checkpoint never names lines that are not; the sidecar is poked just
-  before that sync, so it does not wait for the disk.
+  truncates it away before appending. Appends are not synced one by one (the sidecar and
+  subscribers never wait for the disk); a checkpoint syncs the lines it names before it is
+  written, so a power loss can only lose lines after the last checkpoint, which carry no
+  dedup key on disk and are published again by the next run from the warehouse.
 - `state.json`: a checkpoint (position, last seq, the keys still inside the TTL for
   deduplication, the latest line per key), replaced atomically. It lets a fresh process start
   without re-reading every segment, and keeps the latest signals and the dedup keys alive when
@@ -322,6 +323,15 @@ def _sync(book: _Book) -> None:
 
 
 def _checkpoint(book: _Book, cutoff_us: int) -> None:
+    """Write state.json. The lines it names are synced to disk first: a checkpoint that
+    survived a power loss the lines did not would dedupe them away for good (lines after the
+    last checkpoint that are lost are simply published again by the next run)."""
+    for _, path in segments(book.dir):  # a handful; those already clean sync in microseconds
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
     book.keys = {k: v for k, v in book.keys.items() if v >= cutoff_us}
     state = {
         "version": 1,
@@ -534,19 +544,13 @@ def _append(
         except OSError:
             os.ftruncate(fd, book.offset)  # e.g. disk full: leave no partial batch behind
             raise
-        # The sidecar reads the page cache: wake it first, then wait for the disk (~0.3 ms),
-        # which publish() does before it returns and before any checkpoint names these lines.
-        # A failed sync leaves the lines in place (they may have been sent): re-read next time.
-        poke(book.dir)
-        os.fdatasync(fd)
-        if rotate:
-            _fsync_dir(book.dir)  # the new segment's name too
     except BaseException:
         book.seg_first = 0  # unknown state: the next publish re-reads the outbox
         raise
     book.offset = end
     for e in entries:
         _apply(book, e)
+    poke(book.dir)
     if rotate or book.since_checkpoint >= max(CHECKPOINT_EVERY, len(book.keys) // 2):
         _checkpoint(book, cutoff_us)
     if rotate:
