@@ -6,20 +6,17 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeline.indicators.custom import CUSTOM, Context
 from pipeline.indicators.spec import CANDLE_INPUTS, Indicator, IndicatorSpec, load_spec
-from pipeline.timeframes import (
-    as_timeframe,
-    day_bounds_ms,
-    from_ms,
-)
+from pipeline.timeframes import as_timeframe, day_bounds_ms, from_ms
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     import numpy as np
     import polars as pl
 
@@ -190,22 +187,22 @@ def prepare(candles: pl.DataFrame, spec: IndicatorSpec) -> Prepared:
         *[pl.col(c).cast(pl.Float64) for c in need],
     )
 
-    def runs(df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def runs(df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, list[Any], np.ndarray]:
         """Whether each row starts a series (symbol and timeframe compared apart: a struct
-        of the two costs twice as much), where series start, and open times in ms."""
+        of the two costs twice as much), where series start, their keys, open times in ms."""
         ids = df.select(pl.col("symbol").rle_id(), pl.col("timeframe").rle_id())
         sym, tf = ids["symbol"].to_numpy(), ids["timeframe"].to_numpy()
         new = np.ones(len(sym), dtype=bool)
         np.not_equal(sym[1:], sym[:-1], out=new[1:])
         new[1:] |= tf[1:] != tf[:-1]
-        return new, np.flatnonzero(new), _epoch_ms(df["open_time"])
+        starts = np.flatnonzero(new)
+        keys = list(zip(df["symbol"].gather(starts), df["timeframe"].gather(starts), strict=True))
+        return new, starts, keys, _epoch_ms(df["open_time"])
 
-    new, starts, t = runs(df)
-    keys = list(zip(df["symbol"].gather(starts), df["timeframe"].gather(starts), strict=True))
+    new, starts, keys, t = runs(df)
     if len(set(keys)) != len(keys) or not np.all((np.diff(t) > 0) | new[1:]):
         df = df.sort("symbol", "timeframe", "open_time")
-        new, starts, t = runs(df)
-        keys = list(zip(df["symbol"].gather(starts), df["timeframe"].gather(starts), strict=True))
+        new, starts, keys, t = runs(df)
         if np.any((np.diff(t) == 0) & ~new[1:]):
             raise ValueError("candles hold duplicate (symbol, timeframe, open_time) rows")
     ends = np.r_[starts[1:], len(t)] if len(starts) else starts
@@ -281,6 +278,8 @@ def _frame(
             emit(pending[0][0].lo, pending[-1][0].hi, joined)
             pending.clear()
 
+    if big:
+        from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(threads) if big else nullcontext() as pool:
         for s in series:
             long = s.hi - s.lo >= BIG_SERIES
