@@ -46,10 +46,6 @@ def _pulse_yaml(name: str, up: str, down: str) -> str:
 
 def run() -> str:
     from bench.common import p50_p95, table
-
-    def _stats(values: list[float]) -> tuple[str, str]:
-        return p50_p95(values, 3)
-
     from pipeline.latency import read
     from pipeline.processes import spawn, stop
     from pipeline.replay import ReplayExchange
@@ -111,14 +107,14 @@ def run() -> str:
             compute.append(p["publish_started_at"] - k["committed_at"])
             deliver.append(recv - p["publish_started_at"])
     rows = [
-        ["close → signal at the subscriber (total)", *_stats(total)],
-        ["detection: close → sensor requests the run", *_stats(detect)],
-        ["run start: request → asset code runs", *_stats(start)],
-        ["ingest: fetch, validate, write the 1m candle", *_stats(commit)],
-        ["compute: candles, indicators, signals and their checks", *_stats(compute)],
-        ["publish: outbox append → sidecar → `signalbox tail`", *_stats(deliver)],
+        ["close → signal at the subscriber (total)", *p50_p95(total, 3)],
+        ["detection: close → sensor requests the run", *p50_p95(detect, 3)],
+        ["run start: request → asset code runs", *p50_p95(start, 3)],
+        ["ingest: fetch, validate, write the 1m candle", *p50_p95(commit, 3)],
+        ["compute: candles, indicators, signals and their checks", *p50_p95(compute, 3)],
+        ["publish: outbox append → sidecar → `signalbox tail`", *p50_p95(deliver, 3)],
     ]
-    p50, p95 = (float(v) for v in _stats(total))
+    p50, p95 = (float(v) for v in p50_p95(total, 3))
     verdict = "meets" if p50 < 6 and p95 < 10 else "misses"
     return (
         f"{len(fresh)} candles, each timed to the first of its signals at the subscriber "
