@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pipeline.config import Settings
 from pipeline.instance import dagster_env
 from pipeline.processes import exchange, source_env, spawn, stop
-from pipeline.sources import current
+from pipeline.sources import home_source
 
 DAILY_SELECTION = "group:ingest or group:timeframes or group:signals"
 _PROGRESS = re.compile(r"progress (\d+)/(\d+) minutes \((\d+)%\) (.*)")
@@ -88,9 +88,17 @@ def materialize(
     run_config: str | None = None,
     partition: str | None = None,
 ) -> int:
-    """Run `dagster asset materialize` for `selection` and show its progress."""
-    ep = current(settings)
-    with exchange(settings, ep) as live_ep:
+    """Run `dagster asset materialize` for `selection` and show its progress.
+
+    The home's source is decided (first start) or checked, and its exchange verified and
+    asked for every symbol, before the run starts; a `SourceError` says why not.
+    """
+
+    def say(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    ep = home_source(settings, say)
+    with exchange(settings, ep, say) as live_ep:
         extra = source_env(live_ep)
         extra["SIGNALBOX_SYMBOLS"] = ",".join(settings.symbols)
         env = dagster_env(settings, extra)

@@ -65,6 +65,10 @@ class ExchangeError(RuntimeError):
 class InvalidRequest(ExchangeError):
     """The exchange rejected the request (unknown symbol, bad interval or parameter)."""
 
+    def __init__(self, message: str, ret_code: int | None = None, ret_msg: str = "") -> None:
+        super().__init__(message)
+        self.ret_code, self.ret_msg = ret_code, ret_msg
+
 
 class ExchangeUnavailable(ExchangeError):
     """Unreachable, or still failing after every retry the policy allows."""
@@ -402,6 +406,25 @@ class BybitClient:
             malformed_retries=0,
         )
 
+    def unlisted(self, symbols: list[str]) -> dict[str, str]:
+        """The symbols the exchange refuses (retCode 10001 on a one-candle request), each with
+        the exchange's words; other failures raise as usual."""
+        refused: dict[str, str] = {}
+        for symbol in symbols:
+            try:
+                self._call(
+                    f"{symbol} newest 1m kline from {self.rest_url}",
+                    lambda http, s=symbol: http.get_kline(
+                        category=self.category, symbol=s, interval="1", limit=1
+                    ),
+                    lambda payload: None,
+                )
+            except InvalidRequest as err:
+                if err.ret_code != 10001:
+                    raise
+                refused[symbol] = f"{err.ret_msg} (retCode {err.ret_code})"
+        return refused
+
     # -- internals -----------------------------------------------------------------------
     def _page(
         self, symbol: str, interval: str, a: int, b: int
@@ -494,7 +517,7 @@ class BybitClient:
                 raise _Retry(f"rate limited (retCode 10006: {err.message})", wait) from None
             if code in _RETRYABLE_RETCODES:
                 raise _Retry(f"server error (retCode {code}: {err.message})") from None
-            raise InvalidRequest(_rejected(what, code, err.message)) from None
+            raise InvalidRequest(_rejected(what, code, err.message), code, err.message) from None
         except FailedRequestError as err:
             code = err.status_code
             if code == 409:  # pybit's "could not decode JSON"

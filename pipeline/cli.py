@@ -48,6 +48,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         faults=settings.replay.faults if args.faults is None else args.faults,
         clock_start=args.clock_start,
         clock_speed=args.clock_speed,
+        symbols=args.symbols or settings.replay.symbols,
     )
 
 
@@ -137,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int, help="port (default from config; 0 picks a free one)")
     sp.add_argument("--seed", type=int, help="seed of the synthetic market")
     sp.add_argument("--data", help="CSV or Parquet file of real 1m candles to serve instead")
+    sp.add_argument(
+        "--symbols", type=_symbols, help="symbols listed (default: replay.symbols in config)"
+    )
     sp.add_argument("--faults", type=_rate, help="share of requests to fail, e.g. 0.1")
     sp.add_argument("--clock-start", help="exchange clock starts at this UTC time (ISO 8601)")
     sp.add_argument("--clock-speed", type=float, default=1.0, help="exchange clock speed-up")

@@ -64,12 +64,25 @@ class BybitConfig(_Section):
         return v.rstrip("/")
 
 
+# What the synthetic replay market lists; any other symbol is refused like on Bybit.
+REPLAY_SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "BNBUSDT", "DOGEUSDT", "ADAUSDT"]
+
+
 class ReplayConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8765, ge=0, le=65535)
     seed: int = 7
-    data: str | None = None
+    data: str | None = None  # resolved against the configuration file's folder; must exist
+    symbols: list[str] = REPLAY_SYMBOLS  # listed by the synthetic market (or a data file's)
     faults: float = Field(0.0, ge=0.0, le=1.0)
+
+    @field_validator("symbols")
+    @classmethod
+    def _symbols(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if not SYMBOL_RE.match(s)]
+        if not v or bad:
+            raise ValueError("must list exchange symbols such as BTCUSDT")
+        return v
 
 
 class UiConfig(_Section):
@@ -247,7 +260,19 @@ def _validate(data: dict[str, Any], path: Path | None) -> Settings:
         raise ConfigError(_format_error(err, path, data)) from None
     base = path.parent if path else REPO_ROOT
     home = settings.home if settings.home.is_absolute() else (base / settings.home)
-    return settings.model_copy(update={"home": home.resolve()})
+    replay = settings.replay
+    if replay.data:
+        data = Path(replay.data).expanduser()
+        data = (data if data.is_absolute() else base / data).resolve()
+        if not data.is_file():
+            where = str(path) if path else "configuration"
+            raise ConfigError(
+                f"invalid configuration in {where}:\n  replay.data = {replay.data!r}: no such "
+                f"file ({data}); name a CSV or Parquet file of 1m candles, or null for the "
+                "synthetic market"
+            )
+        replay = replay.model_copy(update={"data": str(data)})
+    return settings.model_copy(update={"home": home.resolve(), "replay": replay})
 
 
 def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:

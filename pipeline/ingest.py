@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config import Settings
-from pipeline.sources import Endpoint, warehouse_for
+from pipeline.sources import Endpoint, verify, warehouse_for
 from warehouse import Replacement
 
 if TYPE_CHECKING:
@@ -113,11 +113,13 @@ def ingest(
     Minutes the exchange has no candle for are recorded in `kline_gaps` in the same
     transaction, so checks can tell an exchange outage from a minute the pipeline lost.
     `write_guard` wraps only the writes (the Dagster layer holds its DuckDB pool slot there).
+    The exchange is asked who it is first: candles of another source are never written.
     """
     import polars as pl
 
     from pipeline.checks import missing_minutes
 
+    verify(endpoint)
     client = client_for(settings, endpoint)
     wh = warehouse_for(settings, endpoint)
     symbols = settings.symbols

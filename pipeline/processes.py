@@ -20,7 +20,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from pipeline.config import Settings
-from pipeline.sources import Endpoint, reachable, replay_endpoint
+from pipeline.sources import (
+    Endpoint,
+    Say,
+    SourceError,
+    managed_replay,
+    probe,
+    probe_with_backoff,
+    reachable,
+    refuse_unlisted,
+    replay_endpoint,
+    verify,
+)
 
 _PR_SET_PDEATHSIG = 1
 
@@ -58,17 +69,30 @@ class ReplayProcess:
     endpoint: Endpoint
 
 
+def replay_args(settings: Settings, port: int) -> list[str]:
+    """`signalbox replay` for exactly this configuration (file, seed, symbols, faults)."""
+    r = settings.replay
+    args = [sys.executable, "-m", "pipeline.cli"]
+    if settings.config_path:
+        args += ["--config", str(settings.config_path)]
+    args += ["replay", "--host", r.host, "--port", str(port), "--seed", str(r.seed)]
+    args += ["--faults", repr(r.faults), "--symbols", ",".join(r.symbols)]
+    if r.data:
+        args += ["--data", r.data]
+    return args
+
+
 def start_replay(
     settings: Settings, port: int | None = None, timeout: float = 30.0
 ) -> ReplayProcess:
-    """Start `signalbox replay`, logging to `<home>/logs/replay.log`; wait until it answers."""
+    """Start `signalbox replay` with this configuration, logging to `<home>/logs/replay.log`;
+    wait until it answers and reports the configured market."""
     port = settings.replay.port if port is None else port
     log = settings.home / "logs" / "replay.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     offset = log.stat().st_size if log.exists() else 0
-    args = [sys.executable, "-m", "pipeline.cli", "replay", "--port", str(port)]
     with log.open("ab") as out:
-        proc = spawn(args, stdout=out, stderr=out)
+        proc = spawn(replay_args(settings, port), stdout=out, stderr=out)
     deadline = time.monotonic() + timeout
     rest = ws = None
     while time.monotonic() < deadline and not (rest and ws):
@@ -76,15 +100,22 @@ def start_replay(
         rest = rest or _first(r"(https?://\S+)", text)
         ws = ws or _first(r"(wss?://\S+)", text)
         if proc.poll() is not None:
-            raise RuntimeError(
-                f"replay exchange exited with code {proc.returncode}:\n{text[-2000:]}"
+            raise SourceError(
+                f"the replay exchange exited with code {proc.returncode}: "
+                + " | ".join(text.strip().splitlines()[-3:])
             )
         time.sleep(0.05)
     if not rest or not reachable(rest, 5.0):
         stop(proc)
-        raise RuntimeError(f"replay exchange did not come up within {timeout:.0f} s (see {log})")
+        raise SourceError(f"replay exchange did not come up within {timeout:.0f} s (see {log})")
     base = replay_endpoint(settings)
-    return ReplayProcess(proc, Endpoint("replay", rest, ws or "", base.warehouse_id, base.label))
+    ep = Endpoint("replay", rest, ws or "", base.warehouse_id, base.label)
+    try:
+        verify(ep)
+    except SourceError:
+        stop(proc)
+        raise
+    return ReplayProcess(proc, ep)
 
 
 def _first(pattern: str, text: str) -> str | None:
@@ -92,17 +123,55 @@ def _first(pattern: str, text: str) -> str | None:
     return m.group(1).rstrip("/") if m else None
 
 
+def open_exchange(
+    settings: Settings, endpoint: Endpoint, port: int | None = 0, say: Say | None = None
+) -> tuple[Endpoint, subprocess.Popen | None]:
+    """The home's exchange, answering, verified to be its source and listing every
+    configured symbol; never another one.
+
+    Only the replay exchange this configuration describes is ever started (when nothing
+    listens where it belongs). An exchange that fails to answer is probed again with backoff;
+    if it still fails, the error names it and nothing runs.
+    """
+    first = probe(endpoint.rest_url, 2.0)
+    if not first.ok and first.refused and endpoint.kind == "replay" and managed_replay(settings):
+        replay = start_replay(settings, port=port)
+        try:
+            refuse_unlisted(settings, replay.endpoint)
+        except BaseException:
+            stop(replay.proc)
+            raise
+        if say:
+            r = replay.endpoint
+            say(f"started the replay exchange ({r.label}) at {r.rest_url}")
+        return replay.endpoint, replay.proc
+    if not first.ok:
+        last = probe_with_backoff(endpoint.rest_url, settings.bybit.probe_timeout_s, 4, say)
+        if not last.ok:
+            hint = (
+                "start it (`signalbox replay`) or point SIGNALBOX_BYBIT_URL at it"
+                if endpoint.kind == "replay"
+                else "check the network or bybit.rest_url"
+            )
+            raise SourceError(
+                f"the exchange of this home, {endpoint.label} at {endpoint.rest_url}, does not "
+                f"answer ({last.detail}, after 5 tries); nothing was run. {hint}. Signalbox never "
+                "substitutes another source."
+            )
+    verify(endpoint)
+    refuse_unlisted(settings, endpoint)
+    return endpoint, None
+
+
 @contextmanager
-def exchange(settings: Settings, endpoint: Endpoint) -> Iterator[Endpoint]:
-    """The endpoint, reachable: a replay exchange is started for the duration if none answers."""
-    if endpoint.kind != "replay" or reachable(endpoint.rest_url, 2.0):
-        yield endpoint
-        return
-    replay = start_replay(settings, port=0)
+def exchange(settings: Settings, endpoint: Endpoint, say: Say | None = None) -> Iterator[Endpoint]:
+    """`open_exchange` for the duration of a block (a replay started here is stopped after)."""
+    ep, proc = open_exchange(settings, endpoint, port=0, say=say)
     try:
-        yield replay.endpoint
+        yield ep
     finally:
-        stop(replay.proc)
+        if proc is not None:
+            stop(proc)
 
 
 def source_env(endpoint: Endpoint) -> dict[str, str]:

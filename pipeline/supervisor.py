@@ -20,8 +20,8 @@ from pipeline import latency
 from pipeline.backfill import DAILY_SELECTION, materialize
 from pipeline.config import REPO_ROOT, Settings
 from pipeline.instance import dagster_env
-from pipeline.processes import source_env, spawn, start_replay, stop
-from pipeline.sources import Endpoint, reachable, remember, resolve, warehouse_for
+from pipeline.processes import open_exchange, source_env, spawn, start_replay, stop
+from pipeline.sources import Endpoint, home_source, recorded, warehouse_for
 
 BIN = Path(sys.executable).parent
 
@@ -95,27 +95,14 @@ def _report(rec: dict) -> None:
 
 
 def choose_source(settings: Settings) -> tuple[Endpoint, subprocess.Popen | None]:
-    """Resolve the source; start the replay exchange when it is the choice and not running."""
-    if settings.source == "auto":
-        _say(
-            f"probing live Bybit at {settings.bybit.rest_url} "
-            f"({settings.bybit.probe_timeout_s:g} s)…"
-        )
-    ep = resolve(settings)
-    if ep.kind == "bybit":
-        why = "forced by SIGNALBOX_SOURCE=bybit" if settings.source == "bybit" else "reachable"
-        _say(f"source: live Bybit ({ep.rest_url}), {why}")
-        return ep, None
-    why = "forced by configuration" if settings.source == "replay" else "live Bybit unreachable"
-    if reachable(ep.rest_url, 1.0):
-        _say(f"source: replay exchange already running at {ep.rest_url} ({why})")
-        return ep, None
-    replay = start_replay(settings)
-    _say(
-        f"source: replay exchange at {replay.endpoint.rest_url} "
-        f"({why}; seed {settings.replay.seed})"
-    )
-    return replay.endpoint, replay.proc
+    """The home's source (decided on the first start, then checked), its exchange answering
+    and verified; the replay exchange is started on its configured port when it is the
+    source and nothing listens there."""
+    ep = home_source(settings, _say)
+    ep, proc = open_exchange(settings, ep, port=settings.replay.port, say=_say)
+    rec = recorded(settings) or {}
+    _say(f"source: {ep.label} at {ep.rest_url} ({rec.get('chosen_by', 'recorded')})")
+    return ep, proc
 
 
 def up(settings: Settings, history_days: int | None = None) -> int:
@@ -128,7 +115,6 @@ def up(settings: Settings, history_days: int | None = None) -> int:
         )
         return 2
     ep, replay_proc = choose_source(settings)
-    remember(settings, ep)
     env = dagster_env(settings, source_env(ep))
     wh = warehouse_for(settings, ep)
     logs = settings.home / "logs"

@@ -87,12 +87,15 @@ def test_csv_with_symbol_column_and_turnover(tmp_path, replay_factory):
     assert klines(ex, symbol="ETHUSDT", interval="1")["retCode"] == 10001
 
 
-def test_file_without_a_symbol_serves_any_symbol(tmp_path, replay_factory):
+def test_file_without_a_symbol_is_refused_unless_given_one(tmp_path, replay_factory):
     path = tmp_path / "candles.parquet"
     candles_file(path)
-    ex = replay_factory(data=path, clock_start="2024-02-01T00:00:00Z")
-    for sym in ("BTCUSDT", "XYZ"):
-        assert klines(ex, symbol=sym, interval="D")["result"]["list"]
+    with pytest.raises(ValueError, match="names no symbol"):
+        ReplayExchange(data=path)
+    ex = replay_factory(data=path, symbols=["BTCUSDT"], clock_start="2024-02-01T00:00:00Z")
+    assert klines(ex, symbol="BTCUSDT", interval="D")["result"]["list"]
+    refused = klines(ex, symbol="XYZUSDT", interval="D")
+    assert (refused["retCode"], refused["retMsg"]) == (10001, "Not supported symbols")
 
 
 @pytest.mark.parametrize(

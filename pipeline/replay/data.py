@@ -7,9 +7,13 @@ revisions are applied on top by `market.Market`.
 File sources (`--data FILE`): CSV or Parquet with an open-time column (`ts`, `open_time`,
 `start`, `startTime` or `timestamp`: epoch ms, or a datetime), `open high low close volume`,
 optional `turnover` and `symbol`. The served symbol comes from a single-valued `symbol` column,
-else from the file name (e.g. `bybit_linear_BTCUSDT_1m_...parquet` -> BTCUSDT); only that
-symbol is supported. A file with neither serves its candles for any well-formed symbol. A
-missing or null turnover is estimated as volume x (o+h+l+c)/4 (Bybit always sends one).
+else from the file name (e.g. `bybit_linear_BTCUSDT_1m_...parquet` -> BTCUSDT), else from a
+single `symbols` entry given with the file; only that symbol is supported. A file that names
+no symbol is refused (the exchange never invents one). A missing or null turnover is
+estimated as volume x (o+h+l+c)/4 (Bybit always sends one).
+
+Every source has an `ident` and a `label` (`pipeline.sources.replay_identity`): the exchange
+reports them, so a client can check it talks to the market its warehouse holds.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ from pipeline.replay.intervals import DAY_MS, MINUTE_MS
 from pipeline.replay.wire import Decimals
 
 SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,30}$")
-QUOTES = ("USDT", "USDC", "USD")
 # Synthetic symbols are "listed" here: nothing older exists (keeps M/W requests bounded).
 SYNTHETIC_LISTING_MS = 1_514_764_800_000  # 2018-01-01T00:00Z
 _TIME_COLUMNS = ("ts", "open_time", "start", "starttime", "timestamp")
@@ -34,6 +37,10 @@ _NAME_SYMBOL = re.compile(r"(?<![A-Z0-9])([A-Z0-9]{2,26}(?:USDT|USDC|USD|PERP))(
 
 class Source(Protocol):
     name: str
+    ident: str
+    label: str
+
+    def listed(self) -> list[str]: ...
 
     def supports(self, symbol: str) -> bool: ...
 
@@ -47,7 +54,7 @@ class Source(Protocol):
 
 
 class SyntheticSource:
-    """`pipeline.synthetic` for any symbol ending in USDT/USDC/USD (or only `symbols`)."""
+    """`pipeline.synthetic` for the listed `symbols` (default: `config.REPLAY_SYMBOLS`)."""
 
     name = "synthetic"
 
@@ -57,16 +64,19 @@ class SyntheticSource:
         symbols: list[str] | None = None,
         listing_ms: int = SYNTHETIC_LISTING_MS,
     ) -> None:
+        from pipeline.config import REPLAY_SYMBOLS
+        from pipeline.sources import replay_identity
+
         self.seed = seed
-        self.symbols = set(symbols) if symbols else None
+        self.symbols = set(symbols or REPLAY_SYMBOLS)
         self.listing_ms = listing_ms
+        self.ident, self.label = replay_identity(seed, None)
+
+    def listed(self) -> list[str]:
+        return sorted(self.symbols)
 
     def supports(self, symbol: str) -> bool:
-        if not SYMBOL_RE.match(symbol):
-            return False
-        if self.symbols is not None:
-            return symbol in self.symbols
-        return symbol.endswith(QUOTES)
+        return symbol in self.symbols
 
     def span(self, symbol: str) -> tuple[int, int | None]:
         return self.listing_ms, None
@@ -94,22 +104,31 @@ class FileSource:
 
     name = "file"
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, symbols: list[str] | None = None) -> None:
+        from pipeline.sources import replay_identity
+
         self.path = Path(path)
-        times, values, symbol = _load(self.path)
+        times, values, named = _load(self.path)
+        self.symbol = named or (symbols[0] if symbols and len(symbols) == 1 else None)
+        if not self.symbol:
+            raise ValueError(
+                f"data file {self.path} names no symbol: add a `symbol` column, put the symbol "
+                "in the file name (e.g. BTCUSDT_1m.parquet) or give exactly one with --symbols"
+            )
         self.times = times
         self.values = values
-        self.symbol = symbol
+        self.ident, self.label = replay_identity(0, str(self.path))
         self._dec: Decimals = (
             _decimals(values[:, :4].ravel()),
             _decimals(values[:, 4]),
             _decimals(values[:, 5]),
         )
 
+    def listed(self) -> list[str]:
+        return [self.symbol]
+
     def supports(self, symbol: str) -> bool:
-        if not SYMBOL_RE.match(symbol):
-            return False
-        return self.symbol is None or symbol == self.symbol
+        return symbol == self.symbol
 
     def span(self, symbol: str) -> tuple[int, int | None]:
         return int(self.times[0]), int(self.times[-1])
@@ -181,5 +200,6 @@ def _symbol_of(df, path: Path) -> str | None:  # df: pl.DataFrame
 
 
 def make_source(seed: int, data: str | Path | None, symbols: list[str] | None = None) -> Source:
-    """The file source for `data`, else the synthetic market for `seed`."""
-    return FileSource(data) if data else SyntheticSource(seed, symbols)
+    """The file source for `data` (`symbols`: its one symbol if the file names none), else
+    the synthetic market for `seed` listing `symbols`."""
+    return FileSource(data, symbols) if data else SyntheticSource(seed, symbols)

@@ -278,7 +278,17 @@ class ReplayServer:
             data = {**query, **data} if method == "POST" else dict(query)
             name = path.removeprefix("/_replay/")
             if name == "health":
-                return _json(200, {"ok": True, "source": self.market.source.name})
+                src = self.market.source
+                return _json(
+                    200,
+                    {
+                        "ok": True,
+                        "source": src.name,
+                        "source_id": src.ident,
+                        "label": src.label,
+                        "symbols": src.listed(),
+                    },
+                )
             if name == "faults":
                 if method == "POST":
                     return _json(200, _configure_faults(self.faults, data))
@@ -421,11 +431,12 @@ def main(
     faults: float = 0.0,
     clock_start: str | None = None,
     clock_speed: float = 1.0,
+    symbols: list[str] | None = None,
 ) -> int:
     """Serve until SIGINT/SIGTERM; prints `REST <url>` and `WS <url>` first, then details."""
     try:
         clock = ExchangeClock(clock_start, clock_speed or 1.0)
-        source = make_source(seed, data)
+        source = make_source(seed, data, symbols)
     except ValueError as err:
         print(f"signalbox replay: {err}", file=sys.stderr)
         return 2
@@ -448,9 +459,9 @@ async def _serve(server: ReplayServer, source: Source, seed: int, faults: float)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     what = (
-        f"file {source.path} ({source.symbol or 'any symbol'})"  # type: ignore[attr-defined]
+        f"file {source.path} ({source.symbol})"  # type: ignore[attr-defined]
         if isinstance(source, FileSource)
-        else f"synthetic market, seed {seed}"
+        else f"synthetic market, seed {seed} ({', '.join(source.listed())})"
     )
     clock = server.clock.state()
     print(f"REST {server.rest_url}", flush=True)
