@@ -264,3 +264,12 @@ def test_added_columns_take_plain_names_and_known_types(tmp_path: Path):
         wh.ensure_columns("indicators", {"ema_7": "DOUBLE; DROP TABLE candles"})
     assert wh.ensure_columns("indicators", {"ema_7": "double"}) == ["ema_7"]
     assert count(wh.path, "SELECT count(*) FROM information_schema.tables") >= 7
+
+
+def test_a_reader_never_creates_a_warehouse(tmp_path: Path):
+    from warehouse import NoWarehouse
+
+    wh = Warehouse(tmp_path / "warehouse" / "w.duckdb")
+    with pytest.raises(NoWarehouse), wh.reader():
+        pass
+    assert not (tmp_path / "warehouse").exists()

@@ -6,6 +6,8 @@ synced right after each write, incrementally when nobody holds it and by copying
 file to a new inode and renaming it into place when somebody does. A reader who keeps the old
 replica open keeps a consistent snapshot; the pipeline never waits for them.
 
+Readers get a sealed connection (see `warehouse.connection`): whatever SQL a person types, it
+can neither write the replica nor reach the live file. A reader never creates a warehouse.
 No SQL here is built from values: paths and values are parameters, names pass `identifiers`.
 """
 
@@ -45,6 +47,14 @@ def _from_json(v: Any) -> Any:
     if isinstance(v, dict) and "ts" in v:
         return dt.datetime.fromisoformat(v["ts"])
     return v
+
+
+class NoWarehouse(FileNotFoundError):
+    """A reader asked for a warehouse that no pipeline run has written yet."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"no warehouse file {path}")
+        self.path = path
 
 
 @dataclass(frozen=True)
@@ -241,9 +251,16 @@ class Warehouse:
 
     @contextmanager
     def reader(self, wait_s: float = 10.0) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A read-only connection on the replica (what people and tools should use)."""
-        self.ensure_replica()
-        with connect(self.replica_path, read_only=True, wait_s=wait_s) as con:
+        """A sealed read-only connection on the replica (what people and tools should use).
+
+        Raises NoWarehouse when the pipeline has not written this warehouse yet (a reader
+        never creates one); a live file without a replica gets its replica copied first.
+        """
+        if not self.replica_path.exists():
+            if not self.path.exists():
+                raise NoWarehouse(self.path)
+            self.ensure_replica()
+        with connect(self.replica_path, read_only=True, wait_s=wait_s, sealed=True) as con:
             yield con
 
 
