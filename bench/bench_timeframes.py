@@ -251,7 +251,7 @@ def exchange_check() -> str:
         "volume",
     )
     ours_c = resample(klines, ["60m", "240m", "1d"]).to_pandas().set_index("open_time")
-    sql = """SELECT (ts // {ms}) * {ms} AS t, arg_min(open, ts) AS open, max(high) AS high,
+    sql = """SELECT (ts // $ms) * $ms AS t, arg_min(open, ts) AS open, max(high) AS high,
              min(low) AS low, arg_max(close, ts) AS close, sum(volume) AS volume, count(*) AS n
              FROM raw GROUP BY 1 ORDER BY 1"""
     rows = []
@@ -259,7 +259,7 @@ def exchange_check() -> str:
     for tf, interval in [("60m", "60"), ("240m", "240"), ("1d", "D")]:
         mine = ours_c[ours_c["timeframe"] == tf]
         ms = parse_timeframe(tf).minutes * 60_000
-        ref_db = duckdb.sql(sql.format(ms=ms)).df()
+        ref_db = duckdb.sql(sql, params={"ms": ms}).df()
         ref_db.index = pd.to_datetime(ref_db["t"], unit="ms", utc=True)
         for name, ref in [
             ("replay exchange (pybit)", _exchange_bars(path, interval, start)),

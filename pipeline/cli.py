@@ -62,18 +62,10 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_sql(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.sources import warehouse_for
+    from pipeline.sql import run
 
-    query = " ".join(args.query)
     wh = warehouse_for(settings)
-    with wh.reader() as con:
-        rel = con.sql(query)
-        if rel is None:
-            return 0
-        if args.csv:
-            rel.write_csv("/dev/stdout")
-        else:
-            rel.show(max_rows=args.max_rows, max_width=200)
-    return 0
+    return run(wh, settings.home, " ".join(args.query), as_csv=args.csv, max_rows=args.max_rows)
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
@@ -153,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--assets", default="all", help="'all' (default) or a comma-separated asset selection"
     )
 
-    sp = add("sql", cmd_sql, "query the read replica of the warehouse")
+    sp = add("sql", cmd_sql, "query the read replica of the warehouse (read-only)")
     sp.add_argument("query", nargs="+", help='SQL, e.g. "SELECT count(*) FROM candles"')
     sp.add_argument("--max-rows", type=int, default=40, help="rows shown (default 40)")
     sp.add_argument("--csv", action="store_true", help="print CSV instead of a table")

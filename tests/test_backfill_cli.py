@@ -13,6 +13,7 @@ from tests.daemon import replay_env
 from warehouse import connect
 
 CLI = [sys.executable, "-m", "pipeline.cli"]
+QUOTED = 'bob\'s "home" x'
 WEEK = ["backfill", "--start", "2024-01-01", "--end", "2024-01-07", "--symbols", "BTCUSDT,ETHUSDT"]
 
 
@@ -31,10 +32,12 @@ def table(home: Path) -> list[tuple]:
 
 @pytest.fixture(scope="module")
 def week(tmp_path_factory):
-    """One backfill of 2024-01-01..07 for two symbols, shared by the tests below."""
+    """One backfill of 2024-01-01..07 for two symbols, shared by the tests below, in a home
+    whose path has both quotes and a space (no SQL may paste a path)."""
     from pipeline.replay import ReplayExchange
 
-    home = tmp_path_factory.mktemp("home")
+    home = tmp_path_factory.mktemp("home") / QUOTED
+    home.mkdir()
     with ReplayExchange(seed=7) as ex:
         r = run_cli(
             WEEK,
@@ -112,9 +115,9 @@ def _fast_timeouts(tmp_path: Path) -> Path:
     return p
 
 
-def _frame(home: Path, sql: str):
+def _frame(home: Path, sql: str, params: list | None = None):
     with connect(home / "warehouse" / "replay.duckdb", read_only=True) as con:
-        return con.sql(sql).pl()
+        return con.sql(sql, params=params).pl()
 
 
 def test_backfill_builds_every_timeframe_exactly_as_one_pass_would(week):
@@ -160,8 +163,8 @@ def test_exchange_intervals_match_our_timeframes(week):
         theirs = client.fetch_klines("BTCUSDT", lo, hi, interval=interval).select(cols)
         ours = _frame(
             home,
-            f"SELECT * FROM candles WHERE symbol = 'BTCUSDT' AND timeframe = '{tf}'"
-            " ORDER BY open_time",
+            "SELECT * FROM candles WHERE symbol = 'BTCUSDT' AND timeframe = ? ORDER BY open_time",
+            [tf],
         ).select(cols)
         assert theirs.height == ours.height > 0, tf
         assert theirs.select(cols[:5]).equals(ours.select(cols[:5])), tf

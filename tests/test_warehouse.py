@@ -217,3 +217,59 @@ def test_sigkill_mid_write_leaves_old_or_new_never_half(tmp_path: Path):
     assert wh.query("SELECT close FROM bybit_klines_1m ORDER BY open_time")["close"].equals(
         month["close"]
     )
+
+
+def test_writes_copies_and_syncs_in_a_path_with_quotes_and_a_space(tmp_path: Path):
+    """Every write path (first write and its replica copy, an incremental sync, a schema
+    change and its copy, a sealed read) where the directory is `bob's "home" x`."""
+    wh = Warehouse(tmp_path / 'bob\'s "home" x' / "warehouse" / "w.duckdb")
+    wh.replace("bybit_klines_1m", klines(DAY0), WHERE, ["BTCUSDT", DAY0, DAY0 + DAY])
+    assert count(wh.replica_path) == 1440
+    d1 = DAY0 + DAY
+    Warehouse(wh.path, replica_sync=False).replace(
+        "bybit_klines_1m", klines(d1), WHERE, ["BTCUSDT", d1, d1 + DAY]
+    )
+    with wh.writer() as con:
+        assert wh.sync_replica(con) == "incremental"
+    assert count(wh.replica_path) == 2 * 1440
+    assert wh.ensure_columns("indicators", {"ema_7": "DOUBLE"}) == ["ema_7"]
+    with wh.reader() as con:
+        assert con.execute("SELECT count(*) FROM bybit_klines_1m").fetchall() == [(2 * 1440,)]
+        assert "ema_7" in [r[0] for r in con.execute("DESCRIBE indicators").fetchall()]
+    assert sorted(p.name for p in wh.path.parent.iterdir()) == ["w.duckdb", "w.replica.duckdb"]
+
+
+@pytest.mark.parametrize(
+    "table, where, says",
+    [
+        ("bybit_klines_1m", "symbol = 'BTCUSDT' AND open_time >= ?", "pass values as parameters"),
+        ("bybit_klines_1m", "open_time >= ? AND 1 = 1", "pass values as parameters"),
+        ("bybit_klines_1m", "run_id = ?; DROP TABLE candles", "pass values as parameters"),
+        ("bybit_klines_1m", "run_id = ? -- comment", "pass values as parameters"),
+        ("bybit_klines_1m", " ", "empty predicate"),
+        ("candles; DROP TABLE signals", "run_id = ?", "not a plain SQL name"),
+        ('candles"', "run_id = ?", "not a plain SQL name"),
+    ],
+)
+def test_replacements_take_names_and_placeholders_only(table: str, where: str, says: str):
+    with pytest.raises(ValueError, match=says):
+        Replacement(table, pl.DataFrame(), where, ("x",))
+
+
+def test_added_columns_take_plain_names_and_known_types(tmp_path: Path):
+    wh = Warehouse(tmp_path / "w.duckdb")
+    with pytest.raises(ValueError, match="not a plain SQL name"):
+        wh.ensure_columns("indicators", {'x" DOUBLE); DROP TABLE candles; --': "DOUBLE"})
+    with pytest.raises(ValueError, match="column type"):
+        wh.ensure_columns("indicators", {"ema_7": "DOUBLE; DROP TABLE candles"})
+    assert wh.ensure_columns("indicators", {"ema_7": "double"}) == ["ema_7"]
+    assert count(wh.path, "SELECT count(*) FROM information_schema.tables") >= 7
+
+
+def test_a_reader_never_creates_a_warehouse(tmp_path: Path):
+    from warehouse import NoWarehouse
+
+    wh = Warehouse(tmp_path / "warehouse" / "w.duckdb")
+    with pytest.raises(NoWarehouse), wh.reader():
+        pass
+    assert not (tmp_path / "warehouse").exists()

@@ -3,6 +3,10 @@
 DuckDB lets one process at a time hold a file (readers included), so every caller opens,
 works and closes. A conflicting lock is retried with exponential backoff and jitter for a
 bounded time; after that the error says which process holds the file and how to proceed.
+
+A `sealed` connection is what people's SQL runs on: read-only, and unable to reach any
+other file (no ATTACH, COPY TO, EXPORT, read_csv of arbitrary paths, INSTALL/LOAD), with
+its configuration locked so no statement can lift that again.
 """
 
 from __future__ import annotations
@@ -21,6 +25,19 @@ if TYPE_CHECKING:
 
 LOCK_WAIT_S = float(os.environ.get("SIGNALBOX_LOCK_WAIT_S", "120"))
 _PID_RE = re.compile(r"\(PID (\d+)\)")
+
+
+# Set when a sealed connection opens, before any statement runs; then the configuration is
+# locked (lock_configuration) so SET/RESET/PRAGMA cannot undo them.
+SEALED_CONFIG: dict[str, bool | str] = {
+    "enable_external_access": False,  # no file but the one opened, no network
+    "allow_community_extensions": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "allow_persistent_secrets": False,  # CREATE PERSISTENT SECRET would write ~/.duckdb
+    "temp_directory": "",  # no spill files, so not even a temp directory is writable
+    "python_enable_replacements": False,  # SQL sees the warehouse, not Python variables
+}
 
 
 class WarehouseBusy(RuntimeError):
@@ -47,17 +64,23 @@ def is_lock_error(err: BaseException) -> bool:
 
 @contextmanager
 def connect(
-    path: Path, read_only: bool = False, wait_s: float | None = None
+    path: Path, read_only: bool = False, wait_s: float | None = None, sealed: bool = False
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open `path`, retrying lock conflicts for up to `wait_s` seconds; always closes."""
+    """Open `path`, retrying lock conflicts for up to `wait_s` seconds; always closes.
+
+    `sealed` (read-only only): the connection can read `path` and nothing else, for good.
+    """
     import duckdb
 
+    if sealed and not read_only:
+        raise ValueError("a sealed connection is read-only: pass read_only=True")
+    config = dict(SEALED_CONFIG) if sealed else {}
     wait_s = LOCK_WAIT_S if wait_s is None else wait_s
     deadline = time.monotonic() + wait_s
     delay = 0.02
     while True:
         try:
-            con = duckdb.connect(str(path), read_only=read_only)
+            con = duckdb.connect(str(path), read_only=read_only, config=config)
             break
         except duckdb.IOException as err:
             if not is_lock_error(err):
@@ -71,7 +94,9 @@ def connect(
             time.sleep(min(delay, max(deadline - time.monotonic(), 0)) * random.uniform(0.5, 1.5))
             delay = min(delay * 2, 1.0)
     try:
-        con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET TimeZone = 'UTC'")  # needs ICU loaded, so not part of `config`
+        if sealed:
+            con.execute("SET lock_configuration = true")
         yield con
     finally:
         con.close()

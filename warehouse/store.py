@@ -5,6 +5,10 @@ so the replica (a separate file people and tools open freely) can replay what it
 synced right after each write, incrementally when nobody holds it and by copying the whole
 file to a new inode and renaming it into place when somebody does. A reader who keeps the old
 replica open keeps a consistent snapshot; the pipeline never waits for them.
+
+Readers get a sealed connection (see `warehouse.connection`): whatever SQL a person types, it
+can neither write the replica nor reach the live file. A reader never creates a warehouse.
+No SQL here is built from values: paths and values are parameters, names pass `identifiers`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from warehouse.connection import connect
+from warehouse.identifiers import column_type, ident, predicate
 from warehouse.migrations import current_version, migrate
 
 if TYPE_CHECKING:
@@ -44,14 +49,30 @@ def _from_json(v: Any) -> Any:
     return v
 
 
+class NoWarehouse(FileNotFoundError):
+    """A reader asked for a warehouse that no pipeline run has written yet."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"no warehouse file {path}")
+        self.path = path
+
+
 @dataclass(frozen=True)
 class Replacement:
-    """Rows of `table` matching `where` (with `params`) are replaced by `frame`."""
+    """Rows of `table` matching `where` (with `params`) are replaced by `frame`.
+
+    `table` and `where` come from code: they are checked here (a plain name; a predicate of
+    names, comparisons and `?` only), values go in `params`.
+    """
 
     table: str
     frame: Any  # pl.DataFrame | pa.Table
     where: str
     params: tuple[Any, ...] = ()
+
+    def __post_init__(self) -> None:
+        ident(self.table, "table")
+        predicate(self.where)
 
 
 @dataclass(frozen=True)
@@ -104,10 +125,11 @@ class Warehouse:
             try:
                 for it in items:
                     arrow = it.frame.to_arrow() if hasattr(it.frame, "to_arrow") else it.frame
-                    con.execute(f"DELETE FROM {it.table} WHERE {it.where}", list(it.params))
+                    table = ident(it.table, "table")
+                    con.execute(f"DELETE FROM {table} WHERE {it.where}", list(it.params))
                     if arrow.num_rows:
                         con.register("_incoming", arrow)
-                        con.execute(f"INSERT INTO {it.table} BY NAME SELECT * FROM _incoming")
+                        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _incoming")
                         con.unregister("_incoming")
                     inserted += arrow.num_rows
                     con.execute(
@@ -125,6 +147,10 @@ class Warehouse:
 
     def ensure_columns(self, table: str, columns: dict[str, str]) -> list[str]:
         """Add missing columns (name -> SQL type); returns the ones added."""
+        quoted = ident(table, "table")
+        typed = {
+            c: f"{ident(c, f'column of {table}')} {column_type(t)}" for c, t in columns.items()
+        }
         with self.writer() as con:
             have = {
                 r[0]
@@ -136,7 +162,7 @@ class Warehouse:
             }
             added = [c for c in columns if c not in have]
             for c in added:
-                con.execute(f'ALTER TABLE {table} ADD COLUMN "{c}" {columns[c]}')
+                con.execute(f"ALTER TABLE {quoted} ADD COLUMN {typed[c]}")
             if added and self.replica_sync:
                 self._copy_replica(con)
             return added
@@ -155,7 +181,7 @@ class Warehouse:
 
         if not self.replica_path.exists():
             raise _NeedsCopy("no replica yet")
-        con.execute(f"ATTACH '{self.replica_path}' AS rep")
+        con.execute("ATTACH ? AS rep", [str(self.replica_path)])
         try:
             try:
                 rep_seq = con.execute("SELECT last_seq FROM rep.replica_state").fetchall()[0]
@@ -176,11 +202,13 @@ class Warehouse:
                 raise _NeedsCopy("too far behind")
             con.execute("BEGIN TRANSACTION")
             try:
-                for _seq, tbl, predicate, raw in pending:
+                for _seq, tbl, where, raw in pending:
+                    # The log lives in the file: check what it says before it becomes SQL.
+                    table, where = ident(tbl, "replica_log table"), predicate(where)
                     params = [_from_json(p) for p in json.loads(raw)]
-                    con.execute(f"DELETE FROM rep.{tbl} WHERE {predicate}", params)
+                    con.execute(f"DELETE FROM rep.{table} WHERE {where}", params)
                     con.execute(
-                        f"INSERT INTO rep.{tbl} BY NAME SELECT * FROM {tbl} WHERE {predicate}",
+                        f"INSERT INTO rep.{table} BY NAME SELECT * FROM {table} WHERE {where}",
                         params,
                     )
                 con.execute("UPDATE rep.replica_state SET last_seq = ?", [pending[-1][0]])
@@ -199,17 +227,20 @@ class Warehouse:
         last = con.execute("SELECT coalesce(max(seq), 0) FROM replica_log").fetchall()[0]
         tmp = self.replica_path.with_name(f".{self.replica_path.name}.{os.getpid()}.tmp")
         tmp.unlink(missing_ok=True)
-        shutil.copyfile(self.path, tmp)
-        con.execute(f"ATTACH '{tmp}' AS newrep")
         try:
-            con.execute(
-                "CREATE OR REPLACE TABLE newrep.replica_state AS SELECT ?::BIGINT AS last_seq",
-                [last[0] if last else 0],
-            )
+            shutil.copyfile(self.path, tmp)
+            con.execute("ATTACH ? AS newrep", [str(tmp)])
+            try:
+                con.execute(
+                    "CREATE OR REPLACE TABLE newrep.replica_state AS SELECT ?::BIGINT AS last_seq",
+                    [last[0] if last else 0],
+                )
+            finally:
+                con.execute("DETACH newrep")
+            os.replace(tmp, self.replica_path)
         finally:
-            con.execute("DETACH newrep")
-        os.replace(tmp, self.replica_path)
-        Path(str(tmp) + ".wal").unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
+            Path(str(tmp) + ".wal").unlink(missing_ok=True)
 
     def ensure_replica(self) -> Path:
         """Make sure a replica exists (creating the warehouse if needed); returns its path."""
@@ -220,9 +251,16 @@ class Warehouse:
 
     @contextmanager
     def reader(self, wait_s: float = 10.0) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A read-only connection on the replica (what people and tools should use)."""
-        self.ensure_replica()
-        with connect(self.replica_path, read_only=True, wait_s=wait_s) as con:
+        """A sealed read-only connection on the replica (what people and tools should use).
+
+        Raises NoWarehouse when the pipeline has not written this warehouse yet (a reader
+        never creates one); a live file without a replica gets its replica copied first.
+        """
+        if not self.replica_path.exists():
+            if not self.path.exists():
+                raise NoWarehouse(self.path)
+            self.ensure_replica()
+        with connect(self.replica_path, read_only=True, wait_s=wait_s, sealed=True) as con:
             yield con
 
 
