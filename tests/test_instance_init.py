@@ -11,7 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
 
-from pipeline.config import load_settings
+import pytest
+
+from pipeline.config import Settings, load_settings
 from pipeline.instance import STAMP, STORAGE_FILES, ensure_instance
 
 HOMES = 3  # the race broke 5 homes out of 5 before storage was made first
@@ -40,16 +42,21 @@ def schema_rows(dagster_home: Path) -> dict[str, int]:
     return out
 
 
-def test_fresh_homes_opened_by_three_processes_at_once_keep_one_schema_each(tmp_path):
+@pytest.fixture(scope="module")
+def homes(tmp_path_factory) -> list[tuple[Settings, Path]]:
+    """Fresh homes, each set up by two signalbox commands starting at the same moment."""
+    root = tmp_path_factory.mktemp("homes")
+    settings = [load_settings(env={"SIGNALBOX_HOME": str(root / f"h{i}")}) for i in range(HOMES)]
+    with ThreadPoolExecutor(2 * HOMES) as pool:
+        made = list(pool.map(ensure_instance, settings + settings))
+    return list(zip(settings, made[:HOMES], strict=True))
+
+
+def test_fresh_homes_opened_by_three_processes_at_once_keep_one_schema_each(homes):
     import dagster as dg
 
-    settings = [
-        load_settings(env={"SIGNALBOX_HOME": str(tmp_path / f"h{i}")}) for i in range(HOMES)
-    ]
-    with ThreadPoolExecutor(HOMES) as pool:  # also: ensure_instance twice at once, per home
-        homes = list(pool.map(ensure_instance, settings + settings))[:HOMES]
     fork = multiprocessing.get_context("fork")
-    for home in homes:
+    for settings, home in homes:
         barrier = fork.Barrier(3)
         procs = [fork.Process(target=_open, args=(str(home), r, barrier)) for r in range(3)]
         for p in procs:
@@ -60,17 +67,15 @@ def test_fresh_homes_opened_by_three_processes_at_once_keep_one_schema_each(tmp_
         assert schema_rows(home) == dict.fromkeys(STORAGE_FILES, 1)
         with dg.DagsterInstance.from_config(str(home)) as inst:
             assert inst.get_runs() == []
+        stamp = (home / STAMP).stat().st_mtime_ns
+        assert ensure_instance(settings) == home
+        assert (home / STAMP).stat().st_mtime_ns == stamp  # a later start sets up nothing
 
 
-def test_later_starts_only_read_the_stamp_and_a_home_the_race_broke_is_healed(tmp_path):
+def test_a_home_the_start_up_race_broke_is_healed(homes):
     import dagster as dg
 
-    settings = load_settings(env={"SIGNALBOX_HOME": str(tmp_path)})
-    home = ensure_instance(settings)
-    stamp = (home / STAMP).stat().st_mtime_ns
-    ensure_instance(settings)
-    assert (home / STAMP).stat().st_mtime_ns == stamp  # nothing set up again
-
+    settings, home = homes[0]
     # What the race left before this fix: a second schema version (the older revision Dagster
     # stamps on a file whose tables another process had just made) in runs.db and schedules.db.
     heads = {}
@@ -78,7 +83,7 @@ def test_later_starts_only_read_the_stamp_and_a_home_the_race_broke_is_healed(tm
         with closing(sqlite3.connect(home / f)) as con, con:
             heads[f] = con.execute("SELECT version_num FROM alembic_version").fetchall()
             con.execute("INSERT INTO alembic_version VALUES ('5771160a95ad')")
-    (home / STAMP).unlink()
+    (home / STAMP).unlink()  # as on a home set up before the stamp existed
     ensure_instance(settings)
     assert schema_rows(home) == dict.fromkeys(STORAGE_FILES, 1)
     for f, head in heads.items():
