@@ -121,8 +121,9 @@ def reap(
         verb = "canceled" if current.status == dg.DagsterRunStatus.CANCELING else "failed"
         message = (
             f"the run's process (pid {w.pid}) is gone: killed or crashed mid-run. Marked {verb}"
-            f"{' ' + by if by else ''}; its slots in the {POOL!r} pool were freed. A write it "
-            "had not committed was rolled back: materialize its partitions again."
+            f"{' ' + by if by else ''}; any slot it held in the {POOL!r} pool was freed. What it "
+            "had not committed was rolled back: materialize its partitions again (the live "
+            "sensor retries its own runs)."
         )
         if verb == "canceled":
             instance.report_run_canceled(current, message)

@@ -6,6 +6,7 @@ SIGKILLs a real `signalbox backfill` while it holds the pool and runs another on
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import signal
@@ -197,6 +198,16 @@ def test_pool_slot_frees_the_pool_from_a_dead_run_and_goes_on(instance, home):
     assert instance.get_run_by_id(dead).status == dg.DagsterRunStatus.FAILURE
     logs = [r.user_message for r in instance.all_logs(result.run_id)]
     assert any(f"freed the {POOL} pool: run {dead[:8]}" in m and f"pid {pid}" in m for m in logs)
+
+
+def test_backfill_shows_whom_its_run_waits_for():
+    from pipeline.backfill import render
+
+    note = f"waiting for the {POOL} pool: run 1a2b3c4d (backfill 2024-01-01…2024-01-07, pid 4242)"
+    line = f"2024-05-01 12:00:00 +0000 - dagster - INFO - __ASSET_JOB - 9f8e7d6c - candles - {note}"
+    out = io.StringIO()
+    render([line + " is writing\n"], out)
+    assert out.getvalue() == f"  {note} is writing\n"
 
 
 # --- end to end: SIGKILL a real `signalbox backfill` that holds the pool -------------------
