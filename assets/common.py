@@ -16,6 +16,7 @@ from pipeline.checks import CheckOutcome
 from pipeline.config import settings
 from pipeline.instance import POOL
 from pipeline.sources import Endpoint, current, warehouse_for
+from sensors.reaper import WATCH_EVERY_S, PoolWatch
 from warehouse import Warehouse
 
 # BackfillPolicy is "beta" in Dagster 1.13; single-run backfills are what we rely on.
@@ -61,7 +62,8 @@ def pool_slot(context: dg.AssetExecutionContext, wait_s: float = 3600.0) -> Iter
     """Hold a slot of the shared DuckDB pool for just this block (not the whole step).
 
     Steps that spend time off the warehouse (talking to the exchange) claim the slot only
-    around their writes, so a slow exchange never blocks the other writers.
+    around their writes, so a slow exchange never blocks the other writers. While waiting it
+    says whom it waits for, and frees the pool from runs whose process is gone.
     """
     storage = context.instance.event_log_storage
     if not storage.supports_global_concurrency_limits:
@@ -71,14 +73,17 @@ def pool_slot(context: dg.AssetExecutionContext, wait_s: float = 3600.0) -> Iter
         storage.initialize_concurrency_limit_to_default(POOL)
     run_id = context.run_id
     step = str(context.op_execution_context.node_handle) + ":write"
+    watch = PoolWatch(context.instance, run_id, context.log.info, steps={step})
     deadline = time.monotonic() + wait_s
-    delay, told = 0.05, False
+    delay, checked = 0.05, 0.0
     while not storage.claim_concurrency_slot(POOL, run_id, step).is_claimed:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"waited {wait_s:.0f} s for a slot in the {POOL!r} pool")
-        if delay >= 1 and not told:
-            context.log.info(f"waiting for the {POOL!r} pool: another run is writing")
-            told = True
+        now = time.monotonic()
+        if now > deadline:
+            why = watch.last or "no other run holds it"
+            raise RuntimeError(f"waited {wait_s:.0f} s for a slot in the {POOL!r} pool ({why})")
+        if delay >= 0.5 and now - checked >= WATCH_EVERY_S:
+            watch.check()
+            checked = now
         time.sleep(delay * random.uniform(0.5, 1.5))
         delay = min(delay * 2, 2.0)
     try:

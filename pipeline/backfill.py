@@ -26,6 +26,9 @@ _STEP = re.compile(r" - (\w+) - STEP_START")
 _CHECK = re.compile(
     r"ASSET_CHECK_EVALUATION - (?:Asset check|Check) '?(\w+)'? .*?(passed|failed)", re.I
 )
+# What a run waiting for the DuckDB pool says (sensors/reaper.py): whom it waits for, and
+# which dead run's slot it freed.
+_POOL = re.compile(r"((?:waiting for|freed) the \w+ pool: .*)")
 _FAIL = re.compile(r"(STEP_FAILURE|RUN_FAILURE|Error|Exception|Traceback)")
 
 
@@ -70,6 +73,8 @@ def render(lines: Iterable[str], out=sys.stderr) -> tuple[bool, list[str]]:
                 file=out,
                 flush=True,
             )
+        elif m := _POOL.search(line):
+            print(("\n" if tty else "") + f"  {m[1][:200]}", file=out, flush=True)
         elif m := _STEP.search(line):
             print(("\n" if tty else "") + f"→ {m[1]}", file=out, flush=True)
         elif "ASSET_CHECK_EVALUATION" in line:

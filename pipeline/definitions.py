@@ -1,13 +1,15 @@
 """The one Dagster `Definitions` object (code location `pipeline.definitions`).
 
 Runs execute in-process: the live path is a handful of millisecond steps, and a process per
-step would cost seconds. Asset modules stay thin; the work is in pipeline/ and warehouse/.
+step would cost seconds. The executor is Dagster's in-process one, watching the DuckDB pool
+for runs whose process died (sensors/reaper.py). Asset modules stay thin; the work is in
+pipeline/ and warehouse/.
 """
 
 import dagster as dg
 
 from assets import backtests, klines, signals, timeframes
-from sensors import live, repair
+from sensors import live, reaper, repair
 
 quality_job = dg.define_asset_job(
     "quality",
@@ -33,7 +35,12 @@ defs = dg.Definitions(
     ],
     asset_checks=[klines.klines_expectations, timeframes.indicators_warmup],
     jobs=[live.live_job, quality_job, backtests.backtest_job],
-    sensors=[live.bybit_live, repair.kline_gap_repair, repair.purge_live_runs],
+    sensors=[
+        live.bybit_live,
+        repair.kline_gap_repair,
+        repair.purge_live_runs,
+        reaper.reap_dead_runs,
+    ],
     schedules=[repair.daily_repair, quality_schedule, backtests.daily_backtests],
-    executor=dg.in_process_executor,
+    executor=reaper.watched_in_process_executor,
 )

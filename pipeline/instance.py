@@ -5,16 +5,27 @@ second, live runs one at a time, one concurrency pool of size 1 shared by every 
 (DuckDB admits one process per file), sensor threads so a slow tick never stalls the others,
 run monitoring so a run killed mid-write is marked failed and retried, and tick retention so
 storage stays small.
+
+Its storage is created (or migrated to the installed Dagster) here, once, before any Dagster
+process opens it: webserver, daemon and a run each create missing SQLite storage when they
+start, and started together on a fresh home they race (a schedules.db stamped twice with its
+schema version crash-loops the daemon).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import sqlite3
+import subprocess
+import sys
+from contextlib import closing
+from importlib.metadata import version
 from pathlib import Path
 
 import yaml
 
-from pipeline.config import Settings
+from pipeline.config import REPO_ROOT, ConfigError, Settings
 
 POOL = "duckdb"
 
@@ -55,15 +66,87 @@ INSTANCE_CONFIG = {
 }
 
 
+# The SQLite files of Dagster's default storage, and the stamp saying they are ready.
+STORAGE_FILES = ("history/runs.db", "history/runs/index.db", "schedules/schedules.db")
+STAMP = ".storage-ready"
+
+
+class InstanceError(ConfigError):
+    """The Dagster instance under the state directory cannot be set up."""
+
+
 def ensure_instance(settings: Settings) -> Path:
-    """Create DAGSTER_HOME with its dagster.yaml if missing (an edited file is left alone)."""
+    """Create DAGSTER_HOME with its dagster.yaml if missing (an edited file is left alone) and
+    its storage, once; later calls only read a stamp."""
     home = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
     cfg = home / "dagster.yaml"
     if not cfg.exists():
         header = "# Written by signalbox on first start; edit freely (see pipeline/instance.py).\n"
         cfg.write_text(header + yaml.safe_dump(INSTANCE_CONFIG, sort_keys=False))
+    init_storage(home)
     return home
+
+
+def _stamp() -> str:
+    return f"dagster {version('dagster')}"
+
+
+def _ready(home: Path) -> bool:
+    """Storage was made by this Dagster version and none of its files has gone since."""
+    try:
+        first, *files = (home / STAMP).read_text().splitlines()
+    except (OSError, ValueError):
+        return False
+    return first == _stamp() and all((home / f).exists() for f in files)
+
+
+def init_storage(home: Path) -> None:
+    """Create or migrate the instance's storage in one `dagster instance migrate`, under a lock
+    (two signalbox commands starting at once on a fresh home wait for each other)."""
+    if _ready(home):
+        return
+    with (home / ".storage.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _ready(home):
+            return
+        if not (home / "schedules").exists():
+            print(f"signalbox: setting up the Dagster instance in {home}", file=sys.stderr)
+        for f in STORAGE_FILES:
+            _drop_conflicting_schema_rows(home / f)
+        r = subprocess.run(
+            [sys.executable, "-m", "dagster", "instance", "migrate"],
+            env={**os.environ, "DAGSTER_HOME": str(home)},
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+        )
+        if r.returncode != 0:
+            why = (r.stderr.strip() or r.stdout.strip() or "no output").splitlines()[-1][:300]
+            raise InstanceError(
+                f"could not set up the Dagster storage in {home} (`dagster instance migrate` "
+                f"exited {r.returncode}: {why}); move that directory aside to start afresh"
+            )
+        made = [f for f in STORAGE_FILES if (home / f).exists()]
+        tmp = home / f"{STAMP}.tmp"
+        tmp.write_text("\n".join([_stamp(), *made]) + "\n")
+        tmp.replace(home / STAMP)
+
+
+def _drop_conflicting_schema_rows(db: Path) -> None:
+    """Heal what the start-up race left before storage was made here first: two schema versions
+    recorded in one file (Dagster then refuses it: "more than one head"). Without a recorded
+    version Dagster assumes the last one it ever stamped on SQLite and migrates from there (its
+    migrations check what exists), which is what `init_storage` runs next."""
+    if not db.exists():
+        return
+    with closing(sqlite3.connect(db)) as con, con:
+        try:
+            (rows,) = con.execute("SELECT count(*) FROM alembic_version").fetchone()
+        except sqlite3.OperationalError:  # no version table yet: Dagster stamps it
+            return
+        if rows > 1:
+            con.execute("DELETE FROM alembic_version")
 
 
 def dagster_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -7,15 +7,17 @@ with those imports already done, and forks each run from it. The run then execut
 in `dagster api execute_run` (same code path, same events), in its own process.
 
 The forkserver is rebuilt when the project's code or configuration changes, so edits are
-picked up like with the default launcher. Worker health is checked from the pid the run logs
-when it starts, so the monitoring daemon fails a run whose process was killed (and the live
-sensor plans its minutes again) instead of leaving it STARTED forever.
+picked up like with the default launcher. Worker health is judged as in sensors/reaper.py
+(the pid and start time of the run's process), so the monitoring daemon fails a run whose
+process was killed (and the live sensor plans its minutes again) instead of leaving it STARTED
+forever.
 """
 
 import multiprocessing
 import os
 import signal
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,10 @@ from dagster._core.launcher import (
 )
 from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
+from pipeline import pids
+from sensors.reaper import WORKER_PID_TAG, WORKER_SEEN_TAG, worker
+
 ROOT = Path(__file__).resolve().parent.parent
-PID_TAG = "signalbox/worker_pid"
 WATCHED = ("pipeline", "assets", "sensors", "warehouse")
 PRELOAD = [
     "dagster",
@@ -67,31 +71,6 @@ def _worker(instance_ref_json: str, run_id: str) -> None:
     with dg.DagsterInstance.from_ref(deserialize_value(instance_ref_json)) as instance:
         code = _execute_run_command_body(run_id, instance, lambda _event: None, True)
     os._exit(code)
-
-
-def _worker_pid(instance: dg.DagsterInstance, run: dg.DagsterRun) -> int | None:
-    """The pid this launcher tagged the run with, else the one the worker logged at start."""
-    if PID_TAG in run.tags:
-        return int(run.tags[PID_TAG])
-    for rec in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
-        event = rec.dagster_event
-        meta = event.engine_event_data.metadata if event and event.engine_event_data else {}
-        if "Started process for run" in (rec.user_message or "") and "pid" in meta:
-            return int(meta["pid"].value)
-    return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a recycled pid belongs to something else
-        return b"python" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return True
 
 
 class WarmRunLauncher(RunLauncher, ConfigurableClass):
@@ -155,18 +134,22 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
                 name=f"dagster-run-{run.run_id[:8]}",
             )
             proc.start()
-        # Other daemon threads (run monitoring) hold their own launcher: the pid goes on the run.
-        self._instance.add_run_tags(run.run_id, {PID_TAG: str(proc.pid)})
+        # Other daemon threads (run monitoring) hold their own launcher: the pid goes on the run,
+        # with a moment it was running (so a recycled pid is not mistaken for it).
+        seen = pids.started_at(proc.pid) or time.time()
+        self._instance.add_run_tags(
+            run.run_id, {WORKER_PID_TAG: str(proc.pid), WORKER_SEEN_TAG: f"{seen:.2f}"}
+        )
 
     def terminate(self, run_id: str) -> bool:
         run = self._instance.get_run_by_id(run_id)
         if not run or run.is_finished:
             return False
         self._instance.report_run_canceling(run)
-        pid = _worker_pid(self._instance, run)
-        if pid is None or not _alive(pid):
+        w = worker(self._instance, run)
+        if w is None or not w.alive():
             return False
-        os.kill(pid, signal.SIGINT)  # Dagster turns this into a clean cancellation
+        os.kill(w.pid, signal.SIGINT)  # Dagster turns this into a clean cancellation
         return True
 
     @property
@@ -174,16 +157,16 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         return True
 
     def check_run_worker_health(self, run: dg.DagsterRun) -> CheckRunHealthResult:
-        pid = _worker_pid(self._instance, run)
-        if pid is None:  # not launched by us and no pid logged: nothing to judge by
+        w = worker(self._instance, run)
+        if w is None:  # no pid logged or tagged: nothing to judge by
             return CheckRunHealthResult(WorkerStatus.RUNNING, "no worker pid known")
-        if _alive(pid):
-            return CheckRunHealthResult(WorkerStatus.RUNNING, run_worker_id=str(pid))
+        if w.alive():
+            return CheckRunHealthResult(WorkerStatus.RUNNING, run_worker_id=str(w.pid))
         # A killed worker never released its DuckDB pool slot: free it, or every later run
         # would wait for it forever.
         self._instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         return CheckRunHealthResult(
             WorkerStatus.FAILED,
-            f"the run's process (pid {pid}) is gone: killed or crashed. Any write it was "
+            f"the run's process (pid {w.pid}) is gone: killed or crashed. Any write it was "
             "doing was rolled back; the partition will be planned again.",
         )
