@@ -13,8 +13,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.yamlfile import YamlFileError, key_path, load_yaml, quote
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "signalbox.yaml"
@@ -28,16 +29,6 @@ ENV_SOURCE = "SIGNALBOX_SOURCE"
 ENV_SYMBOLS = "SIGNALBOX_SYMBOLS"
 
 Source = Literal["auto", "bybit", "replay"]
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that leaves dates as text, so validation can name the key of a bad one."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:timestamp"]
-    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
 
 
 class ConfigError(ValueError):
@@ -156,7 +147,7 @@ class Settings(_Section):
             raise ValueError("needs at least one symbol, e.g. [BTCUSDT]")
         for s in v:
             if not SYMBOL_RE.match(s):
-                raise ValueError(f"{s!r} is not a symbol: use exchange symbols like BTCUSDT")
+                raise ValueError(f"{quote(s)} is not a symbol: use exchange symbols like BTCUSDT")
         if len(set(v)) != len(v):
             raise ValueError("lists a symbol twice")
         return v
@@ -185,10 +176,10 @@ class Settings(_Section):
         from pipeline.personality import PERSONALITY_DIR, personality_path
 
         for name in v:
-            if not personality_path(name).expanduser().exists():
+            if not os.path.exists(personality_path(name)):  # False, not OSError, for any path
                 known = ", ".join(sorted(p.stem for p in PERSONALITY_DIR.glob("*.yaml")))
                 raise ValueError(
-                    f"{name!r} is neither a shipped personality ({known}) nor a YAML file"
+                    f"{quote(name)} is neither a shipped personality ({known}) nor a YAML file"
                 )
         if len(set(v)) != len(v):
             raise ValueError("lists a personality twice")
@@ -202,10 +193,10 @@ class Settings(_Section):
 
         for name in self.personalities:
             try:
-                load_personality(personality_path(name).expanduser(), self.timeframes)
+                load_personality(personality_path(name), self.timeframes)
             except PersonalityError as err:
                 where = self.config_path or "the configuration"
-                msg = f"invalid configuration in {where}:\n  personalities: {err}"
+                msg = f"invalid configuration in {where}: personalities: {err}"
                 raise ConfigError(msg) from None
 
     @property
@@ -239,25 +230,33 @@ class Settings(_Section):
         return _validate(data, self.config_path)
 
 
-def _format_error(err: ValidationError, path: Path | None, raw: dict[str, Any]) -> str:
-    where = str(path) if path else "configuration"
-    lines = [f"invalid configuration in {where}:"]
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+_SHOWN_ERRORS = 3
+
+
+def _format_error(err: ValidationError, path: Path | None) -> str:
+    """One line: the file, then `key = value: what is allowed` for the first few problems
+    (a list of 5,000 bad items is one mistake, not 5,000 lines), values cut short."""
+    errors = err.errors(include_url=False)
+    problems = []
+    for e in errors[:_SHOWN_ERRORS]:
+        key = key_path([str(p) for p in e["loc"]]) or "(top level)"
         value = e.get("input")
-        shown = value.isoformat() if isinstance(value, dt.date) else repr(value)
+        shown = value.isoformat() if isinstance(value, dt.date) else quote(value)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "is not a known key (check the spelling; see signalbox.yaml for every key)"
-        lines.append(f"  {key} = {shown}: {msg}")
-    return "\n".join(lines)
+        problems.append(f"{key} = {shown}: {msg}")
+    if len(errors) > _SHOWN_ERRORS:
+        problems.append(f"and {len(errors) - _SHOWN_ERRORS:,} more")
+    where = str(path) if path else "the configuration"
+    return f"invalid configuration in {where}: " + "; ".join(problems)
 
 
 def _validate(data: dict[str, Any], path: Path | None) -> Settings:
     try:
         settings = Settings.model_validate({**data, "config_path": path})
     except ValidationError as err:
-        raise ConfigError(_format_error(err, path, data)) from None
+        raise ConfigError(_format_error(err, path)) from None
     base = path.parent if path else REPO_ROOT
     home = settings.home if settings.home.is_absolute() else (base / settings.home)
     replay = settings.replay
@@ -279,17 +278,19 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
     """Read the YAML file, apply environment overrides, validate."""
     env = dict(os.environ if env is None else env)
     cfg_path = Path(path or env.get(ENV_CONFIG) or DEFAULT_CONFIG)
+    exists = os.path.lexists(cfg_path)  # False, not OSError, for any path
     data: dict[str, Any] = {}
-    if cfg_path.exists():
+    if exists:
         try:
-            loaded = yaml.load(cfg_path.read_text(), Loader=_Loader) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"invalid configuration in {cfg_path}: bad YAML: {err}") from None
+            loaded = load_yaml(cfg_path) or {}
+        except YamlFileError as err:
+            raise ConfigError(f"invalid configuration in {cfg_path}: {err}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"invalid configuration in {cfg_path}: top level must be a mapping")
         data = loaded
     elif path or env.get(ENV_CONFIG):
-        raise ConfigError(f"configuration file {cfg_path} does not exist")
+        shown = quote(str(cfg_path), 200, bare=True)
+        raise ConfigError(f"configuration file {shown} does not exist")
     if env.get(ENV_HOME):
         data["home"] = str(Path(env[ENV_HOME]).expanduser().resolve())
     if env.get(ENV_SOURCE):
@@ -303,7 +304,7 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
         bybit["ws_url"] = env[ENV_BYBIT_WS]
     if bybit:
         data["bybit"] = bybit
-    return _validate(data, cfg_path.resolve() if cfg_path.exists() else None)
+    return _validate(data, cfg_path.resolve() if exists else None)
 
 
 @lru_cache(maxsize=1)

@@ -27,6 +27,8 @@ with the file, the rule and what is wrong, never halfway through a backfill.
 from __future__ import annotations
 
 import math
+import os
+import re
 import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pipeline.timeframes import Timeframe, parse_timeframe
+from pipeline.yamlfile import YamlFileError, load_yaml, quote
 
 if TYPE_CHECKING:
     from pipeline.rules import Node, Ref, Schema
@@ -54,6 +57,7 @@ _TOP_KEYS = {
     "regimes",
     "rules",
 }
+_BIG_FORMAT = re.compile(r"[1-9][0-9]{2}")  # a width or precision of 100 or more
 _RULE_KEYS = {"name", "when", "direction", "weight", "gate", "reason", "regimes"}
 
 
@@ -179,14 +183,14 @@ def _timeframes(raw: Any, configured: Sequence[str], fail: Any) -> tuple[str, ..
         try:
             parsed.append(parse_timeframe(t))
         except ValueError as err:
-            raise fail(f"timeframes: {err}") from None
+            raise fail(f"timeframes: {quote(str(err), 200, bare=True)}") from None
         if t not in configured:
             raise fail(
-                f"timeframe {t!r} is not in the configured timeframes {list(configured)}"
+                f"timeframe {quote(t)} is not in the configured timeframes {list(configured)}"
                 " (signalbox.yaml `timeframes`): its candles would never be built"
             )
     if len(set(raw)) != len(raw):
-        raise fail(f"timeframes {raw} lists one twice")
+        raise fail(f"timeframes {quote(raw)} lists one twice")
     first = parsed[0]
     if first.kind != "fixed":
         raise fail(f"the signal timeframe {first.name!r} must have a fixed length (not months)")
@@ -200,9 +204,13 @@ def _timeframes(raw: Any, configured: Sequence[str], fail: Any) -> tuple[str, ..
 
 
 def _number(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+    if isinstance(v, bool) or not isinstance(v, int | float):
         return None
-    return float(v)
+    try:
+        f = float(v)
+    except OverflowError:  # an int beyond any float
+        return None
+    return f if math.isfinite(f) else None
 
 
 def _template(text: Any, schema: Schema, fail: Any) -> Template:
@@ -214,21 +222,26 @@ def _template(text: Any, schema: Schema, fail: Any) -> Template:
     try:
         items = list(string.Formatter().parse(text))
     except ValueError as err:
-        raise fail(f"reason {text!r}: {err} (write {{{{ and }}}} for literal braces)") from None
+        hint = "(write {{ and }} for literal braces)"
+        raise fail(f"reason {quote(text)}: {err} {hint}") from None
     for literal, field_name, spec, conv in items:
         if field_name is None:
             parts.append((literal, None, ""))
             continue
+        ph = quote(field_name, bare=True)
+        at = f"reason placeholder {{{ph}}}"
         if conv:
-            raise fail(f"reason placeholder {{{field_name}!{conv}}}: conversions are not allowed")
+            raise fail(f"reason placeholder {{{ph}!{conv}}}: conversions are not allowed")
         try:
             ref = parse_ref(field_name, schema)
         except RuleError as err:
-            raise fail(f"reason placeholder {{{field_name}}}: {err}") from None
+            raise fail(f"{at}: {err}") from None
+        if _BIG_FORMAT.search(spec):  # {close:.999999999f} would build a gigabyte per signal
+            raise fail(f"{at}: format {quote(spec)}: width and precision must be below 100")
         try:
             format(1234.5, spec or ",.2f")
         except ValueError:
-            raise fail(f"reason placeholder {{{field_name}:{spec}}}: bad format {spec!r}") from None
+            raise fail(f"{at}: bad format {quote(spec)}") from None
         parts.append((literal, ref, spec or ""))
     return Template(text, tuple(parts))
 
@@ -247,29 +260,29 @@ def personality_from_dict(
     from pipeline.rules import RuleError, compile_condition
 
     def fail(what: str, rule: str | None = None) -> PersonalityError:
-        where = f" rule {rule!r}:" if rule else ""
+        where = f" rule {quote(rule)}:" if rule else ""
         return PersonalityError(f"{source}:{where} {what}")
 
     if not isinstance(data, Mapping):
         raise fail("must be a mapping with name, timeframes, threshold, cooldown and rules")
     if extra := set(data) - _TOP_KEYS:
-        raise fail(f"unknown key(s) {sorted(extra)}; allowed: {sorted(_TOP_KEYS)}")
+        raise fail(f"unknown key(s) {quote(sorted(extra, key=str))}; allowed: {sorted(_TOP_KEYS)}")
     pname = data.get("name")
     if not isinstance(pname, str) or not pname.isidentifier():
         raise fail("`name` must be a short identifier such as scalping")
     if name is not None and pname != name:
-        raise fail(f"`name` is {pname!r} but the file is named {name!r}: make them equal")
+        raise fail(f"`name` is {quote(pname)} but the file is named {name!r}: make them equal")
     configured = list(timeframes) if timeframes is not None else _configured_timeframes()
     tfs = _timeframes(data.get("timeframes"), configured, fail)
     schema = _schema(tfs, columns)
 
     threshold = _number(data.get("threshold"))
     if threshold is None or not 0 < threshold <= 1:
-        raise fail(f"`threshold` must be a number in (0, 1], got {data.get('threshold')!r}")
+        raise fail(f"`threshold` must be a number in (0, 1], got {quote(data.get('threshold'))}")
     cooldown = _cooldown(data.get("cooldown"), fail)
     emit = data.get("emit_degraded", False)
     if not isinstance(emit, bool):
-        raise fail(f"`emit_degraded` must be true or false, got {emit!r}")
+        raise fail(f"`emit_degraded` must be true or false, got {quote(emit)}")
 
     regimes: list[Regime] = []
     raw_regimes = data.get("regimes") or {}
@@ -277,15 +290,15 @@ def personality_from_dict(
         raise fail("`regimes` must map regime names to conditions, e.g. {trend: adx_14 > 25}")
     for rname, cond in raw_regimes.items():
         if not isinstance(rname, str) or not rname.isidentifier():
-            raise fail(f"regime name {rname!r} must be an identifier")
+            raise fail(f"regime name {quote(rname)} must be an identifier")
         if isinstance(cond, bool):
             cond = str(cond)
         try:
             node = compile_condition(cond, schema)
         except RuleError as err:
-            raise fail(f"regime {rname!r}: {err}") from None
+            raise fail(f"regime {quote(rname)}: {err}") from None
         if node.kind != "bool":
-            raise fail(f"regime {rname!r}: the condition must be true/false, not a number")
+            raise fail(f"regime {quote(rname)}: the condition must be true/false, not a number")
         regimes.append(Regime(rname, str(cond), node))
     regime_names = [g.name for g in regimes]
 
@@ -318,10 +331,10 @@ def _cooldown(raw: Any, fail: Any) -> Timeframe | None:
         cd = parse_timeframe(str(raw))
     except ValueError:
         raise fail(
-            f"`cooldown` {raw!r} is not a duration: write e.g. 10m, 4h, 1d (or none)"
+            f"`cooldown` {quote(raw)} is not a duration: write e.g. 10m, 4h, 1d (or none)"
         ) from None
     if cd.kind != "fixed":
-        raise fail(f"`cooldown` {raw!r} must be a fixed length (minutes, hours, days, weeks)")
+        raise fail(f"`cooldown` {quote(raw)} must be a fixed length (minutes, hours, days, weeks)")
     return cd
 
 
@@ -340,22 +353,23 @@ def _rule(
         raise fail(f"rule #{i + 1} must be a mapping with name, when, direction, weight, reason")
     rname = raw.get("name")
     if not isinstance(rname, str) or not rname.isidentifier():
-        raise fail(f"rule #{i + 1} needs a `name` that is an identifier, got {rname!r}")
+        raise fail(f"rule #{i + 1} needs a `name` that is an identifier, got {quote(rname)}")
     if rname in seen:
         raise fail("the name is used twice", rname)
     seen.add(rname)
     if extra := set(raw) - _RULE_KEYS:
-        raise fail(f"unknown key(s) {sorted(extra)}; allowed: {sorted(_RULE_KEYS)}", rname)
+        keys = quote(sorted(extra, key=str))
+        raise fail(f"unknown key(s) {keys}; allowed: {sorted(_RULE_KEYS)}", rname)
     when = raw.get("when")
     if isinstance(when, bool):
         when = str(when)
     try:
         node = compile_condition(when, schema)
     except RuleError as err:
-        raise fail(str(err), rname) from None
+        raise fail(f"`when`: {err}", rname) from None
     direction = raw.get("direction")
     if direction not in ("long", "short", "both"):
-        raise fail(f"`direction` must be long, short or both, got {direction!r}", rname)
+        raise fail(f"`direction` must be long, short or both, got {quote(direction)}", rname)
     if direction == "both" and node.kind != "num":
         raise fail(
             "direction both needs a signed number (> 0 long, < 0 short), e.g. a sub-signal or"
@@ -366,23 +380,26 @@ def _rule(
         raise fail(f"direction {direction} needs a true/false condition, not a number", rname)
     gate = raw.get("gate", False)
     if not isinstance(gate, bool):
-        raise fail(f"`gate` must be true or false, got {gate!r}", rname)
+        raise fail(f"`gate` must be true or false, got {quote(gate)}", rname)
     weight = _number(raw.get("weight"))
     if gate:
         if "weight" in raw:
             raise fail("a gate has no weight (it must hold, it does not add)", rname)
         weight = 0.0
     elif weight is None or weight <= 0:
-        raise fail(f"`weight` must be a positive number, got {raw.get('weight')!r}", rname)
+        raise fail(f"`weight` must be a positive number, got {quote(raw.get('weight'))}", rname)
     mult_raw = raw.get("regimes") or {}
     if not isinstance(mult_raw, Mapping):
         raise fail("`regimes` must map regime names to weight multipliers", rname)
     for k, v in mult_raw.items():
         if k not in regime_names:
-            raise fail(f"unknown regime {k!r}; this personality defines {regime_names}", rname)
+            raise fail(
+                f"unknown regime {quote(k)}; this personality defines {quote(regime_names)}", rname
+            )
         m = _number(v)
         if m is None or m < 0:
-            raise fail(f"multiplier for regime {k!r} must be a number >= 0, got {v!r}", rname)
+            what = f"multiplier for regime {quote(k)} must be a number >= 0, got {quote(v)}"
+            raise fail(what, rname)
     if gate and mult_raw:
         raise fail("a gate has no weight to multiply per regime", rname)
     reason = _template(raw.get("reason"), schema, lambda w: fail(w, rname))
@@ -400,17 +417,16 @@ def _rule(
 
 @lru_cache(maxsize=32)
 def _load(path: Path, mtime: float, timeframes: tuple[str, ...] | None) -> Personality:
-    import yaml
-
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise PersonalityError(f"{path}: not valid YAML: {err}") from None
+        data = load_yaml(path)
+    except YamlFileError as err:
+        raise PersonalityError(f"{path}: {err}") from None
     return personality_from_dict(data, str(path), timeframes=timeframes, name=path.stem)
 
 
 def personality_path(name_or_path: str | Path) -> Path:
-    p = Path(name_or_path)
+    """A shipped personality's file by name, else the path given (`~` expanded)."""
+    p = Path(os.path.expanduser(name_or_path))  # unlike Path.expanduser, never raises
     if p.suffix in (".yaml", ".yml") or p.parent != Path("."):
         return p
     return PERSONALITY_DIR / f"{name_or_path}.yaml"
@@ -424,11 +440,14 @@ def load_personality(
     if isinstance(name_or_path, Personality):
         return name_or_path
     path = personality_path(name_or_path)
-    if not path.exists():
+    try:
+        mtime = path.stat().st_mtime
+    except OSError:
         shipped = sorted(p.stem for p in PERSONALITY_DIR.glob("*.yaml"))
-        raise PersonalityError(f"{path}: no such personality file (shipped: {shipped})")
+        where = quote(str(path), 200, bare=True)
+        raise PersonalityError(f"{where}: no such personality file (shipped: {shipped})") from None
     tfs = tuple(timeframes) if timeframes is not None else None
-    return _load(path.resolve(), path.stat().st_mtime, tfs)
+    return _load(path.resolve(), mtime, tfs)
 
 
 def load_personalities(

@@ -33,6 +33,7 @@ Why numpy and why these semantics:
 from __future__ import annotations
 
 import ast
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -40,8 +41,14 @@ from typing import Any, Literal
 
 import numpy as np
 
+from pipeline.yamlfile import quote
+
 Kind = Literal["num", "bool"]
 MAX_WINDOW = 5000  # bars; a longer window is a typo and would make partitions read months
+# Compiling and evaluating recurse once per level of nesting: bounded here, far below Python's
+# recursion limit, so `not not not ...` or `close + close + ...` is an error, not a crash.
+MAX_CHARS = 1000
+MAX_NESTING = 100
 _TF_REF = re.compile(r"(?<![\w.])([1-9][0-9]*[mhdwM])\.(?=[A-Za-z_])")
 _TF_PREFIX = "__tf_"
 _BARE_TF = re.compile(r"(?<![\w.])[1-9][0-9]*[mhdwM](?![\w.])")
@@ -387,33 +394,65 @@ def parse_ref(text: str, schema: Schema) -> Ref:
 def _check_column(col: str, tf: str | None, schema: Schema, text: str) -> None:
     if tf is not None and tf not in schema.timeframes:
         raise RuleError(
-            f"unknown timeframe {tf!r} in {text!r}: this personality reads"
+            f"unknown timeframe {quote(tf)} in {quote(text, 120)}: this personality reads"
             f" {list(schema.timeframes)} (add it to its `timeframes`)"
         )
     if col not in schema.columns:
         close = [c for c in sorted(schema.columns) if c.split("_")[0] == col.split("_")[0]]
         hint = f"; did you mean {close}?" if close else ""
         raise RuleError(
-            f"unknown column {col!r} in {text!r}{hint} (known: candle columns and the"
-            f" indicators of pipeline/indicators.yaml: {sorted(schema.columns)})"
+            f"unknown column {quote(col)} in {quote(text, 120)}{hint} (known: candle columns and"
+            f" the indicators of pipeline/indicators.yaml: {sorted(schema.columns)})"
         )
 
 
 def compile_condition(text: str, schema: Schema) -> Node:
     """Parse and check `text`; RuleError says what is wrong (unknown column, function ...)."""
-    if not isinstance(text, str) or not text.strip():
+    if text is None or (isinstance(text, str) and not text.strip()):
         raise RuleError("the condition is empty; write e.g. `rsi_14 < 30`")
+    if not isinstance(text, str):
+        raise RuleError(f"the condition must be text such as `rsi_14 < 30`, got {quote(text)}")
+    if len(text) > MAX_CHARS:
+        raise RuleError(
+            f"the condition {quote(text)} is longer than {MAX_CHARS} characters: split it into"
+            " rules, or write a sub-signal (pipeline/votes.py)"
+        )
     src = _TF_REF.sub(lambda m: f"{_TF_PREFIX}{m.group(1)}.", text.strip())
+    too_deep = RuleError(
+        f"the condition {quote(text, 120)} nests deeper than {MAX_NESTING} levels:"
+        " split it into rules, or write a sub-signal (pipeline/votes.py)"
+    )
     try:
         tree = ast.parse(src, mode="eval")
     except SyntaxError as err:
         if bare := _BARE_TF.search(src):
             raise RuleError(
                 f"a timeframe must be followed by a column, e.g. {bare.group(0)}.close"
-                f" (at `{bare.group(0)}` in {text!r})"
+                f" (at `{bare.group(0)}` in {quote(text, 120)})"
             ) from None
-        raise RuleError(f"cannot parse {text!r}: {err.msg}") from None
+        raise RuleError(f"cannot parse {quote(text, 120)}: {err.msg}") from None
+    except (RecursionError, MemoryError):  # Python's own parser gives up on deep nesting
+        raise too_deep from None
+    if _nesting(tree.body) > MAX_NESTING:
+        raise too_deep
     return _Compiler(text, schema).node(tree.body)
+
+
+def _nesting(tree: ast.AST) -> int:
+    """Levels of the syntax tree, counted without recursion."""
+    deepest, todo = 0, [(tree, 1)]
+    while todo:
+        node, level = todo.pop()
+        deepest = max(deepest, level)
+        todo.extend((child, level + 1) for child in ast.iter_child_nodes(node))
+    return deepest
+
+
+def _float(v: float) -> float:
+    try:
+        return float(v)
+    except OverflowError:  # an integer beyond any float
+        return math.inf
 
 
 class _Compiler:
@@ -422,8 +461,8 @@ class _Compiler:
         self.schema = schema
 
     def fail(self, node: ast.AST, what: str) -> RuleError:
-        part = ast.unparse(node).replace(_TF_PREFIX, "")
-        return RuleError(f"{what} (at `{part}` in {self.text!r})")
+        part = quote(ast.unparse(node).replace(_TF_PREFIX, ""), bare=True)
+        return RuleError(f"{what} (at `{part}` in {quote(self.text, 100)})")
 
     def expect(self, n: Node, kind: Kind, node: ast.AST, role: str) -> Node:
         if n.kind != kind:
@@ -444,10 +483,12 @@ class _Compiler:
         if isinstance(v, bool):
             fv = 1.0 if v else 0.0
             return Node("bool", 0, frozenset(), lambda b: np.full(b.n, fv), repr(v))
-        if isinstance(v, int | float) and np.isfinite(v):
-            fv = float(v)
+        if isinstance(v, int | float):
+            fv = _float(v)
+            if not math.isfinite(fv):
+                raise self.fail(node, f"the number {quote(v)} is too large")
             return Node("num", 0, frozenset(), lambda b: np.full(b.n, fv), repr(v))
-        raise self.fail(node, f"constant {v!r} is not allowed (numbers and True/False only)")
+        raise self.fail(node, f"constant {quote(v)} is not allowed (numbers and True/False only)")
 
     def _column(self, node: ast.AST, tf: str | None, col: str) -> Node:
         if col.startswith(_TF_PREFIX):

@@ -72,13 +72,12 @@ def test_bad_values_name_key_value_and_what_is_allowed(tmp_path, text, key, valu
     with pytest.raises(ConfigError) as err:
         load_settings(cfg, env={})
     msg = str(err.value)
-    assert str(cfg) in msg
-    line = next(ln for ln in msg.splitlines() if ln.strip().startswith(key + " "))
-    assert value in line and hint in line, msg
+    assert msg.startswith(f"invalid configuration in {cfg}: {key} = ") and "\n" not in msg, msg
+    assert value in msg and hint in msg, msg
 
 
 def test_not_yaml_and_missing_file(tmp_path: Path):
-    with pytest.raises(ConfigError, match="bad YAML"):
+    with pytest.raises(ConfigError, match="not valid YAML at line 2, column 1"):
         load_settings(write(tmp_path, "symbols: [BTCUSDT\n"), env={})
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "nope.yaml", env={})

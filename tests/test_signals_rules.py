@@ -239,9 +239,15 @@ def top(field: str, value: Any):
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (rule("when", "crosses_above(ema_9, ema_22)"), "rule 'cross_up': unknown column 'ema_22'"),
-        (rule("when", "kross(ema_9, ema_21)"), "rule 'cross_up': unknown function 'kross'"),
-        (rule("when", "close > 4h.sma_200", 1), "rule 'trend_gate': unknown timeframe '4h'"),
+        (
+            rule("when", "crosses_above(ema_9, ema_22)"),
+            "rule 'cross_up': `when`: unknown column 'ema_22'",
+        ),
+        (rule("when", "kross(ema_9, ema_21)"), "rule 'cross_up': `when`: unknown function 'kross'"),
+        (
+            rule("when", "close > 4h.sma_200", 1),
+            "rule 'trend_gate': `when`: unknown timeframe '4h'",
+        ),
         (rule("weight", -1), "rule 'cross_up': `weight` must be a positive number"),
         (rule("weight", "heavy"), "`weight` must be a positive number, got 'heavy'"),
         (rule("weight", None), "rule 'cross_up': `weight` must be a positive number, got None"),
@@ -300,7 +306,7 @@ def test_bad_file_names_the_file(tmp_path: Path):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(PersonalityError) as err:
         load_personality(path, TIMEFRAMES)
-    assert str(err.value).startswith(f"{path}: rule 'cross_up': unknown column 'stoch_q'")
+    assert str(err.value).startswith(f"{path}: rule 'cross_up': `when`: unknown column 'stoch_q'")
     path.write_text("name: [unclosed")
     with pytest.raises(PersonalityError, match=f"{path}: not valid YAML"):
         load_personality(path, TIMEFRAMES)
