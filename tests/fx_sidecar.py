@@ -216,8 +216,15 @@ def sidecar(tmp_path: Path, home: Path) -> Iterator[Callable[..., SidecarProc]]:
 
 @pytest.fixture
 def signals() -> Callable[..., list[dict[str, Any]]]:
-    """`signals(n, offset=0, personalities=..., ...)`: see `make_signals`."""
-    return make_signals
+    """`signals(n, offset=0, personalities=..., ...)`: see `make_signals`. Every call in a test
+    reads the clock once, so an offset names the same slot even when the minute turns."""
+    now = dt.datetime.now(dt.UTC)
+
+    def make(n: int, **kw: Any) -> list[dict[str, Any]]:
+        kw.setdefault("now", now)
+        return make_signals(n, **kw)
+
+    return make
 
 
 @pytest.fixture
