@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -12,7 +15,7 @@ import subprocess
 import pytest
 
 from pipeline.sidecar.client import Client, SidecarError
-from pipeline.sidecar.outbox import publish, segments
+from pipeline.sidecar.outbox import WAKE, poke, publish, segments
 from pipeline.sidecar.protocol import unix_address
 
 pytest_plugins = ["tests.fx_sidecar"]
@@ -184,7 +187,7 @@ def test_not_a_socket_is_left_alone(sidecar_cfg, sidecar):
     s.socket_path.write_text("precious")
     p = sidecar(cfg, wait=False)
     assert p.proc is not None and p.proc.wait(20) == 1
-    assert "is not a socket" in p.log
+    assert "is a regular file, not a socket" in p.log
     assert s.socket_path.read_text() == "precious"
 
 
@@ -313,3 +316,38 @@ def test_a_personality_from_a_yaml_path_is_subscribed_to_by_its_name(
     publish(s, signals(1, offset=-1, personalities=("scalping",)))
     publish(s, signals(1, offset=-1, personalities=("mine",)))
     assert [(m["seq"], m["personality"]) for m in sub.signals(1)] == [(4, "mine")]
+
+
+def _old_wake_name(outbox_dir) -> str:
+    """The abstract socket name the sidecar used to wake up on: anyone could bind it."""
+    digest = hashlib.sha256(os.fsencode(os.path.realpath(outbox_dir))).hexdigest()[:32]
+    return f"\0signalbox-sidecar-{digest}"
+
+
+def test_the_wake_up_socket_cannot_be_squatted_and_a_stale_one_is_replaced(
+    sidecar_cfg, sidecar, connect, signals
+):
+    cfg, s = sidecar_cfg()
+    squatter = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    squatter.bind(_old_wake_name(s.outbox_dir))  # any local user could do this
+    try:
+        p = sidecar(cfg)
+    finally:
+        squatter.close()
+    wake = s.outbox_dir / WAKE
+    assert stat.S_ISSOCK(wake.lstat().st_mode)
+    assert stat.S_IMODE(wake.lstat().st_mode) == 0o600
+    assert stat.S_IMODE(s.outbox_dir.stat().st_mode) == 0o700
+    assert poke(s.outbox_dir)  # the publisher's poke reaches the sidecar
+    p.stop(signal.SIGKILL)
+    assert stat.S_ISSOCK(wake.lstat().st_mode)  # left behind by the killed sidecar
+    assert not poke(s.outbox_dir)
+    p.start()  # replaces it
+    assert poke(s.outbox_dir)
+    sub = connect(s.socket_path)
+    sub.send({"op": "subscribe", "since_seq": 0})
+    sub.recv_type("hello")
+    seqs = publish(s, signals(2))
+    assert [m["seq"] for m in sub.signals(2)] == seqs
+    assert p.stop() == 0
+    assert not wake.exists()

@@ -33,6 +33,7 @@ from pathlib import Path
 from pipeline.config import Settings, load_settings
 from pipeline.sidecar import outbox
 from pipeline.sidecar import protocol as proto
+from pipeline.sidecar.files import UnsafePath, check_dir, check_owned, open_private
 from pipeline.sidecar.outbox import Entry, Key
 
 log = logging.getLogger("signalbox.sidecar")
@@ -398,18 +399,16 @@ class Conn(asyncio.Protocol):
 # -- sockets ------------------------------------------------------------------------------
 
 
-def _take_lock(path: Path) -> int:
-    """Hold `<socket>.lock` for our lifetime: a live sidecar is never displaced."""
-    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def _take_lock(path: Path, busy: str) -> int:
+    """Hold `<path>.lock` for our lifetime: a live sidecar is never displaced. `busy` says
+    what the holder is doing, for the refusal."""
+    fd = open_private(f"{path}.lock", os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
-        raise Refused(
-            f"another sidecar (pid {pid}) is already serving {path}; "
-            "stop it first or set sidecar.socket to another path"
-        ) from None
+        raise Refused(f"another sidecar (pid {pid}) is already {busy}") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
@@ -428,41 +427,30 @@ def _is_live(path: Path) -> bool:
         s.close()
 
 
-def _bind_unix(path: Path) -> socket.socket:
-    """Listen on `path` with mode 0600, replacing a stale socket file left by a crash."""
+def _bind(path: Path, kind: socket.SocketKind) -> socket.socket:
+    """A Unix socket at `path`, mode 0600 from the start. Called under `path`'s lock, so a
+    socket file of ours already there was left by a killed sidecar and is replaced; anything
+    else (a file, a symlink, another user's socket, a live server) is refused."""
     try:
         st = path.lstat()
     except FileNotFoundError:
         st = None
     if st is not None:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise Refused(
-                f"{path} exists and is not a socket; move it away or change sidecar.socket"
-            )
-        if _is_live(path):
+        check_owned(path, st, stat.S_ISSOCK, "a socket")
+        if kind == socket.SOCK_STREAM and _is_live(path):
             raise Refused(f"a live server is already listening on {path}")
         log.info("removing stale socket %s", path)
-        path.unlink()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        path.unlink()  # removes the name, whatever it points to
+    sock = socket.socket(socket.AF_UNIX, kind | socket.SOCK_NONBLOCK)
     old = os.umask(0o177)  # no window in which the socket is reachable by others
     try:
         with proto.unix_address(path) as addr:
             sock.bind(addr)
+    except BaseException:
+        sock.close()
+        raise
     finally:
         os.umask(old)
-    os.chmod(path, 0o600)
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
-
-
-def _bind_poke(outbox_dir: Path) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
-    try:
-        sock.bind(outbox.poke_address(outbox_dir))
-    except OSError:
-        sock.close()
-        raise Refused(f"another sidecar is already reading the outbox {outbox_dir}") from None
     return sock
 
 
@@ -488,43 +476,48 @@ def _raise_fd_limit() -> None:
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Serve until `stop` is set (or SIGINT/SIGTERM); removes the socket file on the way out."""
+    """Serve until `stop` is set (or SIGINT/SIGTERM); removes the socket files on the way out.
+
+    Refuses (Refused, UnsafePath) before serving when the home or the outbox is not safe to
+    use, or another sidecar holds the socket or the outbox."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
-    path = settings.socket_path
+    path, box = settings.socket_path, settings.outbox_dir
     path.parent.mkdir(parents=True, exist_ok=True)
-    settings.outbox_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    lock_fd = _take_lock(path)
-    socks: list[socket.socket] = []
-    servers: list[asyncio.AbstractServer] = []
-    tasks: list[asyncio.Task[None]] = []
-    unix_ino = None
-    try:
-        poke = _bind_poke(settings.outbox_dir)
-        socks.append(poke)
+    check_dir(path.parent, private=False)
+    box.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_dir(box, private=True)
+    wake_path = box / outbox.WAKE
+    with contextlib.ExitStack() as stack:
+        busy = f"serving {path}; stop it first or set sidecar.socket to another path"
+        stack.callback(os.close, _take_lock(path, busy))
+        stack.callback(os.close, _take_lock(wake_path, f"reading the outbox {box}; stop it first"))
+        wake = _bind_owned(stack, wake_path, socket.SOCK_DGRAM)
         hub = Hub(settings)
         hub.restore()
-        unix = _bind_unix(path)
-        socks.append(unix)
-        unix_ino = path.stat().st_ino
-        servers.append(await loop.create_unix_server(lambda: Conn(hub, False), sock=unix))
+        unix = _bind_owned(stack, path, socket.SOCK_STREAM)
+        unix.listen(1024)
+        srv = await loop.create_unix_server(lambda: Conn(hub, False), sock=unix)
+        stack.callback(srv.close)
         where = str(path)
         if settings.sidecar.tcp_port is not None:
             tcp = _bind_tcp(settings)
-            socks.append(tcp)
-            servers.append(await loop.create_server(lambda: Conn(hub, True), sock=tcp))
+            stack.callback(tcp.close)
+            srv = await loop.create_server(lambda: Conn(hub, True), sock=tcp)
+            stack.callback(srv.close)
             host, port = tcp.getsockname()[:2]
             where += f" and tcp {host}:{port}"
 
-        def on_poke() -> None:
+        def on_wake() -> None:
             try:
-                while poke.recv(64):
+                while wake.recv(64):
                     pass
             except OSError:
                 pass
             hub.ingest()
 
-        loop.add_reader(poke.fileno(), on_poke)
+        loop.add_reader(wake.fileno(), on_wake)
+        stack.callback(loop.remove_reader, wake.fileno())
 
         async def every(period: float, fn: Callable[[], None]) -> None:
             while True:
@@ -534,38 +527,38 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
                 except Exception:
                     log.exception("periodic %s failed", fn.__name__)
 
-        tasks.append(asyncio.create_task(every(POLL_S, hub.ingest)))
-        tasks.append(asyncio.create_task(every(settings.sidecar.heartbeat_s, hub.heartbeat)))
+        for period, fn in ((POLL_S, hub.ingest), (settings.sidecar.heartbeat_s, hub.heartbeat)):
+            stack.callback(asyncio.create_task(every(period, fn)).cancel)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+            stack.callback(loop.remove_signal_handler, sig)
         log.info(
             "serving %s; latest seq %d, %d in history, outbox %s",
             where,
             hub.last_seq,
             len(hub.seqs),
-            settings.outbox_dir,
+            box,
         )
         await stop.wait()
         log.info("stopping (%d subscriber(s) connected)", len(hub.conns))
-        loop.remove_reader(poke.fileno())
         for c in list(hub.conns):
             if c.transport is not None:
                 c.transport.abort()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        for t in tasks:
-            t.cancel()
-        for srv in servers:
-            srv.close()
-        for s in socks:
-            s.close()
-        try:
-            if unix_ino is not None and path.stat().st_ino == unix_ino:
+
+
+def _bind_owned(stack: contextlib.ExitStack, path: Path, kind: socket.SocketKind) -> socket.socket:
+    """`_bind`, with the socket closed and its file removed (if still ours) when `stack` ends."""
+    sock = _bind(path, kind)
+    stack.callback(sock.close)
+    ino = path.lstat().st_ino
+
+    def remove() -> None:
+        with contextlib.suppress(FileNotFoundError):
+            if path.lstat().st_ino == ino:
                 path.unlink()
-        except FileNotFoundError:
-            pass
-        os.close(lock_fd)
+
+    stack.callback(remove)
+    return sock
 
 
 def main(settings: Settings) -> int:
@@ -579,7 +572,7 @@ def main(settings: Settings) -> int:
     _raise_fd_limit()
     try:
         asyncio.run(serve(settings))
-    except Refused as err:
+    except (Refused, UnsafePath) as err:
         log.error("%s", err)
         return 1
     return 0
