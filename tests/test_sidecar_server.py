@@ -11,6 +11,7 @@ import signal
 import socket
 import stat
 import subprocess
+import time
 
 import pytest
 
@@ -351,3 +352,28 @@ def test_the_wake_up_socket_cannot_be_squatted_and_a_stale_one_is_replaced(
     assert [m["seq"] for m in sub.signals(2)] == seqs
     assert p.stop() == 0
     assert not wake.exists()
+
+
+def test_an_evicted_subscriber_reads_the_reason_last_however_late_it_reads(
+    sidecar_cfg, sidecar, connect, signals
+):
+    cfg, s = sidecar_cfg(client_buffer=10, history=5000)
+    # The connection is closed 0.5 s after the eviction (10 s by default); the client reads
+    # only well after that.
+    p = sidecar(cfg, close_grace_s=0.5)
+    stuck = connect(s.socket_path)
+    stuck.send({"op": "subscribe", "since_seq": 0})
+    assert stuck.recv_type("hello")
+    published: list[int] = []
+    for i in range(0, 1500, 50):  # ~3 MB it does not read
+        published += publish(s, signals(50, offset=i, reasons=["x" * 2000]))
+    p.wait_log("disconnecting a subscriber")
+    time.sleep(1.5)
+    msgs = []
+    while (msg := stuck.recv(timeout=10)) is not None:
+        msgs.append(msg)
+    assert stuck.buf == b"", p.log  # no torn line
+    *sigs, last = msgs
+    assert last["type"] == "error" and last["code"] == "too_slow" and last["fatal"] is True
+    seqs = [m["seq"] for m in sigs]
+    assert seqs and seqs == published[: len(seqs)] and len(seqs) < len(published)

@@ -8,7 +8,8 @@ A subscriber is in one of four states: `auth` (TCP, before its token), `pending`
 moment for a subscribe before defaulting to everything), `catchup` (being fed its snapshot or
 replay straight from the history as fast as its socket drains, so a replay longer than its
 buffer is fine), `live` (new lines pushed as they arrive; when its socket is full they queue,
-and past `client_buffer` queued messages it is disconnected with a reason).
+and past `client_buffer` queued messages it is evicted), `closing` (evicted: its reason line
+is the last thing it reads, however late it reads).
 """
 
 from __future__ import annotations
@@ -19,14 +20,18 @@ import collections
 import contextlib
 import datetime as dt
 import fcntl
+import functools
 import hmac
+import itertools
 import logging
 import os
 import resource
 import signal
 import socket
 import stat
+import struct
 import sys
+import termios
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,9 +46,11 @@ log = logging.getLogger("signalbox.sidecar")
 SUBSCRIBE_GRACE_S = 0.2  # a plain client (socat) gets everything after this long
 AUTH_TIMEOUT_S = 5.0
 POLL_S = 0.25  # fallback outbox poll when no poke arrives
-WRITE_HIGH = 64 * 1024  # transport buffer above which we queue ourselves (and count messages)
+WRITE_HIGH = 64 * 1024  # bytes waiting for the socket above which messages are queued, counted
+WRITE_LOW = WRITE_HIGH // 4  # ... and below which the queue moves on again
+IOV = 64  # buffers per writev
 CHUNK = 512  # history lines written per catch-up step
-CLOSE_GRACE_S = 10.0  # how long an evicted client gets to read its error line
+CLOSE_GRACE_S = 10.0  # how long an evicted client's connection is kept for it to read the reason
 
 
 class Refused(RuntimeError):
@@ -154,38 +161,57 @@ class Hub:
         return self.seqs[0] if self.seqs else self.last_seq + 1
 
 
+_DONE = frozenset({"closing", "closed"})
+
+
 class Conn(asyncio.Protocol):
-    """One subscriber connection."""
+    """One subscriber connection.
+
+    The transport only reads. Output goes through our own duplicate of the socket, written
+    directly and buffered here (`out`) when the socket is full: so that on eviction the
+    backlog can be cut back to a line boundary and the reason put right after the last line
+    the client already has, which the transport's own buffer would not allow.
+    """
 
     def __init__(self, hub: Hub, tcp: bool) -> None:
         self.hub = hub
         self.tcp = tcp
         self.state = "auth" if tcp else "pending"
         self.filter = proto.Filter()
+        self.loop = asyncio.get_running_loop()  # made by the server's protocol factory
         self.transport: asyncio.Transport | None = None
-        self.fd = -1  # the socket, written directly while the transport has nothing buffered
+        self.sock: socket.socket | None = None  # our duplicate of the socket, for output
+        self.fd = -1
+        self.writing = False  # a writer callback is registered for fd
+        self.out: collections.deque[bytes] = collections.deque()  # whole lines, not yet written
+        self.out_off = 0  # bytes of out[0] already written
+        self.out_bytes = 0  # bytes in out not yet written
+        self.paused = False  # out is past WRITE_HIGH: new messages wait in `queue`
+        self.peer_eof = False
         self.inbuf = bytearray()
         self.discarding = False
-        self.paused = False
         self.queue: collections.deque[tuple[bytes, int]] = collections.deque()
         self.queued = 0
         self.initial: collections.deque[bytes] = collections.deque()
         self.cursor = 0  # last history seq considered during catch-up
         self.timer: asyncio.TimerHandle | None = None
 
+    @property
+    def open(self) -> bool:
+        return self.state not in _DONE
+
     # -- asyncio callbacks ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        transport.set_write_buffer_limits(high=WRITE_HIGH)
-        sock = transport.get_extra_info("socket")
-        self.fd = sock.fileno() if sock is not None else -1
+        tsock = transport.get_extra_info("socket")
+        self.sock = tsock.dup()  # non-blocking, like the transport's
+        self.fd = self.sock.fileno()
         self.hub.conns.add(self)
-        loop = asyncio.get_running_loop()
         if self.tcp:
-            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.timer = loop.call_later(AUTH_TIMEOUT_S, self._auth_timeout)
+            if self.sock.family in (socket.AF_INET, socket.AF_INET6):
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.timer = self.loop.call_later(AUTH_TIMEOUT_S, self._auth_timeout)
         else:
             self._hello()
 
@@ -197,13 +223,13 @@ class Conn(asyncio.Protocol):
             self.timer.cancel()
         self.queue.clear()
         self.initial.clear()
-
-    def pause_writing(self) -> None:
-        self.paused = True
-
-    def resume_writing(self) -> None:
-        self.paused = False
-        self._flush()
+        self.out.clear()
+        if self.sock is not None:
+            if self.writing:
+                self.loop.remove_writer(self.fd)
+                self.writing = False
+            self.sock.close()
+            self.sock = None
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -213,7 +239,7 @@ class Conn(asyncio.Protocol):
             self.close("internal_error", "the server could not handle this input")
 
     def _received(self, data: bytes) -> None:
-        if self.state == "closed":
+        if not self.open:
             return
         if self.discarding:
             nl = data.find(b"\n")
@@ -221,7 +247,7 @@ class Conn(asyncio.Protocol):
                 return
             data, self.discarding = data[nl + 1 :], False
         self.inbuf += data
-        while self.state != "closed":
+        while self.open:
             nl = self.inbuf.find(b"\n")
             if nl < 0:
                 break
@@ -237,7 +263,10 @@ class Conn(asyncio.Protocol):
             self._too_long()
 
     def eof_received(self) -> bool:
-        return True  # a subscriber that has nothing more to say still wants signals
+        """A subscriber that has nothing more to say still wants signals; an evicted one that
+        has its reason and closes is let go at once."""
+        self.peer_eof = True
+        return self.state != "closing" or bool(self.out)
 
     def _too_long(self) -> None:
         self.send(
@@ -278,7 +307,7 @@ class Conn(asyncio.Protocol):
             proto.hello(h.last_seq, h.oldest_seq(), h.settings.sidecar.heartbeat_s, h.version)
         )
         self.state = "pending"
-        self.timer = asyncio.get_running_loop().call_later(
+        self.timer = self.loop.call_later(
             SUBSCRIBE_GRACE_S, self._subscribe, proto.Request("subscribe")
         )
 
@@ -287,7 +316,7 @@ class Conn(asyncio.Protocol):
 
     def _subscribe(self, req: proto.Request) -> None:
         """Start (or restart) the stream: snapshot or replay from history, then live."""
-        if self.state == "closed":
+        if not self.open:
             return
         if self.timer:
             self.timer.cancel()
@@ -318,8 +347,8 @@ class Conn(asyncio.Protocol):
 
     # -- output ---------------------------------------------------------------------------
     def send(self, data: bytes, n: int = 1) -> None:
-        """Write now if the socket keeps up, else queue; too much queued: disconnect."""
-        if self.state == "closed" or self.transport is None:
+        """Write now if the socket keeps up, else queue; too much queued: evict."""
+        if self.state in _DONE:
             return
         if self.paused or self.queue:
             self.queue.append((data, n))
@@ -330,35 +359,86 @@ class Conn(asyncio.Protocol):
                     f"more than {self.hub.limit} messages behind; "
                     "reconnect with since_seq to resume",
                 )
-        elif self.fd < 0 or self.transport.get_write_buffer_size():
-            self.transport.write(data)
-        else:  # the fan-out hot path: one syscall, none of the transport's bookkeeping
+        else:
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        """Hand whole lines to the socket: the fan-out hot path is one write(2); what the
+        socket cannot take now waits in `out` for the loop to say it is writable."""
+        if not self.out:
             try:
                 sent = os.write(self.fd, data)
             except (BlockingIOError, InterruptedError):
                 sent = 0
-            except OSError:
-                sent = 0  # let the transport meet the error and close properly
-            if sent < len(data):
-                self.transport.write(data[sent:])
+            except OSError as err:
+                return self._lost(err)
+            if sent == len(data):
+                return None
+            self.out_off, self.out_bytes = sent, -sent
+            self._want_writable(True)
+        self.out.append(data)
+        self.out_bytes += len(data)
+        if self.out_bytes > WRITE_HIGH:
+            self.paused = True
+        return None
+
+    def _want_writable(self, on: bool) -> None:
+        if on and not self.writing:
+            self.loop.add_writer(self.fd, self._writable)
+        elif not on and self.writing:
+            self.loop.remove_writer(self.fd)
+        self.writing = on
+
+    def _drain(self) -> None:
+        """Write what waits in `out` while the socket takes it."""
+        while self.out:
+            bufs = [memoryview(self.out[0])[self.out_off :], *itertools.islice(self.out, 1, IOV)]
+            try:
+                sent = os.writev(self.fd, bufs)
+            except (BlockingIOError, InterruptedError):
+                return self._want_writable(True)
+            except OSError as err:
+                return self._lost(err)
+            self.out_bytes -= sent
+            sent += self.out_off
+            while self.out and sent >= len(self.out[0]):
+                sent -= len(self.out.popleft())
+            self.out_off = sent
+        return self._want_writable(False)
+
+    def _writable(self) -> None:
+        self._drain()
+        if self.state == "closing":
+            if not self.out:
+                self._delivered()
+        elif self.paused and self.out_bytes <= WRITE_LOW and self.state != "closed":
+            self.paused = False
+            self._flush()
+
+    def _lost(self, err: OSError) -> None:
+        """Writing failed (the client is gone): drop the connection."""
+        log.debug("subscriber gone: %s", err)
+        self.state = "closed"
+        self.hub.live.pop(self, None)
+        self.out.clear()
+        assert self.transport is not None
+        self.transport.abort()
 
     def _flush(self) -> None:
-        while self.queue and not self.paused and self.state != "closed":
+        while self.queue and not self.paused and self.open:
             data, n = self.queue.popleft()
             self.queued -= n
-            assert self.transport is not None
-            self.transport.write(data)
+            self._write(data)
         if self.state == "catchup" and not self.queue:
             self._pump()
 
     def _pump(self) -> None:
         """Feed the snapshot, then history after the cursor, while the socket takes it."""
         h = self.hub
-        assert self.transport is not None
         while self.state == "catchup" and not self.paused:
             if self.initial:
                 n = min(CHUNK, len(self.initial))
-                self.transport.write(b"".join(self.initial.popleft() for _ in range(n)))
+                self._write(b"".join(self.initial.popleft() for _ in range(n)))
                 continue
             if self.cursor < h.trimmed_upto:
                 self.close("too_slow", "fell behind the replay history; reconnect to resume")
@@ -377,23 +457,76 @@ class Conn(asyncio.Protocol):
             )
             self.cursor = h.seqs[j - 1]
             if sel:
-                self.transport.write(b"".join(sel))
+                self._write(b"".join(sel))
 
     def close(self, code: str, message: str) -> None:
-        """Say why (if the socket still takes it), then close; abort if it never drains."""
-        if self.state == "closed" or self.transport is None:
+        """Evict with a reason that is always the last line the client reads, right after
+        the last whole line it already has, however late it starts reading.
+
+        The backlog is dropped, except the rest of a line the socket has half taken; the
+        reason follows, with the socket's send buffer enlarged if a client that stopped
+        reading has filled it. Once the reason is in the socket our side is shut (the client
+        reads it, then EOF), and the connection is closed when the client closes or after
+        CLOSE_GRACE_S (its data stays readable after that)."""
+        if not self.open or self.transport is None:
             return
         log.info("disconnecting a subscriber: %s (%s)", message, code)
-        self.state = "closed"
+        self.state = "closing"
         self.hub.live.pop(self, None)
         self.queue.clear()
+        self.queued = 0
         self.initial.clear()
         if self.timer:
             self.timer.cancel()
-        t = self.transport
-        t.write(proto.error(code, message, fatal=True))
-        t.close()
-        asyncio.get_running_loop().call_later(CLOSE_GRACE_S, t.abort)
+        rest = b""
+        if self.out and self.out_off and self.out[0][self.out_off - 1] != ord("\n"):
+            first = self.out[0]
+            rest = first[self.out_off : first.index(b"\n", self.out_off) + 1]
+        reason = rest + proto.error(code, message, fatal=True)
+        self.out.clear()
+        self.out.append(reason)
+        self.out_off, self.out_bytes = 0, len(reason)
+        self.timer = self.loop.call_later(CLOSE_GRACE_S, self._give_up)
+        self._drain()
+        if self.out and self.state == "closing":
+            self._make_room()
+            self._drain()
+        if self.state == "closing" and not self.out:
+            self._delivered()
+
+    def _make_room(self) -> None:
+        """Grow the full send buffer past what it holds (SIOCOUTQ) plus the reason; Linux
+        doubles the value set and caps it at net.core.wmem_max. Never shrinks it."""
+        assert self.sock is not None
+        with contextlib.suppress(OSError):
+            held = struct.unpack("i", fcntl.ioctl(self.fd, termios.TIOCOUTQ, b"\0" * 4))[0]
+            size = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            want = min(held + self.out_bytes + 65536, _wmem_max())
+            if 2 * want > size:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, want)
+
+    def _delivered(self) -> None:
+        """The reason is in the socket: EOF after it; close now if the client already left."""
+        assert self.sock is not None and self.transport is not None
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+        if self.peer_eof:
+            self.transport.close()
+
+    def _give_up(self) -> None:
+        if self.state != "closing" or self.transport is None:
+            return
+        if self.out:
+            log.warning("closing an evicted subscriber that never made room for its reason")
+        self.transport.abort()
+
+
+@functools.lru_cache(maxsize=1)
+def _wmem_max() -> int:
+    try:
+        return int(Path("/proc/sys/net/core/wmem_max").read_text())
+    except (OSError, ValueError):
+        return 212_992  # Linux's usual default
 
 
 # -- sockets ------------------------------------------------------------------------------
