@@ -443,6 +443,7 @@ def _message(s: dict[str, Any], close: dt.datetime, emitted: str) -> dict[str, A
         "expires_at": iso(_expires(close, s["timeframe"])),
         "reasons": [str(r) for r in reasons],
         "quality": s["quality"],
+        "replayed": False,  # last: the sidecar splices in `true` when it sends it from history
     }
 
 

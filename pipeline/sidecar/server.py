@@ -10,6 +10,10 @@ replay straight from the history as fast as its socket drains, so a replay longe
 buffer is fine), `live` (new lines pushed as they arrive; when its socket is full they queue,
 and past `client_buffer` queued messages it is evicted), `closing` (evicted: its reason line
 is the last thing it reads, however late it reads).
+
+Everything a subscriber was sent from the past (the latest-per-key snapshot, a `since_seq`
+replay, history from before a restart) carries `"replayed": true`; lines pushed live carry
+`"replayed": false`, as the publisher wrote them.
 """
 
 from __future__ import annotations
@@ -74,11 +78,12 @@ class Hub:
         self.history = settings.sidecar.history
         self.limit = settings.sidecar.client_buffer
         self.version = _version()
-        self.tail = outbox.Tail(settings.outbox_dir, with_close=False)
+        self.ttl_us = settings.sidecar.signal_ttl_minutes * 60_000_000
+        self.tail = outbox.Tail(settings.outbox_dir)
         self.seqs: list[int] = []
         self.lines: list[bytes] = []
         self.keys: list[Key] = []
-        self.latest: dict[Key, tuple[int, bytes]] = {}
+        self.latest: dict[Key, Entry] = {}
         self.last_seq = 0
         self.trimmed_upto = 0  # every seq <= this has left the in-memory history
         # dicts as ordered sets: fan-out goes in subscription order (fair, and consecutive
@@ -91,7 +96,7 @@ class Hub:
         """History and latest signals from the outbox, as they were before a restart."""
         state = outbox.read_state(self.settings.outbox_dir)
         for e in outbox.latest_from_state(state):
-            self.latest[e.key] = (e.seq, e.line)
+            self.latest[e.key] = e
         self.trimmed_upto = -1
         self._add(self.tail.read())
         self._trim(self.history)
@@ -103,8 +108,8 @@ class Hub:
             self.seqs.append(e.seq)
             self.lines.append(e.line)
             self.keys.append(e.key)
-            if e.key not in self.latest or self.latest[e.key][0] < e.seq:
-                self.latest[e.key] = (e.seq, e.line)
+            if e.key not in self.latest or self.latest[e.key].seq < e.seq:
+                self.latest[e.key] = e
         if entries:
             self.last_seq = max(self.last_seq, entries[-1].seq)
         if len(self.seqs) > 2 * self.history:  # trim in batches: amortised O(1) per line
@@ -151,10 +156,14 @@ class Hub:
 
     # -- what a new subscription starts with ------------------------------------------------
     def snapshot(self, f: proto.Filter) -> list[bytes]:
+        """The latest signal per key that is still news: its bar closed at most
+        `signal_ttl_minutes` ago by this machine's clock (the TTL `publish` applies by default).
+        Older ones are history, left to a `since_seq` replay."""
+        cutoff = proto.to_us(dt.datetime.now(dt.UTC)) - self.ttl_us
         return [
-            line
-            for key, (_, line) in sorted(self.latest.items(), key=lambda kv: kv[1][0])
-            if f.everything or f.matches(key)
+            e.line
+            for e in sorted(self.latest.values(), key=lambda e: e.seq)
+            if e.close_us >= cutoff and (f.everything or f.matches(e.key))
         ]
 
     def oldest_seq(self) -> int:
@@ -194,6 +203,7 @@ class Conn(asyncio.Protocol):
         self.queued = 0
         self.initial: collections.deque[bytes] = collections.deque()
         self.cursor = 0  # last history seq considered during catch-up
+        self.replay_upto = 0  # seqs up to this one were in the sidecar when it subscribed
         self.timer: asyncio.TimerHandle | None = None
 
     @property
@@ -325,8 +335,9 @@ class Conn(asyncio.Protocol):
         h.live.pop(self, None)
         self.filter = req.filter
         self.initial.clear()
+        self.replay_upto = h.last_seq
         if req.since_seq is None:
-            self.initial.extend(h.snapshot(req.filter))
+            self.initial.extend(proto.replayed(line) for line in h.snapshot(req.filter))
             self.cursor = h.last_seq
         elif req.since_seq > h.last_seq:
             self.send(
@@ -450,11 +461,12 @@ class Conn(asyncio.Protocol):
                 return
             j = min(i + CHUNK, len(h.seqs))
             f = self.filter
-            sel = (
-                h.lines[i:j]
-                if f.everything
-                else [h.lines[k] for k in range(i, j) if f.matches(h.keys[k])]
-            )
+            upto = self.replay_upto
+            sel = [
+                proto.replayed(h.lines[k]) if h.seqs[k] <= upto else h.lines[k]
+                for k in range(i, j)
+                if f.everything or f.matches(h.keys[k])
+            ]
             self.cursor = h.seqs[j - 1]
             if sel:
                 self._write(b"".join(sel))
