@@ -72,12 +72,11 @@ class Entry:
     line: bytes
 
 
-def parse(line: bytes, with_close: bool = True) -> Entry | None:
-    """An outbox line as an Entry, or None when it is not a readable signal line.
-    The sidecar routes by seq and key only, so it skips the close time (close_us 0)."""
+def parse(line: bytes) -> Entry | None:
+    """An outbox line as an Entry, or None when it is not a readable signal line."""
     try:
         m = json.loads(line)
-        close = to_us(dt.datetime.fromisoformat(m["close_time"])) if with_close else 0
+        close = to_us(dt.datetime.fromisoformat(m["close_time"]))
         return Entry(int(m["seq"]), (m["symbol"], m["personality"], m["timeframe"]), close, line)
     except (ValueError, KeyError, TypeError, RecursionError):
         return None
@@ -148,9 +147,8 @@ class Tail:
     the current one is final, so reading to its end after listing misses nothing.
     """
 
-    def __init__(self, outbox_dir: Path, with_close: bool = True) -> None:
+    def __init__(self, outbox_dir: Path) -> None:
         self.dir = outbox_dir
-        self.with_close = with_close
         self.seg_first = 0
         self.offset = 0
         self.last_seq = 0
@@ -177,7 +175,7 @@ class Tail:
             return False
         lines, self.offset, _ = read_lines(fd, self.offset)
         for line in lines:
-            e = parse(line, self.with_close)
+            e = parse(line)
             if e is None:
                 log.warning("skipping an unreadable outbox line in %s", self.seg_first)
             elif e.seq > self.last_seq:

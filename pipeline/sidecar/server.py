@@ -86,6 +86,7 @@ class Hub:
         self.latest: dict[Key, Entry] = {}
         self.last_seq = 0
         self.trimmed_upto = 0  # every seq <= this has left the in-memory history
+        self.read_error = ""  # the last outbox read error logged
         # dicts as ordered sets: fan-out goes in subscription order (fair, and consecutive
         # sends to one subscriber process find it awake instead of waking it each time)
         self.live: dict[Conn, None] = {}
@@ -125,9 +126,12 @@ class Hub:
         """Read what the publishers appended and push it to the live subscribers."""
         try:
             entries = self.tail.read()
-        except OSError as err:
-            log.warning("cannot read the outbox: %s", err)
+        except OSError as err:  # e.g. an UnsafePath planted meanwhile: said once, not per poll
+            if str(err) != self.read_error:
+                log.warning("cannot read the outbox: %s", err)
+                self.read_error = str(err)
             return
+        self.read_error = ""
         if not entries:
             return
         if self.tail.skipped:
