@@ -78,10 +78,14 @@ def write_config(tmp_path: Path, home: Path, **sidecar: Any) -> tuple[Path, Sett
 
 
 class SidecarProc:
-    """`signalbox sidecar` in a subprocess, ready once its socket accepts connections."""
+    """`signalbox sidecar` in a subprocess, ready once its socket accepts connections.
+    `close_grace_s` shortens how long an evicted subscriber's connection is kept open."""
 
-    def __init__(self, cfg: Path, home: Path, log: Path) -> None:
+    def __init__(
+        self, cfg: Path, home: Path, log: Path, close_grace_s: float | None = None
+    ) -> None:
         self.cfg, self.home, self.log_path = cfg, home, log
+        self.close_grace_s = close_grace_s
         self.proc: subprocess.Popen[bytes] | None = None
         self.tcp_port: int | None = None
         self._mark = 0
@@ -93,9 +97,17 @@ class SidecarProc:
     def start(self, wait: bool = True) -> SidecarProc:
         self._mark = self.log.count(" serving ")
         env = {**os.environ, "SIGNALBOX_HOME": str(self.home), "SIGNALBOX_CONFIG": str(self.cfg)}
+        cmd = [sys.executable, "-m", "pipeline.cli", "sidecar"]
+        if self.close_grace_s is not None:
+            cmd[1:] = [
+                "-c",
+                "import sys; from pipeline.sidecar import server; "
+                f"server.CLOSE_GRACE_S = {self.close_grace_s!r}; "
+                "from pipeline.cli import main; sys.exit(main(['sidecar']))",
+            ]
         with self.log_path.open("ab") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli", "sidecar"],
+                cmd,
                 cwd=ROOT,
                 env=env,
                 stdout=subprocess.DEVNULL,
@@ -118,6 +130,14 @@ class SidecarProc:
                 return
             time.sleep(0.02)
         raise AssertionError(f"sidecar not ready after {timeout} s:\n{self.log}")
+
+    def wait_log(self, text: str, timeout: float = 20.0) -> None:
+        """Until the sidecar has logged `text`."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the sidecar did not log {text!r}:\n{self.log}")
+            time.sleep(0.02)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
         assert self.proc is not None
@@ -200,11 +220,12 @@ def sidecar_cfg(tmp_path: Path, home: Path) -> Callable[..., tuple[Path, Setting
 
 @pytest.fixture
 def sidecar(tmp_path: Path, home: Path) -> Iterator[Callable[..., SidecarProc]]:
-    """Start sidecar processes on the test's home: `sidecar(cfg)`; all stopped at teardown."""
+    """Start sidecar processes on the test's home: `sidecar(cfg)`; all stopped at teardown.
+    `sidecar(cfg, wait=False)` does not wait for it to serve (e.g. when it must refuse)."""
     procs: list[SidecarProc] = []
 
-    def start(cfg: Path, wait: bool = True) -> SidecarProc:
-        p = SidecarProc(cfg, home, tmp_path / f"sidecar{len(procs)}.log")
+    def start(cfg: Path, wait: bool = True, close_grace_s: float | None = None) -> SidecarProc:
+        p = SidecarProc(cfg, home, tmp_path / f"sidecar{len(procs)}.log", close_grace_s)
         procs.append(p)
         return p.start(wait)
 
@@ -216,8 +237,15 @@ def sidecar(tmp_path: Path, home: Path) -> Iterator[Callable[..., SidecarProc]]:
 
 @pytest.fixture
 def signals() -> Callable[..., list[dict[str, Any]]]:
-    """`signals(n, offset=0, personalities=..., ...)`: see `make_signals`."""
-    return make_signals
+    """`signals(n, offset=0, personalities=..., ...)`: see `make_signals`. Every call in a test
+    reads the clock once, so an offset names the same slot even when the minute turns."""
+    now = dt.datetime.now(dt.UTC)
+
+    def make(n: int, **kw: Any) -> list[dict[str, Any]]:
+        kw.setdefault("now", now)
+        return make_signals(n, **kw)
+
+    return make
 
 
 @pytest.fixture

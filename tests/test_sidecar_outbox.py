@@ -108,29 +108,33 @@ def test_malformed_signal_raises_before_anything_is_written(signals, sidecar_cfg
 
 
 ALL = ("scalping", "swing", "ma_trend", "vote")
-# Publishes slots [offset, offset + n) in batches (n < 0: until killed), like a pipeline run.
+# Publishes slots [offset, offset + n) in batches (n < 0: until killed), like a pipeline run,
+# on the clock reading the test passes (so that slots mean the same minutes as in the test).
 _WORKER = """
+import datetime as dt
 import sys
 from pipeline.config import load_settings
 from pipeline.sidecar.outbox import publish
 from tests.fx_sidecar import make_signals
 s = load_settings(sys.argv[1])
 n, offset, batch, size = (int(a) for a in sys.argv[2:6])
+now = dt.datetime.fromisoformat(sys.argv[6])
 print("start", flush=True)
 i = 0
 while n < 0 or i < n:
     k = batch if n < 0 else min(batch, n - i)
-    publish(s, make_signals(k, offset=offset + i, personalities=%r, reasons=["x" * size]))
+    sigs = make_signals(k, offset=offset + i, personalities=%r, reasons=["x" * size], now=now)
+    publish(s, sigs)
     i += k
 print("done", flush=True)
 """.replace("%r", repr(ALL))
 
 
 def _worker(
-    cfg: Path, home: Path, n: int, offset: int, batch: int, size: int = 10
+    cfg: Path, home: Path, n: int, offset: int, batch: int, size: int = 10, *, now: dt.datetime
 ) -> subprocess.Popen[bytes]:
     env = {**os.environ, "SIGNALBOX_HOME": str(home)}
-    args = [str(cfg), str(n), str(offset), str(batch), str(size)]
+    args = [str(cfg), str(n), str(offset), str(batch), str(size), now.isoformat()]
     return subprocess.Popen(
         [sys.executable, "-c", _WORKER, *args], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE
     )
@@ -139,7 +143,8 @@ def _worker(
 def test_concurrent_publishers_never_share_or_skip_a_seq(signals, sidecar_cfg, home):
     cfg, s = sidecar_cfg(history=40)  # small history: rotation and compaction happen too
     # three processes, overlapping signal ranges: each signal must still go out exactly once
-    procs = [_worker(cfg, home, 300, off, 7) for off in (0, 100, 200)]
+    now = dt.datetime.now(dt.UTC)
+    procs = [_worker(cfg, home, 300, off, 7, now=now) for off in (0, 100, 200)]
     for p in procs:
         out, _ = p.communicate(timeout=120)
         assert p.returncode == 0 and out.split() == [b"start", b"done"]
@@ -150,7 +155,7 @@ def test_concurrent_publishers_never_share_or_skip_a_seq(signals, sidecar_cfg, h
     assert entries[-1].seq == 500
     assert [e.seq for e in entries] == list(range(entries[0].seq, 501))
     assert 40 <= len(entries) <= 40 + 2 * 64
-    assert publish(s, signals(500, personalities=ALL)) == []
+    assert publish(s, signals(500, personalities=ALL, now=now)) == []
 
 
 def test_outbox_is_bounded_and_keeps_latest_and_dedup_across_compaction(signals, sidecar_cfg):
@@ -193,10 +198,11 @@ def test_torn_last_line_is_repaired_and_never_consumed(signals, sidecar_cfg):
 
 def test_sigkill_during_publishing_never_corrupts_the_seq(signals, sidecar_cfg, home):
     cfg, s = sidecar_cfg(history=200)
+    now = dt.datetime.now(dt.UTC)
     last = 0
     for round_ in range(3):
         # batches of 50 lines of ~20 kB: a kill lands inside a write more often than not
-        p = _worker(cfg, home, -1, 20_000 * round_, 50, size=20_000)
+        p = _worker(cfg, home, -1, 20_000 * round_, 50, size=20_000, now=now)
         assert p.stdout is not None and p.stdout.readline() == b"start\n"
         time.sleep(0.2 + 0.1 * round_)
         p.send_signal(signal.SIGKILL)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import queue
@@ -136,6 +137,7 @@ def test_tail_human_format(sidecar_cfg, sidecar, signals, home):
     tail.communicate(timeout=10)
     assert line.startswith("#1 ")
     for part in (
+        "[replayed]",  # it came with the snapshot on connect
         "BTCUSDT",
         " 1m ",
         "vote",
@@ -146,3 +148,34 @@ def test_tail_human_format(sidecar_cfg, sidecar, signals, home):
     ):
         assert part in line
     assert tail.returncode == 0
+
+
+def test_old_signals_are_history_and_replays_are_marked(sidecar_cfg, sidecar, connect, signals):
+    cfg, s = sidecar_cfg(signal_ttl_minutes=60)
+    then = dt.datetime.now(dt.UTC) - dt.timedelta(hours=3)
+    # published three hours ago, as news back then: the latest swing signal, but old now
+    assert publish(s, signals(1, personalities=("swing",), now=then), now=then) == [1]
+    assert publish(s, signals(1, personalities=("scalping",))) == [2]  # a minute old
+    p = sidecar(cfg)  # starts on an outbox holding both
+    sub = connect(s.socket_path)  # the snapshot: the latest per key that is still news
+    assert sub.recv_type("hello")["seq"] == 2
+    [fresh] = sub.signals(1)
+    assert (fresh["seq"], fresh["personality"], fresh["replayed"]) == (2, "scalping", True)
+    assert publish(s, signals(1, offset=-1, personalities=("scalping",))) == [3]
+    [live] = sub.signals(1)  # not seq 1: the old one is never sent as news
+    assert (live["seq"], live["replayed"]) == (3, False)
+    replay = connect(s.socket_path)
+    replay.send({"op": "subscribe", "since_seq": 0})
+    assert [(m["seq"], m["replayed"]) for m in replay.signals(3)] == [
+        (1, True),
+        (2, True),
+        (3, True),
+    ]
+    assert publish(s, signals(1, offset=-2, personalities=("scalping",))) == [4]
+    assert [(m["seq"], m["replayed"]) for m in replay.signals(1)] == [(4, False)]
+    assert [(m["seq"], m["replayed"]) for m in sub.signals(1)] == [(4, False)]
+    p.stop()
+    p.start()  # history across a restart is replayed too
+    again = connect(s.socket_path)
+    again.send({"op": "subscribe", "since_seq": 2})
+    assert [(m["seq"], m["replayed"]) for m in again.signals(2)] == [(3, True), (4, True)]

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
+import time
 
 import pytest
 
 from pipeline.sidecar.client import Client, SidecarError
-from pipeline.sidecar.outbox import publish, segments
+from pipeline.sidecar.outbox import WAKE, poke, publish, segments
 from pipeline.sidecar.protocol import unix_address
 
 pytest_plugins = ["tests.fx_sidecar"]
@@ -184,7 +188,7 @@ def test_not_a_socket_is_left_alone(sidecar_cfg, sidecar):
     s.socket_path.write_text("precious")
     p = sidecar(cfg, wait=False)
     assert p.proc is not None and p.proc.wait(20) == 1
-    assert "is not a socket" in p.log
+    assert "is a regular file, not a socket" in p.log
     assert s.socket_path.read_text() == "precious"
 
 
@@ -313,3 +317,63 @@ def test_a_personality_from_a_yaml_path_is_subscribed_to_by_its_name(
     publish(s, signals(1, offset=-1, personalities=("scalping",)))
     publish(s, signals(1, offset=-1, personalities=("mine",)))
     assert [(m["seq"], m["personality"]) for m in sub.signals(1)] == [(4, "mine")]
+
+
+def _old_wake_name(outbox_dir) -> str:
+    """The abstract socket name the sidecar used to wake up on: anyone could bind it."""
+    digest = hashlib.sha256(os.fsencode(os.path.realpath(outbox_dir))).hexdigest()[:32]
+    return f"\0signalbox-sidecar-{digest}"
+
+
+def test_the_wake_up_socket_cannot_be_squatted_and_a_stale_one_is_replaced(
+    sidecar_cfg, sidecar, connect, signals
+):
+    cfg, s = sidecar_cfg()
+    squatter = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    squatter.bind(_old_wake_name(s.outbox_dir))  # any local user could do this
+    try:
+        p = sidecar(cfg)
+    finally:
+        squatter.close()
+    wake = s.outbox_dir / WAKE
+    assert stat.S_ISSOCK(wake.lstat().st_mode)
+    assert stat.S_IMODE(wake.lstat().st_mode) == 0o600
+    assert stat.S_IMODE(s.outbox_dir.stat().st_mode) == 0o700
+    assert poke(s.outbox_dir)  # the publisher's poke reaches the sidecar
+    p.stop(signal.SIGKILL)
+    assert stat.S_ISSOCK(wake.lstat().st_mode)  # left behind by the killed sidecar
+    assert not poke(s.outbox_dir)
+    p.start()  # replaces it
+    assert poke(s.outbox_dir)
+    sub = connect(s.socket_path)
+    sub.send({"op": "subscribe", "since_seq": 0})
+    sub.recv_type("hello")
+    seqs = publish(s, signals(2))
+    assert [m["seq"] for m in sub.signals(2)] == seqs
+    assert p.stop() == 0
+    assert not wake.exists()
+
+
+def test_an_evicted_subscriber_reads_the_reason_last_however_late_it_reads(
+    sidecar_cfg, sidecar, connect, signals
+):
+    cfg, s = sidecar_cfg(client_buffer=10, history=5000)
+    # The connection is closed 0.5 s after the eviction (10 s by default); the client reads
+    # only well after that.
+    p = sidecar(cfg, close_grace_s=0.5)
+    stuck = connect(s.socket_path)
+    stuck.send({"op": "subscribe", "since_seq": 0})
+    assert stuck.recv_type("hello")
+    published: list[int] = []
+    for i in range(0, 1500, 50):  # ~3 MB it does not read
+        published += publish(s, signals(50, offset=i, reasons=["x" * 2000]))
+    p.wait_log("disconnecting a subscriber")
+    time.sleep(1.5)
+    msgs = []
+    while (msg := stuck.recv(timeout=10)) is not None:
+        msgs.append(msg)
+    assert stuck.buf == b"", p.log  # no torn line
+    *sigs, last = msgs
+    assert last["type"] == "error" and last["code"] == "too_slow" and last["fatal"] is True
+    seqs = [m["seq"] for m in sigs]
+    assert seqs and seqs == published[: len(seqs)] and len(seqs) < len(published)

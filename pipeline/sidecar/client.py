@@ -7,7 +7,8 @@ The client sends its subscribe as soon as it connects, remembers the last seq it
 on any disconnect reconnects with exponential backoff and jitter, resuming with
 `since_seq=<last seq>` so nothing is missed; anything at or below the last seq is dropped, so
 nothing is seen twice either. A `gap` message (the history no longer reached back) is passed
-through to `messages()` so the caller can tell.
+through to `messages()` so the caller can tell. Signals sent from history (the snapshot on
+connect, what a reconnect replays) carry `"replayed": true`: check it before acting on one.
 """
 
 from __future__ import annotations
@@ -171,12 +172,14 @@ class Client:
 
 
 def format_signal(msg: dict[str, Any]) -> str:
-    """One human-readable line per signal."""
+    """One human-readable line per signal; one sent from history says `[replayed]`."""
     reasons = "; ".join(msg.get("reasons") or [])
     return (
         f"#{msg['seq']} {msg['close_time']} {msg['symbol']} {msg['timeframe']} "
         f"{msg['personality']} {msg['action']} conf={msg['confidence']:.2f} "
-        f"price={msg['price']} quality={msg['quality']}" + (f"  {reasons}" if reasons else "")
+        f"price={msg['price']} quality={msg['quality']}"
+        + (" [replayed]" if msg.get("replayed") else "")
+        + (f"  {reasons}" if reasons else "")
     )
 
 

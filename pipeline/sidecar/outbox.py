@@ -18,6 +18,11 @@ Layout of `settings.outbox_dir`:
   old segments are compacted away. Segments are rotated every ~history/4 lines and the oldest
   are deleted once the rest still hold `history` signals.
 - `lock`: the fcntl lock publishers share. The sidecar only reads, so it never blocks them.
+- `wake.sock` (+ `wake.sock.lock`, held by the sidecar): the sidecar's wake-up datagram socket.
+  The directory is 0700 and the socket 0600, so only this user can poke it (or squat the name).
+
+Every file here is opened without following symlinks and must be a regular file of this user
+(`files.open_private`); the directory must be ours and writable by nobody else.
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import functools
-import hashlib
 import json
 import logging
 import math
@@ -37,7 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.sidecar.protocol import SCHEMA, encode, iso, to_us
+from pipeline.sidecar.files import check_dir, open_private
+from pipeline.sidecar.protocol import SCHEMA, encode, iso, to_us, unix_address
 
 if TYPE_CHECKING:
     from pipeline.config import Settings
@@ -48,6 +53,7 @@ log = logging.getLogger("signalbox.sidecar.outbox")
 SUFFIX = ".jsonl"
 STATE = "state.json"
 LOCK = "lock"
+WAKE = "wake.sock"
 # Lines appended between checkpoints: bounds a cold start's re-read. It grows with the number
 # of dedup keys held so that rewriting the checkpoint stays a small cost per line.
 CHECKPOINT_EVERY = 256
@@ -66,12 +72,11 @@ class Entry:
     line: bytes
 
 
-def parse(line: bytes, with_close: bool = True) -> Entry | None:
-    """An outbox line as an Entry, or None when it is not a readable signal line.
-    The sidecar routes by seq and key only, so it skips the close time (close_us 0)."""
+def parse(line: bytes) -> Entry | None:
+    """An outbox line as an Entry, or None when it is not a readable signal line."""
     try:
         m = json.loads(line)
-        close = to_us(dt.datetime.fromisoformat(m["close_time"])) if with_close else 0
+        close = to_us(dt.datetime.fromisoformat(m["close_time"]))
         return Entry(int(m["seq"]), (m["symbol"], m["personality"], m["timeframe"]), close, line)
     except (ValueError, KeyError, TypeError, RecursionError):
         return None
@@ -110,13 +115,16 @@ def read_lines(fd: int, offset: int) -> tuple[list[bytes], int, int]:
 def read_state(outbox_dir: Path) -> dict[str, Any] | None:
     """The checkpoint, or None when missing or unreadable (then segments are re-read)."""
     try:
-        state = json.loads((outbox_dir / STATE).read_bytes())
+        fd = open_private(outbox_dir / STATE, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            state = json.loads(f.read())
         int(state["segment"]), int(state["offset"]), int(state["last_seq"])
         if not isinstance(state["keys"], dict) or not isinstance(state["latest"], list):
             raise TypeError
         return state
-    except FileNotFoundError:
-        return None
     except (ValueError, KeyError, TypeError, RecursionError):
         log.warning("outbox checkpoint %s is unreadable; re-reading segments", outbox_dir / STATE)
         return None
@@ -139,9 +147,8 @@ class Tail:
     the current one is final, so reading to its end after listing misses nothing.
     """
 
-    def __init__(self, outbox_dir: Path, with_close: bool = True) -> None:
+    def __init__(self, outbox_dir: Path) -> None:
         self.dir = outbox_dir
-        self.with_close = with_close
         self.seg_first = 0
         self.offset = 0
         self.last_seq = 0
@@ -151,7 +158,7 @@ class Tail:
     def _open(self, first: int) -> int | None:
         self.close()
         try:
-            self._fd = os.open(self.dir / segment_name(first), os.O_RDONLY)
+            self._fd = open_private(self.dir / segment_name(first), os.O_RDONLY)
         except FileNotFoundError:
             return None
         return self._fd
@@ -168,7 +175,7 @@ class Tail:
             return False
         lines, self.offset, _ = read_lines(fd, self.offset)
         for line in lines:
-            e = parse(line, self.with_close)
+            e = parse(line)
             if e is None:
                 log.warning("skipping an unreadable outbox line in %s", self.seg_first)
             elif e.seq > self.last_seq:
@@ -188,7 +195,7 @@ class Tail:
                 got = self._read_current(out)
                 nxt = self.last_seq + 1
                 try:
-                    fd = os.open(self.dir / segment_name(nxt), os.O_RDONLY)
+                    fd = open_private(self.dir / segment_name(nxt), os.O_RDONLY)
                 except FileNotFoundError:
                     if got:
                         return out
@@ -244,14 +251,14 @@ class _Book:
             self.fd = -1
         if self.fd < 0:
             path = self.dir / segment_name(self.seg_first)
-            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self.fd = open_private(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             self.fd_first = self.seg_first
         return self.fd
 
 
 _books: dict[Path, _Book] = {}
 _thread_lock = threading.Lock()
-_poke_sock: socket.socket | None = None
+_pokers: dict[Path, socket.socket] = {}  # per outbox: a datagram socket connected to wake.sock
 
 
 def _dedup_key(key: Key, close_us: int) -> str:
@@ -267,7 +274,7 @@ def _apply(book: _Book, e: Entry) -> None:
 
 
 def _scan(book: _Book, first: int, path: Path, offset: int, newest: bool) -> None:
-    fd = os.open(path, os.O_RDWR if newest else os.O_RDONLY)
+    fd = open_private(path, os.O_RDWR if newest else os.O_RDONLY)
     try:
         lines, end, size = read_lines(fd, offset)
         for line in lines:
@@ -338,19 +345,23 @@ def _checkpoint(book: _Book, cutoff_us: int) -> None:
         "latest": [json.loads(line) for _, line in sorted(book.latest.values())],
     }
     tmp = book.dir / f"{STATE}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    tmp.unlink(missing_ok=True)  # a leftover of a crashed process (never followed if a link)
+    fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     with os.fdopen(fd, "wb") as f:
         f.write(json.dumps(state, separators=(",", ":")).encode())
         f.flush()
         os.fsync(f.fileno())  # never a checkpoint on disk whose content is not
     os.replace(tmp, book.dir / STATE)
-    _fsync(book.dir)  # the rename, and any segment created since the last checkpoint
+    _fsync(book.dir, directory=True)  # the rename, and segments created since the last one
     book.since_checkpoint = 0
 
 
-def _fsync(path: Path) -> None:
+def _fsync(path: Path, directory: bool = False) -> None:
     """Put a file's data, or a directory's creates and renames, on disk (~0.1 ms here)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    if directory:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    else:
+        fd = open_private(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -368,7 +379,8 @@ def _book(outbox_dir: Path) -> _Book:
     book = _books.get(outbox_dir)
     if book is None or book.pid != os.getpid():  # a forked child must not share the lock fd
         outbox_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(outbox_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        check_dir(outbox_dir, private=True)
+        fd = open_private(outbox_dir / LOCK, os.O_RDWR | os.O_CREAT)
         book = _books[outbox_dir] = _Book(outbox_dir, os.getpid(), fd)
     return book
 
@@ -429,27 +441,37 @@ def _message(s: dict[str, Any], close: dt.datetime, emitted: str) -> dict[str, A
         "expires_at": iso(_expires(close, s["timeframe"])),
         "reasons": [str(r) for r in reasons],
         "quality": s["quality"],
+        "replayed": False,  # last: the sidecar splices in `true` when it sends it from history
     }
 
 
-@functools.lru_cache(maxsize=16)
-def poke_address(outbox_dir: Path) -> str:
-    """The sidecar's wake-up address: an abstract Unix datagram socket named after the outbox
-    (no file to go stale, no path-length limit, gone when the sidecar dies)."""
-    digest = hashlib.sha256(os.fsencode(os.path.realpath(outbox_dir))).hexdigest()[:32]
-    return f"\0signalbox-sidecar-{digest}"
-
-
 def poke(outbox_dir: Path) -> bool:
-    """Tell a listening sidecar to read the outbox now; never blocks, never raises."""
-    global _poke_sock
-    try:
-        if _poke_sock is None:
-            _poke_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
-        _poke_sock.sendto(b"!", poke_address(outbox_dir))
-        return True
-    except OSError:  # no sidecar (ECONNREFUSED), or its queue is full (EAGAIN): it will poll
-        return False
+    """Tell a listening sidecar to read the outbox now; never blocks, never raises.
+
+    The wake-up socket is a file in the outbox (0700 directory, 0600 socket): unlike an
+    abstract name, no other user can bind it first or send to it. The datagram socket is
+    connected once (a send to a path costs a lookup, ~9 us with the sidecar waking), and
+    connected anew when the sidecar it reached has gone (ECONNREFUSED)."""
+    for _ in range(2):
+        sock = _pokers.get(outbox_dir)
+        try:
+            if sock is None:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+                try:
+                    with unix_address(outbox_dir / WAKE) as addr:
+                        sock.connect(addr)
+                except OSError:  # no sidecar: it reads the outbox when it starts
+                    sock.close()
+                    return False
+                _pokers[outbox_dir] = sock
+            sock.send(b"!")
+            return True
+        except BlockingIOError:  # its queue is full: it has pokes to read already
+            return False
+        except OSError:  # the sidecar we were connected to is gone; perhaps a new one is up
+            del _pokers[outbox_dir]
+            sock.close()
+    return False
 
 
 def publish(

@@ -5,6 +5,14 @@ Server to client: `hello`, `signal`, `heartbeat`, `gap`, `error`. Client to serv
 are plain UTF-8 text so `socat - UNIX-CONNECT:<path>` is a working client. Signal lines are
 encoded once, by the publisher, and forwarded byte for byte; everything here is shared by the
 publisher, the server and the client so the three cannot drift apart.
+
+A `signal` carries `"replayed": false` when it is pushed live, as it is published, and
+`"replayed": true` when it is sent from the past: the latest-per-key snapshot on connect (only
+signals whose bar closed within `sidecar.signal_ttl_minutes` of the sidecar's wall clock), a
+`since_seq` replay, history kept across a restart. A replayed signal may be old news: judge it
+by its `close_time` and `expires_at`, never act on it as if it had just been published. (Lines
+written before the field existed have no `replayed` on live delivery; treat a missing one as
+false.)
 """
 
 from __future__ import annotations
@@ -57,6 +65,20 @@ def to_us(t: dt.datetime) -> int:
     if t.tzinfo is None:
         t = t.replace(tzinfo=dt.UTC)
     return (t - _EPOCH) // dt.timedelta(microseconds=1)
+
+
+_LIVE_END = b',"replayed":false}\n'
+_REPLAYED_END = b',"replayed":true}\n'
+
+
+def replayed(line: bytes) -> bytes:
+    """A signal line as sent from history: `"replayed": true`. The publisher writes the field
+    last, so this is a byte splice; an older line without it is re-encoded."""
+    if line.endswith(_LIVE_END):
+        return line[: -len(_LIVE_END)] + _REPLAYED_END
+    msg = json.loads(line)
+    msg["replayed"] = True
+    return encode(msg)
 
 
 def hello(seq: int, oldest_seq: int, heartbeat_s: float, version: str) -> bytes:

@@ -8,7 +8,12 @@ A subscriber is in one of four states: `auth` (TCP, before its token), `pending`
 moment for a subscribe before defaulting to everything), `catchup` (being fed its snapshot or
 replay straight from the history as fast as its socket drains, so a replay longer than its
 buffer is fine), `live` (new lines pushed as they arrive; when its socket is full they queue,
-and past `client_buffer` queued messages it is disconnected with a reason).
+and past `client_buffer` queued messages it is evicted), `closing` (evicted: its reason line
+is the last thing it reads, however late it reads).
+
+Everything a subscriber was sent from the past (the latest-per-key snapshot, a `since_seq`
+replay, history from before a restart) carries `"replayed": true`; lines pushed live carry
+`"replayed": false`, as the publisher wrote them.
 """
 
 from __future__ import annotations
@@ -19,20 +24,25 @@ import collections
 import contextlib
 import datetime as dt
 import fcntl
+import functools
 import hmac
+import itertools
 import logging
 import os
 import resource
 import signal
 import socket
 import stat
+import struct
 import sys
+import termios
 from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.config import Settings, load_settings
 from pipeline.sidecar import outbox
 from pipeline.sidecar import protocol as proto
+from pipeline.sidecar.files import UnsafePath, check_dir, check_owned, open_private
 from pipeline.sidecar.outbox import Entry, Key
 
 log = logging.getLogger("signalbox.sidecar")
@@ -40,9 +50,11 @@ log = logging.getLogger("signalbox.sidecar")
 SUBSCRIBE_GRACE_S = 0.2  # a plain client (socat) gets everything after this long
 AUTH_TIMEOUT_S = 5.0
 POLL_S = 0.25  # fallback outbox poll when no poke arrives
-WRITE_HIGH = 64 * 1024  # transport buffer above which we queue ourselves (and count messages)
+WRITE_HIGH = 64 * 1024  # bytes waiting for the socket above which messages are queued, counted
+WRITE_LOW = WRITE_HIGH // 4  # ... and below which the queue moves on again
+IOV = 64  # buffers per writev
 CHUNK = 512  # history lines written per catch-up step
-CLOSE_GRACE_S = 10.0  # how long an evicted client gets to read its error line
+CLOSE_GRACE_S = 10.0  # how long an evicted client's connection is kept for it to read the reason
 
 
 class Refused(RuntimeError):
@@ -66,13 +78,15 @@ class Hub:
         self.history = settings.sidecar.history
         self.limit = settings.sidecar.client_buffer
         self.version = _version()
-        self.tail = outbox.Tail(settings.outbox_dir, with_close=False)
+        self.ttl_us = settings.sidecar.signal_ttl_minutes * 60_000_000
+        self.tail = outbox.Tail(settings.outbox_dir)
         self.seqs: list[int] = []
         self.lines: list[bytes] = []
         self.keys: list[Key] = []
-        self.latest: dict[Key, tuple[int, bytes]] = {}
+        self.latest: dict[Key, Entry] = {}
         self.last_seq = 0
         self.trimmed_upto = 0  # every seq <= this has left the in-memory history
+        self.read_error = ""  # the last outbox read error logged
         # dicts as ordered sets: fan-out goes in subscription order (fair, and consecutive
         # sends to one subscriber process find it awake instead of waking it each time)
         self.live: dict[Conn, None] = {}
@@ -83,7 +97,7 @@ class Hub:
         """History and latest signals from the outbox, as they were before a restart."""
         state = outbox.read_state(self.settings.outbox_dir)
         for e in outbox.latest_from_state(state):
-            self.latest[e.key] = (e.seq, e.line)
+            self.latest[e.key] = e
         self.trimmed_upto = -1
         self._add(self.tail.read())
         self._trim(self.history)
@@ -95,8 +109,8 @@ class Hub:
             self.seqs.append(e.seq)
             self.lines.append(e.line)
             self.keys.append(e.key)
-            if e.key not in self.latest or self.latest[e.key][0] < e.seq:
-                self.latest[e.key] = (e.seq, e.line)
+            if e.key not in self.latest or self.latest[e.key].seq < e.seq:
+                self.latest[e.key] = e
         if entries:
             self.last_seq = max(self.last_seq, entries[-1].seq)
         if len(self.seqs) > 2 * self.history:  # trim in batches: amortised O(1) per line
@@ -112,9 +126,12 @@ class Hub:
         """Read what the publishers appended and push it to the live subscribers."""
         try:
             entries = self.tail.read()
-        except OSError as err:
-            log.warning("cannot read the outbox: %s", err)
+        except OSError as err:  # e.g. an UnsafePath planted meanwhile: said once, not per poll
+            if str(err) != self.read_error:
+                log.warning("cannot read the outbox: %s", err)
+                self.read_error = str(err)
             return
+        self.read_error = ""
         if not entries:
             return
         if self.tail.skipped:
@@ -143,48 +160,72 @@ class Hub:
 
     # -- what a new subscription starts with ------------------------------------------------
     def snapshot(self, f: proto.Filter) -> list[bytes]:
+        """The latest signal per key that is still news: its bar closed at most
+        `signal_ttl_minutes` ago by this machine's clock (the TTL `publish` applies by default).
+        Older ones are history, left to a `since_seq` replay."""
+        cutoff = proto.to_us(dt.datetime.now(dt.UTC)) - self.ttl_us
         return [
-            line
-            for key, (_, line) in sorted(self.latest.items(), key=lambda kv: kv[1][0])
-            if f.everything or f.matches(key)
+            e.line
+            for e in sorted(self.latest.values(), key=lambda e: e.seq)
+            if e.close_us >= cutoff and (f.everything or f.matches(e.key))
         ]
 
     def oldest_seq(self) -> int:
         return self.seqs[0] if self.seqs else self.last_seq + 1
 
 
+_DONE = frozenset({"closing", "closed"})
+
+
 class Conn(asyncio.Protocol):
-    """One subscriber connection."""
+    """One subscriber connection.
+
+    The transport only reads. Output goes through our own duplicate of the socket, written
+    directly and buffered here (`out`) when the socket is full: so that on eviction the
+    backlog can be cut back to a line boundary and the reason put right after the last line
+    the client already has, which the transport's own buffer would not allow.
+    """
 
     def __init__(self, hub: Hub, tcp: bool) -> None:
         self.hub = hub
         self.tcp = tcp
         self.state = "auth" if tcp else "pending"
         self.filter = proto.Filter()
+        self.loop = asyncio.get_running_loop()  # made by the server's protocol factory
         self.transport: asyncio.Transport | None = None
-        self.fd = -1  # the socket, written directly while the transport has nothing buffered
+        self.sock: socket.socket | None = None  # our duplicate of the socket, for output
+        self.fd = -1
+        self.writing = False  # a writer callback is registered for fd
+        self.out: collections.deque[bytes] = collections.deque()  # whole lines, not yet written
+        self.out_off = 0  # bytes of out[0] already written
+        self.out_bytes = 0  # bytes in out not yet written
+        self.paused = False  # out is past WRITE_HIGH: new messages wait in `queue`
+        self.peer_eof = False
         self.inbuf = bytearray()
         self.discarding = False
-        self.paused = False
         self.queue: collections.deque[tuple[bytes, int]] = collections.deque()
         self.queued = 0
         self.initial: collections.deque[bytes] = collections.deque()
         self.cursor = 0  # last history seq considered during catch-up
+        self.replay_upto = 0  # seqs up to this one were in the sidecar when it subscribed
         self.timer: asyncio.TimerHandle | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.state not in _DONE
 
     # -- asyncio callbacks ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        transport.set_write_buffer_limits(high=WRITE_HIGH)
-        sock = transport.get_extra_info("socket")
-        self.fd = sock.fileno() if sock is not None else -1
+        tsock = transport.get_extra_info("socket")
+        self.sock = tsock.dup()  # non-blocking, like the transport's
+        self.fd = self.sock.fileno()
         self.hub.conns.add(self)
-        loop = asyncio.get_running_loop()
         if self.tcp:
-            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.timer = loop.call_later(AUTH_TIMEOUT_S, self._auth_timeout)
+            if self.sock.family in (socket.AF_INET, socket.AF_INET6):
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.timer = self.loop.call_later(AUTH_TIMEOUT_S, self._auth_timeout)
         else:
             self._hello()
 
@@ -196,13 +237,13 @@ class Conn(asyncio.Protocol):
             self.timer.cancel()
         self.queue.clear()
         self.initial.clear()
-
-    def pause_writing(self) -> None:
-        self.paused = True
-
-    def resume_writing(self) -> None:
-        self.paused = False
-        self._flush()
+        self.out.clear()
+        if self.sock is not None:
+            if self.writing:
+                self.loop.remove_writer(self.fd)
+                self.writing = False
+            self.sock.close()
+            self.sock = None
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -212,7 +253,7 @@ class Conn(asyncio.Protocol):
             self.close("internal_error", "the server could not handle this input")
 
     def _received(self, data: bytes) -> None:
-        if self.state == "closed":
+        if not self.open:
             return
         if self.discarding:
             nl = data.find(b"\n")
@@ -220,7 +261,7 @@ class Conn(asyncio.Protocol):
                 return
             data, self.discarding = data[nl + 1 :], False
         self.inbuf += data
-        while self.state != "closed":
+        while self.open:
             nl = self.inbuf.find(b"\n")
             if nl < 0:
                 break
@@ -236,7 +277,10 @@ class Conn(asyncio.Protocol):
             self._too_long()
 
     def eof_received(self) -> bool:
-        return True  # a subscriber that has nothing more to say still wants signals
+        """A subscriber that has nothing more to say still wants signals; an evicted one that
+        has its reason and closes is let go at once."""
+        self.peer_eof = True
+        return self.state != "closing" or bool(self.out)
 
     def _too_long(self) -> None:
         self.send(
@@ -277,7 +321,7 @@ class Conn(asyncio.Protocol):
             proto.hello(h.last_seq, h.oldest_seq(), h.settings.sidecar.heartbeat_s, h.version)
         )
         self.state = "pending"
-        self.timer = asyncio.get_running_loop().call_later(
+        self.timer = self.loop.call_later(
             SUBSCRIBE_GRACE_S, self._subscribe, proto.Request("subscribe")
         )
 
@@ -286,7 +330,7 @@ class Conn(asyncio.Protocol):
 
     def _subscribe(self, req: proto.Request) -> None:
         """Start (or restart) the stream: snapshot or replay from history, then live."""
-        if self.state == "closed":
+        if not self.open:
             return
         if self.timer:
             self.timer.cancel()
@@ -295,8 +339,9 @@ class Conn(asyncio.Protocol):
         h.live.pop(self, None)
         self.filter = req.filter
         self.initial.clear()
+        self.replay_upto = h.last_seq
         if req.since_seq is None:
-            self.initial.extend(h.snapshot(req.filter))
+            self.initial.extend(proto.replayed(line) for line in h.snapshot(req.filter))
             self.cursor = h.last_seq
         elif req.since_seq > h.last_seq:
             self.send(
@@ -317,8 +362,8 @@ class Conn(asyncio.Protocol):
 
     # -- output ---------------------------------------------------------------------------
     def send(self, data: bytes, n: int = 1) -> None:
-        """Write now if the socket keeps up, else queue; too much queued: disconnect."""
-        if self.state == "closed" or self.transport is None:
+        """Write now if the socket keeps up, else queue; too much queued: evict."""
+        if self.state in _DONE:
             return
         if self.paused or self.queue:
             self.queue.append((data, n))
@@ -329,35 +374,86 @@ class Conn(asyncio.Protocol):
                     f"more than {self.hub.limit} messages behind; "
                     "reconnect with since_seq to resume",
                 )
-        elif self.fd < 0 or self.transport.get_write_buffer_size():
-            self.transport.write(data)
-        else:  # the fan-out hot path: one syscall, none of the transport's bookkeeping
+        else:
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        """Hand whole lines to the socket: the fan-out hot path is one write(2); what the
+        socket cannot take now waits in `out` for the loop to say it is writable."""
+        if not self.out:
             try:
                 sent = os.write(self.fd, data)
             except (BlockingIOError, InterruptedError):
                 sent = 0
-            except OSError:
-                sent = 0  # let the transport meet the error and close properly
-            if sent < len(data):
-                self.transport.write(data[sent:])
+            except OSError as err:
+                return self._lost(err)
+            if sent == len(data):
+                return None
+            self.out_off, self.out_bytes = sent, -sent
+            self._want_writable(True)
+        self.out.append(data)
+        self.out_bytes += len(data)
+        if self.out_bytes > WRITE_HIGH:
+            self.paused = True
+        return None
+
+    def _want_writable(self, on: bool) -> None:
+        if on and not self.writing:
+            self.loop.add_writer(self.fd, self._writable)
+        elif not on and self.writing:
+            self.loop.remove_writer(self.fd)
+        self.writing = on
+
+    def _drain(self) -> None:
+        """Write what waits in `out` while the socket takes it."""
+        while self.out:
+            bufs = [memoryview(self.out[0])[self.out_off :], *itertools.islice(self.out, 1, IOV)]
+            try:
+                sent = os.writev(self.fd, bufs)
+            except (BlockingIOError, InterruptedError):
+                return self._want_writable(True)
+            except OSError as err:
+                return self._lost(err)
+            self.out_bytes -= sent
+            sent += self.out_off
+            while self.out and sent >= len(self.out[0]):
+                sent -= len(self.out.popleft())
+            self.out_off = sent
+        return self._want_writable(False)
+
+    def _writable(self) -> None:
+        self._drain()
+        if self.state == "closing":
+            if not self.out:
+                self._delivered()
+        elif self.paused and self.out_bytes <= WRITE_LOW and self.state != "closed":
+            self.paused = False
+            self._flush()
+
+    def _lost(self, err: OSError) -> None:
+        """Writing failed (the client is gone): drop the connection."""
+        log.debug("subscriber gone: %s", err)
+        self.state = "closed"
+        self.hub.live.pop(self, None)
+        self.out.clear()
+        assert self.transport is not None
+        self.transport.abort()
 
     def _flush(self) -> None:
-        while self.queue and not self.paused and self.state != "closed":
+        while self.queue and not self.paused and self.open:
             data, n = self.queue.popleft()
             self.queued -= n
-            assert self.transport is not None
-            self.transport.write(data)
+            self._write(data)
         if self.state == "catchup" and not self.queue:
             self._pump()
 
     def _pump(self) -> None:
         """Feed the snapshot, then history after the cursor, while the socket takes it."""
         h = self.hub
-        assert self.transport is not None
         while self.state == "catchup" and not self.paused:
             if self.initial:
                 n = min(CHUNK, len(self.initial))
-                self.transport.write(b"".join(self.initial.popleft() for _ in range(n)))
+                self._write(b"".join(self.initial.popleft() for _ in range(n)))
                 continue
             if self.cursor < h.trimmed_upto:
                 self.close("too_slow", "fell behind the replay history; reconnect to resume")
@@ -369,47 +465,99 @@ class Conn(asyncio.Protocol):
                 return
             j = min(i + CHUNK, len(h.seqs))
             f = self.filter
-            sel = (
-                h.lines[i:j]
-                if f.everything
-                else [h.lines[k] for k in range(i, j) if f.matches(h.keys[k])]
-            )
+            upto = self.replay_upto
+            sel = [
+                proto.replayed(h.lines[k]) if h.seqs[k] <= upto else h.lines[k]
+                for k in range(i, j)
+                if f.everything or f.matches(h.keys[k])
+            ]
             self.cursor = h.seqs[j - 1]
             if sel:
-                self.transport.write(b"".join(sel))
+                self._write(b"".join(sel))
 
     def close(self, code: str, message: str) -> None:
-        """Say why (if the socket still takes it), then close; abort if it never drains."""
-        if self.state == "closed" or self.transport is None:
+        """Evict with a reason that is always the last line the client reads, right after
+        the last whole line it already has, however late it starts reading.
+
+        The backlog is dropped, except the rest of a line the socket has half taken; the
+        reason follows, with the socket's send buffer enlarged if a client that stopped
+        reading has filled it. Once the reason is in the socket our side is shut (the client
+        reads it, then EOF), and the connection is closed when the client closes or after
+        CLOSE_GRACE_S (its data stays readable after that)."""
+        if not self.open or self.transport is None:
             return
         log.info("disconnecting a subscriber: %s (%s)", message, code)
-        self.state = "closed"
+        self.state = "closing"
         self.hub.live.pop(self, None)
         self.queue.clear()
+        self.queued = 0
         self.initial.clear()
         if self.timer:
             self.timer.cancel()
-        t = self.transport
-        t.write(proto.error(code, message, fatal=True))
-        t.close()
-        asyncio.get_running_loop().call_later(CLOSE_GRACE_S, t.abort)
+        rest = b""
+        if self.out and self.out_off and self.out[0][self.out_off - 1] != ord("\n"):
+            first = self.out[0]
+            rest = first[self.out_off : first.index(b"\n", self.out_off) + 1]
+        reason = rest + proto.error(code, message, fatal=True)
+        self.out.clear()
+        self.out.append(reason)
+        self.out_off, self.out_bytes = 0, len(reason)
+        self.timer = self.loop.call_later(CLOSE_GRACE_S, self._give_up)
+        self._drain()
+        if self.out and self.state == "closing":
+            self._make_room()
+            self._drain()
+        if self.state == "closing" and not self.out:
+            self._delivered()
+
+    def _make_room(self) -> None:
+        """Grow the full send buffer past what it holds (SIOCOUTQ) plus the reason; Linux
+        doubles the value set and caps it at net.core.wmem_max. Never shrinks it."""
+        assert self.sock is not None
+        with contextlib.suppress(OSError):
+            held = struct.unpack("i", fcntl.ioctl(self.fd, termios.TIOCOUTQ, b"\0" * 4))[0]
+            size = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            want = min(held + self.out_bytes + 65536, _wmem_max())
+            if 2 * want > size:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, want)
+
+    def _delivered(self) -> None:
+        """The reason is in the socket: EOF after it; close now if the client already left."""
+        assert self.sock is not None and self.transport is not None
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+        if self.peer_eof:
+            self.transport.close()
+
+    def _give_up(self) -> None:
+        if self.state != "closing" or self.transport is None:
+            return
+        if self.out:
+            log.warning("closing an evicted subscriber that never made room for its reason")
+        self.transport.abort()
+
+
+@functools.lru_cache(maxsize=1)
+def _wmem_max() -> int:
+    try:
+        return int(Path("/proc/sys/net/core/wmem_max").read_text())
+    except (OSError, ValueError):
+        return 212_992  # Linux's usual default
 
 
 # -- sockets ------------------------------------------------------------------------------
 
 
-def _take_lock(path: Path) -> int:
-    """Hold `<socket>.lock` for our lifetime: a live sidecar is never displaced."""
-    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def _take_lock(path: Path, busy: str) -> int:
+    """Hold `<path>.lock` for our lifetime: a live sidecar is never displaced. `busy` says
+    what the holder is doing, for the refusal."""
+    fd = open_private(f"{path}.lock", os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
-        raise Refused(
-            f"another sidecar (pid {pid}) is already serving {path}; "
-            "stop it first or set sidecar.socket to another path"
-        ) from None
+        raise Refused(f"another sidecar (pid {pid}) is already {busy}") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
@@ -428,41 +576,30 @@ def _is_live(path: Path) -> bool:
         s.close()
 
 
-def _bind_unix(path: Path) -> socket.socket:
-    """Listen on `path` with mode 0600, replacing a stale socket file left by a crash."""
+def _bind(path: Path, kind: socket.SocketKind) -> socket.socket:
+    """A Unix socket at `path`, mode 0600 from the start. Called under `path`'s lock, so a
+    socket file of ours already there was left by a killed sidecar and is replaced; anything
+    else (a file, a symlink, another user's socket, a live server) is refused."""
     try:
         st = path.lstat()
     except FileNotFoundError:
         st = None
     if st is not None:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise Refused(
-                f"{path} exists and is not a socket; move it away or change sidecar.socket"
-            )
-        if _is_live(path):
+        check_owned(path, st, stat.S_ISSOCK, "a socket")
+        if kind == socket.SOCK_STREAM and _is_live(path):
             raise Refused(f"a live server is already listening on {path}")
         log.info("removing stale socket %s", path)
-        path.unlink()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        path.unlink()  # removes the name, whatever it points to
+    sock = socket.socket(socket.AF_UNIX, kind | socket.SOCK_NONBLOCK)
     old = os.umask(0o177)  # no window in which the socket is reachable by others
     try:
         with proto.unix_address(path) as addr:
             sock.bind(addr)
+    except BaseException:
+        sock.close()
+        raise
     finally:
         os.umask(old)
-    os.chmod(path, 0o600)
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
-
-
-def _bind_poke(outbox_dir: Path) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
-    try:
-        sock.bind(outbox.poke_address(outbox_dir))
-    except OSError:
-        sock.close()
-        raise Refused(f"another sidecar is already reading the outbox {outbox_dir}") from None
     return sock
 
 
@@ -488,43 +625,48 @@ def _raise_fd_limit() -> None:
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Serve until `stop` is set (or SIGINT/SIGTERM); removes the socket file on the way out."""
+    """Serve until `stop` is set (or SIGINT/SIGTERM); removes the socket files on the way out.
+
+    Refuses (Refused, UnsafePath) before serving when the home or the outbox is not safe to
+    use, or another sidecar holds the socket or the outbox."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
-    path = settings.socket_path
+    path, box = settings.socket_path, settings.outbox_dir
     path.parent.mkdir(parents=True, exist_ok=True)
-    settings.outbox_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    lock_fd = _take_lock(path)
-    socks: list[socket.socket] = []
-    servers: list[asyncio.AbstractServer] = []
-    tasks: list[asyncio.Task[None]] = []
-    unix_ino = None
-    try:
-        poke = _bind_poke(settings.outbox_dir)
-        socks.append(poke)
+    check_dir(path.parent, private=False)
+    box.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_dir(box, private=True)
+    wake_path = box / outbox.WAKE
+    with contextlib.ExitStack() as stack:
+        busy = f"serving {path}; stop it first or set sidecar.socket to another path"
+        stack.callback(os.close, _take_lock(path, busy))
+        stack.callback(os.close, _take_lock(wake_path, f"reading the outbox {box}; stop it first"))
+        wake = _bind_owned(stack, wake_path, socket.SOCK_DGRAM)
         hub = Hub(settings)
         hub.restore()
-        unix = _bind_unix(path)
-        socks.append(unix)
-        unix_ino = path.stat().st_ino
-        servers.append(await loop.create_unix_server(lambda: Conn(hub, False), sock=unix))
+        unix = _bind_owned(stack, path, socket.SOCK_STREAM)
+        unix.listen(1024)
+        srv = await loop.create_unix_server(lambda: Conn(hub, False), sock=unix)
+        stack.callback(srv.close)
         where = str(path)
         if settings.sidecar.tcp_port is not None:
             tcp = _bind_tcp(settings)
-            socks.append(tcp)
-            servers.append(await loop.create_server(lambda: Conn(hub, True), sock=tcp))
+            stack.callback(tcp.close)
+            srv = await loop.create_server(lambda: Conn(hub, True), sock=tcp)
+            stack.callback(srv.close)
             host, port = tcp.getsockname()[:2]
             where += f" and tcp {host}:{port}"
 
-        def on_poke() -> None:
+        def on_wake() -> None:
             try:
-                while poke.recv(64):
+                while wake.recv(64):
                     pass
             except OSError:
                 pass
             hub.ingest()
 
-        loop.add_reader(poke.fileno(), on_poke)
+        loop.add_reader(wake.fileno(), on_wake)
+        stack.callback(loop.remove_reader, wake.fileno())
 
         async def every(period: float, fn: Callable[[], None]) -> None:
             while True:
@@ -534,38 +676,38 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
                 except Exception:
                     log.exception("periodic %s failed", fn.__name__)
 
-        tasks.append(asyncio.create_task(every(POLL_S, hub.ingest)))
-        tasks.append(asyncio.create_task(every(settings.sidecar.heartbeat_s, hub.heartbeat)))
+        for period, fn in ((POLL_S, hub.ingest), (settings.sidecar.heartbeat_s, hub.heartbeat)):
+            stack.callback(asyncio.create_task(every(period, fn)).cancel)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+            stack.callback(loop.remove_signal_handler, sig)
         log.info(
             "serving %s; latest seq %d, %d in history, outbox %s",
             where,
             hub.last_seq,
             len(hub.seqs),
-            settings.outbox_dir,
+            box,
         )
         await stop.wait()
         log.info("stopping (%d subscriber(s) connected)", len(hub.conns))
-        loop.remove_reader(poke.fileno())
         for c in list(hub.conns):
             if c.transport is not None:
                 c.transport.abort()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        for t in tasks:
-            t.cancel()
-        for srv in servers:
-            srv.close()
-        for s in socks:
-            s.close()
-        try:
-            if unix_ino is not None and path.stat().st_ino == unix_ino:
+
+
+def _bind_owned(stack: contextlib.ExitStack, path: Path, kind: socket.SocketKind) -> socket.socket:
+    """`_bind`, with the socket closed and its file removed (if still ours) when `stack` ends."""
+    sock = _bind(path, kind)
+    stack.callback(sock.close)
+    ino = path.lstat().st_ino
+
+    def remove() -> None:
+        with contextlib.suppress(FileNotFoundError):
+            if path.lstat().st_ino == ino:
                 path.unlink()
-        except FileNotFoundError:
-            pass
-        os.close(lock_fd)
+
+    stack.callback(remove)
+    return sock
 
 
 def main(settings: Settings) -> int:
@@ -579,7 +721,7 @@ def main(settings: Settings) -> int:
     _raise_fd_limit()
     try:
         asyncio.run(serve(settings))
-    except Refused as err:
+    except (Refused, UnsafePath) as err:
         log.error("%s", err)
         return 1
     return 0
