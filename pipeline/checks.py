@@ -16,6 +16,20 @@ if TYPE_CHECKING:
 
 MAX_LISTED = 50  # problems listed in metadata; the count is always exact
 
+FLOAT_RTOL = 1e-9
+"""Rounding noise a check allows when it compares computed floats, relative to the scale of
+what is compared (a bound's magnitude, or the compared values' own size).
+
+float64 carries ~16 significant digits (eps 2.2e-16). TA-Lib's running sums (SMA, STOCH's
+smoothing) and ratios lose a few of them per step, so a value that is exactly on a bound in
+exact arithmetic lands within ~1e-12 of its scale: on the real Bybit BTCUSDT month, stoch_k
+reached 100 + 4.7e-13 and -3.1e-13. 1e-9 leaves three orders of magnitude for longer series
+and is still far below any real violation (a 0.1 tick at a price of 100,000 is 1e-6; the
+indicators' own warm-up tolerance is 1e-6). Comparisons of values that no arithmetic
+produced (OHLC of a candle: a maximum, a minimum, a first and a last of stored values;
+integer counts) are exact and stay exact.
+"""
+
 
 @dataclass(frozen=True)
 class CheckOutcome:

@@ -73,6 +73,34 @@ def test_range_check_catches_a_corrupted_value(
     assert "37m" in result.metadata["examples"][0]
 
 
+@pytest.mark.parametrize(
+    ("column", "value", "passes"),
+    [
+        # What TA-Lib's running sums gave on the real Bybit BTCUSDT month: rounding noise.
+        ("stoch_k", pl.lit(100.00000000000047), True),
+        ("stoch_k", pl.lit(-3.1e-13), True),
+        ("rsi_14", pl.lit(100 + 1e-8), True),
+        ("volume_ma_20", pl.lit(-1e-12), True),
+        ("bb_upper", pl.col("bb_middle") * (1 - 1e-13), True),
+        # Real violations, however small next to the scale's noise, still fail.
+        ("stoch_k", pl.lit(100.001), False),
+        ("stoch_d", pl.lit(-1e-6), False),
+        ("volume_ma_20", pl.lit(-1e-3), False),
+        ("bb_upper", pl.col("bb_middle") - 0.5, False),
+        ("bb_lower", pl.col("bb_middle") + 0.5, False),
+    ],
+)
+def test_range_check_allows_rounding_noise_only(
+    indicators: pl.DataFrame, column: str, value: pl.Expr, passes: bool
+) -> None:
+    from pipeline.checks import FLOAT_RTOL
+
+    assert FLOAT_RTOL == 1e-9  # the tolerance README states
+    row = at(indicators, "1m", 3000)
+    noisy = indicators.with_columns(pl.when(row).then(value).otherwise(pl.col(column)).alias(column))
+    assert check_ranges(noisy).passed is passes, check_ranges(noisy).description
+
+
 def test_null_check_catches_holes_and_values_without_warmup(
     candles: pl.DataFrame, indicators: pl.DataFrame
 ) -> None:
