@@ -1,4 +1,5 @@
-"""What every asset module shares: partitions, the DuckDB pool, settings, check results."""
+"""What every asset module shares: partitions, the DuckDB pool, settings, check results
+(and `md_table`, re-exported from pipeline.checks)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from functools import lru_cache
 
 import dagster as dg
 
-from pipeline.checks import CheckOutcome
+from pipeline.checks import CheckOutcome, Markdown
+from pipeline.checks import md_table as md_table  # re-exported for the asset modules
 from pipeline.config import settings
 from pipeline.instance import POOL
 from pipeline.sources import Endpoint, current, warehouse_for
@@ -47,6 +49,7 @@ def window(context: dg.AssetExecutionContext) -> tuple[dt.datetime, dt.datetime]
 
 def check_result(name: str, outcome: CheckOutcome, asset: str | None = None) -> dg.AssetCheckResult:
     meta = {"result": outcome.description, **outcome.metadata}
+    meta = {k: dg.MetadataValue.md(v) if isinstance(v, Markdown) else v for k, v in meta.items()}
     return dg.AssetCheckResult(
         check_name=name,
         passed=outcome.passed,
@@ -90,14 +93,3 @@ def pool_slot(context: dg.AssetExecutionContext, wait_s: float = 3600.0) -> Iter
         yield
     finally:
         storage.free_concurrency_slot_for_step(run_id, step)
-
-
-def md_table(frame) -> str:
-    """A polars frame as a markdown table for the UI (floats to 4 significant digits)."""
-    if frame is None or frame.height == 0:
-        return "(none)"
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * frame.width]
-    for row in frame.iter_rows():
-        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)

@@ -37,6 +37,28 @@ def _as_of(wh, end: dt.datetime) -> dt.datetime:
     return min(end, newest) if newest is not None else end
 
 
+# Runs of consecutive confirmed-absent minutes (gaps and islands: minute - row number is
+# constant along a run), so a long exchange gap is one row, not one per minute.
+_GAP_RUNS = (
+    "SELECT symbol, min(open_time) AS start, count(*) AS minutes FROM ("
+    " SELECT symbol, open_time, open_time - to_minutes(row_number() OVER"
+    " (PARTITION BY symbol ORDER BY open_time)) AS run"
+    " FROM kline_gaps WHERE open_time >= ? AND open_time < ?) GROUP BY symbol, run"
+)
+
+
+def with_history(wh, candles):
+    """`candles` marked with which rows count as indicator history (pipeline.indicators.history):
+    minutes the exchange confirmed absent (`kline_gaps`) from each symbol's first stored minute
+    on are explained, every other missing minute breaks the series."""
+    from pipeline.indicators.history import mark_history
+
+    first = wh.query("SELECT symbol, min(open_time) AS first FROM bybit_klines_1m GROUP BY symbol")
+    return mark_history(
+        candles, dict(first.iter_rows()), lambda lo, hi: wh.query(_GAP_RUNS, [lo, hi])
+    )
+
+
 def _owned_where(start: dt.datetime, end: dt.datetime) -> tuple[str, list[dt.datetime]]:
     return "close_time > ? AND close_time <= ?", [start, end]
 
@@ -123,7 +145,8 @@ def _merge(outcomes: list, unit: str):
     kinds={"duckdb", "polars"},
     description=(
         "TA-Lib indicators for every symbol and timeframe (pipeline/indicators.yaml). Each day "
-        "reads exactly its derived warm-up; values still lacking history are NULL."
+        "reads exactly its derived warm-up; a value whose warm-up reaches a minute that is "
+        "neither stored nor confirmed absent by the exchange is NULL."
     ),
     check_specs=[dg.AssetCheckSpec(c, asset="indicators", blocking=True) for c in INDICATOR_CHECKS],
     metadata={"table": "indicators"},
@@ -153,7 +176,7 @@ def indicators(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         " ORDER BY c.timeframe, c.symbol, c.open_time",
         [v for pair in windows for v in pair] + [end],
     )
-    by_tf = everything.partition_by("timeframe", as_dict=True)
+    by_tf = with_history(wh, everything).partition_by("timeframe", as_dict=True)
     for tf in s.timeframes:
         hist_all = by_tf.get((tf,), everything.clear())
         for day in days:
@@ -215,7 +238,7 @@ def indicators_warmup(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckRe
             [tf, 4 * spec.max_warmup],
         ).sort("symbol", "open_time")
         if hist.height > spec.max_warmup:
-            outcomes.append(check_warmup(hist, spec))
+            outcomes.append(check_warmup(with_history(wh, hist), spec))
     outcome = _merge(outcomes, "timeframes") if outcomes else None
     if outcome is None:
         return dg.AssetCheckResult(passed=True, description="not enough history to compare yet")

@@ -24,7 +24,8 @@ DAILY_SELECTION = "group:ingest or group:timeframes or group:signals"
 _PROGRESS = re.compile(r"progress (\d+)/(\d+) minutes \((\d+)%\) (.*)")
 _STEP = re.compile(r" - (\w+) - STEP_START")
 _CHECK = re.compile(
-    r"ASSET_CHECK_EVALUATION - (?:Asset check|Check) '?(\w+)'? .*?(passed|failed)", re.I
+    r"ASSET_CHECK_EVALUATION - Asset check '(\w+)' on '([^']+)' (passed|did not pass)\."
+    r"(?: Description: '(.*)')?\s*$"
 )
 # What a run waiting for the DuckDB pool says (sensors/reaper.py): whom it waits for, and
 # which dead run's slot it freed.
@@ -54,6 +55,27 @@ def _bar(pct: float, width: int = 30) -> str:
     return "[" + "#" * filled + "." * (width - filled) + f"] {pct:5.1f}%"
 
 
+def check_line(line: str, width: int = 150) -> str:
+    """A check result from Dagster's log as "check: <name> on <asset> passed: <description>",
+    wrapped, never cut: a check's description names what it found (every day with missing
+    minutes, say), so none of it may be lost."""
+    import textwrap
+
+    if m := _CHECK.search(line):
+        verdict = "passed" if m[3] == "passed" else "FAILED"
+        text = f"check: {m[1]} on {m[2]} {verdict}" + (f": {m[4]}" if m[4] else "")
+    else:
+        text = "check: " + line.split("ASSET_CHECK_EVALUATION - ", 1)[-1]
+    return textwrap.fill(
+        text,
+        width,
+        initial_indent="  ",
+        subsequent_indent="      ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+
+
 def render(lines: Iterable[str], out=sys.stderr) -> tuple[bool, list[str]]:
     """Echo Dagster's output as progress; returns (saw_failure, the last lines for errors)."""
     tty = out.isatty()
@@ -78,7 +100,7 @@ def render(lines: Iterable[str], out=sys.stderr) -> tuple[bool, list[str]]:
         elif m := _STEP.search(line):
             print(("\n" if tty else "") + f"→ {m[1]}", file=out, flush=True)
         elif "ASSET_CHECK_EVALUATION" in line:
-            print(("\n" if tty else "") + "  check: " + line.split(" - ")[-1][:160], file=out)
+            print(("\n" if tty else "") + check_line(line), file=out)
         elif _FAIL.search(line) and "STEP_SUCCESS" not in line:
             failed = failed or "FAILURE" in line
     if tty:

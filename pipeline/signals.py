@@ -45,7 +45,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeline.checks import MAX_LISTED, CheckOutcome
+from pipeline.checks import FLOAT_RTOL, MAX_LISTED, CheckOutcome
 from pipeline.timeframes import (
     MINUTE_MS,
     Timeframe,
@@ -721,7 +721,9 @@ def check_signals(
     conf = pl.col("confidence")
     flag("confidence outside [0, 1]", signals.filter(~conf.is_finite() | (conf < 0) | (conf > 1)))
     if p is not None:
-        flag("confidence below threshold", signals.filter(conf < p.threshold - 1e-12))
+        # confidence is the net confluence clipped to [0, 1] (exact); the sums behind the
+        # net may round, so the threshold allows FLOAT_RTOL.
+        flag("confidence below threshold", signals.filter(conf < p.threshold - FLOAT_RTOL))
         flag("another personality's rows", signals.filter(pl.col("personality") != p.name))
     flag(
         "price not positive", signals.filter(~pl.col("price").is_finite() | (pl.col("price") <= 0))

@@ -3,10 +3,10 @@ the replay exchange that `signalbox backfill` starts from `replay.data`, backfil
 Dagster with every blocking check, must exit 0 with the file's candles and signals stored.
 
 Real data finds what seeded data never shows: TA-Lib's rounding noise at the Stochastic's
-bounds, first buckets of 37m/148m cut by the start of a range, real exchange gaps. Each file
-is backfilled over its first five weeks (the suite's time budget; `make bench` has the long
-runs): the whole Bybit month, and for the 2021-2025 regime file its first segment, which holds
-its two real exchange maintenance gaps (2021-04-20 and 2021-04-25). The backfills run side by
+bounds, first buckets of 37m/148m cut by the start of a range, real exchange gaps. To fit
+the suite's time budget each file is backfilled over ten days from its first (partial) day,
+the 2021-2025 regime file over 2021-04-18..26, in the middle of its first segment, around its
+two real exchange maintenance gaps (2021-04-20 and 2021-04-25). The backfills run side by
 side, each with its own home, exchange and Dagster instance.
 """
 
@@ -27,7 +27,8 @@ from warehouse import connect
 
 FILES = sorted(SHARED.glob("*.parquet")) if SHARED.is_dir() else []
 GAP_DAYS = {"regime_segments": ["2021-04-20", "2021-04-25"]}
-MAX_DAYS = 35
+WINDOWS = {"regime_segments": (dt.date(2021, 4, 18), dt.date(2021, 4, 26))}
+DAYS = 10
 
 pytestmark = [
     pytest.mark.slow,
@@ -49,16 +50,14 @@ class Backfill:
 
 
 def _span(path: Path) -> tuple[dt.date, dt.date, int]:
-    """Days to backfill (the first MAX_DAYS of the file, or of its first segment) and the
-    file's candles in them."""
+    """Days to backfill (a window, else DAYS from the file's first) and the file's candles in
+    them."""
     import polars as pl
 
     df = pl.read_parquet(path).with_columns(day=pl.from_epoch("ts", time_unit="ms").dt.date())
-    if "segment" in df.columns:
-        df = df.filter(pl.col("segment") == 0)
-    first = df["day"].min()
-    last = min(df["day"].max(), first + dt.timedelta(days=MAX_DAYS - 1))
-    return first, last, df.filter(pl.col("day") <= last).height
+    window = next((w for k, w in WINDOWS.items() if k in path.name), None)
+    first, last = window or (df["day"].min(), df["day"].min() + dt.timedelta(days=DAYS - 1))
+    return first, last, df.filter(pl.col("day").is_between(first, last)).height
 
 
 def _start(path: Path, root: Path) -> Backfill:
@@ -115,6 +114,7 @@ def test_real_file_backfills_with_exit_0_and_signals(backfills, name):
     assert candles == run.rows  # every real candle, and not one invented
     assert sources == [f"replay file={run.path}"]
     assert signals.get("scalping", 0) > 0, signals
+    assert "check: ranges on indicators passed" in run.stderr
 
 
 @pytest.mark.parametrize("name", [p.name for p in FILES if "regime_segments" in p.name])

@@ -1,6 +1,7 @@
 """Indicators per symbol and timeframe: the registry and its derived warm-up (`spec`), the
-functions TA-Lib lacks (`custom`), the computation (`compute`) and the checks that prove there is
-no lookahead (`checks`). The set itself lives in `pipeline/indicators.yaml`."""
+functions TA-Lib lacks (`custom`), which candles count as history (`history`), the computation
+(`compute`) and the checks that prove there is no lookahead (`checks`). The set itself lives in
+`pipeline/indicators.yaml`."""
 
 from pipeline.indicators.checks import (
     check_indicators,
@@ -17,6 +18,7 @@ from pipeline.indicators.compute import (
     iter_indicators,
 )
 from pipeline.indicators.custom import CUSTOM, Context, Custom
+from pipeline.indicators.history import mark_history
 from pipeline.indicators.spec import (
     RATIO_GAIN,
     SPEC_PATH,
@@ -50,6 +52,7 @@ __all__ = [
     "indicators_for_partition",
     "iter_indicators",
     "load_spec",
+    "mark_history",
     "spec_from_dict",
     "warmup_bars",
 ]

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pipeline.checks import MAX_LISTED, CheckOutcome
+from pipeline.checks import FLOAT_RTOL, MAX_LISTED, CheckOutcome
 from pipeline.indicators.compute import (
     Prepared,
     SeriesRange,
@@ -33,7 +33,13 @@ def _value_columns(spec: IndicatorSpec, frame: pl.DataFrame) -> list[str]:
 
 def check_ranges(indicators: pl.DataFrame, spec: IndicatorSpec | None = None) -> CheckOutcome:
     """Configured bounds (RSI, Stochastic, ADX in [0, 100]; ATR >= 0 ...), ordered outputs
-    (Bollinger upper >= middle >= lower), and no NaN or infinity stored (missing is NULL)."""
+    (Bollinger upper >= middle >= lower), and no NaN or infinity stored (missing is NULL).
+
+    Bounds and orderings allow rounding noise of FLOAT_RTOL (pipeline.checks) relative to
+    their scale: a bound's magnitude (100 for [0, 100]), for an open bound such as ATR >= 0 the
+    largest magnitude of that column in the series (symbol, timeframe), for an ordering the
+    larger of the two values. 100 + 4.7e-13 passes; 100.001 fails.
+    """
     import polars as pl
 
     spec = spec or load_spec()
@@ -51,24 +57,33 @@ def check_ranges(indicators: pl.DataFrame, spec: IndicatorSpec | None = None) ->
 
     for ind in spec.indicators:
         cols = [c for c in ind.outputs if c in indicators.columns]
+        lo, hi = ind.bounds or (None, None)
+        finite = [abs(float(b)) for b in (lo, hi) if b is not None]
         for c in cols:
             if not ind.boolean:
                 count(f"{c} NaN/inf", ~pl.col(c).is_finite())
-            lo, hi = ind.bounds or (None, None)
+            v = pl.col(c).cast(pl.Float64)
+            own = v.abs().max().over("symbol", "timeframe")
+            slack = FLOAT_RTOL * (pl.max_horizontal(own, max(finite)) if finite else own)
             if lo is not None:
-                count(f"{c} < {lo}", pl.col(c).cast(pl.Float64) < lo)
+                count(f"{c} < {lo}", v < float(lo) - slack)
             if hi is not None:
-                count(f"{c} > {hi}", pl.col(c).cast(pl.Float64) > hi)
+                count(f"{c} > {hi}", v > float(hi) + slack)
         if ind.ordered:
             for a, b in itertools.pairwise(cols):
-                count(f"{a} < {b}", pl.col(a) < pl.col(b))
+                scale = pl.max_horizontal(pl.col(a).abs(), pl.col(b).abs())
+                count(f"{a} < {b}", pl.col(a) < pl.col(b) - FLOAT_RTOL * scale)
     if not problems:
-        return CheckOutcome(True, f"indicator ranges hold on {indicators.height} rows")
+        return CheckOutcome(
+            True,
+            f"indicator ranges hold on {indicators.height} rows"
+            f" (rounding noise up to {FLOAT_RTOL:g} of the scale allowed)",
+        )
     total = sum(problems.values())
     return CheckOutcome(
         False,
-        f"{total} out-of-range value(s): {problems}",
-        {"violations": problems, "examples": examples[:MAX_LISTED]},
+        f"{total} out-of-range value(s) beyond {FLOAT_RTOL:g} of the scale: {problems}",
+        {"violations": problems, "examples": examples[:MAX_LISTED], "tolerance": FLOAT_RTOL},
     )
 
 

@@ -1,6 +1,7 @@
 """Indicators computed per series (symbol, timeframe) in numpy/TA-Lib: the whole history, one
 series at a time, or one daily partition with its warm-up; NULL wherever a value would depend
-on history the computation was not given."""
+on history the computation was not given, or on a bucket with unknown minutes
+(`pipeline.indicators.history`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeline.indicators.custom import CUSTOM, Context
+from pipeline.indicators.history import JOINED, WHOLE, mark_history, segments
 from pipeline.indicators.spec import CANDLE_INPUTS, Indicator, IndicatorSpec, load_spec
 from pipeline.timeframes import as_timeframe, day_bounds_ms, from_ms
 
@@ -62,8 +64,17 @@ def _first_rows(ctx: Context, spec: IndicatorSpec, exact: bool = True) -> dict[s
 
 
 def first_row_arrays(ctx: Context, spec: IndicatorSpec) -> dict[str, np.ndarray]:
+    """Per column, the first row each value depends on; negative where it is not due (its
+    warm-up reaches before the input or across a break in the history)."""
     import numpy as np
 
+    segs = segments(ctx.whole, ctx.joined)
+    if segs is not None:
+        out = {c: np.full(len(ctx.open_ms), -1, dtype=np.int64) for c in spec.columns}
+        for a, b in segs:
+            for c, f in first_row_arrays(ctx.rows(a, b), spec).items():
+                out[c][a:b] = np.where(f >= 0, f + a, -1)
+        return out
     idx = np.arange(len(ctx.open_ms))
     return {c: idx - v if isinstance(v, int) else v for c, v in _first_rows(ctx, spec).items()}
 
@@ -74,7 +85,9 @@ def compute_series(
     spec: IndicatorSpec,
     pool: ThreadPoolExecutor | None = None,
 ) -> dict[str, np.ndarray]:
-    """Every column for one series (one symbol and timeframe, open_time ascending).
+    """Every column for one series (one symbol and timeframe, open_time ascending), in the
+    segments `ctx` marks (pipeline.indicators.history): NULL wherever a value's warm-up would
+    reach a bucket with unknown minutes or across unknown minutes between bars.
 
     With a `pool`, independent entries run in parallel (TA-Lib and numpy release the GIL). Each
     entry is submitted after the entries it reads, so with the pool's FIFO queue an entry that
@@ -84,6 +97,14 @@ def compute_series(
     import talib
 
     n = len(ctx.open_ms)
+    segs = segments(ctx.whole, ctx.joined)
+    if segs is not None:  # each segment on its own, as if history began there; void rows NULL
+        out = {c: np.full(n, np.nan) for c in spec.columns}
+        for a, b in segs:
+            part = {k: v[a:b] for k, v in cols.items()}
+            for c, v in compute_series(part, ctx.rows(a, b), spec, pool).items():
+                out[c][a:b] = v
+        return out
     needs = _first_rows(ctx, spec, exact=False)
 
     def run(ind: Indicator, args: list[np.ndarray]) -> dict[str, np.ndarray]:
@@ -158,6 +179,8 @@ class Prepared:
     arrays: dict[str, np.ndarray]
     open_ms: np.ndarray
     close_ms: np.ndarray
+    whole: np.ndarray  # the bucket counts as history (pipeline.indicators.history)
+    joined: np.ndarray  # no unknown minutes between the previous bar of its series and it
 
     def inputs(
         self, s: SeriesRange, lo: int | None = None, hi: int | None = None
@@ -166,11 +189,23 @@ class Prepared:
         a = s.lo if lo is None else lo
         b = s.hi if hi is None else hi
         cols = {c: v[a:b] for c, v in self.arrays.items()}
-        return cols, Context(as_timeframe(s.timeframe), self.open_ms[a:b], self.close_ms[a:b])
+        ctx = Context(
+            as_timeframe(s.timeframe),
+            self.open_ms[a:b],
+            self.close_ms[a:b],
+            self.whole[a:b],
+            self.joined[a:b],
+        )
+        return cols, ctx
 
 
 def prepare(candles: pl.DataFrame, spec: IndicatorSpec) -> Prepared:
-    """Candles sorted into contiguous series with UTC times; the series' row ranges."""
+    """Candles sorted into contiguous series with UTC times; the series' row ranges.
+
+    Which rows count as history comes from the WHOLE / JOINED columns when `candles` carries
+    them (`mark_history` with the exchange's confirmed gaps, as the Dagster layer does), else
+    from `mark_history(candles)`: every minute the candles lack is then unknown.
+    """
     import numpy as np
     import polars as pl
 
@@ -179,12 +214,15 @@ def prepare(candles: pl.DataFrame, spec: IndicatorSpec) -> Prepared:
         need.append("close")  # the scale of price-like values in the checks
     if missing := set(ID_COLUMNS + need) - set(candles.columns):
         raise ValueError(f"candles lack column(s) {sorted(missing)}")
+    if not {WHOLE, JOINED} <= set(candles.columns):
+        candles = mark_history(candles)
     times = utc_times(candles, "open_time", "close_time")
     df = candles.select(
         pl.col("symbol").cast(pl.String),
         pl.col("timeframe").cast(pl.String),
         *times,
         *[pl.col(c).cast(pl.Float64) for c in need],
+        pl.col(WHOLE, JOINED).cast(pl.Boolean).fill_null(False),
     )
 
     def runs(df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, list[Any], np.ndarray]:
@@ -208,7 +246,8 @@ def prepare(candles: pl.DataFrame, spec: IndicatorSpec) -> Prepared:
     ends = np.r_[starts[1:], len(t)] if len(starts) else starts
     series = [SeriesRange(*k, int(a), int(b)) for k, a, b in zip(keys, starts, ends, strict=True)]
     arrays = {c: df[c].to_numpy() for c in CANDLE_INPUTS if c in need}
-    return Prepared(df, series, arrays, t, _epoch_ms(df["close_time"]))
+    flags = (df[WHOLE].to_numpy(), df[JOINED].to_numpy())
+    return Prepared(df, series, arrays, t, _epoch_ms(df["close_time"]), *flags)
 
 
 def _epoch_ms(times: pl.Series) -> np.ndarray:

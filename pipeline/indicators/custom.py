@@ -39,7 +39,14 @@ class Context:
     timeframe: Timeframe
     open_ms: np.ndarray
     close_ms: np.ndarray
+    # Rows that count as history (pipeline.indicators.history); None: all of them, unbroken.
+    whole: np.ndarray | None = field(default=None, compare=False, repr=False)
+    joined: np.ndarray | None = field(default=None, compare=False, repr=False)
     memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def rows(self, a: int, b: int) -> Context:
+        """Rows [a, b) as one unbroken history (a segment), with a fresh memo."""
+        return Context(self.timeframe, self.open_ms[a:b], self.close_ms[a:b])
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,9 @@ not move later outputs) is rejected. With the default tolerance 1e-6, EMA 200 ne
 A row whose value would depend on history the computation was not given is NULL, never a
 silently different number: with `spec.warmup[col]` bars before it, a value is within `tolerance`
 of the value from all history (`check_warmup`), and no value depends on a later bar
-(`check_lookahead`).
+(`check_lookahead`). Bars count from the start of the input or from the last break in it: a
+bucket holding a minute that is neither stored nor confirmed absent by the exchange, or such
+minutes between two bars (`pipeline.indicators.history`).
 """
 
 from __future__ import annotations
