@@ -204,15 +204,17 @@ def _mismatch(settings: Settings, rec: dict, ep: Endpoint) -> SourceError:
 def home_source(settings: Settings, say: Say | None = None, decide: bool = True) -> Endpoint:
     """The home's source: the record, checked against the configuration.
 
-    Without a record, an explicit `source` is recorded as is; `auto` adopts the home's only
-    warehouse, or, in an empty home (only when `decide`), probes live Bybit
-    `PROBE_ATTEMPTS` times with backoff, chooses, records and says what it chose.
+    Without a record, an explicit `source` is taken as is; `auto` adopts the home's only
+    warehouse, or, in an empty home, probes live Bybit `PROBE_ATTEMPTS` times with backoff,
+    chooses and says what it chose. Only with `decide` (commands that start work) is the
+    choice recorded or an empty `auto` home decided; readers never write.
     """
     rec = recorded(settings)
     if rec is None:
         if settings.source != "auto":
             ep = configured(settings, settings.source)
-            _record(settings, ep, f"configured source: {settings.source}")
+            if decide:
+                _record(settings, ep, f"configured source: {settings.source}")
             return ep
         existing = _warehouse_ids(settings)
         if len(existing) > 1:
@@ -230,7 +232,8 @@ def home_source(settings: Settings, say: Say | None = None, decide: bool = True)
                     f"the configuration describes {ep.label}; set the configuration to match "
                     "or use another home"
                 )
-            _record(settings, ep, f"auto: adopted the existing warehouse {existing[0]}.duckdb")
+            if decide:
+                _record(settings, ep, f"auto: adopted the existing warehouse {existing[0]}.duckdb")
             return ep
         if not decide:
             raise SourceError(
@@ -262,7 +265,7 @@ def _choose(settings: Settings, say: Say | None) -> tuple[Endpoint, str]:
 
 
 def current(settings: Settings) -> Endpoint:
-    """The home's source, without deciding one (for readers and run processes)."""
+    """The home's source, without deciding or recording one (for readers and run processes)."""
     return home_source(settings, decide=False)
 
 

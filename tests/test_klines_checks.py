@@ -138,10 +138,12 @@ def test_a_backfill_shows_every_gap_day(tmp_path: Path) -> None:
     data = tmp_path / "BTCUSDT_1m_gaps.parquet"
     frame.write_parquet(data)
     home = tmp_path / "home"
+    config = tmp_path / "signalbox.yaml"
+    config.write_text(f"replay: {{data: {data}}}\n")  # the home's source is this file
     with ReplayExchange(data=data) as ex:
         r = subprocess.run(
             [*CLI, "--start", "2024-01-01", "--end", "2024-01-03", "--assets", "bybit_klines_1m"],
-            env=replay_env(home, ex),
+            env={**replay_env(home, ex), "SIGNALBOX_CONFIG": str(config)},
             capture_output=True,
             text=True,
             timeout=300,

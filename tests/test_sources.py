@@ -9,6 +9,7 @@ invented and stored, and `--config X` never reached the replay exchange the CLI 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +44,7 @@ def config(tmp_path: Path, **top: object) -> Path:
 
 
 def cli(cfg: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in __import__("os").environ.items() if not k.startswith("SIGNALBOX_")}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SIGNALBOX_")}
     return subprocess.run(
         [*CLI, "--config", str(cfg), *args],
         env={**clean, **env},
@@ -51,6 +52,11 @@ def cli(cfg: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=300,
     )
+
+
+def backfill_jan1(cfg: Path, *extra: str, **env: str) -> subprocess.CompletedProcess:
+    """`signalbox backfill` of 2024-01-01 (`extra`: more arguments)."""
+    return cli(cfg, "backfill", "--start", "2024-01-01", "--end", "2024-01-01", *extra, **env)
 
 
 def rows(home: Path, ident: str) -> list[tuple]:
@@ -70,17 +76,7 @@ def test_one_503_is_retried_and_the_file_s_candles_are_stored(tmp_path, replay_f
     ex = replay_factory(data=data, clock_start="2024-01-03T00:00:00Z")
     ex.set_faults(rate=1.0, kinds=["http_503"], count=1)
     cfg = config(tmp_path, source="replay", replay={"data": str(data)})
-    r = cli(
-        cfg,
-        "backfill",
-        "--start",
-        "2024-01-01",
-        "--end",
-        "2024-01-01",
-        "--assets",
-        "bybit_klines_1m",
-        SIGNALBOX_BYBIT_URL=ex.rest_url,
-    )
+    r = backfill_jan1(cfg, "--assets", "bybit_klines_1m", SIGNALBOX_BYBIT_URL=ex.rest_url)
     assert r.returncode == 0, r.stderr[-3000:]
     got = rows(tmp_path / "home", "replay-bybit-linear-btcusdt-1m-test")
     want = [(int(t), o, h, lo, c) for t, o, h, lo, c, *_ in truth[:1440].tolist()]
@@ -96,15 +92,7 @@ def test_an_exchange_that_keeps_failing_is_never_replaced(tmp_path, replay_facto
     cfg = config(
         tmp_path, source="replay", replay={"data": str(data)}, bybit={"probe_timeout_s": 1}
     )
-    r = cli(
-        cfg,
-        "backfill",
-        "--start",
-        "2024-01-01",
-        "--end",
-        "2024-01-01",
-        SIGNALBOX_BYBIT_URL=ex.rest_url,
-    )
+    r = backfill_jan1(cfg, SIGNALBOX_BYBIT_URL=ex.rest_url)
     assert r.returncode == 2, r.stderr[-3000:]
     assert ex.rest_url in r.stderr and "HTTP 503" in r.stderr and "never substitutes" in r.stderr
     assert "Traceback" not in r.stderr
@@ -139,7 +127,7 @@ def test_the_home_s_source_is_recorded_and_a_different_one_refused(tmp_path, rep
     data = tmp_path / FILE_NAME
     candles_file(data)
     cfg = config(tmp_path, source="replay", replay={"data": str(data)})
-    r = cli(cfg, "backfill", "--start", "2024-01-01", "--end", "2024-01-01")
+    r = backfill_jan1(cfg)
     assert r.returncode == 2
     line = r.stderr.strip().splitlines()[-1]
     assert "replay seed=7" in line and f"replay file={data}" in line  # both sources named
@@ -178,16 +166,8 @@ def test_auto_never_decides_for_a_home_that_already_holds_data(tmp_path):
 def test_an_unknown_symbol_is_refused_before_any_run(tmp_path, replay_session):
     assert klines(replay_session, symbol="FOOBARUSDT", interval="1")["retCode"] == 10001
     cfg = config(tmp_path, source="replay")
-    r = cli(
-        cfg,
-        "backfill",
-        "--start",
-        "2024-01-01",
-        "--end",
-        "2024-01-01",
-        "--symbols",
-        "BTCUSDT,FOOBARUSDT",
-        SIGNALBOX_BYBIT_URL=replay_session.rest_url,
+    r = backfill_jan1(
+        cfg, "--symbols", "BTCUSDT,FOOBARUSDT", SIGNALBOX_BYBIT_URL=replay_session.rest_url
     )
     assert r.returncode == 2
     line = r.stderr.strip().splitlines()[-1]
