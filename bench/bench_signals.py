@@ -222,9 +222,12 @@ def run() -> str:
         body += [
             "",
             f"On the 9 real regime segments 2021-2025 ({seg_days:.0f} days, with the April 2021"
-            " exchange maintenance gaps; segments joined as they are, their gaps counted as"
-            " missing bars): rates as shipped (degraded signals not emitted), and how many would"
-            " be degraded if they were emitted (`emit_degraded: true`):",
+            " exchange maintenance gaps; segments joined as they are): rates as shipped (degraded"
+            " signals not emitted), and how many would be degraded if they were emitted"
+            " (`emit_degraded: true`). Read from a file there is no exchange record of confirmed"
+            " gaps, so every gap (between segments, and the maintenance windows) is unknown"
+            " history: each indicator series restarts its warm-up after it"
+            " (`pipeline.indicators.history`), so no value spans a gap and none is degraded:",
             "",
             table(
                 ["personality", "signals", "per hour", "per week", "degraded if emitted"], seg_rows

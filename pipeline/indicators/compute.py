@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeline.indicators.custom import CUSTOM, Context
-from pipeline.indicators.history import JOINED, WHOLE, mark_history, segments
+from pipeline.indicators.history import JOINED, WHOLE, history_flags, segments
 from pipeline.indicators.spec import CANDLE_INPUTS, Indicator, IndicatorSpec, load_spec
 from pipeline.timeframes import as_timeframe, day_bounds_ms, from_ms
 
@@ -204,7 +204,7 @@ def prepare(candles: pl.DataFrame, spec: IndicatorSpec) -> Prepared:
 
     Which rows count as history comes from the WHOLE / JOINED columns when `candles` carries
     them (`mark_history` with the exchange's confirmed gaps, as the Dagster layer does), else
-    from `mark_history(candles)`: every minute the candles lack is then unknown.
+    from `history_flags` on the sorted series: every minute the candles lack is then unknown.
     """
     import numpy as np
     import polars as pl
@@ -214,15 +214,15 @@ def prepare(candles: pl.DataFrame, spec: IndicatorSpec) -> Prepared:
         need.append("close")  # the scale of price-like values in the checks
     if missing := set(ID_COLUMNS + need) - set(candles.columns):
         raise ValueError(f"candles lack column(s) {sorted(missing)}")
-    if not {WHOLE, JOINED} <= set(candles.columns):
-        candles = mark_history(candles)
+    marked = {WHOLE, JOINED} <= set(candles.columns)
     times = utc_times(candles, "open_time", "close_time")
     df = candles.select(
         pl.col("symbol").cast(pl.String),
         pl.col("timeframe").cast(pl.String),
         *times,
         *[pl.col(c).cast(pl.Float64) for c in need],
-        pl.col(WHOLE, JOINED).cast(pl.Boolean).fill_null(False),
+        *([pl.col(WHOLE, JOINED).cast(pl.Boolean).fill_null(False)] if marked else []),
+        *([pl.col("n_1m")] if "n_1m" in candles.columns and not marked else []),
     )
 
     def runs(df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, list[Any], np.ndarray]:
@@ -246,8 +246,13 @@ def prepare(candles: pl.DataFrame, spec: IndicatorSpec) -> Prepared:
     ends = np.r_[starts[1:], len(t)] if len(starts) else starts
     series = [SeriesRange(*k, int(a), int(b)) for k, a, b in zip(keys, starts, ends, strict=True)]
     arrays = {c: df[c].to_numpy() for c in CANDLE_INPUTS if c in need}
-    flags = (df[WHOLE].to_numpy(), df[JOINED].to_numpy())
-    return Prepared(df, series, arrays, t, _epoch_ms(df["close_time"]), *flags)
+    close_ms = _epoch_ms(df["close_time"])
+    if marked:
+        flags = (df[WHOLE].to_numpy(), df[JOINED].to_numpy())
+    else:  # no gap record: every minute the candles lack is unknown
+        n_1m = df["n_1m"].to_numpy() if "n_1m" in df.columns else None
+        flags = history_flags(new, t, close_ms, n_1m)
+    return Prepared(df, series, arrays, t, close_ms, *flags)
 
 
 def _epoch_ms(times: pl.Series) -> np.ndarray:
