@@ -79,6 +79,7 @@ class ReplayConfig(_Section):
 class UiConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(3000, ge=1, le=65535)
+    reports_port: int = Field(3001, ge=1, le=65535)  # `up` serves the reports directory here
 
 
 class LiveConfig(_Section):
@@ -222,6 +223,18 @@ class Settings(_Section):
     @property
     def outbox_dir(self) -> Path:
         return self.home / "outbox"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / self.backtest.report_dir
+
+    def report_url(self, path: Path) -> str:
+        """The URL under which `signalbox up` serves a file of the reports directory, so the
+        Dagster UI links to something a browser can open (not a local path)."""
+        from urllib.parse import quote as urlquote
+
+        rel = Path(path).resolve().relative_to(self.reports_dir.resolve()).as_posix()
+        return f"http://{self.ui.host}:{self.ui.reports_port}/{urlquote(rel)}"
 
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some fields replaced and validated again."""
