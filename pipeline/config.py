@@ -110,14 +110,12 @@ class BacktestConfig(_Section):
     @field_validator("params")
     @classmethod
     def _params(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from pipeline.backtest.params import BacktestParams, ParamError
+        from pipeline.backtest.params import ParamError, params_from
 
         try:
-            BacktestParams(**v)
-        except TypeError as err:
-            raise ValueError(f"unknown backtest parameter: {err}") from None
+            params_from(v)
         except ParamError as err:
-            raise ValueError(str(err).replace("\n", ";")) from None
+            raise ValueError(str(err)) from None
         return v
 
 

@@ -7,7 +7,14 @@ import json
 import pytest
 
 from pipeline.backtest import BacktestParams, ParamError
-from pipeline.backtest.params import LINEAR_MAKER, LINEAR_TAKER, SPOT_TAKER
+from pipeline.backtest.params import (
+    LINEAR_MAKER,
+    LINEAR_TAKER,
+    PARAM_NAMES,
+    SPOT_TAKER,
+    params_from,
+    parse_overrides,
+)
 
 
 def test_defaults_are_bybit_linear_fees_and_half_percent_risk() -> None:
@@ -25,8 +32,8 @@ def test_defaults_are_bybit_linear_fees_and_half_percent_risk() -> None:
         ({"taker_fee": -0.001}, r"taker_fee=-0.001: fees cannot be negative"),
         ({"maker_fee": -0.0001}, r"maker_fee=-0.0001: fees cannot be negative"),
         ({"taker_fee": 0.055}, r"taker_fee=0.055: .*unit mistake"),
-        ({"leverage": 0}, r"leverage=0: must be between 1 \(no leverage\) and 100"),
-        ({"leverage": 150}, r"leverage=150: must be between 1"),
+        ({"leverage": 0}, r"leverage=0: must be a number between 1 \(no leverage\) and 100"),
+        ({"leverage": 150}, r"leverage=150: must be a number between 1"),
         (
             {"leverage": 10, "stop_loss_pct": 0.1},
             r"stop_loss_pct=0.1: lies beyond the liquidation distance 0.095 at leverage 10",
@@ -71,7 +78,61 @@ def test_all_problems_are_reported_at_once() -> None:
 def test_replace_validates_and_rejects_unknown_names() -> None:
     p = BacktestParams().replace(stop_loss_pct=0.03)
     assert p.stop_loss_pct == 0.03
-    with pytest.raises(ParamError, match=r"unknown backtest parameter\(s\) \['stop'\]"):
+    with pytest.raises(ParamError, match=r"unknown backtest parameter 'stop' \(= 0.03\); valid: "):
         BacktestParams().replace(stop=0.03)
     with pytest.raises(ParamError, match="leverage=0"):
         BacktestParams().replace(leverage=0)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '{"leverage": 3',
+            r"^--params '\{\"leverage\": 3' is not valid JSON \(Expecting .* at character 13\); give an object",
+        ),
+        ("[1, 2]", r"^--params '\[1, 2\]' is a JSON list, not an object; give an object"),
+        (
+            '{"levrage": 3}',
+            r"^unknown backtest parameter 'levrage' \(= 3\); did you mean 'leverage'\? valid: venue, taker_fee, ",
+        ),
+        (
+            '{"leverage": "3"}',
+            r"^invalid backtest parameter leverage='3': must be a number between 1",
+        ),
+        (
+            '{"allow_short": "no"}',
+            r"^invalid backtest parameter allow_short='no': must be true or false$",
+        ),
+        (
+            '{"taker_fee": "0.1%"}',
+            r"^invalid backtest parameter taker_fee='0.1%': must be a number",
+        ),
+        (
+            '{"taker_fee": -0.001}',
+            r"^invalid backtest parameter taker_fee=-0.001: fees cannot be negative",
+        ),
+    ],
+)
+def test_params_json_is_refused_in_one_line_naming_key_value_and_what_is_allowed(
+    text: str, message: str
+) -> None:
+    with pytest.raises(ParamError, match=message) as err:
+        parse_overrides(text)
+    assert "\n" not in str(err.value)
+
+
+def test_a_typo_lists_every_valid_name() -> None:
+    with pytest.raises(ParamError) as err:
+        params_from({"slipage_bps": 2})
+    text = str(err.value)
+    assert "did you mean 'slippage_bps'?" in text
+    assert all(name in text for name in PARAM_NAMES)
+
+
+def test_overrides_merge_over_the_configured_ones() -> None:
+    merged, p = parse_overrides('{"leverage": 3}', base={"slippage_bps": 2, "leverage": 2})
+    assert merged == {"slippage_bps": 2, "leverage": 3}
+    assert p.leverage == 3 and p.slippage_bps == 2
+    assert parse_overrides(None, base={})[1] == BacktestParams()
+    assert parse_overrides("  ")[0] == {}

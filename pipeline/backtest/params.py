@@ -30,9 +30,14 @@ Semantics worth knowing (see also the engine module):
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from pipeline.yamlfile import quote
 
 # Bybit's default (VIP 0) fees.
 LINEAR_TAKER, LINEAR_MAKER = 0.00055, 0.0002
@@ -46,7 +51,7 @@ OnOpposite = Literal["reverse", "close", "ignore"]
 
 
 class ParamError(ValueError):
-    """An invalid backtest parameter or window: the message says what, why and what is allowed."""
+    """An invalid backtest parameter or window: one line saying what, why and what is allowed."""
 
 
 @dataclass(frozen=True)
@@ -92,8 +97,11 @@ class BacktestParams:
         object.__setattr__(self, "taker_fee", taker)
         object.__setattr__(self, "maker_fee", maker)
         problems = _problems(self)
+        if len(problems) == 1:
+            raise ParamError(f"invalid backtest parameter {problems[0]}")
         if problems:
-            raise ParamError("invalid backtest parameters:\n  " + "\n  ".join(problems))
+            numbered = " ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
+            raise ParamError(f"{len(problems)} invalid backtest parameters: {numbered}")
 
     # -- views ---------------------------------------------------------------------------
     @property
@@ -126,12 +134,7 @@ class BacktestParams:
 
     def replace(self, **changes: Any) -> BacktestParams:
         """A validated copy with some fields changed (what sweeps and walk-forward use)."""
-        known = [f.name for f in dataclasses.fields(self)]
-        unknown = set(changes) - set(known)
-        if unknown:
-            raise ParamError(
-                f"unknown backtest parameter(s) {sorted(unknown)}; known: " + ", ".join(known)
-            )
+        check_names(changes)
         return dataclasses.replace(self, **changes)
 
     @classmethod
@@ -139,6 +142,55 @@ class BacktestParams:
         """Spot market: 0.1 % fees, long only, no leverage."""
         kw.setdefault("allow_short", False)
         return cls(venue="spot", **kw)
+
+
+PARAM_NAMES = tuple(f.name for f in dataclasses.fields(BacktestParams))
+
+
+def check_names(overrides: Mapping[Any, Any]) -> None:
+    """Refuse a name that is not a parameter, with the closest one and every valid name."""
+    for name, value in overrides.items():
+        if name in PARAM_NAMES:
+            continue
+        close = difflib.get_close_matches(str(name), PARAM_NAMES, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ParamError(
+            f"unknown backtest parameter {quote(name)} (= {quote(value)}); {hint}"
+            f"valid: {', '.join(PARAM_NAMES)}"
+        )
+
+
+def params_from(overrides: Mapping[str, Any] | None = None) -> BacktestParams:
+    """BacktestParams from a mapping of overrides (signalbox.yaml's `backtest.params`, a run's
+    `--params`), validated: the one check the CLI, the configuration and the asset share."""
+    data = dict(overrides or {})
+    check_names(data)
+    return BacktestParams(**data)
+
+
+def parse_overrides(
+    text: str | None, base: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], BacktestParams]:
+    """`--params` JSON (an object of overrides) on top of `base`: the merged overrides (what
+    names a run) and the validated parameters. Bad JSON, a typo'd name, a wrong type or an
+    out-of-range value raise one-line ParamErrors naming the key, the value and what is allowed.
+    """
+    given: Any = {}
+    if text and text.strip():
+        try:
+            given = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ParamError(
+                f"--params {quote(text)} is not valid JSON ({err.msg} at character {err.pos}); "
+                'give an object such as \'{"slippage_bps": 2, "leverage": 3}\''
+            ) from None
+    if not isinstance(given, dict):
+        raise ParamError(
+            f"--params {quote(text)} is a JSON {type(given).__name__}, not an object; "
+            'give an object such as \'{"slippage_bps": 2, "leverage": 3}\''
+        )
+    merged = {**(base or {}), **given}
+    return merged, params_from(merged)
 
 
 def _num(v: Any) -> bool:
@@ -149,7 +201,7 @@ def _problems(p: BacktestParams) -> list[str]:
     out: list[str] = []
 
     def bad(name: str, why: str) -> None:
-        out.append(f"{name}={getattr(p, name)!r}: {why}")
+        out.append(f"{name}={quote(getattr(p, name))}: {why}")
 
     def rng(name: str, lo: float, hi: float, lo_open: bool = False, optional: bool = False) -> bool:
         v = getattr(p, name)
@@ -161,11 +213,16 @@ def _problems(p: BacktestParams) -> list[str]:
             bad(name, f"must be a number {lo_txt} and <= {hi:g}")
         return ok
 
+    for name in ("allow_long", "allow_short", "take_profit_limit", "skip_degraded", "close_at_end"):
+        if not isinstance(getattr(p, name), bool):
+            bad(name, "must be true or false")
     if p.venue not in ("linear", "spot"):
         bad("venue", "must be 'linear' (perpetual futures) or 'spot'")
     for fee in ("taker_fee", "maker_fee"):
         v = getattr(p, fee)
-        if not _num(v) or v < 0:
+        if not _num(v):
+            bad(fee, "must be a number: a fraction of notional, e.g. 0.00055 = 0.055 %")
+        elif v < 0:
             bad(fee, "fees cannot be negative; give a fraction of notional, e.g. 0.00055 = 0.055 %")
         elif v >= 0.01:
             bad(fee, "a fee of 1 % or more per fill is surely a unit mistake; 0.00055 = 0.055 %")
@@ -182,7 +239,9 @@ def _problems(p: BacktestParams) -> list[str]:
     rng("units", 0, 1e12, lo_open=True)
     lev_ok = _num(p.leverage) and 1 <= p.leverage <= 100
     if not lev_ok:
-        bad("leverage", "must be between 1 (no leverage) and 100 (Bybit's BTCUSDT maximum)")
+        bad(
+            "leverage", "must be a number between 1 (no leverage) and 100 (Bybit's BTCUSDT maximum)"
+        )
     rng("maintenance_margin", 0, 0.5)
     if p.venue == "spot":
         if p.allow_short:
