@@ -89,7 +89,7 @@ def test_replace_validates_and_rejects_unknown_names() -> None:
     [
         (
             '{"leverage": 3',
-            r"^--params '\{\"leverage\": 3' is not valid JSON \(Expecting .* at character 13\); give an object",
+            r"^--params '\{\"leverage\": 3' is not valid JSON \(Expecting .* at character 14\); give an object",
         ),
         ("[1, 2]", r"^--params '\[1, 2\]' is a JSON list, not an object; give an object"),
         (
