@@ -8,8 +8,6 @@ directory, and shows the metrics, the charts and a walk-forward table in the UI.
 
 import base64
 import datetime as dt
-import hashlib
-import json
 
 import dagster as dg
 
@@ -30,25 +28,29 @@ class BacktestConfig(dg.Config):
 
 
 def _period(cfg: BacktestConfig, window_days: int) -> tuple[dt.datetime, dt.datetime]:
-    today = dt.datetime.now(dt.UTC).date()
-    end = dt.date.fromisoformat(cfg.end) if cfg.end else today
-    start = dt.date.fromisoformat(cfg.start) if cfg.start else end - dt.timedelta(window_days)
-    if end < start:
-        raise dg.Failure(f"backtest end {end} is before its start {start}")
-    as_dt = lambda d: dt.datetime.combine(d, dt.time(), dt.UTC)  # noqa: E731
-    return as_dt(start), as_dt(end) + dt.timedelta(days=1)
+    from pipeline.backtest.params import ParamError
+    from pipeline.backtest.period import period_bounds, resolve_period
 
-
-def run_id_for(personality: str, symbol: str, tf: str, start, end, params: dict) -> str:
-    """Stable per (personality, symbol, timeframe, period, parameters): a re-run replaces."""
-    digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
-    last = end - dt.timedelta(days=1)
-    return f"{personality}:{symbol}:{tf}:{start:%Y%m%d}-{last:%Y%m%d}:{digest}"
+    try:
+        first, last = resolve_period(
+            today=dt.datetime.now(dt.UTC).date(),
+            default_days=window_days,
+            start=dt.date.fromisoformat(cfg.start) if cfg.start else None,
+            end=dt.date.fromisoformat(cfg.end) if cfg.end else None,
+        )
+    except (ParamError, ValueError) as err:
+        raise dg.Failure(f"backtest period: {err}") from None
+    return period_bounds(first, last)
 
 
 def _img_md(path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f"![{path.stem}](data:image/png;base64,{data})"
+
+
+# Per symbol, these metrics become numeric metadata (plotted per partition in the UI). Keys
+# are the same for every partition and run: the timeframe is a value, never part of a key.
+PLOTTED = ("total_return_pct", "sharpe", "max_drawdown_pct", "win_rate_pct", "trades")
 
 
 @dg.asset(
@@ -67,17 +69,25 @@ def _img_md(path) -> str:
 def backtest_report(context: dg.AssetExecutionContext, config: BacktestConfig):
     import polars as pl
 
-    from pipeline.backtest import BacktestParams, run_backtest, summary_markdown, walk_forward
+    from pipeline.backtest import run_backtest, summary_markdown, walk_forward
     from pipeline.backtest import write_report as write_html
+    from pipeline.backtest.params import ParamError, parse_overrides
+    from pipeline.backtest.report import report_dir, rounded, summary
+    from pipeline.backtest.result import run_id_for
     from pipeline.checks import CheckOutcome
+    from pipeline.personality import load_personality, personality_path
     from warehouse import Replacement
 
     s, wh = settings(), get_warehouse()
     personality = context.partition_key
-    overrides = {**s.backtest.params, **json.loads(config.params_json or "{}")}
-    params = BacktestParams(**overrides)
+    pers = load_personality(personality_path(personality), s.timeframes)
+    try:
+        overrides, params = parse_overrides(config.params_json, s.backtest.params)
+    except ParamError as err:
+        raise dg.Failure(f"backtest parameters: {err}") from None
     start, end = _period(config, s.backtest.window_days)
     symbols = [config.symbol] if config.symbol else s.symbols
+    tf = pers.signal_tf
     candles = wh.query(
         "SELECT symbol, open_time, close_time, open, high, low, close, volume, complete "
         "FROM candles WHERE timeframe = '1m' AND open_time >= ? AND open_time < ? "
@@ -85,65 +95,52 @@ def backtest_report(context: dg.AssetExecutionContext, config: BacktestConfig):
         [start - dt.timedelta(days=1), end],
     )
     signals = wh.query(
-        "SELECT * FROM signals WHERE personality = ? AND close_time >= ? AND close_time < ? "
-        "ORDER BY symbol, timeframe, close_time",
-        [personality, start, end],
+        "SELECT * FROM signals WHERE personality = ? AND timeframe = ? "
+        "AND close_time >= ? AND close_time < ? ORDER BY symbol, close_time",
+        [personality, tf, start, end],
     )
     meta: dict = {
         "source": endpoint().label,
         "period": f"{start:%Y-%m-%d} → {end - dt.timedelta(days=1):%Y-%m-%d}",
+        "timeframe": tf,
+        "timeframes": ", ".join(pers.timeframes),
     }
     markdown, quality = [], []
     replacements = []
     for symbol in symbols:
         sym_candles = candles.filter(pl.col("symbol") == symbol)
-        sym_signals = signals.filter(pl.col("symbol") == symbol)
-        timeframes = sorted(sym_signals["timeframe"].unique().to_list()) or [None]
+        sigs = signals.filter(pl.col("symbol") == symbol)
         if sym_candles.height == 0:
             markdown.append(f"**{symbol}**: no candles in the period; backfill it first.")
             continue
-        for tf in timeframes:
-            sigs = sym_signals.filter(pl.col("timeframe") == tf) if tf else sym_signals
-            res = run_backtest(
-                sym_candles,
-                sigs,
-                params,
-                start=start,
-                end=end,
-                personality=personality,
-                symbol=symbol,
-            )
-            rid = run_id_for(personality, symbol, res.timeframe or "-", start, end, overrides)
-            folds = walk_forward(sym_candles, sigs, params, s.backtest.folds, start=start, end=end)
-            out = s.home / s.backtest.report_dir / personality / rid.replace(":", "_")
-            paths = write_html(res, out, walk_forward=folds)
-            replacements += [
-                Replacement("backtest_runs", res.runs_frame(rid), "run_id = ?", (rid,)),
-                Replacement("backtest_trades", res.trades_frame(rid), "run_id = ?", (rid,)),
-            ]
-            m = res.metrics
-            quality.append((symbol, tf, m.get("complete_candles_pct"), m.get("degraded_signals")))
-            markdown += [
-                summary_markdown(res),
-                _img_md(paths["equity"]),
-                _img_md(paths["drawdown"]),
-                "**Walk-forward** (out-of-sample folds, side by side)",
-                md_table(folds),
-                f"Full report: `{paths['html']}`",
-            ]
-            key = f"{symbol}_{res.timeframe}"
-            meta[f"{key}_report"] = dg.MetadataValue.path(str(paths["html"]))
-            for name in (
-                "total_return_pct",
-                "sharpe",
-                "max_drawdown_pct",
-                "win_rate_pct",
-                "trades",
-                "profit_factor",
-            ):
-                if m.get(name) is not None:
-                    meta[f"{key}_{name}"] = m[name]
-            meta[f"{key}_metrics"] = dg.MetadataValue.json(m)
+        res = run_backtest(
+            sym_candles, sigs, params, start=start, end=end, personality=personality, symbol=symbol
+        )
+        rid = run_id_for(personality, symbol, tf, start, end, overrides)
+        folds = walk_forward(sym_candles, sigs, params, s.backtest.folds, start=start, end=end)
+        out = report_dir(s.reports_dir, rid)
+        paths = write_html(res, out, walk_forward=folds, timeframes=pers.timeframes)
+        runs = res.runs_frame(rid).with_columns(pl.lit(tf).alias("timeframe"))
+        replacements += [
+            Replacement("backtest_runs", runs, "run_id = ?", (rid,)),
+            Replacement("backtest_trades", res.trades_frame(rid), "run_id = ?", (rid,)),
+        ]
+        m = res.metrics
+        quality.append((symbol, tf, m.get("complete_candles_pct"), m.get("degraded_signals")))
+        url = s.report_url(paths["html"])
+        markdown += [
+            summary_markdown(summary(res, pers.timeframes), report_link=url),
+            _img_md(paths["equity"]),
+            _img_md(paths["drawdown"]),
+            "**Walk-forward** (out-of-sample folds, side by side)",
+            md_table(folds),
+        ]
+        meta[f"{symbol}_report"] = dg.MetadataValue.url(url)
+        meta[f"{symbol}_report_path"] = dg.MetadataValue.path(str(paths["html"]))
+        for name in PLOTTED:
+            if m.get(name) is not None:
+                meta[f"{symbol}_{name}"] = rounded(m[name])
+        meta[f"{symbol}_metrics"] = dg.MetadataValue.json({k: rounded(v) for k, v in m.items()})
     if replacements:
         wh.replace_many(replacements)
     meta["summary"] = dg.MetadataValue.md("\n\n".join(markdown) or "no signals in the period")
@@ -153,7 +150,12 @@ def backtest_report(context: dg.AssetExecutionContext, config: BacktestConfig):
         f"lowest share of complete candles in a backtest window: {worst:.2f} %",
         {
             "windows": [
-                {"symbol": a, "timeframe": b, "complete_pct": c, "degraded_signals": d}
+                {
+                    "symbol": a,
+                    "timeframe": b,
+                    "complete_pct": rounded(c),
+                    "degraded_signals": d,
+                }
                 for a, b, c, d in quality
             ]
         },

@@ -170,36 +170,3 @@ def backfill(settings: Settings, start: dt.date, end: dt.date, assets: str = "al
         f"backfilling {', '.join(settings.symbols)} {start} → {end} ({selection})", file=sys.stderr
     )
     return materialize(settings, selection, f"{start.isoformat()}...{end.isoformat()}")
-
-
-def backtest(
-    settings: Settings,
-    personality: str,
-    start: dt.date,
-    end: dt.date,
-    symbol: str | None = None,
-    params: str | None = None,
-) -> int:
-    """Materialize one personality's backtest report over [start, end] through Dagster."""
-    import json
-
-    if personality not in settings.personality_names:
-        known = ", ".join(settings.personality_names)
-        print(
-            f"signalbox backtest: unknown personality {personality!r}; configured: {known}",
-            file=sys.stderr,
-        )
-        return 2
-    if end < start:
-        print(f"signalbox backtest: --end {end} is before --start {start}", file=sys.stderr)
-        return 2
-    cfg = {"start": start.isoformat(), "end": end.isoformat(), "params_json": params or "{}"}
-    if symbol:
-        cfg["symbol"] = symbol
-    run_config = json.dumps({"ops": {"backtest_report": {"config": cfg}}})
-    print(f"backtesting {personality} {start} → {end}", file=sys.stderr)
-    code = materialize(settings, "backtest_report", partition=personality, run_config=run_config)
-    if code == 0:
-        reports = settings.home / settings.backtest.report_dir / personality
-        print(f"reports: {reports}", file=sys.stderr)
-    return code

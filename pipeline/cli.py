@@ -101,10 +101,17 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.backfill import backtest
+    from pipeline.backtest.cli import backtest
 
     return backtest(
-        settings, args.personality, args.start, args.end, symbol=args.symbol, params=args.params
+        settings,
+        args.personality,
+        start=args.start,
+        end=args.end,
+        days=args.days,
+        timerange=args.timerange,
+        symbol=args.symbol,
+        params=args.params,
     )
 
 
@@ -161,8 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("backtest", cmd_backtest, "backtest a personality over a period, through Dagster")
     sp.add_argument("--personality", required=True)
-    sp.add_argument("--start", type=_date, required=True)
-    sp.add_argument("--end", type=_date, required=True)
+    sp.add_argument("--start", type=_date, help="first day, YYYY-MM-DD (UTC)")
+    sp.add_argument("--end", type=_date, help="last day, inclusive (default: today)")
+    sp.add_argument(
+        "--days", type=int, help="N days ending at --end (default: backtest.window_days)"
+    )
+    sp.add_argument(
+        "--timerange",
+        help="freqtrade style YYYYMMDD-YYYYMMDD, end excluded, either side open (20240101-)",
+    )
     sp.add_argument("--symbol", type=str.upper, help="default: every configured symbol")
     sp.add_argument("--params", help='JSON overrides, e.g. \'{"slippage_bps": 2, "leverage": 3}\'')
     return p

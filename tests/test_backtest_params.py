@@ -89,12 +89,14 @@ def test_replace_validates_and_rejects_unknown_names() -> None:
     [
         (
             '{"leverage": 3',
-            r"^--params '\{\"leverage\": 3' is not valid JSON \(Expecting .* at character 14\); give an object",
+            r"^--params '\{\"leverage\": 3' is not valid JSON "
+            r"\(Expecting .* at character 14\); give an object",
         ),
         ("[1, 2]", r"^--params '\[1, 2\]' is a JSON list, not an object; give an object"),
         (
             '{"levrage": 3}',
-            r"^unknown backtest parameter 'levrage' \(= 3\); did you mean 'leverage'\? valid: venue, taker_fee, ",
+            r"^unknown backtest parameter 'levrage' \(= 3\); did you mean 'leverage'\? "
+            r"valid: venue, taker_fee, ",
         ),
         (
             '{"leverage": "3"}',

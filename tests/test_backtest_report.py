@@ -2,7 +2,8 @@
 
 Chromium comes from Debian (`apt-get install -y chromium`, /usr/bin/chromium); playwright drives
 it (it cannot download its own browser here). The render check fails on a broken chart, which
-the second test proves by corrupting one on purpose.
+a test proves by corrupting one on purpose; the layout check (every table inside a 1280 px
+window) fails on a page with a too-wide table, which a test proves the same way.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ from PIL import Image
 
 from pipeline import synthetic
 from pipeline.backtest import BacktestParams, run_backtest
-from pipeline.backtest.report import summary_markdown, write_report
+from pipeline.backtest.report import (
+    SECTIONS,
+    report_html,
+    summary,
+    summary_markdown,
+    summary_text,
+    write_report,
+)
 from pipeline.backtest.rules import crossover_signals
 from pipeline.backtest.sweep import walk_forward
 from tests.conftest import DAY0, SEED
@@ -47,7 +55,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, dict[str, Pat
     wf = walk_forward(candles, signals, p, folds=2)
     out = tmp_path_factory.mktemp("report")
     period = (DAY0 + dt.timedelta(days=3), DAY0 + dt.timedelta(days=4))
-    return res, write_report(res, out, period=period, walk_forward=wf)
+    return res, write_report(res, out, period=period, walk_forward=wf, timeframes=("15m", "1h"))
 
 
 def render(html_path: Path) -> dict[str, Any]:
@@ -72,9 +80,24 @@ def render(html_path: Path) -> dict[str, Any]:
             )
             shots = {i["id"]: page.locator(f"#{i['id']}").screenshot() for i in images}
             full = page.screenshot(full_page=False)
+            layout = page.evaluate(LAYOUT_JS)
         finally:
             browser.close()
-    return {"errors": errors, "images": images, "shots": shots, "full": full}
+    return {"errors": errors, "images": images, "shots": shots, "full": full, "layout": layout}
+
+
+# What a reader sees: the page's width against the window's, each table's right edge and
+# width against its container's, the metric tables' row labels and the heading.
+LAYOUT_JS = """() => {
+  const doc = document.documentElement;
+  const tables = Array.from(document.querySelectorAll('table')).map((t, i) => ({
+    i, right: t.getBoundingClientRect().right, width: t.scrollWidth,
+    room: t.parentElement.clientWidth}));
+  const labels = Array.from(document.querySelectorAll('.grid table td:first-child'))
+    .map(td => td.textContent.trim());
+  return {pageWidth: doc.scrollWidth, window: doc.clientWidth, tables, labels,
+          h1: document.querySelector('h1').textContent, title: document.title};
+}"""
 
 
 def ink(png: bytes) -> tuple[float, int]:
@@ -85,7 +108,7 @@ def ink(png: bytes) -> tuple[float, int]:
 
 def test_report_files_are_pngs_and_a_self_contained_page(report: tuple) -> None:
     res, paths = report
-    assert set(paths) == {*CHARTS, "html"}
+    assert set(paths) == {*CHARTS, "html", "summary"}
     for name in CHARTS:
         img = Image.open(paths[name])
         assert img.format == "PNG" and img.width > 600 and img.height > 200, name
@@ -140,10 +163,68 @@ def test_plots_mark_the_trades_of_the_chosen_period(report: tuple, tmp_path: Pat
     assert sorted(p.name for p in written.values()) == ["candles.png", "drawdown.png", "equity.png"]
 
 
+def test_report_fits_the_window_has_unique_rows_and_names_its_timeframes(report: tuple) -> None:
+    res, paths = report
+    got = render(paths["html"])["layout"]
+    assert 1200 <= got["window"] <= 1280 and got["pageWidth"] <= got["window"]
+    for t in got["tables"]:
+        assert t["right"] <= got["window"] and t["width"] <= t["room"] + 1, t
+    labels = got["labels"]
+    assert len(labels) == sum(len(items) for _, items in SECTIONS) > 30
+    assert len(set(labels)) == len(labels), sorted(x for x in labels if labels.count(x) > 1)
+    assert got["h1"] == got["title"] == f"Backtest {res.personality} on BTCUSDT (15m, 1h)"
+
+
+def test_layout_check_fails_on_a_too_wide_table(report: tuple, tmp_path: Path) -> None:
+    _, paths = report
+    wide = tmp_path / "wide.html"
+    cells = "".join(f"<td>column_number_{i}</td>" for i in range(40))
+    page = paths["html"].read_text()
+    wide.write_text(page.replace("</body>", f"<table><tr>{cells}</tr></table></body>"))
+    got = render(wide)["layout"]
+    assert got["pageWidth"] > got["window"] or any(
+        t["right"] > got["window"] for t in got["tables"]
+    )
+
+
+def test_report_without_signals_is_named_by_the_personalitys_timeframes(tmp_path: Path) -> None:
+    import polars as pl
+
+    ms = int(DAY0.timestamp() * 1000)
+    candles = synthetic.frame("BTCUSDT", ms, ms + 86_400_000, seed=SEED)
+    none = pl.DataFrame(
+        {"close_time": [], "action": []},
+        schema={"close_time": pl.Datetime("us", "UTC"), "action": pl.String},
+    )
+    res = run_backtest(candles, none, personality="swing")
+    charts = dict.fromkeys(CHARTS, b"")
+    page = report_html(res, charts, timeframes=("15m", "1h"))
+    assert "<h1>Backtest swing on BTCUSDT (15m, 1h)</h1>" in page and "(-)" not in page
+    assert "(-)" not in report_html(res, charts)  # no timeframe known: none shown
+
+
+def test_summary_text_is_an_aligned_table_with_exit_reasons(report: tuple) -> None:
+    res, paths = report
+    s = summary(res, ("15m", "1h"), paths["html"])
+    text = summary_text(s)
+    lines = text.splitlines()
+    assert lines[0].startswith(f"Backtest {res.personality} on BTCUSDT (15m, 1h), ")
+    for label in ("Trades", "Win rate", "Total return", "Buy & hold return", "Max drawdown"):
+        assert any(ln.startswith(label) for ln in lines), label
+    assert any(ln.startswith("Sharpe (ann. 365 d)") for ln in lines)
+    assert any(ln.startswith("Fees paid") for ln in lines)
+    headline = lines[2 : 2 + 14]
+    assert len({len(ln) for ln in headline}) == 1  # right-aligned values: one width
+    reasons = {r["exit_reason"] for r in s["by_exit_reason"]}
+    assert reasons and all(any(ln.startswith(r) for ln in lines) for r in reasons)
+    assert lines[-1] == f"report: {paths['html']}"
+    assert "None" not in text and "nan" not in text.lower()
+
+
 def test_summary_markdown_has_the_headline_metrics(report: tuple) -> None:
     res, _ = report
-    md = summary_markdown(res)
+    md = summary_markdown(summary(res))
     assert md.count("\n|") > 15
     assert f"| Trades | {res.metrics['trades']} |" in md
-    assert "| Sharpe |" in md and "| exit reason |" in md
+    assert "| Sharpe (ann. 365 d) |" in md and "| exit reason |" in md
     assert "None" not in md and "nan" not in md.lower()

@@ -1,7 +1,9 @@
-"""A self-contained HTML report per run, and a markdown summary for the Dagster UI.
+"""A self-contained HTML report per run, its summary (JSON beside it), and that summary as a
+markdown table for the Dagster UI and as a text table for the terminal.
 
 The HTML embeds its charts as PNG data URIs and has no scripts or external links, so it can be
-mailed, attached to an asset's metadata or opened from disk anywhere and look the same.
+mailed, attached to an asset's metadata or opened from disk anywhere and look the same. Its
+tables fit a 1280 px wide window: long tables wrap their headers, never the page.
 """
 
 from __future__ import annotations
@@ -9,6 +11,9 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
+import json
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,8 +75,8 @@ SECTIONS: list[tuple[str, list[tuple[str, str, str]]]] = [
             ("win_rate_long_pct", "Win rate long", "%"),
             ("win_rate_short_pct", "Win rate short", "%"),
             ("profit_factor", "Profit factor", ""),
-            ("expectancy", "Expectancy", "per trade"),
-            ("expectancy_pct", "Expectancy", "%"),
+            ("expectancy", "Expectancy (P&L per trade)", ""),
+            ("expectancy_pct", "Avg trade return", "%"),
             ("sqn", "SQN", ""),
             ("avg_win", "Avg win", ""),
             ("avg_loss", "Avg loss", ""),
@@ -105,15 +110,35 @@ SUMMARY_KEYS = (
     "degraded_signals",
 )
 
+# Headline figures of the terminal summary (freqtrade's order: trades, results, risk, costs).
+TEXT_KEYS = (
+    "trades",
+    "win_rate_pct",
+    "total_return_pct",
+    "buy_hold_return_pct",
+    "final_equity",
+    "max_drawdown_pct",
+    "sharpe",
+    "sortino",
+    "calmar",
+    "profit_factor",
+    "expectancy",
+    "fees_paid",
+    "complete_candles_pct",
+    "signals",
+)
+ANNUALISED = {"sharpe", "sortino", "calmar"}
+
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;
+*{box-sizing:border-box}
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:16px;
 color:#222;max-width:1200px}
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:13px;margin:6px 0}
-td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
-th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
+table{border-collapse:collapse;font-size:12px;margin:6px 0;max-width:100%}
+td,th{border:1px solid #ddd;padding:2px 6px;text-align:right}
+th{background:#f4f4f4;font-weight:600}td:first-child,th:first-child{text-align:left}
 .grid{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}.grid table{flex:0 0 auto}
-.scroll{overflow-x:auto}td{white-space:nowrap}
+.wide{width:100%;table-layout:auto}.wide td{white-space:nowrap}.wide th{white-space:normal}
 img{max-width:100%;border:1px solid #eee;display:block;margin:8px 0}
 .muted{color:#777;font-size:12px}
 """
@@ -127,6 +152,8 @@ def fmt(v: Any, unit: str = "") -> str:
         return "yes" if v else "no"
     if isinstance(v, dt.datetime):
         return v.strftime("%Y-%m-%d %H:%M")
+    if isinstance(v, float) and not math.isfinite(v):
+        return "–"
     if isinstance(v, int):
         s = f"{v:,}"
     elif isinstance(v, float):
@@ -136,13 +163,36 @@ def fmt(v: Any, unit: str = "") -> str:
     return f"{s} {unit}".strip() if unit and unit != "%" else s + ("%" if unit == "%" else "")
 
 
+def report_dir(reports_dir: Path, run_id: str) -> Path:
+    """Where a run's report goes: <reports>/<personality>/<run id, ':' -> '_'>."""
+    return reports_dir / run_id.split(":", 1)[0] / run_id.replace(":", "_")
+
+
+def rounded(v: Any) -> Any:
+    """A number for display (Dagster metadata): 2 decimals from 1 up, else 4 significant
+    digits; NaN and infinities become None; anything else as it is."""
+    if isinstance(v, bool) or not isinstance(v, float):
+        return v
+    if not math.isfinite(v):
+        return None
+    return round(v, 2) if abs(v) >= 1 else float(f"{v:.4g}")
+
+
 def _table_html(frame: pl.DataFrame, limit: int | None = None) -> str:
     rows = frame.rows() if limit is None else frame.head(limit).rows()
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)
+    # Headers wrap at underscores (e.g. "entry_price" -> "entry price") so wide tables fit.
+    head = "".join(f"<th>{html.escape(c.replace('_', ' '))}</th>" for c in frame.columns)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(fmt(v))}</td>" for v in r) + "</tr>" for r in rows
     )
-    return f"<div class='scroll'><table><tr>{head}</tr>{body}</table></div>"
+    return f"<table class='wide'><tr>{head}</tr>{body}</table>"
+
+
+def title(res: BacktestResult, timeframes: Sequence[str] | None = None) -> str:
+    """E.g. "Backtest swing on BTCUSDT (15m, 1h)": the personality's timeframes, else the
+    signals' (none for a run without signals and timeframes)."""
+    tfs = ", ".join(timeframes) if timeframes else res.timeframe
+    return f"Backtest {res.personality} on {res.symbol}" + (f" ({tfs})" if tfs != "-" else "")
 
 
 def _img(name: str, data: bytes, alt: str) -> str:
@@ -154,14 +204,16 @@ def report_html(
     res: BacktestResult,
     charts: dict[str, bytes],
     walk_forward: pl.DataFrame | None = None,
+    timeframes: Sequence[str] | None = None,
 ) -> str:
     """The report page as one string."""
     m = res.metrics
-    title = f"Backtest {res.personality} on {res.symbol} ({res.timeframe})"
+    head = title(res, timeframes)
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>{html.escape(head)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{html.escape(head)}</h1>",
         f"<p class='muted'>{html.escape(fmt(m.get('start')))} to "
         f"{html.escape(fmt(m.get('end')))} UTC, 1m fills at the next bar's open, "
         f"taker fee {res.params.taker:.4%}, maker fee {res.params.maker:.4%}, slippage "
@@ -226,11 +278,13 @@ def write_report(
     *,
     period: tuple[dt.datetime, dt.datetime] | None = None,
     walk_forward: pl.DataFrame | None = None,
+    timeframes: Sequence[str] | None = None,
 ) -> dict[str, Path]:
-    """Write equity.png, drawdown.png, candles.png and report.html into `out_dir`.
+    """Write equity.png, drawdown.png, candles.png, report.html and summary.json (what the
+    terminal and the Dagster UI show, see `summary`) into `out_dir`.
 
-    `period` picks the candlestick chart's span (default: two days up to the last exit).
-    Returns {"equity", "drawdown", "candles", "html"} -> path.
+    `period` picks the candlestick chart's span (default: two days up to the last exit);
+    `timeframes` (the personality's) name the report. Returns {name: path}.
     """
     from pipeline.backtest import plots
 
@@ -246,29 +300,93 @@ def write_report(
         paths[name] = out / f"{name}.png"
         paths[name].write_bytes(data)
     paths["html"] = out / "report.html"
-    paths["html"].write_text(report_html(res, charts, walk_forward), encoding="utf-8")
+    paths["html"].write_text(report_html(res, charts, walk_forward, timeframes), encoding="utf-8")
+    paths["summary"] = out / "summary.json"
+    paths["summary"].write_text(
+        json.dumps(summary(res, timeframes, paths["html"]), indent=1), encoding="utf-8"
+    )
     return paths
 
 
-def summary_markdown(res: BacktestResult) -> str:
-    """A compact markdown table of the headline metrics and exit reasons (Dagster metadata)."""
-    m = res.metrics
+def summary(
+    res: BacktestResult, timeframes: Sequence[str] | None = None, html_path: Path | None = None
+) -> dict[str, Any]:
+    """What a run shows outside its report: title, metrics, trades by exit reason, the
+    report's path (JSON-able; the CLI reads it back from summary.json)."""
+    return {
+        "title": title(res, timeframes),
+        "personality": res.personality,
+        "symbol": res.symbol,
+        "timeframes": list(timeframes or [res.timeframe]),
+        "metrics": res.metrics,
+        "by_exit_reason": res.tables()["by_exit_reason"].drop("both_touched").to_dicts(),
+        "report": str(html_path) if html_path else None,
+    }
+
+
+def _labels() -> tuple[dict[str, str], dict[str, str]]:
     units = {k: u for _, items in SECTIONS for k, _, u in items}
     labels = {k: lbl for _, items in SECTIONS for k, lbl, _ in items}
+    labels.update({k: f"{labels[k]} (ann. 365 d)" for k in ANNUALISED})
+    return labels, units
+
+
+def summary_markdown(s: dict[str, Any], report_link: str | None = None) -> str:
+    """A compact markdown table of the headline metrics and exit reasons (Dagster metadata)."""
+    m = s["metrics"]
+    labels, units = _labels()
     lines = [
-        f"**{res.personality}** on **{res.symbol}** ({res.timeframe}), "
-        f"{fmt(m.get('start'))} to {fmt(m.get('end'))} UTC",
+        f"**{s['title']}**, {fmt(m.get('start'))} to {fmt(m.get('end'))} UTC",
         "",
         "| metric | value |",
         "|---|---|",
     ]
     lines += [f"| {labels.get(k, k)} | {fmt(m.get(k), units.get(k, ''))} |" for k in SUMMARY_KEYS]
-    by_reason = res.tables()["by_exit_reason"]
-    if by_reason.height:
+    if s["by_exit_reason"]:
         lines += ["", "| exit reason | trades | win rate | P&L |", "|---|---|---|---|"]
         lines += [
             f"| {r['exit_reason']} | {r['trades']} | {fmt(r['win_rate_pct'], '%')} | "
             f"{fmt(r['pnl'])} |"
-            for r in by_reason.iter_rows(named=True)
+            for r in s["by_exit_reason"]
         ]
+    if report_link:
+        lines += ["", f"Full report: [report.html]({report_link})"]
+    return "\n".join(lines)
+
+
+def summary_text(s: dict[str, Any]) -> str:
+    """The terminal's table, like freqtrade's backtest output: headline figures, then trades
+    by exit reason, then where the report is."""
+    m = s["metrics"]
+    labels, units = _labels()
+    head = f"{s['title']}, {fmt(m.get('start'))} to {fmt(m.get('end'))} UTC"
+    rows = [(labels.get(k, k), fmt(m.get(k), units.get(k, ""))) for k in TEXT_KEYS]
+    w0 = max(len(a) for a, _ in rows)
+    w1 = max(len(b) for _, b in rows)
+    lines = [head, "=" * len(head)]
+    lines += [f"{a:<{w0}}  {b:>{w1}}" for a, b in rows]
+    cols = ("exit reason", "trades", "win rate", "P&L", "avg return", "fees")
+    table = [
+        (
+            str(r["exit_reason"]),
+            fmt(r["trades"]),
+            fmt(r["win_rate_pct"], "%"),
+            fmt(r["pnl"]),
+            fmt(r["avg_return_pct"], "%"),
+            fmt(r["fees"]),
+        )
+        for r in s["by_exit_reason"]
+    ]
+    lines.append("")
+    if table:
+        widths = [max(len(c), *(len(row[i]) for row in table)) for i, c in enumerate(cols)]
+        fmt_row = lambda row: "  ".join(  # noqa: E731
+            f"{v:<{widths[i]}}" if i == 0 else f"{v:>{widths[i]}}" for i, v in enumerate(row)
+        )
+        lines += [fmt_row(cols), "  ".join("-" * w for w in widths)]
+        lines += [fmt_row(row) for row in table]
+    else:
+        lines.append("no trades")
+    if s.get("report"):
+        lines += ["", f"report: {s['report']}"]
     return "\n".join(lines)

@@ -8,6 +8,7 @@ for `end_of_window`.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,21 @@ EXIT_REASONS = (
     "liquidation",
     "end_of_window",
 )
+
+
+def run_id_for(
+    personality: str,
+    symbol: str,
+    tf: str,
+    start: dt.datetime,
+    end: dt.datetime,
+    params: dict[str, Any],
+) -> str:
+    """Stable per (personality, symbol, timeframe, period [start, end), parameters): a re-run
+    replaces its rows and its report directory; the CLI finds the report by it."""
+    digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
+    last = end - dt.timedelta(days=1)
+    return f"{personality}:{symbol}:{tf}:{start:%Y%m%d}-{last:%Y%m%d}:{digest}"
 
 
 @dataclass(frozen=True)

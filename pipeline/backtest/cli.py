@@ -1,0 +1,126 @@
+"""`signalbox backtest`: check everything a run needs, run it through Dagster, print the result.
+
+Before any Dagster run starts: the personality, the `--params` overrides (the same validation
+the asset and signalbox.yaml use), the period, and whether the warehouse holds candles and
+warmed-up signals for it (read from the replica). A mistake is one line and exit 2; a period
+with nothing to trade is refused with the backfill that fixes it (exit 1). Neither leaves a
+run behind. After a successful run the summary the asset saved beside each report.html is
+printed as a table on standard output (progress and warnings go to standard error).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+
+from pipeline.config import Settings
+
+USAGE = 2  # a mistake in the command
+NOTHING_TO_DO = 1  # the warehouse lacks what the period needs
+
+
+def _say(msg: str) -> None:
+    print(f"signalbox backtest: {msg}", file=sys.stderr, flush=True)
+
+
+def backtest(
+    settings: Settings,
+    personality: str,
+    *,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+    days: int | None = None,
+    timerange: str | None = None,
+    symbol: str | None = None,
+    params: str | None = None,
+) -> int:
+    """Validate, check the data, materialize `backtest_report` for one personality, print."""
+    from pipeline.backfill import BackfillError, materialize, validate_range
+    from pipeline.backtest import coverage
+    from pipeline.backtest.params import ParamError, parse_overrides
+    from pipeline.backtest.period import period_bounds, resolve_period
+    from pipeline.backtest.report import report_dir
+    from pipeline.backtest.result import run_id_for
+    from pipeline.personality import load_personality, personality_path
+
+    names = settings.personality_names
+    if personality not in names:
+        _say(f"unknown personality {personality!r}; configured: {', '.join(names)}")
+        return USAGE
+    symbols = [symbol] if symbol else list(settings.symbols)
+    today = dt.datetime.now(dt.UTC).date()
+    try:
+        overrides, _ = parse_overrides(params, settings.backtest.params)
+        open_start = timerange is not None and timerange.strip().startswith("-")
+        first_day = coverage.first_stored_day(settings, symbols) if open_start else None
+        first, last = resolve_period(
+            today=today,
+            default_days=settings.backtest.window_days,
+            start=start,
+            end=end,
+            days=days,
+            timerange=timerange,
+            first_day=first_day,
+        )
+        validate_range(settings, first, last)
+    except (ParamError, BackfillError) as err:
+        _say(str(err))
+        return USAGE
+
+    p = load_personality(personality_path(personality), settings.timeframes)
+    try:
+        cov = coverage.read_coverage(settings, personality, symbols, first, last)
+    except coverage.NoData as err:
+        warm = coverage.warmup_needed(p)
+        fix = coverage.backfill_hint(
+            settings, symbols[0], first - dt.timedelta(days=warm.days), last
+        )
+        _say(f"no candles yet ({err}); backfill first: {fix}")
+        return NOTHING_TO_DO
+    refusals, warnings = coverage.assess(settings, p, cov, first, last)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if len(refusals) == len(cov):
+        for r in refusals:
+            _say(f"nothing to backtest: {r}")
+        return NOTHING_TO_DO
+    for r in refusals:
+        print(f"warning: skipped {r}", file=sys.stderr)
+
+    cfg = {"start": first.isoformat(), "end": last.isoformat()}
+    cfg["params_json"] = json.dumps(overrides)
+    if symbol:
+        cfg["symbol"] = symbol
+    run_config = json.dumps({"ops": {"backtest_report": {"config": cfg}}})
+    n_days = (last - first).days + 1
+    print(f"backtesting {personality} {first} → {last} ({n_days} days)", file=sys.stderr)
+    started = time.time()
+    code = materialize(settings, "backtest_report", partition=personality, run_config=run_config)
+    if code != 0:
+        return code
+    lo, hi = period_bounds(first, last)
+    shown = 0
+    for sym in symbols:
+        rid = run_id_for(personality, sym, p.signal_tf, lo, hi, overrides)
+        shown += _print_summary(report_dir(settings.reports_dir, rid) / "summary.json", started)
+    if not shown:
+        _say(f"the run wrote no report; see the run in the UI (reports: {settings.reports_dir})")
+        return NOTHING_TO_DO
+    return 0
+
+
+def _print_summary(path: Path, since: float) -> int:
+    """Print the summary the run saved at `path`; 0 when the run wrote none there."""
+    from pipeline.backtest.report import summary_text
+
+    try:
+        if path.stat().st_mtime < since - 1:
+            return 0  # an earlier run's
+        s = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return 0
+    print("\n" + summary_text(s), flush=True)
+    return 1
