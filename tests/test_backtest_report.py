@@ -208,7 +208,10 @@ def test_summary_text_is_an_aligned_table_with_exit_reasons(report: tuple) -> No
     s = summary(res, ("15m", "1h"), paths["html"])
     text = summary_text(s)
     lines = text.splitlines()
-    assert lines[0].startswith(f"Backtest {res.personality} on BTCUSDT (15m, 1h), ")
+    assert lines[0] == (
+        f"Backtest {res.personality} on BTCUSDT (15m, 1h), "
+        "2024-01-01 00:00 → 2024-01-21 00:00 UTC (20 days)"
+    )
     for label in ("Trades", "Win rate", "Total return", "Buy & hold return", "Max drawdown"):
         assert any(ln.startswith(label) for ln in lines), label
     assert any(ln.startswith("Sharpe (ann. 365 d)") for ln in lines)

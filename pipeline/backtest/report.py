@@ -13,6 +13,7 @@ import datetime as dt
 import html
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from pipeline.backtest.result import BacktestResult
 
 MAX_TRADE_ROWS = 500
+_ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
 
 # (section, [(metric key, label, unit)]) — the order people read a report in.
 SECTIONS: list[tuple[str, list[tuple[str, str, str]]]] = [
@@ -157,9 +159,11 @@ def fmt(v: Any, unit: str = "") -> str:
     if isinstance(v, int):
         s = f"{v:,}"
     elif isinstance(v, float):
-        s = f"{v:,.2f}" if abs(v) >= 1 or v == 0 else f"{v:.4g}"
+        s = f"{v:,.2f}" if abs(v) >= 1 or v == 0 or unit == "%" else f"{v:.4g}"
+    elif isinstance(v, str) and _ISO.match(v):
+        return fmt(dt.datetime.fromisoformat(v))
     else:
-        s = str(v).replace("T", " ").removesuffix("+00:00")
+        s = str(v)
     return f"{s} {unit}".strip() if unit and unit != "%" else s + ("%" if unit == "%" else "")
 
 
@@ -331,12 +335,18 @@ def _labels() -> tuple[dict[str, str], dict[str, str]]:
     return labels, units
 
 
+def _span(m: dict[str, Any]) -> str:
+    days = m.get("duration_days")
+    n = f" ({days:g} days)" if isinstance(days, float | int) else ""
+    return f"{fmt(m.get('start'))} → {fmt(m.get('end'))} UTC{n}"
+
+
 def summary_markdown(s: dict[str, Any], report_link: str | None = None) -> str:
     """A compact markdown table of the headline metrics and exit reasons (Dagster metadata)."""
     m = s["metrics"]
     labels, units = _labels()
     lines = [
-        f"**{s['title']}**, {fmt(m.get('start'))} to {fmt(m.get('end'))} UTC",
+        f"**{s['title']}**, {_span(m)}",
         "",
         "| metric | value |",
         "|---|---|",
@@ -359,7 +369,7 @@ def summary_text(s: dict[str, Any]) -> str:
     by exit reason, then where the report is."""
     m = s["metrics"]
     labels, units = _labels()
-    head = f"{s['title']}, {fmt(m.get('start'))} to {fmt(m.get('end'))} UTC"
+    head = f"{s['title']}, {_span(m)}"
     rows = [(labels.get(k, k), fmt(m.get(k), units.get(k, ""))) for k in TEXT_KEYS]
     w0 = max(len(a) for a, _ in rows)
     w1 = max(len(b) for _, b in rows)
