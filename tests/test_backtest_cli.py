@@ -242,3 +242,28 @@ def test_days_and_timerange_resolve_like_freqtrade() -> None:
 def test_malformed_timeranges_are_refused(text: str) -> None:
     with pytest.raises(ParamError, match="--timerange"):
         period(timerange=text)
+
+
+def test_a_period_partly_in_warm_up_or_past_the_data_is_run_with_warnings() -> None:
+    from pipeline.backtest.coverage import Coverage, assess, warmup_needed
+    from pipeline.config import load_settings
+    from pipeline.personality import load_personality
+
+    settings = load_settings(env={})
+    swing = load_personality("swing", settings.timeframes)
+    warm = warmup_needed(swing)
+    assert (warm.column, warm.bars, warm.days) == ("1h sma_200", 200, 9)
+    t0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    first, last = dt.date(2024, 1, 5), dt.date(2024, 1, 31)
+    stored = Coverage("BTCUSDT", t0, t0 + dt.timedelta(days=20), candles=100, signals=3)
+    refusals, warnings = assess(settings, swing, {"BTCUSDT": stored}, first, last)
+    assert refusals == [] and len(warnings) == 2
+    assert "no signal before 2024-01-09" in warnings[0]
+    assert "`signalbox backfill --start 2023-12-27 --end 2024-01-31`" in warnings[0]
+    assert "no candles after 2024-01-21 00:00" in warnings[1]
+    ready = Coverage("BTCUSDT", t0, t0 + dt.timedelta(days=40), candles=100, signals=0)
+    refusals, warnings = assess(settings, swing, {"BTCUSDT": ready}, dt.date(2024, 1, 20), last)
+    assert refusals == [] and warnings == [
+        "BTCUSDT: no swing signals stored in 2024-01-20 → 2024-01-31, so no trades; signals are "
+        "computed by `signalbox backfill --start 2024-01-11 --end 2024-01-31`"
+    ]

@@ -138,3 +138,17 @@ def test_overrides_merge_over_the_configured_ones() -> None:
     assert p.leverage == 3 and p.slippage_bps == 2
     assert parse_overrides(None, base={})[1] == BacktestParams()
     assert parse_overrides("  ")[0] == {}
+
+
+def test_signalbox_yaml_params_get_the_same_check(tmp_path) -> None:
+    from pipeline.config import ConfigError, load_settings
+
+    cfg = tmp_path / "signalbox.yaml"
+    cfg.write_text("backtest:\n  params: {levrage: 2}\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg, env={})
+    text = str(err.value)
+    assert "backtest.params" in text and "did you mean 'leverage'?" in text
+    assert "\n" not in text
+    cfg.write_text("backtest:\n  params: {leverage: 3}\n")
+    assert load_settings(cfg, env={}).backtest.params == {"leverage": 3}
