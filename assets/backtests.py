@@ -71,16 +71,16 @@ def backtest_report(context: dg.AssetExecutionContext, config: BacktestConfig):
 
     from pipeline.backtest import run_backtest, summary_markdown, walk_forward
     from pipeline.backtest import write_report as write_html
+    from pipeline.backtest.coverage import configured_personality
     from pipeline.backtest.params import ParamError, parse_overrides
     from pipeline.backtest.report import report_dir, rounded, summary
     from pipeline.backtest.result import run_id_for
     from pipeline.checks import CheckOutcome
-    from pipeline.personality import load_personality, personality_path
     from warehouse import Replacement
 
     s, wh = settings(), get_warehouse()
     personality = context.partition_key
-    pers = load_personality(personality_path(personality), s.timeframes)
+    pers = configured_personality(s, personality)
     try:
         overrides, params = parse_overrides(config.params_json, s.backtest.params)
     except ParamError as err:

@@ -98,12 +98,7 @@ def test_bad_params_are_one_line_exit_2_and_start_no_run(
     ("period", "expected"),
     [
         (["--timerange", "2024-01-01"], "is not YYYYMMDD-YYYYMMDD"),
-        (["--timerange", "20240132-"], "start '20240132' is not a date"),
-        (["--timerange", "20240105-20240101"], "must come after the start"),
         (["--timerange", "20240101-", "--days", "3"], "cannot be combined with --days"),
-        (["--days", "3", *DAYS], "give two of the three"),
-        (["--days", "0"], "--days 0: give a number of days >= 1"),
-        (["--start", "2024-01-05", "--end", "2024-01-01"], "is before the start"),
         (["--end", "2999-01-01"], "is in the future"),
     ],
 )
@@ -242,6 +237,23 @@ def test_days_and_timerange_resolve_like_freqtrade() -> None:
 def test_malformed_timeranges_are_refused(text: str) -> None:
     with pytest.raises(ParamError, match="--timerange"):
         period(timerange=text)
+
+
+@pytest.mark.parametrize(
+    ("kw", "expected"),
+    [
+        ({"timerange": "20240132-"}, "start '20240132' is not a date"),
+        ({"timerange": "20240105-20240101"}, "must come after the start"),
+        ({"timerange": "20240101-", "start": dt.date(2024, 1, 1)}, "cannot be combined"),
+        ({"days": 3, "start": dt.date(2024, 1, 1), "end": TODAY}, "give two of the three"),
+        ({"days": 0}, "--days 0: give a number of days >= 1"),
+        ({"start": dt.date(2024, 3, 5), "end": dt.date(2024, 3, 1)}, "is before the start"),
+        ({"start": dt.date(2024, 3, 5), "days": 30}, "is in the future"),
+    ],
+)
+def test_conflicting_periods_are_refused(kw: dict, expected: str) -> None:
+    with pytest.raises(ParamError, match=expected):
+        period(**kw)
 
 
 def test_a_period_partly_in_warm_up_or_past_the_data_is_run_with_warnings() -> None:

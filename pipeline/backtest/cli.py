@@ -38,13 +38,15 @@ def backtest(
     params: str | None = None,
 ) -> int:
     """Validate, check the data, materialize `backtest_report` for one personality, print."""
+    import duckdb
+
     from pipeline.backfill import BackfillError, materialize, validate_range
     from pipeline.backtest import coverage
     from pipeline.backtest.params import ParamError, parse_overrides
     from pipeline.backtest.period import period_bounds, resolve_period
     from pipeline.backtest.report import report_dir
     from pipeline.backtest.result import run_id_for
-    from pipeline.personality import load_personality, personality_path
+    from warehouse import WarehouseBusy
 
     names = settings.personality_names
     if personality not in names:
@@ -70,7 +72,7 @@ def backtest(
         _say(str(err))
         return USAGE
 
-    p = load_personality(personality_path(personality), settings.timeframes)
+    p = coverage.configured_personality(settings, personality)
     try:
         cov = coverage.read_coverage(settings, personality, symbols, first, last)
     except coverage.NoData as err:
@@ -80,10 +82,16 @@ def backtest(
         )
         _say(f"no candles yet ({err}); backfill first: {fix}")
         return NOTHING_TO_DO
+    except (WarehouseBusy, duckdb.Error) as err:
+        cov = {}
+        print(
+            f"warning: could not check the stored data first ({err}); running anyway",
+            file=sys.stderr,
+        )
     refusals, warnings = coverage.assess(settings, p, cov, first, last)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
-    if len(refusals) == len(cov):
+    if cov and len(refusals) == len(cov):
         for r in refusals:
             _say(f"nothing to backtest: {r}")
         return NOTHING_TO_DO

@@ -38,6 +38,14 @@ class Warmup:
         return math.ceil(self.span / DAY)
 
 
+def configured_personality(settings: Settings, name: str) -> Personality:
+    """The configured personality called `name` (its file's stem: entries may be paths)."""
+    from pipeline.personality import load_personality, personality_path
+
+    entry = next((p for p in settings.personalities if personality_path(p).stem == name), name)
+    return load_personality(personality_path(entry), settings.timeframes)
+
+
 def warmup_needed(p: Personality, spec: IndicatorSpec | None = None) -> Warmup:
     """The longest derived warm-up among the columns `p` reads, on their timeframes, plus
     the rules' own look-back on the signal timeframe (and a bar for a partial first bucket)."""

@@ -140,7 +140,7 @@ table{border-collapse:collapse;font-size:12px;margin:6px 0;max-width:100%}
 td,th{border:1px solid #ddd;padding:2px 6px;text-align:right}
 th{background:#f4f4f4;font-weight:600}td:first-child,th:first-child{text-align:left}
 .grid{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}.grid table{flex:0 0 auto}
-.wide{width:100%;table-layout:auto}.wide td{white-space:nowrap}.wide th{white-space:normal}
+.wide td{white-space:nowrap}.wide th{white-space:normal}
 img{max-width:100%;border:1px solid #eee;display:block;margin:8px 0}
 .muted{color:#777;font-size:12px}
 """
