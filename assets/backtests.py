@@ -50,7 +50,14 @@ def _img_md(path) -> str:
 
 # Per symbol, these metrics become numeric metadata (plotted per partition in the UI). Keys
 # are the same for every partition and run: the timeframe is a value, never part of a key.
-PLOTTED = ("total_return_pct", "sharpe", "max_drawdown_pct", "win_rate_pct", "trades")
+PLOTTED = (
+    "total_return_pct",
+    "sharpe",
+    "max_drawdown_pct",
+    "win_rate_pct",
+    "trades",
+    "profit_factor",
+)
 
 
 @dg.asset(

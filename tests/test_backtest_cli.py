@@ -195,6 +195,7 @@ def test_backtest_metadata_keys_are_fixed_rounded_and_link_a_served_report(
     meta = event.asset_materialization.metadata
     keys = set(meta)
     plotted = {"total_return_pct", "sharpe", "max_drawdown_pct", "win_rate_pct", "trades"}
+    plotted.add("profit_factor")
     expected = {"source", "period", "timeframe", "timeframes", "summary"}
     expected |= {f"BTCUSDT_{k}" for k in ("report", "report_path", "metrics")}
     assert expected <= keys and keys - expected <= {f"BTCUSDT_{k}" for k in plotted}

@@ -46,6 +46,7 @@ def backtest(
     from pipeline.backtest.period import period_bounds, resolve_period
     from pipeline.backtest.report import report_dir
     from pipeline.backtest.result import run_id_for
+    from pipeline.sql import one_line
     from warehouse import WarehouseBusy
 
     names = settings.personality_names
@@ -85,7 +86,7 @@ def backtest(
     except (WarehouseBusy, duckdb.Error) as err:
         cov = {}
         print(
-            f"warning: could not check the stored data first ({err}); running anyway",
+            f"warning: could not check the stored data first ({one_line(err)}); running anyway",
             file=sys.stderr,
         )
     refusals, warnings = coverage.assess(settings, p, cov, first, last)
