@@ -116,6 +116,9 @@ def _warehouse(settings: Settings, st: Status, now: dt.datetime) -> None:
                 f"{symbol}: the last stored candle ends {_ago(lag)} ago "
                 f"(more than live.freshness_minutes = {settings.live.freshness_minutes})"
             )
+    if st.running:
+        for symbol in (s for s, c in st.candles.items() if c is None):
+            st.problems.append(f"{symbol}: no candles stored yet")
     if sig is not None:
         keys = ("symbol", "personality", "timeframe", "close_time", "action", "confidence", "price")
         st.last_signal = dict(zip(keys, sig, strict=True))
