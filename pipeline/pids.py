@@ -3,6 +3,7 @@
 A run records its pid and the time it was seen running. The process with that pid now is the
 same one only if it started no later than that moment; one that started afterwards got a
 recycled pid. Start times come from /proc (Linux); elsewhere only the pid is checked.
+Pid files (`claim`, `holder`) use the same test, so one left by a killed process is stale.
 """
 
 from __future__ import annotations

@@ -61,7 +61,13 @@ def stop_main(settings: Settings, timeout: float = STOP_TIMEOUT_S) -> int:
     below = pids.descendants(pid)
     named = processes(pid)
     _say(f"stopping `signalbox up` (pid {pid}) and its {len(below)} process(es)…")
-    os.kill(pid, signal.SIGTERM)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except PermissionError:
+        _say(f"`signalbox up` (pid {pid}) belongs to another user; stop it as that user")
+        return NOT_STOPPED
+    except ProcessLookupError:
+        pass  # it ended meanwhile; its children are still waited for
     left = _wait_gone([pid, *below], seen, timeout)
     killed = bool(left)
     if left:

@@ -1,5 +1,6 @@
-"""A real `signalbox up`, then `status` (running, its processes, the sidecar), a second
-`up` refused, then `stop`: nothing of it is left."""
+"""A real `signalbox up`, then `status` (running and healthy once the first live run is in:
+its processes, fresh candles, the sidecar), a second `up` refused, then `stop`: nothing of
+it is left."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def test_up_then_status_then_stop(tmp_path: Path):
 
     try:
         deadline = time.monotonic() + 120
-        while "Ctrl-C stops everything" not in log.read_text():
+        while "live: " not in log.read_text():  # up reports the first live run
             assert proc.poll() is None, f"`signalbox up` exited:\n{log.read_text()}"
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.5)
@@ -51,8 +52,8 @@ def test_up_then_status_then_stop(tmp_path: Path):
         assert set(shown["processes"]) == {"webserver", "daemon", "sidecar", "replay"}
         assert shown["sidecar"]["pid"] == shown["processes"]["sidecar"]
         assert shown["source"]["kind"] == "replay"
-        assert r.returncode in (0, 3)  # healthy, or candles not in yet (listed as problems)
-        assert (r.returncode == 0) == (shown["problems"] == [])
+        assert r.returncode == 0 and shown["problems"] == [], r.stdout  # healthy
+        assert shown["candles"]["BTCUSDT"]["lag_s"] < 180  # within live.freshness_minutes
 
         again = cli("up")
         assert again.returncode == 2 and f"(pid {proc.pid})" in again.stderr
