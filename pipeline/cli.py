@@ -135,8 +135,7 @@ def cmd_personalities(args: argparse.Namespace, settings: Settings | None) -> in
 
     if args.action == "new":
         return scaffold.new_main(args.name, Path(args.dir))
-    if settings is None:
-        raise ConfigError("unreachable: settings are loaded for the list")
+    assert settings is not None  # the list is not standalone: main loaded them
     return scaffold.list_main(settings)
 
 
@@ -156,7 +155,7 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     )
 
 
-def _defaults_from(loaded: Loaded | None, error: ConfigError | None) -> Callable[[str], str]:
+def _defaults_from(loaded: Loaded | None) -> Callable[[str], str]:
     """`default X from WHERE` for a dotted key, as `--help` shows it (the effective value)."""
 
     def shown(key: str) -> str:
@@ -183,7 +182,7 @@ def build_parser(
 ) -> argparse.ArgumentParser:
     """The parser; `up --help` shows the defaults of the effective configuration `loaded`
     (or, when it does not load, a note with `error`)."""
-    default = _defaults_from(loaded, error)
+    default = _defaults_from(loaded)
     p = argparse.ArgumentParser(prog="signalbox", description=__doc__.splitlines()[0])
     p.add_argument(
         "--config", help="configuration file (default: signalbox.yaml or $SIGNALBOX_CONFIG)"
