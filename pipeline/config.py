@@ -268,6 +268,9 @@ class Settings(_Section):
         return _validate(data, self.config_path)
 
 
+Origins = dict[str, str]  # dotted key -> "default" | the file's path | "$VAR"
+
+
 _SHOWN_ERRORS = 3
 _LISTED_ERRORS = 100  # `config check` lines, at most
 
@@ -320,9 +323,6 @@ def _validate(data: dict[str, Any], path: Path | None, origins: Origins | None =
     return settings.model_copy(update={"home": home.resolve(), "replay": replay})
 
 
-Origins = dict[str, str]  # dotted key -> "default" | the file's path | "$VAR" | "command line"
-
-
 def origin_of(origins: Origins, key: str) -> str:
     """Where `key` (dotted) got its value: its own entry, else its closest parent's."""
     parts = key.split(".")
@@ -366,13 +366,9 @@ def _set(data: dict[str, Any], key: str, value: Any) -> None:
     data[last] = value
 
 
-def load(
-    path: str | Path | None = None,
-    env: dict[str, str] | None = None,
-    cli: dict[str, Any] | None = None,
-) -> Loaded:
-    """Read the YAML file, apply environment overrides (then `cli`: dotted key -> value from
-    the command line), validate; remember where every value came from."""
+def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> Loaded:
+    """Read the YAML file (`path`: from --config), apply environment overrides, validate;
+    remember where every value came from."""
     env = dict(os.environ if env is None else env)
     chosen_by = "--config" if path else f"${ENV_CONFIG}" if env.get(ENV_CONFIG) else DEFAULT
     cfg_path = Path(path or env.get(ENV_CONFIG) or DEFAULT_CONFIG)
@@ -402,9 +398,6 @@ def load(
             value = [x.strip() for x in text.split(",") if x.strip()]
         _set(data, key, value)
         origins[key] = f"${var}"
-    for key, value in (cli or {}).items():
-        _set(data, key, value)
-        origins[key] = "command line"
     settings = _validate(data, cfg_path.resolve() if exists else None, origins)
     return Loaded(settings, origins, cfg_path.resolve() if exists else None, chosen_by)
 

@@ -327,3 +327,17 @@ def test_stop_kills_an_up_that_does_not_stop(home):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_tail_and_status_modules_stay_light(home):
+    """`tail` (and importing the status module) never loads Dagster or polars: `tail` must
+    start in well under a second, and `status` pays for Dagster only when it reads runs."""
+    code = (
+        "import sys; from pipeline.cli import main; import pipeline.status, pipeline.running; "
+        "code = main(['tail']); "
+        "print(code, sorted(m for m in ('dagster', 'polars', 'talib') if m in sys.modules))"
+    )
+    env = {**os.environ, "SIGNALBOX_HOME": str(home)}
+    r = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO_ROOT, capture_output=True,
+                       text=True, timeout=60)  # fmt: skip
+    assert r.stdout.strip() == "1 []", r.stdout + r.stderr
