@@ -14,8 +14,9 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
 	touch $(STAMP)
 
+# Options for `signalbox up`: make run ARGS="--port 3005 --history-days 2"
 run: $(STAMP)
-	$(BIN)/signalbox up
+	$(BIN)/signalbox up $(ARGS)
 
 # Two tests need system programs Playwright/pip cannot fetch offline: the HTML-report test
 # renders in headless Chromium, the protocol test talks through socat. Debian packages are

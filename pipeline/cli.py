@@ -1,7 +1,8 @@
 """The `signalbox` command: one entry point for people, `make run` and the tests.
 
 Subcommands import their module only when chosen, so `signalbox tail` starts in milliseconds
-and none of them import Dagster (work that needs Dagster goes through the `dagster` CLI).
+and none of them import Dagster (work that needs Dagster goes through the `dagster` CLI;
+`status` alone reads failed runs through Dagster's API).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import argparse
 import datetime as dt
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
-from pipeline.config import ConfigError, Settings, load_settings
+from pipeline.config import ConfigError, Loaded, Settings, load
 
 
 def _date(text: str) -> dt.date:
@@ -97,7 +99,52 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
         timeframes=args.timeframe,
         since=args.since,
         raw=args.json,
+        wait=args.wait,
     )
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.status import status_main
+
+    return status_main(settings, as_json=args.json)
+
+
+def cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.running import stop_main
+
+    return stop_main(settings, timeout=args.timeout)
+
+
+VERSIONS = ("signalbox", "dagster", "duckdb", "polars", "ta-lib", "pybit")
+
+
+def cmd_version(args: argparse.Namespace, settings: Settings | None) -> int:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in VERSIONS:
+        try:
+            print(f"{dist:<10} {version(dist)}")
+        except PackageNotFoundError:
+            print(f"{dist:<10} not installed")
+    print(f"{'python':<10} {sys.version.split()[0]} ({sys.executable})")
+    return 0
+
+
+def cmd_personalities(args: argparse.Namespace, settings: Settings | None) -> int:
+    from pipeline import scaffold
+
+    if args.action == "new":
+        return scaffold.new_main(args.name, Path(args.dir))
+    assert settings is not None  # the list is not standalone: main loaded them
+    return scaffold.list_main(settings)
+
+
+def cmd_config(args: argparse.Namespace, settings: Settings | None) -> int:
+    from pipeline.configview import check_main, show_main
+
+    if args.action == "check":
+        return check_main(args.config)
+    return show_main(args.config, as_json=args.json)
 
 
 def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
@@ -115,22 +162,65 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _defaults_from(loaded: Loaded | None) -> Callable[[str], str]:
+    """`default X from WHERE` for a dotted key, as `--help` shows it (the effective value)."""
+
+    def shown(key: str) -> str:
+        if loaded is None:
+            return "default from the configuration, which does not load; see the note below"
+        value: object = loaded.settings
+        for part in key.split("."):
+            value = getattr(value, part)
+        origin = loaded.origin(key)
+        where = (
+            "built-in default"
+            if origin == "default"
+            else f"${origin[1:]}"
+            if origin.startswith("$")
+            else Path(origin).name
+        )
+        return f"default {value} from {where}"
+
+    return shown
+
+
+def build_parser(
+    loaded: Loaded | None = None, error: ConfigError | None = None
+) -> argparse.ArgumentParser:
+    """The parser; `up --help` shows the defaults of the effective configuration `loaded`
+    (or, when it does not load, a note with `error`)."""
+    default = _defaults_from(loaded)
     p = argparse.ArgumentParser(prog="signalbox", description=__doc__.splitlines()[0])
     p.add_argument(
         "--config", help="configuration file (default: signalbox.yaml or $SIGNALBOX_CONFIG)"
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, fn: Callable[..., int], help_: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_, description=help_)
-        sp.set_defaults(func=fn)
+    def add(name: str, fn: Callable[..., int], help_: str, **kw) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_, **kw)
+        sp.set_defaults(func=fn, standalone=False)
         return sp
 
-    sp = add("up", cmd_up, "run everything: exchange, Dagster UI + daemon, live sensor, sidecar")
-    sp.add_argument("--port", type=int, help="Dagster UI port (default from config: 3000)")
-    sp.add_argument("--source", choices=["auto", "bybit", "replay"], help="exchange to use")
-    sp.add_argument("--history-days", type=int, help="days backfilled before going live")
+    note = None
+    if error is not None:
+        note = f"note: the configuration does not load, so no defaults are shown: {error}"
+    sp = add(
+        "up",
+        cmd_up,
+        "run everything: exchange, Dagster UI + daemon, live sensor, sidecar",
+        epilog=note,
+    )
+    sp.add_argument("--port", type=int, help=f"Dagster UI port ({default('ui.port')})")
+    sp.add_argument(
+        "--source",
+        choices=["auto", "bybit", "replay"],
+        help=f"exchange to use ({default('source')}; a home keeps the one it started with)",
+    )
+    sp.add_argument(
+        "--history-days",
+        type=int,
+        help=f"days backfilled before going live ({default('live.history_days')})",
+    )
 
     sp = add("replay", cmd_replay, "start the Bybit-compatible replay exchange on loopback")
     sp.add_argument("--host", help="bind address (default 127.0.0.1)")
@@ -165,6 +255,37 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--timeframe", action="append", help="filter (repeatable)")
     sp.add_argument("--since", type=int, help="replay signals after this sequence number")
     sp.add_argument("--json", action="store_true", help="print raw JSON lines")
+    sp.add_argument(
+        "--wait", action="store_true", help="wait for a sidecar to start instead of exiting"
+    )
+
+    sp = add("status", cmd_status, "is it running: processes, source, lag, signals, sidecar, runs")
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
+    sp.epilog = "exit 0 running and healthy, 1 not running, 2 bad configuration, 3 problems"
+
+    sp = add("stop", cmd_stop, "stop this home's `signalbox up` and wait until all of it is gone")
+    sp.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds before SIGKILL (default 60)"
+    )
+
+    sp = add("version", cmd_version, "versions of signalbox, its main libraries and Python")
+    sp.set_defaults(standalone=True)
+
+    sp = add("personalities", cmd_personalities, "list personalities, or write a template")
+    psub = sp.add_subparsers(dest="action", metavar="ACTION")
+    sp.set_defaults(action="list")
+    psub.add_parser("list", help="configured and shipped ones, timeframes, description")
+    new = psub.add_parser("new", help="write a commented template NAME.yaml")
+    new.add_argument("name", metavar="NAME")
+    new.add_argument("--dir", default=".", help="folder to write it in (default: here)")
+    new.set_defaults(standalone=True)
+
+    sp = add("config", cmd_config, "check the configuration, or show it with each value's origin")
+    csub = sp.add_subparsers(dest="action", metavar="ACTION", required=True)
+    csub.add_parser("check", help="validate it (personality files too); exit 0 or 2")
+    show = csub.add_parser("show", help="every effective value and where it came from")
+    show.add_argument("--json", action="store_true", help="print one JSON object")
+    sp.set_defaults(standalone=True)
 
     sp = add("backtest", cmd_backtest, "backtest a personality over a period, through Dagster")
     sp.add_argument("--personality", required=True)
@@ -186,10 +307,29 @@ def build_parser() -> argparse.ArgumentParser:
 SIGNAL_COMMANDS = frozenset({"up", "backfill", "backtest", "sidecar"})
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _preload(argv: list[str]) -> tuple[Loaded | None, ConfigError | None]:
+    """The configuration named by --config (or $SIGNALBOX_CONFIG), read before parsing so
+    `--help` can show its values; a broken one is kept as the error to report."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
     try:
-        settings = load_settings(args.config)
+        return load(known.config), None
+    except ConfigError as err:
+        return None, err
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    loaded, error = _preload(argv)
+    args = build_parser(loaded, error).parse_args(argv)
+    try:
+        if args.standalone:  # reads (or needs) no settings of its own
+            return int(args.func(args, None) or 0)
+        if error is not None:
+            raise error
+        assert loaded is not None
+        settings = loaded.settings
         if args.command in SIGNAL_COMMANDS:
             settings.check_personalities()
         return int(args.func(args, settings) or 0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -27,12 +28,31 @@ ENV_BYBIT_URL = "SIGNALBOX_BYBIT_URL"
 ENV_BYBIT_WS = "SIGNALBOX_BYBIT_WS"
 ENV_SOURCE = "SIGNALBOX_SOURCE"
 ENV_SYMBOLS = "SIGNALBOX_SYMBOLS"
+ENV_UI_PORT = "SIGNALBOX_UI_PORT"
+ENV_REPLAY_PORT = "SIGNALBOX_REPLAY_PORT"
+
+# Every environment override and the key it sets (SIGNALBOX_CONFIG names the file instead).
+ENV_KEYS: dict[str, str] = {
+    ENV_HOME: "home",
+    ENV_SOURCE: "source",
+    ENV_SYMBOLS: "symbols",
+    ENV_BYBIT_URL: "bybit.rest_url",
+    ENV_BYBIT_WS: "bybit.ws_url",
+    ENV_UI_PORT: "ui.port",
+    ENV_REPLAY_PORT: "replay.port",
+}
+DEFAULT = "default"
 
 Source = Literal["auto", "bybit", "replay"]
 
 
 class ConfigError(ValueError):
-    """Bad configuration: the message names the file, the key, the value and what is allowed."""
+    """Bad configuration: the message names the file, the key, the value and what is allowed.
+    `problems` holds one line per problem (`signalbox config check` prints each)."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or [message]
 
 
 class _Section(BaseModel):
@@ -219,6 +239,11 @@ class Settings(_Section):
         return self.home / self.sidecar.socket
 
     @property
+    def up_pid_file(self) -> Path:
+        """Names the running `signalbox up` of this home (`signalbox stop` reads it)."""
+        return self.home / "up.pid"
+
+    @property
     def outbox_dir(self) -> Path:
         return self.home / "outbox"
 
@@ -241,33 +266,44 @@ class Settings(_Section):
         return _validate(data, self.config_path)
 
 
+Origins = dict[str, str]  # dotted key -> "default" | the file's path | "$VAR"
+
+
 _SHOWN_ERRORS = 3
+_LISTED_ERRORS = 100  # `config check` lines, at most
 
 
-def _format_error(err: ValidationError, path: Path | None) -> str:
+def _format_error(err: ValidationError, path: Path | None, origins: Origins) -> ConfigError:
     """One line: the file, then `key = value: what is allowed` for the first few problems
-    (a list of 5,000 bad items is one mistake, not 5,000 lines), values cut short."""
+    (a list of 5,000 bad items is one mistake, not 5,000 lines), values cut short. A value
+    set by an environment variable is named by the variable."""
     errors = err.errors(include_url=False)
     problems = []
-    for e in errors[:_SHOWN_ERRORS]:
+    for e in errors[:_LISTED_ERRORS]:
         key = key_path([str(p) for p in e["loc"]]) or "(top level)"
         value = e.get("input")
         shown = value.isoformat() if isinstance(value, dt.date) else quote(value)
+        var = origin_of(origins, key).removeprefix("$")
+        if var in ENV_KEYS:
+            shown += f" (set by {var})"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "is not a known key (check the spelling; see signalbox.yaml for every key)"
         problems.append(f"{key} = {shown}: {msg}")
+    shown_problems = problems[:_SHOWN_ERRORS]
     if len(errors) > _SHOWN_ERRORS:
-        problems.append(f"and {len(errors) - _SHOWN_ERRORS:,} more")
-    where = str(path) if path else "the configuration"
-    return f"invalid configuration in {where}: " + "; ".join(problems)
+        shown_problems.append(f"and {len(errors) - _SHOWN_ERRORS:,} more")
+    if len(errors) > _LISTED_ERRORS:
+        problems.append(f"and {len(errors) - _LISTED_ERRORS:,} more")
+    head = f"invalid configuration in {path}" if path else "invalid configuration"
+    return ConfigError(f"{head}: " + "; ".join(shown_problems), [f"{head}: {p}" for p in problems])
 
 
-def _validate(data: dict[str, Any], path: Path | None) -> Settings:
+def _validate(data: dict[str, Any], path: Path | None, origins: Origins | None = None) -> Settings:
     try:
         settings = Settings.model_validate({**data, "config_path": path})
     except ValidationError as err:
-        raise ConfigError(_format_error(err, path)) from None
+        raise _format_error(err, path, origins or {}) from None
     base = path.parent if path else REPO_ROOT
     home = settings.home if settings.home.is_absolute() else (base / settings.home)
     replay = settings.replay
@@ -285,12 +321,58 @@ def _validate(data: dict[str, Any], path: Path | None) -> Settings:
     return settings.model_copy(update={"home": home.resolve(), "replay": replay})
 
 
-def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
-    """Read the YAML file, apply environment overrides, validate."""
+def origin_of(origins: Origins, key: str) -> str:
+    """Where `key` (dotted) got its value: its own entry, else its closest parent's."""
+    parts = key.split(".")
+    for n in range(len(parts), 0, -1):
+        found = origins.get(".".join(parts[:n]))
+        if found:
+            return found
+    return DEFAULT
+
+
+def leaves(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> value for every non-mapping value (sections flattened)."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(leaves(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """Settings with where each value came from, and which file was read and why."""
+
+    settings: Settings
+    origins: Origins
+    file: Path | None  # None: no file, every value a default or from the environment
+    file_chosen_by: str  # "--config", "$SIGNALBOX_CONFIG" or "default"
+
+    def origin(self, key: str) -> str:
+        return origin_of(self.origins, key)
+
+
+def _set(data: dict[str, Any], key: str, value: Any) -> None:
+    *sections, last = key.split(".")
+    for s in sections:
+        data[s] = dict(data.get(s) or {})
+        data = data[s]
+    data[last] = value
+
+
+def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> Loaded:
+    """Read the YAML file (`path`: from --config), apply environment overrides, validate;
+    remember where every value came from."""
     env = dict(os.environ if env is None else env)
+    chosen_by = "--config" if path else f"${ENV_CONFIG}" if env.get(ENV_CONFIG) else DEFAULT
     cfg_path = Path(path or env.get(ENV_CONFIG) or DEFAULT_CONFIG)
     exists = os.path.lexists(cfg_path)  # False, not OSError, for any path
     data: dict[str, Any] = {}
+    origins: Origins = {}
     if exists:
         try:
             loaded = load_yaml(cfg_path) or {}
@@ -299,23 +381,28 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
         if not isinstance(loaded, dict):
             raise ConfigError(f"invalid configuration in {cfg_path}: top level must be a mapping")
         data = loaded
+        origins = dict.fromkeys(leaves(data), str(cfg_path.resolve()))
     elif path or env.get(ENV_CONFIG):
         shown = quote(str(cfg_path), 200, bare=True)
-        raise ConfigError(f"configuration file {shown} does not exist")
-    if env.get(ENV_HOME):
-        data["home"] = str(Path(env[ENV_HOME]).expanduser().resolve())
-    if env.get(ENV_SOURCE):
-        data["source"] = env[ENV_SOURCE]
-    if env.get(ENV_SYMBOLS):
-        data["symbols"] = [x.strip() for x in env[ENV_SYMBOLS].split(",") if x.strip()]
-    bybit = dict(data.get("bybit") or {})
-    if env.get(ENV_BYBIT_URL):
-        bybit["rest_url"] = env[ENV_BYBIT_URL]
-    if env.get(ENV_BYBIT_WS):
-        bybit["ws_url"] = env[ENV_BYBIT_WS]
-    if bybit:
-        data["bybit"] = bybit
-    return _validate(data, cfg_path.resolve() if exists else None)
+        raise ConfigError(f"configuration file {shown} does not exist ({chosen_by})")
+    for var, key in ENV_KEYS.items():
+        text = env.get(var, "").strip()
+        if not text:
+            continue
+        value: Any = text
+        if key == "home":
+            value = str(Path(text).expanduser().resolve())
+        elif key == "symbols":
+            value = [x.strip() for x in text.split(",") if x.strip()]
+        _set(data, key, value)
+        origins[key] = f"${var}"
+    settings = _validate(data, cfg_path.resolve() if exists else None, origins)
+    return Loaded(settings, origins, cfg_path.resolve() if exists else None, chosen_by)
+
+
+def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Read the YAML file, apply environment overrides, validate."""
+    return load(path, env).settings
 
 
 @lru_cache(maxsize=1)

@@ -12,6 +12,7 @@ import ctypes
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -134,19 +135,30 @@ def open_exchange(
     if it still fails, the error names it and nothing runs.
     """
     first = probe(endpoint.rest_url, 2.0)
-    if not first.ok and first.refused and endpoint.kind == "replay" and managed_replay(settings):
-        replay = start_replay(settings, port=port)
+    ours = endpoint.kind == "replay" and managed_replay(settings)
+    r = settings.replay
+    if not first.ok and first.refused and ours:
+        if port and not port_free(r.host, port):  # bound by something that does not listen
+            raise SourceError(_replay_port_taken(settings, "it does not accept connections"))
+        try:
+            replay = start_replay(settings, port=port)
+        except SourceError as err:
+            if "address already in use" in str(err):
+                raise SourceError(_replay_port_taken(settings, "taken meanwhile")) from None
+            raise
         try:
             refuse_unlisted(settings, replay.endpoint)
         except BaseException:
             stop(replay.proc)
             raise
         if say:
-            r = replay.endpoint
-            say(f"started the replay exchange ({r.label}) at {r.rest_url}")
+            e = replay.endpoint
+            say(f"started the replay exchange ({e.label}) at {e.rest_url}")
         return replay.endpoint, replay.proc
     if not first.ok:
         last = probe_with_backoff(endpoint.rest_url, settings.bybit.probe_timeout_s, 4, say)
+        if not last.ok and ours:
+            raise SourceError(_replay_port_taken(settings, f"what listens there: {last.detail}"))
         if not last.ok:
             hint = (
                 "start it (`signalbox replay`) or point SIGNALBOX_BYBIT_URL at it"
@@ -181,3 +193,25 @@ def source_env(endpoint: Endpoint) -> dict[str, str]:
         "SIGNALBOX_BYBIT_URL": endpoint.rest_url,
         "SIGNALBOX_BYBIT_WS": endpoint.ws_url,
     }
+
+
+def port_free(host: str, port: int) -> bool:
+    """Can a server bind `host:port` now (nothing else holds it)?"""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def port_in_use(host: str, port: int, fix: str) -> str:
+    """The one line `up` says when a port it must serve on is taken."""
+    return f"port {port} on {host} is in use: stop what holds it or {fix}"
+
+
+def _replay_port_taken(settings: Settings, detail: str) -> str:
+    r = settings.replay
+    fix = "set replay.port / SIGNALBOX_REPLAY_PORT"
+    return f"{port_in_use(r.host, r.port, fix)} (the replay exchange's port; {detail})"

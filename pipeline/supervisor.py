@@ -9,18 +9,25 @@ from __future__ import annotations
 
 import datetime as dt
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import latency
+from pipeline import latency, pids
 from pipeline.backfill import DAILY_SELECTION, materialize
 from pipeline.config import REPO_ROOT, Settings
 from pipeline.instance import dagster_env
-from pipeline.processes import open_exchange, source_env, spawn, start_replay, stop
+from pipeline.processes import (
+    open_exchange,
+    port_free,
+    port_in_use,
+    source_env,
+    spawn,
+    start_replay,
+    stop,
+)
 from pipeline.sources import Endpoint, home_source, recorded, warehouse_for
 
 BIN = Path(sys.executable).parent
@@ -49,16 +56,6 @@ class Child:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
         except OSError:
             return ""
-
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def _answers(url: str, child: Child, timeout: float) -> bool:
@@ -107,12 +104,12 @@ def choose_source(settings: Settings) -> tuple[Endpoint, subprocess.Popen | None
 
 def up(settings: Settings, history_days: int | None = None) -> int:
     """Run everything until Ctrl-C."""
+    if (other := pids.claim(settings.up_pid_file)) is not None:
+        _say(f"already running for {settings.home} (pid {other}); `signalbox stop` stops it")
+        return 2
     ui = settings.ui
-    if not _port_free(ui.host, ui.port):
-        _say(
-            f"port {ui.port} on {ui.host} is in use: "
-            "stop what holds it or pass --port / set ui.port"
-        )
+    if not port_free(ui.host, ui.port):
+        _say(port_in_use(ui.host, ui.port, "pass --port or set ui.port / SIGNALBOX_UI_PORT"))
         return 2
     ep, replay_proc = choose_source(settings)
     env = dagster_env(settings, source_env(ep))

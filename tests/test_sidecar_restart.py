@@ -108,9 +108,9 @@ def test_tail_prints_resumes_across_restarts_and_exits_0_on_ctrl_c(
 ):
     cfg, s = sidecar_cfg()
     publish(s, signals(6))
-    tail = _tail(home, cfg, "--json", "--personality", "swing", "--since", "2")
+    tail = _tail(home, cfg, "--json", "--personality", "swing", "--since", "2", "--wait")
     assert tail.stdout is not None
-    p = sidecar(cfg)  # tail started first: it waits and retries until the sidecar is up
+    p = sidecar(cfg)  # tail started first: with --wait it retries until the sidecar is up
     lines = [json.loads(tail.stdout.readline()) for _ in range(2)]
     assert [(m["seq"], m["personality"]) for m in lines] == [(4, "swing"), (6, "swing")]
     p.stop()

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 FATAL_CODES = frozenset({"unauthorized", "invalid_filter", "invalid_since_seq", "invalid_token"})
 
 
+NO_SIDECAR = 1  # `signalbox tail` when nothing serves the socket
+
+
 class SidecarError(RuntimeError):
     """The server refused the request (bad token, bad filter): retrying would not help."""
 
@@ -90,15 +93,8 @@ class Client:
 
     def _connect(self) -> socket.socket:
         if self.path is not None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                with proto.unix_address(self.path) as addr:
-                    sock.connect(addr)
-            except BaseException:
-                sock.close()
-                raise
-            sock.settimeout(10)  # until the hello says how often heartbeats come
-            return sock
+            # 10 s until the hello says how often heartbeats come
+            return proto.connect_unix(self.path, 10)
         sock = socket.create_connection((self.host or "127.0.0.1", self.port or 0), timeout=10)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
@@ -171,6 +167,29 @@ class Client:
                     yield json.loads(line)
 
 
+def server_status(path: Path, timeout: float = 5.0) -> dict[str, Any] | None:
+    """What the sidecar serving `path` says of itself (pid, subscribers, latest seq); None
+    when nothing serves there."""
+    try:
+        sock = proto.connect_unix(path, timeout)
+    except OSError:
+        return None
+    with sock:
+        try:
+            sock.sendall(proto.encode({"op": "status"}))
+            buf = b""
+            while chunk := sock.recv(1 << 16):
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    msg = json.loads(line) if line.strip() else {}
+                    if msg.get("type") == "status":
+                        return msg
+        except (OSError, ValueError):
+            return None
+    return None
+
+
 def format_signal(msg: dict[str, Any]) -> str:
     """One human-readable line per signal; one sent from history says `[replayed]`."""
     reasons = "; ".join(msg.get("reasons") or [])
@@ -190,11 +209,20 @@ def tail_main(
     timeframes: list[str] | None,
     since: int | None,
     raw: bool,
+    wait: bool = False,
 ) -> int:
-    """`signalbox tail`: print signals as they arrive until Ctrl-C (exit 0)."""
+    """`signalbox tail`: print signals as they arrive until Ctrl-C (exit 0). Without a
+    sidecar it says how to start one and exits 1, unless `wait`: then it waits for one."""
 
     def status(text: str) -> None:
         print(f"signalbox tail: {text}", file=sys.stderr, flush=True)
+
+    if not wait and not proto.serving(settings.socket_path):
+        status(
+            f"no sidecar is serving {settings.socket_path}: start everything with `signalbox "
+            "up` (make run), or only the sidecar with `signalbox sidecar` (or pass --wait)"
+        )
+        return NO_SIDECAR
 
     client = Client(
         settings.socket_path,

@@ -1,7 +1,9 @@
 """The sidecar's wire format: one JSON object per line, each with `type` and `schema`.
 
-Server to client: `hello`, `signal`, `heartbeat`, `gap`, `error`. Client to server: one
-`{"op": "subscribe", ...}` (optionally with `token`) or `{"op": "auth", "token": ...}`. Lines
+Server to client: `hello`, `signal`, `heartbeat`, `gap`, `error`, `status`. Client to server:
+one `{"op": "subscribe", ...}` (optionally with `token`), `{"op": "auth", "token": ...}`, or
+`{"op": "status"}` (answered by one `status` line with the sidecar's pid and subscriber
+count, then the server closes the connection; `signalbox status` asks this). Lines
 are plain UTF-8 text so `socat - UNIX-CONNECT:<path>` is a working client. Signal lines are
 encoded once, by the publisher, and forwarded byte for byte; everything here is shared by the
 publisher, the server and the client so the three cannot drift apart.
@@ -21,6 +23,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +98,21 @@ def hello(seq: int, oldest_seq: int, heartbeat_s: float, version: str) -> bytes:
     )
 
 
+def status(seq: int, subscribers: int, version: str) -> bytes:
+    """The answer to `{"op": "status"}`: who serves, how many subscribe, the latest seq."""
+    return encode(
+        {
+            "type": "status",
+            "schema": SCHEMA,
+            "server": "signalbox-sidecar",
+            "version": version,
+            "pid": os.getpid(),
+            "subscribers": subscribers,
+            "seq": seq,
+        }
+    )
+
+
 def heartbeat(seq: int, now: dt.datetime) -> bytes:
     return encode({"type": "heartbeat", "schema": SCHEMA, "seq": seq, "time": iso(now)})
 
@@ -143,7 +161,7 @@ class Filter:
 
 @dataclass(frozen=True)
 class Request:
-    """A parsed client line: `op` is "subscribe" or "auth"."""
+    """A parsed client line: `op` is "subscribe", "auth" or "status"."""
 
     op: str
     filter: Filter = Filter()
@@ -192,8 +210,10 @@ def parse_request(
         if token is None:
             raise ProtocolError("invalid_token", 'auth needs a token: {"op":"auth","token":"..."}')
         return Request("auth", token=token)
+    if op == "status":
+        return Request("status", token=token)
     if op != "subscribe":
-        raise ProtocolError("unknown_op", f"unknown op {op!r}; use 'subscribe' or 'auth'")
+        raise ProtocolError("unknown_op", f"unknown op {op!r}; use 'subscribe', 'auth' or 'status'")
     extra = sorted(set(msg) - SUBSCRIBE_KEYS)
     if extra:
         raise ProtocolError(
@@ -228,6 +248,28 @@ def subscribe_line(
         if v is not None:
             msg[k] = v
     return encode(msg)
+
+
+def connect_unix(path: Path, timeout: float) -> socket.socket:
+    """A connected Unix socket to `path` (OSError when nothing serves there)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        with unix_address(path) as addr:
+            sock.connect(addr)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def serving(path: Path, timeout: float = 0.5) -> bool:
+    """Does a server accept connections on the Unix socket `path`?"""
+    try:
+        connect_unix(path, timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 @contextlib.contextmanager

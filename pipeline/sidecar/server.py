@@ -313,7 +313,24 @@ class Conn(asyncio.Protocol):
             self._hello()
         if req.op == "subscribe":
             self._subscribe(req)
+        elif req.op == "status":
+            self._status()
         return None
+
+    def _status(self) -> None:
+        """Answer a status request, then close like an eviction does (EOF after the line)."""
+        h = self.hub
+        subs = sum(1 for c in h.conns if c is not self and c.state in ("catchup", "live"))
+        if self.timer:
+            self.timer.cancel()
+        h.live.pop(self, None)
+        self.queue.clear()
+        self.initial.clear()
+        self.send(proto.status(h.last_seq, subs, h.version))
+        self.state = "closing"
+        self.timer = self.loop.call_later(CLOSE_GRACE_S, self._give_up)
+        if not self.out:
+            self._delivered()
 
     def _hello(self) -> None:
         h = self.hub
@@ -563,19 +580,6 @@ def _take_lock(path: Path, busy: str) -> int:
     return fd
 
 
-def _is_live(path: Path) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(0.5)
-    try:
-        with proto.unix_address(path) as addr:
-            s.connect(addr)
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
 def _bind(path: Path, kind: socket.SocketKind) -> socket.socket:
     """A Unix socket at `path`, mode 0600 from the start. Called under `path`'s lock, so a
     socket file of ours already there was left by a killed sidecar and is replaced; anything
@@ -586,7 +590,7 @@ def _bind(path: Path, kind: socket.SocketKind) -> socket.socket:
         st = None
     if st is not None:
         check_owned(path, st, stat.S_ISSOCK, "a socket")
-        if kind == socket.SOCK_STREAM and _is_live(path):
+        if kind == socket.SOCK_STREAM and proto.serving(path):
             raise Refused(f"a live server is already listening on {path}")
         log.info("removing stale socket %s", path)
         path.unlink()  # removes the name, whatever it points to

@@ -1,0 +1,148 @@
+"""`signalbox personalities`: the configured and shipped personalities, and a commented
+template to start a new one from (`personalities new NAME`)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from pipeline.config import Settings
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+TEMPLATE = """\
+# {name}: a Signalbox personality (format: pipeline/personality.py; examples: the shipped
+# ones in pipeline/personalities/). Check it with `signalbox config check` once it is listed
+# under `personalities:` in signalbox.yaml.
+name: {name}                  # must equal the file name
+description: >
+  Trend-following entries on 15-minute bars within the 1h trend. (`signalbox
+  personalities` shows up to the first full stop, colon or semicolon; say more after it.)
+timeframes: [15m, 1h]         # the first is the one it signals on; the others confirm (as of
+                              # that bar). Each must be in the configured `timeframes:`.
+threshold: 0.5                # net confluence in (0, 1] a bar needs to signal
+cooldown: 1h                  # at most one signal per window of this length (or null)
+emit_degraded: false          # signal on incomplete candles (gaps) too?
+# regimes:                    # optional weight multipliers by market state; the first that
+#   trend: adx_14 >= 25       # holds names the bar's regime
+#   flat: true
+rules:
+  # Conditions use indicator columns (pipeline/indicators.yaml: ema_9, sma_200, rsi_14,
+  # macd_hist, bb_upper, ...) and candle values (open, high, low, close, volume); prefix
+  # another timeframe's column with it, e.g. 1h.sma_200. Functions: crosses_above,
+  # crosses_below, within(cond, n), mean(x, n), ... (pipeline/rules.py).
+  - name: trend_up
+    when: close > 1h.sma_200
+    direction: long
+    gate: true                # a side needs all of its gates to signal
+    reason: "price {{close:,.1f}} above the 1h SMA 200 ({{1h.sma_200:,.1f}})"
+  - name: trend_down
+    when: close < 1h.sma_200
+    direction: short
+    gate: true
+    reason: "price {{close:,.1f}} below the 1h SMA 200 ({{1h.sma_200:,.1f}})"
+  - name: ema_cross_up
+    when: crosses_above(ema_9, ema_21)
+    direction: long
+    weight: 2                 # rules' weights are summed per side, then normalised
+    reason: "EMA 9 ({{ema_9:,.1f}}) crossed above EMA 21 ({{ema_21:,.1f}})"
+  - name: ema_cross_down
+    when: crosses_below(ema_9, ema_21)
+    direction: short
+    weight: 2
+    reason: "EMA 9 ({{ema_9:,.1f}}) crossed below EMA 21 ({{ema_21:,.1f}})"
+  - name: rsi_oversold
+    when: rsi_14 < 30
+    direction: long
+    weight: 1
+    reason: "RSI 14 at {{rsi_14:.0f}} (oversold)"
+  - name: rsi_overbought
+    when: rsi_14 > 70
+    direction: short
+    weight: 1
+    reason: "RSI 14 at {{rsi_14:.0f}} (overbought)"
+"""
+
+
+class ScaffoldError(ValueError):
+    """The template cannot be written as asked; the message says why and what to do."""
+
+
+def shipped() -> list[str]:
+    from pipeline.personality import PERSONALITY_DIR
+
+    return sorted(p.stem for p in PERSONALITY_DIR.glob("*.yaml"))
+
+
+def write_template(name: str, folder: Path) -> Path:
+    """Write `<folder>/<name>.yaml` from the template; never overwrites."""
+    if not NAME_RE.match(name):
+        raise ScaffoldError(
+            f"{name[:40]!r} is not a personality name: use lower-case letters, digits and _, "
+            "starting with a letter (at most 40), e.g. my_trend"
+        )
+    if name in shipped():
+        raise ScaffoldError(
+            f"{name!r} is a shipped personality (shipped: {', '.join(shipped())}); "
+            "choose another name"
+        )
+    if not folder.is_dir():
+        raise ScaffoldError(f"{folder} is not a directory; create it or pass another --dir")
+    path = folder / f"{name}.yaml"
+    try:
+        with path.open("x") as out:  # "x": fails if the file exists, however it got there
+            out.write(TEMPLATE.format(name=name))
+    except FileExistsError:
+        raise ScaffoldError(f"{path} already exists; not overwritten (delete it first)") from None
+    return path
+
+
+def new_main(name: str, folder: Path) -> int:
+    """`signalbox personalities new NAME`: 0 written, 2 refused."""
+    try:
+        path = write_template(name, folder)
+    except ScaffoldError as err:
+        print(f"signalbox personalities: {err}", file=sys.stderr)
+        return 2
+    where = path.resolve()
+    print(f"wrote {where}")
+    print(f"edit it, then list it in signalbox.yaml: `personalities: [..., {where}]` (a path,")
+    print("absolute or relative to where signalbox runs) and run `signalbox config check`")
+    return 0
+
+
+def summary(description: str) -> str:
+    """The first clause of a description: up to its first ':', ';' or '. '."""
+    text = " ".join(description.split())
+    first = re.split(r"[:;]|\.\s", text, maxsplit=1)[0].rstrip(".")
+    return first[:97] + "…" if len(first) > 98 else first
+
+
+def list_main(settings: Settings) -> int:
+    """`signalbox personalities`: configured ones first, then the other shipped ones.
+    0, or 2 when a configured one does not load (its line says why)."""
+    from pipeline.personality import PersonalityError, load_personality, personality_path
+
+    names = list(settings.personalities)
+    enabled = {personality_path(n).resolve() for n in names}
+    others = [n for n in shipped() if personality_path(n).resolve() not in enabled]
+    rows: list[tuple[str, str, str, str]] = []
+    code = 0
+    for name, on in [(n, True) for n in names] + [(n, False) for n in others]:
+        path = personality_path(name)
+        where = "" if path.parent == personality_path("x").parent else f"  ({path})"
+        mark = "on " if on else "off"
+        try:
+            p = load_personality(path, settings.timeframes)
+        except PersonalityError as err:
+            code = 2 if on else code
+            rows.append((mark, path.stem, "?", f"does not load: {err}"))
+            continue
+        rows.append((mark, p.name, ",".join(p.timeframes), summary(p.description) + where))
+    w_name = max(len(r[1]) for r in rows)
+    w_tf = max(len(r[2]) for r in rows)
+    for mark, name, tfs, text in rows:
+        print(f"{mark} {name:<{w_name}}  {tfs:<{w_tf}}  {text}")
+    print("on: listed under `personalities:` in the configuration; `signalbox personalities new "
+          "NAME` writes a template")  # fmt: skip
+    return code

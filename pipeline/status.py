@@ -1,0 +1,225 @@
+"""`signalbox status`: is this home running and healthy, on one screen (or as JSON).
+
+Everything is read, nothing written: the `up` pid file and /proc, the home's source record,
+the warehouse's read replica (the pipeline holds the main file), the sidecar's own answer to
+a status request, and the Dagster instance for failed runs (Dagster is imported only here,
+only when the instance exists).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pipeline.config import Settings
+from pipeline.running import processes, up_pid
+
+HEALTHY = 0
+NOT_RUNNING = 1  # no `signalbox up` for this home (2 is a configuration error, as everywhere)
+UNHEALTHY = 3  # running, with problems listed
+EXPECTED = ("webserver", "daemon", "sidecar")  # the children every `up` has
+FAILED_WINDOW = dt.timedelta(hours=1)
+
+
+@dataclass
+class Status:
+    home: str
+    running: bool = False
+    pid: int | None = None
+    processes: dict[str, int] = field(default_factory=dict)
+    source: dict[str, Any] | None = None
+    candles: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    last_signal: dict[str, Any] | None = None
+    sidecar: dict[str, Any] | None = None
+    failed_runs: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def code(self) -> int:
+        if not self.running:
+            return NOT_RUNNING
+        return UNHEALTHY if self.problems else HEALTHY
+
+
+def collect(settings: Settings, now: dt.datetime | None = None) -> Status:
+    now = now or dt.datetime.now(dt.UTC)
+    st = Status(home=str(settings.home))
+    st.pid = up_pid(settings)
+    st.running = st.pid is not None
+    if st.pid is not None:
+        st.processes = processes(st.pid)
+        missing = [n for n in EXPECTED if n not in st.processes]
+        if missing:
+            st.problems.append(f"not running under `up`: {', '.join(missing)} (see logs/)")
+    _source(settings, st)
+    _warehouse(settings, st, now)
+    _sidecar(settings, st)
+    _failed_runs(settings, st, now)
+    return st
+
+
+def _source(settings: Settings, st: Status) -> None:
+    from pipeline.sources import SourceError, current, recorded
+
+    try:
+        st.source = recorded(settings)
+        if st.source is not None:
+            current(settings)  # the configuration still matches the record
+    except SourceError as err:
+        st.problems.append(str(err))
+
+
+def _warehouse(settings: Settings, st: Status, now: dt.datetime) -> None:
+    """Per-symbol lag of the last stored 1m candle and the last signal, from the replica."""
+    from pipeline.sources import SourceError, warehouse_for
+    from warehouse import WarehouseBusy
+
+    st.candles = dict.fromkeys(settings.symbols)
+    try:
+        wh = warehouse_for(settings)
+    except SourceError:
+        return  # no source yet (said by the source line) or a mismatch (a problem already)
+    if not wh.replica_path.exists():
+        if wh.path.exists():
+            st.notes.append(f"no read replica yet ({wh.replica_path}); `up` makes it")
+        return
+    try:
+        from warehouse import connect
+
+        with connect(wh.replica_path, read_only=True, wait_s=5, sealed=True) as con:
+            rows = con.execute(
+                "SELECT symbol, max(open_time) FROM bybit_klines_1m GROUP BY symbol"
+            ).fetchall()
+            sig = con.execute(
+                "SELECT symbol, personality, timeframe, close_time, action, confidence, price "
+                "FROM signals ORDER BY close_time DESC LIMIT 1"
+            ).fetchone()
+    except (WarehouseBusy, OSError) as err:
+        st.problems.append(f"cannot read the replica {wh.replica_path}: {err}")
+        return
+    except Exception as err:  # duckdb.Error: an unreadable replica
+        st.problems.append(f"cannot read the replica {wh.replica_path}: {str(err)[:200]}")
+        return
+    fresh = dt.timedelta(minutes=settings.live.freshness_minutes)
+    for symbol, last_open in rows:
+        if symbol not in st.candles:
+            continue  # no longer configured
+        end = last_open + dt.timedelta(minutes=1)
+        lag = now - end
+        st.candles[symbol] = {"up_to": end.isoformat(), "lag_s": round(lag.total_seconds(), 1)}
+        if st.running and lag > fresh:
+            st.problems.append(
+                f"{symbol}: the last stored candle ends {_ago(lag)} ago "
+                f"(more than live.freshness_minutes = {settings.live.freshness_minutes})"
+            )
+    if st.running:
+        for symbol in (s for s, c in st.candles.items() if c is None):
+            st.problems.append(f"{symbol}: no candles stored yet")
+    if sig is not None:
+        keys = ("symbol", "personality", "timeframe", "close_time", "action", "confidence", "price")
+        st.last_signal = dict(zip(keys, sig, strict=True))
+        st.last_signal["close_time"] = sig[3].isoformat()
+
+
+def _sidecar(settings: Settings, st: Status) -> None:
+    from pipeline.sidecar.client import server_status
+
+    st.sidecar = server_status(settings.socket_path)
+    if st.running and st.sidecar is None:
+        st.problems.append(f"the sidecar does not answer on {settings.socket_path}")
+
+
+def _failed_runs(settings: Settings, st: Status, now: dt.datetime) -> None:
+    if not (settings.dagster_home / "dagster.yaml").exists():
+        return
+    try:
+        from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+        flt = RunsFilter(statuses=[DagsterRunStatus.FAILURE], updated_after=now - FAILED_WINDOW)
+        with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+            runs = instance.get_runs(filters=flt, limit=20)
+    except Exception as err:  # any failure to read Dagster's storage is reported, not raised
+        st.problems.append(f"cannot read the Dagster runs in {settings.dagster_home}: {err}")
+        return
+    st.failed_runs = [{"run_id": r.run_id, "job": r.job_name, "tags": dict(r.tags)} for r in runs]
+    if runs:
+        st.problems.append(f"{len(runs)} failed run(s) in the last hour (see the Dagster UI)")
+
+
+def _ago(d: dt.timedelta) -> str:
+    s = d.total_seconds()
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    if s < 172800:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} days"
+
+
+def render(st: Status, settings: Settings) -> str:
+    lines = []
+    if st.running:
+        procs = ", ".join(f"{n} {p}" for n, p in st.processes.items()) or "none"
+        lines.append(f"running: `signalbox up` pid {st.pid} for {st.home}")
+        lines.append(f"  processes   {procs}")
+    else:
+        stored = any(v for v in st.candles.values())
+        what = "" if stored else "; nothing stored yet"
+        lines.append(f"not running (no `signalbox up` for {st.home}){what}")
+    src = st.source
+    if src:
+        lines.append(
+            f"  source      {src['label']} at {src.get('rest_url', '?')} "
+            f"({src.get('chosen_by', 'recorded')})"
+        )
+    else:
+        lines.append("  source      none yet: the first `signalbox up` or `backfill` decides it")
+    for symbol, c in st.candles.items():
+        if c is None:
+            lines.append(f"  {symbol:<11} no candles stored")
+        else:
+            lag = dt.timedelta(seconds=c["lag_s"])
+            lines.append(f"  {symbol:<11} last 1m candle ends {c['up_to'][:16]} ({_ago(lag)} ago)")
+    sig = st.last_signal
+    if sig:
+        lines.append(
+            f"  last signal {sig['close_time'][:16]} {sig['symbol']} {sig['timeframe']} "
+            f"{sig['personality']} {sig['action']} conf={sig['confidence']:.2f} "
+            f"price={sig['price']}"
+        )
+    else:
+        lines.append("  last signal none")
+    sc = st.sidecar
+    if sc:
+        lines.append(
+            f"  sidecar     pid {sc.get('pid')}, {sc.get('subscribers')} subscriber(s), "
+            f"latest seq {sc.get('seq')} ({settings.socket_path})"
+        )
+    else:
+        lines.append(f"  sidecar     not serving {settings.socket_path}")
+    n = len(st.failed_runs)
+    lines.append(f"  runs        {n or 'no'} failed run{'' if n == 1 else 's'} in the last hour")
+    lines += [f"  note: {n}" for n in st.notes]
+    if st.running:
+        lines.append("healthy" if not st.problems else "problems:")
+    lines += [f"  - {p}" for p in st.problems]
+    if not st.running:
+        lines.append("start it with `signalbox up` (make run)")
+    return "\n".join(lines)
+
+
+def status_main(settings: Settings, as_json: bool = False) -> int:
+    """`signalbox status`: 0 running and healthy, 1 not running, 3 running with problems."""
+    st = collect(settings)
+    if as_json:
+        out = {**asdict(st), "healthy": st.code == HEALTHY, "exit_code": st.code}
+        print(json.dumps(out, indent=1, default=str))
+    else:
+        print(render(st, settings))
+    sys.stdout.flush()
+    return st.code
