@@ -80,6 +80,7 @@ def signals(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     from pipeline import latency
     from pipeline.checks import CheckOutcome
     from pipeline.personality import load_personalities
+    from pipeline.progress import Reporter
     from pipeline.sidecar.outbox import publish
     from pipeline.signals import (
         check_signals,
@@ -97,7 +98,11 @@ def signals(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     personalities = load_personalities(s.personalities, s.timeframes)
     windows = {p.name: signal_input_window(first, p, last) for p in personalities}
     frames = _read_frames(wh, _merge_windows(list(windows.values())))
-    per_p = {p.name: signals_for_partition(frames, first, p, last) for p in personalities}
+    report = Reporter(context.log.info, "personalities", len(personalities), enabled=not live)
+    per_p = {}
+    for n, p in enumerate(personalities, 1):
+        per_p[p.name] = signals_for_partition(frames, first, p, last)
+        report(n, f"{p.name}: {per_p[p.name].height} signal(s)")
     rows = pl.concat(list(per_p.values()), how="vertical_relaxed") if per_p else pl.DataFrame()
     names = [p.name for p in personalities]
     marks = ", ".join("?" * len(names))

@@ -2,8 +2,8 @@
 
 The work runs as ONE run of the `backfill` job (single-run backfill policy) via the `dagster`
 CLI against the persistent instance, so it shows up in the UI like any other run, honours the
-DuckDB pool and records materializations and check results. This module only prepares the environment
-and turns Dagster's event stream into a progress bar.
+DuckDB pool and records materializations and check results. This module only prepares the
+environment and turns Dagster's event stream into a progress bar.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import time
 from collections.abc import Iterable
 
 from pipeline.config import Settings
-from pipeline.progress import LINE as _PROGRESS
 from pipeline.instance import dagster_env
 from pipeline.processes import exchange, source_env, spawn, stop
+from pipeline.progress import LINE as _PROGRESS
 from pipeline.sources import home_source
 
 DAILY_SELECTION = "group:ingest or group:timeframes or group:signals"
@@ -175,7 +175,8 @@ def run_job(
 
 
 def _dagster(settings: Settings, command: list[str], options: list[str]) -> int:
-    """Run one `dagster` CLI command (with its options) against the code location and the home's instance.
+    """Run one `dagster` CLI command (then its options) against the code location and the
+    home's instance.
 
     The home's source is decided (first start) or checked, and its exchange verified and
     asked for every symbol, before the run starts; a `SourceError` says why not.

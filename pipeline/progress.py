@@ -21,8 +21,9 @@ def line(done: int, total: int, unit: str, note: str = "") -> str:
 
 
 class Reporter:
-    """`reporter(done, note)` (or `reporter(done, note, total)` when the total changes) logs a progress line through `say` when a second has passed since
-    the last one, and always for the last unit; nothing at all when not `enabled`."""
+    """`reporter(done, note)` (or `reporter(done, note, total)` when the total changes) logs a
+    progress line through `say` when a second has passed since the last one, and always for
+    the last unit; nothing at all when not `enabled`."""
 
     def __init__(
         self,

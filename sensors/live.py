@@ -44,7 +44,7 @@ live_job = dg.define_asset_job(
     selection=LIVE_SELECTION,
     partitions_def=DAILY,
     description="Ingest new minutes into a day's partition, then update its timeframes, "
-    "indicators and signals. Launched by the bybit_live sensor, the gap repair and the daily repair.",
+    "indicators and signals. Launched by the bybit_live sensor and the gap and daily repairs.",
 )
 
 
