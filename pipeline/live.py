@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 MINUTE = dt.timedelta(minutes=1)
 DAY = dt.timedelta(days=1)
+LIVE_LAG = 3 * MINUTE  # behind by at most this much is live; more is catching up
 
 
 @dataclass(frozen=True)

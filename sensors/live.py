@@ -17,14 +17,13 @@ import dagster as dg
 from assets import klines, timeframes
 from assets.common import DAILY, endpoint
 from pipeline.config import settings
-from pipeline.live import MINUTE, Chunk, behind, describe, plan
+from pipeline.live import LIVE_LAG, MINUTE, Chunk, behind, describe, plan
 
 LIVE_TAG = "signalbox/live"
 MODE_TAG = "signalbox/mode"
 CHUNK_TAG = "signalbox/chunk"
 ATTEMPT_TAG = "signalbox/attempt"
 MAX_ATTEMPTS = 5
-MIN_TIME = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 ALIGN_S = 5.5  # the daemon's sensor loop period, plus a little
 CLOSE_GRACE_S = 0.25  # let the exchange finish closing the candle
 IN_FLIGHT = [
@@ -113,16 +112,15 @@ def bybit_live(context: dg.SensorEvaluationContext):
     retries = _failed_chunks(context.instance, float(cursor.get("checked_at", 0)))
     for chunk, attempt in retries:
         context.log.warning(f"retrying {chunk.start:%H:%M}→{chunk.end:%H:%M} (attempt {attempt})")
-    # 2. New minutes, from the last one handed off. When nothing is in flight and the
-    #    warehouse is behind what was handed off (runs lost with a wiped queue), from there.
+    # 2. New minutes, from the last one handed off. When nothing is in flight, every run handed
+    #    off has ended and the warehouse is the truth: from its last candle, whether behind the
+    #    cursor (runs lost with a wiped queue) or ahead of it (a backfill, `up`'s catch-up).
     in_flight = context.instance.get_runs(
         dg.RunsFilter(tags={LIVE_TAG: "1"}, statuses=IN_FLIGHT), limit=1
     )
     base = handed
     if not handed or (not in_flight and not retries):
-        truth = _warehouse_last(context.instance)
-        if not handed or any(truth.get(k, MIN_TIME) < v for k, v in handed.items()):
-            base = truth
+        base = _warehouse_last(context.instance)
     # With an empty warehouse, start at midnight `history_days` back on the exchange's clock
     # (not the wall clock: a replay exchange may run in the past), so partitions are whole.
     today = dt.datetime.combine(target.date(), dt.time(), dt.UTC)
@@ -138,7 +136,7 @@ def bybit_live(context: dg.SensorEvaluationContext):
             skip_reason=f"up to date: last candle {target:%Y-%m-%d %H:%M} UTC", cursor=new_cursor
         )
     lag = behind(target, resume)
-    mode = "live" if lag <= 3 * MINUTE else "catchup"
+    mode = "live" if lag <= LIVE_LAG else "catchup"
     if chunks and mode == "catchup":
         context.log.info(
             f"catching up: {describe(lag)} behind; requesting {len(chunks)} chunk(s) "
