@@ -118,13 +118,14 @@ def bybit_klines_1m(context: dg.AssetExecutionContext, config: KlinesConfig):
         meta["exchange_gaps_found"] = summary.gaps
         if live:  # record where the minute's time went
             meta["latency_s"] = round(committed_at - end.timestamp(), 3)
+            run = context.instance.get_run_record_by_id(context.run_id)  # created on request
             record_latency(
                 s.home,
                 run_id=context.run_id,
                 stage="ingest",
                 close=end.timestamp(),
                 committed_at=committed_at,
-                requested_at=float(context.run.tags.get("signalbox/requested_at", "nan")),
+                requested_at=run.create_timestamp.timestamp() if run else float("nan"),
                 asset_started_at=started_at,
                 minutes=summary.rows,
                 checks_passed=all(o.passed for o in outcomes.values()),

@@ -34,6 +34,13 @@ class Chunk:
     def minutes(self) -> int:
         return int((self.end - self.start) / MINUTE)
 
+    @property
+    def label(self) -> str:
+        """The candles by open time, for people: `03:41`, `03:41–03:52` (the day is the
+        partition's)."""
+        last = self.end - MINUTE
+        return f"{self.start:%H:%M}" if last == self.start else f"{self.start:%H:%M}–{last:%H:%M}"
+
     def run_key(self, attempt: int = 0) -> str:
         return f"live:{self.start:%Y%m%dT%H%M}:{self.end:%Y%m%dT%H%M}:{attempt}"
 

@@ -19,9 +19,12 @@ from assets.common import DAILY, endpoint
 from pipeline.config import settings
 from pipeline.live import LIVE_LAG, MINUTE, Chunk, behind, describe, plan
 
+# A live run's tags, for people (and filters): that it is live, how (live, catchup, retry),
+# which candles it ingests, and on a retry which attempt. What the code needs besides (the
+# exact minute range, the exchange's clock) travels in the run config.
 LIVE_TAG = "signalbox/live"
 MODE_TAG = "signalbox/mode"
-CHUNK_TAG = "signalbox/chunk"
+CANDLES_TAG = "signalbox/candles"
 ATTEMPT_TAG = "signalbox/attempt"
 MAX_ATTEMPTS = 5
 ALIGN_S = 5.5  # the daemon's sensor loop period, plus a little
@@ -142,13 +145,15 @@ def bybit_live(context: dg.SensorEvaluationContext):
             f"catching up: {describe(lag)} behind; requesting {len(chunks)} chunk(s) "
             f"{chunks[0].start:%Y-%m-%d %H:%M} → {chunks[-1].end:%Y-%m-%d %H:%M}"
         )
-    now = time.time()
-    requests = [_request(c, a, "retry", now, target) for c, a in retries]
-    requests += [_request(c, 0, mode, now, target) for c in chunks]
+    requests = [_request(c, a, "retry", target) for c, a in retries]
+    requests += [_request(c, 0, mode, target) for c in chunks]
     return dg.SensorResult(run_requests=requests, cursor=new_cursor)
 
 
-def _request(c: Chunk, attempt: int, mode: str, now: float, newest: dt.datetime):
+def _request(c: Chunk, attempt: int, mode: str, newest: dt.datetime) -> dg.RunRequest:
+    tags = {LIVE_TAG: "1", MODE_TAG: mode, CANDLES_TAG: c.label, "dagster/max_runtime": "900"}
+    if attempt:
+        tags[ATTEMPT_TAG] = str(attempt)
     return dg.RunRequest(
         run_key=c.run_key(attempt),
         partition_key=c.partition,
@@ -156,19 +161,11 @@ def _request(c: Chunk, attempt: int, mode: str, now: float, newest: dt.datetime)
             "ops": {
                 "bybit_klines_1m": {
                     "config": {"start": c.start.isoformat(), "end": c.end.isoformat()}
-                }
+                },
+                "signals": {"config": {"exchange_now": (newest + MINUTE).isoformat()}},
             }
         },
-        tags={
-            LIVE_TAG: "1",
-            MODE_TAG: mode,
-            CHUNK_TAG: f"{c.start.isoformat()}/{c.end.isoformat()}",
-            ATTEMPT_TAG: str(attempt),
-            "signalbox/minutes": str(c.minutes),
-            "signalbox/requested_at": f"{now:.3f}",
-            "signalbox/exchange_now": (newest + MINUTE).isoformat(),
-            "dagster/max_runtime": "900",
-        },
+        tags=tags,
     )
 
 
@@ -187,11 +184,12 @@ def _failed_chunks(instance: dg.DagsterInstance, since: float) -> list[tuple[Chu
     )
     out = []
     for rec in records:
-        tags = rec.dagster_run.tags
-        if CHUNK_TAG not in tags:
+        run = rec.dagster_run
+        window = run.run_config.get("ops", {}).get("bybit_klines_1m", {}).get("config", {})
+        if not window.get("start") or not window.get("end"):
             continue
-        a, b = (dt.datetime.fromisoformat(x) for x in tags[CHUNK_TAG].split("/"))
-        attempt = int(tags.get(ATTEMPT_TAG, "0")) + 1
+        a, b = (dt.datetime.fromisoformat(window[k]) for k in ("start", "end"))
+        attempt = int(run.tags.get(ATTEMPT_TAG, "0")) + 1
         if attempt <= MAX_ATTEMPTS:
             out.append((Chunk(a, b), attempt))
     return out
