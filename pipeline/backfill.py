@@ -23,6 +23,7 @@ from pipeline.sources import home_source
 
 DAILY_SELECTION = "group:ingest or group:timeframes or group:signals"
 BACKFILL_JOB = "backfill"  # pipeline/definitions.py: DAILY_SELECTION as a named job
+BACKFILL_ASSETS = ("bybit_klines_1m", "candles", "indicators", "signals")  # its assets, in order
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 _STEP = re.compile(r" - (\w+) - STEP_START")
@@ -38,6 +39,21 @@ _FAIL = re.compile(r"(STEP_FAILURE|RUN_FAILURE|Error|Exception|Traceback)")
 
 class BackfillError(ValueError):
     pass
+
+
+def validate_assets(assets: str) -> str | None:
+    """`--assets`: "all" (None: the whole job) or some of its assets, comma-separated (Dagster's
+    op selection, so `candles+` means candles and what follows it)."""
+    if assets == "all":
+        return None
+    names = [a.strip() for a in assets.split(",") if a.strip()]
+    for name in names:
+        if name.strip("*+") not in BACKFILL_ASSETS:
+            raise BackfillError(
+                f"--assets: unknown asset {name[:40]!r}; the backfill job's assets are "
+                f"{', '.join(BACKFILL_ASSETS)} (or 'all')"
+            )
+    return ",".join(names) or None
 
 
 def validate_range(settings: Settings, start: dt.date, end: dt.date) -> None:
@@ -216,10 +232,10 @@ def _dagster(settings: Settings, command: list[str], options: list[str]) -> int:
 def backfill(settings: Settings, start: dt.date, end: dt.date, assets: str = "all") -> int:
     try:
         validate_range(settings, start, end)
+        subset = validate_assets(assets)
     except BackfillError as err:
         print(f"signalbox backfill: {err}", file=sys.stderr)
         return 2
-    subset = None if assets == "all" else assets
     print(
         f"backfilling {', '.join(settings.symbols)} {start} → {end} ({subset or DAILY_SELECTION})",
         file=sys.stderr,

@@ -126,6 +126,11 @@ def test_bad_dates_are_refused_with_a_reason(tmp_path):
     assert r.returncode == 2 and "first partition" in r.stderr
     r = run_cli(["backfill", "--start", "2024-13-01", "--end", "2024-01-02"], tmp_path)
     assert r.returncode == 2 and "YYYY-MM-DD" in r.stderr
+    week = ["--start", "2024-01-01", "--end", "2024-01-02"]
+    r = run_cli(["backfill", *week, "--assets", "candles,indicatrs"], tmp_path)
+    assert r.returncode == 2 and "unknown asset 'indicatrs'" in r.stderr
+    assert "bybit_klines_1m, candles, indicators, signals" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
 
 
 def _fast_timeouts(tmp_path: Path) -> Path:

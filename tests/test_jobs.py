@@ -10,6 +10,7 @@ import re
 import dagster as dg
 import pytest
 
+from pipeline.backfill import BACKFILL_ASSETS
 from tests.daemon import replay_env, write_config
 
 NOW = "2024-01-05T03:53:30Z"  # the replay exchange's clock
@@ -22,8 +23,8 @@ def test_every_run_kind_has_a_named_job():
     names = {j.name for j in repo.get_all_jobs() if not j.name.startswith("__ASSET_JOB")}
     assert names == {"live", "backfill", "quality", "backtest_reports"}
     backfill = defs.resolve_job_def("backfill")
-    assert {k.to_user_string() for k in backfill.asset_layer.executable_asset_keys} == {
-        "bybit_klines_1m", "candles", "indicators", "signals"}  # fmt: skip
+    keys = {k.to_user_string() for k in backfill.asset_layer.executable_asset_keys}
+    assert keys == set(BACKFILL_ASSETS)  # what `signalbox backfill --assets` accepts
     assert backfill.partitions_def == defs.resolve_job_def("live").partitions_def  # daily, UTC
     assert backfill.description and "ONE run" in backfill.description
 
