@@ -206,6 +206,9 @@ def _dagster(settings: Settings, command: list[str], options: list[str]) -> int:
         extra = source_env(live_ep)
         extra["SIGNALBOX_SYMBOLS"] = ",".join(settings.symbols)
         env = dagster_env(settings, extra)
+        # `dagster job execute` still works but points to the `dg` CLI, which is not installed.
+        quiet = "ignore:Function `job_execute_command` is superseded"
+        env["PYTHONWARNINGS"] = ",".join(w for w in (env.get("PYTHONWARNINGS"), quiet) if w)
         argv = [sys.executable, "-m", "dagster", *command, "-m", "pipeline.definitions", *options]
         print(f"source: {live_ep.label} ({live_ep.rest_url})", file=sys.stderr)
         proc = spawn(
