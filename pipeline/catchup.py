@@ -56,6 +56,25 @@ def missing_minutes_by_day(
     return out
 
 
+def computed_days(
+    con: Any, symbols: Sequence[str], start: dt.datetime, end: dt.datetime
+) -> set[dt.date]:
+    """UTC days in [start, end) with stored 1m candles whose 1m indicators are all stored too:
+    the warehouse's evidence that the day's run got past its candles and indicators."""
+    marks = ", ".join("?" * len(symbols))
+    rows = con.execute(
+        "SELECT k.day FROM ("
+        " SELECT CAST(open_time AS DATE) AS day, count(*) AS n FROM bybit_klines_1m"
+        f" WHERE symbol IN ({marks}) AND open_time >= ? AND open_time < ? GROUP BY 1) k"
+        " JOIN ("
+        " SELECT CAST(open_time AS DATE) AS day, count(*) AS n FROM indicators"
+        f" WHERE timeframe = '1m' AND symbol IN ({marks}) AND open_time >= ? AND open_time < ?"
+        " GROUP BY 1) i USING (day) WHERE i.n >= k.n",
+        [*symbols, start, end, *symbols, start, end],
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
 def last_candles(con: Any, symbols: Sequence[str]) -> dict[str, dt.datetime]:
     """Per symbol, the open_time of its newest stored 1m candle (symbols with none left out)."""
     marks = ", ".join("?" * len(symbols))
@@ -144,9 +163,11 @@ def plan_catchup(
     """The runs that bring the days [first_day, today] up to `now` (the exchange's clock).
 
     `con`: a DuckDB connection on the warehouse; `signals_done`: the daily partitions
-    (YYYY-MM-DD) of `signals` Dagster has materialized (a day whose candles are stored but
-    whose run failed before its signals is done again). The tail's own day needs no such
-    check: whoever ingests the tail recomputes that day's candles, indicators and signals.
+    (YYYY-MM-DD) of `signals` Dagster has materialized. A day whose candles are stored but
+    whose run failed before its signals is done again; a day whose Dagster record is gone
+    (purged with its live runs) counts as done when its indicators are all stored. The tail's
+    own day needs no such check: whoever ingests the tail recomputes that day's candles,
+    indicators and signals.
     """
     today = now.date()
     first_day = min(first_day, today)
@@ -157,9 +178,10 @@ def plan_catchup(
     tail_day = tail_from.date()
     missing = missing_minutes_by_day(con, symbols, window_start, tail_from)
     redo = {d: f"{_n(n, 'minute')} missing" for d, n in missing.items()}
+    computed = computed_days(con, symbols, window_start, _midnight(tail_day))
     day = first_day
     while day < tail_day:
-        if day not in redo and day.isoformat() not in signals_done:
+        if day not in redo and day.isoformat() not in signals_done and day not in computed:
             redo[day] = "signals never computed"
         day += DAY
     runs = _ranges(redo)

@@ -152,3 +152,6 @@ def test_catch_up_runs_only_the_missing_range_as_one_backfill_run(home, capfd):
     assert signals == {"2024-01-02", "2024-01-03", "2024-01-04", "2024-01-05"}
     # and now the home is current: a second start has nothing to run
     assert home.plan(done=signals).runs == []
+    # were Dagster's records gone (live runs are purged after two days), the warehouse still
+    # shows the days the run computed; only 2 Jan, ingested alone above, would be done again
+    assert _runs(home.plan(done=set())) == [(2, 2, None)]
