@@ -50,6 +50,7 @@ def bybit_klines_1m(context: dg.AssetExecutionContext, config: KlinesConfig):
 
     from pipeline.checks import kline_checks
     from pipeline.ingest import client_for, ingest
+    from pipeline.progress import Reporter
 
     started_at = time.time()
     s, ep, wh = settings(), endpoint(), get_warehouse()
@@ -61,10 +62,11 @@ def bybit_klines_1m(context: dg.AssetExecutionContext, config: KlinesConfig):
     ident = f"{start:%Y-%m-%d %H:%M}→{end:%Y-%m-%d %H:%M}"
     context.log.info(f"ingesting {', '.join(s.symbols)} {ident} from {ep.label} ({ep.rest_url})")
 
+    live = context.run.tags.get("signalbox/live") == "1"  # minutes, every minute: no progress
+    report = Reporter(context.log.info, "minutes", 0, enabled=not live, every_s=0)
+
     def progress(done: int, total: int, note: str) -> None:
-        context.log.info(
-            f"progress {done}/{total} minutes ({100 * done / max(total, 1):.0f}%) {note}"
-        )
+        report(done, note, total)
 
     summary = None
     if start < end:
@@ -114,15 +116,16 @@ def bybit_klines_1m(context: dg.AssetExecutionContext, config: KlinesConfig):
     }
     if summary:
         meta["exchange_gaps_found"] = summary.gaps
-        if config.start:  # a live run: record where the minute's time went
+        if live:  # record where the minute's time went
             meta["latency_s"] = round(committed_at - end.timestamp(), 3)
+            run = context.instance.get_run_record_by_id(context.run_id)  # created on request
             record_latency(
                 s.home,
                 run_id=context.run_id,
                 stage="ingest",
                 close=end.timestamp(),
                 committed_at=committed_at,
-                requested_at=float(context.run.tags.get("signalbox/requested_at", "nan")),
+                requested_at=run.create_timestamp.timestamp() if run else float("nan"),
                 asset_started_at=started_at,
                 minutes=summary.rows,
                 checks_passed=all(o.passed for o in outcomes.values()),

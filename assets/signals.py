@@ -22,6 +22,13 @@ LIVE_LOOKAHEAD_SAMPLE = 3  # bars per personality on the minute-by-minute path
 BACKFILL_LOOKAHEAD_SAMPLE = 60
 
 
+class SignalsConfig(dg.Config):
+    """Set by the live sensor: the exchange's clock when it requested the run, which the
+    sidecar's signal TTL is measured against (a replay exchange may live in the past)."""
+
+    exchange_now: str | None = None  # ISO 8601 UTC
+
+
 def _read_frames(wh, windows: dict[str, tuple[dt.datetime, dt.datetime]]):
     """Candles LEFT JOIN indicators for each timeframe's window, in one query."""
 
@@ -74,12 +81,13 @@ def _to_messages(rows) -> list[dict]:
     check_specs=[dg.AssetCheckSpec(c, asset="signals", blocking=True) for c in CHECKS],
     metadata={"table": "signals"},
 )
-def signals(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+def signals(context: dg.AssetExecutionContext, config: SignalsConfig) -> dg.MaterializeResult:
     import polars as pl
 
     from pipeline import latency
     from pipeline.checks import CheckOutcome
     from pipeline.personality import load_personalities
+    from pipeline.progress import Reporter
     from pipeline.sidecar.outbox import publish
     from pipeline.signals import (
         check_signals,
@@ -97,7 +105,11 @@ def signals(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     personalities = load_personalities(s.personalities, s.timeframes)
     windows = {p.name: signal_input_window(first, p, last) for p in personalities}
     frames = _read_frames(wh, _merge_windows(list(windows.values())))
-    per_p = {p.name: signals_for_partition(frames, first, p, last) for p in personalities}
+    report = Reporter(context.log.info, "personalities", len(personalities), enabled=not live)
+    per_p = {}
+    for n, p in enumerate(personalities, 1):
+        per_p[p.name] = signals_for_partition(frames, first, p, last)
+        report(n, f"{p.name}: {per_p[p.name].height} signal(s)")
     rows = pl.concat(list(per_p.values()), how="vertical_relaxed") if per_p else pl.DataFrame()
     names = [p.name for p in personalities]
     marks = ", ".join("?" * len(names))
@@ -111,8 +123,7 @@ def signals(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
 
     published: list[int] = []
     if live and all(o.passed for o in valid) and rows.height:
-        exchange_now = tags.get("signalbox/exchange_now")
-        now = dt.datetime.fromisoformat(exchange_now) if exchange_now else None
+        now = dt.datetime.fromisoformat(config.exchange_now) if config.exchange_now else None
         publish_started_at = time.time()
         published = publish(s, _to_messages(rows), now=now)
         latency.record(

@@ -80,6 +80,7 @@ def _owned_where(start: dt.datetime, end: dt.datetime) -> tuple[str, list[dt.dat
 def candles(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     import polars as pl
 
+    from pipeline.progress import Reporter
     from pipeline.resample import check_candles, owned_by, resample
     from pipeline.timeframes import partition_input_window
 
@@ -97,10 +98,13 @@ def candles(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     frame = frame.filter((pl.col("close_time") > start) & (pl.col("close_time") <= end))
     written = wh.replace("candles", frame, *_owned_where(start, end))
     outcomes: dict[str, list] = {name: [] for name in CANDLE_CHECKS}
-    for day in days:
+    not_live = context.run.tags.get("signalbox/live") != "1"  # live runs: no progress lines
+    report = Reporter(context.log.info, "days", len(days), enabled=not_live)
+    for i, day in enumerate(days, 1):
         owned = frame.filter(owned_by(day))
         for name, outcome in check_candles(owned, klines, day, s.timeframes, as_of).items():
             outcomes[name].append(outcome)
+        report(i, f"{day}: {owned.height} buckets written and checked")
     per_tf = frame.group_by("timeframe").agg(
         pl.len().alias("buckets"), (~pl.col("complete")).sum().alias("incomplete")
     )
@@ -161,11 +165,14 @@ def indicators(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         load_spec,
         warmup_bars,
     )
+    from pipeline.progress import Reporter
 
     s, wh, spec = settings(), get_warehouse(), load_spec()
     start, end = partition_window(context)
     days = _days(start, end)
     live = context.run.tags.get("signalbox/mode") == "live"
+    not_live = context.run.tags.get("signalbox/live") != "1"  # live runs: no progress lines
+    report = Reporter(context.log.info, "timeframes", len(s.timeframes), enabled=not_live)
     parts, outcomes = [], {name: [] for name in INDICATOR_CHECKS}
     # One read for every timeframe's window (from its warm-up before the first day).
     windows = [(tf, indicator_input_window(days[0], tf, spec)[0]) for tf in s.timeframes]
@@ -177,7 +184,7 @@ def indicators(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         [v for pair in windows for v in pair] + [end],
     )
     by_tf = with_history(wh, everything).partition_by("timeframe", as_dict=True)
-    for tf in s.timeframes:
+    for n, tf in enumerate(s.timeframes, 1):
         hist_all = by_tf.get((tf,), everything.clear())
         for day in days:
             lo, hi = indicator_input_window(day, tf, spec)
@@ -188,6 +195,7 @@ def indicators(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
                 continue  # the live run checks the timeframe that changes every minute
             for name, outcome in check_indicators(hist, ind, spec).items():
                 outcomes[name].append(outcome)
+        report(n, f"{tf}: {len(days)} day(s)")
     frame = pl.concat([p for p in parts if p.height], how="diagonal_relaxed") if parts else None
     columns = [
         c

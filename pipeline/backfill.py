@@ -1,9 +1,9 @@
 """`signalbox backfill`: materialize daily partitions through Dagster, with progress.
 
-The work runs as one Dagster run (single-run backfill policy) via the `dagster` CLI against
-the persistent instance, so it shows up in the UI like any other run, honours the DuckDB pool
-and records materializations and check results. This module only prepares the environment
-and turns Dagster's event stream into a progress bar.
+The work runs as ONE run of the `backfill` job (single-run backfill policy) via the `dagster`
+CLI against the persistent instance, so it shows up in the UI like any other run, honours the
+DuckDB pool and records materializations and check results. This module only prepares the
+environment and turns Dagster's event stream into a progress bar.
 """
 
 from __future__ import annotations
@@ -18,10 +18,14 @@ from collections.abc import Iterable
 from pipeline.config import Settings
 from pipeline.instance import dagster_env
 from pipeline.processes import exchange, source_env, spawn, stop
+from pipeline.progress import LINE as _PROGRESS
 from pipeline.sources import home_source
 
 DAILY_SELECTION = "group:ingest or group:timeframes or group:signals"
-_PROGRESS = re.compile(r"progress (\d+)/(\d+) minutes \((\d+)%\) (.*)")
+BACKFILL_JOB = "backfill"  # pipeline/definitions.py: DAILY_SELECTION as a named job
+BACKFILL_ASSETS = ("bybit_klines_1m", "candles", "indicators", "signals")  # its assets, in order
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
 _STEP = re.compile(r" - (\w+) - STEP_START")
 _CHECK = re.compile(
     r"ASSET_CHECK_EVALUATION - Asset check '(\w+)' on '([^']+)' (passed|did not pass)\."
@@ -35,6 +39,21 @@ _FAIL = re.compile(r"(STEP_FAILURE|RUN_FAILURE|Error|Exception|Traceback)")
 
 class BackfillError(ValueError):
     pass
+
+
+def validate_assets(assets: str) -> str | None:
+    """`--assets`: "all" (None: the whole job) or some of its assets, comma-separated (Dagster's
+    op selection, so `candles+` means candles and what follows it)."""
+    if assets == "all":
+        return None
+    names = [a.strip() for a in assets.split(",") if a.strip()]
+    for name in names:
+        if name.strip("*+") not in BACKFILL_ASSETS:
+            raise BackfillError(
+                f"--assets: unknown asset {name[:40]!r}; the backfill job's assets are "
+                f"{', '.join(BACKFILL_ASSETS)} (or 'all')"
+            )
+    return ",".join(names) or None
 
 
 def validate_range(settings: Settings, start: dt.date, end: dt.date) -> None:
@@ -77,34 +96,51 @@ def check_line(line: str, width: int = 150) -> str:
 
 
 def render(lines: Iterable[str], out=sys.stderr) -> tuple[bool, list[str]]:
-    """Echo Dagster's output as progress; returns (saw_failure, the last lines for errors)."""
+    """Echo Dagster's output as progress; returns (saw_failure, the last lines for errors).
+
+    On a terminal each step's progress redraws one line in place (ended when anything else is
+    printed); elsewhere every progress line is a line of its own. Never a blank line."""
+    import shutil
+
     tty = out.isatty()
+    width = shutil.get_terminal_size((150, 24)).columns - 1 if tty else 150
     tail: list[str] = []
     failed = False
     t0 = time.monotonic()
+    bar_open = False  # a progress line drawn in place, not yet ended
+
+    def emit(text: str) -> None:
+        nonlocal bar_open
+        if bar_open:
+            print(file=out)
+            bar_open = False
+        print(text, file=out, flush=True)
+
     for raw in lines:
         line = raw.rstrip("\n")
         tail = [*tail[-60:], line]
         if m := _PROGRESS.search(line):
-            done, total, pct, note = int(m[1]), int(m[2]), float(m[3]), m[4]
-            rate = done / max(time.monotonic() - t0, 1e-6)
-            msg = f"{_bar(pct)} {done}/{total} candle-minutes, {rate:,.0f}/s  {note}"
-            print(
-                ("\r" + msg[:150].ljust(150)) if tty else msg,
-                end="" if tty else "\n",
-                file=out,
-                flush=True,
-            )
+            done, total, unit, pct, note = int(m[1]), int(m[2]), m[3], float(m[4]), m[5] or ""
+            if unit == "minutes":
+                rate = done / max(time.monotonic() - t0, 1e-6)
+                msg = f"{_bar(pct)} {done}/{total} candle-minutes, {rate:,.0f}/s  {note}"
+            else:
+                msg = f"{_bar(pct)} {done}/{total} {unit}  {note}"
+            if tty:
+                print("\r" + msg[:width] + "\x1b[K", end="", file=out, flush=True)
+                bar_open = True
+            else:
+                emit(msg)
         elif m := _POOL.search(line):
-            print(("\n" if tty else "") + f"  {m[1][:200]}", file=out, flush=True)
+            emit(f"  {m[1][:200]}")
         elif m := _STEP.search(line):
-            print(("\n" if tty else "") + f"→ {m[1]}", file=out, flush=True)
+            emit(f"→ {m[1]}")
         elif "ASSET_CHECK_EVALUATION" in line:
-            print(("\n" if tty else "") + check_line(line), file=out)
+            emit(check_line(line))
         elif _FAIL.search(line) and "STEP_SUCCESS" not in line:
             failed = failed or "FAILURE" in line
-    if tty:
-        print(file=out)
+    if bar_open:
+        print(file=out, flush=True)
     return failed, tail
 
 
@@ -115,7 +151,48 @@ def materialize(
     run_config: str | None = None,
     partition: str | None = None,
 ) -> int:
-    """Run `dagster asset materialize` for `selection` and show its progress.
+    """Run `dagster asset materialize` for `selection` (a run of Dagster's implicit asset job)
+    and show its progress."""
+    args = ["--select", selection]
+    if partition_range:
+        args += ["--partition-range", partition_range]
+    if partition:
+        args += ["--partition", partition]
+    if run_config:
+        args += ["--config-json", run_config]
+    return _dagster(settings, ["asset", "materialize"], args)
+
+
+def run_job(
+    settings: Settings,
+    job: str,
+    first: dt.date,
+    last: dt.date,
+    run_config: dict | None = None,
+    assets: str | None = None,
+) -> int:
+    """Run the daily-partitioned `job` (pipeline/definitions.py) over the days [first, last] as
+    ONE run, and show its progress. `assets`: a comma-separated subset of the job's assets."""
+    import json
+    import tempfile
+
+    # Dagster's tags for a single-run partition range (dagster._core.storage.tags), which
+    # `dagster job execute` has no option for.
+    tags = {RANGE_START_TAG: first.isoformat(), RANGE_END_TAG: last.isoformat()}
+    args = ["-j", job, "--tags", json.dumps(tags)]
+    if assets:
+        args += ["--op-selection", assets]
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="signalbox-run-") as cfg:
+        if run_config:
+            json.dump(run_config, cfg)
+            cfg.flush()
+            args += ["-c", cfg.name]
+        return _dagster(settings, ["job", "execute"], args)
+
+
+def _dagster(settings: Settings, command: list[str], options: list[str]) -> int:
+    """Run one `dagster` CLI command (then its options) against the code location and the
+    home's instance.
 
     The home's source is decided (first start) or checked, and its exchange verified and
     asked for every symbol, before the run starts; a `SourceError` says why not.
@@ -129,17 +206,13 @@ def materialize(
         extra = source_env(live_ep)
         extra["SIGNALBOX_SYMBOLS"] = ",".join(settings.symbols)
         env = dagster_env(settings, extra)
-        args = [sys.executable, "-m", "dagster", "asset", "materialize"]
-        args += ["-m", "pipeline.definitions", "--select", selection]
-        if partition_range:
-            args += ["--partition-range", partition_range]
-        if partition:
-            args += ["--partition", partition]
-        if run_config:
-            args += ["--config-json", run_config]
+        # `dagster job execute` still works but points to the `dg` CLI, which is not installed.
+        quiet = "ignore:Function `job_execute_command` is superseded"
+        env["PYTHONWARNINGS"] = ",".join(w for w in (env.get("PYTHONWARNINGS"), quiet) if w)
+        argv = [sys.executable, "-m", "dagster", *command, "-m", "pipeline.definitions", *options]
         print(f"source: {live_ep.label} ({live_ep.rest_url})", file=sys.stderr)
         proc = spawn(
-            args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
         )
         try:
             assert proc.stdout is not None
@@ -162,11 +235,12 @@ def materialize(
 def backfill(settings: Settings, start: dt.date, end: dt.date, assets: str = "all") -> int:
     try:
         validate_range(settings, start, end)
+        subset = validate_assets(assets)
     except BackfillError as err:
         print(f"signalbox backfill: {err}", file=sys.stderr)
         return 2
-    selection = DAILY_SELECTION if assets == "all" else assets
     print(
-        f"backfilling {', '.join(settings.symbols)} {start} → {end} ({selection})", file=sys.stderr
+        f"backfilling {', '.join(settings.symbols)} {start} → {end} ({subset or DAILY_SELECTION})",
+        file=sys.stderr,
     )
-    return materialize(settings, selection, f"{start.isoformat()}...{end.isoformat()}")
+    return run_job(settings, BACKFILL_JOB, start, end, assets=subset)

@@ -239,7 +239,9 @@ def build_parser(
     sp.add_argument("--end", type=_date, required=True, help="last day, inclusive, YYYY-MM-DD")
     sp.add_argument("--symbols", type=_symbols, help="comma-separated, e.g. BTCUSDT,ETHUSDT")
     sp.add_argument(
-        "--assets", default="all", help="'all' (default) or a comma-separated asset selection"
+        "--assets",
+        default="all",
+        help="'all' (default) or some of the backfill job's assets, e.g. bybit_klines_1m,candles",
     )
 
     sp = add("sql", cmd_sql, "query the read replica of the warehouse (read-only)")

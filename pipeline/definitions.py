@@ -9,12 +9,22 @@ pipeline/ and warehouse/.
 import dagster as dg
 
 from assets import backtests, klines, signals, timeframes
+from assets.common import DAILY
 from sensors import live, reaper, repair
 
 quality_job = dg.define_asset_job(
     "quality",
     selection=live.SLOW_CHECKS,
     description="The great-expectations suites (slow to import, so daily, not per minute).",
+)
+
+backfill_job = dg.define_asset_job(
+    "backfill",
+    selection=dg.AssetSelection.groups("ingest", "timeframes", "signals"),
+    partitions_def=DAILY,
+    description="A range of days as ONE run: 1m candles, every timeframe, indicators and signals, "
+    "with every check (the great-expectations suite included). Launched by `signalbox backfill` "
+    "and by `signalbox up` catching up what a restarted home is missing.",
 )
 
 quality_schedule = dg.ScheduleDefinition(
@@ -34,7 +44,7 @@ defs = dg.Definitions(
         backtests.backtest_report,
     ],
     asset_checks=[klines.klines_expectations, timeframes.indicators_warmup],
-    jobs=[live.live_job, quality_job, backtests.backtest_job],
+    jobs=[live.live_job, backfill_job, quality_job, backtests.backtest_job],
     sensors=[
         live.bybit_live,
         repair.kline_gap_repair,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 MINUTE = dt.timedelta(minutes=1)
 DAY = dt.timedelta(days=1)
+LIVE_LAG = 3 * MINUTE  # behind by at most this much is live; more is catching up
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,13 @@ class Chunk:
     @property
     def minutes(self) -> int:
         return int((self.end - self.start) / MINUTE)
+
+    @property
+    def label(self) -> str:
+        """The candles by open time, for people: `03:41`, `03:41–03:52` (the day is the
+        partition's)."""
+        last = self.end - MINUTE
+        return f"{self.start:%H:%M}" if last == self.start else f"{self.start:%H:%M}–{last:%H:%M}"
 
     def run_key(self, attempt: int = 0) -> str:
         return f"live:{self.start:%Y%m%dT%H%M}:{self.end:%Y%m%dT%H%M}:{attempt}"

@@ -1,8 +1,9 @@
 """`signalbox up` (what `make run` runs): everything, as one supervised command.
 
 Starts the replay exchange when the source needs it, the Dagster webserver and daemon against
-the persistent state directory, and the signal sidecar; backfills the recent history the live
-assets need; restarts a child that dies; and on Ctrl-C stops them all, leaving no orphans.
+the persistent state directory, and the signal sidecar; backfills what the recent history the
+live assets need is missing (on a warm home: little or nothing); restarts a child that dies;
+and on Ctrl-C stops them all, leaving no orphans.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import latency, pids
-from pipeline.backfill import DAILY_SELECTION, materialize
 from pipeline.config import REPO_ROOT, Settings
 from pipeline.instance import dagster_env
 from pipeline.processes import (
@@ -102,6 +102,32 @@ def choose_source(settings: Settings) -> tuple[Endpoint, subprocess.Popen | None
     return ep, proc
 
 
+def catch_up(settings: Settings, ep: Endpoint, days: int) -> int:
+    """Bring the last `days` days up to the exchange's clock before going live: only what is
+    missing (pipeline/catchup.py), each range as one run of the `backfill` job; says what it
+    does. Returns the first failed run's exit code, or 0."""
+    from pipeline.backfill import BACKFILL_JOB, run_job
+    from pipeline.catchup import plan_catchup
+    from pipeline.ingest import client_for
+    from sensors.catchup import materialized_days
+
+    try:
+        now = client_for(settings, ep).server_time()
+        first = max(settings.start_date, now.date() - dt.timedelta(days=days))
+        done = materialized_days(settings.dagster_home)
+        with warehouse_for(settings, ep).writer() as con:
+            plan = plan_catchup(con, settings.symbols, first, now, done)
+    except Exception as err:  # the exchange or the warehouse busy: up goes on regardless
+        _say(f"could not tell what this home is missing ({type(err).__name__}: {str(err)[:200]})")
+        return 1
+    _say(plan.describe())
+    for run in plan.runs:
+        code = run_job(settings, BACKFILL_JOB, run.first, run.last, run_config=run.run_config())
+        if code != 0:
+            return code
+    return 0
+
+
 def up(settings: Settings, history_days: int | None = None) -> int:
     """Run everything until Ctrl-C."""
     if (other := pids.claim(settings.up_pid_file)) is not None:
@@ -149,13 +175,8 @@ def up(settings: Settings, history_days: int | None = None) -> int:
         children[0].start()
         _say(f"Dagster UI: http://{ui.host}:{ui.port}")
         days = settings.live.history_days if history_days is None else history_days
-        if days:
-            today = dt.datetime.now(dt.UTC).date()
-            first = max(settings.start_date, today - dt.timedelta(days=days))
-            _say(f"backfilling {first} → {today} before going live…")
-            code = materialize(settings, DAILY_SELECTION, f"{first}...{today}")
-            if code != 0:
-                _say("the initial backfill failed (see above); going live anyway, it will catch up")
+        if days and catch_up(settings, ep, days) != 0:
+            _say("the catch-up failed (see above); going live anyway, the live sensor resumes")
         for child in children[1:]:
             child.start()
         wh.ensure_replica()

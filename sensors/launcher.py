@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from dagster._core.events import EngineEventData
 from dagster._core.launcher import (
     CheckRunHealthResult,
     LaunchRunContext,
@@ -32,7 +33,7 @@ from dagster._core.launcher import (
 from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
 from pipeline import pids
-from sensors.reaper import WORKER_PID_TAG, WORKER_SEEN_TAG, worker
+from sensors.reaper import WORKER_PID, WORKER_SEEN_AT, worker
 
 ROOT = Path(__file__).resolve().parent.parent
 WATCHED = ("pipeline", "assets", "sensors", "warehouse")
@@ -134,11 +135,15 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
                 name=f"dagster-run-{run.run_id[:8]}",
             )
             proc.start()
-        # Other daemon threads (run monitoring) hold their own launcher: the pid goes on the run,
-        # with a moment it was running (so a recycled pid is not mistaken for it).
+        # Other daemon threads (run monitoring) hold their own launcher: the pid goes in the
+        # run's event log (not its tags, which are for people), with a moment it was running
+        # (so a recycled pid is not mistaken for it).
         seen = pids.started_at(proc.pid) or time.time()
-        self._instance.add_run_tags(
-            run.run_id, {WORKER_PID_TAG: str(proc.pid), WORKER_SEEN_TAG: f"{seen:.2f}"}
+        self._instance.report_engine_event(
+            f"forked the run's process (pid {proc.pid}) from the warm run launcher",
+            run,
+            EngineEventData(metadata={WORKER_PID: proc.pid, WORKER_SEEN_AT: seen}),
+            cls=self.__class__,
         )
 
     def terminate(self, run_id: str) -> bool:
@@ -158,7 +163,7 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
 
     def check_run_worker_health(self, run: dg.DagsterRun) -> CheckRunHealthResult:
         w = worker(self._instance, run)
-        if w is None:  # no pid logged or tagged: nothing to judge by
+        if w is None:  # no pid logged: nothing to judge by
             return CheckRunHealthResult(WorkerStatus.RUNNING, "no worker pid known")
         if w.alive():
             return CheckRunHealthResult(WorkerStatus.RUNNING, run_worker_id=str(w.pid))

@@ -17,14 +17,16 @@ import dagster as dg
 from assets import klines, timeframes
 from assets.common import DAILY, endpoint
 from pipeline.config import settings
-from pipeline.live import MINUTE, Chunk, behind, describe, plan
+from pipeline.live import LIVE_LAG, MINUTE, Chunk, behind, describe, plan
 
+# A live run's tags, for people (and filters): that it is live, how (live, catchup, retry),
+# which candles it ingests, and on a retry which attempt. What the code needs besides (the
+# exact minute range, the exchange's clock) travels in the run config.
 LIVE_TAG = "signalbox/live"
 MODE_TAG = "signalbox/mode"
-CHUNK_TAG = "signalbox/chunk"
+CANDLES_TAG = "signalbox/candles"
 ATTEMPT_TAG = "signalbox/attempt"
 MAX_ATTEMPTS = 5
-MIN_TIME = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 ALIGN_S = 5.5  # the daemon's sensor loop period, plus a little
 CLOSE_GRACE_S = 0.25  # let the exchange finish closing the candle
 IN_FLIGHT = [
@@ -44,7 +46,7 @@ live_job = dg.define_asset_job(
     selection=LIVE_SELECTION,
     partitions_def=DAILY,
     description="Ingest new minutes into a day's partition, then update its timeframes, "
-    "indicators and signals. Launched by the bybit_live sensor, the daily repair and backfills.",
+    "indicators and signals. Launched by the bybit_live sensor and the gap and daily repairs.",
 )
 
 
@@ -113,16 +115,15 @@ def bybit_live(context: dg.SensorEvaluationContext):
     retries = _failed_chunks(context.instance, float(cursor.get("checked_at", 0)))
     for chunk, attempt in retries:
         context.log.warning(f"retrying {chunk.start:%H:%M}→{chunk.end:%H:%M} (attempt {attempt})")
-    # 2. New minutes, from the last one handed off. When nothing is in flight and the
-    #    warehouse is behind what was handed off (runs lost with a wiped queue), from there.
+    # 2. New minutes, from the last one handed off. When nothing is in flight, every run handed
+    #    off has ended and the warehouse is the truth: from its last candle, whether behind the
+    #    cursor (runs lost with a wiped queue) or ahead of it (a backfill, `up`'s catch-up).
     in_flight = context.instance.get_runs(
         dg.RunsFilter(tags={LIVE_TAG: "1"}, statuses=IN_FLIGHT), limit=1
     )
     base = handed
     if not handed or (not in_flight and not retries):
-        truth = _warehouse_last(context.instance)
-        if not handed or any(truth.get(k, MIN_TIME) < v for k, v in handed.items()):
-            base = truth
+        base = _warehouse_last(context.instance)
     # With an empty warehouse, start at midnight `history_days` back on the exchange's clock
     # (not the wall clock: a replay exchange may run in the past), so partitions are whole.
     today = dt.datetime.combine(target.date(), dt.time(), dt.UTC)
@@ -138,19 +139,21 @@ def bybit_live(context: dg.SensorEvaluationContext):
             skip_reason=f"up to date: last candle {target:%Y-%m-%d %H:%M} UTC", cursor=new_cursor
         )
     lag = behind(target, resume)
-    mode = "live" if lag <= 3 * MINUTE else "catchup"
+    mode = "live" if lag <= LIVE_LAG else "catchup"
     if chunks and mode == "catchup":
         context.log.info(
             f"catching up: {describe(lag)} behind; requesting {len(chunks)} chunk(s) "
             f"{chunks[0].start:%Y-%m-%d %H:%M} → {chunks[-1].end:%Y-%m-%d %H:%M}"
         )
-    now = time.time()
-    requests = [_request(c, a, "retry", now, target) for c, a in retries]
-    requests += [_request(c, 0, mode, now, target) for c in chunks]
+    requests = [_request(c, a, "retry", target) for c, a in retries]
+    requests += [_request(c, 0, mode, target) for c in chunks]
     return dg.SensorResult(run_requests=requests, cursor=new_cursor)
 
 
-def _request(c: Chunk, attempt: int, mode: str, now: float, newest: dt.datetime):
+def _request(c: Chunk, attempt: int, mode: str, newest: dt.datetime) -> dg.RunRequest:
+    tags = {LIVE_TAG: "1", MODE_TAG: mode, CANDLES_TAG: c.label, "dagster/max_runtime": "900"}
+    if attempt:
+        tags[ATTEMPT_TAG] = str(attempt)
     return dg.RunRequest(
         run_key=c.run_key(attempt),
         partition_key=c.partition,
@@ -158,19 +161,11 @@ def _request(c: Chunk, attempt: int, mode: str, now: float, newest: dt.datetime)
             "ops": {
                 "bybit_klines_1m": {
                     "config": {"start": c.start.isoformat(), "end": c.end.isoformat()}
-                }
+                },
+                "signals": {"config": {"exchange_now": (newest + MINUTE).isoformat()}},
             }
         },
-        tags={
-            LIVE_TAG: "1",
-            MODE_TAG: mode,
-            CHUNK_TAG: f"{c.start.isoformat()}/{c.end.isoformat()}",
-            ATTEMPT_TAG: str(attempt),
-            "signalbox/minutes": str(c.minutes),
-            "signalbox/requested_at": f"{now:.3f}",
-            "signalbox/exchange_now": (newest + MINUTE).isoformat(),
-            "dagster/max_runtime": "900",
-        },
+        tags=tags,
     )
 
 
@@ -189,11 +184,12 @@ def _failed_chunks(instance: dg.DagsterInstance, since: float) -> list[tuple[Chu
     )
     out = []
     for rec in records:
-        tags = rec.dagster_run.tags
-        if CHUNK_TAG not in tags:
+        run = rec.dagster_run
+        window = run.run_config.get("ops", {}).get("bybit_klines_1m", {}).get("config", {})
+        if not window.get("start") or not window.get("end"):
             continue
-        a, b = (dt.datetime.fromisoformat(x) for x in tags[CHUNK_TAG].split("/"))
-        attempt = int(tags.get(ATTEMPT_TAG, "0")) + 1
+        a, b = (dt.datetime.fromisoformat(window[k]) for k in ("start", "end"))
+        attempt = int(run.tags.get(ATTEMPT_TAG, "0")) + 1
         if attempt <= MAX_ATTEMPTS:
             out.append((Chunk(a, b), attempt))
     return out

@@ -29,8 +29,9 @@ from dagster._core.storage.tags import (
 from pipeline import pids
 from pipeline.instance import POOL
 
-WORKER_PID_TAG = "signalbox/worker_pid"
-WORKER_SEEN_TAG = "signalbox/worker_seen_at"
+# Metadata keys of the event the run launcher logs when it forks a run (sensors/launcher.py).
+WORKER_PID = "worker_pid"
+WORKER_SEEN_AT = "worker_seen_at"
 IN_FLIGHT = [
     dg.DagsterRunStatus.STARTING,
     dg.DagsterRunStatus.STARTED,
@@ -51,7 +52,8 @@ class Worker:
 
 
 def worker(instance: dg.DagsterInstance, run: dg.DagsterRun) -> Worker | None:
-    """The run's process: the one that logged its RUN_START, else the one the launcher forked."""
+    """The run's process: the one that logged its RUN_START, else the one the run launcher
+    forked (the engine event it logged)."""
     records = instance.get_records_for_run(
         run.run_id, of_type=dg.DagsterEventType.RUN_START, limit=1, ascending=False
     ).records
@@ -59,9 +61,14 @@ def worker(instance: dg.DagsterInstance, run: dg.DagsterRun) -> Worker | None:
         event = rec.event_log_entry.dagster_event
         if event is not None and event.pid:
             return Worker(event.pid, rec.event_log_entry.timestamp)
-    if WORKER_PID_TAG in run.tags:
-        # Runs tagged before the launcher recorded the time: the pid alone.
-        return Worker(int(run.tags[WORKER_PID_TAG]), float(run.tags.get(WORKER_SEEN_TAG, "inf")))
+    records = instance.get_records_for_run(
+        run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT, limit=5
+    ).records
+    for rec in records:
+        event = rec.event_log_entry.dagster_event
+        meta = event.engine_event_data.metadata if event and event.engine_event_data else {}
+        if WORKER_PID in meta:
+            return Worker(int(meta[WORKER_PID].value), float(meta[WORKER_SEEN_AT].value))
     return None
 
 

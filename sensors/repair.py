@@ -33,6 +33,7 @@ def unexplained_gaps(days: int) -> dict[str, int]:
     not ours), and only inside the data: a day after the newest candle is the live path's job,
     a day before the oldest one was never asked for.
     """
+    from pipeline.catchup import missing_minutes_by_day
     from warehouse import connect
 
     wh = get_warehouse()
@@ -49,27 +50,8 @@ def unexplained_gaps(days: int) -> dict[str, int]:
         start = max(
             lo, dt.datetime.combine(hi.date() - dt.timedelta(days=days - 1), dt.time(), dt.UTC)
         )
-        rows = con.execute(
-            "SELECT CAST(open_time AS DATE) AS day, count(*) FROM ("
-            " SELECT symbol, open_time FROM bybit_klines_1m WHERE open_time >= ? AND open_time < ?"
-            " UNION"
-            " SELECT symbol, open_time FROM kline_gaps WHERE open_time >= ? AND open_time < ?)"
-            " GROUP BY ALL",
-            [start, end, start, end],
-        ).fetchall()
-    have = {d.isoformat(): n for d, n in rows}
-    out = {}
-    day = start
-    while day < end:
-        day_end = min(
-            dt.datetime.combine(day.date(), dt.time(), dt.UTC) + dt.timedelta(days=1), end
-        )
-        expected = int((day_end - day).total_seconds() // 60) * len(symbols)
-        missing = expected - have.get(day.date().isoformat(), 0)
-        if missing > 0:
-            out[day.date().isoformat()] = missing
-        day = day_end
-    return out
+        missing = missing_minutes_by_day(con, symbols, start, end)
+    return {day.isoformat(): n for day, n in missing.items()}
 
 
 @dg.sensor(

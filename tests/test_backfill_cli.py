@@ -58,6 +58,29 @@ def test_backfill_writes_every_minute_of_every_day(week):
     assert "100.0%" in r.stderr and "complete_minutes" in r.stderr  # progress and checks shown
 
 
+def test_backfill_shows_progress_of_every_long_step(week):
+    _, _, r, _ = week
+    lines = r.stderr.splitlines()
+    for unit in ("candle-minutes", "days", "timeframes", "personalities"):
+        assert any("100.0%" in x and unit in x for x in lines), f"no {unit} progress"
+    assert all(x.strip() for x in lines), "a blank line in the output"
+
+
+def test_backfill_is_one_run_of_the_backfill_job(week):
+    import dagster as dg
+
+    home, _, _, _ = week
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        runs = instance.get_runs()
+        records = instance.fetch_materializations(dg.AssetKey("signals"), limit=100).records
+    assert runs and {r.job_name for r in runs} == {"backfill"}  # (other tests backfill again)
+    for run in runs:
+        assert run.tags["dagster/asset_partition_range_start"] == "2024-01-01"
+        assert run.tags["dagster/asset_partition_range_end"] == "2024-01-07"
+        days = {m.partition_key for m in records if m.run_id == run.run_id}
+        assert days == {f"2024-01-0{d}" for d in range(1, 8)}  # the whole range in ONE run
+
+
 def test_backfill_again_leaves_the_table_identical(week):
     home, ex, _, before = week
     r = run_cli(
@@ -103,6 +126,11 @@ def test_bad_dates_are_refused_with_a_reason(tmp_path):
     assert r.returncode == 2 and "first partition" in r.stderr
     r = run_cli(["backfill", "--start", "2024-13-01", "--end", "2024-01-02"], tmp_path)
     assert r.returncode == 2 and "YYYY-MM-DD" in r.stderr
+    week = ["--start", "2024-01-01", "--end", "2024-01-02"]
+    r = run_cli(["backfill", *week, "--assets", "candles,indicatrs"], tmp_path)
+    assert r.returncode == 2 and "unknown asset 'indicatrs'" in r.stderr
+    assert "bybit_klines_1m, candles, indicators, signals" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
 
 
 def _fast_timeouts(tmp_path: Path) -> Path:

@@ -96,3 +96,68 @@ def test_up_serves_the_ui_ingests_live_and_stops_cleanly_on_ctrl_c(tmp_path: Pat
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_up_restarted_on_a_warm_home_backfills_nothing_again(tmp_path: Path):
+    """The first start backfills the history as ONE `backfill` run; a restart sees the stored
+    candles, says so, runs no backfill and goes live from the last stored candle."""
+    import datetime as dt
+    import itertools
+
+    import dagster as dg
+
+    ui, replay = _free_port(), _free_port()
+    cfg = write_config(tmp_path, {"ui": {"port": ui}, "replay": {"port": replay}}, history_days=1)
+    env = {**replay_env(tmp_path), "SIGNALBOX_CONFIG": str(cfg)}
+
+    def session(name: str, until: str) -> str:
+        log = tmp_path / f"{name}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.cli", "up"],
+                env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 240
+            while until not in log.read_text():
+                assert proc.poll() is None, f"`signalbox up` exited:\n{log.read_text()}"
+                assert time.monotonic() < deadline, f"no {until!r} in:\n{log.read_text()}"
+                time.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(60) == 0
+        finally:
+            for pid in [*_descendants(proc.pid), proc.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.wait()
+        return log.read_text()
+
+    first = session("first", "Ctrl-C stops everything")
+    today = dt.datetime.now(dt.UTC).date()
+    yesterday = today - dt.timedelta(days=1)
+    assert f"cold home: backfilling {yesterday} → {today}: 2 days never stored" in first
+    second = session("second", "live: ")  # the live sensor's run after the restart
+    assert "warm home: last candle " in second
+    assert "backfilling" not in second and "→ bybit_klines_1m" not in second, second
+    with dg.DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
+        runs = instance.get_runs()
+        mats = instance.fetch_materializations(dg.AssetKey("bybit_klines_1m"), limit=1000)
+    backfills = [r for r in runs if r.job_name == "backfill"]
+    assert len(backfills) == 1 and {r.job_name for r in runs} <= {"backfill", "live"}
+    assert backfills[0].tags["dagster/asset_partition_range_start"] == str(yesterday)
+    # every live run ingests minutes after what the backfill stored, none twice
+    windows = sorted(
+        (c["start"], c["end"])
+        for r in runs
+        if r.job_name == "live"
+        for c in [r.run_config["ops"]["bybit_klines_1m"]["config"]]
+    )
+    assert windows and all(a[1] <= b[0] for a, b in itertools.pairwise(windows))
+    (stored,) = {  # the same on each day the range run materialized
+        m.asset_materialization.metadata["last_open_time"].value["BTCUSDT"]
+        for m in mats.records
+        if m.run_id == backfills[0].run_id
+    }
+    first_live = dt.datetime.fromisoformat(windows[0][0])
+    assert first_live == dt.datetime.fromisoformat(stored) + dt.timedelta(minutes=1)
