@@ -13,7 +13,7 @@ import json
 
 import dagster as dg
 
-from assets.common import check_result, endpoint, md_table
+from assets.common import OWNERS, check_result, endpoint, md_table
 from assets.common import warehouse as get_warehouse
 from pipeline.config import settings
 
@@ -56,12 +56,21 @@ def _img_md(path) -> str:
     deps=["signals"],
     pool="duckdb",
     group_name="reports",
+    owners=OWNERS,
     kinds={"duckdb", "numba"},
     description=(
         "Backtest of each personality's stored signals over 1m candles: next-bar-open fills, "
         "Bybit fees, slippage, risk sizing, stops; metrics, charts, walk-forward, HTML report."
     ),
-    check_specs=[dg.AssetCheckSpec("data_quality", asset="backtest_report", blocking=False)],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "data_quality",
+            asset="backtest_report",
+            blocking=False,
+            description="At least 99 % of the candles in every backtest window are complete "
+            "(a backtest over gaps is flagged, not hidden).",
+        )
+    ],
     metadata={"tables": "backtest_runs, backtest_trades"},
 )
 def backtest_report(context: dg.AssetExecutionContext, config: BacktestConfig):

@@ -1,5 +1,5 @@
-"""What every asset module shares: partitions, the DuckDB pool, settings, check results
-(and `md_table`, re-exported from pipeline.checks)."""
+"""What every asset module shares: partitions, the DuckDB pool, settings, owners, check specs
+and results, metadata as the UI shows it (and `md_table`, re-exported from pipeline.checks)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import dagster as dg
 
-from pipeline.checks import CheckOutcome, Markdown
+from pipeline.checks import CheckOutcome, Markdown, for_display
 from pipeline.checks import md_table as md_table  # re-exported for the asset modules
 from pipeline.config import settings
 from pipeline.instance import POOL
@@ -29,6 +29,32 @@ DAILY = dg.DailyPartitionsDefinition(
     start_date=settings().start_date.isoformat(), end_offset=1, timezone="UTC"
 )
 SINGLE_RUN = dg.BackfillPolicy.single_run()
+OWNERS = ["team:signalbox"]  # shown in the UI's catalog; who answers for these assets
+
+
+def check_specs(asset: str, checks: dict[str, str]) -> list[dg.AssetCheckSpec]:
+    """The blocking checks an asset evaluates in its own step, by name → what each proves."""
+    return [
+        dg.AssetCheckSpec(name, asset=asset, blocking=True, description=text)
+        for name, text in checks.items()
+    ]
+
+
+def display(meta: dict) -> dict:
+    """Metadata as the UI shows it: floats rounded (pipeline.checks.for_display, also inside
+    JSON values), `Markdown` text as markdown."""
+    out = {}
+    for key, value in meta.items():
+        if isinstance(value, Markdown):
+            value = dg.MetadataValue.md(value)
+        elif isinstance(value, dg.JsonMetadataValue):
+            value = dg.MetadataValue.json(for_display(value.data))
+        elif isinstance(value, dg.FloatMetadataValue) and value.value is not None:
+            value = dg.MetadataValue.float(for_display(value.value))
+        elif not isinstance(value, dg.MetadataValue):
+            value = for_display(value)
+        out[key] = value
+    return out
 
 
 @lru_cache(maxsize=1)
@@ -48,13 +74,11 @@ def window(context: dg.AssetExecutionContext) -> tuple[dt.datetime, dt.datetime]
 
 
 def check_result(name: str, outcome: CheckOutcome, asset: str | None = None) -> dg.AssetCheckResult:
-    meta = {"result": outcome.description, **outcome.metadata}
-    meta = {k: dg.MetadataValue.md(v) if isinstance(v, Markdown) else v for k, v in meta.items()}
     return dg.AssetCheckResult(
         check_name=name,
         passed=outcome.passed,
         asset_key=asset,
-        metadata=meta,
+        metadata=display({"result": outcome.description, **outcome.metadata}),
         description=outcome.description,
         severity=dg.AssetCheckSeverity.ERROR,
     )

@@ -5,14 +5,32 @@ import time
 
 import dagster as dg
 
-from assets.common import DAILY, SINGLE_RUN, check_result, endpoint, md_table, pool_slot
+from assets.common import (
+    DAILY,
+    OWNERS,
+    SINGLE_RUN,
+    check_result,
+    check_specs,
+    display,
+    endpoint,
+    md_table,
+    pool_slot,
+)
 from assets.common import warehouse as get_warehouse
 from assets.common import window as partition_window
 from pipeline.config import settings
 from pipeline.latency import record as record_latency
 
 ASSET = "bybit_klines_1m"
-CHECKS = ["no_duplicates", "ohlc_sane", "complete_minutes", "nothing_from_future"]
+CHECKS = {
+    "no_duplicates": "At most one row per (symbol, open_time) in the day.",
+    "ohlc_sane": "low <= open, close <= high; volume >= 0; prices positive and finite "
+    "(exact: they are the exchange's own numbers).",
+    "complete_minutes": "Every minute of the day up to the exchange's last closed one is stored "
+    "for every symbol, or confirmed absent at the exchange; names every UTC day with a gap.",
+    "nothing_from_future": "No stored candle closes after the exchange's clock at ingest time "
+    "(no forming candle).",
+}
 
 
 class KlinesConfig(dg.Config):
@@ -34,12 +52,13 @@ def _parse(ts: str | None) -> dt.datetime | None:
     partitions_def=DAILY,
     backfill_policy=SINGLE_RUN,
     group_name="ingest",
-    kinds={"duckdb", "polars"},
+    owners=OWNERS,
+    kinds={"bybit", "duckdb", "polars"},
     description=(
         "Closed 1-minute candles from Bybit (or the replay exchange), all configured symbols "
         "per UTC day. Re-materializing a partition replaces exactly its rows."
     ),
-    check_specs=[dg.AssetCheckSpec(name, asset=ASSET, blocking=True) for name in CHECKS],
+    check_specs=check_specs(ASSET, CHECKS),
     freshness_policy=dg.FreshnessPolicy.time_window(
         fail_window=dt.timedelta(minutes=settings().live.freshness_minutes)
     ),
@@ -128,7 +147,7 @@ def bybit_klines_1m(context: dg.AssetExecutionContext, config: KlinesConfig):
                 checks_passed=all(o.passed for o in outcomes.values()),
             )
     return dg.MaterializeResult(
-        metadata=meta,
+        metadata=display(meta),
         check_results=[check_result(name, outcomes[name], ASSET) for name in CHECKS],
     )
 

@@ -10,13 +10,29 @@ import datetime as dt
 
 import dagster as dg
 
-from assets.common import DAILY, SINGLE_RUN, check_result, endpoint
+from assets.common import DAILY, OWNERS, SINGLE_RUN, check_result, check_specs, display, endpoint
 from assets.common import warehouse as get_warehouse
 from assets.common import window as partition_window
 from pipeline.config import settings
 
-CANDLE_CHECKS = ["ohlc_sane", "no_duplicates", "on_grid", "complete_consistent", "counts_match_1m"]
-INDICATOR_CHECKS = ["ranges", "nulls_where_not_due", "no_lookahead"]
+CANDLE_CHECKS = {
+    "ohlc_sane": "Every bucket's low <= open, close <= high; volume >= 0; prices positive.",
+    "no_duplicates": "At most one row per (symbol, timeframe, open_time).",
+    "on_grid": "open_time starts a bucket of its timeframe on the epoch-anchored grid (1w on "
+    "Monday, 1M on the 1st) and close_time ends it.",
+    "complete_consistent": "1 <= n_1m <= the bucket's minutes, and complete exactly when every "
+    "minute is there.",
+    "counts_match_1m": "Each bucket's n_1m equals the 1m rows inside it, and the buckets account "
+    "for every 1m row the day owns.",
+}
+INDICATOR_CHECKS = {
+    "ranges": "Bounds (RSI, Stochastic, ADX in [0, 100]; ATR >= 0 ...) and orderings (Bollinger "
+    "upper >= middle >= lower) hold within 1e-9 of their scale; no NaN or infinity stored.",
+    "nulls_where_not_due": "NULL exactly where a value's derived warm-up is not available; a "
+    "value everywhere else.",
+    "no_lookahead": "For a sample of bars (the newest always), recomputing from the candles up "
+    "to that bar only gives the stored value.",
+}
 DAY = dt.timedelta(days=1)
 
 
@@ -69,12 +85,13 @@ def _owned_where(start: dt.datetime, end: dt.datetime) -> tuple[str, list[dt.dat
     deps=["bybit_klines_1m"],
     pool="duckdb",
     group_name="timeframes",
+    owners=OWNERS,
     kinds={"duckdb", "polars"},
     description=(
         "Every configured timeframe (1m … 1M, 37m and 148m included) built from the 1m candles "
         "on the epoch-anchored grid; closed buckets only; n_1m and complete say how whole each is."
     ),
-    check_specs=[dg.AssetCheckSpec(c, asset="candles", blocking=True) for c in CANDLE_CHECKS],
+    check_specs=check_specs("candles", CANDLE_CHECKS),
     metadata={"table": "candles"},
 )
 def candles(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
@@ -115,7 +132,7 @@ def candles(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         ),
     }
     return dg.MaterializeResult(
-        metadata=meta,
+        metadata=display(meta),
         check_results=[
             check_result(n, _merge(outcomes[n], "days"), "candles") for n in CANDLE_CHECKS
         ],
@@ -142,13 +159,14 @@ def _merge(outcomes: list, unit: str):
     deps=["candles"],
     pool="duckdb",
     group_name="timeframes",
-    kinds={"duckdb", "polars"},
+    owners=OWNERS,
+    kinds={"talib", "duckdb", "polars"},
     description=(
         "TA-Lib indicators for every symbol and timeframe (pipeline/indicators.yaml). Each day "
         "reads exactly its derived warm-up; a value whose warm-up reaches a minute that is "
         "neither stored nor confirmed absent by the exchange is NULL."
     ),
-    check_specs=[dg.AssetCheckSpec(c, asset="indicators", blocking=True) for c in INDICATOR_CHECKS],
+    check_specs=check_specs("indicators", INDICATOR_CHECKS),
     metadata={"table": "indicators"},
 )
 def indicators(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
@@ -208,7 +226,7 @@ def indicators(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         "warmup_bars": dg.MetadataValue.json(warmup_bars(spec)),
     }
     return dg.MaterializeResult(
-        metadata=meta,
+        metadata=display(meta),
         check_results=[
             check_result(n, _merge(outcomes[n], "day x timeframe windows"), "indicators")
             for n in INDICATOR_CHECKS
