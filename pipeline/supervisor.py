@@ -142,6 +142,9 @@ def up(settings: Settings, history_days: int | None = None) -> int:
         Child(
             "sidecar", [sys.executable, "-m", "pipeline.cli", "sidecar"], env, logs / "sidecar.log"
         ),
+        Child(
+            "reports", [sys.executable, "-m", "pipeline.reports_server"], env, logs / "reports.log"
+        ),
     ]
 
     def _interrupt(signum, frame):
@@ -168,6 +171,7 @@ def up(settings: Settings, history_days: int | None = None) -> int:
         _say(f"  UI        http://{ui.host}:{ui.port}")
         _say(f'  warehouse {wh.replica_path}  (read replica; `signalbox sql "SELECT …"`)')
         _say(f"  socket    {settings.socket_path}  (`signalbox tail`)")
+        _say(f"  reports   http://{ui.host}:{ui.reports_port}/  ({settings.reports_dir})")
         _say(f"  source    {ep.label} {ep.rest_url}")
         _say(f"  logs      {logs}/  (daemon.log, webserver.log, sidecar.log, latency.jsonl)")
         _say("Ctrl-C stops everything.")
