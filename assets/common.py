@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -25,9 +26,19 @@ from warehouse import Warehouse
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
-DAILY = dg.DailyPartitionsDefinition(
-    start_date=settings().start_date.isoformat(), end_offset=1, timezone="UTC"
-)
+
+def _first_partition() -> str:
+    """The home's first daily partition (pipeline/partitions.py), read, never written: the
+    webserver, the daemon and every run build the same partitions from it."""
+    from pipeline.partitions import first_partition
+
+    first = first_partition(settings())
+    if first.origin == "fallback":
+        print(f"signalbox: daily partitions start {first.day}: {first.why}", file=sys.stderr)
+    return first.day.isoformat()
+
+
+DAILY = dg.DailyPartitionsDefinition(start_date=_first_partition(), end_offset=1, timezone="UTC")
 SINGLE_RUN = dg.BackfillPolicy.single_run()
 OWNERS = ["team:signalbox"]  # shown in the UI's catalog; who answers for these assets
 

@@ -38,13 +38,17 @@ class BackfillError(ValueError):
 
 
 def validate_range(settings: Settings, start: dt.date, end: dt.date) -> None:
+    from pipeline.partitions import first_partition
+
     today = dt.datetime.now(dt.UTC).date()
     if end < start:
         raise BackfillError(f"--end {end} is before --start {start}; give the last day, inclusive")
-    if start < settings.start_date:
+    first = first_partition(settings)
+    if start < first.day and first.origin != "fallback":  # a new home's first backfill sets it
         raise BackfillError(
-            f"--start {start} is before the first partition {settings.start_date}; "
-            "lower start_date in signalbox.yaml to go further back"
+            f"--start {start} is before the first partition {first.day} ({first.why}); to go "
+            f"further back set start_date: {start} in {settings.config_path or 'signalbox.yaml'}"
+            " (then restart `signalbox up`)"
         )
     if end > today:
         raise BackfillError(f"--end {end} is in the future (today is {today} UTC)")
@@ -165,7 +169,10 @@ def backfill(settings: Settings, start: dt.date, end: dt.date, assets: str = "al
     except BackfillError as err:
         print(f"signalbox backfill: {err}", file=sys.stderr)
         return 2
+    from pipeline.partitions import ensure_recorded
+
     selection = DAILY_SELECTION if assets == "all" else assets
+    ensure_recorded(settings, dt.datetime.now(dt.UTC).date(), settings.live.history_days, start)
     print(
         f"backfilling {', '.join(settings.symbols)} {start} → {end} ({selection})", file=sys.stderr
     )

@@ -20,6 +20,7 @@ from pipeline import latency
 from pipeline.backfill import DAILY_SELECTION, materialize
 from pipeline.config import REPO_ROOT, Settings
 from pipeline.instance import dagster_env
+from pipeline.partitions import ensure_recorded, exchange_today
 from pipeline.processes import open_exchange, source_env, spawn, start_replay, stop
 from pipeline.sources import Endpoint, home_source, recorded, warehouse_for
 
@@ -115,6 +116,8 @@ def up(settings: Settings, history_days: int | None = None) -> int:
         )
         return 2
     ep, replay_proc = choose_source(settings)
+    days = settings.live.history_days if history_days is None else history_days
+    first_day = ensure_recorded(settings, exchange_today(ep.rest_url), days).day
     env = dagster_env(settings, source_env(ep))
     wh = warehouse_for(settings, ep)
     logs = settings.home / "logs"
@@ -154,10 +157,9 @@ def up(settings: Settings, history_days: int | None = None) -> int:
     try:
         children[0].start()
         _say(f"Dagster UI: http://{ui.host}:{ui.port}")
-        days = settings.live.history_days if history_days is None else history_days
         if days:
             today = dt.datetime.now(dt.UTC).date()
-            first = max(settings.start_date, today - dt.timedelta(days=days))
+            first = max(first_day, today - dt.timedelta(days=days))
             _say(f"backfilling {first} → {today} before going live…")
             code = materialize(settings, DAILY_SELECTION, f"{first}...{today}")
             if code != 0:
