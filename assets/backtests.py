@@ -13,7 +13,7 @@ import json
 
 import dagster as dg
 
-from assets.common import OWNERS, check_result, endpoint, md_table
+from assets.common import OWNERS, check_result, display, endpoint, md_table
 from assets.common import warehouse as get_warehouse
 from pipeline.config import settings
 
@@ -168,7 +168,8 @@ def backtest_report(context: dg.AssetExecutionContext, config: BacktestConfig):
         },
     )
     return dg.MaterializeResult(
-        metadata=meta, check_results=[check_result("data_quality", outcome, "backtest_report")]
+        metadata=display(meta),
+        check_results=[check_result("data_quality", outcome, "backtest_report")],
     )
 
 

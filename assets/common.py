@@ -95,6 +95,49 @@ def check_result(name: str, outcome: CheckOutcome, asset: str | None = None) -> 
     )
 
 
+def for_each_partition(
+    context: dg.AssetCheckExecutionContext, result: dg.AssetCheckResult
+) -> dg.AssetCheckResult:
+    """A partitioned check's result, recorded for every partition its run covers.
+
+    Dagster records a check's result against the run's partition, and only when the run has a
+    single one; a backfill's single run over a range would leave every day of it "Not
+    evaluated". So the result is logged for each day of the range, against the day's latest
+    materialization (what the UI compares it with), and returned for the run itself.
+    """
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+        AssetCheckEvaluationTargetMaterializationData as Target,
+    )
+
+    if context.has_partition_key or not context.has_partition_key_range:
+        return result
+    (spec,) = context.check_specs
+    for key in context.partition_keys:
+        found = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=spec.asset_key, asset_partitions=[key]), limit=1
+        ).records
+        target = (
+            Target(
+                run_id=found[0].run_id, storage_id=found[0].storage_id, timestamp=found[0].timestamp
+            )
+            if found
+            else None
+        )
+        context.op_execution_context.log_event(
+            dg.AssetCheckEvaluation(
+                asset_key=spec.asset_key,
+                check_name=spec.name,
+                passed=result.passed,
+                metadata=result.metadata,
+                severity=result.severity,
+                description=result.description,
+                partition=key,
+                target_materialization_data=target,
+            )
+        )
+    return result
+
+
 @contextmanager
 def pool_slot(context: dg.AssetExecutionContext, wait_s: float = 3600.0) -> Iterator[None]:
     """Hold a slot of the shared DuckDB pool for just this block (not the whole step).

@@ -85,6 +85,7 @@ def render(lines: Iterable[str], out=sys.stderr) -> tuple[bool, list[str]]:
     tty = out.isatty()
     tail: list[str] = []
     failed = False
+    last_check = ""
     t0 = time.monotonic()
     for raw in lines:
         line = raw.rstrip("\n")
@@ -104,7 +105,10 @@ def render(lines: Iterable[str], out=sys.stderr) -> tuple[bool, list[str]]:
         elif m := _STEP.search(line):
             print(("\n" if tty else "") + f"→ {m[1]}", file=out, flush=True)
         elif "ASSET_CHECK_EVALUATION" in line:
-            print(("\n" if tty else "") + check_line(line), file=out)
+            text = check_line(line)
+            if text != last_check:  # a check over a range is recorded once per day
+                print(("\n" if tty else "") + text, file=out)
+            last_check = text
         elif _FAIL.search(line) and "STEP_SUCCESS" not in line:
             failed = failed or "FAILURE" in line
     if tty:
