@@ -201,15 +201,24 @@ def test_metadata_numbers_are_rounded_for_display(dashboard: Dashboard):
     assert noisy == []
 
 
-def ink(png: bytes) -> tuple[float, int]:
-    """Share of non-white pixels and number of distinct colours of a screenshot."""
-    a = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).reshape(-1, 3)
-    return float((a.min(axis=1) < 235).mean()), len(np.unique(a, axis=0))
+def pixels(png: bytes) -> dict[str, int]:
+    """How many pixels of a screenshot are clearly green (Dagster's "passed"), violet (its
+    plot lines and points), or anything but near-white."""
+    a = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    r, g, b = a[..., 0], a[..., 1], a[..., 2]
+    return {
+        "green": int(((g > r + 40) & (g > b + 20)).sum()),
+        "violet": int(((b > r + 60) & (b > g + 60)).sum()),
+        "ink": int((a.min(axis=-1) < 235).sum()),
+    }
 
 
-def _browse(d: Dashboard, pages: dict[str, tuple[str, list[str]]]) -> dict[str, tuple[str, bytes]]:
-    """Open each page (path, then clicks on texts or 'zoom_in'), wait until the UI settled,
-    and return its DOM and a screenshot (also saved under the test's tmp dir)."""
+Page = tuple[str, list[str], str]  # path, clicks (texts or "zoom_in"), element to shoot
+
+
+def _browse(d: Dashboard, pages: dict[str, Page]) -> dict[str, tuple[str, bytes, list[bytes]]]:
+    """Open each page, click through, wait until the UI settled; its DOM, a screenshot (also
+    saved under the test's tmp dir) and screenshots of the elements matching a selector."""
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).exists():
@@ -218,8 +227,8 @@ def _browse(d: Dashboard, pages: dict[str, tuple[str, list[str]]]) -> dict[str, 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
-            page = browser.new_page(viewport={"width": 2200, "height": 1000})
-            for name, (path, actions) in pages.items():
+            page = browser.new_page(viewport={"width": 2600, "height": 1000})
+            for name, (path, actions, shoot) in pages.items():
                 page.goto(f"http://127.0.0.1:{d.port}{path}")
                 page.wait_for_load_state("networkidle")
                 for action in actions:
@@ -231,7 +240,8 @@ def _browse(d: Dashboard, pages: dict[str, tuple[str, list[str]]]) -> dict[str, 
                 page.wait_for_timeout(1500)  # charts and the graph's layout animate in
                 png = page.screenshot()
                 (d.shots / f"{name}.png").write_bytes(png)
-                out[name] = (page.content(), png)
+                parts = [e.screenshot() for e in page.locator(shoot).all()[:6] if e.is_visible()]
+                out[name] = (page.content(), png, parts)
         finally:
             browser.close()
     return out
@@ -246,14 +256,24 @@ def test_screenshots_of_the_graph_the_checks_and_the_backtest_plots(dashboard: D
             "asset_graph": (
                 f"/asset-groups/?expanded={expanded.replace(':', '%3A').replace(',', '%2C')}",
                 ["Hide navigation", "zoom_in", "zoom_in"],
+                "text=Asset checks",
             ),
-            "checks": ("/assets/bybit_klines_1m?view=checks", ["expectations_suite"]),
-            "backtest_plots": ("/assets/backtest_report?view=overview", ["Plots"]),
+            "checks": (
+                "/assets/bybit_klines_1m?view=checks",
+                ["expectations_suite"],
+                "text=Passed",
+            ),
+            "backtest_plots": ("/assets/backtest_report?view=overview", ["Plots"], "canvas"),
         },
     )
-    for name, (_, png) in pages.items():
-        share, colours = ink(png)
-        assert share > 0.03 and colours > 150, (name, share, colours)
+    for name, (_, png, parts) in pages.items():
+        assert pixels(png)["ink"] > 20_000, name  # not a blank page
+        assert parts, f"{name}: nothing to look at"
+    # The graph is zoomed in to the nodes' details, whose check marks are green.
+    assert pixels(pages["asset_graph"][1])["green"] > 300
+    # The suite's "Passed" badge is green; the plots have points and lines drawn.
+    assert pixels(pages["checks"][2][0])["green"] > 20
+    assert sum(pixels(c)["violet"] for c in pages["backtest_plots"][2]) > 20
 
     graph = pages["asset_graph"][0]
     for asset in ASSETS:
