@@ -11,7 +11,7 @@ import datetime as dt
 
 import dagster as dg
 
-from assets.common import check_result, endpoint, md_table
+from assets.common import OWNERS, check_result, display, endpoint, md_table
 from assets.common import warehouse as get_warehouse
 from pipeline.config import settings
 
@@ -65,12 +65,21 @@ PLOTTED = (
     deps=["signals"],
     pool="duckdb",
     group_name="reports",
+    owners=OWNERS,
     kinds={"duckdb", "numba"},
     description=(
         "Backtest of each personality's stored signals over 1m candles: next-bar-open fills, "
         "Bybit fees, slippage, risk sizing, stops; metrics, charts, walk-forward, HTML report."
     ),
-    check_specs=[dg.AssetCheckSpec("data_quality", asset="backtest_report", blocking=False)],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "data_quality",
+            asset="backtest_report",
+            blocking=False,
+            description="At least 99 % of the candles in every backtest window are complete "
+            "(a backtest over gaps is flagged, not hidden).",
+        )
+    ],
     metadata={"tables": "backtest_runs, backtest_trades"},
 )
 def backtest_report(context: dg.AssetExecutionContext, config: BacktestConfig):
@@ -168,7 +177,8 @@ def backtest_report(context: dg.AssetExecutionContext, config: BacktestConfig):
         },
     )
     return dg.MaterializeResult(
-        metadata=meta, check_results=[check_result("data_quality", outcome, "backtest_report")]
+        metadata=display(meta),
+        check_results=[check_result("data_quality", outcome, "backtest_report")],
     )
 
 

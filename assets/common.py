@@ -1,10 +1,11 @@
-"""What every asset module shares: partitions, the DuckDB pool, settings, check results
-(and `md_table`, re-exported from pipeline.checks)."""
+"""What every asset module shares: partitions, the DuckDB pool, settings, owners, check specs
+and results, metadata as the UI shows it (and `md_table`, re-exported from pipeline.checks)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import random
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from functools import lru_cache
 
 import dagster as dg
 
-from pipeline.checks import CheckOutcome, Markdown
+from pipeline.checks import CheckOutcome, Markdown, for_display
 from pipeline.checks import md_table as md_table  # re-exported for the asset modules
 from pipeline.config import settings
 from pipeline.instance import POOL
@@ -25,10 +26,46 @@ from warehouse import Warehouse
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
-DAILY = dg.DailyPartitionsDefinition(
-    start_date=settings().start_date.isoformat(), end_offset=1, timezone="UTC"
-)
+
+def _first_partition() -> str:
+    """The home's first daily partition (pipeline/partitions.py), read, never written: the
+    webserver, the daemon and every run build the same partitions from it."""
+    from pipeline.partitions import first_partition
+
+    first = first_partition(settings())
+    if first.origin == "fallback":
+        print(f"signalbox: daily partitions start {first.day}: {first.why}", file=sys.stderr)
+    return first.day.isoformat()
+
+
+DAILY = dg.DailyPartitionsDefinition(start_date=_first_partition(), end_offset=1, timezone="UTC")
 SINGLE_RUN = dg.BackfillPolicy.single_run()
+OWNERS = ["team:signalbox"]  # shown in the UI's catalog; who answers for these assets
+
+
+def check_specs(asset: str, checks: dict[str, str]) -> list[dg.AssetCheckSpec]:
+    """The blocking checks an asset evaluates in its own step, by name → what each proves."""
+    return [
+        dg.AssetCheckSpec(name, asset=asset, blocking=True, description=text)
+        for name, text in checks.items()
+    ]
+
+
+def display(meta: dict) -> dict:
+    """Metadata as the UI shows it: floats rounded (pipeline.checks.for_display, also inside
+    JSON values), `Markdown` text as markdown."""
+    out = {}
+    for key, value in meta.items():
+        if isinstance(value, Markdown):
+            value = dg.MetadataValue.md(value)
+        elif isinstance(value, dg.JsonMetadataValue):
+            value = dg.MetadataValue.json(for_display(value.data))
+        elif isinstance(value, dg.FloatMetadataValue) and value.value is not None:
+            value = dg.MetadataValue.float(for_display(value.value))
+        elif not isinstance(value, dg.MetadataValue):
+            value = for_display(value)
+        out[key] = value
+    return out
 
 
 @lru_cache(maxsize=1)
@@ -48,16 +85,57 @@ def window(context: dg.AssetExecutionContext) -> tuple[dt.datetime, dt.datetime]
 
 
 def check_result(name: str, outcome: CheckOutcome, asset: str | None = None) -> dg.AssetCheckResult:
-    meta = {"result": outcome.description, **outcome.metadata}
-    meta = {k: dg.MetadataValue.md(v) if isinstance(v, Markdown) else v for k, v in meta.items()}
     return dg.AssetCheckResult(
         check_name=name,
         passed=outcome.passed,
         asset_key=asset,
-        metadata=meta,
+        metadata=display({"result": outcome.description, **outcome.metadata}),
         description=outcome.description,
         severity=dg.AssetCheckSeverity.ERROR,
     )
+
+
+def for_each_partition(
+    context: dg.AssetCheckExecutionContext, result: dg.AssetCheckResult
+) -> dg.AssetCheckResult:
+    """A partitioned check's result, recorded for every partition its run covers.
+
+    Dagster records a check's result against the run's partition, and only when the run has a
+    single one; a backfill's single run over a range would leave every day of it "Not
+    evaluated". So the result is logged for each day of the range, against the day's latest
+    materialization (what the UI compares it with), and returned for the run itself.
+    """
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+        AssetCheckEvaluationTargetMaterializationData as Target,
+    )
+
+    if context.has_partition_key or not context.has_partition_key_range:
+        return result
+    (spec,) = context.check_specs
+    for key in context.partition_keys:
+        found = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=spec.asset_key, asset_partitions=[key]), limit=1
+        ).records
+        target = (
+            Target(
+                run_id=found[0].run_id, storage_id=found[0].storage_id, timestamp=found[0].timestamp
+            )
+            if found
+            else None
+        )
+        context.op_execution_context.log_event(
+            dg.AssetCheckEvaluation(
+                asset_key=spec.asset_key,
+                check_name=spec.name,
+                passed=result.passed,
+                metadata=result.metadata,
+                severity=result.severity,
+                description=result.description,
+                partition=key,
+                target_materialization_data=target,
+            )
+        )
+    return result
 
 
 @contextmanager

@@ -5,14 +5,33 @@ import time
 
 import dagster as dg
 
-from assets.common import DAILY, SINGLE_RUN, check_result, endpoint, md_table, pool_slot
+from assets.common import (
+    DAILY,
+    OWNERS,
+    SINGLE_RUN,
+    check_result,
+    check_specs,
+    display,
+    endpoint,
+    for_each_partition,
+    md_table,
+    pool_slot,
+)
 from assets.common import warehouse as get_warehouse
 from assets.common import window as partition_window
 from pipeline.config import settings
 from pipeline.latency import record as record_latency
 
 ASSET = "bybit_klines_1m"
-CHECKS = ["no_duplicates", "ohlc_sane", "complete_minutes", "nothing_from_future"]
+CHECKS = {
+    "no_duplicates": "At most one row per (symbol, open_time) in the day.",
+    "ohlc_sane": "low <= open, close <= high; volume >= 0; prices positive and finite "
+    "(exact: they are the exchange's own numbers).",
+    "complete_minutes": "Every minute of the day up to the exchange's last closed one is stored "
+    "for every symbol, or confirmed absent at the exchange; names every UTC day with a gap.",
+    "nothing_from_future": "No stored candle closes after the exchange's clock at ingest time "
+    "(no forming candle).",
+}
 
 
 class KlinesConfig(dg.Config):
@@ -34,12 +53,13 @@ def _parse(ts: str | None) -> dt.datetime | None:
     partitions_def=DAILY,
     backfill_policy=SINGLE_RUN,
     group_name="ingest",
-    kinds={"duckdb", "polars"},
+    owners=OWNERS,
+    kinds={"bybit", "duckdb", "polars"},
     description=(
         "Closed 1-minute candles from Bybit (or the replay exchange), all configured symbols "
         "per UTC day. Re-materializing a partition replaces exactly its rows."
     ),
-    check_specs=[dg.AssetCheckSpec(name, asset=ASSET, blocking=True) for name in CHECKS],
+    check_specs=check_specs(ASSET, CHECKS),
     freshness_policy=dg.FreshnessPolicy.time_window(
         fail_window=dt.timedelta(minutes=settings().live.freshness_minutes)
     ),
@@ -131,7 +151,7 @@ def bybit_klines_1m(context: dg.AssetExecutionContext, config: KlinesConfig):
                 checks_passed=all(o.passed for o in outcomes.values()),
             )
     return dg.MaterializeResult(
-        metadata=meta,
+        metadata=display(meta),
         check_results=[check_result(name, outcomes[name], ASSET) for name in CHECKS],
     )
 
@@ -141,33 +161,30 @@ def bybit_klines_1m(context: dg.AssetExecutionContext, config: KlinesConfig):
     name="expectations_suite",
     blocking=False,
     pool="duckdb",
+    partitions_def=DAILY,
     description=(
-        "great-expectations suite over the candles of the run's partitions (in a backfill) or "
-        "the last two days (on the daily quality schedule). Heavy to import, so it never runs "
-        "in the minute-by-minute live job."
+        "great-expectations suite over the day's candles: daily for yesterday on the quality "
+        "schedule, and for every day of a backfill. Heavy to import, so it never runs in the "
+        "minute-by-minute live job. Its result is per day, so a live run writing today's "
+        "minutes does not hide the last verdict."
     ),
 )
 def klines_expectations(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
     from pipeline.expectations import validate_klines
 
-    tags = context.run.tags
-    first = tags.get("dagster/asset_partition_range_start") or tags.get("dagster/partition")
-    last = tags.get("dagster/asset_partition_range_end") or tags.get("dagster/partition")
-    if first and last:
-        start = dt.datetime.fromisoformat(first).replace(tzinfo=dt.UTC)
-        end = dt.datetime.fromisoformat(last).replace(tzinfo=dt.UTC) + dt.timedelta(days=1)
-    else:
-        end = dt.datetime.now(dt.UTC)
-        start = (end - dt.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    start, end = partition_window(context.op_execution_context)
     frame = get_warehouse().query(
         "SELECT * FROM bybit_klines_1m WHERE open_time >= ? AND open_time < ?", [start, end]
     )
     outcome = validate_klines(frame)
     result = check_result("expectations_suite", outcome, ASSET)
     context.log.info(outcome.description)
-    return dg.AssetCheckResult(
-        passed=result.passed,
-        metadata={**result.metadata, "window": f"[{start.isoformat()}, {end.isoformat()})"},
-        description=result.description,
-        severity=dg.AssetCheckSeverity.WARN,
+    return for_each_partition(
+        context,
+        dg.AssetCheckResult(
+            passed=result.passed,
+            metadata={**result.metadata, "window": f"[{start.isoformat()}, {end.isoformat()})"},
+            description=result.description,
+            severity=dg.AssetCheckSeverity.WARN,
+        ),
     )

@@ -12,12 +12,27 @@ import time
 
 import dagster as dg
 
-from assets.common import DAILY, SINGLE_RUN, check_result, endpoint, md_table
+from assets.common import (
+    DAILY,
+    OWNERS,
+    SINGLE_RUN,
+    check_result,
+    check_specs,
+    display,
+    endpoint,
+    md_table,
+)
 from assets.common import warehouse as get_warehouse
 from assets.common import window as partition_window
 from pipeline.config import settings
 
-CHECKS = ["valid", "no_lookahead"]
+CHECKS = {
+    "valid": "Rows a bot can trust: BUY/SELL, confidence in [0, 1] and at least the threshold, "
+    "positive price, one per key, on the timeframe's grid, reasons and a JSON snapshot given, "
+    "quality ok or degraded, at most one signal per cooldown.",
+    "no_lookahead": "For a sample of bars, the live path's result on data cut at the bar's close "
+    "equals the one-pass result over all history.",
+}
 LIVE_LOOKAHEAD_SAMPLE = 3  # bars per personality on the minute-by-minute path
 BACKFILL_LOOKAHEAD_SAMPLE = 60
 
@@ -72,13 +87,14 @@ def _to_messages(rows) -> list[dict]:
     deps=["indicators"],
     pool="duckdb",
     group_name="signals",
+    owners=OWNERS,
     kinds={"duckdb", "polars"},
     description=(
         "BUY/SELL signals of every configured personality (pipeline/personalities/*.yaml) "
         "with confidence, reasons, a snapshot of the values that decided them and the data "
         "quality of their window. Live runs hand new ones to the sidecar."
     ),
-    check_specs=[dg.AssetCheckSpec(c, asset="signals", blocking=True) for c in CHECKS],
+    check_specs=check_specs("signals", CHECKS),
     metadata={"table": "signals"},
 )
 def signals(context: dg.AssetExecutionContext, config: SignalsConfig) -> dg.MaterializeResult:
@@ -147,7 +163,8 @@ def signals(context: dg.AssetExecutionContext, config: SignalsConfig) -> dg.Mate
         "no_lookahead": _combine(lookahead, names, CheckOutcome),
     }
     return dg.MaterializeResult(
-        metadata=meta, check_results=[check_result(n, results[n], "signals") for n in CHECKS]
+        metadata=display(meta),
+        check_results=[check_result(n, results[n], "signals") for n in CHECKS],
     )
 
 

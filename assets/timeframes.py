@@ -10,13 +10,38 @@ import datetime as dt
 
 import dagster as dg
 
-from assets.common import DAILY, SINGLE_RUN, check_result, endpoint
+from assets.common import (
+    DAILY,
+    OWNERS,
+    SINGLE_RUN,
+    check_result,
+    check_specs,
+    display,
+    endpoint,
+    for_each_partition,
+)
 from assets.common import warehouse as get_warehouse
 from assets.common import window as partition_window
 from pipeline.config import settings
 
-CANDLE_CHECKS = ["ohlc_sane", "no_duplicates", "on_grid", "complete_consistent", "counts_match_1m"]
-INDICATOR_CHECKS = ["ranges", "nulls_where_not_due", "no_lookahead"]
+CANDLE_CHECKS = {
+    "ohlc_sane": "Every bucket's low <= open, close <= high; volume >= 0; prices positive.",
+    "no_duplicates": "At most one row per (symbol, timeframe, open_time).",
+    "on_grid": "open_time starts a bucket of its timeframe on the epoch-anchored grid (1w on "
+    "Monday, 1M on the 1st) and close_time ends it.",
+    "complete_consistent": "1 <= n_1m <= the bucket's minutes, and complete exactly when every "
+    "minute is there.",
+    "counts_match_1m": "Each bucket's n_1m equals the 1m rows inside it, and the buckets account "
+    "for every 1m row the day owns.",
+}
+INDICATOR_CHECKS = {
+    "ranges": "Bounds (RSI, Stochastic, ADX in [0, 100]; ATR >= 0 ...) and orderings (Bollinger "
+    "upper >= middle >= lower) hold within 1e-9 of their scale; no NaN or infinity stored.",
+    "nulls_where_not_due": "NULL exactly where a value's derived warm-up is not available; a "
+    "value everywhere else.",
+    "no_lookahead": "For a sample of bars (the newest always), recomputing from the candles up "
+    "to that bar only gives the stored value.",
+}
 DAY = dt.timedelta(days=1)
 
 
@@ -69,12 +94,13 @@ def _owned_where(start: dt.datetime, end: dt.datetime) -> tuple[str, list[dt.dat
     deps=["bybit_klines_1m"],
     pool="duckdb",
     group_name="timeframes",
+    owners=OWNERS,
     kinds={"duckdb", "polars"},
     description=(
         "Every configured timeframe (1m … 1M, 37m and 148m included) built from the 1m candles "
         "on the epoch-anchored grid; closed buckets only; n_1m and complete say how whole each is."
     ),
-    check_specs=[dg.AssetCheckSpec(c, asset="candles", blocking=True) for c in CANDLE_CHECKS],
+    check_specs=check_specs("candles", CANDLE_CHECKS),
     metadata={"table": "candles"},
 )
 def candles(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
@@ -119,7 +145,7 @@ def candles(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         ),
     }
     return dg.MaterializeResult(
-        metadata=meta,
+        metadata=display(meta),
         check_results=[
             check_result(n, _merge(outcomes[n], "days"), "candles") for n in CANDLE_CHECKS
         ],
@@ -146,13 +172,14 @@ def _merge(outcomes: list, unit: str):
     deps=["candles"],
     pool="duckdb",
     group_name="timeframes",
-    kinds={"duckdb", "polars"},
+    owners=OWNERS,
+    kinds={"talib", "duckdb", "polars"},
     description=(
         "TA-Lib indicators for every symbol and timeframe (pipeline/indicators.yaml). Each day "
         "reads exactly its derived warm-up; a value whose warm-up reaches a minute that is "
         "neither stored nor confirmed absent by the exchange is NULL."
     ),
-    check_specs=[dg.AssetCheckSpec(c, asset="indicators", blocking=True) for c in INDICATOR_CHECKS],
+    check_specs=check_specs("indicators", INDICATOR_CHECKS),
     metadata={"table": "indicators"},
 )
 def indicators(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
@@ -216,7 +243,7 @@ def indicators(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         "warmup_bars": dg.MetadataValue.json(warmup_bars(spec)),
     }
     return dg.MaterializeResult(
-        metadata=meta,
+        metadata=display(meta),
         check_results=[
             check_result(n, _merge(outcomes[n], "day x timeframe windows"), "indicators")
             for n in INDICATOR_CHECKS
@@ -229,9 +256,11 @@ def indicators(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     name="warmup_matches_full_history",
     blocking=False,
     pool="duckdb",
+    partitions_def=DAILY,
     description=(
         "Values computed from only the derived warm-up equal those from all stored history "
-        "within the stated tolerance (sampled; daily, on the quality schedule)."
+        "within the stated tolerance (sampled from the newest bars up to the day's end; daily "
+        "for yesterday on the quality schedule, and in backfills)."
     ),
 )
 def indicators_warmup(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
@@ -239,15 +268,19 @@ def indicators_warmup(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckRe
 
     spec = load_spec()
     wh = get_warehouse()
+    end = partition_window(context.op_execution_context)[1]
     outcomes = []
     for tf in settings().timeframes:
         hist = wh.query(
-            "SELECT * FROM candles WHERE timeframe = ? ORDER BY symbol, open_time DESC LIMIT ?",
-            [tf, 4 * spec.max_warmup],
+            "SELECT * FROM candles WHERE timeframe = ? AND close_time <= ?"
+            " ORDER BY symbol, open_time DESC LIMIT ?",
+            [tf, end, 4 * spec.max_warmup],
         ).sort("symbol", "open_time")
         if hist.height > spec.max_warmup:
             outcomes.append(check_warmup(with_history(wh, hist), spec))
     outcome = _merge(outcomes, "timeframes") if outcomes else None
     if outcome is None:
-        return dg.AssetCheckResult(passed=True, description="not enough history to compare yet")
-    return check_result("warmup_matches_full_history", outcome, "indicators")
+        result = dg.AssetCheckResult(passed=True, description="not enough history to compare yet")
+    else:
+        result = check_result("warmup_matches_full_history", outcome, "indicators")
+    return for_each_partition(context, result)

@@ -57,13 +57,17 @@ def validate_assets(assets: str) -> str | None:
 
 
 def validate_range(settings: Settings, start: dt.date, end: dt.date) -> None:
+    from pipeline.partitions import first_partition
+
     today = dt.datetime.now(dt.UTC).date()
     if end < start:
         raise BackfillError(f"--end {end} is before --start {start}; give the last day, inclusive")
-    if start < settings.start_date:
+    first = first_partition(settings)
+    if start < first.day and first.origin != "fallback":  # a new home's first backfill sets it
         raise BackfillError(
-            f"--start {start} is before the first partition {settings.start_date}; "
-            "lower start_date in signalbox.yaml to go further back"
+            f"--start {start} is before the first partition {first.day} ({first.why}); to go "
+            f"further back set start_date: {start} in {settings.config_path or 'signalbox.yaml'}"
+            " (then restart `signalbox up`)"
         )
     if end > today:
         raise BackfillError(f"--end {end} is in the future (today is {today} UTC)")
@@ -106,6 +110,7 @@ def render(lines: Iterable[str], out=sys.stderr) -> tuple[bool, list[str]]:
     width = shutil.get_terminal_size((150, 24)).columns - 1 if tty else 150
     tail: list[str] = []
     failed = False
+    last_check = ""
     t0 = time.monotonic()
     bar_open = False  # a progress line drawn in place, not yet ended
 
@@ -136,7 +141,10 @@ def render(lines: Iterable[str], out=sys.stderr) -> tuple[bool, list[str]]:
         elif m := _STEP.search(line):
             emit(f"→ {m[1]}")
         elif "ASSET_CHECK_EVALUATION" in line:
-            emit(check_line(line))
+            text = check_line(line)
+            if text != last_check:  # a check over a range is recorded once per day
+                emit(text)
+            last_check = text
         elif _FAIL.search(line) and "STEP_SUCCESS" not in line:
             failed = failed or "FAILURE" in line
     if bar_open:
@@ -239,6 +247,9 @@ def backfill(settings: Settings, start: dt.date, end: dt.date, assets: str = "al
     except BackfillError as err:
         print(f"signalbox backfill: {err}", file=sys.stderr)
         return 2
+    from pipeline.partitions import ensure_recorded
+
+    ensure_recorded(settings, dt.datetime.now(dt.UTC).date(), settings.live.history_days, start)
     print(
         f"backfilling {', '.join(settings.symbols)} {start} → {end} ({subset or DAILY_SELECTION})",
         file=sys.stderr,

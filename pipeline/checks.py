@@ -8,6 +8,7 @@ means a benchmark, a test or the sidecar can run the very same checks without Da
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -92,17 +93,33 @@ def ohlc_sane(frame: pl.DataFrame, keys: list[str]) -> CheckOutcome:
     )
 
 
+DISPLAY_DIGITS = 6
+
+
+def for_display(value: Any) -> Any:
+    """`value` with every float (also inside dicts, lists and tuples) rounded to DISPLAY_DIGITS
+    significant digits, so the UI shows 0.3, not 0.30000000000000004. For display only: never
+    for values that are compared or stored."""
+    if isinstance(value, float):
+        return float(f"{value:.{DISPLAY_DIGITS}g}") if math.isfinite(value) else value
+    if isinstance(value, dict):
+        return {k: for_display(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [for_display(v) for v in value]
+    return value
+
+
 class Markdown(str):
     """Metadata text the Dagster layer shows as markdown (a table in the UI)."""
 
 
 def md_table(frame: pl.DataFrame | None) -> Markdown:
-    """A polars frame as a markdown table for the UI (floats to 4 significant digits)."""
+    """A polars frame as a markdown table for the UI (floats rounded by `for_display`)."""
     if frame is None or frame.height == 0:
         return Markdown("(none)")
     lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * frame.width]
     for row in frame.iter_rows():
-        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
+        cells = [str(for_display(v)) for v in row]
         lines.append("| " + " | ".join(cells) + " |")
     return Markdown("\n".join(lines))
 

@@ -143,7 +143,7 @@ class Settings(_Section):
     """Validated configuration; paths are absolute."""
 
     symbols: list[str] = ["BTCUSDT"]
-    start_date: dt.date = dt.date(2023, 1, 1)
+    start_date: dt.date | None = None  # None: derived per home (pipeline/partitions.py)
     home: Path = Path(".signalbox")
     source: Source = "auto"
     bybit: BybitConfig = BybitConfig()
@@ -173,9 +173,12 @@ class Settings(_Section):
 
     @field_validator("start_date")
     @classmethod
-    def _start(cls, v: dt.date) -> dt.date:
-        if v < dt.date(2018, 1, 1) or v > dt.datetime.now(dt.UTC).date():
-            raise ValueError("must be a day between 2018-01-01 and today (UTC), as YYYY-MM-DD")
+    def _start(cls, v: dt.date | None) -> dt.date | None:
+        if v is not None and (v < dt.date(2018, 1, 1) or v > dt.datetime.now(dt.UTC).date()):
+            raise ValueError(
+                "must be a day between 2018-01-01 and today (UTC), as YYYY-MM-DD, or null to "
+                "derive it from live.history_days"
+            )
         return v
 
     @field_validator("timeframes")

@@ -6,6 +6,8 @@ for runs whose process died (sensors/reaper.py). Asset modules stay thin; the wo
 pipeline/ and warehouse/.
 """
 
+import datetime as dt
+
 import dagster as dg
 
 from assets import backtests, klines, signals, timeframes
@@ -15,7 +17,10 @@ from sensors import live, reaper, repair
 quality_job = dg.define_asset_job(
     "quality",
     selection=live.SLOW_CHECKS,
-    description="The great-expectations suites (slow to import, so daily, not per minute).",
+    partitions_def=DAILY,
+    description="The slow checks (great-expectations, warm-up against full history) for a day: "
+    "slow to import, so daily, not per minute. Per day, so the UI keeps each day's verdict "
+    "while live runs rewrite today.",
 )
 
 backfill_job = dg.define_asset_job(
@@ -27,13 +32,18 @@ backfill_job = dg.define_asset_job(
     "and by `signalbox up` catching up what a restarted home is missing.",
 )
 
-quality_schedule = dg.ScheduleDefinition(
+
+@dg.schedule(
     job=quality_job,
     cron_schedule="20 0 * * *",
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Daily great-expectations validation of recent candles.",
+    description="Daily, after the repair re-ingested it: the slow checks over yesterday.",
 )
+def quality_schedule(context: dg.ScheduleEvaluationContext):
+    day = (context.scheduled_execution_time.astimezone(dt.UTC) - dt.timedelta(days=1)).date()
+    return dg.RunRequest(run_key=f"quality:{day}", partition_key=day.isoformat())
+
 
 defs = dg.Definitions(
     assets=[

@@ -19,6 +19,7 @@ from pathlib import Path
 from pipeline import latency, pids
 from pipeline.config import REPO_ROOT, Settings
 from pipeline.instance import dagster_env
+from pipeline.partitions import ensure_recorded, exchange_today
 from pipeline.processes import (
     open_exchange,
     port_free,
@@ -102,7 +103,7 @@ def choose_source(settings: Settings) -> tuple[Endpoint, subprocess.Popen | None
     return ep, proc
 
 
-def catch_up(settings: Settings, ep: Endpoint, days: int) -> int:
+def catch_up(settings: Settings, ep: Endpoint, days: int, first_day: dt.date) -> int:
     """Bring the last `days` days up to the exchange's clock before going live: only what is
     missing (pipeline/catchup.py), each range as one run of the `backfill` job; says what it
     does. Returns the first failed run's exit code, or 0."""
@@ -113,7 +114,7 @@ def catch_up(settings: Settings, ep: Endpoint, days: int) -> int:
 
     try:
         now = client_for(settings, ep).server_time()
-        first = max(settings.start_date, now.date() - dt.timedelta(days=days))
+        first = max(first_day, now.date() - dt.timedelta(days=days))
         done = materialized_days(settings.dagster_home)
         with warehouse_for(settings, ep).writer() as con:
             plan = plan_catchup(con, settings.symbols, first, now, done)
@@ -138,6 +139,8 @@ def up(settings: Settings, history_days: int | None = None) -> int:
         _say(port_in_use(ui.host, ui.port, "pass --port or set ui.port / SIGNALBOX_UI_PORT"))
         return 2
     ep, replay_proc = choose_source(settings)
+    days = settings.live.history_days if history_days is None else history_days
+    first_day = ensure_recorded(settings, exchange_today(ep.rest_url), days).day
     env = dagster_env(settings, source_env(ep))
     wh = warehouse_for(settings, ep)
     logs = settings.home / "logs"
@@ -165,6 +168,9 @@ def up(settings: Settings, history_days: int | None = None) -> int:
         Child(
             "sidecar", [sys.executable, "-m", "pipeline.cli", "sidecar"], env, logs / "sidecar.log"
         ),
+        Child(
+            "reports", [sys.executable, "-m", "pipeline.reports_server"], env, logs / "reports.log"
+        ),
     ]
 
     def _interrupt(signum, frame):
@@ -174,8 +180,7 @@ def up(settings: Settings, history_days: int | None = None) -> int:
     try:
         children[0].start()
         _say(f"Dagster UI: http://{ui.host}:{ui.port}")
-        days = settings.live.history_days if history_days is None else history_days
-        if days and catch_up(settings, ep, days) != 0:
+        if days and catch_up(settings, ep, days, first_day) != 0:
             _say("the catch-up failed (see above); going live anyway, the live sensor resumes")
         for child in children[1:]:
             child.start()
@@ -186,6 +191,7 @@ def up(settings: Settings, history_days: int | None = None) -> int:
         _say(f"  UI        http://{ui.host}:{ui.port}")
         _say(f'  warehouse {wh.replica_path}  (read replica; `signalbox sql "SELECT …"`)')
         _say(f"  socket    {settings.socket_path}  (`signalbox tail`)")
+        _say(f"  reports   http://{ui.host}:{ui.reports_port}/  ({settings.reports_dir})")
         _say(f"  source    {ep.label} {ep.rest_url}")
         _say(f"  logs      {logs}/  (daemon.log, webserver.log, sidecar.log, latency.jsonl)")
         _say("Ctrl-C stops everything.")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pipeline.config import REPO_ROOT, load_settings
 from pipeline.instance import dagster_env
+from pipeline.partitions import ensure_recorded, exchange_today
 from pipeline.processes import spawn, stop
 from warehouse import connect
 
@@ -46,7 +47,10 @@ class Daemon:
 
     def __init__(self, home: Path, replay, config: Path) -> None:
         env = {**replay_env(home, replay), "SIGNALBOX_CONFIG": str(config)}
-        self.env = dagster_env(load_settings(config, env=env), env)
+        settings = load_settings(config, env=env)
+        # What `signalbox up` does before starting Dagster: fix the home's first partition.
+        ensure_recorded(settings, exchange_today(replay.rest_url), settings.live.history_days)
+        self.env = dagster_env(settings, env)
         self.home = home
         self.log = home / "daemon.log"
         self.proc: subprocess.Popen | None = None

@@ -122,8 +122,15 @@ def test_sql_reads_the_replica(week):
 def test_bad_dates_are_refused_with_a_reason(tmp_path):
     r = run_cli(["backfill", "--start", "2024-01-07", "--end", "2024-01-01"], tmp_path)
     assert r.returncode == 2 and "before --start" in r.stderr
-    r = run_cli(["backfill", "--start", "2019-01-01", "--end", "2019-01-02"], tmp_path)
-    assert r.returncode == 2 and "first partition" in r.stderr
+    cfg = tmp_path / "signalbox.yaml"
+    cfg.write_text("start_date: 2023-01-01\n")
+    r = run_cli(
+        ["backfill", "--start", "2019-01-01", "--end", "2019-01-02"],
+        tmp_path,
+        SIGNALBOX_CONFIG=str(cfg),
+    )
+    assert r.returncode == 2 and "first partition 2023-01-01" in r.stderr
+    assert "set start_date: 2019-01-01" in r.stderr
     r = run_cli(["backfill", "--start", "2024-13-01", "--end", "2024-01-02"], tmp_path)
     assert r.returncode == 2 and "YYYY-MM-DD" in r.stderr
     week = ["--start", "2024-01-01", "--end", "2024-01-02"]

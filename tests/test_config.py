@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_repo_config_loads_with_documented_defaults():
     s = load_settings(env={})
     assert s.symbols == ["BTCUSDT"]
-    assert s.start_date == dt.date(2023, 1, 1)
+    assert s.start_date is None  # derived per home (pipeline/partitions.py)
     assert s.home.is_absolute() and s.home.name == ".signalbox"
     assert "37m" in s.timeframes and "148m" in s.timeframes and len(s.timeframes) == 17
     assert s.ui.port == 3000 and s.live.history_days == 7 and s.live.run_retention_days == 2

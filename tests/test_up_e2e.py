@@ -55,8 +55,12 @@ def _alive(pid: int) -> bool:
 
 
 def test_up_serves_the_ui_ingests_live_and_stops_cleanly_on_ctrl_c(tmp_path: Path):
-    ui, replay = _free_port(), _free_port()
-    cfg = write_config(tmp_path, {"ui": {"port": ui}, "replay": {"port": replay}}, history_days=0)
+    ui, replay, reports = _free_port(), _free_port(), _free_port()
+    cfg = write_config(
+        tmp_path,
+        {"ui": {"port": ui, "reports_port": reports}, "replay": {"port": replay}},
+        history_days=0,
+    )
     env = {**replay_env(tmp_path), "SIGNALBOX_CONFIG": str(cfg)}
     log = tmp_path / "up.log"
     with log.open("wb") as out:
@@ -79,6 +83,9 @@ def test_up_serves_the_ui_ingests_live_and_stops_cleanly_on_ctrl_c(tmp_path: Pat
             assert where in text
         with urllib.request.urlopen(f"http://127.0.0.1:{ui}/server_info", timeout=10) as r:
             assert r.status == 200
+        assert f"reports   http://127.0.0.1:{reports}/" in text
+        with urllib.request.urlopen(f"http://127.0.0.1:{reports}/", timeout=10) as r:
+            assert r.status == 200  # the reports directory, served for the UI's links
         wait("live: ", 180)  # the sensor's first run committed candles, and up reports it
         assert (tmp_path / "sidecar.sock").exists()
         kids = _descendants(proc.pid)
