@@ -23,9 +23,11 @@ from pipeline.sources import home_source
 
 DAILY_SELECTION = "group:ingest or group:timeframes or group:signals"
 BACKFILL_JOB = "backfill"  # pipeline/definitions.py: DAILY_SELECTION as a named job
+BACKTEST_JOB = "backtest_reports"  # assets/backtests.py: one personality's report
 BACKFILL_ASSETS = ("bybit_klines_1m", "candles", "indicators", "signals")  # its assets, in order
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
+PARTITION_TAG = "dagster/partition"
 _STEP = re.compile(r" - (\w+) - STEP_START")
 _CHECK = re.compile(
     r"ASSET_CHECK_EVALUATION - Asset check '(\w+)' on '([^']+)' (passed|did not pass)\."
@@ -152,41 +154,27 @@ def render(lines: Iterable[str], out=sys.stderr) -> tuple[bool, list[str]]:
     return failed, tail
 
 
-def materialize(
-    settings: Settings,
-    selection: str,
-    partition_range: str | None = None,
-    run_config: str | None = None,
-    partition: str | None = None,
-) -> int:
-    """Run `dagster asset materialize` for `selection` (a run of Dagster's implicit asset job)
-    and show its progress."""
-    args = ["--select", selection]
-    if partition_range:
-        args += ["--partition-range", partition_range]
-    if partition:
-        args += ["--partition", partition]
-    if run_config:
-        args += ["--config-json", run_config]
-    return _dagster(settings, ["asset", "materialize"], args)
-
-
 def run_job(
     settings: Settings,
     job: str,
-    first: dt.date,
-    last: dt.date,
+    days: tuple[dt.date, dt.date] | None = None,
+    partition: str | None = None,
     run_config: dict | None = None,
     assets: str | None = None,
 ) -> int:
-    """Run the daily-partitioned `job` (pipeline/definitions.py) over the days [first, last] as
-    ONE run, and show its progress. `assets`: a comma-separated subset of the job's assets."""
+    """Run the named `job` (pipeline/definitions.py) as ONE run, over the days [first, last]
+    of a daily-partitioned job or over one `partition`, and show its progress. `assets`: a
+    comma-separated subset of the job's assets."""
     import json
     import tempfile
 
-    # Dagster's tags for a single-run partition range (dagster._core.storage.tags), which
-    # `dagster job execute` has no option for.
-    tags = {RANGE_START_TAG: first.isoformat(), RANGE_END_TAG: last.isoformat()}
+    # Dagster's tags for a partition and a single-run partition range
+    # (dagster._core.storage.tags), which `dagster job execute` has no option for.
+    tags: dict[str, str] = {}
+    if days:
+        tags = {RANGE_START_TAG: days[0].isoformat(), RANGE_END_TAG: days[1].isoformat()}
+    if partition:
+        tags[PARTITION_TAG] = partition
     args = ["-j", job, "--tags", json.dumps(tags)]
     if assets:
         args += ["--op-selection", assets]
@@ -254,4 +242,4 @@ def backfill(settings: Settings, start: dt.date, end: dt.date, assets: str = "al
         f"backfilling {', '.join(settings.symbols)} {start} → {end} ({subset or DAILY_SELECTION})",
         file=sys.stderr,
     )
-    return run_job(settings, BACKFILL_JOB, start, end, assets=subset)
+    return run_job(settings, BACKFILL_JOB, (start, end), assets=subset)

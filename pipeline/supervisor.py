@@ -123,7 +123,7 @@ def catch_up(settings: Settings, ep: Endpoint, days: int, first_day: dt.date) ->
         return 1
     _say(plan.describe())
     for run in plan.runs:
-        code = run_job(settings, BACKFILL_JOB, run.first, run.last, run_config=run.run_config())
+        code = run_job(settings, BACKFILL_JOB, (run.first, run.last), run_config=run.run_config())
         if code != 0:
             return code
     return 0

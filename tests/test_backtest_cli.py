@@ -151,9 +151,12 @@ def succeeded(backfilled, exchange) -> subprocess.CompletedProcess:
     )
 
 
-def test_a_backtest_prints_its_summary_and_report(succeeded) -> None:
+def test_a_backtest_prints_its_summary_and_report(succeeded, backfilled) -> None:
     r = succeeded
     assert r.returncode == 0, r.stderr[-3000:]
+    # CLI runs belong to named jobs, never Dagster's implicit __ASSET_JOB
+    assert ("backtest_reports", "SUCCESS") in dagster_runs(backfilled)
+    assert {job for job, _ in dagster_runs(backfilled)} == {"backfill", "backtest_reports"}
     assert "backtesting scalping 2024-01-02 → 2024-01-02 (1 days)" in r.stderr
     out = r.stdout.strip().splitlines()
     assert out[0] == (

@@ -40,7 +40,7 @@ def backtest(
     """Validate, check the data, materialize `backtest_report` for one personality, print."""
     import duckdb
 
-    from pipeline.backfill import BackfillError, materialize, validate_range
+    from pipeline.backfill import BACKTEST_JOB, BackfillError, run_job, validate_range
     from pipeline.backtest import coverage
     from pipeline.backtest.params import ParamError, parse_overrides
     from pipeline.backtest.period import period_bounds, resolve_period
@@ -103,11 +103,11 @@ def backtest(
     cfg["params_json"] = json.dumps(overrides)
     if symbol:
         cfg["symbol"] = symbol
-    run_config = json.dumps({"ops": {"backtest_report": {"config": cfg}}})
+    run_config = {"ops": {"backtest_report": {"config": cfg}}}
     n_days = (last - first).days + 1
     print(f"backtesting {personality} {first} → {last} ({n_days} days)", file=sys.stderr)
     started = time.time()
-    code = materialize(settings, "backtest_report", partition=personality, run_config=run_config)
+    code = run_job(settings, BACKTEST_JOB, partition=personality, run_config=run_config)
     if code != 0:
         return code
     lo, hi = period_bounds(first, last)
