@@ -19,7 +19,7 @@ from pathlib import Path
 from pipeline import latency, pids
 from pipeline.config import REPO_ROOT, Settings
 from pipeline.instance import dagster_env
-from pipeline.partitions import ensure_recorded, exchange_today
+from pipeline.partitions import ensure_recorded, exchange_today, first_partition
 from pipeline.processes import (
     open_exchange,
     port_free,
@@ -103,7 +103,7 @@ def choose_source(settings: Settings) -> tuple[Endpoint, subprocess.Popen | None
     return ep, proc
 
 
-def catch_up(settings: Settings, ep: Endpoint, days: int, first_day: dt.date) -> int:
+def catch_up(settings: Settings, ep: Endpoint, days: int) -> int:
     """Bring the last `days` days up to the exchange's clock before going live: only what is
     missing (pipeline/catchup.py), each range as one run of the `backfill` job; says what it
     does. Returns the first failed run's exit code, or 0."""
@@ -114,7 +114,7 @@ def catch_up(settings: Settings, ep: Endpoint, days: int, first_day: dt.date) ->
 
     try:
         now = client_for(settings, ep).server_time()
-        first = max(first_day, now.date() - dt.timedelta(days=days))
+        first = max(first_partition(settings, now.date()).day, now.date() - dt.timedelta(days=days))
         done = materialized_days(settings.dagster_home)
         with warehouse_for(settings, ep).writer() as con:
             plan = plan_catchup(con, settings.symbols, first, now, done)
@@ -140,7 +140,7 @@ def up(settings: Settings, history_days: int | None = None) -> int:
         return 2
     ep, replay_proc = choose_source(settings)
     days = settings.live.history_days if history_days is None else history_days
-    first_day = ensure_recorded(settings, exchange_today(ep.rest_url), days).day
+    ensure_recorded(settings, exchange_today(ep.rest_url), days)
     env = dagster_env(settings, source_env(ep))
     wh = warehouse_for(settings, ep)
     logs = settings.home / "logs"
@@ -180,7 +180,7 @@ def up(settings: Settings, history_days: int | None = None) -> int:
     try:
         children[0].start()
         _say(f"Dagster UI: http://{ui.host}:{ui.port}")
-        if days and catch_up(settings, ep, days, first_day) != 0:
+        if days and catch_up(settings, ep, days) != 0:
             _say("the catch-up failed (see above); going live anyway, the live sensor resumes")
         for child in children[1:]:
             child.start()

@@ -131,9 +131,11 @@ def test_catch_up_runs_only_the_missing_range_as_one_backfill_run(home, capfd):
     """The real thing: `up`'s catch-up on a home stopped at 17:00 on 3 Jan starts ONE run of
     the `backfill` job over 3 → 5 Jan whose ingest covers 17:01 on 3 Jan → now, no more."""
     from pipeline.instance import ensure_instance
+    from pipeline.partitions import ensure_recorded
     from pipeline.supervisor import catch_up
 
     home.store(_t(2), _t(3, 17, 1))
+    ensure_recorded(home.settings, NOW.date(), 3)  # what `up` records before catching up
     with dg.DagsterInstance.from_config(str(ensure_instance(home.settings))) as instance:
         for day in sorted(home.done):  # what the run that stored these days recorded
             instance.report_runless_asset_event(dg.AssetMaterialization("signals", partition=day))
