@@ -14,6 +14,7 @@ schema version crash-loops the daemon).
 
 from __future__ import annotations
 
+import datetime as dt
 import fcntl
 import os
 import sqlite3
@@ -158,3 +159,23 @@ def dagster_env(settings: Settings, extra: dict[str, str] | None = None) -> dict
         env["SIGNALBOX_CONFIG"] = str(settings.config_path)
     env.update(extra or {})
     return env
+
+
+# -- what `signalbox up` and `status` read from the instance (Dagster imported only here) ----
+def materialized_days(dagster_home: Path, asset: str = "signals") -> set[str]:
+    """The daily partitions of `asset` with a recorded materialization in the instance
+    (`up`'s catch-up: which days' signals Dagster has recorded)."""
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        return set(instance.get_materialized_partitions(dg.AssetKey(asset)))
+
+
+def failed_runs(dagster_home: Path, since: dt.datetime, limit: int = 20) -> list[dict]:
+    """The runs that failed since `since`: id, job and tags (`signalbox status`)."""
+    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+    flt = RunsFilter(statuses=[DagsterRunStatus.FAILURE], updated_after=since)
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
+        runs = instance.get_runs(filters=flt, limit=limit)
+    return [{"run_id": r.run_id, "job": r.job_name, "tags": dict(r.tags)} for r in runs]

@@ -136,16 +136,14 @@ def _sidecar(settings: Settings, st: Status) -> None:
 def _failed_runs(settings: Settings, st: Status, now: dt.datetime) -> None:
     if not (settings.dagster_home / "dagster.yaml").exists():
         return
-    try:
-        from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+    from pipeline.instance import failed_runs
 
-        flt = RunsFilter(statuses=[DagsterRunStatus.FAILURE], updated_after=now - FAILED_WINDOW)
-        with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
-            runs = instance.get_runs(filters=flt, limit=20)
+    try:
+        runs = failed_runs(settings.dagster_home, now - FAILED_WINDOW)
     except Exception as err:  # any failure to read Dagster's storage is reported, not raised
         st.problems.append(f"cannot read the Dagster runs in {settings.dagster_home}: {err}")
         return
-    st.failed_runs = [{"run_id": r.run_id, "job": r.job_name, "tags": dict(r.tags)} for r in runs]
+    st.failed_runs = runs
     if runs:
         st.problems.append(f"{len(runs)} failed run(s) in the last hour (see the Dagster UI)")
 

@@ -110,7 +110,7 @@ def catch_up(settings: Settings, ep: Endpoint, days: int) -> int:
     from pipeline.backfill import BACKFILL_JOB, run_job
     from pipeline.catchup import plan_catchup
     from pipeline.ingest import client_for
-    from sensors.catchup import materialized_days
+    from pipeline.instance import materialized_days
 
     try:
         now = client_for(settings, ep).server_time()

@@ -26,7 +26,7 @@ from PIL import Image
 from pipeline.config import REPO_ROOT, load_settings
 from pipeline.instance import dagster_env
 from pipeline.processes import spawn, stop
-from tests.daemon import replay_env
+from tests.daemon import replay_env, write_config
 from tests.test_backtest_report import ARGS, CHROMIUM
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,9 @@ BIN = Path(sys.executable).parent
 CLI = [sys.executable, "-m", "pipeline.cli"]
 GROUPS = ("ingest", "timeframes", "signals", "reports")
 ASSETS = ("bybit_klines_1m", "candles", "indicators", "signals", "backtest_report")
-PERSONALITIES = ("scalping", "ma_trend")
+# Two personalities the two stored days can backtest (the others' warm-up is longer and
+# `signalbox backtest` refuses them, naming the days to backfill): two points per plot.
+PERSONALITIES = ("scalping", "scalping_tight")
 
 
 @dataclass
@@ -89,8 +91,16 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory):
     home.mkdir()
     today = dt.datetime.now(dt.UTC).date()
     y, t = str(today - dt.timedelta(days=1)), str(today)
+    tight = root / "scalping_tight.yaml"
+    shipped = (REPO_ROOT / "pipeline" / "personalities" / "scalping.yaml").read_text()
+    tight.write_text(
+        shipped.replace("name: scalping", "name: scalping_tight").replace(
+            "threshold: 0.4", "threshold: 0.6"
+        )
+    )
+    cfg = write_config(home, {"personalities": ["scalping", str(tight)]})
     with ReplayExchange(seed=7) as ex:
-        env = replay_env(home, ex)
+        env = {**replay_env(home, ex), "SIGNALBOX_CONFIG": str(cfg)}
         _cli(["backfill", "--start", y, "--end", t], env)
         for p in PERSONALITIES:
             _cli(["backtest", "--personality", p, "--start", y, "--end", y], env)
