@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import jsonfile
 from pipeline.config import ConfigError, Settings
 
 RECORD = "partitions.json"
@@ -97,19 +97,10 @@ def ensure_recorded(
     why = f"the home's first start on {today} minus {history_days} day(s) of history"
     if earliest is not None and earliest < day:
         day, why = earliest, f"the first day of the home's first backfill ({today})"
-    path = record_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
     rec = {
         "start_date": day.isoformat(),
         "derived_from": why,
         "recorded_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    tmp = path.with_name(f".{RECORD}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(rec, indent=1))
-    try:
-        os.link(tmp, path)  # never replaces a record another command wrote meanwhile
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink()
+    jsonfile.create(record_path(settings), rec)  # never replaces another command's record
     return first_partition(settings, today)

@@ -15,6 +15,8 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
+from pipeline import jsonfile
+
 # /proc gives the start in clock ticks since boot and the boot time in whole seconds.
 SLACK_S = 2.0
 
@@ -75,26 +77,16 @@ def claim(path: Path) -> int | None:
     """Record this process in the pid file `path` (written atomically) unless a live process
     holds it: returns that process's pid, or None once claimed. The file is removed when this
     process exits (a killed one leaves it behind, and `holder` then sees it is stale)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     me = os.getpid()
-    rec = {"pid": me, "started_at": time.time()}
-    tmp = path.with_name(f".{path.name}.{me}.tmp")
-    tmp.write_text(json.dumps(rec))
-    try:
-        for _ in range(3):
-            try:
-                os.link(tmp, path)  # atomic, and fails if the file exists
-            except FileExistsError:
-                other = holder(path)
-                if other is not None and other != me:
-                    return other
-                path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
+    for _ in range(3):
+        if jsonfile.create(path, {"pid": me, "started_at": time.time()}):
             atexit.register(release, path)
             return None
-        raise OSError(f"could not claim {path}")
-    finally:
-        tmp.unlink(missing_ok=True)
+        other = holder(path)
+        if other is not None and other != me:
+            return other
+        path.unlink(missing_ok=True)  # stale: its process is gone
+    raise OSError(f"could not claim {path}")
 
 
 def release(path: Path) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import urllib.error
 import urllib.request
@@ -24,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from pipeline import jsonfile
 from pipeline.config import BybitConfig, ConfigError, ReplayConfig, Settings
 from warehouse import Warehouse
 
@@ -175,12 +175,8 @@ def recorded(settings: Settings) -> dict | None:
 
 def _record(settings: Settings, ep: Endpoint, why: str) -> None:
     """Write the record atomically (a crash leaves the old one or the new one)."""
-    path = record_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
     rec = {**asdict(ep), "chosen_by": why, "chosen_at": dt.datetime.now(dt.UTC).isoformat()}
-    tmp = path.with_name(f".{RECORD}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(rec, indent=1))
-    os.replace(tmp, path)
+    jsonfile.replace(record_path(settings), rec)
 
 
 def _warehouse_ids(settings: Settings) -> list[str]:
