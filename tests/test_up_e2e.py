@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import pids
 from pipeline.config import REPO_ROOT
 from tests.daemon import replay_env, write_config
 
@@ -25,25 +26,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _descendants(pid: int) -> set[int]:
-    """Every live process below `pid`, by walking /proc's parent links."""
-    parent: dict[int, int] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            parent[int(d.name)] = int(fields[1])
-    out, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        kids = [c for c, pp in parent.items() if pp == p]
-        out.update(kids)
-        todo += kids
-    return out
 
 
 def _alive(pid: int) -> bool:
@@ -88,7 +70,7 @@ def test_up_serves_the_ui_ingests_live_and_stops_cleanly_on_ctrl_c(tmp_path: Pat
             assert r.status == 200  # the reports directory, served for the UI's links
         wait("live: ", 180)  # the sensor's first run committed candles, and up reports it
         assert (tmp_path / "sidecar.sock").exists()
-        kids = _descendants(proc.pid)
+        kids = pids.descendants(proc.pid)
         assert len(kids) >= 4  # replay, webserver, daemon, sidecar (and their own children)
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         assert proc.wait(60) == 0
@@ -99,7 +81,7 @@ def test_up_serves_the_ui_ingests_live_and_stops_cleanly_on_ctrl_c(tmp_path: Pat
         left = {k for k in kids if _alive(k)}
         assert not left, f"orphaned processes: {left}"
     finally:
-        for pid in [*_descendants(proc.pid), proc.pid]:
+        for pid in [*pids.descendants(proc.pid), proc.pid]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         proc.wait()
@@ -134,7 +116,7 @@ def test_up_restarted_on_a_warm_home_backfills_nothing_again(tmp_path: Path):
             proc.send_signal(signal.SIGINT)
             assert proc.wait(60) == 0
         finally:
-            for pid in [*_descendants(proc.pid), proc.pid]:
+            for pid in [*pids.descendants(proc.pid), proc.pid]:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             proc.wait()
