@@ -91,7 +91,7 @@ def backtest_report(context: dg.AssetExecutionContext, config: BacktestConfig):
     from pipeline.backtest.params import ParamError, parse_overrides
     from pipeline.backtest.report import report_dir, rounded, summary
     from pipeline.backtest.result import run_id_for
-    from pipeline.checks import CheckOutcome
+    from pipeline.quality.checks import CheckOutcome
     from warehouse import Replacement
 
     s, wh = settings(), get_warehouse()

@@ -1,5 +1,6 @@
 """What every asset module shares: partitions, the DuckDB pool, settings, owners, check specs
-and results, metadata as the UI shows it (and `md_table`, re-exported from pipeline.checks)."""
+and results, metadata as the UI shows it (and `md_table`, re-exported from
+pipeline.quality.checks)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from functools import lru_cache
 
 import dagster as dg
 
-from pipeline.checks import CheckOutcome, Markdown, for_display
-from pipeline.checks import md_table as md_table  # re-exported for the asset modules
 from pipeline.config import settings
-from pipeline.instance import POOL
-from pipeline.sources import Endpoint, current, warehouse_for
+from pipeline.exchanges.sources import Endpoint, current, warehouse_for
+from pipeline.orchestration.instance import POOL
+from pipeline.quality.checks import CheckOutcome, Markdown, for_display
+from pipeline.quality.checks import md_table as md_table  # re-exported for the asset modules
 from sensors.reaper import WATCH_EVERY_S, PoolWatch
 from warehouse import Warehouse
 
@@ -28,9 +29,9 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 
 def _first_partition() -> str:
-    """The home's first daily partition (pipeline/partitions.py), read, never written: the
+    """The home's first daily partition (pipeline/runtime/partitions.py), read, never written: the
     webserver, the daemon and every run build the same partitions from it."""
-    from pipeline.partitions import first_partition
+    from pipeline.runtime.partitions import first_partition
 
     first = first_partition(settings())
     if first.origin == "fallback":
@@ -52,7 +53,7 @@ def check_specs(asset: str, checks: dict[str, str]) -> list[dg.AssetCheckSpec]:
 
 
 def display(meta: dict) -> dict:
-    """Metadata as the UI shows it: floats rounded (pipeline.checks.for_display, also inside
+    """Metadata as the UI shows it: floats rounded (pipeline.quality.checks.for_display, also inside
     JSON values), `Markdown` text as markdown."""
     out = {}
     for key, value in meta.items():

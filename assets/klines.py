@@ -20,7 +20,7 @@ from assets.common import (
 from assets.common import warehouse as get_warehouse
 from assets.common import window as partition_window
 from pipeline.config import settings
-from pipeline.latency import record as record_latency
+from pipeline.runtime.latency import record as record_latency
 
 ASSET = "bybit_klines_1m"
 CHECKS = {
@@ -68,9 +68,9 @@ def _parse(ts: str | None) -> dt.datetime | None:
 def bybit_klines_1m(context: dg.AssetExecutionContext, config: KlinesConfig):
     import polars as pl
 
-    from pipeline.checks import kline_checks
-    from pipeline.ingest import client_for, ingest
-    from pipeline.progress import Reporter
+    from pipeline.exchanges.ingest import client_for, ingest
+    from pipeline.quality.checks import kline_checks
+    from pipeline.runtime.progress import Reporter
 
     started_at = time.time()
     s, ep, wh = settings(), endpoint(), get_warehouse()
@@ -170,7 +170,7 @@ def bybit_klines_1m(context: dg.AssetExecutionContext, config: KlinesConfig):
     ),
 )
 def klines_expectations(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-    from pipeline.expectations import validate_klines
+    from pipeline.quality.expectations import validate_klines
 
     start, end = partition_window(context.op_execution_context)
     frame = get_warehouse().query(

@@ -1,7 +1,8 @@
 """`signals`: every configured personality's BUY/SELL signals per daily partition.
 
 A partition's signals equal what one pass over all history gives and what the live path
-computes bar by bar (pipeline/signals.py proves it; the checks here re-prove it on a sample of
+computes bar by bar (pipeline/strategy/signals.py proves it; the checks here re-prove it on a
+sample of
 each run). In live runs the new signals go to the sidecar's outbox right after the write, so a
 subscriber gets them within milliseconds and never delays the run.
 """
@@ -100,12 +101,12 @@ def _to_messages(rows) -> list[dict]:
 def signals(context: dg.AssetExecutionContext, config: SignalsConfig) -> dg.MaterializeResult:
     import polars as pl
 
-    from pipeline import latency
-    from pipeline.checks import CheckOutcome
-    from pipeline.personality import load_personalities
-    from pipeline.progress import Reporter
+    from pipeline.quality.checks import CheckOutcome
+    from pipeline.runtime import latency
+    from pipeline.runtime.progress import Reporter
     from pipeline.sidecar.outbox import publish
-    from pipeline.signals import (
+    from pipeline.strategy.personality import load_personalities
+    from pipeline.strategy.signals import (
         check_signals,
         check_signals_lookahead,
         signal_input_window,

@@ -1,6 +1,7 @@
 """`candles` (every timeframe) and `indicators`, per daily partition, with their checks.
 
-A bucket belongs to the partition of the day its last minute falls in (pipeline/resample.py),
+A bucket belongs to the partition of the day its last minute falls in
+(pipeline/candles/resample.py),
 so a 37m bucket across midnight, a week or a month is written exactly once. Indicators are
 computed day by day from exactly the derived warm-up window, in backfills as in the live
 run, so both give byte-identical values.
@@ -106,9 +107,9 @@ def _owned_where(start: dt.datetime, end: dt.datetime) -> tuple[str, list[dt.dat
 def candles(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     import polars as pl
 
-    from pipeline.progress import Reporter
-    from pipeline.resample import check_candles, owned_by, resample
-    from pipeline.timeframes import partition_input_window
+    from pipeline.candles.resample import check_candles, owned_by, resample
+    from pipeline.candles.timeframes import partition_input_window
+    from pipeline.runtime.progress import Reporter
 
     s, wh = settings(), get_warehouse()
     start, end = partition_window(context)
@@ -154,7 +155,7 @@ def candles(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
 
 def _merge(outcomes: list, unit: str):
     """One outcome for a run over several windows (days, or day x timeframe)."""
-    from pipeline.checks import CheckOutcome
+    from pipeline.quality.checks import CheckOutcome
 
     if len(outcomes) == 1:
         return outcomes[0]
@@ -192,7 +193,7 @@ def indicators(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         load_spec,
         warmup_bars,
     )
-    from pipeline.progress import Reporter
+    from pipeline.runtime.progress import Reporter
 
     s, wh, spec = settings(), get_warehouse(), load_spec()
     start, end = partition_window(context)

@@ -23,7 +23,7 @@ YEAR = (dt.date(2025, 1, 1), dt.date(2025, 12, 31))
 def _bare_insert(path: Path) -> tuple[float, int]:
     import duckdb
 
-    from pipeline import synthetic
+    from pipeline.replay import synthetic
 
     start = dt.datetime(*YEAR[0].timetuple()[:3], tzinfo=dt.UTC)
     ms = int(start.timestamp() * 1000)
@@ -54,7 +54,7 @@ def run() -> str:
         args = [
             sys.executable,
             "-m",
-            "pipeline.cli",
+            "pipeline.runtime.cli",
             "backfill",
             "--start",
             str(YEAR[0]),

@@ -74,9 +74,9 @@ def year_of_candles() -> pl.DataFrame | None:
 def personality_signals(candles: pl.DataFrame) -> dict[str, pl.DataFrame]:
     """Each shipped personality's signals over the year, as a backfill computes them."""
     from bench.bench_signals import PERSONALITIES, _frames
-    from pipeline.personality import load_personality
-    from pipeline.signals import compute_signals
-    from pipeline.timeframes import parse_timeframe
+    from pipeline.candles.timeframes import parse_timeframe
+    from pipeline.strategy.personality import load_personality
+    from pipeline.strategy.signals import compute_signals
 
     ps = [load_personality(name) for name in PERSONALITIES]
     tfs = sorted({tf for p in ps for tf in p.timeframes}, key=lambda t: parse_timeframe(t).ms)

@@ -46,9 +46,9 @@ def _pulse_yaml(name: str, up: str, down: str) -> str:
 
 def run() -> str:
     from bench.common import p50_p95, table
-    from pipeline.latency import read
-    from pipeline.processes import spawn, stop
     from pipeline.replay import ReplayExchange
+    from pipeline.runtime.latency import read
+    from pipeline.runtime.processes import spawn, stop
     from tests.daemon import Daemon, write_config
 
     with tempfile.TemporaryDirectory() as tmp, ReplayExchange(seed=7) as ex:
@@ -60,11 +60,12 @@ def run() -> str:
         cfg = write_config(home, {"personalities": ["scalping", *map(str, files)]}, history_days=0)
         daemon = Daemon(home, ex, cfg)
         env = daemon.env
-        sidecar = spawn([sys.executable, "-m", "pipeline.cli", "sidecar"], env=env,
+        sidecar = spawn([sys.executable, "-m", "pipeline.runtime.cli", "sidecar"], env=env,
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         time.sleep(1.0)
         pick = [a for name in PULSES for a in ("--personality", name)]
-        tail = spawn([sys.executable, "-m", "pipeline.cli", "tail", "--json", *pick], env=env,
+        cmd = [sys.executable, "-m", "pipeline.runtime.cli", "tail", "--json", *pick]
+        tail = spawn(cmd, env=env,
                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                      bufsize=1)  # fmt: skip
         received: list[tuple[float, dict]] = []

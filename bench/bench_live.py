@@ -1,7 +1,7 @@
 """Live ingest latency: from a candle's close on the exchange clock to its row committed.
 
 A real `dagster-daemon` runs the `bybit_live` sensor against the replay exchange on the wall
-clock for at least 10 candles. Each live run logs its timeline (pipeline/latency.py); the
+clock for at least 10 candles. Each live run logs its timeline (pipeline/runtime/latency.py); the
 stages are the floor (the sensor noticing the close, the run starting) and our own work.
 """
 
@@ -18,8 +18,8 @@ CANDLES = int(os.environ.get("BENCH_LIVE_CANDLES", "12"))
 
 def run() -> str:
     from bench.common import p50_p95, table
-    from pipeline.latency import read
     from pipeline.replay import ReplayExchange
+    from pipeline.runtime.latency import read
     from tests.daemon import Daemon, write_config
 
     with tempfile.TemporaryDirectory() as tmp, ReplayExchange(seed=7) as ex:

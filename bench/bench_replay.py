@@ -13,9 +13,8 @@ def run() -> str:
     import requests
 
     from bench.common import table
-    from pipeline import synthetic
-    from pipeline.bybit import BybitClient
-    from pipeline.replay import ExchangeClock, ReplayExchange
+    from pipeline.exchanges.bybit import BybitClient
+    from pipeline.replay import ExchangeClock, ReplayExchange, synthetic
     from pipeline.replay.data import SyntheticSource
     from pipeline.replay.market import Market
 
@@ -24,7 +23,7 @@ def run() -> str:
     now = s0 + 400 * DAY_MS
     pages = [(s0 + k * 1000 * 60_000, s0 + (k * 1000 + 999) * 60_000) for k in range(526)]
 
-    # server side, no HTTP: baseline = generating the same candles with pipeline.synthetic
+    # server side, no HTTP: baseline = generating the same candles with pipeline.replay.synthetic
     t = time.perf_counter()
     for a, b in pages:
         synthetic.candles("ETHUSDT", a, b + 60_000)
@@ -67,7 +66,8 @@ def run() -> str:
     rows = [[w, f"{t / n * 1e3:.2f}", f"{n / t:.0f}", f"{t / gen:.2f}"] for w, t in measured]
     return (
         f"{n} pages of 1000 one-minute candles (one year, {year.height:,} rows fetched and "
-        "validated). Ratio = time / generating the same candles with `pipeline.synthetic`.\n\n"
+        "validated). Ratio = time / generating the same candles with "
+        "`pipeline.replay.synthetic`.\n\n"
         + table(["what", "ms per page", "pages/s", "ratio"], rows)
         + f"\n\nOne-year backfill through pybit: {year_s:.1f} s cold, {warm_client:.1f} s warm "
         f"(HTTP alone: {raw:.1f} s)."

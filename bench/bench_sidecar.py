@@ -125,7 +125,7 @@ def subscriber_main(path: str, conns: int, after: int, last: int, out: str) -> N
 def _prices() -> list[float]:
     path = real_file(BYBIT)
     if path is None:
-        from pipeline import synthetic
+        from pipeline.replay import synthetic
 
         now = int(time.time() // 60 * 60_000)
         return [float(x) for x in synthetic.candles("BTCUSDT", now - 2000 * 60_000, now)[:, 4]]

@@ -60,9 +60,9 @@ def year_of_1m() -> Any:
 
 
 def _frames(klines: Any, timeframes: list[str]) -> dict[str, Any]:
+    from pipeline.candles.resample import resample
     from pipeline.indicators import compute_indicators
-    from pipeline.resample import resample
-    from pipeline.signals import join_frames
+    from pipeline.strategy.signals import join_frames
 
     candles = resample(klines, timeframes)
     return join_frames(candles, compute_indicators(candles), timeframes)
@@ -72,7 +72,7 @@ def _naive(frames: dict[str, Any], p: Any) -> tuple[float, int]:
     """Mean seconds per bar of the per-bar loop on a growing history, over three slices."""
     import polars as pl
 
-    from pipeline.signals import compute_signals
+    from pipeline.strategy.signals import compute_signals
 
     closes = frames[p.signal_tf]["close_time"]
     n = len(closes)
@@ -107,9 +107,9 @@ def _rates(out: Any, days: float) -> list[Any]:
 def run() -> str:
     import polars as pl
 
-    from pipeline.personality import load_personality
-    from pipeline.signals import compute_signals, signals_for_partition
-    from pipeline.timeframes import parse_timeframe
+    from pipeline.candles.timeframes import parse_timeframe
+    from pipeline.strategy.personality import load_personality
+    from pipeline.strategy.signals import compute_signals, signals_for_partition
 
     ps = [load_personality(name) for name in PERSONALITIES]
     tfs = sorted({tf for p in ps for tf in p.timeframes}, key=lambda t: parse_timeframe(t).ms)

@@ -22,6 +22,8 @@ import pandas as pd
 import polars as pl
 
 from bench.common import best_of, real_file, table
+from pipeline.candles.resample import iter_resample, resample, resample_partition
+from pipeline.candles.timeframes import parse_timeframe, partition_input_window
 from pipeline.config import Settings
 from pipeline.indicators import (
     compute_indicators,
@@ -31,8 +33,6 @@ from pipeline.indicators import (
     iter_indicators,
     load_spec,
 )
-from pipeline.resample import iter_resample, resample, resample_partition
-from pipeline.timeframes import parse_timeframe, partition_input_window
 
 TITLE = "Timeframes and indicators"
 ROOT = Path(__file__).resolve().parent.parent
@@ -457,7 +457,7 @@ def run() -> str:
 
 INTRO = (
     "Real BTCUSDT 1m candles (Binance spot, tiled: see `bench/bench_timeframes.py`). Ours: "
-    "numpy/TA-Lib (`pipeline.resample` on one thread; `pipeline.indicators` spreads a long "
+    "numpy/TA-Lib (`pipeline.candles.resample` on one thread; `pipeline.indicators` spreads a long "
     "series' entries over the cores, shown on one thread too); baseline: pandas "
     '`resample(origin="epoch")` (W-MON weeks, calendar months) and pandas-native rolling/ewm '
     "for the same indicator set. Best of 5 runs each. Targets: 1 y under 1 s, at least 3x the "

@@ -143,7 +143,7 @@ class Settings(_Section):
     """Validated configuration; paths are absolute."""
 
     symbols: list[str] = ["BTCUSDT"]
-    start_date: dt.date | None = None  # None: derived per home (pipeline/partitions.py)
+    start_date: dt.date | None = None  # None: derived per home (pipeline/runtime/partitions.py)
     home: Path = Path(".signalbox")
     source: Source = "auto"
     bybit: BybitConfig = BybitConfig()
@@ -184,7 +184,7 @@ class Settings(_Section):
     @field_validator("timeframes")
     @classmethod
     def _timeframes(cls, v: list[str]) -> list[str]:
-        from pipeline.timeframes import parse_timeframe
+        from pipeline.candles.timeframes import parse_timeframe
 
         for tf in v:
             parse_timeframe(tf)
@@ -195,7 +195,7 @@ class Settings(_Section):
     @field_validator("personalities")
     @classmethod
     def _personalities(cls, v: list[str]) -> list[str]:
-        from pipeline.personality import PERSONALITY_DIR, personality_path
+        from pipeline.strategy.personality import PERSONALITY_DIR, personality_path
 
         for name in v:
             if not os.path.exists(personality_path(name)):  # False, not OSError, for any path
@@ -211,7 +211,11 @@ class Settings(_Section):
         """Load every personality against the configured timeframes, so a broken file fails
         when a command starts rather than inside a run. Not a validator: resolving the
         indicator set imports TA-Lib and pandas (~0.5 s), which `sql` or `tail` need not pay."""
-        from pipeline.personality import PersonalityError, load_personality, personality_path
+        from pipeline.strategy.personality import (
+            PersonalityError,
+            load_personality,
+            personality_path,
+        )
 
         for name in self.personalities:
             try:
@@ -224,7 +228,7 @@ class Settings(_Section):
     @property
     def personality_names(self) -> list[str]:
         """What signals, the socket and backtests call them: a file's name is its stem."""
-        from pipeline.personality import personality_path
+        from pipeline.strategy.personality import personality_path
 
         return [personality_path(p).stem for p in self.personalities]
 

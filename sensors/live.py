@@ -17,7 +17,7 @@ import dagster as dg
 from assets import klines, timeframes
 from assets.common import DAILY, endpoint
 from pipeline.config import settings
-from pipeline.live import LIVE_LAG, MINUTE, Chunk, behind, describe, plan
+from pipeline.exchanges.live import LIVE_LAG, MINUTE, Chunk, behind, describe, plan
 
 # A live run's tags, for people (and filters): that it is live, how (live, catchup, retry),
 # which candles it ingests, and on a retry which attempt. What the code needs besides (the
@@ -52,7 +52,7 @@ live_job = dg.define_asset_job(
 
 @lru_cache(maxsize=1)
 def _client():
-    from pipeline.bybit import BybitClient
+    from pipeline.exchanges.bybit import BybitClient
 
     ep = endpoint()
     return BybitClient(

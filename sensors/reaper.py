@@ -26,10 +26,11 @@ from dagster._core.storage.tags import (
     PARTITION_NAME_TAG,
 )
 
-from pipeline import pids
-from pipeline.instance import POOL
+from pipeline.orchestration.instance import POOL
+from pipeline.runtime import pids
 
-# Metadata keys of the event the run launcher logs when it forks a run (sensors/launcher.py).
+# Metadata keys of the event the run launcher logs when it forks a run
+# (pipeline/orchestration/launcher.py).
 WORKER_PID = "worker_pid"
 WORKER_SEEN_AT = "worker_seen_at"
 IN_FLIGHT = [

@@ -33,7 +33,7 @@ def unexplained_gaps(days: int) -> dict[str, int]:
     not ours), and only inside the data: a day after the newest candle is the live path's job,
     a day before the oldest one was never asked for.
     """
-    from pipeline.catchup import missing_minutes_by_day
+    from pipeline.runtime.catchup import missing_minutes_by_day
     from warehouse import connect
 
     wh = get_warehouse()

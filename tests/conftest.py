@@ -9,7 +9,7 @@ import pytest
 
 pytest_plugins = ["tests.fx_replay", "tests.fx_sidecar"]
 
-# The synthetic market every test shares (pipeline.synthetic, seed 7).
+# The synthetic market every test shares (pipeline.replay.synthetic, seed 7).
 SEED = 7
 DAY0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 

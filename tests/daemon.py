@@ -12,9 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.config import REPO_ROOT, load_settings
-from pipeline.instance import dagster_env
-from pipeline.partitions import ensure_recorded, exchange_today
-from pipeline.processes import spawn, stop
+from pipeline.orchestration.instance import dagster_env
+from pipeline.runtime.partitions import ensure_recorded, exchange_today
+from pipeline.runtime.processes import spawn, stop
 from warehouse import connect
 
 BIN = Path(sys.executable).parent

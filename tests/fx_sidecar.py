@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline import synthetic
 from pipeline.config import Settings, load_settings
+from pipeline.replay import synthetic
 from pipeline.sidecar.protocol import unix_address
 from tests.conftest import SEED
 
@@ -97,13 +97,13 @@ class SidecarProc:
     def start(self, wait: bool = True) -> SidecarProc:
         self._mark = self.log.count(" serving ")
         env = {**os.environ, "SIGNALBOX_HOME": str(self.home), "SIGNALBOX_CONFIG": str(self.cfg)}
-        cmd = [sys.executable, "-m", "pipeline.cli", "sidecar"]
+        cmd = [sys.executable, "-m", "pipeline.runtime.cli", "sidecar"]
         if self.close_grace_s is not None:
             cmd[1:] = [
                 "-c",
                 "import sys; from pipeline.sidecar import server; "
                 f"server.CLOSE_GRACE_S = {self.close_grace_s!r}; "
-                "from pipeline.cli import main; sys.exit(main(['sidecar']))",
+                "from pipeline.runtime.cli import main; sys.exit(main(['sidecar']))",
             ]
         with self.log_path.open("ab") as err:
             self.proc = subprocess.Popen(

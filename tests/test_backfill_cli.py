@@ -12,7 +12,7 @@ import pytest
 from tests.daemon import replay_env
 from warehouse import connect
 
-CLI = [sys.executable, "-m", "pipeline.cli"]
+CLI = [sys.executable, "-m", "pipeline.runtime.cli"]
 QUOTED = 'bob\'s "home" x'
 WEEK = ["backfill", "--start", "2024-01-01", "--end", "2024-01-07", "--symbols", "BTCUSDT,ETHUSDT"]
 
@@ -162,8 +162,8 @@ def test_backfill_builds_every_timeframe_exactly_as_one_pass_would(week):
 
     import polars as pl
 
+    from pipeline.candles.resample import resample
     from pipeline.config import load_settings
-    from pipeline.resample import resample
 
     home, _, _, _ = week
     klines = _frame(home, "SELECT * FROM bybit_klines_1m ORDER BY symbol, open_time")
@@ -188,7 +188,7 @@ def test_exchange_intervals_match_our_timeframes(week):
 
     import polars as pl
 
-    from pipeline.bybit import BybitClient
+    from pipeline.exchanges.bybit import BybitClient
 
     home, ex, _, _ = week
     client = BybitClient(ex.rest_url)

@@ -9,11 +9,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline import synthetic
 from pipeline.backtest import BacktestParams, ParamError, prepare, run_backtest
 from pipeline.backtest.engine import result_from, simulate
-from pipeline.backtest.rules import crossover_signals
 from pipeline.backtest.sweep import sweep, walk_forward
+from pipeline.replay import synthetic
+from tests.backtest_rules import crossover_signals
 from tests.conftest import DAY0, SEED
 from warehouse.store import Warehouse
 

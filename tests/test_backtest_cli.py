@@ -21,7 +21,7 @@ from pipeline.backtest.params import ParamError
 from pipeline.backtest.period import parse_timerange, resolve_period
 from tests.daemon import replay_env, write_config
 
-CLI = [sys.executable, "-m", "pipeline.cli"]
+CLI = [sys.executable, "-m", "pipeline.runtime.cli"]
 CONFIG = {"timeframes": ["1m", "5m", "15m", "1h"], "personalities": ["scalping", "swing"]}
 DAYS = ["--start", "2024-01-01", "--end", "2024-01-02"]
 
@@ -263,7 +263,7 @@ def test_conflicting_periods_are_refused(kw: dict, expected: str) -> None:
 def test_a_period_partly_in_warm_up_or_past_the_data_is_run_with_warnings() -> None:
     from pipeline.backtest.coverage import Coverage, assess, warmup_needed
     from pipeline.config import load_settings
-    from pipeline.personality import load_personality
+    from pipeline.strategy.personality import load_personality
 
     settings = load_settings(env={})
     swing = load_personality("swing", settings.timeframes)

@@ -20,9 +20,9 @@ import polars as pl
 import pytest
 from backtesting import Backtest, Strategy
 
-from pipeline import synthetic
 from pipeline.backtest import BacktestParams, run_backtest
-from pipeline.backtest.rules import crossover_signals
+from pipeline.replay import synthetic
+from tests.backtest_rules import crossover_signals
 from tests.conftest import DAY0, SEED
 
 DAYS = 7  # a whole week: backtesting.py annualises with 365 days only when weekends are in

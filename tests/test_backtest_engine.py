@@ -9,9 +9,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline import synthetic
 from pipeline.backtest import BacktestParams, ParamError, run_backtest
-from pipeline.backtest.rules import crossover_signals
+from pipeline.replay import synthetic
+from tests.backtest_rules import crossover_signals
 from tests.conftest import DAY0, SEED
 
 DAY = 1440

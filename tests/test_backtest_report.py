@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import synthetic
 from pipeline.backtest import BacktestParams, run_backtest
 from pipeline.backtest.report import (
     SECTIONS,
@@ -28,8 +27,9 @@ from pipeline.backtest.report import (
     summary_text,
     write_report,
 )
-from pipeline.backtest.rules import crossover_signals
 from pipeline.backtest.sweep import walk_forward
+from pipeline.replay import synthetic
+from tests.backtest_rules import crossover_signals
 from tests.conftest import DAY0, SEED
 
 CHROMIUM = "/usr/bin/chromium"

@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from pipeline.config import ConfigError, Settings, load_settings
-from pipeline.personality import PersonalityError, load_personality
-from pipeline.rules import MAX_NESTING, Bars, Schema, compile_condition
+from pipeline.strategy.personality import PersonalityError, load_personality
+from pipeline.strategy.rules import MAX_NESTING, Bars, Schema, compile_condition
 
 TIMEFRAMES = Settings().timeframes
 SHORT = 400  # characters: a temporary path plus one sentence
@@ -254,7 +254,7 @@ def run_cli(cfg: Path, *command: str, memory_mb: int) -> subprocess.CompletedPro
         resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
 
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "--config", str(cfg), *command],
+        [sys.executable, "-m", "pipeline.runtime.cli", "--config", str(cfg), *command],
         capture_output=True,
         text=True,
         preexec_fn=limit,

@@ -7,8 +7,7 @@ import socket
 
 import pytest
 
-from pipeline import synthetic
-from pipeline.bybit import (
+from pipeline.exchanges.bybit import (
     COLUMNS,
     BybitClient,
     ExchangeError,
@@ -17,6 +16,7 @@ from pipeline.bybit import (
     MalformedResponse,
     parse_kline_page,
 )
+from pipeline.replay import synthetic
 
 UTC = dt.UTC
 JAN1 = dt.datetime(2024, 1, 1, tzinfo=UTC)

@@ -7,8 +7,8 @@ import datetime as dt
 import polars as pl
 import pytest
 
-from pipeline import synthetic
-from pipeline.bybit import COLUMNS, BybitClient
+from pipeline.exchanges.bybit import COLUMNS, BybitClient
+from pipeline.replay import synthetic
 
 UTC = dt.UTC
 JAN1 = dt.datetime(2024, 1, 1, tzinfo=UTC)

@@ -1,4 +1,5 @@
-"""`signalbox up` on a warm home materializes only what is missing (pipeline/catchup.py): a real
+"""`signalbox up` on a warm home materializes only what is missing (pipeline/runtime/catchup.py): a
+real
 warehouse filled by the real ingest from the replay exchange, what a real Dagster instance
 recorded, and (once) the real `backfill` run it starts."""
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from pipeline.catchup import plan_catchup
+from pipeline.runtime.catchup import plan_catchup
 from tests.daemon import replay_env, write_config
 
 NOW = dt.datetime(2024, 1, 5, 3, 53, 30, tzinfo=dt.UTC)  # the exchange's clock
@@ -26,7 +27,7 @@ class Home:
 
     def __init__(self, path: Path, replay, monkeypatch: pytest.MonkeyPatch, **top) -> None:
         from pipeline.config import load_settings
-        from pipeline.sources import home_source
+        from pipeline.exchanges.sources import home_source
 
         cfg = write_config(path, top, history_days=3)
         for k, v in {**replay_env(path, replay), "SIGNALBOX_CONFIG": str(cfg)}.items():
@@ -37,7 +38,7 @@ class Home:
 
     def store(self, start: dt.datetime, end: dt.datetime) -> None:
         """Ingest [start, end) as the pipeline does, and record the days' signals as done."""
-        from pipeline.ingest import ingest
+        from pipeline.exchanges.ingest import ingest
 
         ingest(self.settings, self.ep, start, end, closed_by=NOW.replace(second=0))
         day = start.date()
@@ -46,7 +47,7 @@ class Home:
             day += dt.timedelta(days=1)
 
     def plan(self, done: set[str] | None = None):
-        from pipeline.sources import warehouse_for
+        from pipeline.exchanges.sources import warehouse_for
 
         first = NOW.date() - dt.timedelta(days=3)
         with warehouse_for(self.settings, self.ep).writer() as con:
@@ -55,7 +56,7 @@ class Home:
             )
 
     def delete(self, start: dt.datetime, end: dt.datetime) -> None:
-        from pipeline.sources import warehouse_for
+        from pipeline.exchanges.sources import warehouse_for
 
         with warehouse_for(self.settings, self.ep).writer() as con:
             con.execute(
@@ -130,9 +131,9 @@ def test_a_symbol_never_stored_makes_the_home_cold(tmp_path, monkeypatch, replay
 def test_catch_up_runs_only_the_missing_range_as_one_backfill_run(home, capfd):
     """The real thing: `up`'s catch-up on a home stopped at 17:00 on 3 Jan starts ONE run of
     the `backfill` job over 3 → 5 Jan whose ingest covers 17:01 on 3 Jan → now, no more."""
-    from pipeline.instance import ensure_instance
-    from pipeline.partitions import ensure_recorded
-    from pipeline.supervisor import catch_up
+    from pipeline.orchestration.instance import ensure_instance
+    from pipeline.runtime.partitions import ensure_recorded
+    from pipeline.runtime.supervisor import catch_up
 
     home.store(_t(2), _t(3, 17, 1))
     ensure_recorded(home.settings, NOW.date(), 3)  # what `up` records before catching up

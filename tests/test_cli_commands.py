@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import pids
 from pipeline.config import REPO_ROOT
+from pipeline.runtime import pids
 
-CLI = [sys.executable, "-m", "pipeline.cli"]
+CLI = [sys.executable, "-m", "pipeline.runtime.cli"]
 
 
 def run(
@@ -64,7 +64,7 @@ def test_personalities_lists_configured_and_shipped_with_timeframes_and_a_line(t
 
 
 def test_personalities_new_writes_a_template_that_loads_and_never_overwrites(tmp_path, home):
-    from pipeline.personality import load_personality
+    from pipeline.strategy.personality import load_personality
 
     r = run(["personalities", "new", "my_trend", "--dir", str(tmp_path)], home)
     assert r.returncode == 0, r.stderr
@@ -237,10 +237,10 @@ def test_tail_without_a_sidecar_says_how_to_start_one(home):
 STAND_IN = """
 import signal, sys, time
 from pathlib import Path
-from pipeline import pids
-from pipeline.processes import spawn, stop
+from pipeline.runtime import pids
+from pipeline.runtime.processes import spawn, stop
 assert pids.claim(Path(sys.argv[1])) is None
-child = spawn([sys.executable, "-m", "pipeline.cli", "sidecar"])
+child = spawn([sys.executable, "-m", "pipeline.runtime.cli", "sidecar"])
 def bye(*_):
     stop(child)
     sys.exit(0)
@@ -333,7 +333,8 @@ def test_tail_and_status_modules_stay_light(home):
     """`tail` (and importing the status module) never loads Dagster or polars: `tail` must
     start in well under a second, and `status` pays for Dagster only when it reads runs."""
     code = (
-        "import sys; from pipeline.cli import main; import pipeline.status, pipeline.running; "
+        "import sys; from pipeline.runtime.cli import main; "
+        "import pipeline.runtime.status, pipeline.runtime.running; "
         "code = main(['tail']); "
         "print(code, sorted(m for m in ('dagster', 'polars', 'talib') if m in sys.modules))"
     )

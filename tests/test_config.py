@@ -18,7 +18,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_repo_config_loads_with_documented_defaults():
     s = load_settings(env={})
     assert s.symbols == ["BTCUSDT"]
-    assert s.start_date is None  # derived per home (pipeline/partitions.py)
+    assert s.start_date is None  # derived per home (pipeline/runtime/partitions.py)
     assert s.home.is_absolute() and s.home.name == ".signalbox"
     assert "37m" in s.timeframes and "148m" in s.timeframes and len(s.timeframes) == 17
     assert s.ui.port == 3000 and s.live.history_days == 7 and s.live.run_retention_days == 2
@@ -92,7 +92,7 @@ def test_a_broken_personality_file_fails_at_start_not_in_a_run(tmp_path: Path, c
         load_settings(cfg, env={}).check_personalities()
     assert str(bad) in str(err.value) and "'r'" in str(err.value)
     # the commands that run signals refuse to start; the bad file is named on the terminal
-    from pipeline.cli import main
+    from pipeline.runtime.cli import main
 
     assert (
         main(["--config", str(cfg), "backfill", "--start", "2024-01-01", "--end", "2024-01-01"])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.instance import POOL
+from pipeline.orchestration.instance import POOL
 
 RANGE = {
     "dagster/asset_partition_range_start": "2024-01-01",
@@ -127,7 +127,7 @@ def test_in_the_daemon_a_dead_run_of_any_launcher_is_failed(instance):
     import dagster as dg
     from dagster._core.launcher import WorkerStatus
 
-    from sensors.launcher import WarmRunLauncher
+    from pipeline.orchestration.launcher import WarmRunLauncher
     from sensors.reaper import reap_dead_runs
 
     launcher = WarmRunLauncher()
@@ -201,7 +201,7 @@ def test_pool_slot_frees_the_pool_from_a_dead_run_and_goes_on(instance, home):
 
 
 def test_backfill_shows_whom_its_run_waits_for():
-    from pipeline.backfill import render
+    from pipeline.runtime.backfill import render
 
     note = f"waiting for the {POOL} pool: run 1a2b3c4d (backfill 2024-01-01…2024-01-07, pid 4242)"
     line = f"2024-05-01 12:00:00 +0000 - dagster - INFO - __ASSET_JOB - 9f8e7d6c - candles - {note}"
@@ -212,7 +212,7 @@ def test_backfill_shows_whom_its_run_waits_for():
 
 # --- end to end: SIGKILL a real `signalbox backfill` that holds the pool -------------------
 
-CLI = [sys.executable, "-m", "pipeline.cli", "backfill"]
+CLI = [sys.executable, "-m", "pipeline.runtime.cli", "backfill"]
 DAY = ["--start", "2024-01-01", "--end", "2024-01-01", "--symbols", "BTCUSDT"]
 
 
@@ -224,7 +224,7 @@ def test_a_killed_backfill_never_blocks_the_next_one(tmp_path, replay):
     import dagster as dg
 
     from pipeline.config import load_settings
-    from pipeline.instance import ensure_instance
+    from pipeline.orchestration.instance import ensure_instance
     from sensors.reaper import worker
     from tests.daemon import replay_env
 

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from pipeline.latency import read as latency_log
+from pipeline.runtime.latency import read as latency_log
 from tests.daemon import Daemon, replay_env, replica_rows, wait_for, write_config
 from tests.test_live_e2e import KLINES, MINUTE, assert_exact
 from warehouse import connect
@@ -67,7 +67,7 @@ def test_revised_candle_ends_with_the_exchange_final_values(tmp_path, replay):
     cmd = [
         sys.executable,
         "-m",
-        "pipeline.cli",
+        "pipeline.runtime.cli",
         "backfill",
         "--start",
         "2024-01-02",

@@ -8,7 +8,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline import synthetic
+from pipeline.candles.resample import resample
+from pipeline.candles.timeframes import DAY_MS, to_ms
 from pipeline.indicators import (
     check_indicators,
     check_nulls,
@@ -16,8 +17,7 @@ from pipeline.indicators import (
     compute_indicators,
     load_spec,
 )
-from pipeline.resample import resample
-from pipeline.timeframes import DAY_MS, to_ms
+from pipeline.replay import synthetic
 from tests.conftest import DAY0, SEED
 
 TFS = ["1m", "37m", "1h", "1d"]
@@ -93,7 +93,7 @@ def test_range_check_catches_a_corrupted_value(
 def test_range_check_allows_rounding_noise_only(
     indicators: pl.DataFrame, column: str, value: pl.Expr, passes: bool
 ) -> None:
-    from pipeline.checks import FLOAT_RTOL
+    from pipeline.quality.checks import FLOAT_RTOL
 
     assert FLOAT_RTOL == 1e-9  # the tolerance README states
     row = at(indicators, "1m", 3000)

@@ -11,7 +11,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline import synthetic
+from pipeline.candles.resample import KEYS, resample
+from pipeline.candles.timeframes import DAY_MS, MINUTE_MS, to_ms
 from pipeline.config import Settings
 from pipeline.indicators import (
     IndicatorSpec,
@@ -21,8 +22,7 @@ from pipeline.indicators import (
     load_spec,
 )
 from pipeline.indicators.history import WHOLE, mark_history
-from pipeline.resample import KEYS, resample
-from pipeline.timeframes import DAY_MS, MINUTE_MS, to_ms
+from pipeline.replay import synthetic
 from tests.conftest import DAY0, SEED
 from tests.test_indicators_history import short_spec
 
@@ -199,7 +199,7 @@ def test_the_warehouse_path_tells_exchange_gaps_from_lost_minutes(home: Path) ->
 def test_signals_treat_null_indicators_as_rules_that_do_not_hold() -> None:
     """Every rule of ma_trend reads a moving average: with them NULL (not due), nothing
     signals; NULL is never read as 0 (a close above a 0 average would hold everywhere)."""
-    from pipeline.signals import compute_signals, join_frames
+    from pipeline.strategy.signals import compute_signals, join_frames
 
     tfs = ["37m", "148m", "1d"]
     ms = to_ms(DAY0)

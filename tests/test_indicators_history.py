@@ -12,7 +12,8 @@ import polars as pl
 import pytest
 import yaml
 
-from pipeline import synthetic
+from pipeline.candles.resample import KEYS, owned_by, owned_where, resample
+from pipeline.candles.timeframes import DAY_MS, parse_timeframe, to_ms
 from pipeline.config import Settings
 from pipeline.indicators import (
     CUSTOM,
@@ -29,8 +30,7 @@ from pipeline.indicators import (
     load_spec,
     spec_from_dict,
 )
-from pipeline.resample import KEYS, owned_by, owned_where, resample
-from pipeline.timeframes import DAY_MS, parse_timeframe, to_ms
+from pipeline.replay import synthetic
 from tests.conftest import DAY0, SEED
 
 TIMEFRAMES = Settings().timeframes

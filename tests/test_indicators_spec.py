@@ -14,7 +14,8 @@ import pytest
 import talib
 import yaml
 
-from pipeline import synthetic
+from pipeline.candles.resample import resample
+from pipeline.candles.timeframes import to_ms
 from pipeline.indicators import (
     RATIO_GAIN,
     SPEC_PATH,
@@ -24,8 +25,7 @@ from pipeline.indicators import (
     spec_from_dict,
     warmup_bars,
 )
-from pipeline.resample import resample
-from pipeline.timeframes import to_ms
+from pipeline.replay import synthetic
 from tests.conftest import DAY0, SEED
 
 MIGRATION = (

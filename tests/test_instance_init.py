@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import Settings, load_settings
-from pipeline.instance import STAMP, STORAGE_FILES, ensure_instance
+from pipeline.orchestration.instance import STAMP, STORAGE_FILES, ensure_instance
 
 HOMES = 3  # the race broke 5 homes out of 5 before storage was made first
 

@@ -10,14 +10,14 @@ import re
 import dagster as dg
 import pytest
 
-from pipeline.backfill import BACKFILL_ASSETS
+from pipeline.runtime.backfill import BACKFILL_ASSETS
 from tests.daemon import replay_env, write_config
 
 NOW = "2024-01-05T03:53:30Z"  # the replay exchange's clock
 
 
 def test_every_run_kind_has_a_named_job():
-    from pipeline.definitions import defs
+    from pipeline.orchestration.definitions import defs
 
     repo = defs.get_repository_def()
     names = {j.name for j in repo.get_all_jobs() if not j.name.startswith("__ASSET_JOB")}
@@ -100,13 +100,14 @@ def test_the_live_sensor_resumes_after_what_a_backfill_stored(sensor_env):
 
 
 def test_the_run_launcher_logs_the_worker_pid_as_an_event_not_a_tag():
-    """sensors/launcher.py names the process it forked in the run's event log; the reaper and
+    """pipeline/orchestration/launcher.py names the process it forked in the run's event log; the
+    reaper and
     the run monitor find it there (before the run logs its own start)."""
     import os
 
     from dagster._core.events import EngineEventData
 
-    from pipeline import pids
+    from pipeline.runtime import pids
     from sensors.reaper import WORKER_PID, WORKER_SEEN_AT, worker
 
     with dg.instance_for_test() as instance:

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import synthetic
-from pipeline.backfill import check_line
-from pipeline.checks import MAX_DAY_RUNS, Markdown, complete_minutes
-from pipeline.timeframes import DAY_MS, to_ms
+from pipeline.candles.timeframes import DAY_MS, to_ms
+from pipeline.quality.checks import MAX_DAY_RUNS, Markdown, complete_minutes
+from pipeline.replay import synthetic
+from pipeline.runtime.backfill import check_line
 from tests.conftest import SEED
 from tests.daemon import replay_env
 
 D0 = dt.datetime(2021, 4, 19, tzinfo=dt.UTC)
-CLI = [sys.executable, "-m", "pipeline.cli", "backfill"]
+CLI = [sys.executable, "-m", "pipeline.runtime.cli", "backfill"]
 UTC = dt.UTC
 
 

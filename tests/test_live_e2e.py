@@ -7,7 +7,7 @@ import datetime as dt
 
 import pytest
 
-from pipeline.latency import read as latency_log
+from pipeline.runtime.latency import read as latency_log
 from tests.daemon import Daemon, replica_rows, wait_for, write_config
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 
-from pipeline.live import MINUTE, Chunk, behind, describe, plan
+from pipeline.exchanges.live import MINUTE, Chunk, behind, describe, plan
 
 T = dt.datetime(2024, 2, 28, 23, 50, tzinfo=dt.UTC)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import REPO_ROOT, load_settings
-from pipeline.partitions import ensure_recorded, first_partition, record_path
+from pipeline.runtime.partitions import ensure_recorded, first_partition, record_path
 
 TODAY = dt.date(2026, 3, 10)
 
@@ -106,7 +106,7 @@ def test_backfill_before_the_first_partition_says_how_to_go_further_back(tmp_pat
     before = first - dt.timedelta(days=30)
     args = ["backfill", "--start", str(before), "--end", str(first)]
     r = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
+        [sys.executable, "-m", "pipeline.runtime.cli", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import io
 
-from pipeline.backfill import render
-from pipeline.progress import Reporter, line
+from pipeline.runtime.backfill import render
+from pipeline.runtime.progress import Reporter, line
 
 RUN = "5d6e7473-383d-4656-bf6c-edc6dc444aa2"
 STEPS = {"bybit_klines_1m": "minutes", "candles": "days", "indicators": "timeframes",

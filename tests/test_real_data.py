@@ -76,7 +76,7 @@ def _start(path: Path, root: Path) -> Backfill:
         )
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNALBOX_")}
-    args = [sys.executable, "-m", "pipeline.cli", "--config", str(cfg), "backfill"]
+    args = [sys.executable, "-m", "pipeline.runtime.cli", "--config", str(cfg), "backfill"]
     args += ["--start", first.isoformat(), "--end", last.isoformat()]
     proc = subprocess.Popen(
         args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True

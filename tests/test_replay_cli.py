@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def start(home: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "replay", *args],
+        [sys.executable, "-m", "pipeline.runtime.cli", "replay", *args],
         cwd=ROOT,
         env={**os.environ, "SIGNALBOX_HOME": str(home)},
         stdout=subprocess.PIPE,

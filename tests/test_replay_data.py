@@ -10,8 +10,7 @@ import polars as pl
 import pytest
 import requests
 
-from pipeline import synthetic
-from pipeline.replay import ReplayExchange
+from pipeline.replay import ReplayExchange, synthetic
 from pipeline.replay.clock import to_ms
 
 MIN = 60_000

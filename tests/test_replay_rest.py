@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import requests
 
-from pipeline import synthetic
+from pipeline.replay import synthetic
 from pipeline.replay.clock import to_ms
 
 MIN = 60_000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline import synthetic
+from pipeline.replay import synthetic
 from pipeline.replay.wire import format_rows, format_rows_fixed, format_values
 
 

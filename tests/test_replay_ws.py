@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from websockets.sync.client import connect
 
-from pipeline import synthetic
+from pipeline.replay import synthetic
 
 MIN = 60_000
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import REPO_ROOT, load_settings
-from pipeline.reports_server import make_server
+from pipeline.runtime.reports_server import make_server
 
 SECRET = b"outside the reports directory"
 
@@ -105,7 +105,8 @@ def _free_port() -> int:
 
 
 def test_the_module_serves_each_report_at_its_report_url(tmp_path):
-    """`python -m pipeline.reports_server` (what `signalbox up` starts) answers at exactly the
+    """`python -m pipeline.runtime.reports_server` (what `signalbox up` starts) answers at exactly
+    the
     URL `Settings.report_url` gives a file, and a taken port is one clear line."""
     home = tmp_path / "home"
     port = _free_port()
@@ -122,7 +123,7 @@ def test_the_module_serves_each_report_at_its_report_url(tmp_path):
     report.write_text("<p>ma_trend</p>")
     url = settings.report_url(report)
     assert url.startswith(f"http://127.0.0.1:{port}/ma_trend/")
-    args = [sys.executable, "-m", "pipeline.reports_server"]
+    args = [sys.executable, "-m", "pipeline.runtime.reports_server"]
     proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30

@@ -95,7 +95,7 @@ def test_client_reconnects_and_resumes_without_gaps_or_duplicates(sidecar_cfg, s
 def _tail(home, cfg, *args: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "SIGNALBOX_HOME": str(home), "SIGNALBOX_CONFIG": str(cfg)}
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "tail", *args],
+        [sys.executable, "-m", "pipeline.runtime.cli", "tail", *args],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,

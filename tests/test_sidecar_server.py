@@ -297,7 +297,7 @@ def test_a_personality_from_a_yaml_path_is_subscribed_to_by_its_name(
     import yaml
 
     from pipeline.config import load_settings
-    from pipeline.personality import PERSONALITY_DIR
+    from pipeline.strategy.personality import PERSONALITY_DIR
 
     mine = tmp_path / "mine.yaml"
     mine.write_text(

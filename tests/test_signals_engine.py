@@ -13,9 +13,9 @@ from typing import Any
 import polars as pl
 import pytest
 
-from pipeline.personality import Personality, personality_from_dict
-from pipeline.resample import owned_where
-from pipeline.signals import (
+from pipeline.candles.resample import owned_where
+from pipeline.strategy.personality import Personality, personality_from_dict
+from pipeline.strategy.signals import (
     SIGNAL_COLUMNS,
     check_signals,
     compute_signals,

@@ -1,5 +1,5 @@
 """Signals over history: partition == whole history, live (bar by bar) == batch, no lookahead,
-byte-identical determinism. On the seeded synthetic market (pipeline.synthetic, seed 7)."""
+byte-identical determinism. On the seeded synthetic market (pipeline.replay.synthetic, seed 7)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline import synthetic
+from pipeline.candles.resample import owned_by, resample
+from pipeline.candles.timeframes import to_ms
 from pipeline.config import Settings
 from pipeline.indicators import compute_indicators
-from pipeline.personality import Personality, load_personality, personality_from_dict
-from pipeline.resample import owned_by, resample
-from pipeline.rules import SUBSIGNALS, Bars, SubSignal
-from pipeline.signals import (
+from pipeline.replay import synthetic
+from pipeline.strategy.personality import Personality, load_personality, personality_from_dict
+from pipeline.strategy.rules import SUBSIGNALS, Bars, SubSignal
+from pipeline.strategy.signals import (
     check_signals,
     check_signals_lookahead,
     compute_signals,
@@ -28,7 +29,6 @@ from pipeline.signals import (
     signal_input_window,
     signals_for_partition,
 )
-from pipeline.timeframes import to_ms
 from tests.conftest import SEED
 
 UTC = dt.UTC

@@ -1,4 +1,5 @@
-"""The condition language (pipeline.rules) and personality files: semantics, exact windows, and
+"""The condition language (pipeline.strategy.rules) and personality files: semantics, exact
+windows, and
 one test per kind of mistake in a file, each naming the file, the rule and what is wrong."""
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ import pytest
 import yaml
 
 from pipeline.config import Settings
-from pipeline.personality import (
+from pipeline.strategy.personality import (
     PERSONALITY_DIR,
     PersonalityError,
     load_personalities,
     load_personality,
     personality_from_dict,
 )
-from pipeline.rules import (
+from pipeline.strategy.rules import (
     Bars,
     RuleError,
     Schema,

@@ -19,8 +19,7 @@ import pytest
 import yaml
 
 from pipeline.config import ConfigError, load_settings
-from pipeline.processes import open_exchange, stop
-from pipeline.sources import (
+from pipeline.exchanges.sources import (
     Endpoint,
     SourceError,
     home_source,
@@ -28,10 +27,11 @@ from pipeline.sources import (
     replay_health,
     warehouse_for,
 )
+from pipeline.runtime.processes import open_exchange, stop
 from tests.test_replay_data import JAN1, candles_file, klines
 from warehouse import connect
 
-CLI = [sys.executable, "-m", "pipeline.cli"]
+CLI = [sys.executable, "-m", "pipeline.runtime.cli"]
 FILE_NAME = "bybit_linear_BTCUSDT_1m_test.parquet"
 
 
@@ -101,7 +101,7 @@ def test_an_exchange_that_keeps_failing_is_never_replaced(tmp_path, replay_facto
 
 def test_an_exchange_serving_another_market_is_refused_before_any_write(tmp_path, replay_factory):
     """A run process talking to the wrong exchange (URLs say nothing) writes nothing."""
-    from pipeline.ingest import ingest
+    from pipeline.exchanges.ingest import ingest
 
     ex = replay_factory(clock_start="2024-01-03T00:00:00Z")  # the synthetic market, seed 7
     settings = load_settings(config(tmp_path, source="replay"), env={})

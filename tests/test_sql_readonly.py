@@ -19,17 +19,17 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
+from pipeline.candles.resample import resample
 from pipeline.config import load_settings
-from pipeline.resample import resample
-from pipeline.sources import warehouse_for
+from pipeline.exchanges.sources import warehouse_for
+from pipeline.runtime.cli import main
 from tests.conftest import DAY0
 from tests.test_warehouse import WHERE, count, klines
 from warehouse import Warehouse
 
 DAY = dt.timedelta(days=1)
 QUOTED = 'bob\'s "home" x'
-CLI = [sys.executable, "-m", "pipeline.cli", "sql"]
+CLI = [sys.executable, "-m", "pipeline.runtime.cli", "sql"]
 CANDLES_WHERE = "close_time > ? AND close_time <= ?"
 
 

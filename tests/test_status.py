@@ -14,7 +14,7 @@ from pathlib import Path
 from pipeline.config import REPO_ROOT
 from tests.daemon import replay_env
 
-CLI = [sys.executable, "-m", "pipeline.cli"]
+CLI = [sys.executable, "-m", "pipeline.runtime.cli"]
 NOT_RUNNING = 1
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline.timeframes import (
+from pipeline.candles.timeframes import (
     DAY_MS,
     MINUTE_MS,
     bucket_end,

@@ -12,9 +12,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from pipeline import synthetic
-from pipeline.config import Settings
-from pipeline.resample import (
+from pipeline.candles.resample import (
     KEYS,
     _reduce,
     candles_schema,
@@ -26,7 +24,9 @@ from pipeline.resample import (
     resample,
     resample_partition,
 )
-from pipeline.timeframes import to_ms
+from pipeline.candles.timeframes import to_ms
+from pipeline.config import Settings
+from pipeline.replay import synthetic
 from tests.conftest import DAY0, SEED
 
 TIMEFRAMES = Settings().timeframes

@@ -6,8 +6,8 @@ from __future__ import annotations
 import dagster as dg
 
 from assets.common import check_result, display
-from pipeline.checks import CheckOutcome, for_display, md_table
-from pipeline.definitions import defs
+from pipeline.orchestration.definitions import defs
+from pipeline.quality.checks import CheckOutcome, for_display, md_table
 
 NOISY = 0.1 + 0.2  # 0.30000000000000004
 

@@ -24,15 +24,15 @@ import pytest
 from PIL import Image
 
 from pipeline.config import REPO_ROOT, load_settings
-from pipeline.instance import dagster_env
-from pipeline.processes import spawn, stop
+from pipeline.orchestration.instance import dagster_env
+from pipeline.runtime.processes import spawn, stop
 from tests.daemon import replay_env, write_config
 from tests.test_backtest_report import ARGS, CHROMIUM
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-CLI = [sys.executable, "-m", "pipeline.cli"]
+CLI = [sys.executable, "-m", "pipeline.runtime.cli"]
 GROUPS = ("ingest", "timeframes", "signals", "reports")
 ASSETS = ("bybit_klines_1m", "candles", "indicators", "signals", "backtest_report")
 # Two personalities the two stored days can backtest (the others' warm-up is longer and
@@ -62,7 +62,15 @@ class Dashboard:
 
     def job(self, name: str, partition: str) -> str:
         """Run a job of the code location for one partition, as the daemon would; its run id."""
-        args = [sys.executable, "-m", "dagster", "job", "execute", "-m", "pipeline.definitions"]
+        args = [
+            sys.executable,
+            "-m",
+            "dagster",
+            "job",
+            "execute",
+            "-m",
+            "pipeline.orchestration.definitions",
+        ]
         args += ["-j", name, "--tags", json.dumps({"dagster/partition": partition})]
         r = subprocess.run(
             args, env=self.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300

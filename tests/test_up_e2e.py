@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import pids
 from pipeline.config import REPO_ROOT
+from pipeline.runtime import pids
 from tests.daemon import replay_env, write_config
 
 pytestmark = pytest.mark.slow
@@ -47,7 +47,7 @@ def test_up_serves_the_ui_ingests_live_and_stops_cleanly_on_ctrl_c(tmp_path: Pat
     log = tmp_path / "up.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "up"],
+            [sys.executable, "-m", "pipeline.runtime.cli", "up"],
             env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
@@ -103,7 +103,7 @@ def test_up_restarted_on_a_warm_home_backfills_nothing_again(tmp_path: Path):
         log = tmp_path / f"{name}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli", "up"],
+                [sys.executable, "-m", "pipeline.runtime.cli", "up"],
                 env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import pids
 from pipeline.config import REPO_ROOT
+from pipeline.runtime import pids
 from tests.daemon import replay_env, write_config
 from tests.test_up_e2e import _free_port
 
 pytestmark = pytest.mark.slow
-CLI = [sys.executable, "-m", "pipeline.cli"]
+CLI = [sys.executable, "-m", "pipeline.runtime.cli"]
 
 
 def test_up_then_status_then_stop(tmp_path: Path):

@@ -13,7 +13,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from pipeline import synthetic
+from pipeline.replay import synthetic
 from tests.conftest import DAY0
 from warehouse import Replacement, Warehouse, WarehouseBusy, connect
 from warehouse.migrations import latest_version, migrate

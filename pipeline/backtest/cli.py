@@ -40,13 +40,13 @@ def backtest(
     """Validate, check the data, materialize `backtest_report` for one personality, print."""
     import duckdb
 
-    from pipeline.backfill import BACKTEST_JOB, BackfillError, run_job, validate_range
     from pipeline.backtest import coverage
     from pipeline.backtest.params import ParamError, parse_overrides
     from pipeline.backtest.period import period_bounds, resolve_period
     from pipeline.backtest.report import report_dir
     from pipeline.backtest.result import run_id_for
-    from pipeline.sql import one_line
+    from pipeline.runtime.backfill import BACKTEST_JOB, BackfillError, run_job, validate_range
+    from pipeline.runtime.sql import one_line
     from warehouse import WarehouseBusy
 
     names = settings.personality_names

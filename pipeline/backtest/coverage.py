@@ -15,12 +15,12 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pipeline.timeframes import parse_timeframe
+from pipeline.candles.timeframes import parse_timeframe
 
 if TYPE_CHECKING:
     from pipeline.config import Settings
     from pipeline.indicators.spec import IndicatorSpec
-    from pipeline.personality import Personality
+    from pipeline.strategy.personality import Personality
 
 DAY = dt.timedelta(days=1)
 
@@ -40,7 +40,7 @@ class Warmup:
 
 def configured_personality(settings: Settings, name: str) -> Personality:
     """The configured personality called `name` (its file's stem: entries may be paths)."""
-    from pipeline.personality import load_personality, personality_path
+    from pipeline.strategy.personality import load_personality, personality_path
 
     entry = next((p for p in settings.personalities if personality_path(p).stem == name), name)
     return load_personality(personality_path(entry), settings.timeframes)
@@ -82,7 +82,7 @@ def read_coverage(
     settings: Settings, personality: str, symbols: list[str], start: dt.date, end: dt.date
 ) -> dict[str, Coverage]:
     """Per symbol, from the read replica. Raises NoData without a warehouse."""
-    from pipeline.sources import SourceError, warehouse_for
+    from pipeline.exchanges.sources import SourceError, warehouse_for
     from warehouse import NoWarehouse
 
     lo = dt.datetime.combine(start, dt.time(), dt.UTC)

@@ -184,7 +184,7 @@ def _timeframe_atr(m: Market, tf: str, period: int) -> tuple[np.ndarray, np.ndar
     import numpy as np
     import talib
 
-    from pipeline.timeframes import parse_timeframe
+    from pipeline.candles.timeframes import parse_timeframe
 
     spec = parse_timeframe(tf)
     ms = m.times // 1000

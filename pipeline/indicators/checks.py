@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pipeline.checks import FLOAT_RTOL, MAX_LISTED, CheckOutcome
+from pipeline.candles.timeframes import from_ms
 from pipeline.indicators.compute import (
     Prepared,
     SeriesRange,
@@ -20,7 +20,7 @@ from pipeline.indicators.compute import (
 )
 from pipeline.indicators.custom import Context
 from pipeline.indicators.spec import IndicatorSpec, load_spec
-from pipeline.timeframes import from_ms
+from pipeline.quality.checks import FLOAT_RTOL, MAX_LISTED, CheckOutcome
 
 if TYPE_CHECKING:
     import numpy as np
@@ -35,7 +35,7 @@ def check_ranges(indicators: pl.DataFrame, spec: IndicatorSpec | None = None) ->
     """Configured bounds (RSI, Stochastic, ADX in [0, 100]; ATR >= 0 ...), ordered outputs
     (Bollinger upper >= middle >= lower), and no NaN or infinity stored (missing is NULL).
 
-    Bounds and orderings allow rounding noise of FLOAT_RTOL (pipeline.checks) relative to
+    Bounds and orderings allow rounding noise of FLOAT_RTOL (pipeline.quality.checks) relative to
     their scale: a bound's magnitude (100 for [0, 100]), for an open bound such as ATR >= 0 the
     largest magnitude of that column in the series (symbol, timeframe), for an ordering the
     larger of the two values. 100 + 4.7e-13 passes; 100.001 fails.

@@ -11,10 +11,10 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pipeline.candles.timeframes import as_timeframe, day_bounds_ms, from_ms
 from pipeline.indicators.custom import CUSTOM, Context
 from pipeline.indicators.history import JOINED, WHOLE, history_flags, segments
 from pipeline.indicators.spec import CANDLE_INPUTS, Indicator, IndicatorSpec, load_spec
-from pipeline.timeframes import as_timeframe, day_bounds_ms, from_ms
 
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
@@ -350,7 +350,7 @@ def indicators_for_partition(
     """
     import polars as pl
 
-    from pipeline.resample import owned_by
+    from pipeline.candles.resample import owned_by
 
     _, d1 = day_bounds_ms(day)
     hist = candles_with_history.filter(pl.col("close_time") <= from_ms(d1))

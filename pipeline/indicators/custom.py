@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from pipeline.timeframes import (
+from pipeline.candles.timeframes import (
     MINUTE_MS,
     Timeframe,
     bucket_range,

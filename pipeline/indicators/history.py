@@ -33,7 +33,7 @@ import datetime as dt
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from pipeline.timeframes import MINUTE_MS, to_ms
+from pipeline.candles.timeframes import MINUTE_MS, to_ms
 
 if TYPE_CHECKING:
     import numpy as np

@@ -39,14 +39,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.indicators.custom import CUSTOM, Scale
-from pipeline.timeframes import (
+from pipeline.candles.timeframes import (
     Timeframe,
     bucket_start,
     day_bounds_ms,
     from_ms,
     shift_buckets,
 )
+from pipeline.indicators.custom import CUSTOM, Scale
 
 if TYPE_CHECKING:
     pass

@@ -12,7 +12,8 @@ single `symbols` entry given with the file; only that symbol is supported. A fil
 no symbol is refused (the exchange never invents one). A missing or null turnover is
 estimated as volume x (o+h+l+c)/4 (Bybit always sends one).
 
-Every source has an `ident` and a `label` (`pipeline.sources.replay_identity`): the exchange
+Every source has an `ident` and a `label` (`pipeline.exchanges.sources.replay_identity`): the
+exchange
 reports them, so a client can check it talks to the market its warehouse holds.
 """
 
@@ -24,7 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
-from pipeline import synthetic
+from pipeline.replay import synthetic
 from pipeline.replay.intervals import DAY_MS, MINUTE_MS
 from pipeline.replay.wire import Decimals
 
@@ -54,7 +55,7 @@ class Source(Protocol):
 
 
 class SyntheticSource:
-    """`pipeline.synthetic` for the listed `symbols` (default: `config.REPLAY_SYMBOLS`)."""
+    """`pipeline.replay.synthetic` for the listed `symbols` (default: `config.REPLAY_SYMBOLS`)."""
 
     name = "synthetic"
 
@@ -65,7 +66,7 @@ class SyntheticSource:
         listing_ms: int = SYNTHETIC_LISTING_MS,
     ) -> None:
         from pipeline.config import REPLAY_SYMBOLS
-        from pipeline.sources import replay_identity
+        from pipeline.exchanges.sources import replay_identity
 
         self.seed = seed
         self.symbols = set(symbols or REPLAY_SYMBOLS)
@@ -105,7 +106,7 @@ class FileSource:
     name = "file"
 
     def __init__(self, path: str | Path, symbols: list[str] | None = None) -> None:
-        from pipeline.sources import replay_identity
+        from pipeline.exchanges.sources import replay_identity
 
         self.path = Path(path)
         times, values, named = _load(self.path)

@@ -1,6 +1,7 @@
 """Bybit kline intervals: their bucket grid and aggregation from 1-minute candles.
 
-Deliberately written apart from `pipeline.timeframes` and the pipeline's resampling, so a test
+Deliberately written apart from `pipeline.candles.timeframes` and the pipeline's resampling, so a
+test
 can check the pipeline against what the exchange reports. Minute and hour buckets and `D` are
 anchored at the Unix epoch, `W` starts Monday 00:00 UTC, `M` is the calendar month (UTC).
 Rows are float arrays (n, 7): open_time_ms, open, high, low, close, volume, turnover.

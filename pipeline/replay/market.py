@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import synthetic
 from pipeline.replay import intervals as iv
+from pipeline.replay import synthetic
 from pipeline.replay.data import Source
 from pipeline.replay.wire import Decimals, format_rows, format_values
 

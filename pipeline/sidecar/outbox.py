@@ -45,8 +45,8 @@ from pipeline.sidecar.files import check_dir, open_private
 from pipeline.sidecar.protocol import SCHEMA, encode, iso, to_us, unix_address
 
 if TYPE_CHECKING:
+    from pipeline.candles.timeframes import Timeframe
     from pipeline.config import Settings
-    from pipeline.timeframes import Timeframe
 
 log = logging.getLogger("signalbox.sidecar.outbox")
 
@@ -395,7 +395,7 @@ def _utc(v: Any, what: str) -> dt.datetime:
 
 @functools.lru_cache(maxsize=256)
 def _timeframe(name: str) -> Timeframe:
-    from pipeline.timeframes import parse_timeframe
+    from pipeline.candles.timeframes import parse_timeframe
 
     return parse_timeframe(name)
 

@@ -32,10 +32,10 @@ from dagster._core.launcher import (
 )
 from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
-from pipeline import pids
+from pipeline.runtime import pids
 from sensors.reaper import WORKER_PID, WORKER_SEEN_AT, worker
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WATCHED = ("pipeline", "assets", "sensors", "warehouse")
 PRELOAD = [
     "dagster",
@@ -46,7 +46,7 @@ PRELOAD = [
     "duckdb",
     "pybit.unified_trading",
     "talib",
-    "pipeline.definitions",
+    "pipeline.orchestration.definitions",
 ]
 
 

@@ -16,7 +16,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.live import DAY, LIVE_LAG, MINUTE, behind, describe, floor_minute
+from pipeline.exchanges.live import DAY, LIVE_LAG, MINUTE, behind, describe, floor_minute
 
 SENSOR_REACH = DAY  # a tail up to this long is left to the live sensor
 

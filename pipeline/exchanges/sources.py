@@ -284,7 +284,7 @@ def exchange_identity(rest_url: str, timeout_s: float = 5.0) -> str | None:
 
 def refuse_unlisted(settings: Settings, endpoint: Endpoint) -> None:
     """Refuse configured symbols the exchange does not list, naming them, before any run."""
-    from pipeline.bybit import BybitClient
+    from pipeline.exchanges.bybit import BybitClient
 
     with BybitClient(endpoint.rest_url, settings.bybit.category, settings.bybit.timeout_s) as c:
         refused = c.unlisted(settings.symbols)

@@ -2,14 +2,14 @@
 
 great_expectations takes ~5 s to import, so these run on a daily cadence as non-blocking
 checks, never inside the minute-by-minute live run. The cheap blocking checks live in
-pipeline/checks.py.
+pipeline/quality/checks.py.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pipeline.checks import CheckOutcome
+from pipeline.quality.checks import CheckOutcome
 
 if TYPE_CHECKING:
     import polars as pl

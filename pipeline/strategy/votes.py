@@ -2,7 +2,7 @@
 rule calls by name (`fair_value_gap(m=10)`), returning per bar +1 (long), -1 (short), 0 or NaN.
 
 They read only the signal timeframe's bars up to the bar itself, through fixed-length windows
-computed exactly (see pipeline.rules), and declare how far back they read, so partitions,
+computed exactly (see pipeline.strategy.rules), and declare how far back they read, so partitions,
 whole-history passes and the live path agree bit for bit. What each looks for:
 
 - squeeze_breakout: close breaks out of the Bollinger band after a squeeze.
@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from pipeline.rules import (
+from pipeline.strategy.rules import (
     Bars,
     rolling_max,
     rolling_min,

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config import Settings
-from pipeline.sources import Endpoint, verify, warehouse_for
+from pipeline.exchanges.sources import Endpoint, verify, warehouse_for
 from warehouse import Replacement
 
 if TYPE_CHECKING:
     import polars as pl
 
-    from pipeline.bybit import BybitClient
+    from pipeline.exchanges.bybit import BybitClient
 
 MINUTE = dt.timedelta(minutes=1)
 WINDOW = 1000 * MINUTE  # one exchange page
@@ -55,7 +55,7 @@ class IngestSummary:
 
 
 def client_for(settings: Settings, endpoint: Endpoint) -> BybitClient:
-    from pipeline.bybit import BybitClient
+    from pipeline.exchanges.bybit import BybitClient
 
     return BybitClient(
         endpoint.rest_url,
@@ -117,7 +117,7 @@ def ingest(
     """
     import polars as pl
 
-    from pipeline.checks import missing_minutes
+    from pipeline.quality.checks import missing_minutes
 
     verify(endpoint)
     client = client_for(settings, endpoint)

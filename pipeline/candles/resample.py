@@ -3,7 +3,7 @@
 The work is numpy on sorted int64 times: each timeframe is rolled up from the coarsest finer
 one that nests into it (1m -> 5m -> 15m -> ... -> 1d -> 1M; 37m -> 148m) with `reduceat` over
 the bucket boundaries, which keeps a year of 1m candles to all 17 timeframes under 0.1 s. A
-partition builds exactly the buckets it owns (see `pipeline.timeframes`) from the 1m window
+partition builds exactly the buckets it owns (see `pipeline.candles.timeframes`) from the 1m window
 `partition_input_window` gives it; nested buckets inside an owned one are whole, so
 partition-by-partition output is identical, bit for bit, to one pass over the whole history.
 """
@@ -15,8 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeline.checks import MAX_LISTED, CheckOutcome, no_duplicates, ohlc_sane
-from pipeline.timeframes import (
+from pipeline.candles.timeframes import (
     DAY_MS,
     MINUTE_MS,
     Timeframe,
@@ -32,6 +31,7 @@ from pipeline.timeframes import (
     partition_input_window,
     to_ms,
 )
+from pipeline.quality.checks import MAX_LISTED, CheckOutcome, no_duplicates, ohlc_sane
 
 if TYPE_CHECKING:
     import numpy as np

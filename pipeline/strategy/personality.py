@@ -1,7 +1,8 @@
 """Personalities: YAML files in pipeline/personalities/, loaded and checked once.
 
 A personality names its timeframes (the first is the one it signals on, the others are read
-as-of for confirmation), its rules (a condition in the language of pipeline.rules, a weight, a
+as-of for confirmation), its rules (a condition in the language of pipeline.strategy.rules, a
+weight, a
 direction and a reason for traders), optional gates (conditions a side needs) and regimes
 (weight multipliers by market state), a threshold, a cooldown and whether signals computed on
 incomplete data are emitted. Everything is validated at load so a bad file fails right away
@@ -36,13 +37,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pipeline.timeframes import Timeframe, parse_timeframe
+from pipeline.candles.timeframes import Timeframe, parse_timeframe
 from pipeline.yamlfile import YamlFileError, load_yaml, quote
 
 if TYPE_CHECKING:
-    from pipeline.rules import Node, Ref, Schema
+    from pipeline.strategy.rules import Node, Ref, Schema
 
-PERSONALITY_DIR = Path(__file__).with_name("personalities")
+PERSONALITY_DIR = Path(__file__).resolve().parent.parent / "personalities"
 # Candle columns a condition may read besides the indicators.
 CANDLE_VALUES = ("open", "high", "low", "close", "volume", "turnover", "n_1m")
 CANDLE_FLAGS = ("complete",)
@@ -156,7 +157,7 @@ class Personality:
 
 
 def _schema(timeframes: Sequence[str], columns: Iterable[str] | None) -> Schema:
-    from pipeline.rules import Schema
+    from pipeline.strategy.rules import Schema
 
     if columns is None:
         from pipeline.indicators import load_spec
@@ -214,7 +215,7 @@ def _number(v: Any) -> float | None:
 
 
 def _template(text: Any, schema: Schema, fail: Any) -> Template:
-    from pipeline.rules import RuleError, parse_ref
+    from pipeline.strategy.rules import RuleError, parse_ref
 
     if not isinstance(text, str) or not text.strip():
         raise fail("needs a `reason`: a sentence for traders, e.g. 'RSI {rsi_14:.0f} < 30'")
@@ -257,7 +258,7 @@ def personality_from_dict(
     """Validate a parsed personality. `timeframes`: the configured ones (default: settings);
     `columns`: what conditions may read (default: candle columns + the indicator set);
     `name`: the name it must carry (its file's)."""
-    from pipeline.rules import RuleError, compile_condition
+    from pipeline.strategy.rules import RuleError, compile_condition
 
     def fail(what: str, rule: str | None = None) -> PersonalityError:
         where = f" rule {quote(rule)}:" if rule else ""
@@ -347,7 +348,7 @@ def _rule(
     fail: Any,
     compile_condition: Any,
 ) -> Rule:
-    from pipeline.rules import RuleError
+    from pipeline.strategy.rules import RuleError
 
     if not isinstance(raw, Mapping):
         raise fail(f"rule #{i + 1} must be a mapping with name, when, direction, weight, reason")

@@ -1,6 +1,6 @@
 """Which processes run a home (its `signalbox up` and that one's children), and `signalbox stop`.
 
-`up` records its pid in `<home>/up.pid` (pipeline.pids.claim); its children are found by
+`up` records its pid in `<home>/up.pid` (pipeline.runtime.pids.claim); its children are found by
 walking /proc from there and named by their command lines.
 """
 
@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline import pids
 from pipeline.config import Settings
+from pipeline.runtime import pids
 
 STOP_TIMEOUT_S = 60.0  # up stops each child with SIGTERM, then SIGKILL after 10 s
 NOT_STOPPED = 1  # `signalbox stop`: something was still running after the SIGKILL
@@ -33,7 +33,7 @@ def role(cmdline: str) -> str | None:
         return "webserver"
     if "dagster-daemon" in names:
         return "daemon"
-    if "pipeline.cli" in args[:3]:
+    if "pipeline.runtime.cli" in args[:3]:
         for name in ("sidecar", "replay"):
             if name in args:
                 return name

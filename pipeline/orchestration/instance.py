@@ -31,7 +31,7 @@ from pipeline.config import REPO_ROOT, ConfigError, Settings
 POOL = "duckdb"
 
 INSTANCE_CONFIG = {
-    "run_launcher": {"module": "sensors.launcher", "class": "WarmRunLauncher"},
+    "run_launcher": {"module": "pipeline.orchestration.launcher", "class": "WarmRunLauncher"},
     "run_coordinator": {
         "module": "dagster.core.run_coordinator",
         "class": "QueuedRunCoordinator",
@@ -83,7 +83,10 @@ def ensure_instance(settings: Settings) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     cfg = home / "dagster.yaml"
     if not cfg.exists():
-        header = "# Written by signalbox on first start; edit freely (see pipeline/instance.py).\n"
+        header = (
+            "# Written by signalbox on first start; edit freely "
+            "(see pipeline/orchestration/instance.py).\n"
+        )
         cfg.write_text(header + yaml.safe_dump(INSTANCE_CONFIG, sort_keys=False))
     init_storage(home)
     return home

@@ -2,7 +2,7 @@
 
 Per symbol, the signal timeframe's bars are laid on a dense grid (a missing bar is a NaN row,
 so "n bars back" is n intervals back whatever is missing) and every condition is evaluated
-once over all of them in numpy (pipeline.rules). Then, per bar:
+once over all of them in numpy (pipeline.strategy.rules). Then, per bar:
 
 - regime: the first of the personality's regimes whose condition holds (weights x multiplier);
 - long score = sum of the weights of the rules that vote long, short score likewise; the net
@@ -45,8 +45,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeline.checks import FLOAT_RTOL, MAX_LISTED, CheckOutcome
-from pipeline.timeframes import (
+from pipeline.candles.timeframes import (
     MINUTE_MS,
     Timeframe,
     as_timeframe,
@@ -58,12 +57,13 @@ from pipeline.timeframes import (
     shift_buckets,
     to_ms,
 )
+from pipeline.quality.checks import FLOAT_RTOL, MAX_LISTED, CheckOutcome
 
 if TYPE_CHECKING:
     import numpy as np
     import polars as pl
 
-    from pipeline.personality import Personality
+    from pipeline.strategy.personality import Personality
 
 SIGNAL_COLUMNS = [
     "symbol",
@@ -102,7 +102,7 @@ def signals_schema() -> dict[str, Any]:
 
 
 def _personality(p: Personality | str) -> Personality:
-    from pipeline.personality import load_personality
+    from pipeline.strategy.personality import load_personality
 
     return load_personality(p)
 
@@ -304,7 +304,7 @@ class _Eval:
 def _evaluate(p: Personality, sig: _Series, htfs: dict[str, _Series | None], run: _Run) -> _Eval:
     import numpy as np
 
-    from pipeline.rules import Bars, shift, truth
+    from pipeline.strategy.rules import Bars, shift, truth
 
     tf = as_timeframe(p.signal_tf)
     n = run.n
@@ -470,7 +470,7 @@ def _rows(p: Personality, symbol: str, ev: _Eval, fired: np.ndarray, out: dict) 
 
 def _booleans() -> frozenset[str]:
     from pipeline.indicators import load_spec
-    from pipeline.personality import CANDLE_FLAGS
+    from pipeline.strategy.personality import CANDLE_FLAGS
 
     spec = load_spec()
     return frozenset([*CANDLE_FLAGS, *(c for i in spec.indicators if i.boolean for c in i.outputs)])
@@ -488,7 +488,7 @@ def _snapshot(p: Personality, cols: Mapping[str, str]) -> pl.Expr:
     and shortest round-trip floats, so the same inputs give the same bytes."""
     import polars as pl
 
-    from pipeline.rules import ref_name
+    from pipeline.strategy.rules import ref_name
 
     def key(name: str) -> str:
         return json.dumps(name) + ":"
@@ -813,7 +813,7 @@ def check_signals_lookahead(
     import numpy as np
     import polars as pl
 
-    from pipeline.resample import owned_by
+    from pipeline.candles.resample import owned_by
 
     p = _personality(personality)
     split = _split(frames)

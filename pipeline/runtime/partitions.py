@@ -75,7 +75,7 @@ def first_partition(settings: Settings, today: dt.date | None = None) -> FirstPa
 def exchange_today(rest_url: str) -> dt.date:
     """The exchange's current UTC day (a replay exchange may run in the past); the wall
     clock's if it does not answer."""
-    from pipeline.bybit import BybitClient
+    from pipeline.exchanges.bybit import BybitClient
 
     try:
         with BybitClient(rest_url, timeout_s=5.0, max_retries=2) as client:

@@ -1,4 +1,4 @@
-"""The one Dagster `Definitions` object (code location `pipeline.definitions`).
+"""The one Dagster `Definitions` object (code location `pipeline.orchestration.definitions`).
 
 Runs execute in-process: the live path is a handful of millisecond steps, and a process per
 step would cost seconds. The executor is Dagster's in-process one, watching the DuckDB pool

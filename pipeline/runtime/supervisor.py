@@ -16,11 +16,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import latency, pids
 from pipeline.config import REPO_ROOT, Settings
-from pipeline.instance import dagster_env
-from pipeline.partitions import ensure_recorded, exchange_today, first_partition
-from pipeline.processes import (
+from pipeline.exchanges.sources import Endpoint, home_source, recorded, warehouse_for
+from pipeline.orchestration.instance import dagster_env
+from pipeline.runtime import latency, pids
+from pipeline.runtime.partitions import ensure_recorded, exchange_today, first_partition
+from pipeline.runtime.processes import (
     open_exchange,
     port_free,
     port_in_use,
@@ -29,7 +30,6 @@ from pipeline.processes import (
     start_replay,
     stop,
 )
-from pipeline.sources import Endpoint, home_source, recorded, warehouse_for
 
 BIN = Path(sys.executable).parent
 
@@ -105,12 +105,12 @@ def choose_source(settings: Settings) -> tuple[Endpoint, subprocess.Popen | None
 
 def catch_up(settings: Settings, ep: Endpoint, days: int) -> int:
     """Bring the last `days` days up to the exchange's clock before going live: only what is
-    missing (pipeline/catchup.py), each range as one run of the `backfill` job; says what it
+    missing (pipeline/runtime/catchup.py), each range as one run of the `backfill` job; says what it
     does. Returns the first failed run's exit code, or 0."""
-    from pipeline.backfill import BACKFILL_JOB, run_job
-    from pipeline.catchup import plan_catchup
-    from pipeline.ingest import client_for
-    from pipeline.instance import materialized_days
+    from pipeline.exchanges.ingest import client_for
+    from pipeline.orchestration.instance import materialized_days
+    from pipeline.runtime.backfill import BACKFILL_JOB, run_job
+    from pipeline.runtime.catchup import plan_catchup
 
     try:
         now = client_for(settings, ep).server_time()
@@ -166,10 +166,16 @@ def up(settings: Settings, history_days: int | None = None) -> int:
             logs / "daemon.log",
         ),
         Child(
-            "sidecar", [sys.executable, "-m", "pipeline.cli", "sidecar"], env, logs / "sidecar.log"
+            "sidecar",
+            [sys.executable, "-m", "pipeline.runtime.cli", "sidecar"],
+            env,
+            logs / "sidecar.log",
         ),
         Child(
-            "reports", [sys.executable, "-m", "pipeline.reports_server"], env, logs / "reports.log"
+            "reports",
+            [sys.executable, "-m", "pipeline.runtime.reports_server"],
+            env,
+            logs / "reports.log",
         ),
     ]
 

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from pipeline.config import Settings
-from pipeline.sources import (
+from pipeline.exchanges.sources import (
     Endpoint,
     Say,
     SourceError,
@@ -73,7 +73,7 @@ class ReplayProcess:
 def replay_args(settings: Settings, port: int) -> list[str]:
     """`signalbox replay` for exactly this configuration (file, seed, symbols, faults)."""
     r = settings.replay
-    args = [sys.executable, "-m", "pipeline.cli"]
+    args = [sys.executable, "-m", "pipeline.runtime.cli"]
     if settings.config_path:
         args += ["--config", str(settings.config_path)]
     args += ["replay", "--host", r.host, "--port", str(port), "--seed", str(r.seed)]

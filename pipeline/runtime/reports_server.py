@@ -1,7 +1,7 @@
 """The reports directory over HTTP, read-only, so the Dagster UI links to reports a browser
 can open (`Settings.report_url`), not to local paths.
 
-`signalbox up` runs it as a supervised child (`python -m pipeline.reports_server`) on
+`signalbox up` runs it as a supervised child (`python -m pipeline.runtime.reports_server`) on
 `ui.host`:`ui.reports_port`. It serves files under `Settings.reports_dir` and nothing else:
 GET and HEAD only, `..` never leaves the directory, and a symlink inside it that points
 outside answers 404 like a missing file.

@@ -5,7 +5,7 @@ A condition is a Python-like expression over the bars of the signal timeframe:
     crosses_above(ema_9, ema_21) and stoch_k < 20
     close > 1h.sma_200                      # a higher timeframe, joined as-of
     rsi_14 < 30 and rising(rsi_14)
-    squeeze_breakout(within=8)              # a registered sub-signal (pipeline.votes)
+    squeeze_breakout(within=8)              # a registered sub-signal (pipeline.strategy.votes)
 
 Only these nodes exist: numbers, True/False, column names (`ema_9`) and higher-timeframe
 columns (`1h.sma_200`), `and or not`, comparisons (chains too), `+ - * /`, unary minus, and
@@ -15,7 +15,7 @@ eval, no attribute access beyond `<timeframe>.<column>`, no strings, no subscrip
 Functions (n: a whole number of bars): prev(x, n=1), crosses_above(a, b), crosses_below(a, b),
 rising(x, n=1), falling(x, n=1), highest(x, n), lowest(x, n), mean(x, n), std(x, n),
 within(cond, n) (true on any of the last n bars), held(cond, n) (on all of them), abs, sign,
-min(a, b), max(a, b); and the sub-signals of pipeline/votes.py, e.g. fair_value_gap(m=10).
+min(a, b), max(a, b); and the sub-signals of pipeline/strategy/votes.py, e.g. fair_value_gap(m=10).
 This module is imported only when personalities are loaded (run time), so numpy is at top.
 
 Why numpy and why these semantics:
@@ -346,7 +346,7 @@ def subsignal(
 
 
 def _load_subsignals() -> None:
-    import pipeline.votes  # noqa: F401  (registers the shipped sub-signals)
+    import pipeline.strategy.votes  # noqa: F401  (registers the shipped sub-signals)
 
 
 # -- compiled expressions ----------------------------------------------------------------------
@@ -415,12 +415,12 @@ def compile_condition(text: str, schema: Schema) -> Node:
     if len(text) > MAX_CHARS:
         raise RuleError(
             f"the condition {quote(text)} is longer than {MAX_CHARS} characters: split it into"
-            " rules, or write a sub-signal (pipeline/votes.py)"
+            " rules, or write a sub-signal (pipeline/strategy/votes.py)"
         )
     src = _TF_REF.sub(lambda m: f"{_TF_PREFIX}{m.group(1)}.", text.strip())
     too_deep = RuleError(
         f"the condition {quote(text, 120)} nests deeper than {MAX_NESTING} levels:"
-        " split it into rules, or write a sub-signal (pipeline/votes.py)"
+        " split it into rules, or write a sub-signal (pipeline/strategy/votes.py)"
     )
     try:
         tree = ast.parse(src, mode="eval")

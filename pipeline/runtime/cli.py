@@ -55,7 +55,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.backfill import backfill
+    from pipeline.runtime.backfill import backfill
 
     if args.symbols:
         settings = settings.with_overrides(symbols=args.symbols)
@@ -63,15 +63,15 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_sql(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.sources import warehouse_for
-    from pipeline.sql import run
+    from pipeline.exchanges.sources import warehouse_for
+    from pipeline.runtime.sql import run
 
     wh = warehouse_for(settings)
     return run(wh, settings.home, " ".join(args.query), as_csv=args.csv, max_rows=args.max_rows)
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.supervisor import up
+    from pipeline.runtime.supervisor import up
 
     overrides: dict = {}
     if args.port:
@@ -104,13 +104,13 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.status import status_main
+    from pipeline.runtime.status import status_main
 
     return status_main(settings, as_json=args.json)
 
 
 def cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.running import stop_main
+    from pipeline.runtime.running import stop_main
 
     return stop_main(settings, timeout=args.timeout)
 
@@ -131,7 +131,7 @@ def cmd_version(args: argparse.Namespace, settings: Settings | None) -> int:
 
 
 def cmd_personalities(args: argparse.Namespace, settings: Settings | None) -> int:
-    from pipeline import scaffold
+    from pipeline.runtime import scaffold
 
     if args.action == "new":
         return scaffold.new_main(args.name, Path(args.dir))
@@ -140,7 +140,7 @@ def cmd_personalities(args: argparse.Namespace, settings: Settings | None) -> in
 
 
 def cmd_config(args: argparse.Namespace, settings: Settings | None) -> int:
-    from pipeline.configview import check_main, show_main
+    from pipeline.runtime.configview import check_main, show_main
 
     if args.action == "check":
         return check_main(args.config)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pipeline.config import Settings
-from pipeline.running import processes, up_pid
+from pipeline.runtime.running import processes, up_pid
 
 HEALTHY = 0
 NOT_RUNNING = 1  # no `signalbox up` for this home (2 is a configuration error, as everywhere)
@@ -63,7 +63,7 @@ def collect(settings: Settings, now: dt.datetime | None = None) -> Status:
 
 
 def _source(settings: Settings, st: Status) -> None:
-    from pipeline.sources import SourceError, current, recorded
+    from pipeline.exchanges.sources import SourceError, current, recorded
 
     try:
         st.source = recorded(settings)
@@ -75,7 +75,7 @@ def _source(settings: Settings, st: Status) -> None:
 
 def _warehouse(settings: Settings, st: Status, now: dt.datetime) -> None:
     """Per-symbol lag of the last stored 1m candle and the last signal, from the replica."""
-    from pipeline.sources import SourceError, warehouse_for
+    from pipeline.exchanges.sources import SourceError, warehouse_for
     from warehouse import WarehouseBusy
 
     st.candles = dict.fromkeys(settings.symbols)
@@ -136,7 +136,7 @@ def _sidecar(settings: Settings, st: Status) -> None:
 def _failed_runs(settings: Settings, st: Status, now: dt.datetime) -> None:
     if not (settings.dagster_home / "dagster.yaml").exists():
         return
-    from pipeline.instance import failed_runs
+    from pipeline.orchestration.instance import failed_runs
 
     try:
         runs = failed_runs(settings.dagster_home, now - FAILED_WINDOW)

@@ -29,7 +29,7 @@ def crossover_signals(
     """
     import polars as pl
 
-    from pipeline.timeframes import parse_timeframe
+    from pipeline.candles.timeframes import parse_timeframe
 
     spec = parse_timeframe(timeframe)
     if spec.kind != "fixed" or spec.anchor_ms:

@@ -16,13 +16,13 @@ import time
 from collections.abc import Iterable
 
 from pipeline.config import Settings
-from pipeline.instance import dagster_env
-from pipeline.processes import exchange, source_env, spawn, stop
-from pipeline.progress import LINE as _PROGRESS
-from pipeline.sources import home_source
+from pipeline.exchanges.sources import home_source
+from pipeline.orchestration.instance import dagster_env
+from pipeline.runtime.processes import exchange, source_env, spawn, stop
+from pipeline.runtime.progress import LINE as _PROGRESS
 
 DAILY_SELECTION = "group:ingest or group:timeframes or group:signals"
-BACKFILL_JOB = "backfill"  # pipeline/definitions.py: DAILY_SELECTION as a named job
+BACKFILL_JOB = "backfill"  # pipeline/orchestration/definitions.py: DAILY_SELECTION as a named job
 BACKTEST_JOB = "backtest_reports"  # assets/backtests.py: one personality's report
 BACKFILL_ASSETS = ("bybit_klines_1m", "candles", "indicators", "signals")  # its assets, in order
 RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -59,7 +59,7 @@ def validate_assets(assets: str) -> str | None:
 
 
 def validate_range(settings: Settings, start: dt.date, end: dt.date) -> None:
-    from pipeline.partitions import first_partition
+    from pipeline.runtime.partitions import first_partition
 
     today = dt.datetime.now(dt.UTC).date()
     if end < start:
@@ -162,7 +162,8 @@ def run_job(
     run_config: dict | None = None,
     assets: str | None = None,
 ) -> int:
-    """Run the named `job` (pipeline/definitions.py) as ONE run, over the days [first, last]
+    """Run the named `job` (pipeline/orchestration/definitions.py) as ONE run, over the days
+    [first, last]
     of a daily-partitioned job or over one `partition`, and show its progress. `assets`: a
     comma-separated subset of the job's assets."""
     import json
@@ -205,7 +206,15 @@ def _dagster(settings: Settings, command: list[str], options: list[str]) -> int:
         # `dagster job execute` still works but points to the `dg` CLI, which is not installed.
         quiet = "ignore:Function `job_execute_command` is superseded"
         env["PYTHONWARNINGS"] = ",".join(w for w in (env.get("PYTHONWARNINGS"), quiet) if w)
-        argv = [sys.executable, "-m", "dagster", *command, "-m", "pipeline.definitions", *options]
+        argv = [
+            sys.executable,
+            "-m",
+            "dagster",
+            *command,
+            "-m",
+            "pipeline.orchestration.definitions",
+            *options,
+        ]
         print(f"source: {live_ep.label} ({live_ep.rest_url})", file=sys.stderr)
         proc = spawn(
             argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
@@ -235,7 +244,7 @@ def backfill(settings: Settings, start: dt.date, end: dt.date, assets: str = "al
     except BackfillError as err:
         print(f"signalbox backfill: {err}", file=sys.stderr)
         return 2
-    from pipeline.partitions import ensure_recorded
+    from pipeline.runtime.partitions import ensure_recorded
 
     ensure_recorded(settings, dt.datetime.now(dt.UTC).date(), settings.live.history_days, start)
     print(

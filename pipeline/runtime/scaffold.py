@@ -11,7 +11,7 @@ from pipeline.config import Settings
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 TEMPLATE = """\
-# {name}: a Signalbox personality (format: pipeline/personality.py; examples: the shipped
+# {name}: a Signalbox personality (format: pipeline/strategy/personality.py; examples: the shipped
 # ones in pipeline/personalities/). Check it with `signalbox config check` once it is listed
 # under `personalities:` in signalbox.yaml.
 name: {name}                  # must equal the file name
@@ -30,7 +30,7 @@ rules:
   # Conditions use indicator columns (pipeline/indicators.yaml: ema_9, sma_200, rsi_14,
   # macd_hist, bb_upper, ...) and candle values (open, high, low, close, volume); prefix
   # another timeframe's column with it, e.g. 1h.sma_200. Functions: crosses_above,
-  # crosses_below, within(cond, n), mean(x, n), ... (pipeline/rules.py).
+  # crosses_below, within(cond, n), mean(x, n), ... (pipeline/strategy/rules.py).
   - name: trend_up
     when: close > 1h.sma_200
     direction: long
@@ -69,7 +69,7 @@ class ScaffoldError(ValueError):
 
 
 def shipped() -> list[str]:
-    from pipeline.personality import PERSONALITY_DIR
+    from pipeline.strategy.personality import PERSONALITY_DIR
 
     return sorted(p.stem for p in PERSONALITY_DIR.glob("*.yaml"))
 
@@ -121,7 +121,7 @@ def summary(description: str) -> str:
 def list_main(settings: Settings) -> int:
     """`signalbox personalities`: configured ones first, then the other shipped ones.
     0, or 2 when a configured one does not load (its line says why)."""
-    from pipeline.personality import PersonalityError, load_personality, personality_path
+    from pipeline.strategy.personality import PersonalityError, load_personality, personality_path
 
     names = list(settings.personalities)
     enabled = {personality_path(n).resolve() for n in names}
