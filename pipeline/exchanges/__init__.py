@@ -1,0 +1,27 @@
+"""The exchanges room: one module per venue behind `protocol.Exchange`, chosen by name.
+
+`client(name, settings, endpoint)` is the one way the pipeline gets a venue's client: the
+module `pipeline.exchanges.<name>` provides `connect(settings, endpoint) -> Exchange`. With a
+replay source every venue is a face of the one replay exchange at `endpoint.rest_url`; with a
+live source each venue uses the URLs of its own configuration section.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.config import Settings
+    from pipeline.exchanges.protocol import Exchange
+    from pipeline.exchanges.sources import Endpoint
+
+KNOWN = ("bybit",)  # every module here with a `connect`; extend when adding a venue
+
+
+def client(name: str, settings: Settings, endpoint: Endpoint) -> Exchange:
+    """The client of venue `name` at the home's source."""
+    if name not in KNOWN:
+        raise ValueError(f"unknown exchange {name!r}; known: {', '.join(KNOWN)}")
+    module = importlib.import_module(f"pipeline.exchanges.{name}")
+    return module.connect(settings, endpoint)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     import polars as pl
 
     from pipeline.config import Settings
+    from pipeline.exchanges.sources import Endpoint
 
 T = TypeVar("T")
 PAGE_LIMIT = 1000
@@ -595,3 +596,15 @@ def _frame(symbol: str, times: np.ndarray, values: np.ndarray, interval: str) ->
         data[name] = pl.Series(values[:, j], dtype=pl.Float64)
     frame = pl.DataFrame(data).select(pl.lit(symbol, pl.String).alias("symbol"), pl.all())
     return frame.select(COLUMNS)
+
+
+def connect(settings: Settings, endpoint: Endpoint) -> BybitClient:
+    """The Bybit client at the home's source (see `pipeline.exchanges.client`)."""
+    b = settings.bybit
+    return BybitClient(
+        endpoint.rest_url,
+        b.category,
+        timeout_s=b.timeout_s,
+        max_retries=b.max_retries,
+        probe_timeout_s=b.probe_timeout_s,
+    )

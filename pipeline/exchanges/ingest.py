@@ -55,14 +55,9 @@ class IngestSummary:
 
 
 def client_for(settings: Settings, endpoint: Endpoint) -> BybitClient:
-    from pipeline.exchanges.bybit import BybitClient
+    from pipeline.exchanges import client
 
-    return BybitClient(
-        endpoint.rest_url,
-        category=settings.bybit.category,
-        timeout_s=settings.bybit.timeout_s,
-        max_retries=settings.bybit.max_retries,
-    )
+    return client("bybit", settings, endpoint)
 
 
 def windows(start: dt.datetime, end: dt.datetime, size: dt.timedelta = WINDOW):
