@@ -27,11 +27,13 @@ def klines(day: dt.datetime, days: int = 1, symbol: str = "BTCUSDT") -> pl.DataF
     f = synthetic.frame(symbol, ms, ms + days * 86_400_000)
     now = dt.datetime(2024, 6, 1, tzinfo=dt.UTC)
     return f.with_columns(
-        source=pl.lit("test"), ingested_at=pl.lit(now, dtype=pl.Datetime("us", "UTC"))
+        exchange=pl.lit("bybit"),
+        source=pl.lit("test"),
+        ingested_at=pl.lit(now, dtype=pl.Datetime("us", "UTC")),
     )
 
 
-def count(path: Path, sql: str = "SELECT count(*) FROM bybit_klines_1m") -> int:
+def count(path: Path, sql: str = "SELECT count(*) FROM klines_1m") -> int:
     with connect(path, read_only=True, wait_s=5) as con:
         return con.execute(sql).fetchall()[0][0]
 
@@ -59,7 +61,7 @@ def test_migrations_create_schema_once(tmp_path: Path):
             r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
         }
     for t in [
-        "bybit_klines_1m",
+        "klines_1m",
         "candles",
         "indicators",
         "signals",
@@ -74,31 +76,29 @@ def test_migrations_create_schema_once(tmp_path: Path):
 def test_partition_replace_is_idempotent_and_exact(tmp_path: Path):
     wh = Warehouse(tmp_path / "w.duckdb")
     week = klines(DAY0, 7)
-    wh.replace("bybit_klines_1m", week, WHERE, ["BTCUSDT", DAY0, DAY0 + 7 * DAY])
-    first = wh.query("SELECT * FROM bybit_klines_1m ORDER BY open_time")
+    wh.replace("klines_1m", week, WHERE, ["BTCUSDT", DAY0, DAY0 + 7 * DAY])
+    first = wh.query("SELECT * FROM klines_1m ORDER BY open_time")
     assert first.height == 7 * 1440
     # Re-writing one day changes nothing else and duplicates nothing.
     day3 = week.filter(pl.col("open_time").dt.date() == (DAY0 + 2 * DAY).date())
     for _ in range(2):
-        wh.replace("bybit_klines_1m", day3, WHERE, ["BTCUSDT", DAY0 + 2 * DAY, DAY0 + 3 * DAY])
-    again = wh.query("SELECT * FROM bybit_klines_1m ORDER BY open_time")
+        wh.replace("klines_1m", day3, WHERE, ["BTCUSDT", DAY0 + 2 * DAY, DAY0 + 3 * DAY])
+    again = wh.query("SELECT * FROM klines_1m ORDER BY open_time")
     assert again.equals(first)
     # Replacing a day with fewer rows removes exactly the rows not in the new content.
-    wh.replace(
-        "bybit_klines_1m", day3.head(100), WHERE, ["BTCUSDT", DAY0 + 2 * DAY, DAY0 + 3 * DAY]
-    )
+    wh.replace("klines_1m", day3.head(100), WHERE, ["BTCUSDT", DAY0 + 2 * DAY, DAY0 + 3 * DAY])
     assert count(wh.path) == 6 * 1440 + 100
 
 
 def test_failed_write_leaves_the_old_content(tmp_path: Path):
     wh = Warehouse(tmp_path / "w.duckdb")
     day = klines(DAY0)
-    wh.replace("bybit_klines_1m", day, WHERE, ["BTCUSDT", DAY0, DAY0 + DAY])
+    wh.replace("klines_1m", day, WHERE, ["BTCUSDT", DAY0, DAY0 + DAY])
     dup = pl.concat([day, day.head(1)])  # violates the primary key mid-insert
     with pytest.raises(duckdb.ConstraintException):
         wh.replace_many(
             [
-                Replacement("bybit_klines_1m", dup, WHERE, ("BTCUSDT", DAY0, DAY0 + DAY)),
+                Replacement("klines_1m", dup, WHERE, ("BTCUSDT", DAY0, DAY0 + DAY)),
             ]
         )
     assert count(wh.path) == 1440
@@ -106,7 +106,7 @@ def test_failed_write_leaves_the_old_content(tmp_path: Path):
 
 def test_lock_conflict_waits_then_names_the_holder(tmp_path: Path):
     wh = Warehouse(tmp_path / "w.duckdb")
-    wh.replace("bybit_klines_1m", klines(DAY0), WHERE, ["BTCUSDT", DAY0, DAY0 + DAY])
+    wh.replace("klines_1m", klines(DAY0), WHERE, ["BTCUSDT", DAY0, DAY0 + DAY])
     p = holder(wh.path, 30)
     try:
         with pytest.raises(WarehouseBusy) as err, connect(wh.path, wait_s=0.5):
@@ -118,20 +118,20 @@ def test_lock_conflict_waits_then_names_the_holder(tmp_path: Path):
     # A short hold is simply waited out.
     p = holder(wh.path, 0.5)
     with connect(wh.path, wait_s=10) as con:
-        assert con.execute("SELECT count(*) FROM bybit_klines_1m").fetchall()[0][0] == 1440
+        assert con.execute("SELECT count(*) FROM klines_1m").fetchall()[0][0] == 1440
     p.wait()
 
 
 def test_replica_follows_every_write_and_never_blocks_it(tmp_path: Path):
     wh = Warehouse(tmp_path / "w.duckdb")
-    wh.replace("bybit_klines_1m", klines(DAY0), WHERE, ["BTCUSDT", DAY0, DAY0 + DAY])
+    wh.replace("klines_1m", klines(DAY0), WHERE, ["BTCUSDT", DAY0, DAY0 + DAY])
     assert count(wh.replica_path) == 1440
     # Someone keeps the replica open read-write (as the DuckDB CLI does) while we write.
     p = holder(wh.replica_path, 60)
     try:
         for i in range(1, 4):
             d = DAY0 + i * DAY
-            wh.replace("bybit_klines_1m", klines(d), WHERE, ["BTCUSDT", d, d + DAY])
+            wh.replace("klines_1m", klines(d), WHERE, ["BTCUSDT", d, d + DAY])
             # The path people open shows the new write at once, though the old file is held.
             assert count(wh.replica_path) == (i + 1) * 1440
     finally:
@@ -139,35 +139,35 @@ def test_replica_follows_every_write_and_never_blocks_it(tmp_path: Path):
         p.wait()
     # Incremental path again once nobody holds it: replica equals the live file.
     d = DAY0 + 4 * DAY
-    wh.replace("bybit_klines_1m", klines(d), WHERE, ["BTCUSDT", d, d + DAY])
+    wh.replace("klines_1m", klines(d), WHERE, ["BTCUSDT", d, d + DAY])
     with connect(wh.replica_path, read_only=True) as con:
-        rep = con.sql("SELECT * FROM bybit_klines_1m ORDER BY open_time").pl()
-    assert rep.equals(wh.query("SELECT * FROM bybit_klines_1m ORDER BY open_time"))
+        rep = con.sql("SELECT * FROM klines_1m ORDER BY open_time").pl()
+    assert rep.equals(wh.query("SELECT * FROM klines_1m ORDER BY open_time"))
 
 
 def test_replica_catches_up_on_writes_it_missed(tmp_path: Path):
     """A writer that died between commit and replica sync leaves the replica one write
     behind; the next write brings it fully up to date."""
     live = Warehouse(tmp_path / "w.duckdb")
-    live.replace("bybit_klines_1m", klines(DAY0), WHERE, ["BTCUSDT", DAY0, DAY0 + DAY])
+    live.replace("klines_1m", klines(DAY0), WHERE, ["BTCUSDT", DAY0, DAY0 + DAY])
     unsynced = Warehouse(live.path, replica_sync=False)
     d1, d2 = DAY0 + DAY, DAY0 + 2 * DAY
-    unsynced.replace("bybit_klines_1m", klines(d1), WHERE, ["BTCUSDT", d1, d1 + DAY])
+    unsynced.replace("klines_1m", klines(d1), WHERE, ["BTCUSDT", d1, d1 + DAY])
     assert count(live.replica_path) == 1440  # one write behind
-    live.replace("bybit_klines_1m", klines(d2), WHERE, ["BTCUSDT", d2, d2 + DAY])
+    live.replace("klines_1m", klines(d2), WHERE, ["BTCUSDT", d2, d2 + DAY])
     assert count(live.replica_path) == 3 * 1440
 
 
 def test_replica_is_read_only_for_sql_and_survives_schema_changes(tmp_path: Path):
     wh = Warehouse(tmp_path / "w.duckdb")
-    wh.replace("bybit_klines_1m", klines(DAY0), WHERE, ["BTCUSDT", DAY0, DAY0 + DAY])
+    wh.replace("klines_1m", klines(DAY0), WHERE, ["BTCUSDT", DAY0, DAY0 + DAY])
     assert wh.ensure_columns("indicators", {"ema_7": "DOUBLE"}) == ["ema_7"]
     assert wh.ensure_columns("indicators", {"ema_7": "DOUBLE"}) == []
     with wh.reader() as con:
         cols = [r[0] for r in con.execute("DESCRIBE indicators").fetchall()]
         assert "ema_7" in cols
         with pytest.raises(duckdb.Error):
-            con.execute("DELETE FROM bybit_klines_1m")
+            con.execute("DELETE FROM klines_1m")
     assert os.path.exists(wh.replica_path)
 
 
@@ -181,7 +181,7 @@ def test_sigkill_mid_write_leaves_old_or_new_never_half(tmp_path: Path):
     month = klines(DAY0, 30)
     old = month.with_columns(close=pl.col("close") + 1.0)
     span = ["BTCUSDT", DAY0, DAY0 + 30 * DAY]
-    wh.replace("bybit_klines_1m", old, WHERE, span)
+    wh.replace("klines_1m", old, WHERE, span)
     script = tmp_path / "writer.py"
     script.write_text(
         textwrap.dedent(f"""
@@ -193,7 +193,7 @@ def test_sigkill_mid_write_leaves_old_or_new_never_half(tmp_path: Path):
         new = klines(DAY0, 30)
         print("ready", flush=True)
         while True:
-            wh.replace("bybit_klines_1m", new, WHERE, ["BTCUSDT", DAY0, DAY0 + 30 * DAY])
+            wh.replace("klines_1m", new, WHERE, ["BTCUSDT", DAY0, DAY0 + 30 * DAY])
     """)
     )
     rng = random.Random(7)
@@ -207,14 +207,14 @@ def test_sigkill_mid_write_leaves_old_or_new_never_half(tmp_path: Path):
         time.sleep(rng.uniform(0.05, 1.5))
         p.kill()
         p.wait()
-        got = wh.query("SELECT * FROM bybit_klines_1m ORDER BY open_time")
+        got = wh.query("SELECT * FROM klines_1m ORDER BY open_time")
         closes = got["close"]
         assert got.height == 30 * 1440
         is_old = closes.equals(old["close"])
         is_new = closes.equals(month["close"])
         assert is_old or is_new, "a half-written partition"
-    wh.replace("bybit_klines_1m", month, WHERE, span)  # the next run completes it
-    assert wh.query("SELECT close FROM bybit_klines_1m ORDER BY open_time")["close"].equals(
+    wh.replace("klines_1m", month, WHERE, span)  # the next run completes it
+    assert wh.query("SELECT close FROM klines_1m ORDER BY open_time")["close"].equals(
         month["close"]
     )
 
@@ -223,18 +223,18 @@ def test_writes_copies_and_syncs_in_a_path_with_quotes_and_a_space(tmp_path: Pat
     """Every write path (first write and its replica copy, an incremental sync, a schema
     change and its copy, a sealed read) where the directory is `bob's "home" x`."""
     wh = Warehouse(tmp_path / 'bob\'s "home" x' / "warehouse" / "w.duckdb")
-    wh.replace("bybit_klines_1m", klines(DAY0), WHERE, ["BTCUSDT", DAY0, DAY0 + DAY])
+    wh.replace("klines_1m", klines(DAY0), WHERE, ["BTCUSDT", DAY0, DAY0 + DAY])
     assert count(wh.replica_path) == 1440
     d1 = DAY0 + DAY
     Warehouse(wh.path, replica_sync=False).replace(
-        "bybit_klines_1m", klines(d1), WHERE, ["BTCUSDT", d1, d1 + DAY]
+        "klines_1m", klines(d1), WHERE, ["BTCUSDT", d1, d1 + DAY]
     )
     with wh.writer() as con:
         assert wh.sync_replica(con) == "incremental"
     assert count(wh.replica_path) == 2 * 1440
     assert wh.ensure_columns("indicators", {"ema_7": "DOUBLE"}) == ["ema_7"]
     with wh.reader() as con:
-        assert con.execute("SELECT count(*) FROM bybit_klines_1m").fetchall() == [(2 * 1440,)]
+        assert con.execute("SELECT count(*) FROM klines_1m").fetchall() == [(2 * 1440,)]
         assert "ema_7" in [r[0] for r in con.execute("DESCRIBE indicators").fetchall()]
     assert sorted(p.name for p in wh.path.parent.iterdir()) == ["w.duckdb", "w.replica.duckdb"]
 
@@ -242,11 +242,11 @@ def test_writes_copies_and_syncs_in_a_path_with_quotes_and_a_space(tmp_path: Pat
 @pytest.mark.parametrize(
     "table, where, says",
     [
-        ("bybit_klines_1m", "symbol = 'BTCUSDT' AND open_time >= ?", "pass values as parameters"),
-        ("bybit_klines_1m", "open_time >= ? AND 1 = 1", "pass values as parameters"),
-        ("bybit_klines_1m", "run_id = ?; DROP TABLE candles", "pass values as parameters"),
-        ("bybit_klines_1m", "run_id = ? -- comment", "pass values as parameters"),
-        ("bybit_klines_1m", " ", "empty predicate"),
+        ("klines_1m", "symbol = 'BTCUSDT' AND open_time >= ?", "pass values as parameters"),
+        ("klines_1m", "open_time >= ? AND 1 = 1", "pass values as parameters"),
+        ("klines_1m", "run_id = ?; DROP TABLE candles", "pass values as parameters"),
+        ("klines_1m", "run_id = ? -- comment", "pass values as parameters"),
+        ("klines_1m", " ", "empty predicate"),
         ("candles; DROP TABLE signals", "run_id = ?", "not a plain SQL name"),
         ('candles"', "run_id = ?", "not a plain SQL name"),
     ],

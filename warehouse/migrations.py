@@ -41,8 +41,10 @@ def current_version(con: duckdb.DuckDBPyConnection) -> int:
     return int(row[0] or 0) if row else 0
 
 
-def migrate(con: duckdb.DuckDBPyConnection) -> list[int]:
-    """Apply pending migrations, each in its own transaction; returns the versions applied."""
+def migrate(con: duckdb.DuckDBPyConnection, upto: int | None = None) -> list[int]:
+    """Apply pending migrations, each in its own transaction; returns the versions applied.
+
+    `upto` stops after that version (tests build yesterday's schema to test an upgrade)."""
     con.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations ("
         " version INTEGER PRIMARY KEY, name VARCHAR NOT NULL,"
@@ -51,7 +53,7 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[int]:
     done = current_version(con)
     applied = []
     for version, name, path in available():
-        if version <= done:
+        if version <= done or (upto is not None and version > upto):
             continue
         con.execute("BEGIN TRANSACTION")
         try:

@@ -93,8 +93,10 @@ class Warehouse:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with connect(self.path, wait_s=wait_s) as con:
             if self.path not in _MIGRATED:
-                migrate(con)
+                upgraded = migrate(con)
                 _MIGRATED.add(self.path)
+                if upgraded and self.replica_sync and self.replica_path.exists():
+                    self._copy_replica(con)  # people query the replica: upgrade it too
             yield con
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
