@@ -7,6 +7,7 @@ and what is allowed, instead of minutes later inside a Dagster run.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import os
 import re
 from dataclasses import dataclass
@@ -21,27 +22,68 @@ from pipeline.yamlfile import YamlFileError, key_path, load_yaml, quote
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "signalbox.yaml"
 SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,30}$")
+# What a symbol looks like on each venue (a venue not listed here uses SYMBOL_RE).
+SYMBOL_FORMATS: dict[str, tuple[re.Pattern[str], str]] = {
+    "bybit": (SYMBOL_RE, "BTCUSDT"),
+    "hyperliquid": (re.compile(r"^k?[A-Z0-9]{1,20}$"), "BTC or kPEPE"),  # coins, k = 1000x
+}
+DEFAULT_EXCHANGES = {"bybit": ["BTCUSDT"]}
 
 ENV_CONFIG = "SIGNALBOX_CONFIG"
 ENV_HOME = "SIGNALBOX_HOME"
-ENV_BYBIT_URL = "SIGNALBOX_BYBIT_URL"
+ENV_BYBIT_URL = "SIGNALBOX_BYBIT_URL"  # every venue has SIGNALBOX_<VENUE>_URL and _WS
 ENV_BYBIT_WS = "SIGNALBOX_BYBIT_WS"
 ENV_SOURCE = "SIGNALBOX_SOURCE"
 ENV_SYMBOLS = "SIGNALBOX_SYMBOLS"
 ENV_UI_PORT = "SIGNALBOX_UI_PORT"
 ENV_REPLAY_PORT = "SIGNALBOX_REPLAY_PORT"
 
-# Every environment override and the key it sets (SIGNALBOX_CONFIG names the file instead).
-ENV_KEYS: dict[str, str] = {
-    ENV_HOME: "home",
-    ENV_SOURCE: "source",
-    ENV_SYMBOLS: "symbols",
-    ENV_BYBIT_URL: "bybit.rest_url",
-    ENV_BYBIT_WS: "bybit.ws_url",
-    ENV_UI_PORT: "ui.port",
-    ENV_REPLAY_PORT: "replay.port",
-}
+
+def env_keys() -> dict[str, str]:
+    """Every environment override and the key it sets (SIGNALBOX_CONFIG names the file
+    instead). Each known venue's endpoint: SIGNALBOX_<VENUE>_URL and SIGNALBOX_<VENUE>_WS."""
+    from pipeline.exchanges import KNOWN
+
+    keys = {ENV_HOME: "home", ENV_SOURCE: "source", ENV_SYMBOLS: "exchanges"}
+    for venue in KNOWN:
+        keys[f"SIGNALBOX_{venue.upper()}_URL"] = f"{venue}.rest_url"
+        keys[f"SIGNALBOX_{venue.upper()}_WS"] = f"{venue}.ws_url"
+    return {**keys, ENV_UI_PORT: "ui.port", ENV_REPLAY_PORT: "replay.port"}
+
+
 DEFAULT = "default"
+
+
+@dataclass(frozen=True, order=True)
+class Market:
+    """One symbol on one venue: what candles, indicators and signals are keyed by."""
+
+    exchange: str
+    symbol: str
+
+    def __str__(self) -> str:
+        return f"{self.exchange}:{self.symbol}"
+
+
+def parse_markets(text: str) -> dict[str, list[str]]:
+    """`BTCUSDT,ETHUSDT` (Bybit's, as before venues) or `bybit:BTCUSDT,hyperliquid:BTC` to the
+    `exchanges` mapping. Bare and Bybit symbols are upper-cased; coins keep their case (kPEPE).
+    Validation is the configuration's, so a bad venue or symbol is named there."""
+    out: dict[str, list[str]] = {}
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        venue, _, symbol = item.rpartition(":")
+        venue = venue.strip().lower() or "bybit"
+        symbol = symbol.strip().upper() if venue == "bybit" else symbol.strip()
+        out.setdefault(venue, []).append(symbol)
+    return out
+
+
+def format_markets(markets: list[Market]) -> str:
+    """`markets` as `parse_markets` reads them back (SIGNALBOX_SYMBOLS for run processes)."""
+    return ",".join(str(m) for m in markets)
+
 
 Source = Literal["auto", "bybit", "replay"]
 
@@ -142,7 +184,7 @@ class BacktestConfig(_Section):
 class Settings(_Section):
     """Validated configuration; paths are absolute."""
 
-    symbols: list[str] = ["BTCUSDT"]
+    exchanges: dict[str, list[str]] = DEFAULT_EXCHANGES  # venue -> its symbols
     start_date: dt.date | None = None  # None: derived per home (pipeline/runtime/partitions.py)
     home: Path = Path(".signalbox")
     source: Source = "auto"
@@ -159,17 +201,41 @@ class Settings(_Section):
     personalities: list[str] = ["scalping", "swing", "ma_trend", "vote"]
     config_path: Path | None = None
 
-    @field_validator("symbols")
+    @field_validator("exchanges")
     @classmethod
-    def _symbols(cls, v: list[str]) -> list[str]:
+    def _exchanges(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        from pipeline.exchanges import KNOWN
+
         if not v:
-            raise ValueError("needs at least one symbol, e.g. [BTCUSDT]")
-        for s in v:
-            if not SYMBOL_RE.match(s):
-                raise ValueError(f"{quote(s)} is not a symbol: use exchange symbols like BTCUSDT")
-        if len(set(v)) != len(v):
-            raise ValueError("lists a symbol twice")
+            raise ValueError("needs at least one exchange and its symbols, e.g. {bybit: [BTCUSDT]}")
+        for venue, symbols in v.items():
+            if venue not in KNOWN:
+                near = difflib.get_close_matches(venue, KNOWN, n=1)
+                hint = f"did you mean {near[0]!r}? " if near else ""
+                raise ValueError(
+                    f"{quote(venue)} is not a known exchange ({hint}known: {', '.join(KNOWN)})"
+                )
+            pattern, like = SYMBOL_FORMATS.get(venue, (SYMBOL_RE, "BTCUSDT"))
+            if not symbols:
+                raise ValueError(f"{venue}: needs at least one symbol, e.g. [{like}]")
+            for s in symbols:
+                if not pattern.match(s):
+                    raise ValueError(
+                        f"{venue}: {quote(s)} is not a symbol there: use symbols like {like}"
+                    )
+            if len(set(symbols)) != len(symbols):
+                raise ValueError(f"{venue}: lists a symbol twice")
         return v
+
+    @property
+    def markets(self) -> list[Market]:
+        """Every configured (exchange, symbol), sorted and unique."""
+        return sorted({Market(e, s) for e, symbols in self.exchanges.items() for s in symbols})
+
+    @property
+    def symbols(self) -> list[str]:
+        """The Bybit symbols only (what `symbols:` configured before venues); prefer `markets`."""
+        return list(self.exchanges.get("bybit", []))
 
     @field_validator("start_date")
     @classmethod
@@ -280,18 +346,25 @@ _SHOWN_ERRORS = 3
 _LISTED_ERRORS = 100  # `config check` lines, at most
 
 
-def _format_error(err: ValidationError, path: Path | None, origins: Origins) -> ConfigError:
+def _format_error(
+    err: ValidationError, path: Path | None, origins: Origins, shorthand: bool = False
+) -> ConfigError:
     """One line: the file, then `key = value: what is allowed` for the first few problems
     (a list of 5,000 bad items is one mistake, not 5,000 lines), values cut short. A value
-    set by an environment variable is named by the variable."""
+    set by an environment variable is named by the variable; `shorthand`: the Bybit symbols
+    came as `symbols:`, so that is the key named."""
     errors = err.errors(include_url=False)
     problems = []
+    env = env_keys()
     for e in errors[:_LISTED_ERRORS]:
         key = key_path([str(p) for p in e["loc"]]) or "(top level)"
         value = e.get("input")
+        if shorthand and key.split(".")[0] == "exchanges":
+            key = "symbols"
+            value = value.get("bybit", value) if isinstance(value, dict) else value
         shown = value.isoformat() if isinstance(value, dt.date) else quote(value)
         var = origin_of(origins, key).removeprefix("$")
-        if var in ENV_KEYS:
+        if var in env:
             shown += f" (set by {var})"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
@@ -307,10 +380,25 @@ def _format_error(err: ValidationError, path: Path | None, origins: Origins) -> 
 
 
 def _validate(data: dict[str, Any], path: Path | None, origins: Origins | None = None) -> Settings:
+    origins = {} if origins is None else origins
+    shorthand = "symbols" in data
+    if shorthand:  # `symbols: [...]` is `exchanges: {bybit: [...]}`
+        if "exchanges" in data:
+            raise ConfigError(
+                f"invalid configuration in {path or 'the configuration'}: both `symbols` and "
+                "`exchanges` are given; keep one (`symbols: [...]` is shorthand for "
+                "`exchanges: {bybit: [...]}`)"
+            )
+        data = {
+            **{k: v for k, v in data.items() if k != "symbols"},
+            "exchanges": {"bybit": data["symbols"]},
+        }
+        if "symbols" in origins:
+            origins["exchanges"] = origins.pop("symbols")
     try:
         settings = Settings.model_validate({**data, "config_path": path})
     except ValidationError as err:
-        raise _format_error(err, path, origins or {}) from None
+        raise _format_error(err, path, origins, shorthand) from None
     base = path.parent if path else REPO_ROOT
     home = settings.home if settings.home.is_absolute() else (base / settings.home)
     replay = settings.replay
@@ -392,15 +480,17 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> L
     elif path or env.get(ENV_CONFIG):
         shown = quote(str(cfg_path), 200, bare=True)
         raise ConfigError(f"configuration file {shown} does not exist ({chosen_by})")
-    for var, key in ENV_KEYS.items():
+    for var, key in env_keys().items():
         text = env.get(var, "").strip()
         if not text:
             continue
         value: Any = text
         if key == "home":
             value = str(Path(text).expanduser().resolve())
-        elif key == "symbols":
-            value = [x.strip() for x in text.split(",") if x.strip()]
+        elif key == "exchanges":
+            value = parse_markets(text)
+            data.pop("symbols", None)  # the environment wins over the file's lists
+            origins = {k: o for k, o in origins.items() if k.split(".")[0] not in (key, "symbols")}
         _set(data, key, value)
         origins[key] = f"${var}"
     settings = _validate(data, cfg_path.resolve() if exists else None, origins)

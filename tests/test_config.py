@@ -105,3 +105,69 @@ def test_a_broken_personality_file_fails_at_start_not_in_a_run(tmp_path: Path, c
             write(tmp_path, "timeframes: [1m, 15m]\npersonalities: [scalping]\n"), env={}
         )
         s.check_personalities()
+
+
+@pytest.fixture
+def two_venues(monkeypatch):
+    """Hyperliquid as a known venue (its client module comes with the exchanges work)."""
+    import pipeline.exchanges
+
+    monkeypatch.setattr(pipeline.exchanges, "KNOWN", ("bybit", "hyperliquid"))
+
+
+def test_exchanges_select_venues_per_symbol_list(tmp_path: Path, two_venues):
+    from pipeline.config import Market
+
+    text = "exchanges: {hyperliquid: [kPEPE, BTC], bybit: [ETHUSDT, BTCUSDT]}\n"
+    s = load_settings(write(tmp_path, text), env={})
+    assert s.markets == [
+        Market("bybit", "BTCUSDT"),
+        Market("bybit", "ETHUSDT"),
+        Market("hyperliquid", "BTC"),
+        Market("hyperliquid", "kPEPE"),
+    ]
+    assert str(s.markets[2]) == "hyperliquid:BTC" and s.symbols == ["ETHUSDT", "BTCUSDT"]
+    assert load_settings(env={}).markets == [Market("bybit", "BTCUSDT")]  # the default
+    shorthand = load_settings(write(tmp_path, "symbols: [SOLUSDT]\n"), env={})
+    assert shorthand.exchanges == {"bybit": ["SOLUSDT"]}
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (
+            "symbols: [BTCUSDT]\nexchanges: {bybit: [BTCUSDT]}\n",
+            "both `symbols` and `exchanges` are given; keep one",
+        ),
+        ("exchanges: {bybt: [BTCUSDT]}\n", "'bybt' is not a known exchange (did you mean 'bybit'?"),
+        ("exchanges: {kraken: [XBT]}\n", "known: bybit, hyperliquid"),
+        ("exchanges: {hyperliquid: [btc-usd]}\n", "hyperliquid: 'btc-usd' is not a symbol there"),
+        ("exchanges: {hyperliquid: [BTCUSDT, PEPEk]}\n", "use symbols like BTC or kPEPE"),
+        ("exchanges: {bybit: [kPEPE]}\n", "use symbols like BTCUSDT"),
+        ("exchanges: {}\n", "needs at least one exchange"),
+    ],
+)
+def test_bad_exchanges_name_the_problem_in_one_line(tmp_path, two_venues, text, says):
+    cfg = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg, env={})
+    assert says in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_markets_from_the_environment_and_venue_endpoints(tmp_path: Path, two_venues):
+    from pipeline.config import Market, env_keys, load
+
+    cfg = write(tmp_path, "exchanges: {bybit: [ETHUSDT]}\n")
+    loaded = load(cfg, env={"SIGNALBOX_SYMBOLS": "bybit:BTCUSDT, hyperliquid:kPEPE,solusdt"})
+    assert loaded.settings.markets == [
+        Market("bybit", "BTCUSDT"),
+        Market("bybit", "SOLUSDT"),
+        Market("hyperliquid", "kPEPE"),
+    ]
+    assert loaded.origin("exchanges.hyperliquid") == loaded.origin("exchanges.bybit")
+    assert loaded.origin("exchanges.bybit") == "$SIGNALBOX_SYMBOLS"
+    keys = env_keys()
+    assert keys["SIGNALBOX_BYBIT_URL"] == "bybit.rest_url"
+    assert keys["SIGNALBOX_HYPERLIQUID_WS"] == "hyperliquid.ws_url"
+    with pytest.raises(ConfigError, match=r"\(set by SIGNALBOX_SYMBOLS\)"):
+        load(cfg, env={"SIGNALBOX_SYMBOLS": "bybit:BTC-USDT"})

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Iterable
 
-from pipeline.config import Settings
+from pipeline.config import Settings, format_markets
 from pipeline.exchanges.sources import home_source
 from pipeline.orchestration.instance import dagster_env
 from pipeline.runtime.processes import exchange, source_env, spawn, stop
@@ -24,7 +24,7 @@ from pipeline.runtime.progress import LINE as _PROGRESS
 DAILY_SELECTION = "group:ingest or group:timeframes or group:signals"
 BACKFILL_JOB = "backfill"  # pipeline/orchestration/definitions.py: DAILY_SELECTION as a named job
 BACKTEST_JOB = "backtest_reports"  # assets/backtests.py: one personality's report
-BACKFILL_ASSETS = ("bybit_klines_1m", "candles", "indicators", "signals")  # its assets, in order
+BACKFILL_ASSETS = ("klines_1m", "candles", "indicators", "signals")  # its assets, in order
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 PARTITION_TAG = "dagster/partition"
@@ -201,7 +201,7 @@ def _dagster(settings: Settings, command: list[str], options: list[str]) -> int:
     ep = home_source(settings, say)
     with exchange(settings, ep, say) as live_ep:
         extra = source_env(live_ep)
-        extra["SIGNALBOX_SYMBOLS"] = ",".join(settings.symbols)
+        extra["SIGNALBOX_SYMBOLS"] = format_markets(settings.markets)
         env = dagster_env(settings, extra)
         # `dagster job execute` still works but points to the `dg` CLI, which is not installed.
         quiet = "ignore:Function `job_execute_command` is superseded"
@@ -248,7 +248,7 @@ def backfill(settings: Settings, start: dt.date, end: dt.date, assets: str = "al
 
     ensure_recorded(settings, dt.datetime.now(dt.UTC).date(), settings.live.history_days, start)
     print(
-        f"backfilling {', '.join(settings.symbols)} {start} → {end} ({subset or DAILY_SELECTION})",
+        f"backfilling {format_markets(settings.markets)} {start} → {end} ({subset or DAILY_SELECTION})",
         file=sys.stderr,
     )
     return run_job(settings, BACKFILL_JOB, (start, end), assets=subset)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.config import ConfigError, Loaded, Settings, load
+from pipeline.config import ConfigError, Loaded, Settings, load, parse_markets
 
 
 def _date(text: str) -> dt.date:
@@ -58,7 +58,7 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.runtime.backfill import backfill
 
     if args.symbols:
-        settings = settings.with_overrides(symbols=args.symbols)
+        settings = settings.with_overrides(exchanges=parse_markets(args.symbols))
     return backfill(settings, args.start, args.end, assets=args.assets)
 
 
@@ -237,11 +237,14 @@ def build_parser(
     sp = add("backfill", cmd_backfill, "materialize daily partitions through Dagster")
     sp.add_argument("--start", type=_date, required=True, help="first day, YYYY-MM-DD (UTC)")
     sp.add_argument("--end", type=_date, required=True, help="last day, inclusive, YYYY-MM-DD")
-    sp.add_argument("--symbols", type=_symbols, help="comma-separated, e.g. BTCUSDT,ETHUSDT")
+    sp.add_argument(
+        "--symbols",
+        help="comma-separated markets, e.g. BTCUSDT,ETHUSDT (Bybit) or bybit:BTCUSDT,hyperliquid:BTC",
+    )
     sp.add_argument(
         "--assets",
         default="all",
-        help="'all' (default) or some of the backfill job's assets, e.g. bybit_klines_1m,candles",
+        help="'all' (default) or some of the backfill job's assets, e.g. klines_1m,candles",
     )
 
     sp = add("sql", cmd_sql, "query the read replica of the warehouse (read-only)")
