@@ -248,7 +248,8 @@ def backfill(settings: Settings, start: dt.date, end: dt.date, assets: str = "al
 
     ensure_recorded(settings, dt.datetime.now(dt.UTC).date(), settings.live.history_days, start)
     print(
-        f"backfilling {format_markets(settings.markets)} {start} → {end} ({subset or DAILY_SELECTION})",
+        f"backfilling {format_markets(settings.markets)} {start} → {end} "
+        f"({subset or DAILY_SELECTION})",
         file=sys.stderr,
     )
     return run_job(settings, BACKFILL_JOB, (start, end), assets=subset)

@@ -239,7 +239,7 @@ def build_parser(
     sp.add_argument("--end", type=_date, required=True, help="last day, inclusive, YYYY-MM-DD")
     sp.add_argument(
         "--symbols",
-        help="comma-separated markets, e.g. BTCUSDT,ETHUSDT (Bybit) or bybit:BTCUSDT,hyperliquid:BTC",
+        help="comma-separated, e.g. BTCUSDT,ETHUSDT (Bybit) or bybit:BTCUSDT,hyperliquid:BTC",
     )
     sp.add_argument(
         "--assets",
