@@ -1,4 +1,5 @@
-"""`bybit_klines_1m`: raw 1-minute candles per daily partition, with its blocking checks."""
+"""`klines_1m`: raw 1-minute candles of every venue per daily partition, with its blocking
+checks."""
 
 import datetime as dt
 import time
@@ -22,13 +23,13 @@ from assets.common import window as partition_window
 from pipeline.config import settings
 from pipeline.runtime.latency import record as record_latency
 
-ASSET = "bybit_klines_1m"
+ASSET = "klines_1m"
 CHECKS = {
-    "no_duplicates": "At most one row per (symbol, open_time) in the day.",
+    "no_duplicates": "At most one row per (exchange, symbol, open_time) in the day.",
     "ohlc_sane": "low <= open, close <= high; volume >= 0; prices positive and finite "
     "(exact: they are the exchange's own numbers).",
     "complete_minutes": "Every minute of the day up to the exchange's last closed one is stored "
-    "for every symbol, or confirmed absent at the exchange; names every UTC day with a gap.",
+    "for every market, or confirmed absent at the exchange; names every UTC day with a gap.",
     "nothing_from_future": "No stored candle closes after the exchange's clock at ingest time "
     "(no forming candle).",
 }
@@ -54,33 +55,38 @@ def _parse(ts: str | None) -> dt.datetime | None:
     backfill_policy=SINGLE_RUN,
     group_name="ingest",
     owners=OWNERS,
-    kinds={"bybit", "duckdb", "polars"},
+    kinds={"duckdb", "polars"},
     description=(
-        "Closed 1-minute candles from Bybit (or the replay exchange), all configured symbols "
-        "per UTC day. Re-materializing a partition replaces exactly its rows."
+        "Closed 1-minute candles from every configured venue (or the replay exchange's faces), "
+        "all configured markets per UTC day, keyed by (exchange, symbol, open_time). "
+        "Re-materializing a partition replaces exactly its rows."
     ),
     check_specs=check_specs(ASSET, CHECKS),
     freshness_policy=dg.FreshnessPolicy.time_window(
         fail_window=dt.timedelta(minutes=settings().live.freshness_minutes)
     ),
-    metadata={"table": "bybit_klines_1m", "pool": "duckdb (claimed only while writing)"},
+    metadata={"table": "klines_1m", "pool": "duckdb (claimed only while writing)"},
 )
-def bybit_klines_1m(context: dg.AssetExecutionContext, config: KlinesConfig):
+def klines_1m(context: dg.AssetExecutionContext, config: KlinesConfig):
     import polars as pl
 
-    from pipeline.exchanges.ingest import client_for, ingest
-    from pipeline.quality.checks import kline_checks
+    from pipeline.config import by_venue
+    from pipeline.exchanges import client
+    from pipeline.exchanges.ingest import ingest
+    from pipeline.quality.checks import by_market, kline_checks
     from pipeline.runtime.progress import Reporter
 
     started_at = time.time()
     s, ep, wh = settings(), endpoint(), get_warehouse()
     p_start, p_end = partition_window(context)
-    exchange_now = client_for(s, ep).server_time()
+    # The slowest venue's clock says which minutes are closed everywhere (one clock in replay).
+    exchange_now = min(client(v, s, ep).server_time() for v in by_venue(s.markets))
     closed_by = exchange_now.replace(second=0, microsecond=0)
     start = max(p_start, _parse(config.start) or p_start)
     end = min(p_end, _parse(config.end) or p_end, closed_by)
     ident = f"{start:%Y-%m-%d %H:%M}→{end:%Y-%m-%d %H:%M}"
-    context.log.info(f"ingesting {', '.join(s.symbols)} {ident} from {ep.label} ({ep.rest_url})")
+    names = ", ".join(map(str, s.markets))
+    context.log.info(f"ingesting {names} {ident} from {ep.label} ({ep.rest_url})")
 
     live = context.run.tags.get("signalbox/live") == "1"  # minutes, every minute: no progress
     report = Reporter(context.log.info, "minutes", 0, enabled=not live, every_s=0)
@@ -104,23 +110,26 @@ def bybit_klines_1m(context: dg.AssetExecutionContext, config: KlinesConfig):
     check_end = max(end, p_start)  # what this run is answerable for
     with pool_slot(context):
         frame = wh.query(
-            "SELECT symbol, open_time, close_time, open, high, low, close, volume FROM "
-            "bybit_klines_1m WHERE open_time >= ? AND open_time < ?",
+            "SELECT exchange, symbol, open_time, close_time, open, high, low, close, volume FROM "
+            "klines_1m WHERE open_time >= ? AND open_time < ?",
             [p_start, p_end],
         )
         gaps = wh.query(
-            "SELECT symbol, open_time FROM kline_gaps WHERE open_time >= ? AND open_time < ?",
+            "SELECT exchange, symbol, open_time FROM kline_gaps"
+            " WHERE open_time >= ? AND open_time < ?",
             [p_start, check_end],
         )
-    outcomes = kline_checks(frame, s.symbols, p_start, check_end, exchange_now, gaps)
-    per_symbol = (
-        frame.group_by("symbol")
+    outcomes = kline_checks(frame, s.markets, p_start, check_end, exchange_now, gaps)
+    per_market = (
+        by_market(frame)
+        .rename({"symbol": "market"})
+        .group_by("market")
         .agg(
             pl.len().alias("rows"),
             pl.min("open_time").alias("first"),
             pl.max("open_time").alias("last"),
         )
-        .sort("symbol")
+        .sort("market")
     )
     meta = {
         "source": ep.label,
@@ -129,9 +138,9 @@ def bybit_klines_1m(context: dg.AssetExecutionContext, config: KlinesConfig):
         "ingested_range": ident,
         "partition_rows": frame.height,
         "gaps_found": outcomes["complete_minutes"].metadata.get("missing", 0),
-        "per_symbol": dg.MetadataValue.md(md_table(per_symbol)),
-        "last_open_time": dg.MetadataValue.json(
-            {r["symbol"]: r["last"].isoformat() for r in per_symbol.iter_rows(named=True)}
+        "per_market": dg.MetadataValue.md(md_table(per_market)),
+        "last_open_time": dg.MetadataValue.json(  # by market: the live sensor reads it
+            {r["market"]: r["last"].isoformat() for r in per_market.iter_rows(named=True)}
         ),
     }
     if summary:
@@ -174,7 +183,7 @@ def klines_expectations(context: dg.AssetCheckExecutionContext) -> dg.AssetCheck
 
     start, end = partition_window(context.op_execution_context)
     frame = get_warehouse().query(
-        "SELECT * FROM bybit_klines_1m WHERE open_time >= ? AND open_time < ?", [start, end]
+        "SELECT * FROM klines_1m WHERE open_time >= ? AND open_time < ?", [start, end]
     )
     outcome = validate_klines(frame)
     result = check_result("expectations_suite", outcome, ASSET)

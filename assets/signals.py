@@ -45,31 +45,6 @@ class SignalsConfig(dg.Config):
     exchange_now: str | None = None  # ISO 8601 UTC
 
 
-def _read_frames(wh, windows: dict[str, tuple[dt.datetime, dt.datetime]]):
-    """Candles LEFT JOIN indicators for each timeframe's window, in one query."""
-
-    values = ", ".join("(?, ?, ?)" for _ in windows)
-    params = [v for tf, (lo, hi) in windows.items() for v in (tf, lo, hi)]
-    joined = wh.query(
-        f"SELECT c.*, i.* EXCLUDE (symbol, timeframe, open_time, close_time) FROM candles c "
-        f"JOIN (VALUES {values}) w(tf, lo, hi) ON c.timeframe = w.tf AND c.open_time >= w.lo "
-        "AND c.close_time <= w.hi LEFT JOIN indicators i USING (symbol, timeframe, open_time) "
-        "ORDER BY c.timeframe, c.symbol, c.open_time",
-        params,
-    )
-    by_tf = joined.partition_by("timeframe", as_dict=True)
-    return {tf: by_tf.get((tf,), joined.clear()) for tf in windows}
-
-
-def _merge_windows(windows: list[dict]) -> dict[str, tuple[dt.datetime, dt.datetime]]:
-    out: dict[str, tuple[dt.datetime, dt.datetime]] = {}
-    for w in windows:
-        for tf, (lo, hi) in w.items():
-            a, b = out.get(tf, (lo, hi))
-            out[tf] = (min(a, lo), max(b, hi))
-    return out
-
-
 def _to_messages(rows) -> list[dict]:
     """Signal rows as the dicts the sidecar's outbox takes."""
     out = []
@@ -101,18 +76,14 @@ def _to_messages(rows) -> list[dict]:
 def signals(context: dg.AssetExecutionContext, config: SignalsConfig) -> dg.MaterializeResult:
     import polars as pl
 
+    from pipeline.config import by_venue
     from pipeline.quality.checks import CheckOutcome
     from pipeline.runtime import latency
     from pipeline.runtime.progress import Reporter
     from pipeline.sidecar.outbox import publish
+    from pipeline.strategy.build import build_signals, write_signals
     from pipeline.strategy.personality import load_personalities
-    from pipeline.strategy.signals import (
-        check_signals,
-        check_signals_lookahead,
-        signal_input_window,
-        signal_summary,
-        signals_for_partition,
-    )
+    from pipeline.strategy.signals import check_signals, check_signals_lookahead, signal_summary
 
     s, wh = settings(), get_warehouse()
     start, end = partition_window(context)
@@ -120,23 +91,21 @@ def signals(context: dg.AssetExecutionContext, config: SignalsConfig) -> dg.Mate
     tags = context.run.tags
     live = tags.get("signalbox/live") == "1"
     personalities = load_personalities(s.personalities, s.timeframes)
-    windows = {p.name: signal_input_window(first, p, last) for p in personalities}
-    frames = _read_frames(wh, _merge_windows(list(windows.values())))
-    report = Reporter(context.log.info, "personalities", len(personalities), enabled=not live)
-    per_p = {}
-    for n, p in enumerate(personalities, 1):
-        per_p[p.name] = signals_for_partition(frames, first, p, last)
-        report(n, f"{p.name}: {per_p[p.name].height} signal(s)")
-    rows = pl.concat(list(per_p.values()), how="vertical_relaxed") if per_p else pl.DataFrame()
+    venues = list(by_venue(s.markets))
+    report = Reporter(context.log.info, "venues", len(venues), enabled=not live)
+    builds = []
+    for n, venue in enumerate(venues, 1):
+        builds.append(build_signals(wh, venue, first, last, personalities))
+        report(n, f"{venue}: {builds[-1].rows().height} signal(s)")
     names = [p.name for p in personalities]
-    marks = ", ".join("?" * len(names))
-    written = wh.replace(
-        "signals",
-        rows,
-        f"close_time > ? AND close_time <= ? AND personality IN ({marks})",
-        [start, end, *names],
-    )
-    valid = [check_signals(per_p[p.name], p) for p in personalities]
+    rows = pl.concat([b.rows() for b in builds], how="vertical_relaxed") if builds else None
+    rows = rows if rows is not None else pl.DataFrame()
+    written = write_signals(wh, builds, start, end, names)
+    # per personality: the first venue whose signals fail, else the last pass
+    valid = [
+        _first_failed([check_signals(b.by_personality[p.name], p) for b in builds])
+        for p in personalities
+    ]
 
     published: list[int] = []
     if live and all(o.passed for o in valid) and rows.height:
@@ -149,7 +118,12 @@ def signals(context: dg.AssetExecutionContext, config: SignalsConfig) -> dg.Mate
         )  # fmt: skip
 
     sample = LIVE_LOOKAHEAD_SAMPLE if live else BACKFILL_LOOKAHEAD_SAMPLE
-    lookahead = [check_signals_lookahead(frames, p, sample=sample, day=last) for p in personalities]
+    lookahead = [
+        _first_failed(
+            [check_signals_lookahead(b.frames, p, sample=sample, day=last) for b in builds]
+        )
+        for p in personalities
+    ]
     summary = signal_summary(rows)
     table = pl.DataFrame([{"personality": k, **v} for k, v in summary.items()] if summary else None)
     meta = {
@@ -167,6 +141,11 @@ def signals(context: dg.AssetExecutionContext, config: SignalsConfig) -> dg.Mate
         metadata=display(meta),
         check_results=[check_result(n, results[n], "signals") for n in CHECKS],
     )
+
+
+def _first_failed(outcomes):
+    """One venue's failing outcome if any (the venues are checked separately), else the last."""
+    return next((o for o in outcomes if not o.passed), outcomes[-1])
 
 
 def _combine(outcomes, names, outcome_cls):

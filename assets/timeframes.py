@@ -27,7 +27,7 @@ from pipeline.config import settings
 
 CANDLE_CHECKS = {
     "ohlc_sane": "Every bucket's low <= open, close <= high; volume >= 0; prices positive.",
-    "no_duplicates": "At most one row per (symbol, timeframe, open_time).",
+    "no_duplicates": "At most one row per (exchange, symbol, timeframe, open_time).",
     "on_grid": "open_time starts a bucket of its timeframe on the epoch-anchored grid (1w on "
     "Monday, 1M on the 1st) and close_time ends it.",
     "complete_consistent": "1 <= n_1m <= the bucket's minutes, and complete exactly when every "
@@ -50,56 +50,18 @@ def _days(start: dt.datetime, end: dt.datetime) -> list[dt.date]:
     return [(start + i * DAY).date() for i in range((end - start) // DAY)]
 
 
-def _as_of(wh, end: dt.datetime) -> dt.datetime:
-    """Buckets closing by this time are closed: the newest minute the exchange has answered
-    for (a candle, or a minute it confirmed it has no candle for), capped at `end`."""
-    row = wh.query(
-        "SELECT greatest((SELECT max(close_time) FROM bybit_klines_1m WHERE open_time < $1),"
-        " (SELECT max(open_time) + INTERVAL 1 MINUTE FROM kline_gaps WHERE open_time < $1))"
-        " AS as_of",
-        [end],
-    )
-    newest = row["as_of"][0]
-    return min(end, newest) if newest is not None else end
-
-
-# Runs of consecutive confirmed-absent minutes (gaps and islands: minute - row number is
-# constant along a run), so a long exchange gap is one row, not one per minute.
-_GAP_RUNS = (
-    "SELECT symbol, min(open_time) AS start, count(*) AS minutes FROM ("
-    " SELECT symbol, open_time, open_time - to_minutes(row_number() OVER"
-    " (PARTITION BY symbol ORDER BY open_time)) AS run"
-    " FROM kline_gaps WHERE open_time >= ? AND open_time < ?) GROUP BY symbol, run"
-)
-
-
-def with_history(wh, candles):
-    """`candles` marked with which rows count as indicator history (pipeline.indicators.history):
-    minutes the exchange confirmed absent (`kline_gaps`) from each symbol's first stored minute
-    on are explained, every other missing minute breaks the series."""
-    from pipeline.indicators.history import mark_history
-
-    first = wh.query("SELECT symbol, min(open_time) AS first FROM bybit_klines_1m GROUP BY symbol")
-    return mark_history(
-        candles, dict(first.iter_rows()), lambda lo, hi: wh.query(_GAP_RUNS, [lo, hi])
-    )
-
-
-def _owned_where(start: dt.datetime, end: dt.datetime) -> tuple[str, list[dt.datetime]]:
-    return "close_time > ? AND close_time <= ?", [start, end]
-
-
 @dg.asset(
     partitions_def=DAILY,
     backfill_policy=SINGLE_RUN,
-    deps=["bybit_klines_1m"],
+    deps=["klines_1m"],
     pool="duckdb",
     group_name="timeframes",
     owners=OWNERS,
     kinds={"duckdb", "polars"},
     description=(
-        "Every configured timeframe (1m … 1M, 37m and 148m included) built from the 1m candles "
-        "on the epoch-anchored grid; closed buckets only; n_1m and complete say how whole each is."
+        "Every configured timeframe (1m … 1M, 37m and 148m included) built from each venue's 1m "
+        "candles on the epoch-anchored grid; closed buckets only; n_1m and complete say how whole "
+        "each is. Keyed by (exchange, symbol, timeframe, open_time)."
     ),
     check_specs=check_specs("candles", CANDLE_CHECKS),
     metadata={"table": "candles"},
@@ -107,31 +69,29 @@ def _owned_where(start: dt.datetime, end: dt.datetime) -> tuple[str, list[dt.dat
 def candles(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     import polars as pl
 
-    from pipeline.candles.resample import check_candles, owned_by, resample
-    from pipeline.candles.timeframes import partition_input_window
+    from pipeline.candles.build import build_candles, with_exchange, write_candles
+    from pipeline.candles.resample import check_candles, owned_by
+    from pipeline.config import by_venue
+    from pipeline.quality.checks import by_market
     from pipeline.runtime.progress import Reporter
 
     s, wh = settings(), get_warehouse()
     start, end = partition_window(context)
     days = _days(start, end)
-    read_from = partition_input_window(days[0], s.timeframes)[0]
-    klines = wh.query(
-        "SELECT symbol, open_time, close_time, open, high, low, close, volume, turnover "
-        "FROM bybit_klines_1m WHERE open_time >= ? AND open_time < ? ORDER BY symbol, open_time",
-        [read_from, end],
-    )
-    as_of = _as_of(wh, end)
-    frame = resample(klines, s.timeframes, as_of=as_of)
-    frame = frame.filter((pl.col("close_time") > start) & (pl.col("close_time") <= end))
-    written = wh.replace("candles", frame, *_owned_where(start, end))
+    builds = [build_candles(wh, v, start, end, s.timeframes) for v in by_venue(s.markets)]
+    written = write_candles(wh, builds, start, end)
     outcomes: dict[str, list] = {name: [] for name in CANDLE_CHECKS}
     not_live = context.run.tags.get("signalbox/live") != "1"  # live runs: no progress lines
     report = Reporter(context.log.info, "days", len(days), enabled=not_live)
     for i, day in enumerate(days, 1):
-        owned = frame.filter(owned_by(day))
-        for name, outcome in check_candles(owned, klines, day, s.timeframes, as_of).items():
-            outcomes[name].append(outcome)
-        report(i, f"{day}: {owned.height} buckets written and checked")
+        for b in builds:  # checks name the market (bybit:BTCUSDT)
+            owned = by_market(b.frame.filter(owned_by(day)))
+            klines = by_market(with_exchange(b.klines, b.exchange))
+            for name, outcome in check_candles(owned, klines, day, s.timeframes, b.as_of).items():
+                outcomes[name].append(outcome)
+        report(i, f"{day}: buckets written and checked")
+    frame = pl.concat([b.frame for b in builds]) if builds else pl.DataFrame()
+    as_of = min(b.as_of for b in builds) if builds else end
     per_tf = frame.group_by("timeframe").agg(
         pl.len().alias("buckets"), (~pl.col("complete")).sum().alias("incomplete")
     )
@@ -176,7 +136,7 @@ def _merge(outcomes: list, unit: str):
     owners=OWNERS,
     kinds={"talib", "duckdb", "polars"},
     description=(
-        "TA-Lib indicators for every symbol and timeframe (pipeline/indicators.yaml). Each day "
+        "TA-Lib indicators for every market and timeframe (pipeline/indicators.yaml). Each day "
         "reads exactly its derived warm-up; a value whose warm-up reaches a minute that is "
         "neither stored nor confirmed absent by the exchange is NULL."
     ),
@@ -184,15 +144,9 @@ def _merge(outcomes: list, unit: str):
     metadata={"table": "indicators"},
 )
 def indicators(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-    import polars as pl
-
-    from pipeline.indicators import (
-        check_indicators,
-        indicator_input_window,
-        indicators_for_partition,
-        load_spec,
-        warmup_bars,
-    )
+    from pipeline.config import by_venue
+    from pipeline.indicators import ID_COLUMNS, load_spec, warmup_bars
+    from pipeline.indicators.build import build_indicators, write_indicators
     from pipeline.runtime.progress import Reporter
 
     s, wh, spec = settings(), get_warehouse(), load_spec()
@@ -200,42 +154,27 @@ def indicators(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     days = _days(start, end)
     live = context.run.tags.get("signalbox/mode") == "live"
     not_live = context.run.tags.get("signalbox/live") != "1"  # live runs: no progress lines
-    report = Reporter(context.log.info, "timeframes", len(s.timeframes), enabled=not_live)
-    parts, outcomes = [], {name: [] for name in INDICATOR_CHECKS}
-    # One read for every timeframe's window (from its warm-up before the first day).
-    windows = [(tf, indicator_input_window(days[0], tf, spec)[0]) for tf in s.timeframes]
-    values = ", ".join("(?, ?)" for _ in windows)
-    everything = wh.query(
-        f"SELECT c.* FROM candles c JOIN (VALUES {values}) w(tf, lo) ON c.timeframe = w.tf"
-        " AND c.open_time >= w.lo AND c.close_time <= ?"
-        " ORDER BY c.timeframe, c.symbol, c.open_time",
-        [v for pair in windows for v in pair] + [end],
-    )
-    by_tf = with_history(wh, everything).partition_by("timeframe", as_dict=True)
-    for n, tf in enumerate(s.timeframes, 1):
-        hist_all = by_tf.get((tf,), everything.clear())
-        for day in days:
-            lo, hi = indicator_input_window(day, tf, spec)
-            hist = hist_all.filter((pl.col("open_time") >= lo) & (pl.col("close_time") <= hi))
-            ind = indicators_for_partition(hist, day, spec)
-            parts.append(ind)
-            if live and tf != "1m":
-                continue  # the live run checks the timeframe that changes every minute
-            for name, outcome in check_indicators(hist, ind, spec).items():
-                outcomes[name].append(outcome)
-        report(n, f"{tf}: {len(days)} day(s)")
-    frame = pl.concat([p for p in parts if p.height], how="diagonal_relaxed") if parts else None
-    columns = [
-        c
-        for c in (frame.columns if frame is not None else [])
-        if c not in ("symbol", "timeframe", "open_time", "close_time")
-    ]
-    wh.ensure_columns(
-        "indicators", {c: "BOOLEAN" if c == "bb_squeeze" else "DOUBLE" for c in columns}
-    )
-    written = wh.replace(
-        "indicators", frame if frame is not None else pl.DataFrame(), *_owned_where(start, end)
-    )
+    venues = list(by_venue(s.markets))
+    steps = len(s.timeframes) * len(venues)
+    report = Reporter(context.log.info, "timeframes", steps, enabled=not_live)
+    frames, outcomes = {}, {name: [] for name in INDICATOR_CHECKS}
+    for k, venue in enumerate(venues):
+        frames[venue], found = build_indicators(
+            wh,
+            venue,
+            days,
+            end,
+            s.timeframes,
+            spec,
+            # the live run checks the timeframe that changes every minute
+            checked=lambda tf: not live or tf == "1m",
+            progress=lambda n, note, k=k: report(k * len(s.timeframes) + n, note),
+        )
+        for name, listed in found.items():
+            outcomes[name] += listed
+    written = write_indicators(wh, frames, start, end)
+    columns = {c for f in frames.values() if f is not None for c in f.columns} - {"exchange"}
+    columns -= set(ID_COLUMNS)
     meta = {
         "source": endpoint().label,
         "rows_written": written,
@@ -265,20 +204,23 @@ def indicators(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     ),
 )
 def indicators_warmup(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    from pipeline.config import by_venue
     from pipeline.indicators import check_warmup, load_spec
+    from pipeline.indicators.build import with_history
 
     spec = load_spec()
     wh = get_warehouse()
     end = partition_window(context.op_execution_context)[1]
     outcomes = []
-    for tf in settings().timeframes:
-        hist = wh.query(
-            "SELECT * FROM candles WHERE timeframe = ? AND close_time <= ?"
-            " ORDER BY symbol, open_time DESC LIMIT ?",
-            [tf, end, 4 * spec.max_warmup],
-        ).sort("symbol", "open_time")
-        if hist.height > spec.max_warmup:
-            outcomes.append(check_warmup(with_history(wh, hist), spec))
+    for venue in by_venue(settings().markets):
+        for tf in settings().timeframes:
+            hist = wh.query(
+                "SELECT * EXCLUDE (exchange) FROM candles WHERE exchange = ? AND timeframe = ?"
+                " AND close_time <= ? ORDER BY symbol, open_time DESC LIMIT ?",
+                [venue, tf, end, 4 * spec.max_warmup],
+            ).sort("symbol", "open_time")
+            if hist.height > spec.max_warmup:
+                outcomes.append(check_warmup(with_history(wh, venue, hist), spec))
     outcome = _merge(outcomes, "timeframes") if outcomes else None
     if outcome is None:
         result = dg.AssetCheckResult(passed=True, description="not enough history to compare yet")

@@ -61,7 +61,7 @@ def run() -> str:
             "--end",
             str(YEAR[1]),
             "--assets",
-            "bybit_klines_1m",
+            "klines_1m",
         ]
         t0 = time.perf_counter()
         proc = subprocess.run(args, env=env, capture_output=True, text=True)
@@ -69,7 +69,7 @@ def run() -> str:
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr[-3000:])
         with connect(home / "warehouse" / "replay.duckdb", read_only=True) as con:
-            rows = con.execute("SELECT count(*) FROM bybit_klines_1m").fetchall()[0][0]
+            rows = con.execute("SELECT count(*) FROM klines_1m").fetchall()[0][0]
         bare, n = _bare_insert(Path(tmp) / "bare.duckdb")
     assert rows == n == 525_600, (rows, n)
     rates = [float(x.replace(",", "")) for x in re.findall(r"([\d,]+)/s", proc.stderr)]

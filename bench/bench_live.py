@@ -1,6 +1,6 @@
 """Live ingest latency: from a candle's close on the exchange clock to its row committed.
 
-A real `dagster-daemon` runs the `bybit_live` sensor against the replay exchange on the wall
+A real `dagster-daemon` runs the `live_candles` sensor against the replay exchange on the wall
 clock for at least 10 candles. Each live run logs its timeline (pipeline/runtime/latency.py); the
 stages are the floor (the sensor noticing the close, the run starting) and our own work.
 """

@@ -80,6 +80,14 @@ def parse_markets(text: str) -> dict[str, list[str]]:
     return out
 
 
+def by_venue(markets: list[Market]) -> dict[str, list[str]]:
+    """Markets grouped by exchange, symbols in order."""
+    out: dict[str, list[str]] = {}
+    for m in sorted(markets):
+        out.setdefault(m.exchange, []).append(m.symbol)
+    return out
+
+
 def format_markets(markets: list[Market]) -> str:
     """`markets` as `parse_markets` reads them back (SIGNALBOX_SYMBOLS for run processes)."""
     return ",".join(str(m) for m in markets)

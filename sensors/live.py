@@ -1,6 +1,6 @@
-"""`bybit_live`: keeps the warehouse current to the last closed minute.
+"""`live_candles`: keeps the warehouse current to the last closed minute.
 
-Each tick asks the exchange for the newest closed candle per symbol and requests ONE run that
+Each tick asks each venue for the newest closed candle per market and requests ONE run that
 ingests the new minutes into their day's partition and updates every downstream live asset.
 It never opens DuckDB; the warehouse's state comes from the asset's materializations, and the
 heavy lifting happens in the run. Around a minute's close the tick waits the last few seconds
@@ -16,7 +16,7 @@ import dagster as dg
 
 from assets import klines, timeframes
 from assets.common import DAILY, endpoint
-from pipeline.config import settings
+from pipeline.config import Market, settings
 from pipeline.exchanges.live import LIVE_LAG, MINUTE, Chunk, behind, describe, plan
 
 # A live run's tags, for people (and filters): that it is live, how (live, catchup, retry),
@@ -46,12 +46,16 @@ live_job = dg.define_asset_job(
     selection=LIVE_SELECTION,
     partitions_def=DAILY,
     description="Ingest new minutes into a day's partition, then update its timeframes, "
-    "indicators and signals. Launched by the bybit_live sensor and the gap and daily repairs.",
+    "indicators and signals. Launched by the live_candles sensor and the gap and daily repairs.",
 )
 
 
-@lru_cache(maxsize=1)
-def _client():
+@lru_cache(maxsize=4)
+def _client(venue: str = "bybit"):
+    if venue != "bybit":  # the venue's own client, through the one way to get it
+        from pipeline.exchanges import client
+
+        return client(venue, settings(), endpoint())
     from pipeline.exchanges.bybit import BybitClient
 
     ep = endpoint()
@@ -61,9 +65,9 @@ def _client():
 
 
 def _warehouse_last(instance: dg.DagsterInstance) -> dict[str, dt.datetime]:
-    """Per symbol, the newest open_time recorded on recent materializations."""
+    """Per market (`bybit:BTCUSDT`), the newest open_time recorded on recent materializations."""
     out: dict[str, dt.datetime] = {}
-    records = instance.fetch_materializations(dg.AssetKey("bybit_klines_1m"), limit=20).records
+    records = instance.fetch_materializations(dg.AssetKey(klines.ASSET), limit=20).records
     for rec in records:
         mat = rec.asset_materialization
         meta = mat.metadata.get("last_open_time") if mat else None
@@ -74,9 +78,10 @@ def _warehouse_last(instance: dg.DagsterInstance) -> dict[str, dt.datetime]:
     return out
 
 
-def _newest_closed(symbols: list[str]) -> dict[str, dt.datetime]:
-    client = _client()
-    return {s: t for s in symbols if (t := client.latest_closed_open_time(s)) is not None}
+def _newest_closed(markets: list[Market]) -> dict[str, dt.datetime]:
+    """Per market (`bybit:BTCUSDT`), its venue's newest closed candle."""
+    newest = {str(m): _client(m.exchange).latest_closed_open_time(m.symbol) for m in markets}
+    return {m: t for m, t in newest.items() if t is not None}
 
 
 def _align_to_close(context: dg.SensorEvaluationContext) -> None:
@@ -95,13 +100,13 @@ def _align_to_close(context: dg.SensorEvaluationContext) -> None:
     minimum_interval_seconds=1,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Requests a run for every newly closed 1m candle (catching up in day-sized "
-    "chunks after downtime). Cursor: per symbol, the open_time of the last candle handed off.",
+    "chunks after downtime). Cursor: per market, the open_time of the last candle handed off.",
 )
-def bybit_live(context: dg.SensorEvaluationContext):
+def live_candles(context: dg.SensorEvaluationContext):
     s = settings()
     try:
         _align_to_close(context)
-        newest = _newest_closed(s.symbols)
+        newest = _newest_closed(s.markets)
     except Exception as err:  # the exchange is down or misbehaving: try again next tick
         return dg.SkipReason(f"exchange unavailable ({type(err).__name__}: {err}); retrying")
     if not newest:
@@ -110,7 +115,10 @@ def bybit_live(context: dg.SensorEvaluationContext):
     checked_at = time.time()
 
     cursor = json.loads(context.cursor) if context.cursor else {}
-    handed = {k: dt.datetime.fromisoformat(v) for k, v in cursor.get("symbols", {}).items()}
+    handed = {  # markets; a cursor from before venues names Bybit's symbols alone
+        (k if ":" in k else f"bybit:{k}"): dt.datetime.fromisoformat(v)
+        for k, v in cursor.get("symbols", {}).items()
+    }
     # 1. Live runs that failed or were lost since the last tick: their chunks, again.
     retries = _failed_chunks(context.instance, float(cursor.get("checked_at", 0)))
     for chunk, attempt in retries:
@@ -128,9 +136,10 @@ def bybit_live(context: dg.SensorEvaluationContext):
     # (not the wall clock: a replay exchange may run in the past), so partitions are whole.
     today = dt.datetime.combine(target.date(), dt.time(), dt.UTC)
     default_start = today - dt.timedelta(days=s.live.history_days)
-    resume = min(base.get(sym, default_start - MINUTE) + MINUTE for sym in s.symbols)
+    markets = [str(m) for m in s.markets]
+    resume = min(base.get(m, default_start - MINUTE) + MINUTE for m in markets)
     chunks = plan(target, resume, s.live.catchup_chunk_minutes)
-    handed_now = {sym: chunks[-1].end - MINUTE for sym in s.symbols} if chunks else base
+    handed_now = {m: chunks[-1].end - MINUTE for m in markets} if chunks else base
     new_cursor = json.dumps(
         {"symbols": {k: v.isoformat() for k, v in handed_now.items()}, "checked_at": checked_at}
     )
@@ -159,9 +168,7 @@ def _request(c: Chunk, attempt: int, mode: str, newest: dt.datetime) -> dg.RunRe
         partition_key=c.partition,
         run_config={
             "ops": {
-                "bybit_klines_1m": {
-                    "config": {"start": c.start.isoformat(), "end": c.end.isoformat()}
-                },
+                klines.ASSET: {"config": {"start": c.start.isoformat(), "end": c.end.isoformat()}},
                 "signals": {"config": {"exchange_now": (newest + MINUTE).isoformat()}},
             }
         },
@@ -185,7 +192,7 @@ def _failed_chunks(instance: dg.DagsterInstance, since: float) -> list[tuple[Chu
     out = []
     for rec in records:
         run = rec.dagster_run
-        window = run.run_config.get("ops", {}).get("bybit_klines_1m", {}).get("config", {})
+        window = run.run_config.get("ops", {}).get(klines.ASSET, {}).get("config", {})
         if not window.get("start") or not window.get("end"):
             continue
         a, b = (dt.datetime.fromisoformat(window[k]) for k in ("start", "end"))

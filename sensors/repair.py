@@ -39,18 +39,16 @@ def unexplained_gaps(days: int) -> dict[str, int]:
     wh = get_warehouse()
     if not wh.replica_path.exists():
         return {}
-    symbols = settings().symbols
+    markets = settings().markets
     with connect(wh.replica_path, read_only=True, wait_s=2) as con:
-        lo, hi = con.execute(
-            "SELECT min(open_time), max(open_time) FROM bybit_klines_1m"
-        ).fetchall()[0]
+        lo, hi = con.execute("SELECT min(open_time), max(open_time) FROM klines_1m").fetchall()[0]
         if hi is None:
             return {}
         end = hi - REPAIR_GRACE + dt.timedelta(minutes=1)
         start = max(
             lo, dt.datetime.combine(hi.date() - dt.timedelta(days=days - 1), dt.time(), dt.UTC)
         )
-        missing = missing_minutes_by_day(con, symbols, start, end)
+        missing = missing_minutes_by_day(con, markets, start, end)
     return {day.isoformat(): n for day, n in missing.items()}
 
 

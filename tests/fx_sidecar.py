@@ -38,6 +38,7 @@ def make_signals(
     personalities: tuple[str, ...] = ("scalping", "swing"),
     timeframe: str = "1m",
     symbol: str = "BTCUSDT",
+    exchange: str = "bybit",
     now: dt.datetime | None = None,
     reasons: list[str] | None = None,
 ) -> list[dict[str, Any]]:
@@ -53,6 +54,7 @@ def make_signals(
         row = synthetic.candles(symbol, ms, ms + 60_000, seed=SEED)[0]
         out.append(
             {
+                "exchange": exchange,
                 "symbol": symbol,
                 "personality": personalities[i % k],
                 "timeframe": timeframe,

@@ -26,7 +26,7 @@ def table(home: Path) -> list[tuple]:
     with connect(home / "warehouse" / "replay.duckdb", read_only=True) as con:
         return con.execute(
             "SELECT symbol, open_time, open, high, low, close, volume, turnover "
-            "FROM bybit_klines_1m ORDER BY symbol, open_time"
+            "FROM klines_1m ORDER BY symbol, open_time"
         ).fetchall()
 
 
@@ -111,11 +111,11 @@ def test_backfill_with_ten_percent_faults_gives_the_identical_result(week, tmp_p
 
 def test_sql_reads_the_replica(week):
     home, ex, _, _ = week
-    query = "SELECT symbol, count(*) AS n FROM bybit_klines_1m GROUP BY ALL ORDER BY 1"
+    query = "SELECT symbol, count(*) AS n FROM klines_1m GROUP BY ALL ORDER BY 1"
     r = run_cli(["sql", query], home, ex)
     assert r.returncode == 0, r.stderr
     assert "BTCUSDT" in r.stdout and "10080" in r.stdout
-    r = run_cli(["sql", "SELECT nope FROM bybit_klines_1m"], home, ex)
+    r = run_cli(["sql", "SELECT nope FROM klines_1m"], home, ex)
     assert r.returncode != 0 and "nope" in r.stderr
 
 
@@ -136,7 +136,7 @@ def test_bad_dates_are_refused_with_a_reason(tmp_path):
     week = ["--start", "2024-01-01", "--end", "2024-01-02"]
     r = run_cli(["backfill", *week, "--assets", "candles,indicatrs"], tmp_path)
     assert r.returncode == 2 and "unknown asset 'indicatrs'" in r.stderr
-    assert "bybit_klines_1m, candles, indicators, signals" in r.stderr
+    assert "klines_1m, candles, indicators, signals" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
 
@@ -166,7 +166,7 @@ def test_backfill_builds_every_timeframe_exactly_as_one_pass_would(week):
     from pipeline.config import load_settings
 
     home, _, _, _ = week
-    klines = _frame(home, "SELECT * FROM bybit_klines_1m ORDER BY symbol, open_time")
+    klines = _frame(home, "SELECT * FROM klines_1m ORDER BY symbol, open_time")
     stored = _frame(home, "SELECT * FROM candles ORDER BY timeframe, symbol, open_time")
     lo, hi = dt.datetime(2024, 1, 1, tzinfo=dt.UTC), dt.datetime(2024, 1, 8, tzinfo=dt.UTC)
     expected = resample(klines, load_settings(env={}).timeframes, as_of=hi).filter(

@@ -52,7 +52,7 @@ class Home:
         first = NOW.date() - dt.timedelta(days=3)
         with warehouse_for(self.settings, self.ep).writer() as con:
             return plan_catchup(
-                con, self.settings.symbols, first, NOW, self.done if done is None else done
+                con, self.settings.markets, first, NOW, self.done if done is None else done
             )
 
     def delete(self, start: dt.datetime, end: dt.datetime) -> None:
@@ -60,7 +60,7 @@ class Home:
 
         with warehouse_for(self.settings, self.ep).writer() as con:
             con.execute(
-                "DELETE FROM bybit_klines_1m WHERE open_time >= ? AND open_time < ?", [start, end]
+                "DELETE FROM klines_1m WHERE open_time >= ? AND open_time < ?", [start, end]
             )
 
 
@@ -124,7 +124,7 @@ def test_a_symbol_never_stored_makes_the_home_cold(tmp_path, monkeypatch, replay
     home = Home(tmp_path, replay_factory(clock_start=NOW), monkeypatch)
     home.store(_t(2), _t(5, 3, 53))
     monkeypatch.setenv("SIGNALBOX_SYMBOLS", "BTCUSDT,ETHUSDT")
-    home.settings = home.settings.with_overrides(symbols=["BTCUSDT", "ETHUSDT"])
+    home.settings = home.settings.with_overrides(exchanges={"bybit": ["BTCUSDT", "ETHUSDT"]})
     assert _runs(home.plan()) == [(2, 5, None)]
 
 
@@ -145,7 +145,7 @@ def test_catch_up_runs_only_the_missing_range_as_one_backfill_run(home, capfd):
     assert "warm home: last candle 2024-01-03 17:00 UTC; backfilling 2024-01-03 17:01" in err
     with dg.DagsterInstance.from_config(str(home.settings.dagster_home)) as instance:
         (run,) = instance.get_runs()
-        klines = instance.fetch_materializations(dg.AssetKey("bybit_klines_1m"), limit=10).records
+        klines = instance.fetch_materializations(dg.AssetKey("klines_1m"), limit=10).records
         signals = instance.get_materialized_partitions(dg.AssetKey("signals"))
     assert run.job_name == "backfill" and run.status == dg.DagsterRunStatus.SUCCESS
     assert run.tags["dagster/asset_partition_range_start"] == "2024-01-03"

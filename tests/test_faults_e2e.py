@@ -76,7 +76,7 @@ def test_revised_candle_ends_with_the_exchange_final_values(tmp_path, replay):
     ]
     assert subprocess.run(cmd, env=env, capture_output=True, timeout=300).returncode == 0
     t = dt.datetime(2024, 1, 2, 10, 59, tzinfo=dt.UTC)
-    sql = "SELECT close, high, volume FROM bybit_klines_1m WHERE open_time = ?"
+    sql = "SELECT close, high, volume FROM klines_1m WHERE open_time = ?"
     with connect(tmp_path / "warehouse" / "replay.duckdb", read_only=True) as con:
         before = con.execute(sql, [t]).fetchall()[0]
     revised = {"close": before[0] + 50.0, "high": max(before[1], before[0] + 60.0), "volume": 999.5}
@@ -90,7 +90,7 @@ def test_revised_candle_ends_with_the_exchange_final_values(tmp_path, replay):
             "AND open_time = ?",
             [t.replace(minute=0)],
         ).fetchall()[0]
-        count = con.execute("SELECT count(*) FROM bybit_klines_1m").fetchall()[0][0]
+        count = con.execute("SELECT count(*) FROM klines_1m").fetchall()[0][0]
     assert after == (revised["close"], revised["high"], revised["volume"])
     assert hour[0] == revised["close"]  # the 1h bucket's last minute is the revised one
     assert count == 1440  # replaced, not duplicated

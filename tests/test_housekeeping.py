@@ -53,13 +53,18 @@ def test_gap_scan_finds_lost_minutes_but_not_exchange_gaps(tmp_path: Path):
     rows = rows.filter(~pl.col("open_time").is_in([*lost, exchange_gap]))
     ts = pl.Datetime("us", "UTC")
     gaps = pl.DataFrame(
-        {"symbol": ["BTCUSDT"], "open_time": [exchange_gap], "checked_at": [exchange_gap]},
-        schema={"symbol": pl.String, "open_time": ts, "checked_at": ts},
+        {
+            "exchange": ["bybit"],
+            "symbol": ["BTCUSDT"],
+            "open_time": [exchange_gap],
+            "checked_at": [exchange_gap],
+        },
+        schema={"exchange": pl.String, "symbol": pl.String, "open_time": ts, "checked_at": ts},
     )
     span = ("BTCUSDT", d0, d0 + dt.timedelta(days=2))
     wh.replace_many(
         [
-            Replacement("bybit_klines_1m", rows, WHERE, span),
+            Replacement("klines_1m", rows, WHERE, span),
             Replacement("kline_gaps", gaps, WHERE, span),
         ]
     )

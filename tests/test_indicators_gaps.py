@@ -163,7 +163,7 @@ def test_minutes_before_the_first_stored_minute_are_never_confirmed(late: pl.Dat
 def test_the_warehouse_path_tells_exchange_gaps_from_lost_minutes(home: Path) -> None:
     """`with_history` (what the indicators asset and the warm-up check run) on a real DuckDB:
     the exchange-confirmed gap is explained, the lost minutes are not."""
-    from assets.timeframes import with_history
+    from pipeline.indicators.build import with_history
     from tests.test_warehouse import WHERE, klines
     from warehouse import Replacement, Warehouse
 
@@ -172,18 +172,18 @@ def test_the_warehouse_path_tells_exchange_gaps_from_lost_minutes(home: Path) ->
     rows = klines(DAY0, 3).filter(~pl.col("open_time").is_in([*confirmed, *lost]))
     ts = pl.Datetime("us", "UTC")
     gaps = pl.DataFrame(
-        {"symbol": "BTCUSDT", "open_time": confirmed, "checked_at": confirmed},
-        schema={"symbol": pl.String, "open_time": ts, "checked_at": ts},
+        {"exchange": "bybit", "symbol": "BTCUSDT", "open_time": confirmed, "checked_at": confirmed},
+        schema={"exchange": pl.String, "symbol": pl.String, "open_time": ts, "checked_at": ts},
     )
     span = ("BTCUSDT", DAY0, DAY0 + dt.timedelta(days=3))
     wh.replace_many(
         [
-            Replacement("bybit_klines_1m", rows, WHERE, span),
+            Replacement("klines_1m", rows, WHERE, span),
             Replacement("kline_gaps", gaps, WHERE, span),
         ]
     )
-    candles = resample(rows, ["1m", "37m", "1h"])
-    marked = with_history(wh, candles)
+    candles = resample(rows.drop("exchange"), ["1m", "37m", "1h"])
+    marked = with_history(wh, "bybit", candles)
     broken = marked.filter(~pl.col(WHOLE))
     ms = broken["open_time"].dt.epoch("ms").to_numpy()
     # The leading partial 37m bucket and the 37m and 1h buckets holding the lost minutes.

@@ -53,16 +53,16 @@ def _stored_up_to(instance: dg.DagsterInstance, last_open: str) -> None:
     """What a run that stored candles up to `last_open` records on the 1m asset."""
     meta = {"last_open_time": dg.MetadataValue.json({"BTCUSDT": last_open})}
     instance.report_runless_asset_event(
-        dg.AssetMaterialization("bybit_klines_1m", partition="2024-01-05", metadata=meta)
+        dg.AssetMaterialization("klines_1m", partition="2024-01-05", metadata=meta)
     )
 
 
 def test_a_live_run_request_carries_a_few_readable_tags(sensor_env):
-    from sensors.live import bybit_live
+    from sensors.live import live_candles
 
     with dg.instance_for_test() as instance:
         _stored_up_to(instance, "2024-01-05T03:51:00+00:00")
-        result = bybit_live(dg.build_sensor_context(instance=instance))
+        result = live_candles(dg.build_sensor_context(instance=instance))
     (req,) = result.run_requests
     assert req.partition_key == "2024-01-05"
     assert req.tags == {
@@ -74,7 +74,7 @@ def test_a_live_run_request_carries_a_few_readable_tags(sensor_env):
     for value in req.tags.values():  # no epoch floats, no pids: words, times, small numbers
         assert not re.fullmatch(r"\d{5,}(\.\d+)?", value), value
     ops = req.run_config["ops"]  # what the run needs, where people do not read it as a label
-    assert ops["bybit_klines_1m"]["config"] == {
+    assert ops["klines_1m"]["config"] == {
         "start": "2024-01-05T03:52:00+00:00",
         "end": "2024-01-05T03:53:00+00:00",
     }
@@ -84,14 +84,14 @@ def test_a_live_run_request_carries_a_few_readable_tags(sensor_env):
 def test_the_live_sensor_resumes_after_what_a_backfill_stored(sensor_env):
     """A cursor from before a backfill (e.g. `up`'s catch-up) is not replayed: with nothing in
     flight the sensor resumes from the last stored candle."""
-    from sensors.live import bybit_live
+    from sensors.live import live_candles
 
     cursor = json.dumps({"symbols": {"BTCUSDT": "2024-01-05T01:00:00+00:00"}, "checked_at": 1.0})
     with dg.instance_for_test() as instance:
         _stored_up_to(instance, "2024-01-05T03:40:00+00:00")
-        result = bybit_live(dg.build_sensor_context(instance=instance, cursor=cursor))
+        result = live_candles(dg.build_sensor_context(instance=instance, cursor=cursor))
     (req,) = result.run_requests
-    window = req.run_config["ops"]["bybit_klines_1m"]["config"]
+    window = req.run_config["ops"]["klines_1m"]["config"]
     assert window["start"] == "2024-01-05T03:41:00+00:00"
     assert req.tags["signalbox/candles"] == "03:41–03:52"
     assert req.tags["signalbox/mode"] == "catchup"

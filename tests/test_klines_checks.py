@@ -115,11 +115,11 @@ def test_the_cli_prints_a_check_description_whole() -> None:
     days = ", ".join(f"2021-04-{d:02d} ({d} min)" for d in range(1, 29))
     line = (
         "2026-12-02 21:11:01 +0000 - dagster - DEBUG - __ASSET_JOB - 2d0f - 16480 -"
-        " bybit_klines_1m - ASSET_CHECK_EVALUATION - Asset check 'complete_minutes' on"
-        f" 'bybit_klines_1m' did not pass. Description: '406 minute(s) missing: BTCUSDT {days}'"
+        " klines_1m - ASSET_CHECK_EVALUATION - Asset check 'complete_minutes' on"
+        f" 'klines_1m' did not pass. Description: '406 minute(s) missing: BTCUSDT {days}'"
     )
     text = check_line(line)
-    assert text.startswith("  check: complete_minutes on bybit_klines_1m FAILED: 406 minute(s)")
+    assert text.startswith("  check: complete_minutes on klines_1m FAILED: 406 minute(s)")
     assert all(f"2021-04-{d:02d} ({d} min)" in text.replace("\n      ", " ") for d in range(1, 29))
     assert max(len(r) for r in text.splitlines()) <= 150
 
@@ -142,7 +142,7 @@ def test_a_backfill_shows_every_gap_day(tmp_path: Path) -> None:
     config.write_text(f"replay: {{data: {data}}}\n")  # the home's source is this file
     with ReplayExchange(data=data) as ex:
         r = subprocess.run(
-            [*CLI, "--start", "2024-01-01", "--end", "2024-01-03", "--assets", "bybit_klines_1m"],
+            [*CLI, "--start", "2024-01-01", "--end", "2024-01-03", "--assets", "klines_1m"],
             env={**replay_env(home, ex), "SIGNALBOX_CONFIG": str(config)},
             capture_output=True,
             text=True,
@@ -151,7 +151,7 @@ def test_a_backfill_shows_every_gap_day(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     flat = r.stderr.replace("\n      ", " ")
     assert (
-        "check: complete_minutes on bybit_klines_1m passed: 9 minute(s) missing, all confirmed"
+        "check: complete_minutes on klines_1m passed: 9 minute(s) missing, all confirmed"
         " absent at the exchange (signals on these windows are marked degraded):"
-        " BTCUSDT 2024-01-01 (7 min), 2024-01-03 (2 min)" in flat
+        " bybit:BTCUSDT 2024-01-01 (7 min), 2024-01-03 (2 min)" in flat
     ), r.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""The live path end to end: a real dagster-daemon runs the bybit_live sensor against the
+"""The live path end to end: a real dagster-daemon runs the live_candles sensor against the
 replay exchange and writes every closed minute exactly once, through crashes and midnight."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from tests.daemon import Daemon, replica_rows, wait_for, write_config
 
 pytestmark = pytest.mark.slow
 MINUTE = dt.timedelta(minutes=1)
-KLINES = "SELECT open_time, count(*) FROM bybit_klines_1m GROUP BY ALL ORDER BY 1"
+KLINES = "SELECT open_time, count(*) FROM klines_1m GROUP BY ALL ORDER BY 1"
 
 
 def assert_exact(rows: list[tuple], first: dt.datetime, last: dt.datetime) -> None:

@@ -9,7 +9,7 @@ from pipeline.runtime.backfill import render
 from pipeline.runtime.progress import Reporter, line
 
 RUN = "5d6e7473-383d-4656-bf6c-edc6dc444aa2"
-STEPS = {"bybit_klines_1m": "minutes", "candles": "days", "indicators": "timeframes",
+STEPS = {"klines_1m": "minutes", "candles": "days", "indicators": "timeframes",
          "signals": "personalities"}  # fmt: skip
 
 

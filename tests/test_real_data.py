@@ -106,7 +106,7 @@ def test_real_file_backfills_with_exit_0_and_signals(backfills, name):
     assert run.proc.returncode == 0, f"{name}:\n{run.stderr[-4000:]}"
     with connect(_warehouse(run), read_only=True) as con:
         (candles, sources) = con.execute(
-            "SELECT count(*), list(DISTINCT source) FROM bybit_klines_1m"
+            "SELECT count(*), list(DISTINCT source) FROM klines_1m"
         ).fetchone()
         signals = dict(
             con.execute("SELECT personality, count(*) FROM signals GROUP BY 1").fetchall()
@@ -121,7 +121,7 @@ def test_real_file_backfills_with_exit_0_and_signals(backfills, name):
 def test_real_exchange_gaps_name_every_day(backfills, name):
     run = backfills[name]
     assert run.proc.returncode == 0, run.stderr[-4000:]
-    text = run.stderr[run.stderr.index("check: complete_minutes on bybit_klines_1m") :]
+    text = run.stderr[run.stderr.index("check: complete_minutes on klines_1m") :]
     check = text[: text.find("\n  check:")]  # the check's wrapped lines
     for day in GAP_DAYS["regime_segments"]:
         assert day in check, (day, check)

@@ -50,6 +50,26 @@ def test_publish_assigns_increasing_seqs_and_publishes_each_signal_once(signals,
     assert [m["close_time"] for m in lines[:6]] == sorted(m["close_time"] for m in lines[:6])
 
 
+def test_the_same_symbol_on_two_venues_is_two_signals(signals, sidecar_cfg):
+    """The dedupe key carries the exchange: BTC on Bybit and on Hyperliquid at the same bar
+    both go out, each once, each naming its venue; a filter picks a market or a symbol."""
+    from pipeline.sidecar.protocol import Filter
+
+    _, s = sidecar_cfg()
+    now = dt.datetime.now(dt.UTC)
+    bybit = signals(2, symbol="BTC", now=now)
+    hyper = signals(2, symbol="BTC", exchange="hyperliquid", now=now)
+    assert publish(s, bybit) == [1, 2]
+    assert publish(s, hyper) == [3, 4]
+    assert publish(s, bybit + hyper) == []
+    lines = outbox_lines(s)
+    assert [m["exchange"] for m in lines] == ["bybit", "bybit", "hyperliquid", "hyperliquid"]
+    entries = [outbox.parse(json.dumps(m).encode()) for m in lines]
+    hl = Filter(symbols=frozenset({"hyperliquid:BTC"}))
+    assert [e.seq for e in entries if hl.matches(e.key)] == [3, 4]
+    assert all(Filter(symbols=frozenset({"BTC"})).matches(e.key) for e in entries)
+
+
 def test_signal_message_fields(signals, sidecar_cfg):
     _, s = sidecar_cfg()
     now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
@@ -64,7 +84,7 @@ def test_signal_message_fields(signals, sidecar_cfg):
     publish(s, [sig])
     by_tf = {m["timeframe"]: m for m in outbox_lines(s)}
     m = by_tf["1m"]
-    assert m["type"] == "signal" and m["schema"] == 1
+    assert m["type"] == "signal" and m["schema"] == 1 and m["exchange"] == "bybit"
     assert m["close_time"] == now.isoformat().replace("+00:00", "Z")
     assert m["expires_at"] == (now + dt.timedelta(minutes=1)).isoformat().replace("+00:00", "Z")
     assert m["price"] == sig["price"] and m["action"] == sig["action"]
@@ -176,7 +196,7 @@ def test_outbox_is_bounded_and_keeps_latest_and_dedup_across_compaction(signals,
     for e in [*outbox.latest_from_state(state), *Tail(s.outbox_dir).read()]:
         latest[e.key] = max(latest.get(e.key, 0), e.seq)
     assert latest == {
-        (sig["symbol"], sig["personality"], sig["timeframe"]): seq
+        (f"bybit:{sig['symbol']}", sig["personality"], sig["timeframe"]): seq
         for seq, sig in zip(range(397, 401), sigs[-4:], strict=True)
     }
 

@@ -65,7 +65,7 @@ def rows(home: Path, ident: str) -> list[tuple]:
         return []
     with connect(path, read_only=True) as con:
         return con.execute(
-            "SELECT epoch_ms(open_time), open, high, low, close FROM bybit_klines_1m ORDER BY 1"
+            "SELECT epoch_ms(open_time), open, high, low, close FROM klines_1m ORDER BY 1"
         ).fetchall()
 
 
@@ -76,7 +76,7 @@ def test_one_503_is_retried_and_the_file_s_candles_are_stored(tmp_path, replay_f
     ex = replay_factory(data=data, clock_start="2024-01-03T00:00:00Z")
     ex.set_faults(rate=1.0, kinds=["http_503"], count=1)
     cfg = config(tmp_path, source="replay", replay={"data": str(data)})
-    r = backfill_jan1(cfg, "--assets", "bybit_klines_1m", SIGNALBOX_BYBIT_URL=ex.rest_url)
+    r = backfill_jan1(cfg, "--assets", "klines_1m", SIGNALBOX_BYBIT_URL=ex.rest_url)
     assert r.returncode == 0, r.stderr[-3000:]
     got = rows(tmp_path / "home", "replay-bybit-linear-btcusdt-1m-test")
     want = [(int(t), o, h, lo, c) for t, o, h, lo, c, *_ in truth[:1440].tolist()]
@@ -173,7 +173,7 @@ def test_an_unknown_symbol_is_refused_before_any_run(tmp_path, replay_session):
     line = r.stderr.strip().splitlines()[-1]
     assert line.startswith("signalbox: FOOBARUSDT not listed") and "Not supported symbols" in line
     assert "BTCUSDT, " in line  # what the exchange does list
-    assert "bybit_klines_1m" not in r.stderr  # no run started
+    assert "klines_1m" not in r.stderr  # no run started
     assert not (tmp_path / "home" / "warehouse").exists()
 
 

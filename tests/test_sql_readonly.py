@@ -84,7 +84,7 @@ def filled(tmp_path_factory) -> Home:
     wh = h.wh
     for d in (DAY0, DAY0 + DAY):
         k = klines(d)
-        wh.replace("bybit_klines_1m", k, WHERE, ["BTCUSDT", d, d + DAY])
+        wh.replace("klines_1m", k, WHERE, ["BTCUSDT", d, d + DAY])
         c = resample(k, ["1m", "5m", "1h"], as_of=d + DAY)
         wh.replace("candles", c, CANDLES_WHERE, [d, d + DAY])
     assert wh.path.parent.parent == h.home and count(wh.replica_path) == 2 * 1440
@@ -105,17 +105,17 @@ def as_user(filled: Home, monkeypatch: pytest.MonkeyPatch) -> Home:
 # Each is refused by DuckDB itself on the sealed replica connection. {live}, {replica} and
 # {out} are quoted literals of the live file, the replica and a directory outside the home.
 ESCAPES = {
-    "attach_live_read_write": "ATTACH {live} AS w (READ_WRITE); DELETE FROM w.bybit_klines_1m",
+    "attach_live_read_write": "ATTACH {live} AS w (READ_WRITE); DELETE FROM w.klines_1m",
     "attach_live_default_mode": "ATTACH {live} AS w; DROP TABLE w.candles",
     "attach_live_read_only": "ATTACH {live} AS w (READ_ONLY); SELECT count(*) FROM w.candles",
     "attach_replica_read_write": "ATTACH {replica} AS w (READ_WRITE); DELETE FROM w.candles",
     "attach_new_file": "ATTACH {out_db} AS n; CREATE TABLE n.t AS SELECT 1",
     "attach_memory_then_write": "ATTACH ':memory:' AS m; CREATE TABLE m.t AS SELECT 1",
     "copy_to_live": "COPY (SELECT 42) TO {live}",
-    "copy_to_replica": "COPY bybit_klines_1m TO {replica} (FORMAT parquet)",
+    "copy_to_replica": "COPY klines_1m TO {replica} (FORMAT parquet)",
     "copy_to_outside": "COPY (SELECT 42) TO {out_csv}",
     "copy_to_stdout_device": "COPY (SELECT 42) TO '/dev/stdout'",
-    "copy_into_table": "COPY bybit_klines_1m FROM '/etc/hostname'",
+    "copy_into_table": "COPY klines_1m FROM '/etc/hostname'",
     "export_database": "EXPORT DATABASE {out_dir}",
     "import_database": "IMPORT DATABASE {out}",
     "install_extension": "INSTALL httpfs",
@@ -147,14 +147,14 @@ ESCAPES = {
     "create_view": "CREATE VIEW v AS SELECT 1",
     "create_macro": "CREATE MACRO plus_one(x) AS x + 1",
     "create_sequence": "CREATE SEQUENCE s",
-    "insert": "INSERT INTO bybit_klines_1m SELECT * FROM bybit_klines_1m LIMIT 1",
-    "update": "UPDATE bybit_klines_1m SET close = 0",
-    "delete": "DELETE FROM bybit_klines_1m",
+    "insert": "INSERT INTO klines_1m SELECT * FROM klines_1m LIMIT 1",
+    "update": "UPDATE klines_1m SET close = 0",
+    "delete": "DELETE FROM klines_1m",
     "truncate": "TRUNCATE candles",
     "drop": "DROP TABLE candles",
     "alter": "ALTER TABLE candles ADD COLUMN x INTEGER",
-    "write_after_a_read": "SELECT 1; DELETE FROM bybit_klines_1m",
-    "write_in_a_transaction": "BEGIN; DELETE FROM bybit_klines_1m; COMMIT",
+    "write_after_a_read": "SELECT 1; DELETE FROM klines_1m",
+    "write_in_a_transaction": "BEGIN; DELETE FROM klines_1m; COMMIT",
 }
 
 # Allowed, because they change no file: they must leave every byte as it was.
@@ -273,9 +273,9 @@ def test_a_lost_replica_is_copied_again_from_the_warehouse(tmp_path: Path, monke
     h = _fresh(tmp_path)
     for k, v in h.env().items():
         monkeypatch.setenv(k, v)
-    h.wh.replace("bybit_klines_1m", klines(DAY0), WHERE, ["BTCUSDT", DAY0, DAY0 + DAY])
+    h.wh.replace("klines_1m", klines(DAY0), WHERE, ["BTCUSDT", DAY0, DAY0 + DAY])
     h.wh.replica_path.unlink()
-    assert main(["sql", "SELECT count(*) AS n FROM bybit_klines_1m"]) == 0
+    assert main(["sql", "SELECT count(*) AS n FROM klines_1m"]) == 0
     assert "1440" in capsys.readouterr().out and count(h.wh.replica_path) == 1440
 
 
@@ -292,7 +292,7 @@ def test_a_long_sql_query_never_blocks_a_write(tmp_path: Path):
     writes, and the replica path shows every write at once."""
     h = _fresh(tmp_path)
     wh = h.wh
-    wh.replace("bybit_klines_1m", klines(DAY0), WHERE, ["BTCUSDT", DAY0, DAY0 + DAY])
+    wh.replace("klines_1m", klines(DAY0), WHERE, ["BTCUSDT", DAY0, DAY0 + DAY])
     forever = "SELECT sum(a.range * b.range) FROM range(100000000) a, range(100000000) b"
     p = subprocess.Popen([*CLI, forever], env=h.env())
     try:
@@ -301,7 +301,7 @@ def test_a_long_sql_query_never_blocks_a_write(tmp_path: Path):
             time.sleep(0.02)
         for i in range(1, 4):
             d = DAY0 + i * DAY
-            wh.replace("bybit_klines_1m", klines(d), WHERE, ["BTCUSDT", d, d + DAY])
+            wh.replace("klines_1m", klines(d), WHERE, ["BTCUSDT", d, d + DAY])
             assert count(wh.replica_path) == (i + 1) * 1440
         assert p.poll() is None  # still reading its own snapshot
     finally:

@@ -34,7 +34,7 @@ def test_an_empty_home_is_not_running_with_nothing_stored(home):
     assert sorted(p.name for p in home.iterdir()) == []  # status wrote nothing
     shown = json.loads(status(home, "--json").stdout)
     assert shown["running"] is False and shown["exit_code"] == NOT_RUNNING
-    assert shown["candles"] == {"BTCUSDT": None} and shown["sidecar"] is None
+    assert shown["candles"] == {"bybit:BTCUSDT": None} and shown["sidecar"] is None
 
 
 def test_the_sidecar_answers_a_status_request_then_closes(sidecar_cfg, sidecar, connect):
@@ -89,7 +89,7 @@ def test_status_after_a_backfill_shows_lag_signal_and_failed_runs(tmp_path, home
     shown = json.loads(r.stdout)
     assert r.returncode == NOT_RUNNING, r.stderr
     assert shown["source"]["kind"] == "replay"
-    btc = shown["candles"]["BTCUSDT"]
+    btc = shown["candles"]["bybit:BTCUSDT"]
     assert btc["up_to"] == "2024-01-02T00:00:00+00:00"
     expected = (before - dt.datetime(2024, 1, 2, tzinfo=dt.UTC)).total_seconds()
     assert abs(btc["lag_s"] - expected) < 60  # seconds: the time between the two clocks read
@@ -97,7 +97,7 @@ def test_status_after_a_backfill_shows_lag_signal_and_failed_runs(tmp_path, home
     assert sig is not None and "2024-01-01T00:00" < sig["close_time"] <= "2024-01-02T00:00"
     assert shown["failed_runs"] == []
     text = status(home, **env).stdout
-    assert "BTCUSDT     last 1m candle ends 2024-01-02T00:00" in text
+    assert "bybit:BTCUSDT last 1m candle ends 2024-01-02T00:00" in text
     assert "no failed runs in the last hour" in text
 
     # a failed run, recorded through Dagster's own API, is counted

@@ -19,13 +19,13 @@ def test_every_check_has_a_description_and_every_asset_owners_and_kinds():
     undescribed = [k.to_user_string() for k in checks if not (graph.get(k).description or "")]
     assert undescribed == []
     keys = graph.get_all_asset_keys()
-    assert {k.to_user_string() for k in keys} >= {"bybit_klines_1m", "signals", "backtest_report"}
+    assert {k.to_user_string() for k in keys} >= {"klines_1m", "signals", "backtest_report"}
     for key in keys:
         node = graph.get(key)
         assert node.owners == ["team:signalbox"], key
         assert node.kinds, key
     assert "talib" in graph.get(dg.AssetKey("indicators")).kinds
-    assert "bybit" in graph.get(dg.AssetKey("bybit_klines_1m")).kinds
+    assert "duckdb" in graph.get(dg.AssetKey("klines_1m")).kinds
 
 
 def test_floats_are_rounded_for_display_everywhere_they_go():

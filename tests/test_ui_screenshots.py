@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 CLI = [sys.executable, "-m", "pipeline.runtime.cli"]
 GROUPS = ("ingest", "timeframes", "signals", "reports")
-ASSETS = ("bybit_klines_1m", "candles", "indicators", "signals", "backtest_report")
+ASSETS = ("klines_1m", "candles", "indicators", "signals", "backtest_report")
 # Two personalities the two stored days can backtest (the others' warm-up is longer and
 # `signalbox backtest` refuses them, naming the days to backfill): two points per plot.
 PERSONALITIES = ("scalping", "scalping_tight")
@@ -144,7 +144,7 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory):
 
 CHECKS_QUERY = """
 query {
-  assetNodes(assetKeys: [{path: ["bybit_klines_1m"]}, {path: ["indicators"]}]) {
+  assetNodes(assetKeys: [{path: ["klines_1m"]}, {path: ["indicators"]}]) {
     assetKey { path }
     assetMaterializations(limit: 1) { runId partition timestamp }
     assetChecksOrError { ... on AssetChecks { checks {
@@ -182,7 +182,7 @@ def test_a_slow_check_keeps_its_last_result_after_a_live_run(dashboard: Dashboar
     live = d.job("live", d.today)
     nodes = {n["assetKey"]["path"][0]: n for n in d.gql(CHECKS_QUERY)["assetNodes"]}
     for asset, name in [
-        ("bybit_klines_1m", "expectations_suite"),
+        ("klines_1m", "expectations_suite"),
         ("indicators", "warmup_matches_full_history"),
     ]:
         node = nodes[asset]
@@ -277,7 +277,7 @@ def test_screenshots_of_the_graph_the_checks_and_the_backtest_plots(dashboard: D
                 "text=Asset checks",
             ),
             "checks": (
-                "/assets/bybit_klines_1m?view=checks",
+                "/assets/klines_1m?view=checks",
                 ["expectations_suite"],
                 "text=Passed",
             ),

@@ -128,10 +128,10 @@ def test_up_restarted_on_a_warm_home_backfills_nothing_again(tmp_path: Path):
     assert f"cold home: backfilling {yesterday} → {today}: 2 days never stored" in first
     second = session("second", "live: ")  # the live sensor's run after the restart
     assert "warm home: last candle " in second
-    assert "backfilling" not in second and "→ bybit_klines_1m" not in second, second
+    assert "backfilling" not in second and "→ klines_1m" not in second, second
     with dg.DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
         runs = instance.get_runs()
-        mats = instance.fetch_materializations(dg.AssetKey("bybit_klines_1m"), limit=1000)
+        mats = instance.fetch_materializations(dg.AssetKey("klines_1m"), limit=1000)
     backfills = [r for r in runs if r.job_name == "backfill"]
     assert len(backfills) == 1 and {r.job_name for r in runs} <= {"backfill", "live"}
     assert backfills[0].tags["dagster/asset_partition_range_start"] == str(yesterday)
@@ -140,7 +140,7 @@ def test_up_restarted_on_a_warm_home_backfills_nothing_again(tmp_path: Path):
         (c["start"], c["end"])
         for r in runs
         if r.job_name == "live"
-        for c in [r.run_config["ops"]["bybit_klines_1m"]["config"]]
+        for c in [r.run_config["ops"]["klines_1m"]["config"]]
     )
     assert windows and all(a[1] <= b[0] for a, b in itertools.pairwise(windows))
     (stored,) = {  # the same on each day the range run materialized

@@ -1,9 +1,10 @@
-"""Ingest closed 1m candles from the exchange into `bybit_klines_1m`.
+"""Ingest closed 1m candles from each configured venue into `klines_1m`.
 
 Plain Python (no Dagster): the asset, the benchmark and the tests call the same function.
 A range is fetched in ~1000-minute windows by a few threads, then written in chunks; each
-chunk replaces exactly its time range in one transaction, so a retry or a re-run rewrites
-the same rows and a crash leaves every chunk either old or new.
+chunk replaces exactly its time range of one venue's symbols in one transaction, so a retry
+or a re-run rewrites the same rows, another venue's rows are never touched, and a crash
+leaves every chunk either old or new.
 """
 
 from __future__ import annotations
@@ -15,49 +16,34 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pipeline.config import Settings
+from pipeline.config import Market, Settings, by_venue
 from pipeline.exchanges.sources import Endpoint, verify, warehouse_for
 from warehouse import Replacement
 
 if TYPE_CHECKING:
     import polars as pl
 
-    from pipeline.exchanges.bybit import BybitClient
+    from pipeline.exchanges.protocol import Exchange
 
 MINUTE = dt.timedelta(minutes=1)
 WINDOW = 1000 * MINUTE  # one exchange page
 Progress = Callable[[int, int, str], None]
+# One venue's rows of a time range: what every replacement of `klines_1m`/`kline_gaps` scopes.
+VENUE_WHERE = "exchange = ? AND symbol IN ({marks}) AND open_time >= ? AND open_time < ?"
 
 
 @dataclass
 class IngestSummary:
-    """What an ingest wrote, for asset metadata and the command line."""
+    """What an ingest wrote, for the asset's metadata and the command line; keyed by market."""
 
     start: dt.datetime
     end: dt.datetime
     rows: int = 0
     gaps: int = 0
     source: str = ""
-    first: dict[str, str] = field(default_factory=dict)
-    last: dict[str, str] = field(default_factory=dict)
-    rows_by_symbol: dict[str, int] = field(default_factory=dict)
-
-    def metadata(self) -> dict[str, Any]:
-        return {
-            "rows_written": self.rows,
-            "exchange_gaps_found": self.gaps,
-            "range": f"[{self.start.isoformat()}, {self.end.isoformat()})",
-            "source": self.source,
-            "first_open_time": self.first,
-            "last_open_time": self.last,
-            "rows_by_symbol": self.rows_by_symbol,
-        }
-
-
-def client_for(settings: Settings, endpoint: Endpoint) -> BybitClient:
-    from pipeline.exchanges import client
-
-    return client("bybit", settings, endpoint)
+    first: dict[Market, str] = field(default_factory=dict)
+    last: dict[Market, str] = field(default_factory=dict)
+    rows_by_market: dict[Market, int] = field(default_factory=dict)
 
 
 def windows(start: dt.datetime, end: dt.datetime, size: dt.timedelta = WINDOW):
@@ -70,7 +56,7 @@ def windows(start: dt.datetime, end: dt.datetime, size: dt.timedelta = WINDOW):
 
 
 def fetch(
-    client: BybitClient,
+    client: Exchange,
     symbols: list[str],
     start: dt.datetime,
     end: dt.datetime,
@@ -98,59 +84,85 @@ def ingest(
     start: dt.datetime,
     end: dt.datetime,
     *,
+    markets: list[Market] | None = None,
     closed_by: dt.datetime | None = None,
     chunk: dt.timedelta = dt.timedelta(days=30),
     progress: Progress | None = None,
     write_guard: Callable[[], AbstractContextManager[Any]] = nullcontext,
 ) -> IngestSummary:
-    """Fetch [start, end) for every configured symbol and replace that range in the warehouse.
+    """Fetch [start, end) for every configured market (or `markets`) and replace that range of
+    each venue's symbols in the warehouse.
 
     Minutes the exchange has no candle for are recorded in `kline_gaps` in the same
     transaction, so checks can tell an exchange outage from a minute the pipeline lost.
     `write_guard` wraps only the writes (the Dagster layer holds its DuckDB pool slot there).
     The exchange is asked who it is first: candles of another source are never written.
     """
+    from pipeline.exchanges import client
+
+    verify(endpoint)
+    wh = warehouse_for(settings, endpoint)
+    venues = by_venue(settings.markets if markets is None else markets)
+    summary = IngestSummary(start, end, source=endpoint.label)
+    total = int((end - start) / MINUTE) * sum(len(v) for v in venues.values())
+    done = 0
+    for venue, symbols in venues.items():
+        exchange = client(venue, settings, endpoint)
+        try:
+            for a, b in windows(start, end, chunk):
+                summary.rows += _ingest_chunk(
+                    wh, exchange, venue, symbols, a, b, closed_by, endpoint, summary, write_guard
+                )
+                done += int((b - a) / MINUTE) * len(symbols)
+                if progress:
+                    note = f"{venue} {a:%Y-%m-%d %H:%M} → {b:%Y-%m-%d %H:%M}"
+                    progress(done, total, note)
+        finally:
+            exchange.close()
+    return summary
+
+
+def _ingest_chunk(
+    wh: Any,
+    exchange: Exchange,
+    venue: str,
+    symbols: list[str],
+    a: dt.datetime,
+    b: dt.datetime,
+    closed_by: dt.datetime | None,
+    endpoint: Endpoint,
+    summary: IngestSummary,
+    write_guard: Callable[[], AbstractContextManager[Any]],
+) -> int:
+    """One venue's [a, b): fetched, then its candles and confirmed gaps replaced together."""
     import polars as pl
 
     from pipeline.quality.checks import missing_minutes
 
-    verify(endpoint)
-    client = client_for(settings, endpoint)
-    wh = warehouse_for(settings, endpoint)
-    symbols = settings.symbols
-    summary = IngestSummary(start, end, source=endpoint.label)
-    total = int((end - start) / MINUTE) * len(symbols)
-    done = 0
-    marks = ", ".join("?" * len(symbols))
-    where = f"symbol IN ({marks}) AND open_time >= ? AND open_time < ?"
-    for a, b in windows(start, end, chunk):
-        frame = fetch(client, symbols, a, b, closed_by=closed_by)
-        now = dt.datetime.now(dt.UTC)
-        frame = frame.with_columns(
-            source=pl.lit(endpoint.label), ingested_at=pl.lit(now, dtype=pl.Datetime("us", "UTC"))
+    ts = pl.Datetime("us", "UTC")
+    frame = fetch(exchange, symbols, a, b, closed_by=closed_by)
+    now = dt.datetime.now(dt.UTC)
+    frame = frame.with_columns(
+        exchange=pl.lit(venue), source=pl.lit(endpoint.label), ingested_at=pl.lit(now, dtype=ts)
+    )
+    gaps = [(s, t) for s, ts_ in missing_minutes(frame, symbols, a, b).items() for t in ts_]
+    gap_frame = pl.DataFrame(
+        {"symbol": [g[0] for g in gaps], "open_time": [g[1] for g in gaps]},
+        schema={"symbol": pl.String, "open_time": ts},
+    ).with_columns(exchange=pl.lit(venue), checked_at=pl.lit(now, dtype=ts))
+    where = VENUE_WHERE.format(marks=", ".join("?" * len(symbols)))
+    params = (venue, *symbols, a, b)
+    with write_guard():
+        wh.replace_many(
+            [
+                Replacement("klines_1m", frame, where, params),
+                Replacement("kline_gaps", gap_frame, where, params),
+            ]
         )
-        gaps = [(s, t) for s, ts in missing_minutes(frame, symbols, a, b).items() for t in ts]
-        gap_frame = pl.DataFrame(
-            {"symbol": [g[0] for g in gaps], "open_time": [g[1] for g in gaps]},
-            schema={"symbol": pl.String, "open_time": pl.Datetime("us", "UTC")},
-        ).with_columns(checked_at=pl.lit(now, dtype=pl.Datetime("us", "UTC")))
-        with write_guard():
-            summary.rows += (
-                wh.replace_many(
-                    [
-                        Replacement("bybit_klines_1m", frame, where, (*symbols, a, b)),
-                        Replacement("kline_gaps", gap_frame, where, (*symbols, a, b)),
-                    ]
-                )
-                - gap_frame.height
-            )
-        summary.gaps += len(gaps)
-        for sym, sub in frame.group_by("symbol"):
-            s = str(sym[0])
-            summary.rows_by_symbol[s] = summary.rows_by_symbol.get(s, 0) + sub.height
-            summary.first.setdefault(s, sub["open_time"].min().isoformat())
-            summary.last[s] = sub["open_time"].max().isoformat()
-        done += int((b - a) / MINUTE) * len(symbols)
-        if progress:
-            progress(done, total, f"{a:%Y-%m-%d %H:%M} → {b:%Y-%m-%d %H:%M}: {frame.height} rows")
-    return summary
+    summary.gaps += len(gaps)
+    for sym, sub in frame.group_by("symbol"):
+        m = Market(venue, str(sym[0]))
+        summary.rows_by_market[m] = summary.rows_by_market.get(m, 0) + sub.height
+        summary.first.setdefault(m, sub["open_time"].min().isoformat())
+        summary.last[m] = sub["open_time"].max().isoformat()
+    return frame.height

@@ -47,7 +47,7 @@ def quality_schedule(context: dg.ScheduleEvaluationContext):
 
 defs = dg.Definitions(
     assets=[
-        klines.bybit_klines_1m,
+        klines.klines_1m,
         timeframes.candles,
         timeframes.indicators,
         signals.signals,
@@ -56,7 +56,7 @@ defs = dg.Definitions(
     asset_checks=[klines.klines_expectations, timeframes.indicators_warmup],
     jobs=[live.live_job, backfill_job, quality_job, backtests.backtest_job],
     sensors=[
-        live.bybit_live,
+        live.live_candles,
         repair.kline_gap_repair,
         repair.purge_live_runs,
         reaper.reap_dead_runs,

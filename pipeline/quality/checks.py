@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import polars as pl
 
+    from pipeline.config import Market
+
 MAX_LISTED = 50  # problems listed in metadata; the count is always exact
 
 FLOAT_RTOL = 1e-9
@@ -328,23 +330,38 @@ def nothing_from_future(frame: pl.DataFrame, now: dt.datetime) -> CheckOutcome:
     )
 
 
+def by_market(frame: pl.DataFrame) -> pl.DataFrame:
+    """`frame` with `symbol` naming the market (`bybit:BTCUSDT`) and no `exchange` column, so
+    per-symbol checks tell two venues' same-named symbols apart and name the venue."""
+    import polars as pl
+
+    if "exchange" not in frame.columns:
+        return frame
+    market = pl.concat_str(pl.col("exchange"), pl.lit(":"), pl.col("symbol"))
+    return frame.with_columns(symbol=market).drop("exchange")
+
+
 def kline_checks(
     frame: pl.DataFrame,
-    symbols: list[str],
+    markets: list[Market],
     start: dt.datetime,
     end: dt.datetime,
     now: dt.datetime,
     exchange_gaps: pl.DataFrame | None = None,
 ) -> dict[str, CheckOutcome]:
-    """The blocking checks on `bybit_klines_1m` over [start, end).
+    """The blocking checks on `klines_1m` over [start, end) (frames with `exchange`).
 
     Minutes missing because the exchange itself has no candle for them (`exchange_gaps`)
-    are listed but do not fail the completeness check; minutes the pipeline lost do.
+    are listed but do not fail the completeness check; minutes the pipeline lost do. Every
+    market is named `exchange:symbol` in what the checks report.
     """
+    frame = by_market(frame)
+    gaps = by_market(exchange_gaps) if exchange_gaps is not None else None
     keys = ["symbol", "open_time"]
+    names = [str(m) for m in markets]
     return {
         "no_duplicates": no_duplicates(frame, keys),
         "ohlc_sane": ohlc_sane(frame, keys),
-        "complete_minutes": complete_minutes(frame, symbols, start, end, exchange_gaps),
+        "complete_minutes": complete_minutes(frame, names, start, end, gaps),
         "nothing_from_future": nothing_from_future(frame, now),
     }

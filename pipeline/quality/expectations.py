@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 def _kline_expectations() -> list[Any]:
     import great_expectations.expectations as gxe
 
+    from pipeline.exchanges import KNOWN
+
     prices = ["open", "high", "low", "close"]
     out: list[Any] = [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in [*prices, "volume"]]
     out += [
@@ -36,13 +38,15 @@ def _kline_expectations() -> list[Any]:
         gxe.ExpectColumnPairValuesAToBeGreaterThanB(
             column_A="close", column_B="low", or_equal=True
         ),
-        gxe.ExpectCompoundColumnsToBeUnique(column_list=["symbol", "open_time"]),
-        gxe.ExpectColumnValuesToMatchRegex(column="symbol", regex=r"^[A-Z0-9]{2,30}$"),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=["exchange", "symbol", "open_time"]),
+        gxe.ExpectColumnValuesToBeInSet(column="exchange", value_set=list(KNOWN)),
+        # Bybit symbols (BTCUSDT) and Hyperliquid coins (BTC, kPEPE: 1000x)
+        gxe.ExpectColumnValuesToMatchRegex(column="symbol", regex=r"^k?[A-Z0-9]{1,30}$"),
     ]
     return out
 
 
-def validate_klines(frame: pl.DataFrame, name: str = "bybit_klines_1m") -> CheckOutcome:
+def validate_klines(frame: pl.DataFrame, name: str = "klines_1m") -> CheckOutcome:
     """Run the kline suite over `frame`; the outcome lists every expectation's result."""
     import great_expectations as gx
 

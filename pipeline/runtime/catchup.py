@@ -16,6 +16,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.config import Market
 from pipeline.exchanges.live import DAY, LIVE_LAG, MINUTE, behind, describe, floor_minute
 
 SENSOR_REACH = DAY  # a tail up to this long is left to the live sensor
@@ -25,31 +26,39 @@ def _midnight(day: dt.date) -> dt.datetime:
     return dt.datetime.combine(day, dt.time(), dt.UTC)
 
 
+def markets_in(markets: Sequence[Market]) -> tuple[str, list[str]]:
+    """A WHERE term selecting rows of `markets` (by exchange and symbol), and its parameters."""
+    rows = ", ".join("(?, ?)" for _ in markets)
+    return f"(exchange, symbol) IN (SELECT * FROM (VALUES {rows}))", [
+        v for m in markets for v in (m.exchange, m.symbol)
+    ]
+
+
 def missing_minutes_by_day(
-    con: Any, symbols: Sequence[str], start: dt.datetime, end: dt.datetime
+    con: Any, markets: Sequence[Market], start: dt.datetime, end: dt.datetime
 ) -> dict[dt.date, int]:
-    """Per UTC day in [start, end), the minutes of `symbols` neither stored in
-    `bybit_klines_1m` nor confirmed absent by the exchange (`kline_gaps`); days with none
-    missing are left out. `con`: a DuckDB connection on the warehouse or its replica."""
-    if end <= start or not symbols:
+    """Per UTC day in [start, end), the minutes of `markets` neither stored in `klines_1m`
+    nor confirmed absent by the exchange (`kline_gaps`); days with none missing are left
+    out. `con`: a DuckDB connection on the warehouse or its replica."""
+    if end <= start or not markets:
         return {}
-    marks = ", ".join("?" * len(symbols))
+    term, params = markets_in(markets)
     rows = con.execute(
         "SELECT CAST(open_time AS DATE) AS day, count(*) FROM ("
-        f" SELECT symbol, open_time FROM bybit_klines_1m WHERE symbol IN ({marks})"
+        f" SELECT exchange, symbol, open_time FROM klines_1m WHERE {term}"
         " AND open_time >= ? AND open_time < ?"
         " UNION"
-        f" SELECT symbol, open_time FROM kline_gaps WHERE symbol IN ({marks})"
+        f" SELECT exchange, symbol, open_time FROM kline_gaps WHERE {term}"
         " AND open_time >= ? AND open_time < ?)"
         " GROUP BY ALL",
-        [*symbols, start, end, *symbols, start, end],
+        [*params, start, end, *params, start, end],
     ).fetchall()
     have = dict(rows)
     out = {}
     day = start.date()
     while _midnight(day) < end:
         lo, hi = max(start, _midnight(day)), min(end, _midnight(day) + DAY)
-        missing = int((hi - lo) / MINUTE) * len(symbols) - have.get(day, 0)
+        missing = int((hi - lo) / MINUTE) * len(markets) - have.get(day, 0)
         if missing > 0:
             out[day] = missing
         day += dt.timedelta(days=1)
@@ -57,32 +66,32 @@ def missing_minutes_by_day(
 
 
 def computed_days(
-    con: Any, symbols: Sequence[str], start: dt.datetime, end: dt.datetime
+    con: Any, markets: Sequence[Market], start: dt.datetime, end: dt.datetime
 ) -> set[dt.date]:
     """UTC days in [start, end) with stored 1m candles whose 1m indicators are all stored too:
     the warehouse's evidence that the day's run got past its candles and indicators."""
-    marks = ", ".join("?" * len(symbols))
+    term, params = markets_in(markets)
     rows = con.execute(
         "SELECT k.day FROM ("
-        " SELECT CAST(open_time AS DATE) AS day, count(*) AS n FROM bybit_klines_1m"
-        f" WHERE symbol IN ({marks}) AND open_time >= ? AND open_time < ? GROUP BY 1) k"
+        " SELECT CAST(open_time AS DATE) AS day, count(*) AS n FROM klines_1m"
+        f" WHERE {term} AND open_time >= ? AND open_time < ? GROUP BY 1) k"
         " JOIN ("
         " SELECT CAST(open_time AS DATE) AS day, count(*) AS n FROM indicators"
-        f" WHERE timeframe = '1m' AND symbol IN ({marks}) AND open_time >= ? AND open_time < ?"
+        f" WHERE timeframe = '1m' AND {term} AND open_time >= ? AND open_time < ?"
         " GROUP BY 1) i USING (day) WHERE i.n >= k.n",
-        [*symbols, start, end, *symbols, start, end],
+        [*params, start, end, *params, start, end],
     ).fetchall()
     return {r[0] for r in rows}
 
 
-def last_candles(con: Any, symbols: Sequence[str]) -> dict[str, dt.datetime]:
-    """Per symbol, the open_time of its newest stored 1m candle (symbols with none left out)."""
-    marks = ", ".join("?" * len(symbols))
+def last_candles(con: Any, markets: Sequence[Market]) -> dict[Market, dt.datetime]:
+    """Per market, the open_time of its newest stored 1m candle (markets with none left out)."""
+    term, params = markets_in(markets)
     rows = con.execute(
-        f"SELECT symbol, max(open_time) FROM bybit_klines_1m WHERE symbol IN ({marks}) GROUP BY 1",
-        list(symbols),
+        f"SELECT exchange, symbol, max(open_time) FROM klines_1m WHERE {term} GROUP BY 1, 2",
+        params,
     ).fetchall()
-    return {s: t.astimezone(dt.UTC) for s, t in rows if t is not None}
+    return {Market(e, s): t.astimezone(dt.UTC) for e, s, t in rows if t is not None}
 
 
 @dataclass(frozen=True)
@@ -103,7 +112,7 @@ class Run:
         if self.ingest_from is None:
             return None
         start = {"start": self.ingest_from.isoformat()}
-        return {"ops": {"bybit_klines_1m": {"config": start}}}
+        return {"ops": {"klines_1m": {"config": start}}}
 
     def describe(self) -> str:
         since = f"{self.ingest_from:%Y-%m-%d %H:%M}" if self.ingest_from else f"{self.first}"
@@ -116,7 +125,7 @@ class CatchUp:
     """What `up` does before going live, and why."""
 
     now: dt.datetime  # the exchange's clock
-    last: dt.datetime | None  # the oldest of the symbols' newest stored candles
+    last: dt.datetime | None  # the oldest of the markets' newest stored candles
     tail_from: dt.datetime  # the first minute not stored after it (within the window)
     runs: list[Run] = field(default_factory=list)
 
@@ -155,7 +164,7 @@ def _n(n: int, unit: str) -> str:
 
 def plan_catchup(
     con: Any,
-    symbols: Sequence[str],
+    markets: Sequence[Market],
     first_day: dt.date,
     now: dt.datetime,
     signals_done: Collection[str],
@@ -171,14 +180,14 @@ def plan_catchup(
     """
     today = now.date()
     first_day = min(first_day, today)
-    lasts = last_candles(con, symbols)
-    last = min(lasts.values()) if len(lasts) == len(symbols) else None
+    lasts = last_candles(con, markets)
+    last = min(lasts.values()) if len(lasts) == len(markets) else None
     window_start = _midnight(first_day)
     tail_from = max(window_start, last + MINUTE) if last else window_start
     tail_day = tail_from.date()
-    missing = missing_minutes_by_day(con, symbols, window_start, tail_from)
+    missing = missing_minutes_by_day(con, markets, window_start, tail_from)
     redo = {d: f"{_n(n, 'minute')} missing" for d, n in missing.items()}
-    computed = computed_days(con, symbols, window_start, _midnight(tail_day))
+    computed = computed_days(con, markets, window_start, _midnight(tail_day))
     day = first_day
     while day < tail_day:
         if day not in redo and day.isoformat() not in signals_done and day not in computed:

@@ -255,7 +255,9 @@ def build_parser(
     add("sidecar", cmd_sidecar, "serve the latest signals on the Unix socket")
 
     sp = add("tail", cmd_tail, "print signals from the sidecar as they arrive")
-    sp.add_argument("--symbol", action="append", type=str.upper, help="filter (repeatable)")
+    sp.add_argument(
+        "--symbol", action="append", help="filter (repeatable): BTCUSDT or a market, bybit:BTCUSDT"
+    )
     sp.add_argument("--personality", action="append", help="filter (repeatable)")
     sp.add_argument("--timeframe", action="append", help="filter (repeatable)")
     sp.add_argument("--since", type=int, help="replay signals after this sequence number")

@@ -74,11 +74,12 @@ def _source(settings: Settings, st: Status) -> None:
 
 
 def _warehouse(settings: Settings, st: Status, now: dt.datetime) -> None:
-    """Per-symbol lag of the last stored 1m candle and the last signal, from the replica."""
+    """Per-market (`bybit:BTCUSDT`) lag of the last stored 1m candle, and the last signal,
+    from the replica."""
     from pipeline.exchanges.sources import SourceError, warehouse_for
     from warehouse import WarehouseBusy
 
-    st.candles = dict.fromkeys(settings.symbols)
+    st.candles = dict.fromkeys(map(str, settings.markets))
     try:
         wh = warehouse_for(settings)
     except SourceError:
@@ -92,10 +93,11 @@ def _warehouse(settings: Settings, st: Status, now: dt.datetime) -> None:
 
         with connect(wh.replica_path, read_only=True, wait_s=5, sealed=True) as con:
             rows = con.execute(
-                "SELECT symbol, max(open_time) FROM bybit_klines_1m GROUP BY symbol"
+                "SELECT exchange || ':' || symbol, max(open_time) FROM klines_1m GROUP BY ALL"
             ).fetchall()
             sig = con.execute(
-                "SELECT symbol, personality, timeframe, close_time, action, confidence, price "
+                "SELECT exchange, symbol, personality, timeframe, close_time, action, confidence,"
+                " price "
                 "FROM signals ORDER BY close_time DESC LIMIT 1"
             ).fetchone()
     except (WarehouseBusy, OSError) as err:
@@ -120,9 +122,9 @@ def _warehouse(settings: Settings, st: Status, now: dt.datetime) -> None:
         for symbol in (s for s, c in st.candles.items() if c is None):
             st.problems.append(f"{symbol}: no candles stored yet")
     if sig is not None:
-        keys = ("symbol", "personality", "timeframe", "close_time", "action", "confidence", "price")
-        st.last_signal = dict(zip(keys, sig, strict=True))
-        st.last_signal["close_time"] = sig[3].isoformat()
+        keys = ("exchange", "symbol", "personality", "timeframe", "close_time", "action")
+        st.last_signal = dict(zip((*keys, "confidence", "price"), sig, strict=True))
+        st.last_signal["close_time"] = sig[4].isoformat()
 
 
 def _sidecar(settings: Settings, st: Status) -> None:
@@ -179,14 +181,15 @@ def render(st: Status, settings: Settings) -> str:
         lines.append("  source      none yet: the first `signalbox up` or `backfill` decides it")
     for symbol, c in st.candles.items():
         if c is None:
-            lines.append(f"  {symbol:<11} no candles stored")
+            lines.append(f"  {symbol:<13} no candles stored")
         else:
             lag = dt.timedelta(seconds=c["lag_s"])
-            lines.append(f"  {symbol:<11} last 1m candle ends {c['up_to'][:16]} ({_ago(lag)} ago)")
+            lines.append(f"  {symbol:<13} last 1m candle ends {c['up_to'][:16]} ({_ago(lag)} ago)")
     sig = st.last_signal
     if sig:
         lines.append(
-            f"  last signal {sig['close_time'][:16]} {sig['symbol']} {sig['timeframe']} "
+            f"  last signal {sig['close_time'][:16]} {sig['exchange']}:{sig['symbol']} "
+            f"{sig['timeframe']} "
             f"{sig['personality']} {sig['action']} conf={sig['confidence']:.2f} "
             f"price={sig['price']}"
         )

@@ -107,17 +107,17 @@ def catch_up(settings: Settings, ep: Endpoint, days: int) -> int:
     """Bring the last `days` days up to the exchange's clock before going live: only what is
     missing (pipeline/runtime/catchup.py), each range as one run of the `backfill` job; says what it
     does. Returns the first failed run's exit code, or 0."""
-    from pipeline.exchanges.ingest import client_for
+    from pipeline.exchanges import client
     from pipeline.orchestration.instance import materialized_days
     from pipeline.runtime.backfill import BACKFILL_JOB, run_job
     from pipeline.runtime.catchup import plan_catchup
 
     try:
-        now = client_for(settings, ep).server_time()
+        now = client(settings.markets[0].exchange, settings, ep).server_time()
         first = max(first_partition(settings, now.date()).day, now.date() - dt.timedelta(days=days))
         done = materialized_days(settings.dagster_home)
         with warehouse_for(settings, ep).writer() as con:
-            plan = plan_catchup(con, settings.symbols, first, now, done)
+            plan = plan_catchup(con, settings.markets, first, now, done)
     except Exception as err:  # the exchange or the warehouse busy: up goes on regardless
         _say(f"could not tell what this home is missing ({type(err).__name__}: {str(err)[:200]})")
         return 1

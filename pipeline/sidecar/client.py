@@ -194,7 +194,8 @@ def format_signal(msg: dict[str, Any]) -> str:
     """One human-readable line per signal; one sent from history says `[replayed]`."""
     reasons = "; ".join(msg.get("reasons") or [])
     return (
-        f"#{msg['seq']} {msg['close_time']} {msg['symbol']} {msg['timeframe']} "
+        f"#{msg['seq']} {msg['close_time']} {msg.get('exchange', 'bybit')}:{msg['symbol']} "
+        f"{msg['timeframe']} "
         f"{msg['personality']} {msg['action']} conf={msg['confidence']:.2f} "
         f"price={msg['price']} quality={msg['quality']}"
         + (" [replayed]" if msg.get("replayed") else "")

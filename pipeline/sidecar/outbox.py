@@ -59,7 +59,12 @@ WAKE = "wake.sock"
 CHECKPOINT_EVERY = 256
 ACTIONS = ("BUY", "SELL")
 
-Key = tuple[str, str, str]  # symbol, personality, timeframe
+Key = tuple[str, str, str]  # market (exchange:symbol), personality, timeframe
+
+
+def market_of(m: dict[str, Any]) -> str:
+    """`exchange:symbol` of a signal or message (lines written before venues were Bybit's)."""
+    return f"{m.get('exchange') or 'bybit'}:{m['symbol']}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +82,7 @@ def parse(line: bytes) -> Entry | None:
     try:
         m = json.loads(line)
         close = to_us(dt.datetime.fromisoformat(m["close_time"]))
-        return Entry(int(m["seq"]), (m["symbol"], m["personality"], m["timeframe"]), close, line)
+        return Entry(int(m["seq"]), (market_of(m), m["personality"], m["timeframe"]), close, line)
     except (ValueError, KeyError, TypeError, RecursionError):
         return None
 
@@ -411,8 +416,10 @@ def _expires(close: dt.datetime, timeframe: str) -> dt.datetime:
 
 def _message(s: dict[str, Any], close: dt.datetime, emitted: str) -> dict[str, Any]:
     """The wire `signal` message (without seq) for one signal dict; raises on bad fields."""
-    name = f"signal {s.get('symbol')}/{s.get('personality')}/{s.get('timeframe')}"
-    for k in ("symbol", "personality", "timeframe", "quality"):
+    name = (
+        f"signal {s.get('exchange')}:{s.get('symbol')}/{s.get('personality')}/{s.get('timeframe')}"
+    )
+    for k in ("exchange", "symbol", "personality", "timeframe", "quality"):
         if not isinstance(s.get(k), str) or not s[k]:
             raise ValueError(f"{name}: {k} must be a non-empty string, got {s.get(k)!r}")
     if s.get("action") not in ACTIONS:
@@ -429,6 +436,7 @@ def _message(s: dict[str, Any], close: dt.datetime, emitted: str) -> dict[str, A
         "type": "signal",
         "schema": SCHEMA,
         "seq": 0,
+        "exchange": s["exchange"],
         "symbol": s["symbol"],
         "personality": s["personality"],
         "timeframe": s["timeframe"],
@@ -479,7 +487,8 @@ def publish(
 ) -> list[int]:
     """Append the signals not published before and not older than the TTL; return their seqs.
 
-    Idempotent: (symbol, personality, timeframe, close_time) goes out at most once, so the live
+    Idempotent: (exchange, symbol, personality, timeframe, close_time) goes out at most once,
+    so the live
     run may pass all of today's signals every minute. `now` (default: the wall clock) is what
     the TTL is measured against, e.g. the replay exchange's clock. Signals older than the TTL
     cost no I/O at all. Raises ValueError on a malformed signal, before appending anything.
@@ -494,7 +503,7 @@ def publish(
             close = _utc(s["close_time"], "close_time")
             close_us = to_us(close)
             if close_us >= cutoff_us:
-                k = _dedup_key((s["symbol"], s["personality"], s["timeframe"]), close_us)
+                k = _dedup_key((market_of(s), s["personality"], s["timeframe"]), close_us)
                 fresh[k] = (close_us, close, s)
                 msgs[k] = _message(s, close, emitted)
         except (KeyError, TypeError) as err:
@@ -546,7 +555,9 @@ def _append(
         msgs[k]["seq"] = i
         line = encode(msgs[k])
         m = msgs[k]
-        entries.append(Entry(i, (m["symbol"], m["personality"], m["timeframe"]), fresh[k][0], line))
+        entries.append(
+            Entry(i, (market_of(m), m["personality"], m["timeframe"]), fresh[k][0], line)
+        )
     data = b"".join(e.line for e in entries)
     try:
         fd = book.segment_fd()

@@ -151,9 +151,15 @@ class Filter:
         return self.symbols is None and self.personalities is None and self.timeframes is None
 
     def matches(self, key: tuple[str, str, str]) -> bool:
-        sym, pers, tf = key
+        """`key`: (exchange:symbol, personality, timeframe); a symbol filter names either the
+        market (`hyperliquid:BTC`) or the symbol on any venue (`BTC`)."""
+        market, pers, tf = key
         return (
-            (self.symbols is None or sym in self.symbols)
+            (
+                self.symbols is None
+                or market in self.symbols
+                or market.partition(":")[2] in self.symbols
+            )
             and (self.personalities is None or pers in self.personalities)
             and (self.timeframes is None or tf in self.timeframes)
         )
@@ -179,8 +185,11 @@ def _names(msg: dict[str, Any], field: str, allowed: list[str] | None) -> frozen
         raise ProtocolError(
             "invalid_filter", f"{field} must be a non-empty list of strings (omit it for all)"
         )
-    if field == "symbols":
-        v = [x.upper() for x in v]
+    if field == "symbols":  # BTCUSDT (any venue, as typed in any case) or hyperliquid:kPEPE
+        v = [
+            f"{x.partition(':')[0].lower()}:{x.partition(':')[2]}" if ":" in x else x.upper()
+            for x in v
+        ]
     if allowed is not None:
         unknown = sorted(set(v) - set(allowed))
         if unknown:

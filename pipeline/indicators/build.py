@@ -1,0 +1,120 @@
+"""One venue's indicators for a span of daily partitions, from exactly the derived warm-up.
+
+Plain Python: the `indicators` asset calls it once per venue, the tests too. Reads are scoped
+by `exchange` (its candles, its first stored minute, its confirmed gaps), so one venue's
+indicators never see another's candles, and the caller replaces them per venue.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pipeline.candles.build import with_exchange
+from pipeline.indicators.compute import ID_COLUMNS
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from pipeline.indicators.spec import IndicatorSpec
+
+# Runs of consecutive confirmed-absent minutes (gaps and islands: minute - row number is
+# constant along a run), so a long exchange gap is one row, not one per minute.
+_GAP_RUNS = (
+    "SELECT symbol, min(open_time) AS start, count(*) AS minutes FROM ("
+    " SELECT symbol, open_time, open_time - to_minutes(row_number() OVER"
+    " (PARTITION BY symbol ORDER BY open_time)) AS run"
+    " FROM kline_gaps WHERE exchange = ? AND open_time >= ? AND open_time < ?)"
+    " GROUP BY symbol, run"
+)
+
+
+def with_history(wh: Any, exchange: str, candles: pl.DataFrame) -> pl.DataFrame:
+    """One venue's `candles` marked with which rows count as indicator history
+    (pipeline.indicators.history): minutes the venue confirmed absent (`kline_gaps`) from each
+    symbol's first stored minute on are explained, every other missing minute breaks it."""
+    from pipeline.indicators.history import mark_history
+
+    first = wh.query(
+        "SELECT symbol, min(open_time) AS first FROM klines_1m WHERE exchange = ? GROUP BY symbol",
+        [exchange],
+    )
+    return mark_history(
+        candles, dict(first.iter_rows()), lambda lo, hi: wh.query(_GAP_RUNS, [exchange, lo, hi])
+    )
+
+
+def build_indicators(
+    wh: Any,
+    exchange: str,
+    days: Sequence[dt.date],
+    end: dt.datetime,
+    timeframes: Sequence[str],
+    spec: IndicatorSpec,
+    *,
+    checked: Callable[[str], bool] = lambda tf: True,
+    progress: Callable[[int, str], None] | None = None,
+) -> tuple[pl.DataFrame | None, dict[str, list[Any]]]:
+    """The indicators `days` own for the venue (`exchange` first; None when there are none),
+    and the checks' outcomes per check name for the timeframes `checked` selects."""
+    import polars as pl
+
+    from pipeline.indicators import check_indicators, indicator_input_window
+    from pipeline.indicators.compute import indicators_for_partition
+
+    parts, outcomes = [], {}
+    # One read for every timeframe's window (from its warm-up before the first day).
+    windows = [(tf, indicator_input_window(days[0], tf, spec)[0]) for tf in timeframes]
+    values = ", ".join("(?, ?)" for _ in windows)
+    everything = wh.query(
+        f"SELECT c.* EXCLUDE (exchange) FROM candles c JOIN (VALUES {values}) w(tf, lo)"
+        " ON c.timeframe = w.tf AND c.open_time >= w.lo AND c.close_time <= ?"
+        " WHERE c.exchange = ? ORDER BY c.timeframe, c.symbol, c.open_time",
+        [v for pair in windows for v in pair] + [end, exchange],
+    )
+    by_tf = with_history(wh, exchange, everything).partition_by("timeframe", as_dict=True)
+    for n, tf in enumerate(timeframes, 1):
+        hist_all = by_tf.get((tf,), everything.clear())
+        for day in days:
+            lo, hi = indicator_input_window(day, tf, spec)
+            hist = hist_all.filter((pl.col("open_time") >= lo) & (pl.col("close_time") <= hi))
+            ind = indicators_for_partition(hist, day, spec)
+            parts.append(ind)
+            if checked(tf):
+                for name, outcome in check_indicators(hist, ind, spec).items():
+                    outcomes.setdefault(name, []).append(outcome)
+        if progress:
+            progress(n, f"{exchange} {tf}: {len(days)} day(s)")
+    parts = [p for p in parts if p.height]
+    if not parts:
+        return None, outcomes
+    return with_exchange(pl.concat(parts, how="diagonal_relaxed"), exchange), outcomes
+
+
+def write_indicators(
+    wh: Any, built: dict[str, pl.DataFrame | None], start: dt.datetime, end: dt.datetime
+) -> int:
+    """Replace each venue's indicators in (start, end] (venue -> frame or None), in one
+    transaction, adding any indicator column the table lacks first."""
+    import polars as pl
+
+    from pipeline.candles.build import owned_where
+    from warehouse import Replacement
+
+    ids = {"exchange", *ID_COLUMNS}
+    columns = dict.fromkeys(c for f in built.values() if f is not None for c in f.columns)
+    wh.ensure_columns(
+        "indicators",
+        {c: "BOOLEAN" if c == "bb_squeeze" else "DOUBLE" for c in columns if c not in ids},
+    )
+    return wh.replace_many(
+        [
+            Replacement(
+                "indicators",
+                f if f is not None else pl.DataFrame(),
+                *owned_where(v, start, end),
+            )
+            for v, f in built.items()
+        ]
+    )

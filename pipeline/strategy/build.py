@@ -1,0 +1,97 @@
+"""One venue's signals for a span of daily partitions: read its candles and indicators, run
+every personality, and the replacement that writes them.
+
+Plain Python: the `signals` asset calls it once per venue, the tests too. Reads and the
+replacement are scoped by `exchange`, so one venue's signals never see or touch another's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pipeline.candles.build import OWNED, with_exchange
+from warehouse import Replacement
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from pipeline.strategy.personality import Personality
+
+Windows = dict[str, tuple[dt.datetime, dt.datetime]]
+
+
+def read_frames(wh: Any, exchange: str, windows: Windows) -> dict[str, pl.DataFrame]:
+    """The venue's candles LEFT JOIN indicators for each timeframe's window, in one query
+    (without `exchange`: the signal engine works per symbol)."""
+    values = ", ".join("(?, ?, ?)" for _ in windows)
+    params = [v for tf, (lo, hi) in windows.items() for v in (tf, lo, hi)]
+    joined = wh.query(
+        "SELECT c.* EXCLUDE (exchange), i.* EXCLUDE (exchange, symbol, timeframe, open_time,"
+        f" close_time) FROM candles c JOIN (VALUES {values}) w(tf, lo, hi)"
+        " ON c.timeframe = w.tf AND c.open_time >= w.lo AND c.close_time <= w.hi"
+        " LEFT JOIN indicators i USING (exchange, symbol, timeframe, open_time)"
+        " WHERE c.exchange = ? ORDER BY c.timeframe, c.symbol, c.open_time",
+        [*params, exchange],
+    )
+    by_tf = joined.partition_by("timeframe", as_dict=True)
+    return {tf: by_tf.get((tf,), joined.clear()) for tf in windows}
+
+
+def merge_windows(windows: Sequence[Windows]) -> Windows:
+    """One window per timeframe covering all of `windows`."""
+    out: Windows = {}
+    for w in windows:
+        for tf, (lo, hi) in w.items():
+            a, b = out.get(tf, (lo, hi))
+            out[tf] = (min(a, lo), max(b, hi))
+    return out
+
+
+@dataclass(frozen=True)
+class VenueSignals:
+    """What one venue's signal build read and made."""
+
+    exchange: str
+    frames: dict[str, pl.DataFrame]  # per timeframe, for the lookahead check
+    by_personality: dict[str, pl.DataFrame]  # the signals, `exchange` first
+
+    def rows(self) -> pl.DataFrame:
+        import polars as pl
+
+        parts = list(self.by_personality.values())
+        return pl.concat(parts, how="vertical_relaxed") if parts else pl.DataFrame()
+
+
+def build_signals(
+    wh: Any, exchange: str, first: dt.date, last: dt.date, personalities: Sequence[Personality]
+) -> VenueSignals:
+    """Every personality's signals the days `first`..`last` own, for the venue."""
+    from pipeline.strategy.signals import signal_input_window, signals_for_partition
+
+    windows = [signal_input_window(first, p, last) for p in personalities]
+    frames = read_frames(wh, exchange, merge_windows(windows))
+    found = {p.name: signals_for_partition(frames, first, p, last) for p in personalities}
+    return VenueSignals(exchange, frames, {n: with_exchange(f, exchange) for n, f in found.items()})
+
+
+def signals_replacement(
+    built: VenueSignals, start: dt.datetime, end: dt.datetime, names: Sequence[str]
+) -> Replacement:
+    """Replace the venue's signals of `names` in (start, end] with the built ones."""
+    marks = ", ".join("?" * len(names))
+    where = f"{OWNED} AND personality IN ({marks})"
+    return Replacement("signals", built.rows(), where, (built.exchange, start, end, *names))
+
+
+def write_signals(
+    wh: Any,
+    built: Sequence[VenueSignals],
+    start: dt.datetime,
+    end: dt.datetime,
+    names: Sequence[str],
+) -> int:
+    """Replace each built venue's signals of `names` in (start, end], in one transaction."""
+    return wh.replace_many([signals_replacement(b, start, end, names) for b in built])
