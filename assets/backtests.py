@@ -13,7 +13,7 @@ import dagster as dg
 
 from assets.common import OWNERS, check_result, display, endpoint, md_table
 from assets.common import warehouse as get_warehouse
-from pipeline.config import settings
+from pipeline.config import Market, settings
 
 PERSONALITIES = dg.StaticPartitionsDefinition(settings().personality_names)
 
@@ -102,10 +102,12 @@ def backtest_report(context: dg.AssetExecutionContext, config: BacktestConfig):
     except ParamError as err:
         raise dg.Failure(f"backtest parameters: {err}") from None
     start, end = _period(config, s.backtest.window_days)
-    symbols = [config.symbol] if config.symbol else s.symbols
+    markets = [m for m in s.markets if m.symbol == config.symbol] if config.symbol else s.markets
+    if config.symbol and not markets:  # not configured: Bybit's, as before venues
+        markets = [Market("bybit", config.symbol)]
     tf = pers.signal_tf
     candles = wh.query(
-        "SELECT symbol, open_time, close_time, open, high, low, close, volume, complete "
+        "SELECT exchange, symbol, open_time, close_time, open, high, low, close, volume, complete "
         "FROM candles WHERE timeframe = '1m' AND open_time >= ? AND open_time < ? "
         "ORDER BY symbol, open_time",
         [start - dt.timedelta(days=1), end],
@@ -123,20 +125,24 @@ def backtest_report(context: dg.AssetExecutionContext, config: BacktestConfig):
     }
     markdown, quality = [], []
     replacements = []
-    for symbol in symbols:
-        sym_candles = candles.filter(pl.col("symbol") == symbol)
-        sigs = signals.filter(pl.col("symbol") == symbol)
+    for market in markets:
+        symbol, ours = market.symbol, pl.col("exchange") == market.exchange
+        label = symbol if market.exchange == "bybit" else f"{market.exchange}_{symbol}"
+        sym_candles = candles.filter(ours & (pl.col("symbol") == symbol)).drop("exchange")
+        sigs = signals.filter(ours & (pl.col("symbol") == symbol)).drop("exchange")
         if sym_candles.height == 0:
             markdown.append(f"**{symbol}**: no candles in the period; backfill it first.")
             continue
         res = run_backtest(
             sym_candles, sigs, params, start=start, end=end, personality=personality, symbol=symbol
         )
-        rid = run_id_for(personality, symbol, tf, start, end, overrides)
+        rid = run_id_for(personality, symbol, tf, start, end, overrides, market.exchange)
         folds = walk_forward(sym_candles, sigs, params, s.backtest.folds, start=start, end=end)
         out = report_dir(s.reports_dir, rid)
         paths = write_html(res, out, walk_forward=folds, timeframes=pers.timeframes)
-        runs = res.runs_frame(rid).with_columns(pl.lit(tf).alias("timeframe"))
+        runs = res.runs_frame(rid).with_columns(
+            timeframe=pl.lit(tf), exchange=pl.lit(market.exchange)
+        )
         replacements += [
             Replacement("backtest_runs", runs, "run_id = ?", (rid,)),
             Replacement("backtest_trades", res.trades_frame(rid), "run_id = ?", (rid,)),
@@ -151,12 +157,12 @@ def backtest_report(context: dg.AssetExecutionContext, config: BacktestConfig):
             "**Walk-forward** (out-of-sample folds, side by side)",
             md_table(folds),
         ]
-        meta[f"{symbol}_report"] = dg.MetadataValue.url(url)
-        meta[f"{symbol}_report_path"] = dg.MetadataValue.path(str(paths["html"]))
+        meta[f"{label}_report"] = dg.MetadataValue.url(url)
+        meta[f"{label}_report_path"] = dg.MetadataValue.path(str(paths["html"]))
         for name in PLOTTED:
             if m.get(name) is not None:
-                meta[f"{symbol}_{name}"] = rounded(m[name])
-        meta[f"{symbol}_metrics"] = dg.MetadataValue.json({k: rounded(v) for k, v in m.items()})
+                meta[f"{label}_{name}"] = rounded(m[name])
+        meta[f"{label}_metrics"] = dg.MetadataValue.json({k: rounded(v) for k, v in m.items()})
     if replacements:
         wh.replace_many(replacements)
     meta["summary"] = dg.MetadataValue.md("\n\n".join(markdown) or "no signals in the period")

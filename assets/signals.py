@@ -92,11 +92,16 @@ def signals(context: dg.AssetExecutionContext, config: SignalsConfig) -> dg.Mate
     live = tags.get("signalbox/live") == "1"
     personalities = load_personalities(s.personalities, s.timeframes)
     venues = list(by_venue(s.markets))
-    report = Reporter(context.log.info, "venues", len(venues), enabled=not live)
-    builds = []
-    for n, venue in enumerate(venues, 1):
-        builds.append(build_signals(wh, venue, first, last, personalities))
-        report(n, f"{venue}: {builds[-1].rows().height} signal(s)")
+    steps = len(venues) * len(personalities)
+    report = Reporter(context.log.info, "personalities", steps, enabled=not live)
+    done = iter(range(1, steps + 1))
+    builds = [
+        build_signals(
+            wh, v, first, last, personalities,
+            lambda name, n, v=v: report(next(done), f"{v} {name}: {n} signal(s)"),
+        )
+        for v in venues
+    ]  # fmt: skip
     names = [p.name for p in personalities]
     rows = pl.concat([b.rows() for b in builds], how="vertical_relaxed") if builds else None
     rows = rows if rows is not None else pl.DataFrame()

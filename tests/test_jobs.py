@@ -51,7 +51,7 @@ def sensor_env(tmp_path, monkeypatch, replay_factory):
 
 def _stored_up_to(instance: dg.DagsterInstance, last_open: str) -> None:
     """What a run that stored candles up to `last_open` records on the 1m asset."""
-    meta = {"last_open_time": dg.MetadataValue.json({"BTCUSDT": last_open})}
+    meta = {"last_open_time": dg.MetadataValue.json({"bybit:BTCUSDT": last_open})}
     instance.report_runless_asset_event(
         dg.AssetMaterialization("klines_1m", partition="2024-01-05", metadata=meta)
     )
@@ -83,7 +83,8 @@ def test_a_live_run_request_carries_a_few_readable_tags(sensor_env):
 
 def test_the_live_sensor_resumes_after_what_a_backfill_stored(sensor_env):
     """A cursor from before a backfill (e.g. `up`'s catch-up) is not replayed: with nothing in
-    flight the sensor resumes from the last stored candle."""
+    flight the sensor resumes from the last stored candle. (The cursor names a symbol alone,
+    as before venues: it is Bybit's.)"""
     from sensors.live import live_candles
 
     cursor = json.dumps({"symbols": {"BTCUSDT": "2024-01-05T01:00:00+00:00"}, "checked_at": 1.0})
@@ -95,7 +96,7 @@ def test_the_live_sensor_resumes_after_what_a_backfill_stored(sensor_env):
     assert window["start"] == "2024-01-05T03:41:00+00:00"
     assert req.tags["signalbox/candles"] == "03:41–03:52"
     assert req.tags["signalbox/mode"] == "catchup"
-    handed = json.loads(result.cursor)["symbols"]["BTCUSDT"]
+    handed = json.loads(result.cursor)["symbols"]["bybit:BTCUSDT"]
     assert dt.datetime.fromisoformat(handed) == dt.datetime(2024, 1, 5, 3, 52, tzinfo=dt.UTC)
 
 

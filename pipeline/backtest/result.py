@@ -38,12 +38,15 @@ def run_id_for(
     start: dt.datetime,
     end: dt.datetime,
     params: dict[str, Any],
+    exchange: str = "bybit",
 ) -> str:
-    """Stable per (personality, symbol, timeframe, period [start, end), parameters): a re-run
-    replaces its rows and its report directory; the CLI finds the report by it."""
+    """Stable per (personality, market, timeframe, period [start, end), parameters): a re-run
+    replaces its rows and its report directory; the CLI finds the report by it. Bybit's
+    symbols stand alone (the ids from before venues), another venue's carry its name."""
     digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
     last = end - dt.timedelta(days=1)
-    return f"{personality}:{symbol}:{tf}:{start:%Y%m%d}-{last:%Y%m%d}:{digest}"
+    market = symbol if exchange == "bybit" else f"{exchange}-{symbol}"
+    return f"{personality}:{market}:{tf}:{start:%Y%m%d}-{last:%Y%m%d}:{digest}"
 
 
 @dataclass(frozen=True)

@@ -283,20 +283,27 @@ def exchange_identity(rest_url: str, timeout_s: float = 5.0) -> str | None:
 
 
 def refuse_unlisted(settings: Settings, endpoint: Endpoint) -> None:
-    """Refuse configured symbols the exchange does not list, naming them, before any run."""
-    from pipeline.exchanges.bybit import BybitClient
+    """Refuse configured symbols a venue does not list, naming them, before any run."""
+    from pipeline.config import by_venue
+    from pipeline.exchanges import client
 
-    with BybitClient(endpoint.rest_url, settings.bybit.category, settings.bybit.timeout_s) as c:
-        refused = c.unlisted(settings.symbols)
-    if not refused:
+    problems = []
+    for venue, symbols in by_venue(settings.markets).items():
+        c = client(venue, settings, endpoint)
+        try:
+            refused = c.unlisted(symbols)
+        finally:
+            c.close()
+        if refused:
+            what = "; ".join(f"{s}: {why}" for s, why in refused.items())
+            problems.append(f"{', '.join(refused)} not listed on {venue} ({what})")
+    if not problems:
         return
-    what = "; ".join(f"{s}: {why}" for s, why in refused.items())
     listed = (replay_health(endpoint.rest_url) or {}).get("symbols")
     hint = f"; it lists {', '.join(listed)}" if listed else ""
     raise SourceError(
-        f"{', '.join(refused)} not listed at {endpoint.label} ({endpoint.rest_url}) in category "
-        f"{settings.bybit.category}: {what}. Nothing was run. Check the spelling (exchange "
-        f"symbols such as BTCUSDT){hint}."
+        f"{'; '.join(problems)} at {endpoint.label} ({endpoint.rest_url}). Nothing was run. "
+        f"Check the spelling (each venue's own symbols, e.g. BTCUSDT on bybit){hint}."
     )
 
 

@@ -8,7 +8,7 @@ replacement are scoped by `exchange`, so one venue's signals never see or touch 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -66,15 +66,25 @@ class VenueSignals:
 
 
 def build_signals(
-    wh: Any, exchange: str, first: dt.date, last: dt.date, personalities: Sequence[Personality]
+    wh: Any,
+    exchange: str,
+    first: dt.date,
+    last: dt.date,
+    personalities: Sequence[Personality],
+    progress: Callable[[str, int], None] | None = None,
 ) -> VenueSignals:
-    """Every personality's signals the days `first`..`last` own, for the venue."""
+    """Every personality's signals the days `first`..`last` own, for the venue; `progress`
+    hears each personality's name and signal count."""
     from pipeline.strategy.signals import signal_input_window, signals_for_partition
 
     windows = [signal_input_window(first, p, last) for p in personalities]
     frames = read_frames(wh, exchange, merge_windows(windows))
-    found = {p.name: signals_for_partition(frames, first, p, last) for p in personalities}
-    return VenueSignals(exchange, frames, {n: with_exchange(f, exchange) for n, f in found.items()})
+    found = {}
+    for p in personalities:
+        found[p.name] = with_exchange(signals_for_partition(frames, first, p, last), exchange)
+        if progress:
+            progress(p.name, found[p.name].height)
+    return VenueSignals(exchange, frames, found)
 
 
 def signals_replacement(
