@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.candles.build import with_exchange
 from pipeline.candles.resample import resample
 from pipeline.config import load_settings
 from pipeline.exchanges.sources import warehouse_for
@@ -85,7 +86,7 @@ def filled(tmp_path_factory) -> Home:
     for d in (DAY0, DAY0 + DAY):
         k = klines(d)
         wh.replace("klines_1m", k, WHERE, ["BTCUSDT", d, d + DAY])
-        c = resample(k, ["1m", "5m", "1h"], as_of=d + DAY)
+        c = with_exchange(resample(k, ["1m", "5m", "1h"], as_of=d + DAY), "bybit")
         wh.replace("candles", c, CANDLES_WHERE, [d, d + DAY])
     assert wh.path.parent.parent == h.home and count(wh.replica_path) == 2 * 1440
     with wh.writer() as con:

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 DAY = dt.timedelta(days=1)
 
+# `signalbox backtest --symbol` names Bybit's symbols (settings.symbols), as before venues.
+EXCHANGE = "bybit"
+
 
 @dataclass(frozen=True)
 class Warmup:
@@ -93,15 +96,16 @@ def read_coverage(
             candles = con.execute(
                 "SELECT symbol, min(open_time), max(open_time), "
                 "count(*) FILTER (WHERE open_time >= ? AND open_time < ?) "
-                "FROM candles WHERE timeframe = '1m' AND list_contains(?, symbol) GROUP BY symbol",
-                [lo, hi, symbols],
+                "FROM candles WHERE timeframe = '1m' AND exchange = ? AND list_contains(?, symbol)"
+                " GROUP BY symbol",
+                [lo, hi, EXCHANGE, symbols],
             ).fetchall()
             signals = dict(
                 con.execute(
                     "SELECT symbol, count(*) FROM signals WHERE personality = ? "
-                    "AND close_time >= ? AND close_time < ? AND list_contains(?, symbol) "
-                    "GROUP BY symbol",
-                    [personality, lo, hi, symbols],
+                    "AND close_time >= ? AND close_time < ? AND exchange = ? "
+                    "AND list_contains(?, symbol) GROUP BY symbol",
+                    [personality, lo, hi, EXCHANGE, symbols],
                 ).fetchall()
             )
     except (SourceError, NoWarehouse) as err:

@@ -1,6 +1,6 @@
 """Planning the live path: which minutes to ingest next, in which runs.
 
-Plain Python so the rules can be tested exactly; the `bybit_live` sensor feeds it what it
+Plain Python so the rules can be tested exactly; the `live_candles` sensor feeds it what it
 learned from the exchange and from Dagster, and turns the plan into run requests.
 
 The warehouse is the truth: when no live run is in flight, the next range starts right after

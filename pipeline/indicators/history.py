@@ -23,7 +23,7 @@ window or warm-up would reach a break is NULL. The nulls, warm-up and lookahead 
 
 `mark_history` writes the two facts per candle row as boolean columns: WHOLE (no unknown
 minute inside the bucket) and JOINED (no unknown minute between the previous bar of the series
-and this one). `kline_gaps` and `bybit_klines_1m` never hold the same minute (ingest replaces
+and this one). `kline_gaps` and `klines_1m` never hold the same minute (ingest replaces
 both for a range in one transaction), so unknown = missing - confirmed, counted per span.
 """
 
