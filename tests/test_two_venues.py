@@ -68,7 +68,9 @@ def build(wh: Warehouse, venue: str) -> None:
     for i in range(DAYS):
         start, end = START + i * DAY, START + (i + 1) * DAY
         write_candles(wh, [build_candles(wh, venue, start, end, TIMEFRAMES)], start, end)
-        ind, _ = build_indicators(wh, venue, [start.date()], end, TIMEFRAMES, spec)
+        ind, checks = build_indicators(wh, venue, [start.date()], end, TIMEFRAMES, spec)
+        failed = [o.description for found in checks.values() for o in found if not o.passed]
+        assert checks and not failed, failed
         write_indicators(wh, {venue: ind}, start, end)
         sig = build_signals(wh, venue, start.date(), start.date(), personalities)
         write_signals(wh, [sig], start, end, names)

@@ -62,6 +62,7 @@ def build_indicators(
 
     from pipeline.indicators import check_indicators, indicator_input_window
     from pipeline.indicators.compute import indicators_for_partition
+    from pipeline.quality.checks import by_market
 
     parts, outcomes = [], {}
     # One read for every timeframe's window (from its warm-up before the first day).
@@ -81,8 +82,10 @@ def build_indicators(
             hist = hist_all.filter((pl.col("open_time") >= lo) & (pl.col("close_time") <= hi))
             ind = indicators_for_partition(hist, day, spec)
             parts.append(ind)
-            if checked(tf):
-                for name, outcome in check_indicators(hist, ind, spec).items():
+            if checked(tf):  # checked by market, so what they report names the venue
+                named = by_market(with_exchange(hist, exchange))
+                found = check_indicators(named, by_market(with_exchange(ind, exchange)), spec)
+                for name, outcome in found.items():
                     outcomes.setdefault(name, []).append(outcome)
         if progress:
             progress(n, f"{exchange} {tf}: {len(days)} day(s)")
