@@ -367,8 +367,8 @@ def _format_error(
     for e in errors[:_LISTED_ERRORS]:
         key = key_path([str(p) for p in e["loc"]]) or "(top level)"
         value = e.get("input")
-        if shorthand and key.split(".")[0] == "exchanges":
-            key = "symbols"
+        if shorthand and key.split(".")[0] == "exchanges":  # name what the file said
+            key = "symbols" + key.removeprefix("exchanges").removeprefix(".bybit")
             value = value.get("bybit", value) if isinstance(value, dict) else value
         shown = value.isoformat() if isinstance(value, dt.date) else quote(value)
         var = origin_of(origins, key).removeprefix("$")

@@ -123,7 +123,7 @@ def test_config_show_says_where_each_value_came_from(tmp_path, home):
     assert r.returncode == 0, r.stderr
     rows = {line.split()[0]: line for line in r.stdout.splitlines()[1:]}
     assert r.stdout.startswith(f"# configuration file: {cfg} (from environment SIGNALBOX_CONFIG)")
-    assert rows["symbols"].endswith(f'["ETHUSDT"]   # {cfg}')
+    assert rows["exchanges.bybit"].endswith(f'["ETHUSDT"]   # {cfg}')  # `symbols:` shorthand
     assert rows["ui.port"].endswith(f"3123   # {cfg}")
     assert rows["replay.port"].endswith("9123   # environment SIGNALBOX_REPLAY_PORT")
     assert rows["home"].endswith("# environment SIGNALBOX_HOME")

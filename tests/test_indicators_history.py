@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 import yaml
 
+from pipeline.candles.build import with_exchange
 from pipeline.candles.resample import KEYS, owned_by, owned_where, resample
 from pipeline.candles.timeframes import DAY_MS, parse_timeframe, to_ms
 from pipeline.config import Settings
@@ -239,11 +240,14 @@ def test_a_partition_through_the_warehouse_gives_the_same_rows(
     wh = Warehouse(home / "wh.duckdb", replica_sync=False)
     spec = load_spec()
     day = dt.date(2024, 2, 29)
-    wh.replace("candles", candles, "true")
+    wh.replace("candles", with_exchange(candles, "bybit"), "true")
     reads, direct = [], []
     for tf in TIMEFRAMES:
         start, end = indicator_input_window(day, tf, spec)
-        sql = "SELECT * FROM candles WHERE timeframe = ? AND open_time >= ? AND close_time <= ?"
+        sql = (
+            "SELECT * EXCLUDE (exchange) FROM candles"
+            " WHERE timeframe = ? AND open_time >= ? AND close_time <= ?"
+        )
         reads.append(wh.query(sql, [tf, start, end]))
         direct.append(
             series(candles, tf).filter(
@@ -255,6 +259,6 @@ def test_a_partition_through_the_warehouse_gives_the_same_rows(
     want = indicators_for_partition(pl.concat(direct), day, spec)
     assert got.sort(KEYS).equals(want.sort(KEYS))
     sql, params = owned_where(day)
-    assert wh.replace("indicators", got, sql, params) == got.height
+    assert wh.replace("indicators", with_exchange(got, "bybit"), sql, params) == got.height
     back = wh.query("SELECT * FROM indicators ORDER BY timeframe, open_time")
     assert back.height == got.height and back["bb_squeeze"].dtype == pl.Boolean

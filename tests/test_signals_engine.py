@@ -13,6 +13,7 @@ from typing import Any
 import polars as pl
 import pytest
 
+from pipeline.candles.build import with_exchange
 from pipeline.candles.resample import owned_where
 from pipeline.strategy.personality import Personality, personality_from_dict
 from pipeline.strategy.signals import (
@@ -278,7 +279,7 @@ def test_rows_fit_the_signals_table(tmp_path: Path):
     rows = signals_for_partition(frames, day, p)
     assert rows.height > 0
     for _ in range(2):  # idempotent: the partition's rows replaced, never duplicated
-        wh.replace("signals", rows, *owned_where(day))
+        wh.replace("signals", with_exchange(rows, "bybit"), *owned_where(day))
     back = wh.query(
         "SELECT *, snapshot->>'$.regime' AS regime FROM signals ORDER BY symbol, close_time"
     )

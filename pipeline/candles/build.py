@@ -12,13 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pipeline.candles.resample import OWNED
 from warehouse import Replacement
 
 if TYPE_CHECKING:
     import polars as pl
-
-# The rows a run over (start, end] owns, of one venue: candles, indicators and signals alike.
-OWNED = "exchange = ? AND close_time > ? AND close_time <= ?"
 
 
 def owned_where(exchange: str, start: dt.datetime, end: dt.datetime) -> tuple[str, tuple]:

@@ -362,10 +362,14 @@ def owned_by(day: dt.date) -> pl.Expr:
     return (pl.col("close_time") > from_ms(d0)) & (pl.col("close_time") <= from_ms(d1))
 
 
-def owned_where(day: dt.date) -> tuple[str, list[dt.datetime]]:
-    """SQL predicate and parameters for `Warehouse.replace` of the partition `day`."""
+# The rows a run over (start, end] owns, of one venue: candles, indicators and signals alike.
+OWNED = "exchange = ? AND close_time > ? AND close_time <= ?"
+
+
+def owned_where(day: dt.date, exchange: str = "bybit") -> tuple[str, list[Any]]:
+    """SQL predicate and parameters for `Warehouse.replace` of one venue's partition `day`."""
     d0, d1 = day_bounds_ms(day)
-    return "close_time > ? AND close_time <= ?", [from_ms(d0), from_ms(d1)]
+    return OWNED, [exchange, from_ms(d0), from_ms(d1)]
 
 
 # -- checks on candles (blocking asset checks) ---------------------------------------------

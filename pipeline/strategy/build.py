@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeline.candles.build import OWNED, with_exchange
+from pipeline.candles.build import with_exchange
+from pipeline.candles.resample import OWNED
 from warehouse import Replacement
 
 if TYPE_CHECKING:
