@@ -3,6 +3,7 @@ checks."""
 
 import datetime as dt
 import time
+from contextlib import closing
 
 import dagster as dg
 
@@ -80,7 +81,11 @@ def klines_1m(context: dg.AssetExecutionContext, config: KlinesConfig):
     s, ep, wh = settings(), endpoint(), get_warehouse()
     p_start, p_end = partition_window(context)
     # The slowest venue's clock says which minutes are closed everywhere (one clock in replay).
-    exchange_now = min(client(v, s, ep).server_time() for v in by_venue(s.markets))
+    clocks = []
+    for venue in by_venue(s.markets):
+        with closing(client(venue, s, ep)) as c:
+            clocks.append(c.server_time())
+    exchange_now = min(clocks)
     closed_by = exchange_now.replace(second=0, microsecond=0)
     start = max(p_start, _parse(config.start) or p_start)
     end = min(p_end, _parse(config.end) or p_end, closed_by)
