@@ -13,7 +13,8 @@ import dagster as dg
 
 from assets.common import OWNERS, check_result, display, endpoint, md_table
 from assets.common import warehouse as get_warehouse
-from pipeline.config import Market, settings
+from pipeline.config import settings
+from pipeline.markets import Market
 
 PERSONALITIES = dg.StaticPartitionsDefinition(settings().personality_names)
 

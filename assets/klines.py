@@ -71,9 +71,9 @@ def _parse(ts: str | None) -> dt.datetime | None:
 def klines_1m(context: dg.AssetExecutionContext, config: KlinesConfig):
     import polars as pl
 
-    from pipeline.config import by_venue
     from pipeline.exchanges import client
     from pipeline.exchanges.ingest import ingest
+    from pipeline.markets import by_venue
     from pipeline.quality.checks import by_market, kline_checks
     from pipeline.runtime.progress import Reporter
 

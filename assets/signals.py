@@ -76,7 +76,7 @@ def _to_messages(rows) -> list[dict]:
 def signals(context: dg.AssetExecutionContext, config: SignalsConfig) -> dg.MaterializeResult:
     import polars as pl
 
-    from pipeline.config import by_venue
+    from pipeline.markets import by_venue
     from pipeline.quality.checks import CheckOutcome
     from pipeline.runtime import latency
     from pipeline.runtime.progress import Reporter

@@ -71,7 +71,7 @@ def candles(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
 
     from pipeline.candles.build import build_candles, with_exchange, write_candles
     from pipeline.candles.resample import check_candles, owned_by
-    from pipeline.config import by_venue
+    from pipeline.markets import by_venue
     from pipeline.quality.checks import by_market
     from pipeline.runtime.progress import Reporter
 
@@ -144,9 +144,9 @@ def _merge(outcomes: list, unit: str):
     metadata={"table": "indicators"},
 )
 def indicators(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-    from pipeline.config import by_venue
     from pipeline.indicators import ID_COLUMNS, load_spec, warmup_bars
     from pipeline.indicators.build import build_indicators, write_indicators
+    from pipeline.markets import by_venue
     from pipeline.runtime.progress import Reporter
 
     s, wh, spec = settings(), get_warehouse(), load_spec()
@@ -204,9 +204,9 @@ def indicators(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     ),
 )
 def indicators_warmup(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-    from pipeline.config import by_venue
     from pipeline.indicators import check_warmup, load_spec
     from pipeline.indicators.build import with_history
+    from pipeline.markets import by_venue
 
     spec = load_spec()
     wh = get_warehouse()

@@ -7,7 +7,6 @@ and what is allowed, instead of minutes later inside a Dagster run.
 from __future__ import annotations
 
 import datetime as dt
-import difflib
 import os
 import re
 from dataclasses import dataclass
@@ -17,16 +16,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pipeline.markets import SYMBOL_RE, Market, check_exchanges, parse_markets
 from pipeline.yamlfile import YamlFileError, key_path, load_yaml, quote
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "signalbox.yaml"
-SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,30}$")
-# What a symbol looks like on each venue (a venue not listed here uses SYMBOL_RE).
-SYMBOL_FORMATS: dict[str, tuple[re.Pattern[str], str]] = {
-    "bybit": (SYMBOL_RE, "BTCUSDT"),
-    "hyperliquid": (re.compile(r"^k?[A-Z0-9]{1,20}$"), "BTC or kPEPE"),  # coins, k = 1000x
-}
 DEFAULT_EXCHANGES = {"bybit": ["BTCUSDT"]}
 
 ENV_CONFIG = "SIGNALBOX_CONFIG"
@@ -52,45 +46,6 @@ def env_keys() -> dict[str, str]:
 
 
 DEFAULT = "default"
-
-
-@dataclass(frozen=True, order=True)
-class Market:
-    """One symbol on one venue: what candles, indicators and signals are keyed by."""
-
-    exchange: str
-    symbol: str
-
-    def __str__(self) -> str:
-        return f"{self.exchange}:{self.symbol}"
-
-
-def parse_markets(text: str) -> dict[str, list[str]]:
-    """`BTCUSDT,ETHUSDT` (Bybit's, as before venues) or `bybit:BTCUSDT,hyperliquid:BTC` to the
-    `exchanges` mapping. Bare and Bybit symbols are upper-cased; coins keep their case (kPEPE).
-    Validation is the configuration's, so a bad venue or symbol is named there."""
-    out: dict[str, list[str]] = {}
-    for item in (x.strip() for x in text.split(",")):
-        if not item:
-            continue
-        venue, _, symbol = item.rpartition(":")
-        venue = venue.strip().lower() or "bybit"
-        symbol = symbol.strip().upper() if venue == "bybit" else symbol.strip()
-        out.setdefault(venue, []).append(symbol)
-    return out
-
-
-def by_venue(markets: list[Market]) -> dict[str, list[str]]:
-    """Markets grouped by exchange, symbols in order."""
-    out: dict[str, list[str]] = {}
-    for m in sorted(markets):
-        out.setdefault(m.exchange, []).append(m.symbol)
-    return out
-
-
-def format_markets(markets: list[Market]) -> str:
-    """`markets` as `parse_markets` reads them back (SIGNALBOX_SYMBOLS for run processes)."""
-    return ",".join(str(m) for m in markets)
 
 
 Source = Literal["auto", "bybit", "replay"]
@@ -214,25 +169,7 @@ class Settings(_Section):
     def _exchanges(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
         from pipeline.exchanges import KNOWN
 
-        if not v:
-            raise ValueError("needs at least one exchange and its symbols, e.g. {bybit: [BTCUSDT]}")
-        for venue, symbols in v.items():
-            if venue not in KNOWN:
-                near = difflib.get_close_matches(venue, KNOWN, n=1)
-                hint = f"did you mean {near[0]!r}? " if near else ""
-                raise ValueError(
-                    f"{quote(venue)} is not a known exchange ({hint}known: {', '.join(KNOWN)})"
-                )
-            pattern, like = SYMBOL_FORMATS.get(venue, (SYMBOL_RE, "BTCUSDT"))
-            if not symbols:
-                raise ValueError(f"{venue}: needs at least one symbol, e.g. [{like}]")
-            for s in symbols:
-                if not pattern.match(s):
-                    raise ValueError(
-                        f"{venue}: {quote(s)} is not a symbol there: use symbols like {like}"
-                    )
-            if len(set(symbols)) != len(symbols):
-                raise ValueError(f"{venue}: lists a symbol twice")
+        check_exchanges(v, KNOWN)
         return v
 
     @property

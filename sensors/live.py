@@ -16,8 +16,9 @@ import dagster as dg
 
 from assets import klines, timeframes
 from assets.common import DAILY, endpoint
-from pipeline.config import Market, settings
+from pipeline.config import settings
 from pipeline.exchanges.live import LIVE_LAG, MINUTE, Chunk, behind, describe, plan
+from pipeline.markets import Market
 
 # A live run's tags, for people (and filters): that it is live, how (live, catchup, retry),
 # which candles it ingests, and on a retry which attempt. What the code needs besides (the

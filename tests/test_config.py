@@ -116,7 +116,7 @@ def two_venues(monkeypatch):
 
 
 def test_exchanges_select_venues_per_symbol_list(tmp_path: Path, two_venues):
-    from pipeline.config import Market
+    from pipeline.markets import Market
 
     text = "exchanges: {hyperliquid: [kPEPE, BTC], bybit: [ETHUSDT, BTCUSDT]}\n"
     s = load_settings(write(tmp_path, text), env={})
@@ -155,7 +155,8 @@ def test_bad_exchanges_name_the_problem_in_one_line(tmp_path, two_venues, text, 
 
 
 def test_markets_from_the_environment_and_venue_endpoints(tmp_path: Path, two_venues):
-    from pipeline.config import Market, env_keys, load
+    from pipeline.config import env_keys, load
+    from pipeline.markets import Market
 
     cfg = write(tmp_path, "exchanges: {bybit: [ETHUSDT]}\n")
     loaded = load(cfg, env={"SIGNALBOX_SYMBOLS": "bybit:BTCUSDT, hyperliquid:kPEPE,solusdt"})

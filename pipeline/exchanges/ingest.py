@@ -16,8 +16,9 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pipeline.config import Market, Settings, by_venue
+from pipeline.config import Settings
 from pipeline.exchanges.sources import Endpoint, verify, warehouse_for
+from pipeline.markets import Market, by_venue
 from warehouse import Replacement
 
 if TYPE_CHECKING:

@@ -284,8 +284,8 @@ def exchange_identity(rest_url: str, timeout_s: float = 5.0) -> str | None:
 
 def refuse_unlisted(settings: Settings, endpoint: Endpoint) -> None:
     """Refuse configured symbols a venue does not list, naming them, before any run."""
-    from pipeline.config import by_venue
     from pipeline.exchanges import client
+    from pipeline.markets import by_venue
 
     problems = []
     for venue, symbols in by_venue(settings.markets).items():

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import polars as pl
 
-    from pipeline.config import Market
+    from pipeline.markets import Market
 
 MAX_LISTED = 50  # problems listed in metadata; the count is always exact
 

@@ -15,8 +15,9 @@ import sys
 import time
 from collections.abc import Iterable
 
-from pipeline.config import Settings, format_markets
+from pipeline.config import Settings
 from pipeline.exchanges.sources import home_source
+from pipeline.markets import format_markets
 from pipeline.orchestration.instance import dagster_env
 from pipeline.runtime.processes import exchange, source_env, spawn, stop
 from pipeline.runtime.progress import LINE as _PROGRESS

@@ -16,8 +16,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.config import Market
 from pipeline.exchanges.live import DAY, LIVE_LAG, MINUTE, behind, describe, floor_minute
+from pipeline.markets import Market
 
 SENSOR_REACH = DAY  # a tail up to this long is left to the live sensor
 

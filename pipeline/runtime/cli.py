@@ -13,7 +13,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.config import ConfigError, Loaded, Settings, load, parse_markets
+from pipeline.config import ConfigError, Loaded, Settings, load
+from pipeline.markets import parse_markets
 
 
 def _date(text: str) -> dt.date:
