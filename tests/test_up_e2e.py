@@ -144,7 +144,7 @@ def test_up_restarted_on_a_warm_home_backfills_nothing_again(tmp_path: Path):
     )
     assert windows and all(a[1] <= b[0] for a, b in itertools.pairwise(windows))
     (stored,) = {  # the same on each day the range run materialized
-        m.asset_materialization.metadata["last_open_time"].value["BTCUSDT"]
+        m.asset_materialization.metadata["last_open_time"].value["bybit:BTCUSDT"]
         for m in mats.records
         if m.run_id == backfills[0].run_id
     }
