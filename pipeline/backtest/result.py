@@ -160,16 +160,6 @@ class BacktestResult:
             "exit_reason",
         )
 
-    def tables(self) -> dict[str, pl.DataFrame]:
-        """By exit reason, by month and by confidence bucket."""
-        from pipeline.backtest import metrics
-
-        return {
-            "by_exit_reason": metrics.by_exit_reason(self.trades),
-            "by_month": metrics.by_month(self.trades, self.times, self.equity),
-            "by_confidence": metrics.by_confidence(self.trades),
-        }
-
 
 def trades_table(m: Market, raw: RawRun) -> pl.DataFrame:
     """Kernel trade records as a frame with times, names and per-trade returns."""
