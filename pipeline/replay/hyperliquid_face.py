@@ -54,7 +54,7 @@ from pipeline.replay.data import Source, SyntheticSource
 from pipeline.replay.faults import GROUPS, Fault
 from pipeline.replay.http import GATEWAY, Reply
 from pipeline.replay.market import Market
-from pipeline.replay.wire import Decimals, format_values
+from pipeline.replay.wire import Decimals, format_rows
 
 VENUE = "hyperliquid"
 PAGE_LIMIT = 5000
@@ -106,14 +106,19 @@ class CoinSource:
         return synthetic.price_decimals(symbol), 3, 4
 
 
-def candle(coin: str, interval: str, row: np.ndarray, dec: Decimals) -> dict[str, Any]:
-    """One candle (open_time_ms, o, h, l, c, v, t) in Hyperliquid's format."""
-    o, h, lo, c, v, _ = format_values(row, dec)
-    t = int(row[0])
-    close = iv.close_ms(t, INTERVALS[interval])
-    trades = 1 + int(float(v) * 10) % 997  # synthetic: the replay has no trades
-    return {"t": t, "T": close - 1, "s": coin, "i": interval, "o": o, "c": c, "h": h, "l": lo,
-            "v": v, "n": trades}  # fmt: skip
+def candles(coin: str, interval: str, rows: np.ndarray, dec: Decimals) -> list[dict[str, Any]]:
+    """Rows (open_time_ms, o, h, l, c, v, t) as Hyperliquid candles (one formatting pass)."""
+    if len(rows) == 0:
+        return []
+    texts = json.loads("[" + ",".join(format_rows(rows, dec)) + "]")
+    bybit = INTERVALS[interval]
+    out = []
+    for t_text, o, h, lo, c, v, _ in texts:
+        t = int(t_text)
+        trades = 1 + int(float(v) * 10) % 997  # synthetic: the replay has no trades
+        out.append({"t": t, "T": iv.close_ms(t, bybit) - 1, "s": coin, "i": interval, "o": o,
+                    "c": c, "h": h, "l": lo, "v": v, "n": trades})  # fmt: skip
+    return out
 
 
 def reply(body: bytes, market: Market, fault: Fault | None, now: int) -> Reply:
@@ -185,8 +190,7 @@ def snapshot(
     b = min(iv.shift(lo, PAGE_LIMIT, bybit), iv.shift(hi, 1, bybit))
     rows = market.candles(coin, bybit, lo, b, now)
     rows = rows[rows[:, 0] >= start][:PAGE_LIMIT] if len(rows) else rows
-    dec = market.decimals(coin)
-    return [candle(coin, interval, r, dec) for r in rows]
+    return candles(coin, interval, rows, market.decimals(coin))
 
 
 def malformed(fault: Fault, candles: Any, coin: str) -> bytes:

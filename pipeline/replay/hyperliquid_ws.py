@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.replay import intervals as iv
-from pipeline.replay.hyperliquid_face import INTERVALS, candle
+from pipeline.replay.hyperliquid_face import INTERVALS, candles
 from pipeline.replay.ws import ACK_DELAY_S, IDLE_S, WsSession
 
 
@@ -89,8 +89,8 @@ class HlWsSession(WsSession):
     def _push_candle(self, sub: _Candles, open_ms: int, now: int) -> None:
         row = self.market.candle(sub.coin, INTERVALS[sub.interval], open_ms, now)
         if row is not None:
-            data = candle(sub.coin, sub.interval, row, self.market.decimals(sub.coin))
-            self.send({"channel": "candle", "data": data})
+            data = candles(sub.coin, sub.interval, row[None, :], self.market.decimals(sub.coin))
+            self.send({"channel": "candle", "data": data[0]})
 
     def push_due(self) -> None:
         """Final values of candles that closed, then the forming one every `push_s`."""
