@@ -36,7 +36,9 @@ class KlineStream:
         self._seen: dict[str, int] = {}
         self._on_candle = on_candle
         try:
-            self._ws = _At(channel_type=category, retries=RETRIES, restart_on_error=True)
+            self._ws = _At(
+                testnet=False, channel_type=category, retries=RETRIES, restart_on_error=True
+            )
         except Exception as err:  # pybit's WebSocketTimeoutException after its retries
             raise ExchangeUnavailable(
                 f"cannot open the Bybit kline stream at {ws_url} ({err}); start one with "

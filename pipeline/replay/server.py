@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import importlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -321,8 +322,13 @@ def main(
     clock_start: str | None = None,
     clock_speed: float = 1.0,
     symbols: list[str] | None = None,
+    ready: str | None = None,
 ) -> int:
-    """Serve until SIGINT/SIGTERM; prints `REST <url>` and `WS <url>` first, then details."""
+    """Serve until SIGINT/SIGTERM; prints `REST <url>` and `WS <url>` first, then details.
+
+    With `ready`, also writes `{"rest_url", "ws_url", "hyperliquid_ws_url", "pid"}` there
+    (atomically) once listening: how a supervisor learns the URL of a `--port 0` exchange.
+    """
     try:
         clock = ExchangeClock(clock_start, clock_speed or 1.0)
         source = make_source(seed, data, symbols)
@@ -330,10 +336,12 @@ def main(
         print(f"signalbox replay: {err}", file=sys.stderr)
         return 2
     server = ReplayServer(Market(source), clock, Faults(seed, faults), host, port)
-    return asyncio.run(_serve(server, source, seed, faults))
+    return asyncio.run(_serve(server, source, seed, faults, ready))
 
 
-async def _serve(server: ReplayServer, source: Source, seed: int, faults: float) -> int:
+async def _serve(
+    server: ReplayServer, source: Source, seed: int, faults: float, ready: str | None
+) -> int:
     try:
         await server.start()
     except OSError as err:
@@ -353,6 +361,18 @@ async def _serve(server: ReplayServer, source: Source, seed: int, faults: float)
         else f"synthetic market, seed {seed} ({', '.join(source.listed())})"
     )
     clock = server.clock.state()
+    if ready:
+        from pathlib import Path
+
+        from pipeline import jsonfile
+
+        record = {
+            "rest_url": server.rest_url,
+            "ws_url": server.ws_url,
+            "hyperliquid_ws_url": f"ws://{server.host}:{server.port}/ws",
+            "pid": os.getpid(),
+        }
+        jsonfile.replace(Path(ready), record)
     print(f"REST {server.rest_url}", flush=True)
     print(f"WS {server.ws_url}", flush=True)
     print(
