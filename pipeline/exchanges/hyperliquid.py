@@ -199,7 +199,9 @@ class HyperliquidClient:
     def instruments(self) -> list[str]:
         """The coins of the perpetuals `meta` universe."""
         what = f"the coin list (/info meta) from {self.rest_url}"
-        return sorted(self._post(what, {"type": "meta", "dex": ""}, _universe(what)))
+        coins = sorted(self._post(what, {"type": "meta", "dex": ""}, _universe(what)))
+        self._coins = set(coins)
+        return coins
 
     def unlisted(self, symbols: list[str]) -> dict[str, str]:
         listed = set(self.instruments())
@@ -266,7 +268,8 @@ class HyperliquidClient:
     def _refuse_unknown(self, symbols: list[str]) -> None:
         """Refuse coins outside the universe (asked once per client) by name."""
         if self._coins is None or not set(symbols) <= self._coins:
-            self._coins = set(self.instruments())
+            self.instruments()
+        assert self._coins is not None
         refused = {
             s: f"not in Hyperliquid's meta universe ({len(self._coins)} coins)"
             for s in symbols
