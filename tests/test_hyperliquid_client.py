@@ -150,3 +150,18 @@ def test_the_stream_reconnects_after_the_exchange_restarts(replay_factory):
         stream.close()
     opens = [g.open_time for g in got]
     assert opens == sorted(set(opens))
+
+
+def test_with_a_data_file_both_faces_serve_its_real_candles(tmp_path, replay_factory):
+    from pipeline.exchanges.bybit import BybitClient
+    from tests.test_replay_data import candles_file
+
+    path = tmp_path / "bybit_linear_ETHUSDT_1m_2024-01-01_2024-01-02.parquet"
+    candles_file(path)
+    ex = replay_factory(data=path, clock_start="2024-01-05T00:00:00Z")
+    start = dt.datetime(2024, 1, 1, 12, tzinfo=UTC)
+    hl = client(ex).fetch_klines("ETH", start, start + 90 * MIN)
+    by = BybitClient(ex.rest_url, timeout_s=2.0).fetch_klines("ETHUSDT", start, start + 90 * MIN)
+    assert client(ex).instruments() == ["ETH"] and hl.height == 90
+    values = ["open_time", "open", "high", "low", "close", "volume"]
+    assert hl.select(values).equals(by.select(values))
