@@ -41,8 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.candles.timeframes import MINUTE_US, to_us
 from pipeline.sidecar.files import check_dir, open_private
-from pipeline.sidecar.protocol import SCHEMA, encode, iso, to_us, unix_address
+from pipeline.sidecar.protocol import SCHEMA, encode, iso, unix_address
 
 if TYPE_CHECKING:
     from pipeline.candles.timeframes import Timeframe
@@ -485,7 +486,7 @@ def publish(
     cost no I/O at all. Raises ValueError on a malformed signal, before appending anything.
     """
     now = now or dt.datetime.now(dt.UTC)
-    cutoff_us = to_us(now) - settings.sidecar.signal_ttl_minutes * 60_000_000
+    cutoff_us = to_us(now) - settings.sidecar.signal_ttl_minutes * MINUTE_US
     fresh: dict[str, tuple[int, dt.datetime, dict[str, Any]]] = {}
     msgs: dict[str, dict[str, Any]] = {}
     emitted = iso(dt.datetime.now(dt.UTC))

@@ -39,6 +39,7 @@ import termios
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline.candles.timeframes import MINUTE_US, to_us
 from pipeline.config import Settings, load_settings
 from pipeline.sidecar import outbox
 from pipeline.sidecar import protocol as proto
@@ -78,7 +79,7 @@ class Hub:
         self.history = settings.sidecar.history
         self.limit = settings.sidecar.client_buffer
         self.version = _version()
-        self.ttl_us = settings.sidecar.signal_ttl_minutes * 60_000_000
+        self.ttl_us = settings.sidecar.signal_ttl_minutes * MINUTE_US
         self.tail = outbox.Tail(settings.outbox_dir)
         self.seqs: list[int] = []
         self.lines: list[bytes] = []
@@ -163,7 +164,7 @@ class Hub:
         """The latest signal per key that is still news: its bar closed at most
         `signal_ttl_minutes` ago by this machine's clock (the TTL `publish` applies by default).
         Older ones are history, left to a `since_seq` replay."""
-        cutoff = proto.to_us(dt.datetime.now(dt.UTC)) - self.ttl_us
+        cutoff = to_us(dt.datetime.now(dt.UTC)) - self.ttl_us
         return [
             e.line
             for e in sorted(self.latest.values(), key=lambda e: e.seq)
