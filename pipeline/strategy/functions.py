@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -65,58 +66,41 @@ def _sign(x: np.ndarray) -> np.ndarray:
     return np.sign(x)
 
 
+def _crossing(up: bool) -> Builtin:
+    """crosses_above (up) or crosses_below."""
+    now, before = ("a > b", "a <= b") if up else ("a < b", "a >= b")
+    doc = f"{now} now and {before} on the bar before"
+    return Builtin(("num", "num"), "bool", partial(_crosses, up=up), extra=lambda: 1, doc=doc)
+
+
+def _versus_past(op: ast.cmpop, doc: str) -> Builtin:
+    """rising (>) or falling (<): x against itself n bars ago."""
+    return Builtin(("num",), "bool", partial(_past, op), (("n", 1),), lambda n: n, doc)
+
+
+def _window(kind: Kind, impl: Callable[..., np.ndarray], doc: str) -> Builtin:
+    """A function of the last n bars (n required), of the kind it takes."""
+    return Builtin((kind,), kind, impl, (("n", None),), lambda n: n - 1, doc)
+
+
+def _past(op: ast.cmpop, x: np.ndarray, n: int) -> np.ndarray:
+    return compare(op, x, shift(x, n))
+
+
 BUILTINS: dict[str, Builtin] = {
     "prev": Builtin(
         ("num",), "num", lambda x, n: shift(x, n), (("n", 1),), lambda n: n, "x n bars ago"
     ),
-    "crosses_above": Builtin(
-        ("num", "num"),
-        "bool",
-        lambda a, b: _crosses(a, b, True),
-        extra=lambda: 1,
-        doc="a > b now and a <= b on the bar before",
-    ),
-    "crosses_below": Builtin(
-        ("num", "num"),
-        "bool",
-        lambda a, b: _crosses(a, b, False),
-        extra=lambda: 1,
-        doc="a < b now and a >= b on the bar before",
-    ),
-    "rising": Builtin(
-        ("num",),
-        "bool",
-        lambda x, n: compare(ast.Gt(), x, shift(x, n)),
-        (("n", 1),),
-        lambda n: n,
-        "x > x n bars ago",
-    ),
-    "falling": Builtin(
-        ("num",),
-        "bool",
-        lambda x, n: compare(ast.Lt(), x, shift(x, n)),
-        (("n", 1),),
-        lambda n: n,
-        "x < x n bars ago",
-    ),
-    "highest": Builtin(
-        ("num",), "num", rolling_max, (("n", None),), lambda n: n - 1, "max of the last n bars"
-    ),
-    "lowest": Builtin(
-        ("num",), "num", rolling_min, (("n", None),), lambda n: n - 1, "min of the last n bars"
-    ),
-    "mean": Builtin(
-        ("num",), "num", rolling_mean, (("n", None),), lambda n: n - 1, "mean of the last n bars"
-    ),
-    "std": Builtin(
-        ("num",), "num", rolling_std, (("n", None),), lambda n: n - 1, "std of the last n bars"
-    ),
-    "within": Builtin(
-        ("bool",), "bool", _within, (("n", None),), lambda n: n - 1, "true on any of the last n"
-    ),
-    "held": Builtin(
-        ("bool",), "bool", _held, (("n", None),), lambda n: n - 1, "true on all of the last n"
-    ),
+    "crosses_above": _crossing(True),
+    "crosses_below": _crossing(False),
+    "rising": _versus_past(ast.Gt(), "x > x n bars ago"),
+    "falling": _versus_past(ast.Lt(), "x < x n bars ago"),
+    "highest": _window("num", rolling_max, "max of the last n bars"),
+    "lowest": _window("num", rolling_min, "min of the last n bars"),
+    "mean": _window("num", rolling_mean, "mean of the last n bars"),
+    "std": _window("num", rolling_std, "std of the last n bars"),
+    "within": _window("bool", _within, "true on any of the last n"),
+    "held": _window("bool", _held, "true on all of the last n"),
     "abs": Builtin(("num",), "num", np.abs, doc="absolute value"),
     "sign": Builtin(("num",), "num", _sign, doc="-1, 0 or 1"),
     "min": Builtin(("num", "num"), "num", np.minimum, doc="smaller of two"),
