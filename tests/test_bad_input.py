@@ -20,8 +20,9 @@ import pytest
 import yaml
 
 from pipeline.config import ConfigError, Settings, load_settings
+from pipeline.strategy.bars import Bars
 from pipeline.strategy.personality import PersonalityError, load_personality
-from pipeline.strategy.rules import MAX_NESTING, Bars, Schema, compile_condition
+from pipeline.strategy.rules import MAX_NESTING, Schema, compile_condition
 
 TIMEFRAMES = Settings().timeframes
 SHORT = 400  # characters: a temporary path plus one sentence

@@ -13,8 +13,9 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pipeline.backtest.market import MINUTE_US, Market
+from pipeline.backtest.market import Market
 from pipeline.backtest.params import BacktestParams
+from pipeline.candles.timeframes import MINUTE_US
 
 if TYPE_CHECKING:
     import numpy as np

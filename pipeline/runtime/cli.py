@@ -149,7 +149,7 @@ def cmd_config(args: argparse.Namespace, settings: Settings | None) -> int:
 
 
 def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.backtest.cli import backtest
+    from pipeline.runtime.backtest import backtest
 
     return backtest(
         settings,
