@@ -45,8 +45,6 @@ REPLAY_USERS = ("pipeline.runtime", "pipeline.replay")
 # listed violation that no longer exists fails the test, so the list cannot go stale.
 # A cycle is listed as ("cycle", *its path as the test prints it).
 KNOWN_VIOLATIONS: set[tuple[str, ...]] = {
-    # helper A (exchanges): bybit stops using the replay room's interval arithmetic
-    ("replay", "pipeline.exchanges.bybit", "pipeline.replay.intervals"),
     # helper D (orchestration): the run launcher/reaper and the live sensor reach into assets
     ("cycle", "assets.common", "sensors.reaper", "sensors.live", "assets.common"),
 }
@@ -55,7 +53,6 @@ KNOWN_VIOLATIONS: set[tuple[str, ...]] = {
 KNOWN_LARGE: set[str] = {
     "pipeline/strategy/signals.py",
     "pipeline/candles/resample.py",
-    "pipeline/exchanges/bybit.py",
 }
 
 
