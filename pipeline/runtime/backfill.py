@@ -17,6 +17,7 @@ from collections.abc import Iterable
 
 from pipeline.config import Settings
 from pipeline.exchanges.sources import home_source
+from pipeline.orchestration import tags as run_tags
 from pipeline.orchestration.instance import dagster_env
 from pipeline.runtime.processes import exchange, source_env, spawn, stop
 from pipeline.runtime.progress import LINE as _PROGRESS
@@ -25,9 +26,6 @@ DAILY_SELECTION = "group:ingest or group:timeframes or group:signals"
 BACKFILL_JOB = "backfill"  # pipeline/orchestration/definitions.py: DAILY_SELECTION as a named job
 BACKTEST_JOB = "backtest_reports"  # assets/backtests.py: one personality's report
 BACKFILL_ASSETS = ("bybit_klines_1m", "candles", "indicators", "signals")  # its assets, in order
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
-PARTITION_TAG = "dagster/partition"
 _STEP = re.compile(r" - (\w+) - STEP_START")
 _CHECK = re.compile(
     r"ASSET_CHECK_EVALUATION - Asset check '(\w+)' on '([^']+)' (passed|did not pass)\."
@@ -169,13 +167,17 @@ def run_job(
     import json
     import tempfile
 
-    # Dagster's tags for a partition and a single-run partition range
-    # (dagster._core.storage.tags), which `dagster job execute` has no option for.
+    # Dagster's tags for a partition and a single-run partition range, which `dagster job
+    # execute` has no option for; and what the run is.
     tags: dict[str, str] = {}
     if days:
-        tags = {RANGE_START_TAG: days[0].isoformat(), RANGE_END_TAG: days[1].isoformat()}
+        tags = {
+            run_tags.RANGE_START: days[0].isoformat(),
+            run_tags.RANGE_END: days[1].isoformat(),
+            run_tags.MODE: run_tags.BACKFILL,
+        }
     if partition:
-        tags[PARTITION_TAG] = partition
+        tags[run_tags.PARTITION] = partition
     args = ["-j", job, "--tags", json.dumps(tags)]
     if assets:
         args += ["--op-selection", assets]
