@@ -19,7 +19,12 @@ from assets.common import (
 )
 from assets.common import window as partition_window
 from pipeline.orchestration import tags
-from pipeline.orchestration.resources import ExchangeResource, SettingsResource, WarehouseResource
+from pipeline.orchestration.resources import (
+    ExchangeResource,
+    ProgressResource,
+    SettingsResource,
+    WarehouseResource,
+)
 from pipeline.runtime.latency import record as record_latency
 
 ASSET = "bybit_klines_1m"
@@ -71,12 +76,12 @@ def bybit_klines_1m(
     settings: SettingsResource,
     exchange: ExchangeResource,
     warehouse: WarehouseResource,
+    progress: ProgressResource,
 ):
     import polars as pl
 
     from pipeline.exchanges.ingest import ingest
     from pipeline.quality.checks import kline_checks
-    from pipeline.runtime.progress import Reporter
 
     started_at = time.time()
     s, ep, wh = settings.get(), exchange.source(), warehouse.get()
@@ -89,7 +94,7 @@ def bybit_klines_1m(
     context.log.info(f"ingesting {', '.join(s.symbols)} {ident} from {ep.label} ({ep.rest_url})")
 
     live = tags.from_sensor(context.run.tags)  # minutes, every minute: no progress
-    report = Reporter(context.log.info, "minutes", 0, enabled=not live, every_s=0)
+    report = progress.reporter(context, "minutes", 0, enabled=not live, every_s=0)
 
     def progress(done: int, total: int, note: str) -> None:
         report(done, note, total)

@@ -24,7 +24,12 @@ from assets.common import (
 )
 from assets.common import window as partition_window
 from pipeline.orchestration import tags
-from pipeline.orchestration.resources import ExchangeResource, SettingsResource, WarehouseResource
+from pipeline.orchestration.resources import (
+    ExchangeResource,
+    ProgressResource,
+    SettingsResource,
+    WarehouseResource,
+)
 
 CHECKS = {
     "valid": "Rows a bot can trust: BUY/SELL, confidence in [0, 1] and at least the threshold, "
@@ -103,12 +108,12 @@ def signals(
     settings: SettingsResource,
     exchange: ExchangeResource,
     warehouse: WarehouseResource,
+    progress: ProgressResource,
 ) -> dg.MaterializeResult:
     import polars as pl
 
     from pipeline.quality.checks import CheckOutcome
     from pipeline.runtime import latency
-    from pipeline.runtime.progress import Reporter
     from pipeline.sidecar.outbox import publish
     from pipeline.strategy.personality import load_personalities
     from pipeline.strategy.signals import (
@@ -126,7 +131,7 @@ def signals(
     personalities = load_personalities(s.personalities, s.timeframes)
     windows = {p.name: signal_input_window(first, p, last) for p in personalities}
     frames = _read_frames(wh, _merge_windows(list(windows.values())))
-    report = Reporter(context.log.info, "personalities", len(personalities), enabled=not live)
+    report = progress.reporter(context, "personalities", len(personalities), enabled=not live)
     per_p = {}
     for n, p in enumerate(personalities, 1):
         per_p[p.name] = signals_for_partition(frames, first, p, last)

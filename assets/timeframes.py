@@ -22,7 +22,12 @@ from assets.common import (
 )
 from assets.common import window as partition_window
 from pipeline.orchestration import tags
-from pipeline.orchestration.resources import ExchangeResource, SettingsResource, WarehouseResource
+from pipeline.orchestration.resources import (
+    ExchangeResource,
+    ProgressResource,
+    SettingsResource,
+    WarehouseResource,
+)
 
 CANDLE_CHECKS = {
     "ohlc_sane": "Every bucket's low <= open, close <= high; volume >= 0; prices positive.",
@@ -108,12 +113,12 @@ def candles(
     settings: SettingsResource,
     exchange: ExchangeResource,
     warehouse: WarehouseResource,
+    progress: ProgressResource,
 ) -> dg.MaterializeResult:
     import polars as pl
 
     from pipeline.candles.resample import check_candles, owned_by, resample
     from pipeline.candles.timeframes import partition_input_window
-    from pipeline.runtime.progress import Reporter
 
     s, wh = settings.get(), warehouse.get()
     start, end = partition_window(context)
@@ -130,7 +135,7 @@ def candles(
     written = wh.replace("candles", frame, *_owned_where(start, end))
     outcomes: dict[str, list] = {name: [] for name in CANDLE_CHECKS}
     not_live = not tags.from_sensor(context.run.tags)  # the sensor's runs: no progress lines
-    report = Reporter(context.log.info, "days", len(days), enabled=not_live)
+    report = progress.reporter(context, "days", len(days), enabled=not_live)
     for i, day in enumerate(days, 1):
         owned = frame.filter(owned_by(day))
         for name, outcome in check_candles(owned, klines, day, s.timeframes, as_of).items():
@@ -192,6 +197,7 @@ def indicators(
     settings: SettingsResource,
     exchange: ExchangeResource,
     warehouse: WarehouseResource,
+    progress: ProgressResource,
 ) -> dg.MaterializeResult:
     import polars as pl
 
@@ -202,14 +208,13 @@ def indicators(
         load_spec,
         warmup_bars,
     )
-    from pipeline.runtime.progress import Reporter
 
     s, wh, spec = settings.get(), warehouse.get(), load_spec()
     start, end = partition_window(context)
     days = _days(start, end)
     live = tags.is_live(context.run.tags)
     not_live = not tags.from_sensor(context.run.tags)  # the sensor's runs: no progress lines
-    report = Reporter(context.log.info, "timeframes", len(s.timeframes), enabled=not_live)
+    report = progress.reporter(context, "timeframes", len(s.timeframes), enabled=not_live)
     parts, outcomes = [], {name: [] for name in INDICATOR_CHECKS}
     # One read for every timeframe's window (from its warm-up before the first day).
     windows = [(tf, indicator_input_window(days[0], tf, spec)[0]) for tf in s.timeframes]

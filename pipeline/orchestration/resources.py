@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from pipeline.config import Settings
     from pipeline.exchanges.protocol import Exchange
     from pipeline.exchanges.sources import Endpoint
+    from pipeline.runtime.progress import Reporter
     from warehouse import Warehouse
 
 SENSOR_TIMEOUT_S = 2.0  # a sensor tick asks one short question and retries on the next tick
@@ -108,6 +109,33 @@ class WarehouseResource(dg.ConfigurableResource):
         return warehouse_for(self.exchange.settings.get(), self.exchange.source())
 
 
+class ProgressResource(dg.ConfigurableResource):
+    """Where a run's long steps report progress (pipeline/runtime/progress.py): always the
+    run's log; with `path` (set in the run config by the command that starts the run and
+    draws the bars) also that JSON-lines file."""
+
+    path: str | None = None
+
+    def reporter(
+        self,
+        context: dg.AssetExecutionContext,
+        unit: str,
+        total: int,
+        *,
+        enabled: bool = True,
+        every_s: float = 1.0,
+    ) -> Reporter:
+        from pipeline.runtime.progress import Reporter, append
+
+        step = context.op_execution_context.node_handle.name
+        path = Path(self.path) if self.path else None
+        record = (lambda rec: append(path, rec)) if path else None
+        return Reporter(
+            context.log.info, unit, total, enabled=enabled, every_s=every_s, step=step,
+            record=record,
+        )  # fmt: skip
+
+
 def resources(
     config_path: str | None = None, home: str | None = None, endpoint: str | None = None
 ) -> dict[str, dg.ConfigurableResource]:
@@ -118,4 +146,5 @@ def resources(
         "settings": settings,
         "exchange": exchange,
         "warehouse": WarehouseResource(exchange=exchange),
+        "progress": ProgressResource(),
     }
