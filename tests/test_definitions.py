@@ -3,10 +3,19 @@ and the resources every one of them asks for bound in the one `Definitions`."""
 
 from __future__ import annotations
 
-import dagster as dg
+import json
 
+import dagster as dg
+import pytest
+
+from pipeline.exchanges.sources import SourceError
 from pipeline.orchestration.definitions import defs
-from pipeline.orchestration.resources import ExchangeResource, SettingsResource, WarehouseResource
+from pipeline.orchestration.resources import (
+    ExchangeResource,
+    SettingsResource,
+    WarehouseResource,
+    resources,
+)
 
 ASSETS = {"bybit_klines_1m", "candles", "indicators", "signals", "backtest_report"}
 JOBS = {"live", "backfill", "quality", "backtest_reports"}
@@ -53,3 +62,24 @@ def test_nothing_is_resolved_when_the_definitions_load():
     them when a run or a tick first asks."""
     exchange = (defs.resources or {})["exchange"]
     assert exchange._source is None and exchange.settings._loaded is None
+
+
+def test_a_run_handed_another_source_than_the_homes_refuses(tmp_path):
+    """The exchange resource takes the runtime's decision as it is, but never one that
+    contradicts the home's record (one home never mixes two sources)."""
+    (tmp_path / "source.json").write_text(
+        json.dumps({"kind": "replay", "warehouse_id": "replay", "label": "replay seed=7"})
+    )
+    other = {
+        "kind": "bybit",
+        "rest_url": "https://api.bybit.com",
+        "ws_url": "wss://stream.bybit.com/v5/public/linear",
+        "warehouse_id": "bybit",
+        "label": "bybit api.bybit.com",
+    }
+    res = resources(home=str(tmp_path), endpoint=json.dumps(other))
+    with pytest.raises(SourceError, match="holds data from replay seed=7"):
+        res["exchange"].source()
+    same = {**other, "kind": "replay", "warehouse_id": "replay", "label": "replay seed=7"}
+    ok = resources(home=str(tmp_path), endpoint=json.dumps(same))["warehouse"].get()
+    assert ok.path == tmp_path / "warehouse" / "replay.duckdb"

@@ -71,14 +71,23 @@ class ExchangeResource(dg.ConfigurableResource):
 
     def source(self) -> Endpoint:
         if self._source is None:
-            from pipeline.exchanges.sources import Endpoint, current
+            from pipeline.exchanges.sources import Endpoint, SourceError, current, recorded
             from pipeline.runtime.processes import ENDPOINT_ENV
 
+            settings = self.settings.get()
             decided = self.endpoint or os.environ.get(ENDPOINT_ENV)
-            if decided:
-                self._source = Endpoint(**json.loads(decided))
-            else:
-                self._source = current(self.settings.get())
+            if not decided:
+                self._source = current(settings)
+                return self._source
+            ep = Endpoint(**json.loads(decided))
+            rec = recorded(settings)
+            if rec is not None and rec["warehouse_id"] != ep.warehouse_id:  # never mix sources
+                raise SourceError(
+                    f"this run was handed {ep.label} (${ENDPOINT_ENV}), but the home "
+                    f"{settings.home} holds data from {rec['label']}; start runs with "
+                    "`signalbox up` or `signalbox backfill`, which decide the source"
+                )
+            self._source = ep
         return self._source
 
     def client(self, venue: str = "bybit", *, quick: bool = False) -> Exchange:
