@@ -18,12 +18,16 @@ from assets.common import (
     check_result,
     check_specs,
     display,
-    endpoint,
     for_each_partition,
 )
-from assets.common import warehouse as get_warehouse
 from assets.common import window as partition_window
-from pipeline.config import settings
+from pipeline.orchestration import tags
+from pipeline.orchestration.resources import (
+    ExchangeResource,
+    ProgressResource,
+    SettingsResource,
+    WarehouseResource,
+)
 
 CANDLE_CHECKS = {
     "ohlc_sane": "Every bucket's low <= open, close <= high; volume >= 0; prices positive.",
@@ -104,14 +108,19 @@ def _owned_where(start: dt.datetime, end: dt.datetime) -> tuple[str, list[dt.dat
     check_specs=check_specs("candles", CANDLE_CHECKS),
     metadata={"table": "candles"},
 )
-def candles(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+def candles(
+    context: dg.AssetExecutionContext,
+    settings: SettingsResource,
+    exchange: ExchangeResource,
+    warehouse: WarehouseResource,
+    progress: ProgressResource,
+) -> dg.MaterializeResult:
     import polars as pl
 
     from pipeline.candles.resample import check_candles, owned_by, resample
     from pipeline.candles.timeframes import partition_input_window
-    from pipeline.runtime.progress import Reporter
 
-    s, wh = settings(), get_warehouse()
+    s, wh = settings.get(), warehouse.get()
     start, end = partition_window(context)
     days = _days(start, end)
     read_from = partition_input_window(days[0], s.timeframes)[0]
@@ -125,8 +134,8 @@ def candles(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     frame = frame.filter((pl.col("close_time") > start) & (pl.col("close_time") <= end))
     written = wh.replace("candles", frame, *_owned_where(start, end))
     outcomes: dict[str, list] = {name: [] for name in CANDLE_CHECKS}
-    not_live = context.run.tags.get("signalbox/live") != "1"  # live runs: no progress lines
-    report = Reporter(context.log.info, "days", len(days), enabled=not_live)
+    not_live = not tags.from_sensor(context.run.tags)  # the sensor's runs: no progress lines
+    report = progress.reporter(context, "days", len(days), enabled=not_live)
     for i, day in enumerate(days, 1):
         owned = frame.filter(owned_by(day))
         for name, outcome in check_candles(owned, klines, day, s.timeframes, as_of).items():
@@ -136,7 +145,7 @@ def candles(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         pl.len().alias("buckets"), (~pl.col("complete")).sum().alias("incomplete")
     )
     meta = {
-        "source": endpoint().label,
+        "source": exchange.source().label,
         "rows_written": written,
         "as_of": as_of.isoformat(),
         "days": len(days),
@@ -183,7 +192,13 @@ def _merge(outcomes: list, unit: str):
     check_specs=check_specs("indicators", INDICATOR_CHECKS),
     metadata={"table": "indicators"},
 )
-def indicators(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+def indicators(
+    context: dg.AssetExecutionContext,
+    settings: SettingsResource,
+    exchange: ExchangeResource,
+    warehouse: WarehouseResource,
+    progress: ProgressResource,
+) -> dg.MaterializeResult:
     import polars as pl
 
     from pipeline.indicators import (
@@ -193,14 +208,13 @@ def indicators(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         load_spec,
         warmup_bars,
     )
-    from pipeline.runtime.progress import Reporter
 
-    s, wh, spec = settings(), get_warehouse(), load_spec()
+    s, wh, spec = settings.get(), warehouse.get(), load_spec()
     start, end = partition_window(context)
     days = _days(start, end)
-    live = context.run.tags.get("signalbox/mode") == "live"
-    not_live = context.run.tags.get("signalbox/live") != "1"  # live runs: no progress lines
-    report = Reporter(context.log.info, "timeframes", len(s.timeframes), enabled=not_live)
+    live = tags.is_live(context.run.tags)
+    not_live = not tags.from_sensor(context.run.tags)  # the sensor's runs: no progress lines
+    report = progress.reporter(context, "timeframes", len(s.timeframes), enabled=not_live)
     parts, outcomes = [], {name: [] for name in INDICATOR_CHECKS}
     # One read for every timeframe's window (from its warm-up before the first day).
     windows = [(tf, indicator_input_window(days[0], tf, spec)[0]) for tf in s.timeframes]
@@ -237,7 +251,7 @@ def indicators(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         "indicators", frame if frame is not None else pl.DataFrame(), *_owned_where(start, end)
     )
     meta = {
-        "source": endpoint().label,
+        "source": exchange.source().label,
         "rows_written": written,
         "days": len(days),
         "indicators": len(columns),
@@ -264,14 +278,18 @@ def indicators(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         "for yesterday on the quality schedule, and in backfills)."
     ),
 )
-def indicators_warmup(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+def indicators_warmup(
+    context: dg.AssetCheckExecutionContext,
+    settings: SettingsResource,
+    warehouse: WarehouseResource,
+) -> dg.AssetCheckResult:
     from pipeline.indicators import check_warmup, load_spec
 
     spec = load_spec()
-    wh = get_warehouse()
+    wh = warehouse.get()
     end = partition_window(context.op_execution_context)[1]
     outcomes = []
-    for tf in settings().timeframes:
+    for tf in settings.get().timeframes:
         hist = wh.query(
             "SELECT * FROM candles WHERE timeframe = ? AND close_time <= ?"
             " ORDER BY symbol, open_time DESC LIMIT ?",

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.config import Settings
@@ -36,6 +36,7 @@ from pipeline.exchanges.sources import (
 )
 
 _PR_SET_PDEATHSIG = 1
+ENDPOINT_ENV = "SIGNALBOX_ENDPOINT"  # the runtime's decided exchange (`source_env`)
 
 
 def _child_setup() -> None:
@@ -200,12 +201,10 @@ def exchange(settings: Settings, endpoint: Endpoint, say: Say | None = None) -> 
 
 
 def source_env(endpoint: Endpoint) -> dict[str, str]:
-    """Environment that pins child processes to this exchange and its warehouse."""
-    return {
-        "SIGNALBOX_SOURCE": endpoint.kind,
-        "SIGNALBOX_BYBIT_URL": endpoint.rest_url,
-        "SIGNALBOX_BYBIT_WS": endpoint.ws_url,
-    }
+    """Environment that hands the decided, opened and verified exchange to the Dagster
+    processes we start, as ONE value their `ExchangeResource` takes as it is
+    (pipeline/orchestration/resources.py): nothing is resolved again in a run."""
+    return {ENDPOINT_ENV: json.dumps(asdict(endpoint))}
 
 
 def port_free(host: str, port: int) -> bool:
