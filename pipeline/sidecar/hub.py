@@ -7,15 +7,21 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from pipeline.candles.timeframes import MINUTE_US, to_us
 from pipeline.config import Settings
 from pipeline.sidecar import protocol as proto
 from pipeline.sidecar.segments import Entry, Key, Tail, latest_from_state, read_state
 
-if TYPE_CHECKING:
-    from pipeline.sidecar.subscriber import Conn
+
+class Subscriber(Protocol):
+    """What the hub needs of a connection (pipeline/sidecar/subscriber.py's `Conn`)."""
+
+    filter: proto.Filter
+
+    def send(self, data: bytes, n: int = 1) -> None: ...
+
 
 log = logging.getLogger("signalbox.sidecar")
 
@@ -48,8 +54,8 @@ class Hub:
         self.read_error = ""  # the last outbox read error logged
         # dicts as ordered sets: fan-out goes in subscription order (fair, and consecutive
         # sends to one subscriber process find it awake instead of waking it each time)
-        self.live: dict[Conn, None] = {}
-        self.conns: set[Conn] = set()
+        self.live: dict[Subscriber, None] = {}
+        self.conns: set[Subscriber] = set()
 
     # -- outbox ---------------------------------------------------------------------------
     def restore(self) -> None:
