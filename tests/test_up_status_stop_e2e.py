@@ -53,7 +53,7 @@ def test_up_then_status_then_stop(tmp_path: Path):
         assert shown["sidecar"]["pid"] == shown["processes"]["sidecar"]
         assert shown["source"]["kind"] == "replay"
         assert r.returncode == 0 and shown["problems"] == [], r.stdout  # healthy
-        assert shown["candles"]["BTCUSDT"]["lag_s"] < 180  # within live.freshness_minutes
+        assert shown["candles"]["bybit:BTCUSDT"]["lag_s"] < 180  # within live.freshness_minutes
 
         again = cli("up")
         assert again.returncode == 2 and f"(pid {proc.pid})" in again.stderr
