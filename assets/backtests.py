@@ -11,12 +11,11 @@ import datetime as dt
 
 import dagster as dg
 
-from assets.common import OWNERS, check_result, display, endpoint, md_table
-from assets.common import warehouse as get_warehouse
-from pipeline.config import settings
+from assets.common import OWNERS, SHAPE, check_result, display, md_table
 from pipeline.markets import Market
+from pipeline.orchestration.resources import ExchangeResource, SettingsResource, WarehouseResource
 
-PERSONALITIES = dg.StaticPartitionsDefinition(settings().personality_names)
+PERSONALITIES = dg.StaticPartitionsDefinition(SHAPE.personality_names)
 
 
 class BacktestConfig(dg.Config):
@@ -63,7 +62,8 @@ PLOTTED = (
 
 @dg.asset(
     partitions_def=PERSONALITIES,
-    deps=["signals"],
+    # A report reads every day's signals in its window: all of them, not a same-key partition.
+    deps=[dg.AssetDep("signals", partition_mapping=dg.AllPartitionMapping())],
     pool="duckdb",
     group_name="reports",
     owners=OWNERS,
@@ -83,7 +83,13 @@ PLOTTED = (
     ],
     metadata={"tables": "backtest_runs, backtest_trades"},
 )
-def backtest_report(context: dg.AssetExecutionContext, config: BacktestConfig):
+def backtest_report(
+    context: dg.AssetExecutionContext,
+    config: BacktestConfig,
+    settings: SettingsResource,
+    exchange: ExchangeResource,
+    warehouse: WarehouseResource,
+):
     import polars as pl
 
     from pipeline.backtest import run_backtest, summary_markdown, walk_forward
@@ -95,7 +101,7 @@ def backtest_report(context: dg.AssetExecutionContext, config: BacktestConfig):
     from pipeline.quality.checks import CheckOutcome
     from warehouse import Replacement
 
-    s, wh = settings(), get_warehouse()
+    s, wh = settings.get(), warehouse.get()
     personality = context.partition_key
     pers = configured_personality(s, personality)
     try:
@@ -119,7 +125,7 @@ def backtest_report(context: dg.AssetExecutionContext, config: BacktestConfig):
         [personality, tf, start, end],
     )
     meta: dict = {
-        "source": endpoint().label,
+        "source": exchange.source().label,
         "period": f"{start:%Y-%m-%d} → {end - dt.timedelta(days=1):%Y-%m-%d}",
         "timeframe": tf,
         "timeframes": ", ".join(pers.timeframes),
@@ -187,26 +193,3 @@ def backtest_report(context: dg.AssetExecutionContext, config: BacktestConfig):
         metadata=display(meta),
         check_results=[check_result("data_quality", outcome, "backtest_report")],
     )
-
-
-backtest_job = dg.define_asset_job(
-    "backtest_reports",
-    selection=dg.AssetSelection.assets(backtest_report),
-    partitions_def=PERSONALITIES,
-    description="Refresh every personality's backtest report over the rolling window.",
-)
-
-
-@dg.schedule(
-    job=backtest_job,
-    cron_schedule="40 0 * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Daily, after the repair and quality runs: one report per personality.",
-)
-def daily_backtests(context: dg.ScheduleEvaluationContext):
-    day = context.scheduled_execution_time.date().isoformat()
-    return [
-        dg.RunRequest(run_key=f"backtest:{p}:{day}", partition_key=p)
-        for p in PERSONALITIES.get_partition_keys()
-    ]

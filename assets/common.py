@@ -1,6 +1,12 @@
-"""What every asset module shares: partitions, the DuckDB pool, settings, owners, check specs
-and results, metadata as the UI shows it (and `md_table`, re-exported from
-pipeline.quality.checks)."""
+"""What every asset module shares: partitions, the DuckDB pool, owners, check specs and
+results, metadata as the UI shows it (and `md_table`, re-exported from
+pipeline.quality.checks).
+
+Assets get settings, the exchange and the warehouse as resources
+(pipeline/orchestration/resources.py). Only the definitions' shape (the first daily
+partition, the personalities, the freshness window) is read from the configuration when the
+code location loads (`SHAPE`): Dagster needs it then, before any run.
+"""
 
 from __future__ import annotations
 
@@ -11,21 +17,21 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 
 import dagster as dg
 
-from pipeline.config import settings
-from pipeline.exchanges.sources import Endpoint, current, warehouse_for
+from pipeline.config import load_settings
 from pipeline.orchestration.instance import POOL
+from pipeline.orchestration.reaper import WATCH_EVERY_S, PoolWatch
 from pipeline.quality.checks import CheckOutcome, Markdown, for_display
 from pipeline.quality.checks import md_table as md_table  # re-exported for the asset modules
-from sensors.reaper import WATCH_EVERY_S, PoolWatch
-from warehouse import Warehouse
 
 # BackfillPolicy is "beta" in Dagster 1.13; single-run backfills are what we rely on.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+
+
+SHAPE = load_settings()  # the configuration the definitions' shape comes from (see above)
 
 
 def _first_partition() -> str:
@@ -33,7 +39,7 @@ def _first_partition() -> str:
     webserver, the daemon and every run build the same partitions from it."""
     from pipeline.runtime.partitions import first_partition
 
-    first = first_partition(settings())
+    first = first_partition(SHAPE)
     if first.origin == "fallback":
         print(f"signalbox: daily partitions start {first.day}: {first.why}", file=sys.stderr)
     return first.day.isoformat()
@@ -67,16 +73,6 @@ def display(meta: dict) -> dict:
             value = for_display(value)
         out[key] = value
     return out
-
-
-@lru_cache(maxsize=1)
-def endpoint() -> Endpoint:
-    """The exchange this process talks to (resolved once per run process)."""
-    return current(settings())
-
-
-def warehouse() -> Warehouse:
-    return warehouse_for(settings(), endpoint())
 
 
 def window(context: dg.AssetExecutionContext) -> tuple[dt.datetime, dt.datetime]:

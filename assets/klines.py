@@ -3,25 +3,29 @@ checks."""
 
 import datetime as dt
 import time
-from contextlib import closing
 
 import dagster as dg
 
 from assets.common import (
     DAILY,
     OWNERS,
+    SHAPE,
     SINGLE_RUN,
     check_result,
     check_specs,
     display,
-    endpoint,
     for_each_partition,
     md_table,
     pool_slot,
 )
-from assets.common import warehouse as get_warehouse
 from assets.common import window as partition_window
-from pipeline.config import settings
+from pipeline.orchestration import tags
+from pipeline.orchestration.resources import (
+    ExchangeResource,
+    ProgressResource,
+    SettingsResource,
+    WarehouseResource,
+)
 from pipeline.runtime.latency import record as record_latency
 
 ASSET = "klines_1m"
@@ -64,28 +68,29 @@ def _parse(ts: str | None) -> dt.datetime | None:
     ),
     check_specs=check_specs(ASSET, CHECKS),
     freshness_policy=dg.FreshnessPolicy.time_window(
-        fail_window=dt.timedelta(minutes=settings().live.freshness_minutes)
+        fail_window=dt.timedelta(minutes=SHAPE.live.freshness_minutes)
     ),
     metadata={"table": "klines_1m", "pool": "duckdb (claimed only while writing)"},
 )
-def klines_1m(context: dg.AssetExecutionContext, config: KlinesConfig):
+def klines_1m(
+    context: dg.AssetExecutionContext,
+    config: KlinesConfig,
+    settings: SettingsResource,
+    exchange: ExchangeResource,
+    warehouse: WarehouseResource,
+    progress: ProgressResource,
+):
     import polars as pl
 
-    from pipeline.exchanges import client
     from pipeline.exchanges.ingest import ingest
     from pipeline.markets import by_venue
     from pipeline.quality.checks import by_market, kline_checks
-    from pipeline.runtime.progress import Reporter
 
     started_at = time.time()
-    s, ep, wh = settings(), endpoint(), get_warehouse()
+    s, ep, wh = settings.get(), exchange.source(), warehouse.get()
     p_start, p_end = partition_window(context)
     # The slowest venue's clock says which minutes are closed everywhere (one clock in replay).
-    clocks = []
-    for venue in by_venue(s.markets):
-        with closing(client(venue, s, ep)) as c:
-            clocks.append(c.server_time())
-    exchange_now = min(clocks)
+    exchange_now = min(exchange.client(v).server_time() for v in by_venue(s.markets))
     closed_by = exchange_now.replace(second=0, microsecond=0)
     start = max(p_start, _parse(config.start) or p_start)
     end = min(p_end, _parse(config.end) or p_end, closed_by)
@@ -93,8 +98,8 @@ def klines_1m(context: dg.AssetExecutionContext, config: KlinesConfig):
     names = ", ".join(map(str, s.markets))
     context.log.info(f"ingesting {names} {ident} from {ep.label} ({ep.rest_url})")
 
-    live = context.run.tags.get("signalbox/live") == "1"  # minutes, every minute: no progress
-    report = Reporter(context.log.info, "minutes", 0, enabled=not live, every_s=0)
+    live = tags.from_sensor(context.run.tags)  # minutes, every minute: no progress
+    report = progress.reporter(context, "minutes", 0, enabled=not live, every_s=0)
 
     def progress(done: int, total: int, note: str) -> None:
         report(done, note, total)
@@ -183,11 +188,13 @@ def klines_1m(context: dg.AssetExecutionContext, config: KlinesConfig):
         "minutes does not hide the last verdict."
     ),
 )
-def klines_expectations(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+def klines_expectations(
+    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
     from pipeline.quality.expectations import validate_klines
 
     start, end = partition_window(context.op_execution_context)
-    frame = get_warehouse().query(
+    frame = warehouse.get().query(
         "SELECT * FROM klines_1m WHERE open_time >= ? AND open_time < ?", [start, end]
     )
     outcome = validate_klines(frame)

@@ -20,12 +20,16 @@ from assets.common import (
     check_result,
     check_specs,
     display,
-    endpoint,
     md_table,
 )
-from assets.common import warehouse as get_warehouse
 from assets.common import window as partition_window
-from pipeline.config import settings
+from pipeline.orchestration import tags
+from pipeline.orchestration.resources import (
+    ExchangeResource,
+    ProgressResource,
+    SettingsResource,
+    WarehouseResource,
+)
 
 CHECKS = {
     "valid": "Rows a bot can trust: BUY/SELL, confidence in [0, 1] and at least the threshold, "
@@ -73,27 +77,32 @@ def _to_messages(rows) -> list[dict]:
     check_specs=check_specs("signals", CHECKS),
     metadata={"table": "signals"},
 )
-def signals(context: dg.AssetExecutionContext, config: SignalsConfig) -> dg.MaterializeResult:
+def signals(
+    context: dg.AssetExecutionContext,
+    config: SignalsConfig,
+    settings: SettingsResource,
+    exchange: ExchangeResource,
+    warehouse: WarehouseResource,
+    progress: ProgressResource,
+) -> dg.MaterializeResult:
     import polars as pl
 
     from pipeline.markets import by_venue
     from pipeline.quality.checks import CheckOutcome
     from pipeline.runtime import latency
-    from pipeline.runtime.progress import Reporter
     from pipeline.sidecar.outbox import publish
     from pipeline.strategy.build import build_signals, write_signals
     from pipeline.strategy.personality import load_personalities
     from pipeline.strategy.signals import check_signals, check_signals_lookahead, signal_summary
 
-    s, wh = settings(), get_warehouse()
+    s, wh = settings.get(), warehouse.get()
     start, end = partition_window(context)
     first, last = start.date(), (end - dt.timedelta(days=1)).date()
-    tags = context.run.tags
-    live = tags.get("signalbox/live") == "1"
+    live = tags.from_sensor(context.run.tags)  # the sensor's runs: new signals to the sidecar
     personalities = load_personalities(s.personalities, s.timeframes)
     venues = list(by_venue(s.markets))
     steps = len(venues) * len(personalities)
-    report = Reporter(context.log.info, "personalities", steps, enabled=not live)
+    report = progress.reporter(context, "personalities", steps, enabled=not live)
     done = iter(range(1, steps + 1))
     builds = [
         build_signals(
@@ -132,7 +141,7 @@ def signals(context: dg.AssetExecutionContext, config: SignalsConfig) -> dg.Mate
     summary = signal_summary(rows)
     table = pl.DataFrame([{"personality": k, **v} for k, v in summary.items()] if summary else None)
     meta = {
-        "source": endpoint().label,
+        "source": exchange.source().label,
         "rows_written": written,
         "published_to_sidecar": len(published),
         "per_personality": dg.MetadataValue.md(md_table(table)),

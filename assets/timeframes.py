@@ -18,12 +18,16 @@ from assets.common import (
     check_result,
     check_specs,
     display,
-    endpoint,
     for_each_partition,
 )
-from assets.common import warehouse as get_warehouse
 from assets.common import window as partition_window
-from pipeline.config import settings
+from pipeline.orchestration import tags
+from pipeline.orchestration.resources import (
+    ExchangeResource,
+    ProgressResource,
+    SettingsResource,
+    WarehouseResource,
+)
 
 CANDLE_CHECKS = {
     "ohlc_sane": "Every bucket's low <= open, close <= high; volume >= 0; prices positive.",
@@ -66,23 +70,28 @@ def _days(start: dt.datetime, end: dt.datetime) -> list[dt.date]:
     check_specs=check_specs("candles", CANDLE_CHECKS),
     metadata={"table": "candles"},
 )
-def candles(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+def candles(
+    context: dg.AssetExecutionContext,
+    settings: SettingsResource,
+    exchange: ExchangeResource,
+    warehouse: WarehouseResource,
+    progress: ProgressResource,
+) -> dg.MaterializeResult:
     import polars as pl
 
     from pipeline.candles.build import build_candles, with_exchange, write_candles
     from pipeline.candles.resample import check_candles, owned_by
     from pipeline.markets import by_venue
     from pipeline.quality.checks import by_market
-    from pipeline.runtime.progress import Reporter
 
-    s, wh = settings(), get_warehouse()
+    s, wh = settings.get(), warehouse.get()
     start, end = partition_window(context)
     days = _days(start, end)
     builds = [build_candles(wh, v, start, end, s.timeframes) for v in by_venue(s.markets)]
     written = write_candles(wh, builds, start, end)
     outcomes: dict[str, list] = {name: [] for name in CANDLE_CHECKS}
-    not_live = context.run.tags.get("signalbox/live") != "1"  # live runs: no progress lines
-    report = Reporter(context.log.info, "days", len(days), enabled=not_live)
+    not_live = not tags.from_sensor(context.run.tags)  # the sensor's runs: no progress lines
+    report = progress.reporter(context, "days", len(days), enabled=not_live)
     for i, day in enumerate(days, 1):
         for b in builds:  # checks name the market (bybit:BTCUSDT)
             owned = by_market(b.frame.filter(owned_by(day)))
@@ -96,7 +105,7 @@ def candles(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         pl.len().alias("buckets"), (~pl.col("complete")).sum().alias("incomplete")
     )
     meta = {
-        "source": endpoint().label,
+        "source": exchange.source().label,
         "rows_written": written,
         "as_of": as_of.isoformat(),
         "days": len(days),
@@ -143,20 +152,25 @@ def _merge(outcomes: list, unit: str):
     check_specs=check_specs("indicators", INDICATOR_CHECKS),
     metadata={"table": "indicators"},
 )
-def indicators(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+def indicators(
+    context: dg.AssetExecutionContext,
+    settings: SettingsResource,
+    exchange: ExchangeResource,
+    warehouse: WarehouseResource,
+    progress: ProgressResource,
+) -> dg.MaterializeResult:
     from pipeline.indicators import ID_COLUMNS, load_spec, warmup_bars
     from pipeline.indicators.build import build_indicators, write_indicators
     from pipeline.markets import by_venue
-    from pipeline.runtime.progress import Reporter
 
-    s, wh, spec = settings(), get_warehouse(), load_spec()
+    s, wh, spec = settings.get(), warehouse.get(), load_spec()
     start, end = partition_window(context)
     days = _days(start, end)
-    live = context.run.tags.get("signalbox/mode") == "live"
-    not_live = context.run.tags.get("signalbox/live") != "1"  # live runs: no progress lines
+    live = tags.is_live(context.run.tags)
+    not_live = not tags.from_sensor(context.run.tags)  # the sensor's runs: no progress lines
     venues = list(by_venue(s.markets))
     steps = len(s.timeframes) * len(venues)
-    report = Reporter(context.log.info, "timeframes", steps, enabled=not_live)
+    report = progress.reporter(context, "timeframes", steps, enabled=not_live)
     frames, outcomes = {}, {name: [] for name in INDICATOR_CHECKS}
     for k, venue in enumerate(venues):
         frames[venue], found = build_indicators(
@@ -176,7 +190,7 @@ def indicators(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     columns = {c for f in frames.values() if f is not None for c in f.columns} - {"exchange"}
     columns -= set(ID_COLUMNS)
     meta = {
-        "source": endpoint().label,
+        "source": exchange.source().label,
         "rows_written": written,
         "days": len(days),
         "indicators": len(columns),
@@ -203,17 +217,21 @@ def indicators(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         "for yesterday on the quality schedule, and in backfills)."
     ),
 )
-def indicators_warmup(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+def indicators_warmup(
+    context: dg.AssetCheckExecutionContext,
+    settings: SettingsResource,
+    warehouse: WarehouseResource,
+) -> dg.AssetCheckResult:
     from pipeline.indicators import check_warmup, load_spec
     from pipeline.indicators.build import with_history
     from pipeline.markets import by_venue
 
     spec = load_spec()
-    wh = get_warehouse()
+    wh = warehouse.get()
     end = partition_window(context.op_execution_context)[1]
     outcomes = []
-    for venue in by_venue(settings().markets):
-        for tf in settings().timeframes:
+    for venue in by_venue(settings.get().markets):
+        for tf in settings.get().timeframes:
             hist = wh.query(
                 "SELECT * EXCLUDE (exchange) FROM candles WHERE exchange = ? AND timeframe = ?"
                 " AND close_time <= ? ORDER BY symbol, open_time DESC LIMIT ?",

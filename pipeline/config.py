@@ -80,6 +80,23 @@ class BybitConfig(_Section):
         return v.rstrip("/")
 
 
+class HyperliquidConfig(_Section):
+    rest_url: str = "https://api.hyperliquid.xyz"
+    ws_url: str = "wss://api.hyperliquid.xyz/ws"
+    timeout_s: float = Field(10.0, gt=0, le=120)
+    max_retries: int = Field(8, ge=0, le=50)
+    probe_timeout_s: float = Field(3.0, gt=0, le=30)
+
+    @field_validator("rest_url", "ws_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^(https?|wss?)://[^\s/]+", v):
+            raise ValueError(
+                "must be a URL such as https://api.hyperliquid.xyz or ws://127.0.0.1:8765/ws"
+            )
+        return v.rstrip("/")
+
+
 # What the synthetic replay market lists; any other symbol is refused like on Bybit.
 REPLAY_SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "BNBUSDT", "DOGEUSDT", "ADAUSDT"]
 
@@ -152,6 +169,7 @@ class Settings(_Section):
     home: Path = Path(".signalbox")
     source: Source = "auto"
     bybit: BybitConfig = BybitConfig()
+    hyperliquid: HyperliquidConfig = HyperliquidConfig()
     replay: ReplayConfig = ReplayConfig()
     ui: UiConfig = UiConfig()
     live: LiveConfig = LiveConfig()

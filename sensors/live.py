@@ -10,23 +10,16 @@ for the candle to close instead of finding it up to 5 s later on the next daemon
 import datetime as dt
 import json
 import time
-from functools import lru_cache
 
 import dagster as dg
 
-from assets import klines, timeframes
-from assets.common import DAILY, endpoint
-from pipeline.config import settings
 from pipeline.exchanges.live import LIVE_LAG, MINUTE, Chunk, behind, describe, plan
 from pipeline.markets import Market
+from pipeline.orchestration import tags
+from pipeline.orchestration.jobs import live_job
+from pipeline.orchestration.resources import ExchangeResource, SettingsResource
 
-# A live run's tags, for people (and filters): that it is live, how (live, catchup, retry),
-# which candles it ingests, and on a retry which attempt. What the code needs besides (the
-# exact minute range, the exchange's clock) travels in the run config.
-LIVE_TAG = "signalbox/live"
-MODE_TAG = "signalbox/mode"
-CANDLES_TAG = "signalbox/candles"
-ATTEMPT_TAG = "signalbox/attempt"
+KLINES_ASSET = "klines_1m"  # assets/klines.py: the asset the live runs ingest into
 MAX_ATTEMPTS = 5
 ALIGN_S = 5.5  # the daemon's sensor loop period, plus a little
 CLOSE_GRACE_S = 0.25  # let the exchange finish closing the candle
@@ -37,38 +30,11 @@ IN_FLIGHT = [
     dg.DagsterRunStatus.STARTED,
 ]
 
-# Slow checks (great-expectations, warm-up against full history) run on the daily quality
-# schedule, never in the minute-by-minute job.
-SLOW_CHECKS = dg.AssetSelection.checks(klines.klines_expectations, timeframes.indicators_warmup)
-LIVE_SELECTION = dg.AssetSelection.groups("ingest", "timeframes", "signals") - SLOW_CHECKS
-
-live_job = dg.define_asset_job(
-    "live",
-    selection=LIVE_SELECTION,
-    partitions_def=DAILY,
-    description="Ingest new minutes into a day's partition, then update its timeframes, "
-    "indicators and signals. Launched by the live_candles sensor and the gap and daily repairs.",
-)
-
-
-@lru_cache(maxsize=4)
-def _client(venue: str = "bybit"):
-    if venue != "bybit":  # the venue's own client, through the one way to get it
-        from pipeline.exchanges import client
-
-        return client(venue, settings(), endpoint())
-    from pipeline.exchanges.bybit import BybitClient
-
-    ep = endpoint()
-    return BybitClient(
-        ep.rest_url, category=settings().bybit.category, timeout_s=2.0, max_retries=0
-    )
-
 
 def _warehouse_last(instance: dg.DagsterInstance) -> dict[str, dt.datetime]:
     """Per market (`bybit:BTCUSDT`), the newest open_time recorded on recent materializations."""
     out: dict[str, dt.datetime] = {}
-    records = instance.fetch_materializations(dg.AssetKey(klines.ASSET), limit=20).records
+    records = instance.fetch_materializations(dg.AssetKey(KLINES_ASSET), limit=20).records
     for rec in records:
         mat = rec.asset_materialization
         meta = mat.metadata.get("last_open_time") if mat else None
@@ -79,16 +45,17 @@ def _warehouse_last(instance: dg.DagsterInstance) -> dict[str, dt.datetime]:
     return out
 
 
-def _newest_closed(markets: list[Market]) -> dict[str, dt.datetime]:
-    """Per market (`bybit:BTCUSDT`), its venue's newest closed candle."""
-    newest = {str(m): _client(m.exchange).latest_closed_open_time(m.symbol) for m in markets}
+def _newest_closed(exchange: ExchangeResource, markets: list[Market]) -> dict[str, dt.datetime]:
+    """Per market (`bybit:BTCUSDT`), its venue's newest closed candle (quick clients)."""
+    clients = {v: exchange.client(v, quick=True) for v in {m.exchange for m in markets}}
+    newest = {str(m): clients[m.exchange].latest_closed_open_time(m.symbol) for m in markets}
     return {m: t for m, t in newest.items() if t is not None}
 
 
-def _align_to_close(context: dg.SensorEvaluationContext) -> None:
+def _align_to_close(client) -> None:
     """If the next minute closes before the next daemon tick, wait for it here."""
     now = time.time()
-    offset = _client().server_time().timestamp() - now
+    offset = client.server_time().timestamp() - now
     if abs(offset) > 2.0:  # a replay clock running elsewhere in time: no alignment
         return
     wait = 60 - ((now + offset) % 60) + CLOSE_GRACE_S
@@ -103,11 +70,13 @@ def _align_to_close(context: dg.SensorEvaluationContext) -> None:
     description="Requests a run for every newly closed 1m candle (catching up in day-sized "
     "chunks after downtime). Cursor: per market, the open_time of the last candle handed off.",
 )
-def live_candles(context: dg.SensorEvaluationContext):
-    s = settings()
+def live_candles(
+    context: dg.SensorEvaluationContext, settings: SettingsResource, exchange: ExchangeResource
+):
+    s = settings.get()
     try:
-        _align_to_close(context)
-        newest = _newest_closed(s.markets)
+        _align_to_close(exchange.client(quick=True))
+        newest = _newest_closed(exchange, s.markets)
     except Exception as err:  # the exchange is down or misbehaving: try again next tick
         return dg.SkipReason(f"exchange unavailable ({type(err).__name__}: {err}); retrying")
     if not newest:
@@ -128,7 +97,7 @@ def live_candles(context: dg.SensorEvaluationContext):
     #    off has ended and the warehouse is the truth: from its last candle, whether behind the
     #    cursor (runs lost with a wiped queue) or ahead of it (a backfill, `up`'s catch-up).
     in_flight = context.instance.get_runs(
-        dg.RunsFilter(tags={LIVE_TAG: "1"}, statuses=IN_FLIGHT), limit=1
+        dg.RunsFilter(tags={tags.SENSOR: tags.LIVE_SENSOR}, statuses=IN_FLIGHT), limit=1
     )
     base = handed
     if not handed or (not in_flight and not retries):
@@ -149,31 +118,28 @@ def live_candles(context: dg.SensorEvaluationContext):
             skip_reason=f"up to date: last candle {target:%Y-%m-%d %H:%M} UTC", cursor=new_cursor
         )
     lag = behind(target, resume)
-    mode = "live" if lag <= LIVE_LAG else "catchup"
-    if chunks and mode == "catchup":
+    mode = tags.LIVE if lag <= LIVE_LAG else tags.CATCHUP
+    if chunks and mode == tags.CATCHUP:
         context.log.info(
             f"catching up: {describe(lag)} behind; requesting {len(chunks)} chunk(s) "
             f"{chunks[0].start:%Y-%m-%d %H:%M} → {chunks[-1].end:%Y-%m-%d %H:%M}"
         )
-    requests = [_request(c, a, "retry", target) for c, a in retries]
+    requests = [_request(c, a, tags.RETRY, target) for c, a in retries]
     requests += [_request(c, 0, mode, target) for c in chunks]
     return dg.SensorResult(run_requests=requests, cursor=new_cursor)
 
 
 def _request(c: Chunk, attempt: int, mode: str, newest: dt.datetime) -> dg.RunRequest:
-    tags = {LIVE_TAG: "1", MODE_TAG: mode, CANDLES_TAG: c.label, "dagster/max_runtime": "900"}
-    if attempt:
-        tags[ATTEMPT_TAG] = str(attempt)
     return dg.RunRequest(
         run_key=c.run_key(attempt),
         partition_key=c.partition,
         run_config={
             "ops": {
-                klines.ASSET: {"config": {"start": c.start.isoformat(), "end": c.end.isoformat()}},
+                KLINES_ASSET: {"config": {"start": c.start.isoformat(), "end": c.end.isoformat()}},
                 "signals": {"config": {"exchange_now": (newest + MINUTE).isoformat()}},
             }
         },
-        tags=tags,
+        tags=tags.sensor_tags(mode, c.label, attempt),
     )
 
 
@@ -184,7 +150,7 @@ def _failed_chunks(instance: dg.DagsterInstance, since: float) -> list[tuple[Chu
         return []
     records = instance.get_run_records(
         dg.RunsFilter(
-            tags={LIVE_TAG: "1"},
+            tags={tags.SENSOR: tags.LIVE_SENSOR},
             statuses=[dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED],
             updated_after=dt.datetime.fromtimestamp(since, dt.UTC),
         ),
@@ -193,11 +159,11 @@ def _failed_chunks(instance: dg.DagsterInstance, since: float) -> list[tuple[Chu
     out = []
     for rec in records:
         run = rec.dagster_run
-        window = run.run_config.get("ops", {}).get(klines.ASSET, {}).get("config", {})
+        window = run.run_config.get("ops", {}).get(KLINES_ASSET, {}).get("config", {})
         if not window.get("start") or not window.get("end"):
             continue
         a, b = (dt.datetime.fromisoformat(window[k]) for k in ("start", "end"))
-        attempt = int(run.tags.get(ATTEMPT_TAG, "0")) + 1
+        attempt = int(run.tags.get(tags.ATTEMPT, "0")) + 1
         if attempt <= MAX_ATTEMPTS:
             out.append((Chunk(a, b), attempt))
     return out

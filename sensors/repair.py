@@ -1,32 +1,23 @@
-"""Repair and housekeeping: the daily re-ingest, gap repair, and purging old live runs."""
+"""Repair and housekeeping sensors: gap repair and purging old live-sensor runs (the daily
+re-ingest is a schedule, sensors/schedules.py)."""
 
 import datetime as dt
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from assets.common import warehouse as get_warehouse
-from pipeline.config import settings
-from sensors.live import LIVE_TAG, MODE_TAG, live_job
+from pipeline.orchestration import tags
+from pipeline.orchestration.jobs import live_job
+from pipeline.orchestration.resources import SettingsResource, WarehouseResource
+
+if TYPE_CHECKING:
+    from pipeline.markets import Market
+    from warehouse import Warehouse
 
 REPAIR_GRACE = dt.timedelta(minutes=3)  # the newest minutes belong to the live path
 
 
-@dg.schedule(
-    job=live_job,
-    cron_schedule="5 0 * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Shortly after midnight UTC, re-ingest yesterday in full from REST (closing any "
-    "minute the live path missed) and recompute its timeframes, indicators and signals.",
-)
-def daily_repair(context: dg.ScheduleEvaluationContext):
-    day = (context.scheduled_execution_time.astimezone(dt.UTC) - dt.timedelta(days=1)).date()
-    return dg.RunRequest(
-        run_key=f"repair:{day}", partition_key=day.isoformat(), tags={MODE_TAG: "repair"}
-    )
-
-
-def unexplained_gaps(days: int) -> dict[str, int]:
+def unexplained_gaps(wh: "Warehouse", markets: list["Market"], days: int) -> dict[str, int]:
     """Per recent day, minutes missing from the read replica that are not known exchange gaps.
 
     "Recent" is measured back from the newest candle in the warehouse (the exchange's clock,
@@ -36,10 +27,8 @@ def unexplained_gaps(days: int) -> dict[str, int]:
     from pipeline.runtime.catchup import missing_minutes_by_day
     from warehouse import connect
 
-    wh = get_warehouse()
     if not wh.replica_path.exists():
         return {}
-    markets = settings().markets
     with connect(wh.replica_path, read_only=True, wait_s=2) as con:
         lo, hi = con.execute("SELECT min(open_time), max(open_time) FROM klines_1m").fetchall()[0]
         if hi is None:
@@ -59,10 +48,13 @@ def unexplained_gaps(days: int) -> dict[str, int]:
     description="Every 5 minutes, look for minutes missing in recent partitions (reading the "
     "replica) and request a full re-ingest of each day that has them.",
 )
-def kline_gap_repair(context: dg.SensorEvaluationContext):
+def kline_gap_repair(
+    context: dg.SensorEvaluationContext, settings: SettingsResource, warehouse: WarehouseResource
+):
     now = dt.datetime.now(dt.UTC)
+    s = settings.get()
     try:
-        gaps = unexplained_gaps(settings().live.gap_scan_days)
+        gaps = unexplained_gaps(warehouse.get(), s.markets, s.live.gap_scan_days)
     except Exception as err:  # replica busy or missing: the next scan will see it
         return dg.SkipReason(f"could not scan the replica: {err}")
     if not gaps:
@@ -72,7 +64,7 @@ def kline_gap_repair(context: dg.SensorEvaluationContext):
         dg.RunRequest(
             run_key=f"gap-repair:{day}:{hour}",
             partition_key=day,
-            tags={MODE_TAG: "repair", "signalbox/missing_minutes": str(n)},
+            tags={tags.MODE: tags.REPAIR, tags.MISSING: str(n)},
         )
         for day, n in sorted(gaps.items())
     ]
@@ -84,20 +76,28 @@ def kline_gap_repair(context: dg.SensorEvaluationContext):
     description="Hourly, delete live runs older than live.run_retention_days so run storage "
     "stays bounded (1,440 live runs a day). Backfill, repair and report runs are kept.",
 )
-def purge_live_runs(context: dg.SensorEvaluationContext):
-    keep = dt.timedelta(days=settings().live.run_retention_days)
+def purge_live_runs(context: dg.SensorEvaluationContext, settings: SettingsResource):
+    keep = dt.timedelta(days=settings.get().live.run_retention_days)
     cutoff = dt.datetime.now(dt.UTC) - keep
     purged = purge_before(context.instance, cutoff)
     return dg.SkipReason(f"purged {purged} live run(s) created before {cutoff:%Y-%m-%d %H:%M} UTC")
 
 
 def purge_before(instance: dg.DagsterInstance, cutoff: dt.datetime, batch: int = 500) -> int:
-    """Delete finished live runs created before `cutoff`; returns how many."""
+    """Delete finished live-sensor runs created before `cutoff` (and those an older version
+    tagged `signalbox/live`); returns how many."""
+    return sum(
+        _purge(instance, cutoff, batch, marker)
+        for marker in ({tags.SENSOR: tags.LIVE_SENSOR}, dict([tags.LEGACY_LIVE]))
+    )
+
+
+def _purge(instance: dg.DagsterInstance, cutoff: dt.datetime, batch: int, marker: dict) -> int:
     purged = 0
     while True:
         records = instance.get_run_records(
             dg.RunsFilter(
-                tags={LIVE_TAG: "1"},
+                tags=marker,
                 created_before=cutoff,
                 statuses=[
                     dg.DagsterRunStatus.SUCCESS,

@@ -103,8 +103,8 @@ class SidecarProc:
         if self.close_grace_s is not None:
             cmd[1:] = [
                 "-c",
-                "import sys; from pipeline.sidecar import server; "
-                f"server.CLOSE_GRACE_S = {self.close_grace_s!r}; "
+                "import sys; from pipeline.sidecar import subscriber; "
+                f"subscriber.CLOSE_GRACE_S = {self.close_grace_s!r}; "
                 "from pipeline.runtime.cli import main; sys.exit(main(['sidecar']))",
             ]
         with self.log_path.open("ab") as err:

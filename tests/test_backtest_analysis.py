@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline.backtest import BacktestParams, ParamError, prepare, run_backtest
+from pipeline.backtest import BacktestParams, ParamError, metrics, prepare, run_backtest
 from pipeline.backtest.engine import result_from, simulate
 from pipeline.backtest.sweep import sweep, walk_forward
 from pipeline.replay import synthetic
@@ -31,7 +31,7 @@ def test_tables_add_up_to_the_trades(data: tuple[pl.DataFrame, pl.DataFrame]) ->
     candles, signals = data
     res = run_backtest(candles, signals, BacktestParams(take_profit_r=2.0))
     n, pnl = res.trades.height, res.trades["pnl"].sum()
-    t = res.tables()
+    t = metrics.tables(res)
     assert set(t["by_exit_reason"]["exit_reason"]) <= {
         "signal",
         "stop_loss",

@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline.backtest import BacktestParams, ParamError, run_backtest
+from pipeline.backtest import BacktestParams, ParamError, metrics, run_backtest
 from pipeline.replay import synthetic
 from tests.backtest_rules import crossover_signals
 from tests.conftest import DAY0, SEED
@@ -213,7 +213,7 @@ def test_bar_touching_stop_and_target_assumes_the_stop_and_counts_it() -> None:
     assert res.trades["exit_price"].to_list() == pytest.approx([98, 102])
     assert res.trades["both_touched"].to_list() == [True, True]
     assert res.metrics["both_touched"] == 2
-    assert res.tables()["by_exit_reason"].row(0, named=True)["both_touched"] == 2
+    assert metrics.tables(res)["by_exit_reason"].row(0, named=True)["both_touched"] == 2
 
 
 def test_trailing_stop_follows_the_previous_bars_best_price() -> None:

@@ -146,3 +146,10 @@ def test_one_client_shared_by_threads(replay_factory):
     got = pl.concat(parts).sort("symbol", "open_time")
     end = JAN1 + 4000 * MIN
     assert got.equals(pl.concat([truth("BTCUSDT", JAN1, end), truth("ETHUSDT", JAN1, end)]))
+
+
+def test_instruments_lists_every_symbol_of_the_category(replay_session):
+    from pipeline.config import REPLAY_SYMBOLS
+
+    with BybitClient(replay_session.rest_url, timeout_s=2.0) as c:
+        assert c.instruments() == sorted(REPLAY_SYMBOLS)

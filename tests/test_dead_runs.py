@@ -92,7 +92,7 @@ def failure_message(instance, run_id: str) -> str:
 def test_a_run_whose_process_is_gone_is_failed_and_its_slot_freed(instance):
     import dagster as dg
 
-    from sensors.reaper import reap
+    from pipeline.orchestration.reaper import reap
 
     pid = dead_pid()
     dead = started_run(instance, pid)
@@ -111,7 +111,7 @@ def test_a_run_whose_process_is_gone_is_failed_and_its_slot_freed(instance):
 def test_a_live_process_is_left_alone_and_a_recycled_pid_is_not_taken_for_it(instance):
     import dagster as dg
 
-    from sensors.reaper import reap
+    from pipeline.orchestration.reaper import reap
 
     alive = started_run(instance, os.getpid())
     # Our pid, but the run started a day before this process did: the pid was recycled.
@@ -149,7 +149,7 @@ def test_in_the_daemon_a_dead_run_of_any_launcher_is_failed(instance):
 def test_a_waiting_run_says_whom_it_waits_for_and_frees_the_pool_once_it_dies(instance):
     import dagster as dg
 
-    from sensors.reaper import PoolWatch
+    from pipeline.orchestration.reaper import PoolWatch
 
     storage = instance.event_log_storage
     child = subprocess.Popen(["sleep", "60"])
@@ -225,7 +225,7 @@ def test_a_killed_backfill_never_blocks_the_next_one(tmp_path, replay):
 
     from pipeline.config import load_settings
     from pipeline.orchestration.instance import ensure_instance
-    from sensors.reaper import worker
+    from pipeline.orchestration.reaper import worker
     from tests.daemon import replay_env
 
     env = replay_env(tmp_path, replay)

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
 
+from pipeline.markets import Market
 from tests.test_warehouse import WHERE, klines
 from warehouse import Replacement, Warehouse
 
@@ -28,9 +25,10 @@ def test_purge_deletes_only_finished_live_runs(tmp_path: Path):
             )
             return run.run_id
 
-        live_done = add({"signalbox/live": "1"}, dg.DagsterRunStatus.SUCCESS)
-        live_failed = add({"signalbox/live": "1"}, dg.DagsterRunStatus.FAILURE)
-        live_running = add({"signalbox/live": "1"}, dg.DagsterRunStatus.STARTED)
+        sensor = {"signalbox/sensor": "live_candles", "signalbox/mode": "live"}
+        live_done = add(sensor, dg.DagsterRunStatus.SUCCESS)
+        live_failed = add({"signalbox/live": "1"}, dg.DagsterRunStatus.FAILURE)  # older tag
+        live_running = add(sensor, dg.DagsterRunStatus.STARTED)
         backfill = add({"dagster/backfill": "x"}, dg.DagsterRunStatus.SUCCESS)
         report = add({}, dg.DagsterRunStatus.SUCCESS)
         # Nothing is old enough yet.
@@ -68,11 +66,6 @@ def test_gap_scan_finds_lost_minutes_but_not_exchange_gaps(tmp_path: Path):
             Replacement("kline_gaps", gaps, WHERE, span),
         ]
     )
-    env = dict(os.environ, SIGNALBOX_HOME=str(home), SIGNALBOX_SOURCE="replay")
-    code = (
-        "import json; from sensors.repair import unexplained_gaps; "
-        "print(json.dumps(unexplained_gaps(5)))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == {"2024-03-01": 3}
+    from sensors.repair import unexplained_gaps
+
+    assert unexplained_gaps(wh, [Market("bybit", "BTCUSDT")], 5) == {"2024-03-01": 3}

@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 
 from pipeline.runtime.backfill import BACKFILL_ASSETS
-from tests.daemon import replay_env, write_config
+from tests.daemon import write_config
 
 NOW = "2024-01-05T03:53:30Z"  # the replay exchange's clock
 
@@ -30,23 +30,20 @@ def test_every_run_kind_has_a_named_job():
 
 
 @pytest.fixture
-def sensor_env(tmp_path, monkeypatch, replay_factory):
-    """The process-wide settings and exchange client the sensor uses, for a replay exchange
-    living at NOW (and restored afterwards)."""
-    from assets.common import endpoint
-    from pipeline.config import settings
-    from sensors import live
+def sensor_resources(tmp_path, replay_factory):
+    """The live sensor's resources, for a replay exchange living at NOW, passed in-process."""
+    from pipeline.orchestration.resources import resources
 
     ex = replay_factory(clock_start=NOW)
     cfg = write_config(tmp_path, history_days=0)
-    for k, v in {**replay_env(tmp_path, ex), "SIGNALBOX_CONFIG": str(cfg)}.items():
-        monkeypatch.setenv(k, v)
-    caches = [settings, endpoint, live._client]
-    for c in caches:
-        c.cache_clear()
-    yield ex
-    for c in caches:
-        c.cache_clear()
+    endpoint = {
+        "kind": "replay",
+        "rest_url": ex.rest_url,
+        "ws_url": ex.ws_url,
+        "warehouse_id": "replay",
+        "label": "replay seed=7",
+    }
+    return resources(config_path=str(cfg), endpoint=json.dumps(endpoint))
 
 
 def _stored_up_to(instance: dg.DagsterInstance, last_open: str) -> None:
@@ -57,16 +54,17 @@ def _stored_up_to(instance: dg.DagsterInstance, last_open: str) -> None:
     )
 
 
-def test_a_live_run_request_carries_a_few_readable_tags(sensor_env):
+def test_a_live_run_request_carries_a_few_readable_tags(sensor_resources):
     from sensors.live import live_candles
 
     with dg.instance_for_test() as instance:
         _stored_up_to(instance, "2024-01-05T03:51:00+00:00")
-        result = live_candles(dg.build_sensor_context(instance=instance))
+        with dg.build_sensor_context(instance=instance, resources=sensor_resources) as ctx:
+            result = live_candles(ctx)
     (req,) = result.run_requests
     assert req.partition_key == "2024-01-05"
     assert req.tags == {
-        "signalbox/live": "1",
+        "signalbox/sensor": "live_candles",
         "signalbox/mode": "live",
         "signalbox/candles": "03:52",
         "dagster/max_runtime": "900",
@@ -81,7 +79,7 @@ def test_a_live_run_request_carries_a_few_readable_tags(sensor_env):
     assert ops["signals"]["config"] == {"exchange_now": "2024-01-05T03:53:00+00:00"}
 
 
-def test_the_live_sensor_resumes_after_what_a_backfill_stored(sensor_env):
+def test_the_live_sensor_resumes_after_what_a_backfill_stored(sensor_resources):
     """A cursor from before a backfill (e.g. `up`'s catch-up) is not replayed: with nothing in
     flight the sensor resumes from the last stored candle. (The cursor names a symbol alone,
     as before venues: it is Bybit's.)"""
@@ -90,7 +88,9 @@ def test_the_live_sensor_resumes_after_what_a_backfill_stored(sensor_env):
     cursor = json.dumps({"symbols": {"BTCUSDT": "2024-01-05T01:00:00+00:00"}, "checked_at": 1.0})
     with dg.instance_for_test() as instance:
         _stored_up_to(instance, "2024-01-05T03:40:00+00:00")
-        result = live_candles(dg.build_sensor_context(instance=instance, cursor=cursor))
+        ctx = dg.build_sensor_context(instance=instance, cursor=cursor, resources=sensor_resources)
+        with ctx:
+            result = live_candles(ctx)
     (req,) = result.run_requests
     window = req.run_config["ops"]["klines_1m"]["config"]
     assert window["start"] == "2024-01-05T03:41:00+00:00"
@@ -108,8 +108,8 @@ def test_the_run_launcher_logs_the_worker_pid_as_an_event_not_a_tag():
 
     from dagster._core.events import EngineEventData
 
+    from pipeline.orchestration.reaper import WORKER_PID, WORKER_SEEN_AT, worker
     from pipeline.runtime import pids
-    from sensors.reaper import WORKER_PID, WORKER_SEEN_AT, worker
 
     with dg.instance_for_test() as instance:
         run = instance.create_run_for_job(dg.GraphDefinition("g").to_job(), run_id=None)

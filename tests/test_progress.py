@@ -1,12 +1,14 @@
-"""Progress of a backfill as people see it: every long step draws a bar, and the lines between
-them (steps, check results, pool waits) follow without blank lines, on a terminal or not."""
+"""Progress of a backfill as people see it: every long step draws a bar (from the structured
+records its run appends), and the lines between them (steps, check results, pool waits) follow
+without blank lines, on a terminal or not."""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 from pipeline.runtime.backfill import render
-from pipeline.runtime.progress import Reporter, line
+from pipeline.runtime.progress import Follower, Reporter, append
 
 RUN = "5d6e7473-383d-4656-bf6c-edc6dc444aa2"
 STEPS = {"klines_1m": "minutes", "candles": "days", "indicators": "timeframes",
@@ -24,18 +26,38 @@ def _dagster_log(step: str, level: str, event: str) -> str:
     return head + (f"2209 - {step} - {event}" if level == "DEBUG" else f"{step} - {event}")
 
 
-def _run_output() -> list[str]:
-    out = []
-    for step, unit in STEPS.items():
-        out.append(_dagster_log(step, "DEBUG", f'STEP_START - Started execution of step "{step}".'))
-        for done in (1, 2, 3):
-            out.append(_dagster_log(step, "INFO", line(done, 3, unit, f"part {done}")))
-        for check in ("ohlc_sane", "no_duplicates"):
-            out.append(_dagster_log(step, "DEBUG", (
-                f"ASSET_CHECK_EVALUATION - Asset check '{check}' on '{step}' passed. "
-                "Description: 'fine'")))  # fmt: skip
-    out.append(_dagster_log("signals", "INFO", "waiting for the duckdb pool: run 1234 is writing"))
-    return [x + "\n" for x in out]
+class Run:
+    """A run as `signalbox backfill` sees it: Dagster's output, line by line, and the progress
+    records the run's steps append (each report before its log line, as `Reporter` does)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.records = tmp / "progress.jsonl"
+        self.progress = Follower(self.records)
+
+    def output(self):
+        def say(step: str, unit: str):
+            def log(text: str) -> str:
+                return _dagster_log(step, "INFO", text) + "\n"
+
+            lines: list[str] = []
+            rep = Reporter(
+                lambda t: lines.append(log(t)), unit, 3, every_s=0, step=step,
+                record=lambda rec: append(self.records, rec),
+            )  # fmt: skip
+            return rep, lines
+
+        for step, unit in STEPS.items():
+            yield _dagster_log(step, "DEBUG", f'STEP_START - Started execution of step "{step}".')
+            rep, lines = say(step, unit)
+            for done in (1, 2, 3):
+                rep(done, f"part {done}")
+                yield from lines
+                lines.clear()
+            for check in ("ohlc_sane", "no_duplicates"):
+                yield _dagster_log(step, "DEBUG", (
+                    f"ASSET_CHECK_EVALUATION - Asset check '{check}' on '{step}' passed. "
+                    "Description: 'fine'"))  # fmt: skip
+        yield _dagster_log("signals", "INFO", "waiting for the duckdb pool: run 1234 is writing")
 
 
 def _shown(stream: io.StringIO) -> list[str]:
@@ -43,9 +65,10 @@ def _shown(stream: io.StringIO) -> list[str]:
     return [x.rsplit("\r", 1)[-1].replace("\x1b[K", "") for x in stream.getvalue().split("\n")]
 
 
-def test_a_terminal_gets_a_bar_per_step_and_no_blank_lines():
+def test_a_terminal_gets_a_bar_per_step_and_no_blank_lines(tmp_path):
     tty = Terminal()
-    failed, _ = render(_run_output(), out=tty)
+    run = Run(tmp_path)
+    failed, _ = render(run.output(), out=tty, progress=run.progress)
     shown = _shown(tty)
     assert not failed
     assert shown[-1] == ""  # the output ends with a newline ...
@@ -63,9 +86,10 @@ def test_a_terminal_gets_a_bar_per_step_and_no_blank_lines():
     assert shown[-2] == "  waiting for the duckdb pool: run 1234 is writing"
 
 
-def test_a_pipe_gets_every_progress_line_and_no_blank_lines():
+def test_a_pipe_gets_every_progress_line_and_no_blank_lines(tmp_path):
     pipe = io.StringIO()
-    render(_run_output(), out=pipe)
+    run = Run(tmp_path)
+    render(run.output(), out=pipe, progress=run.progress)
     text = pipe.getvalue()
     assert "\r" not in text and "\x1b" not in text
     lines = text.split("\n")
@@ -83,6 +107,24 @@ def test_reporter_throttles_but_always_says_the_last_unit():
     Reporter(said.append, "days", 2, every_s=0)(1)
     assert said == ["progress 1/2 days (50%)"]
     said.clear()
+    records: list[dict] = []
+    Reporter(said.append, "days", 2, every_s=0, step="candles", record=records.append)(2, "x")
+    assert records == [{"step": "candles", "done": 2, "total": 2, "unit": "days", "note": "x"}]
+    assert said == ["progress 2/2 days (100%) x"]
+    said.clear()
     quiet = Reporter(said.append, "days", 1, enabled=False)
     quiet(1)
     assert said == []
+
+
+def test_progress_records_are_read_once_and_a_partial_line_waits(tmp_path):
+    path = tmp_path / "progress.jsonl"
+    follow = Follower(path)
+    assert follow() == []  # no file yet: the run has not reported
+    append(path, {"done": 1})
+    with path.open("a") as f:
+        f.write('{"done": 2')  # a record being written
+    assert follow() == [{"done": 1}]
+    with path.open("a") as f:
+        f.write("}\n")
+    assert follow() == [{"done": 2}] and follow() == []

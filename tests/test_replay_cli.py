@@ -59,3 +59,25 @@ def test_bad_clock_start_fails_with_a_message(home):
     proc = start(home, "--port", "0", "--clock-start", "noon")
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 2 and "ISO 8601" in err
+
+
+@pytest.mark.timeout(60)
+def test_the_ready_record_names_the_url_and_pid_once_serving(home, tmp_path):
+    import json
+    import time
+
+    ready = tmp_path / "ready.json"
+    proc = start(home, "--port", "0", "--ready", str(ready))
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        rec = json.loads(ready.read_text())
+        assert rec["pid"] == proc.pid and not rec["rest_url"].endswith(":0")
+        assert rec["ws_url"] == rec["rest_url"].replace("http://", "ws://") + "/v5/public/linear"
+        assert rec["hyperliquid_ws_url"] == rec["rest_url"].replace("http://", "ws://") + "/ws"
+        health = requests.get(f"{rec['rest_url']}/_replay/health", timeout=5).json()
+        assert health["ok"] and "BTC" in health["coins"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)

@@ -15,7 +15,8 @@ import pytest
 
 from pipeline.config import Settings
 from pipeline.sidecar.files import UnsafePath
-from pipeline.sidecar.outbox import publish, segment_name
+from pipeline.sidecar.outbox import publish
+from pipeline.sidecar.segments import segment_name
 from pipeline.sidecar.server import Refused, serve
 
 pytest_plugins = ["tests.fx_sidecar"]

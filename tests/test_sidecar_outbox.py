@@ -15,7 +15,8 @@ import pytest
 
 from pipeline.config import REPO_ROOT
 from pipeline.sidecar import outbox
-from pipeline.sidecar.outbox import Tail, publish, segments
+from pipeline.sidecar.outbox import publish
+from pipeline.sidecar.segments import Tail, latest_from_state, read_state, segments
 
 pytest_plugins = ["tests.fx_sidecar"]
 
@@ -192,8 +193,8 @@ def test_outbox_is_bounded_and_keeps_latest_and_dedup_across_compaction(signals,
     assert publish(s, sigs) == []
     # the latest signal of every key is still known: checkpoint, then the segments after it
     latest: dict = {}
-    state = outbox.read_state(s.outbox_dir)
-    for e in [*outbox.latest_from_state(state), *Tail(s.outbox_dir).read()]:
+    state = read_state(s.outbox_dir)
+    for e in [*latest_from_state(state), *Tail(s.outbox_dir).read()]:
         latest[e.key] = max(latest.get(e.key, 0), e.seq)
     assert latest == {
         (f"bybit:{sig['symbol']}", sig["personality"], sig["timeframe"]): seq

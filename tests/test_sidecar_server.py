@@ -16,8 +16,9 @@ import time
 import pytest
 
 from pipeline.sidecar.client import Client, SidecarError
-from pipeline.sidecar.outbox import WAKE, poke, publish, segments
+from pipeline.sidecar.outbox import poke, publish
 from pipeline.sidecar.protocol import unix_address
+from pipeline.sidecar.segments import WAKE, segments
 
 pytest_plugins = ["tests.fx_sidecar"]
 

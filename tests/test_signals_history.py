@@ -17,8 +17,8 @@ from pipeline.candles.timeframes import to_ms
 from pipeline.config import Settings
 from pipeline.indicators import compute_indicators
 from pipeline.replay import synthetic
+from pipeline.strategy.bars import Bars
 from pipeline.strategy.personality import Personality, load_personality, personality_from_dict
-from pipeline.strategy.rules import SUBSIGNALS, Bars, SubSignal
 from pipeline.strategy.signals import (
     check_signals,
     check_signals_lookahead,
@@ -29,6 +29,7 @@ from pipeline.strategy.signals import (
     signal_input_window,
     signals_for_partition,
 )
+from pipeline.strategy.votes import SUBSIGNALS, SubSignal
 from tests.conftest import SEED
 
 UTC = dt.UTC

@@ -13,6 +13,14 @@ import pytest
 import yaml
 
 from pipeline.config import Settings
+from pipeline.strategy.bars import (
+    Bars,
+    rolling_max,
+    rolling_mean,
+    rolling_min,
+    rolling_std,
+    rolling_sum,
+)
 from pipeline.strategy.personality import (
     PERSONALITY_DIR,
     PersonalityError,
@@ -20,17 +28,7 @@ from pipeline.strategy.personality import (
     load_personality,
     personality_from_dict,
 )
-from pipeline.strategy.rules import (
-    Bars,
-    RuleError,
-    Schema,
-    compile_condition,
-    rolling_max,
-    rolling_mean,
-    rolling_min,
-    rolling_std,
-    rolling_sum,
-)
+from pipeline.strategy.rules import RuleError, Schema, compile_condition
 
 TIMEFRAMES = Settings().timeframes
 COLUMNS = {"open", "high", "low", "close", "volume", "ema_9", "ema_21", "rsi_14", "bb_squeeze"}

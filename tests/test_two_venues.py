@@ -60,13 +60,13 @@ def store_1m(wh: Warehouse, venue: str, series: str, factor: float) -> None:
     )
 
 
-def build(wh: Warehouse, venue: str) -> None:
+def build(wh: Warehouse, venue: str, first: dt.datetime = START, days: int = DAYS) -> None:
     """Candles, indicators and signals of every day, for one venue (what the assets run)."""
     spec = load_spec()
     personalities = load_personalities(PERSONALITIES, TIMEFRAMES)
     names = [p.name for p in personalities]
-    for i in range(DAYS):
-        start, end = START + i * DAY, START + (i + 1) * DAY
+    for i in range(days):
+        start, end = first + i * DAY, first + (i + 1) * DAY
         write_candles(wh, [build_candles(wh, venue, start, end, TIMEFRAMES)], start, end)
         ind, checks = build_indicators(wh, venue, [start.date()], end, TIMEFRAMES, spec)
         failed = [o.description for found in checks.values() for o in found if not o.passed]
@@ -106,3 +106,31 @@ def test_two_venues_share_a_warehouse_without_disturbing_each_other(tmp_path: Pa
     rebuilt = rows(wh, "bybit")
     ratio = rebuilt["candles"]["close"] / bybit["candles"]["close"]
     assert (ratio - 1.01).abs().max() < 1e-9  # and Bybit's did change (tolerance: float noise)
+
+
+def test_both_venues_backfill_through_the_replay_into_one_warehouse(
+    tmp_path: Path, monkeypatch, replay_factory
+):
+    """The real ingest from the replay exchange's two faces (Bybit REST, Hyperliquid /info) into
+    one warehouse; re-ingesting and rebuilding Bybit leaves Hyperliquid's rows untouched."""
+    from pipeline.exchanges.ingest import ingest
+    from pipeline.exchanges.sources import warehouse_for
+    from pipeline.markets import Market
+    from tests.test_catchup import NOW, Home
+
+    markets = {"bybit": ["BTCUSDT"], "hyperliquid": ["BTC"]}
+    home = Home(tmp_path, replay_factory(clock_start=NOW), monkeypatch, exchanges=markets)
+    day = dt.datetime(2024, 1, 3, tzinfo=dt.UTC)
+    summary = ingest(home.settings, home.ep, day, day + DAY)
+    both = [Market("bybit", "BTCUSDT"), Market("hyperliquid", "BTC")]
+    assert summary.rows_by_market == dict.fromkeys(both, 1440)
+    wh = warehouse_for(home.settings, home.ep)
+    for venue in markets:
+        build(wh, venue, day, 1)
+    hyper = rows(wh, "hyperliquid")
+    assert hyper["klines_1m"].height == 1440 and hyper["candles"].height > 1440
+    ingest(home.settings, home.ep, day, day + DAY, markets=both[:1])  # Bybit again, alone
+    build(wh, "bybit", day, 1)
+    again = rows(wh, "hyperliquid")
+    for t, frame in hyper.items():
+        assert again[t].equals(frame), t

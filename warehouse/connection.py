@@ -1,8 +1,9 @@
 """Short-lived DuckDB connections that wait politely for another process's lock.
 
 DuckDB lets one process at a time hold a file (readers included), so every caller opens,
-works and closes. A conflicting lock is retried with exponential backoff and jitter for a
-bounded time; after that the error says which process holds the file and how to proceed.
+works and closes. A conflicting lock is retried (tenacity) with exponential backoff and
+jitter for a bounded time; after that the error says which process holds the file and how
+to proceed.
 
 A `sealed` connection is what people's SQL runs on: read-only, and unable to reach any
 other file (no ATTACH, COPY TO, EXPORT, read_csv of arbitrary paths, INSTALL/LOAD), with
@@ -70,29 +71,11 @@ def connect(
 
     `sealed` (read-only only): the connection can read `path` and nothing else, for good.
     """
-    import duckdb
-
     if sealed and not read_only:
         raise ValueError("a sealed connection is read-only: pass read_only=True")
     config = dict(SEALED_CONFIG) if sealed else {}
     wait_s = LOCK_WAIT_S if wait_s is None else wait_s
-    deadline = time.monotonic() + wait_s
-    delay = 0.02
-    while True:
-        try:
-            con = duckdb.connect(str(path), read_only=read_only, config=config)
-            break
-        except duckdb.IOException as err:
-            if not is_lock_error(err):
-                raise
-            if time.monotonic() >= deadline:
-                raise WarehouseBusy(
-                    f"warehouse file {path} is locked by {lock_holder(str(err))} and stayed "
-                    f"locked for {wait_s:.0f} s. DuckDB admits one process per file: close that "
-                    "program (or query the read replica instead, e.g. `signalbox sql`)."
-                ) from None
-            time.sleep(min(delay, max(deadline - time.monotonic(), 0)) * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, 1.0)
+    con = _open_waiting(path, read_only, config, wait_s)
     try:
         con.execute("SET TimeZone = 'UTC'")  # needs ICU loaded, so not part of `config`
         if sealed:
@@ -100,3 +83,35 @@ def connect(
         yield con
     finally:
         con.close()
+
+
+def _open_waiting(
+    path: Path, read_only: bool, config: dict[str, bool | str], wait_s: float
+) -> duckdb.DuckDBPyConnection:
+    """duckdb.connect, retrying lock conflicts (only those) with exponential backoff from
+    20 ms to 1 s, each wait jittered by x0.5-1.5 and cut to the time left, for `wait_s`."""
+    import duckdb
+    import tenacity
+
+    deadline = time.monotonic() + wait_s
+    backoff = tenacity.wait_exponential(multiplier=0.02, max=1.0)
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        left = max(deadline - time.monotonic(), 0)
+        return min(backoff(state), left) * random.uniform(0.5, 1.5)
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(
+            lambda e: isinstance(e, duckdb.IOException) and is_lock_error(e)
+        ),
+        stop=lambda _: time.monotonic() >= deadline,
+        wait=wait,
+    )
+    try:
+        return retrying(duckdb.connect, str(path), read_only=read_only, config=config)
+    except tenacity.RetryError as err:
+        raise WarehouseBusy(
+            f"warehouse file {path} is locked by {lock_holder(str(err.last_attempt.exception()))}"
+            f" and stayed locked for {wait_s:.0f} s. DuckDB admits one process per file: close"
+            " that program (or query the read replica instead, e.g. `signalbox sql`)."
+        ) from None

@@ -22,28 +22,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pipeline.backtest.params import BacktestParams, ParamError
+from pipeline.candles.timeframes import MINUTE_US, from_us, to_us
 
 if TYPE_CHECKING:
     import numpy as np
     import polars as pl
 
-MINUTE_US = 60_000_000
 _CANDLE_COLS = ("open_time", "open", "high", "low", "close")
 _SIGNAL_COLS = ("close_time", "action")
-
-
-def to_us(v: dt.datetime | dt.date | None) -> int | None:
-    if v is None:
-        return None
-    if not isinstance(v, dt.datetime):
-        v = dt.datetime(v.year, v.month, v.day, tzinfo=dt.UTC)
-    if v.tzinfo is None:
-        v = v.replace(tzinfo=dt.UTC)
-    return round(v.timestamp() * 1_000_000)
-
-
-def us_to_datetime(us: int) -> dt.datetime:
-    return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=int(us))
 
 
 @dataclass
@@ -77,11 +63,11 @@ class Market:
 
     @property
     def start(self) -> dt.datetime:
-        return us_to_datetime(self.start_us)
+        return from_us(self.start_us)
 
     @property
     def end(self) -> dt.datetime:
-        return us_to_datetime(self.end_us)
+        return from_us(self.end_us)
 
     def window(
         self, start: dt.datetime | dt.date | None, end: dt.datetime | dt.date | None
@@ -89,25 +75,25 @@ class Market:
         """The same market over another window (arrays shared, not copied)."""
         import numpy as np
 
-        s = to_us(start)
-        e = to_us(end)
+        s = None if start is None else to_us(start)
+        e = None if end is None else to_us(end)
         if not len(self.times):
             raise ParamError("empty window: the candles frame has no rows")
         s = int(self.times[0]) if s is None else s
         e = int(self.times[-1]) + MINUTE_US if e is None else e
         if s >= e:
             raise ParamError(
-                f"empty window: start {us_to_datetime(s).isoformat()} is not before end "
-                f"{us_to_datetime(e).isoformat()}; give start < end (end is exclusive)"
+                f"empty window: start {from_us(s).isoformat()} is not before end "
+                f"{from_us(e).isoformat()}; give start < end (end is exclusive)"
             )
         i0 = int(np.searchsorted(self.times, s, "left"))
         i1 = int(np.searchsorted(self.times, e, "left"))
         if i1 <= i0:
             raise ParamError(
-                f"empty window: no 1m candles with open_time in [{us_to_datetime(s).isoformat()}, "
-                f"{us_to_datetime(e).isoformat()}); the candles cover "
-                f"{us_to_datetime(int(self.times[0])).isoformat()} to "
-                f"{us_to_datetime(int(self.times[-1]) + MINUTE_US).isoformat()}"
+                f"empty window: no 1m candles with open_time in [{from_us(s).isoformat()}, "
+                f"{from_us(e).isoformat()}); the candles cover "
+                f"{from_us(int(self.times[0])).isoformat()} to "
+                f"{from_us(int(self.times[-1]) + MINUTE_US).isoformat()}"
             )
         return dataclasses.replace(self, start_us=s, end_us=e, i0=i0, i1=i1, _atr=self._atr)
 

@@ -315,3 +315,12 @@ def by_confidence(trades: pl.DataFrame) -> pl.DataFrame:
         .sort("bucket")
         .drop("bucket")
     )
+
+
+def tables(res: BacktestResult) -> dict[str, pl.DataFrame]:
+    """By exit reason, by month and by confidence bucket."""
+    return {
+        "by_exit_reason": by_exit_reason(res.trades),
+        "by_month": by_month(res.trades, res.times, res.equity),
+        "by_confidence": by_confidence(res.trades),
+    }

@@ -101,11 +101,11 @@ def candles_png(
     """Candlesticks of `period` (resampled to at most ~160 candles) with entries and exits."""
     import numpy as np
 
-    from pipeline.backtest.market import to_us
+    from pipeline.candles.timeframes import MINUTE_US, to_us
 
     plt = _plt()
     start, end = period or default_period(res)
-    s_us, e_us = to_us(start) or res.market.start_us, to_us(end) or res.market.end_us
+    s_us, e_us = to_us(start), to_us(end)
     m = res.market
     times = res.times
     sel = slice(int(np.searchsorted(times, s_us)), int(np.searchsorted(times, e_us)))
@@ -113,9 +113,9 @@ def candles_png(
     fig, ax = plt.subplots(figsize=(10, 4.5))
     if len(t):
         w = slice(m.i0 + sel.start, m.i0 + sel.stop)
-        minutes = max((e_us - s_us) // 60_000_000, 1)
+        minutes = max((e_us - s_us) // MINUTE_US, 1)
         step = next((s for s in CANDLE_STEPS_MIN if minutes / s <= MAX_CANDLES), 10080)
-        step_us = step * 60_000_000
+        step_us = step * MINUTE_US
         bucket = t // step_us
         first = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
         last = np.r_[first[1:] - 1, len(t) - 1]

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.backtest import metrics
+
 if TYPE_CHECKING:
     import polars as pl
 
@@ -235,7 +237,7 @@ def report_html(
         )
         parts.append(f"<table><tr><th colspan='2'>{section}</th></tr>{rows}</table>")
     parts.append("</div>")
-    tables = res.tables()
+    tables = metrics.tables(res)
     for name, heading in (
         ("by_exit_reason", "By exit reason"),
         ("by_month", "By month"),
@@ -323,7 +325,7 @@ def summary(
         "symbol": res.symbol,
         "timeframes": list(timeframes or [res.timeframe]),
         "metrics": res.metrics,
-        "by_exit_reason": res.tables()["by_exit_reason"].drop("both_touched").to_dicts(),
+        "by_exit_reason": metrics.tables(res)["by_exit_reason"].drop("both_touched").to_dicts(),
         "report": str(html_path) if html_path else None,
     }
 

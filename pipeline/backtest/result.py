@@ -13,8 +13,9 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pipeline.backtest.market import MINUTE_US, Market
+from pipeline.backtest.market import Market
 from pipeline.backtest.params import BacktestParams
+from pipeline.candles.timeframes import MINUTE_US
 
 if TYPE_CHECKING:
     import numpy as np
@@ -162,16 +163,6 @@ class BacktestResult:
             "pnl",
             "exit_reason",
         )
-
-    def tables(self) -> dict[str, pl.DataFrame]:
-        """By exit reason, by month and by confidence bucket."""
-        from pipeline.backtest import metrics
-
-        return {
-            "by_exit_reason": metrics.by_exit_reason(self.trades),
-            "by_month": metrics.by_month(self.trades, self.times, self.equity),
-            "by_confidence": metrics.by_confidence(self.trades),
-        }
 
 
 def trades_table(m: Market, raw: RawRun) -> pl.DataFrame:

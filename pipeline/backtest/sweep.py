@@ -128,7 +128,7 @@ def walk_forward(
     """Per-fold out-of-sample metrics side by side (one row per fold)."""
     import polars as pl
 
-    from pipeline.backtest.market import us_to_datetime
+    from pipeline.candles.timeframes import from_us
 
     base = params or BacktestParams()
     m = prepare(candles, signals, start=start, end=end)
@@ -140,9 +140,9 @@ def walk_forward(
     prev: Market | None = None
     for i, (s, e) in enumerate(fold_bounds(m, folds)):
         try:
-            fold = m.window(us_to_datetime(s), us_to_datetime(e))
+            fold = m.window(from_us(s), from_us(e))
         except ParamError:  # a fold inside a data gap
-            rows.append({"fold": i + 1, "start": us_to_datetime(s), "end": us_to_datetime(e)})
+            rows.append({"fold": i + 1, "start": from_us(s), "end": from_us(e)})
             continue
         in_sample: float | None = None
         if grid and prev is not None:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from pipeline.exchanges.protocol import Exchange
     from pipeline.exchanges.sources import Endpoint
 
-KNOWN = ("bybit",)  # every module here with a `connect`; extend when adding a venue
+KNOWN = ("bybit", "hyperliquid")  # every module here with a `connect`; extend when adding a venue
 
 
 def client(name: str, settings: Settings, endpoint: Endpoint) -> Exchange:

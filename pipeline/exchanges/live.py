@@ -45,10 +45,6 @@ class Chunk:
         return f"live:{self.start:%Y%m%dT%H%M}:{self.end:%Y%m%dT%H%M}:{attempt}"
 
 
-def floor_minute(t: dt.datetime) -> dt.datetime:
-    return t.replace(second=0, microsecond=0)
-
-
 def plan(
     newest_closed: dt.datetime,
     resume_from: dt.datetime,

@@ -83,22 +83,15 @@ def reachable(rest_url: str, timeout_s: float) -> bool:
 def probe_with_backoff(
     rest_url: str, timeout_s: float, attempts: int, say: Say | None = None
 ) -> Probe:
-    """Probe up to `attempts` times with exponential backoff; the last result."""
-    from tenacity import Retrying, retry_if_result, stop_after_attempt, wait_exponential
+    """Probe up to `attempts` times with the retry policy's backoff; the last result."""
+    from pipeline.exchanges.retry import Policy, until_ok
 
-    def before_sleep(state) -> None:  # tenacity.RetryCallState
+    def retrying(p: Probe, attempt: int) -> None:
         if say:
-            p = state.outcome.result()
-            say(f"{rest_url}: {p.detail} (attempt {state.attempt_number}/{attempts}); retrying…")
+            say(f"{rest_url}: {p.detail} (attempt {attempt}/{attempts}); retrying…")
 
-    retrying = Retrying(
-        stop=stop_after_attempt(attempts),
-        wait=wait_exponential(multiplier=0.5, max=4),
-        retry=retry_if_result(lambda p: not p.ok),
-        before_sleep=before_sleep,
-        retry_error_callback=lambda state: state.outcome.result(),
-    )
-    return retrying(probe, rest_url, timeout_s)
+    policy = Policy(backoff_s=0.5, backoff_cap_s=4.0)
+    return until_ok(lambda: probe(rest_url, timeout_s), lambda p: p.ok, attempts, policy, retrying)
 
 
 def _slug(text: str) -> str:

@@ -16,9 +16,9 @@ from pipeline.indicators.compute import (
     compute_series,
     first_row_arrays,
     prepare,
-    utc_times,
 )
 from pipeline.indicators.custom import Context
+from pipeline.indicators.history import utc_times
 from pipeline.indicators.spec import IndicatorSpec, load_spec
 from pipeline.quality.checks import FLOAT_RTOL, MAX_LISTED, CheckOutcome
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.candles.timeframes import as_timeframe, day_bounds_ms, from_ms
 from pipeline.indicators.custom import CUSTOM, Context
-from pipeline.indicators.history import JOINED, WHOLE, history_flags, segments
+from pipeline.indicators.history import JOINED, WHOLE, history_flags, segments, utc_times
 from pipeline.indicators.spec import CANDLE_INPUTS, Indicator, IndicatorSpec, load_spec
 
 if TYPE_CHECKING:
@@ -144,22 +144,6 @@ def compute_series(
             pending.update(dict.fromkeys(ind.outputs, fut))
         values.update({c: f.result()[c] for c, f in pending.items()})
     return {c: values[c] for c in spec.columns}
-
-
-def utc_times(frame: pl.DataFrame, *names: str) -> list[pl.Expr]:
-    """Time columns as Datetime("us", "UTC") whatever zone DuckDB or a caller gave them."""
-    import polars as pl
-
-    out = []
-    for c in names:
-        tz = getattr(frame.schema[c], "time_zone", None)
-        e = (
-            pl.col(c).dt.replace_time_zone("UTC")
-            if tz is None
-            else pl.col(c).dt.convert_time_zone("UTC")
-        )
-        out.append(e.dt.cast_time_unit("us"))
-    return out
 
 
 @dataclass(frozen=True)

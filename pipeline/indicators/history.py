@@ -64,8 +64,6 @@ def mark_history(
     import numpy as np
     import polars as pl
 
-    from pipeline.indicators.compute import utc_times
-
     df = candles.with_columns(utc_times(candles, "open_time", "close_time"))
     if df.is_empty():
         return df.with_columns(pl.lit(True).alias(WHOLE), pl.lit(True).alias(JOINED))
@@ -198,3 +196,19 @@ def segments(whole: np.ndarray | None, joined: np.ndarray | None) -> list[tuple[
     first = rows[np.r_[0, cut]]
     last = rows[np.r_[cut - 1, len(rows) - 1]] + 1
     return list(zip(first.tolist(), last.tolist(), strict=True))
+
+
+def utc_times(frame: pl.DataFrame, *names: str) -> list[pl.Expr]:
+    """Time columns as Datetime("us", "UTC") whatever zone DuckDB or a caller gave them."""
+    import polars as pl
+
+    out = []
+    for c in names:
+        tz = getattr(frame.schema[c], "time_zone", None)
+        e = (
+            pl.col(c).dt.replace_time_zone("UTC")
+            if tz is None
+            else pl.col(c).dt.convert_time_zone("UTC")
+        )
+        out.append(e.dt.cast_time_unit("us"))
+    return out

@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import REPO_ROOT, ConfigError, Settings
+from pipeline.orchestration import tags
 
 POOL = "duckdb"
 
@@ -43,11 +44,11 @@ INSTANCE_CONFIG = {
     },
     "concurrency": {
         "pools": {"default_limit": 1, "granularity": "op"},
-        # Live runs one at a time, in order: a minute is never checked before the one
-        # before it has been written.
+        # The live sensor's runs one at a time, in order: a minute is never checked before
+        # the one before it has been written.
         "runs": {
             "max_concurrent_runs": 4,
-            "tag_concurrency_limits": [{"key": "signalbox/live", "limit": 1}],
+            "tag_concurrency_limits": [{"key": tags.SENSOR, "value": tags.LIVE_SENSOR, "limit": 1}],
         },
     },
     "sensors": {"use_threads": True, "num_workers": 4},
@@ -88,8 +89,21 @@ def ensure_instance(settings: Settings) -> Path:
             "(see pipeline/orchestration/instance.py).\n"
         )
         cfg.write_text(header + yaml.safe_dump(INSTANCE_CONFIG, sort_keys=False))
+    else:
+        _upgrade_live_limit(cfg)
     init_storage(home)
     return home
+
+
+def _upgrade_live_limit(cfg: Path) -> None:
+    """A dagster.yaml written before the live sensor's runs were tagged `signalbox/sensor`
+    limits the old `signalbox/live` tag, which no run carries any more: limit the new one."""
+    text = cfg.read_text()
+    old = f"key: {tags.LEGACY_LIVE[0]}\n"
+    if old in text:
+        indent = " " * len(text.split(old, 1)[0].rsplit("\n", 1)[-1])  # "    - " as spaces
+        new = f"key: {tags.SENSOR}\n{indent}value: {tags.LIVE_SENSOR}\n"
+        cfg.write_text(text.replace(old, new, 1))
 
 
 def _stamp() -> str:

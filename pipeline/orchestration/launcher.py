@@ -7,8 +7,8 @@ with those imports already done, and forks each run from it. The run then execut
 in `dagster api execute_run` (same code path, same events), in its own process.
 
 The forkserver is rebuilt when the project's code or configuration changes, so edits are
-picked up like with the default launcher. Worker health is judged as in sensors/reaper.py
-(the pid and start time of the run's process), so the monitoring daemon fails a run whose
+picked up like with the default launcher. Worker health is judged as in reaper.py (the pid
+and start time of the run's process), so the monitoring daemon fails a run whose
 process was killed (and the live sensor plans its minutes again) instead of leaving it STARTED
 forever.
 """
@@ -32,8 +32,8 @@ from dagster._core.launcher import (
 )
 from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
+from pipeline.orchestration.reaper import WORKER_PID, WORKER_SEEN_AT, worker
 from pipeline.runtime import pids
-from sensors.reaper import WORKER_PID, WORKER_SEEN_AT, worker
 
 ROOT = Path(__file__).resolve().parents[2]
 WATCHED = ("pipeline", "assets", "sensors", "warehouse")
@@ -113,15 +113,6 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
             ctx.set_forkserver_preload(self._preload)
             self._ctx, self._stamp = ctx, stamp
         return self._ctx
-
-    def prewarm(self) -> None:
-        """Start the forkserver now, so the first run does not pay for it."""
-        with self._lock:
-            ctx = self._context()
-            from multiprocessing import forkserver
-
-            del ctx
-            forkserver.ensure_running()
 
     def launch_run(self, context: LaunchRunContext) -> None:
         from dagster._serdes import serialize_value

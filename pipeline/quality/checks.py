@@ -51,18 +51,20 @@ def _listed(rows: list[Any]) -> list[str]:
     return [_iso(r) for r in rows[:MAX_LISTED]]
 
 
+def _failed(rows: pl.DataFrame, keys: list[str], message: str, count: str) -> CheckOutcome:
+    """A failed check: its message, how many `rows` failed (metadata `count`) and the keys of
+    the first MAX_LISTED of them."""
+    sample = [", ".join(_iso(v) for v in r) for r in rows.head(MAX_LISTED).select(keys).rows()]
+    return CheckOutcome(False, message, {count: rows.height, "examples": sample})
+
+
 def no_duplicates(frame: pl.DataFrame, keys: list[str]) -> CheckOutcome:
     import polars as pl
 
     dups = frame.group_by(keys).len().filter(pl.col("len") > 1)
     if dups.is_empty():
         return CheckOutcome(True, f"no duplicate {tuple(keys)} among {frame.height} rows")
-    sample = [", ".join(_iso(v) for v in r) for r in dups.head(MAX_LISTED).select(keys).rows()]
-    return CheckOutcome(
-        False,
-        f"{dups.height} duplicated {tuple(keys)} keys",
-        {"duplicates": dups.height, "examples": sample},
-    )
+    return _failed(dups, keys, f"{dups.height} duplicated {tuple(keys)} keys", "duplicates")
 
 
 def ohlc_sane(frame: pl.DataFrame, keys: list[str]) -> CheckOutcome:
@@ -87,12 +89,7 @@ def ohlc_sane(frame: pl.DataFrame, keys: list[str]) -> CheckOutcome:
     )
     if bad.is_empty():
         return CheckOutcome(True, f"OHLC and volume sane on {frame.height} rows")
-    sample = [", ".join(_iso(v) for v in r) for r in bad.head(MAX_LISTED).select(keys).rows()]
-    return CheckOutcome(
-        False,
-        f"{bad.height} rows with inconsistent OHLC/volume",
-        {"bad_rows": bad.height, "examples": sample},
-    )
+    return _failed(bad, keys, f"{bad.height} rows with inconsistent OHLC/volume", "bad_rows")
 
 
 DISPLAY_DIGITS = 6

@@ -1,5 +1,6 @@
-"""The Bybit-compatible replay exchange: v5 REST klines and server time, the public kline
-WebSocket, an exchange clock, late revisions and fault injection, on one loopback port.
+"""The replay exchange: a Bybit face (v5 REST klines, server time, instruments, the public
+kline WebSocket) and a Hyperliquid face (`POST /info`, the `WS /ws` candle channel), with one
+exchange clock, late revisions and fault injection, on one loopback port.
 
     from pipeline.replay import ReplayExchange
     with ReplayExchange(seed=7) as ex:   # ex.rest_url, ex.ws_url

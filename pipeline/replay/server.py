@@ -1,4 +1,5 @@
-"""The replay exchange's server: Bybit v5 REST and public WebSocket on one loopback port.
+"""The replay exchange's server: every venue's face (Bybit v5 REST and public WebSocket,
+Hyperliquid's /info and /ws) on one loopback port.
 
 A small asyncio HTTP/1.1 server (keep-alive, request bodies for the admin endpoints, and
 exact control over broken responses for fault injection) that hands WebSocket upgrades to
@@ -6,7 +7,10 @@ exact control over broken responses for fault injection) that hands WebSocket up
 
     GET  /v5/market/kline           Bybit kline (see market.py for start/end/limit semantics)
     GET  /v5/market/time            the exchange clock
+    GET  /v5/market/instruments-info  the listed symbols (bybit_face.py)
     WS   /v5/public/{linear,spot,inverse,option}
+    POST /info                      Hyperliquid meta, spotMeta, candleSnapshot
+    WS   /ws                        Hyperliquid candle channel (hyperliquid_face.py)
     GET  /_replay/health            {"ok": true, ...}
     GET|POST /_replay/faults        {"rate", "kinds", "duration_s", "count", "long_delay_s",
                                      "delay_s", "clear"} -> the fault plan (faults.py)
@@ -14,9 +18,7 @@ exact control over broken responses for fault injection) that hands WebSocket up
     GET|POST /_replay/clock         {"now" (ms or ISO), "speed", "advance_s"} -> clock state
     GET|POST /_replay/stats         request counts by path and fault kind; {"reset": true}
 
-Request errors are HTTP 200 with a Bybit retCode, as on the real exchange. Parameter errors
-other than Bybit's documented ones ("Invalid period!", "Not supported symbols") use retCode
-10001 with a "params error: ..." message; real Bybit's wording for those is not verified.
+Faults (faults.py) draw from one plan for every market request of every face.
 """
 
 from __future__ import annotations
@@ -25,63 +27,26 @@ import asyncio
 import contextlib
 import importlib
 import json
+import os
 import signal
 import sys
 import threading
-import time
 import traceback
 from collections import Counter
-from http import HTTPStatus
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from pipeline.replay import intervals as iv
-from pipeline.replay import wire
+from pipeline.replay import bybit_face, hyperliquid_face
 from pipeline.replay.clock import ExchangeClock, to_ms
 from pipeline.replay.data import FileSource, Source, make_source
-from pipeline.replay.faults import GROUPS, Fault, Faults, malformed_kline, malformed_time
+from pipeline.replay.faults import Fault, Faults
+from pipeline.replay.http import Reply, http_date, json_reply, parse_head
+from pipeline.replay.hyperliquid_ws import HlWsSession
 from pipeline.replay.market import Market, MarketError
 from pipeline.replay.ws import CHANNELS, WsSession
 
-CATEGORIES = ("spot", "linear", "inverse")
 MAX_HEAD = 64 * 1024
-_GATEWAY = {
-    502: b"<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway"
-    b"</h1></center></body></html>",
-    503: b"<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>",
-    504: b"<html><head><title>504 Gateway Time-out</title></head><body><center><h1>504 Gateway"
-    b" Time-out</h1></center></body></html>",
-    403: b"",
-    429: b"Too Many Requests",
-}
-
-
-class _Reply:
-    __slots__ = ("body", "ctype", "headers", "status")
-
-    def __init__(
-        self,
-        status: int,
-        body: bytes,
-        headers: dict[str, str] | None = None,
-        ctype: str = "application/json; charset=utf-8",
-    ) -> None:
-        self.status, self.body, self.headers, self.ctype = status, body, headers or {}, ctype
-
-    def head(self, length: int | None = None) -> bytes:
-        n = len(self.body) if length is None else length
-        lines = [
-            f"HTTP/1.1 {self.status} {HTTPStatus(self.status).phrase}",
-            f"Content-Type: {self.ctype}",
-            f"Content-Length: {n}",
-            "Connection: keep-alive",
-            *(f"{k}: {v}" for k, v in self.headers.items()),
-        ]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-
-def _json(status: int, obj: Any) -> _Reply:
-    return _Reply(status, json.dumps(obj, separators=(",", ":"), default=str).encode())
 
 
 class ReplayServer:
@@ -97,6 +62,7 @@ class ReplayServer:
         ws_push_s: float = 2.0,
     ) -> None:
         self.market, self.clock, self.faults = market, clock, faults
+        self.coins = Market(hyperliquid_face.CoinSource(market.source))  # Hyperliquid's face
         self.host, self.port = host, port
         self.ws_push_s = ws_push_s
         self.stats: Counter[str] = Counter()
@@ -153,9 +119,9 @@ class ReplayServer:
                     head = await reader.readuntil(b"\r\n\r\n")
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
                     return
-                method, target, headers = _parse_head(head)
+                method, target, headers = parse_head(head)
                 if method is None:
-                    writer.write(_Reply(400, b"bad request").head(11) + b"bad request")
+                    writer.write(Reply(400, b"bad request").head(11) + b"bad request")
                     return
                 if headers.get("upgrade", "").lower() == "websocket":
                     await self._websocket(target, head, reader, writer)
@@ -177,13 +143,19 @@ class ReplayServer:
     ) -> None:
         path = urlsplit(target).path.rstrip("/")
         channel = path.removeprefix("/v5/public/")
-        if not path.startswith("/v5/public/") or channel not in CHANNELS:
-            writer.write(_Reply(404, b"not found", ctype="text/plain").head() + b"not found")
+        session: WsSession
+        if path == "/ws":
+            session = HlWsSession(
+                "hyperliquid", reader, writer, self.coins, self.clock, self.ws_push_s, self.stats
+            )
+        elif path.startswith("/v5/public/") and channel in CHANNELS:
+            session = WsSession(
+                channel, reader, writer, self.market, self.clock, self.ws_push_s, self.stats
+            )
+        else:
+            writer.write(Reply(404, b"not found", ctype="text/plain").head() + b"not found")
             return
         self.stats["ws_connections"] += 1
-        session = WsSession(
-            channel, reader, writer, self.market, self.clock, self.ws_push_s, self.stats
-        )
         self._sessions.add(session)
         try:
             await session.run(head)
@@ -198,27 +170,37 @@ class ReplayServer:
         query = dict(parse_qsl(url.query, keep_blank_values=True))
         self.stats["requests"] += 1
         self.stats[f"path {path}"] += 1
-        if path in ("/v5/market/kline", "/v5/market/time"):
-            if method != "GET":
-                reply = _Reply(405, b"method not allowed", ctype="text/plain")
-            else:
-                try:
-                    return await self._market(path, query, writer)
-                except (ConnectionError, asyncio.CancelledError):
-                    raise
-                except Exception as err:  # a bug here must not look like a network fault
-                    traceback.print_exc()
-                    reply = _json(500, {"error": repr(err)})
+        face: Callable[[Fault | None, int], Reply] | None = None
+        if path in bybit_face.PATHS and method == "GET":
+            face = lambda fault, now: bybit_face.reply(path, query, self.market, fault, now)  # noqa: E731
+        elif path == "/info" and method == "POST":
+            face = lambda fault, now: hyperliquid_face.reply(body, self.coins, fault, now)  # noqa: E731
+        if face is not None:
+            try:
+                return await self._market(face, writer, dated=path == "/info")
+            except (ConnectionError, asyncio.CancelledError):
+                raise
+            except Exception as err:  # a bug here must not look like a network fault
+                traceback.print_exc()
+                reply = json_reply(500, {"error": repr(err)})
+        elif path in (*bybit_face.PATHS, "/info"):
+            reply = Reply(405, b"method not allowed", ctype="text/plain")
         elif path.startswith("/_replay/"):
             reply = self._admin(method, path, query, body)
         else:
-            reply = _Reply(404, b"not found", ctype="text/plain")
+            reply = Reply(404, b"not found", ctype="text/plain")
         writer.write(reply.head() + reply.body)
         await writer.drain()
         return True
 
     # -- exchange endpoints --------------------------------------------------------------
-    async def _market(self, path: str, query: dict[str, str], writer: asyncio.StreamWriter) -> bool:
+    async def _market(
+        self,
+        face: Callable[[Fault | None, int], Reply],
+        writer: asyncio.StreamWriter,
+        dated: bool = False,
+    ) -> bool:
+        """Answer one market request of any face, with the fault the shared plan draws."""
         fault = self.faults.draw()
         kind = fault.kind if fault else None
         if fault:
@@ -232,9 +214,10 @@ class ReplayServer:
         if kind == "drop_before":
             writer.close()
             return False
-        reply = _fault_reply(kind, self.clock.now_ms()) if kind else None
-        if reply is None:
-            reply = self._kline(query, fault) if path == "/v5/market/kline" else self._time(fault)
+        now = self.clock.now_ms()
+        reply = face(fault, now)
+        if dated:
+            reply.headers["Date"] = http_date(now)
         if writer.is_closing():  # the client gave up during a delay
             return False
         if kind == "drop_mid_body":
@@ -247,30 +230,8 @@ class ReplayServer:
         await writer.drain()
         return True
 
-    def _time(self, fault: Fault | None) -> _Reply:
-        now = self.clock.now_ms()
-        if fault and fault.kind in _MALFORMED:
-            return _Reply(200, malformed_time(fault, now)[0])
-        return _Reply(200, wire.time_body(now))
-
-    def _kline(self, q: dict[str, str], fault: Fault | None) -> _Reply:
-        now = self.clock.now_ms()
-        try:
-            category, symbol, interval, start, end, limit = _kline_params(q, self.market)
-        except _ParamError as err:
-            body = wire.error_body(10001, str(err), now)
-            if fault and fault.kind == "truncated":
-                body = body[: len(body) // 2]
-            return _Reply(200, body)
-        rows = self.market.kline(symbol, interval, start, end, limit, now)
-        if fault and fault.kind in _MALFORMED:
-            step = iv.length_ms(interval) or 30 * iv.DAY_MS
-            body, _ = malformed_kline(fault, symbol, category, rows, now, step, start, end)
-            return _Reply(200, body)
-        return _Reply(200, wire.kline_body(symbol, category, rows, now))
-
     # -- admin ---------------------------------------------------------------------------
-    def _admin(self, method: str, path: str, query: dict[str, str], body: bytes) -> _Reply:
+    def _admin(self, method: str, path: str, query: dict[str, str], body: bytes) -> Reply:
         try:
             data = json.loads(body) if body.strip() else {}
             if not isinstance(data, dict):
@@ -279,7 +240,7 @@ class ReplayServer:
             name = path.removeprefix("/_replay/")
             if name == "health":
                 src = self.market.source
-                return _json(
+                return json_reply(
                     200,
                     {
                         "ok": True,
@@ -287,31 +248,32 @@ class ReplayServer:
                         "source_id": src.ident,
                         "label": src.label,
                         "symbols": src.listed(),
+                        "coins": self.coins.source.listed(),
                     },
                 )
             if name == "faults":
                 if method == "POST":
-                    return _json(200, _configure_faults(self.faults, data))
-                return _json(200, {**self.faults.state(), "counts": dict(self.faults.counts)})
+                    return json_reply(200, _configure_faults(self.faults, data))
+                return json_reply(200, {**self.faults.state(), "counts": dict(self.faults.counts)})
             if name == "revise" and method == "POST":
                 symbol = str(data.pop("symbol", ""))
                 open_ms = to_ms(data.pop("open_time"))
                 row = self.market.revise(symbol, open_ms, data, self.clock.now_ms())
-                return _json(200, {"ok": True, "candle": json.loads(row[0])})
+                return json_reply(200, {"ok": True, "candle": json.loads(row[0])})
             if name == "clock":
                 if method == "POST":
                     _set_clock(self.clock, data)
-                return _json(200, self.clock.state())
+                return json_reply(200, self.clock.state())
             if name == "stats":
                 if method == "POST" and data.get("reset"):
                     self.stats.clear()
                     self.faults.counts.clear()
-                return _json(200, self.stats_dict())
+                return json_reply(200, self.stats_dict())
         except KeyError as err:
-            return _json(400, {"error": f"missing field {err}"})
+            return json_reply(400, {"error": f"missing field {err}"})
         except (ValueError, TypeError, MarketError) as err:
-            return _json(400, {"error": str(err)})
-        return _json(404, {"error": f"no admin endpoint {method} {path}"})
+            return json_reply(400, {"error": str(err)})
+        return json_reply(404, {"error": f"no admin endpoint {method} {path}"})
 
     def stats_dict(self) -> dict[str, Any]:
         s = dict(self.stats)
@@ -323,65 +285,6 @@ class ReplayServer:
             "faults": {k[6:]: v for k, v in s.items() if k.startswith("fault ")},
             "ws_ops": {k[6:]: v for k, v in s.items() if k.startswith("ws_op ")},
         }
-
-
-_MALFORMED = set(GROUPS["malformed"])
-
-
-def _fault_reply(kind: str, now_ms: int) -> _Reply | None:
-    """Replies that replace the real one entirely (status and retCode faults)."""
-    if kind == "ret_10006":
-        reset = int(time.time() * 1000) + 100 + (now_ms % 200)
-        headers = {
-            "X-Bapi-Limit": "600",
-            "X-Bapi-Limit-Status": "0",
-            "X-Bapi-Limit-Reset-Timestamp": str(reset),
-        }
-        return _Reply(200, wire.error_body(10006, "Too many visits!", now_ms), headers)
-    if kind.startswith("http_"):
-        status = int(kind[5:])
-        return _Reply(status, _GATEWAY[status], ctype="text/html")
-    if kind == "ret_10000":
-        return _Reply(200, wire.error_body(10000, "Server Timeout", now_ms))
-    if kind == "ret_10016":
-        return _Reply(200, wire.error_body(10016, "Internal server error.", now_ms))
-    return None
-
-
-class _ParamError(ValueError):
-    pass
-
-
-def _int_param(q: dict[str, str], name: str) -> int | None:
-    raw = q.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise _ParamError(f"params error: {name} must be an integer, not {raw!r}") from None
-
-
-def _kline_params(
-    q: dict[str, str], market: Market
-) -> tuple[str, str, str, int | None, int | None, int]:
-    category = q.get("category") or "linear"
-    if category not in CATEGORIES:
-        raise _ParamError("Illegal category")
-    symbol = q.get("symbol", "")
-    if not market.supports(symbol):
-        raise _ParamError("Not supported symbols")
-    interval = q.get("interval", "")
-    if interval not in iv.INTERVALS:
-        raise _ParamError("Invalid period!")
-    limit = _int_param(q, "limit")
-    limit = 200 if limit is None else limit
-    if not 1 <= limit <= 1000:
-        raise _ParamError(f"params error: limit must be between 1 and 1000, not {limit}")
-    start, end = _int_param(q, "start"), _int_param(q, "end")
-    if start is not None and end is not None and start > end:
-        raise _ParamError("params error: start must not be greater than end")
-    return category, symbol, interval, start, end, limit
 
 
 def _configure_faults(faults: Faults, data: dict[str, Any]) -> dict[str, Any]:
@@ -409,19 +312,6 @@ def _set_clock(clock: ExchangeClock, data: dict[str, Any]) -> None:
         clock.set(data.get("now"), speed)
 
 
-def _parse_head(head: bytes) -> tuple[str | None, str, dict[str, str]]:
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1"):
-        return None, "", {}
-    headers = {}
-    for line in lines[1:]:
-        if ":" in line:
-            k, v = line.split(":", 1)
-            headers[k.strip().lower()] = v.strip()
-    return parts[0], parts[1], headers
-
-
 # -- the `signalbox replay` command --------------------------------------------------------
 def main(
     host: str = "127.0.0.1",
@@ -432,8 +322,13 @@ def main(
     clock_start: str | None = None,
     clock_speed: float = 1.0,
     symbols: list[str] | None = None,
+    ready: str | None = None,
 ) -> int:
-    """Serve until SIGINT/SIGTERM; prints `REST <url>` and `WS <url>` first, then details."""
+    """Serve until SIGINT/SIGTERM; prints `REST <url>` and `WS <url>` first, then details.
+
+    With `ready`, also writes `{"rest_url", "ws_url", "hyperliquid_ws_url", "pid"}` there
+    (atomically) once listening: how a supervisor learns the URL of a `--port 0` exchange.
+    """
     try:
         clock = ExchangeClock(clock_start, clock_speed or 1.0)
         source = make_source(seed, data, symbols)
@@ -441,10 +336,12 @@ def main(
         print(f"signalbox replay: {err}", file=sys.stderr)
         return 2
     server = ReplayServer(Market(source), clock, Faults(seed, faults), host, port)
-    return asyncio.run(_serve(server, source, seed, faults))
+    return asyncio.run(_serve(server, source, seed, faults, ready))
 
 
-async def _serve(server: ReplayServer, source: Source, seed: int, faults: float) -> int:
+async def _serve(
+    server: ReplayServer, source: Source, seed: int, faults: float, ready: str | None
+) -> int:
     try:
         await server.start()
     except OSError as err:
@@ -464,6 +361,18 @@ async def _serve(server: ReplayServer, source: Source, seed: int, faults: float)
         else f"synthetic market, seed {seed} ({', '.join(source.listed())})"
     )
     clock = server.clock.state()
+    if ready:
+        from pathlib import Path
+
+        from pipeline import jsonfile
+
+        record = {
+            "rest_url": server.rest_url,
+            "ws_url": server.ws_url,
+            "hyperliquid_ws_url": f"ws://{server.host}:{server.port}/ws",
+            "pid": os.getpid(),
+        }
+        jsonfile.replace(Path(ready), record)
     print(f"REST {server.rest_url}", flush=True)
     print(f"WS {server.ws_url}", flush=True)
     print(

@@ -178,3 +178,9 @@ def frame(symbol: str, start_ms: int, end_ms: int, seed: int = 7):  # -> pl.Data
             "turnover": a[:, 6],
         }
     ).with_columns(close_time=pl.col("open_time") + pl.duration(minutes=1))
+
+
+def venue_seed(seed: int, venue: str) -> int:
+    """The seed of `venue`'s market: Bybit keeps `seed` itself, any other venue gets its own,
+    so the same coin differs between venues (as real venues' candles do)."""
+    return seed if venue == "bybit" else _key("venue", seed, venue) % 2**31

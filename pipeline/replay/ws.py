@@ -54,7 +54,7 @@ class WsSession:
     push_s: float = 2.0
     stats: Counter[str] = field(default_factory=Counter)
     conn_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    subs: dict[str, _Sub] = field(default_factory=dict)
+    subs: dict[str, Any] = field(default_factory=dict)  # topic -> subscription
     last_seen: float = field(default_factory=time.monotonic)
     proto: Any = None
     closed: bool = False

@@ -3,7 +3,8 @@
 The work runs as ONE run of the `backfill` job (single-run backfill policy) via the `dagster`
 CLI against the persistent instance, so it shows up in the UI like any other run, honours the
 DuckDB pool and records materializations and check results. This module only prepares the
-environment and turns Dagster's event stream into a progress bar.
+environment and shows the run: steps and check results from Dagster's output, a bar per long
+step from the structured progress records the run's assets append to a file it names.
 """
 
 from __future__ import annotations
@@ -13,22 +14,21 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from pipeline.config import Settings
 from pipeline.exchanges.sources import home_source
 from pipeline.markets import format_markets
+from pipeline.orchestration import tags as run_tags
 from pipeline.orchestration.instance import dagster_env
 from pipeline.runtime.processes import exchange, source_env, spawn, stop
-from pipeline.runtime.progress import LINE as _PROGRESS
+from pipeline.runtime.progress import Follower
 
 DAILY_SELECTION = "group:ingest or group:timeframes or group:signals"
 BACKFILL_JOB = "backfill"  # pipeline/orchestration/definitions.py: DAILY_SELECTION as a named job
 BACKTEST_JOB = "backtest_reports"  # assets/backtests.py: one personality's report
 BACKFILL_ASSETS = ("klines_1m", "candles", "indicators", "signals")  # its assets, in order
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
-PARTITION_TAG = "dagster/partition"
 _STEP = re.compile(r" - (\w+) - STEP_START")
 _CHECK = re.compile(
     r"ASSET_CHECK_EVALUATION - Asset check '(\w+)' on '([^']+)' (passed|did not pass)\."
@@ -102,11 +102,15 @@ def check_line(line: str, width: int = 150) -> str:
     )
 
 
-def render(lines: Iterable[str], out=sys.stderr) -> tuple[bool, list[str]]:
-    """Echo Dagster's output as progress; returns (saw_failure, the last lines for errors).
+def render(
+    lines: Iterable[str], out=sys.stderr, progress: Callable[[], list[dict]] | None = None
+) -> tuple[bool, list[str]]:
+    """Show a run: its steps, check results and pool waits from Dagster's output, and a bar
+    per long step from the progress records (`progress()`: the records appended since the
+    last call, pipeline/runtime/progress.py). Returns (saw_failure, the last lines for errors).
 
-    On a terminal each step's progress redraws one line in place (ended when anything else is
-    printed); elsewhere every progress line is a line of its own. Never a blank line."""
+    On a terminal each step's bar redraws one line in place (ended when anything else is
+    printed); elsewhere every progress record is a line of its own. Never a blank line."""
     import shutil
 
     tty = out.isatty()
@@ -124,22 +128,27 @@ def render(lines: Iterable[str], out=sys.stderr) -> tuple[bool, list[str]]:
             bar_open = False
         print(text, file=out, flush=True)
 
+    def draw(rec: dict) -> None:
+        nonlocal bar_open
+        done, total, unit, note = rec["done"], rec["total"], rec["unit"], rec.get("note", "")
+        pct = 100 * done / max(total, 1)
+        if unit == "minutes":
+            rate = done / max(time.monotonic() - t0, 1e-6)
+            msg = f"{_bar(pct)} {done}/{total} candle-minutes, {rate:,.0f}/s  {note}"
+        else:
+            msg = f"{_bar(pct)} {done}/{total} {unit}  {note}"
+        if tty:
+            print("\r" + msg[:width] + "\x1b[K", end="", file=out, flush=True)
+            bar_open = True
+        else:
+            emit(msg)
+
     for raw in lines:
+        for rec in progress() if progress else ():
+            draw(rec)
         line = raw.rstrip("\n")
         tail = [*tail[-60:], line]
-        if m := _PROGRESS.search(line):
-            done, total, unit, pct, note = int(m[1]), int(m[2]), m[3], float(m[4]), m[5] or ""
-            if unit == "minutes":
-                rate = done / max(time.monotonic() - t0, 1e-6)
-                msg = f"{_bar(pct)} {done}/{total} candle-minutes, {rate:,.0f}/s  {note}"
-            else:
-                msg = f"{_bar(pct)} {done}/{total} {unit}  {note}"
-            if tty:
-                print("\r" + msg[:width] + "\x1b[K", end="", file=out, flush=True)
-                bar_open = True
-            else:
-                emit(msg)
-        elif m := _POOL.search(line):
+        if m := _POOL.search(line):
             emit(f"  {m[1][:200]}")
         elif m := _STEP.search(line):
             emit(f"→ {m[1]}")
@@ -150,6 +159,8 @@ def render(lines: Iterable[str], out=sys.stderr) -> tuple[bool, list[str]]:
             last_check = text
         elif _FAIL.search(line) and "STEP_SUCCESS" not in line:
             failed = failed or "FAILURE" in line
+    for rec in progress() if progress else ():
+        draw(rec)
     if bar_open:
         print(file=out, flush=True)
     return failed, tail
@@ -170,25 +181,39 @@ def run_job(
     import json
     import tempfile
 
-    # Dagster's tags for a partition and a single-run partition range
-    # (dagster._core.storage.tags), which `dagster job execute` has no option for.
+    # Dagster's tags for a partition and a single-run partition range, which `dagster job
+    # execute` has no option for; and what the run is.
     tags: dict[str, str] = {}
     if days:
-        tags = {RANGE_START_TAG: days[0].isoformat(), RANGE_END_TAG: days[1].isoformat()}
+        tags = {
+            run_tags.RANGE_START: days[0].isoformat(),
+            run_tags.RANGE_END: days[1].isoformat(),
+            run_tags.MODE: run_tags.BACKFILL,
+        }
     if partition:
-        tags[PARTITION_TAG] = partition
+        tags[run_tags.PARTITION] = partition
     args = ["-j", job, "--tags", json.dumps(tags)]
     if assets:
         args += ["--op-selection", assets]
-    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="signalbox-run-") as cfg:
-        if run_config:
-            json.dump(run_config, cfg)
-            cfg.flush()
-            args += ["-c", cfg.name]
-        return _dagster(settings, ["job", "execute"], args)
+    with (
+        tempfile.TemporaryDirectory(prefix="signalbox-run-") as tmp,
+        open(Path(tmp) / "run.json", "w") as cfg,
+    ):
+        # The run's long steps append their progress to this file (ProgressResource).
+        progress = Path(tmp) / "progress.jsonl"
+        resources = {"progress": {"config": {"path": str(progress)}}}
+        json.dump({**(run_config or {}), "resources": resources}, cfg)
+        cfg.flush()
+        args += ["-c", cfg.name]
+        return _dagster(settings, ["job", "execute"], args, Follower(progress))
 
 
-def _dagster(settings: Settings, command: list[str], options: list[str]) -> int:
+def _dagster(
+    settings: Settings,
+    command: list[str],
+    options: list[str],
+    progress: Callable[[], list[dict]] | None = None,
+) -> int:
     """Run one `dagster` CLI command (then its options) against the code location and the
     home's instance.
 
@@ -222,7 +247,7 @@ def _dagster(settings: Settings, command: list[str], options: list[str]) -> int:
         )
         try:
             assert proc.stdout is not None
-            failed, tail = render(proc.stdout)
+            failed, tail = render(proc.stdout, progress=progress)
             code = proc.wait()
         except KeyboardInterrupt:
             stop(proc)

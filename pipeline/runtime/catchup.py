@@ -16,7 +16,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.exchanges.live import DAY, LIVE_LAG, MINUTE, behind, describe, floor_minute
+from pipeline.exchanges.live import DAY, LIVE_LAG, MINUTE, behind, describe
 from pipeline.markets import Market
 
 SENSOR_REACH = DAY  # a tail up to this long is left to the live sensor
@@ -132,7 +132,7 @@ class CatchUp:
     @property
     def tail(self) -> dt.timedelta:
         """How far the stored candles are behind the exchange's newest closed one."""
-        return behind(floor_minute(self.now) - MINUTE, self.tail_from)
+        return behind(self.now.replace(second=0, microsecond=0) - MINUTE, self.tail_from)
 
     @property
     def sensor_tail(self) -> bool:

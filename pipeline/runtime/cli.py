@@ -52,6 +52,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         clock_start=args.clock_start,
         clock_speed=args.clock_speed,
         symbols=args.symbols or settings.replay.symbols,
+        ready=args.ready,
     )
 
 
@@ -149,7 +150,7 @@ def cmd_config(args: argparse.Namespace, settings: Settings | None) -> int:
 
 
 def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.backtest.cli import backtest
+    from pipeline.runtime.backtest import backtest
 
     return backtest(
         settings,
@@ -234,6 +235,7 @@ def build_parser(
     sp.add_argument("--faults", type=_rate, help="share of requests to fail, e.g. 0.1")
     sp.add_argument("--clock-start", help="exchange clock starts at this UTC time (ISO 8601)")
     sp.add_argument("--clock-speed", type=float, default=1.0, help="exchange clock speed-up")
+    sp.add_argument("--ready", help="write {rest_url, ws_url, pid} to this JSON file once serving")
 
     sp = add("backfill", cmd_backfill, "materialize daily partitions through Dagster")
     sp.add_argument("--start", type=_date, required=True, help="first day, YYYY-MM-DD (UTC)")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -18,7 +18,8 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from pipeline.config import Settings
 from pipeline.exchanges.sources import (
@@ -35,6 +36,7 @@ from pipeline.exchanges.sources import (
 )
 
 _PR_SET_PDEATHSIG = 1
+ENDPOINT_ENV = "SIGNALBOX_ENDPOINT"  # the runtime's decided exchange (`source_env`)
 
 
 def _child_setup() -> None:
@@ -91,26 +93,21 @@ def start_replay(
     port = settings.replay.port if port is None else port
     log = settings.home / "logs" / "replay.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    ready = settings.home / f".replay-ready.{os.getpid()}.json"
+    ready.unlink(missing_ok=True)
     offset = log.stat().st_size if log.exists() else 0
     with log.open("ab") as out:
-        proc = spawn(replay_args(settings, port), stdout=out, stderr=out)
-    deadline = time.monotonic() + timeout
-    rest = ws = None
-    while time.monotonic() < deadline and not (rest and ws):
-        text = log.read_bytes()[offset:].decode(errors="replace")
-        rest = rest or _first(r"(https?://\S+)", text)
-        ws = ws or _first(r"(wss?://\S+)", text)
-        if proc.poll() is not None:
-            raise SourceError(
-                f"the replay exchange exited with code {proc.returncode}: "
-                + " | ".join(text.strip().splitlines()[-3:])
-            )
-        time.sleep(0.05)
-    if not rest or not reachable(rest, 5.0):
+        proc = spawn([*replay_args(settings, port), "--ready", str(ready)], stdout=out, stderr=out)
+    try:
+        rec = _ready_record(proc, ready, log, offset, timeout)
+    finally:
+        ready.unlink(missing_ok=True)
+    rest, ws = rec["rest_url"], rec["ws_url"]
+    if not reachable(rest, 5.0):
         stop(proc)
-        raise SourceError(f"replay exchange did not come up within {timeout:.0f} s (see {log})")
+        raise SourceError(f"replay exchange at {rest} does not answer (see {log})")
     base = replay_endpoint(settings)
-    ep = Endpoint("replay", rest, ws or "", base.warehouse_id, base.label)
+    ep = Endpoint("replay", rest, ws, base.warehouse_id, base.label)
     try:
         verify(ep)
     except SourceError:
@@ -119,9 +116,26 @@ def start_replay(
     return ReplayProcess(proc, ep)
 
 
-def _first(pattern: str, text: str) -> str | None:
-    m = re.search(pattern, text)
-    return m.group(1).rstrip("/") if m else None
+def _ready_record(
+    proc: subprocess.Popen, ready: Path, log: Path, offset: int, timeout: float
+) -> dict:
+    """The replay's ready record (its URLs and pid), once it listens; its log's last lines if
+    it exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready.exists():
+            rec = json.loads(ready.read_text())
+            if rec.get("pid") == proc.pid:
+                return rec
+        if proc.poll() is not None:
+            text = log.read_bytes()[offset:].decode(errors="replace")
+            raise SourceError(
+                f"the replay exchange exited with code {proc.returncode}: "
+                + " | ".join(text.strip().splitlines()[-3:])
+            )
+        time.sleep(0.05)
+    stop(proc)
+    raise SourceError(f"replay exchange did not come up within {timeout:.0f} s (see {log})")
 
 
 def open_exchange(
@@ -187,12 +201,10 @@ def exchange(settings: Settings, endpoint: Endpoint, say: Say | None = None) -> 
 
 
 def source_env(endpoint: Endpoint) -> dict[str, str]:
-    """Environment that pins child processes to this exchange and its warehouse."""
-    return {
-        "SIGNALBOX_SOURCE": endpoint.kind,
-        "SIGNALBOX_BYBIT_URL": endpoint.rest_url,
-        "SIGNALBOX_BYBIT_WS": endpoint.ws_url,
-    }
+    """Environment that hands the decided, opened and verified exchange to the Dagster
+    processes we start, as ONE value their `ExchangeResource` takes as it is
+    (pipeline/orchestration/resources.py): nothing is resolved again in a run."""
+    return {ENDPOINT_ENV: json.dumps(asdict(endpoint))}
 
 
 def port_free(host: str, port: int) -> bool:

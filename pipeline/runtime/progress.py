@@ -1,18 +1,19 @@
-"""Progress of a long step as log lines, which `signalbox backfill` and `up` show as a bar.
+"""Progress of a long step as structured records, which `signalbox backfill` and `up` draw as bars.
 
-An asset logs `progress 3/17 timeframes (18%) 1h` through `Reporter`; pipeline/backfill.render
-parses the same format (`LINE`). Lines are throttled to one a second (plus the last one), so a
-step that takes a moment logs a single line; live runs log none (they are milliseconds, every
-minute, and each log line is an event in Dagster's storage).
+An asset reports through `Reporter`: each report is a JSON line `{"step", "done", "total",
+"unit", "note"}` appended to the run's progress file (`append`, the one writer), which the
+command that started the run follows (`Follower`) while it runs; the same report is also a
+log line for the Dagster UI (`line`). Reports are throttled to one a second (plus the last
+one), so a step that takes a moment says it once; live runs report nothing (they are
+milliseconds, every minute, and each log line is an event in Dagster's storage).
 """
 
 from __future__ import annotations
 
-import re
+import json
 import time
 from collections.abc import Callable
-
-LINE = re.compile(r"progress (\d+)/(\d+) (\S+) \((\d+)%\)(?: (.*))?$")
+from pathlib import Path
 
 
 def line(done: int, total: int, unit: str, note: str = "") -> str:
@@ -20,10 +21,35 @@ def line(done: int, total: int, unit: str, note: str = "") -> str:
     return f"progress {done}/{total} {unit} ({pct:.0f}%)" + (f" {note}" if note else "")
 
 
+def append(path: Path, record: dict) -> None:
+    """Add one record to a progress file (one JSON object a line; appends are atomic)."""
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record, separators=(",", ":")) + "\n")
+
+
+class Follower:
+    """The records appended to a progress file since the last call (`follow()`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self._offset, self._partial = path, 0, b""
+
+    def __call__(self) -> list[dict]:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self._offset += len(data)
+        *complete, self._partial = (self._partial + data).split(b"\n")
+        return [json.loads(x) for x in complete if x.strip()]
+
+
 class Reporter:
-    """`reporter(done, note)` (or `reporter(done, note, total)` when the total changes) logs a
-    progress line through `say` when a second has passed since the last one, and always for
-    the last unit; nothing at all when not `enabled`."""
+    """`reporter(done, note)` (or `reporter(done, note, total)` when the total changes)
+    reports progress through `say` (a log line) and `record` (a structured record) when a
+    second has passed since the last report, and always for the last unit; nothing at all
+    when not `enabled`."""
 
     def __init__(
         self,
@@ -33,9 +59,11 @@ class Reporter:
         *,
         enabled: bool = True,
         every_s: float = 1.0,
+        step: str = "",
+        record: Callable[[dict], object] | None = None,
     ) -> None:
         self.say, self.unit, self.total, self.enabled = say, unit, total, enabled
-        self.every_s = every_s
+        self.every_s, self.step, self.record = every_s, step, record
         self._last = time.monotonic()
 
     def __call__(self, done: int, note: str = "", total: int | None = None) -> None:
@@ -45,4 +73,7 @@ class Reporter:
         now = time.monotonic()
         if done >= self.total or now - self._last >= self.every_s:
             self._last = now
+            if self.record is not None:  # before the log line: a reader of the log finds it
+                rec = {"step": self.step, "done": done, "total": self.total, "unit": self.unit}
+                self.record({**rec, "note": note})
             self.say(line(done, self.total, self.unit, note))

@@ -35,8 +35,6 @@ SUBSCRIBE_KEYS = frozenset({"op", "symbols", "personalities", "timeframes", "sin
 # sun_path holds 108 bytes including the NUL; longer paths are reached through /proc.
 _SUN_PATH_MAX = 107
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
 
 class ProtocolError(ValueError):
     """A bad client request: `code` is machine-readable, the message says what to fix."""
@@ -57,17 +55,6 @@ def encode(msg: dict[str, Any]) -> bytes:
 def iso(t: dt.datetime) -> str:
     """ISO 8601 in UTC with a `Z` suffix (what every timestamp on the wire looks like)."""
     return t.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-
-
-def iso_us(us: int) -> str:
-    return iso(_EPOCH + dt.timedelta(microseconds=us))
-
-
-def to_us(t: dt.datetime) -> int:
-    """Microseconds since the epoch; a naive datetime is taken to be UTC."""
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.UTC)
-    return (t - _EPOCH) // dt.timedelta(microseconds=1)
 
 
 _LIVE_END = b',"replayed":false}\n'

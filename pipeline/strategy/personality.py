@@ -170,13 +170,7 @@ def _schema(timeframes: Sequence[str], columns: Iterable[str] | None) -> Schema:
     return Schema(timeframes[0], tuple(timeframes), frozenset(cols), frozenset(flags))
 
 
-def _configured_timeframes() -> list[str]:
-    from pipeline.config import settings
-
-    return list(settings().timeframes)
-
-
-def _timeframes(raw: Any, configured: Sequence[str], fail: Any) -> tuple[str, ...]:
+def _timeframes(raw: Any, configured: Sequence[str] | None, fail: Any) -> tuple[str, ...]:
     if not isinstance(raw, list) or not raw or not all(isinstance(t, str) for t in raw):
         raise fail("`timeframes` must be a non-empty list such as [1m, 5m]")
     parsed: list[Timeframe] = []
@@ -185,7 +179,7 @@ def _timeframes(raw: Any, configured: Sequence[str], fail: Any) -> tuple[str, ..
             parsed.append(parse_timeframe(t))
         except ValueError as err:
             raise fail(f"timeframes: {quote(str(err), 200, bare=True)}") from None
-        if t not in configured:
+        if configured is not None and t not in configured:
             raise fail(
                 f"timeframe {quote(t)} is not in the configured timeframes {list(configured)}"
                 " (signalbox.yaml `timeframes`): its candles would never be built"
@@ -255,9 +249,10 @@ def personality_from_dict(
     columns: Iterable[str] | None = None,
     name: str | None = None,
 ) -> Personality:
-    """Validate a parsed personality. `timeframes`: the configured ones (default: settings);
-    `columns`: what conditions may read (default: candle columns + the indicator set);
-    `name`: the name it must carry (its file's)."""
+    """Validate a parsed personality. `timeframes`: the configured ones, which it may use
+    (None: any, for a file checked outside a configuration); `columns`: what conditions may
+    read (default: candle columns + the indicator set); `name`: the name it must carry (its
+    file's). The caller passes the configuration's values: this module reads no settings."""
     from pipeline.strategy.rules import RuleError, compile_condition
 
     def fail(what: str, rule: str | None = None) -> PersonalityError:
@@ -273,8 +268,7 @@ def personality_from_dict(
         raise fail("`name` must be a short identifier such as scalping")
     if name is not None and pname != name:
         raise fail(f"`name` is {quote(pname)} but the file is named {name!r}: make them equal")
-    configured = list(timeframes) if timeframes is not None else _configured_timeframes()
-    tfs = _timeframes(data.get("timeframes"), configured, fail)
+    tfs = _timeframes(data.get("timeframes"), timeframes, fail)
     schema = _schema(tfs, columns)
 
     threshold = _number(data.get("threshold"))
@@ -437,7 +431,7 @@ def load_personality(
     name_or_path: str | Path | Personality, timeframes: Sequence[str] | None = None
 ) -> Personality:
     """A shipped personality by name (pipeline/personalities/<name>.yaml) or a YAML path;
-    checked against the configured `timeframes` (default: the settings')."""
+    checked against the configured `timeframes` (None: not checked against any)."""
     if isinstance(name_or_path, Personality):
         return name_or_path
     path = personality_path(name_or_path)
@@ -452,13 +446,9 @@ def load_personality(
 
 
 def load_personalities(
-    names: Iterable[str] | None = None, timeframes: Sequence[str] | None = None
+    names: Iterable[str], timeframes: Sequence[str] | None = None
 ) -> list[Personality]:
-    """The enabled personalities (default: settings().personalities), all validated."""
-    if names is None:
-        from pipeline.config import settings
-
-        names = settings().personalities
+    """The enabled personalities (settings.personalities), all validated."""
     return [load_personality(n, timeframes) for n in names]
 
 

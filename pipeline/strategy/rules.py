@@ -15,8 +15,9 @@ eval, no attribute access beyond `<timeframe>.<column>`, no strings, no subscrip
 Functions (n: a whole number of bars): prev(x, n=1), crosses_above(a, b), crosses_below(a, b),
 rising(x, n=1), falling(x, n=1), highest(x, n), lowest(x, n), mean(x, n), std(x, n),
 within(cond, n) (true on any of the last n bars), held(cond, n) (on all of them), abs, sign,
-min(a, b), max(a, b); and the sub-signals of pipeline/strategy/votes.py, e.g. fair_value_gap(m=10).
-This module is imported only when personalities are loaded (run time), so numpy is at top.
+min(a, b), max(a, b) (pipeline/strategy/functions.py); and the sub-signals of
+pipeline/strategy/votes.py, e.g. fair_value_gap(m=10). This module is imported only when
+personalities are loaded (run time), so numpy is at top.
 
 Why numpy and why these semantics:
 - Values are float64 arrays, one per bar of a dense grid (a missing bar is a NaN row), so
@@ -24,10 +25,9 @@ Why numpy and why these semantics:
 - Conditions are three-valued (Kleene): 1.0 true, 0.0 false, NaN unknown (indicator still
   warming up, bar missing). `not` of unknown stays unknown, so `not (rsi_14 < 30)` never holds
   on a bar without RSI; a rule holds only where its condition is exactly true.
-- Every window function is computed so a value depends only on the values in its window, in
-  a fixed order (no running sums): a partition read from a bounded window gives the very same
-  bits as one pass over all history. Each node knows how many bars back it reads (`lookback`),
-  from which the partition's input window is derived.
+- Every window function is exact (pipeline/strategy/bars.py), so a partition read from a
+  bounded window gives the very same bits as one pass over all history. Each node knows how
+  many bars back it reads (`lookback`), from which the partition's input window is derived.
 """
 
 from __future__ import annotations
@@ -35,15 +35,17 @@ from __future__ import annotations
 import ast
 import math
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from pipeline.strategy.bars import CMP, Bars, compare, k_and, k_or
+from pipeline.strategy.functions import BUILTINS, Builtin, Kind
+from pipeline.strategy.votes import SUBSIGNALS, SubSignal
 from pipeline.yamlfile import quote
 
-Kind = Literal["num", "bool"]
 MAX_WINDOW = 5000  # bars; a longer window is a typo and would make partitions read months
 # Compiling and evaluating recurse once per level of nesting: bounded here, far below Python's
 # recursion limit, so `not not not ...` or `close + close + ...` is an error, not a crash.
@@ -58,295 +60,12 @@ class RuleError(ValueError):
     """A condition that cannot be accepted; the message says what and where."""
 
 
-# -- the bars an expression evaluates over ----------------------------------------------------
-
-
-@dataclass
-class Bars:
-    """The signal timeframe's bars on a dense grid, with higher timeframes joined as-of.
-
-    `fetch(tf, column)` returns one column aligned to these rows (tf None: the signal
-    timeframe), NaN where there is no value; results are cached per evaluation.
-    """
-
-    n: int
-    fetch: Callable[[str | None, str], np.ndarray]
-    memo: dict[Any, np.ndarray] = field(default_factory=dict)
-
-    def col(self, name: str, tf: str | None = None) -> np.ndarray:
-        key = (tf, name)
-        if key not in self.memo:
-            self.memo[key] = self.fetch(tf, name)
-        return self.memo[key]
-
-
-# -- window helpers (exact: a value depends only on its window, in a fixed order) -------------
-
-
-def shift(x: np.ndarray, n: int) -> np.ndarray:
-    """x n bars back (n > 0), NaN where that is before the first row."""
-    out = np.full_like(x, np.nan, dtype=np.float64)
-    if n < len(x):
-        out[n:] = x[: len(x) - n]
-    return out
-
-
-def _windows(x: np.ndarray, n: int) -> np.ndarray:
-    return np.lib.stride_tricks.sliding_window_view(x, n)
-
-
-def _rolling_extreme(x: np.ndarray, n: int, op: np.ufunc) -> np.ndarray:
-    """op (maximum/minimum) over the last n bars, NaN if any is NaN. Exact in any order, so
-    it may be fast: n-1 shifted passes for short windows, van Herk/Gil-Werman block prefix
-    and suffix scans (O(len) whatever n) for long ones."""
-    m = len(x)
-    out = np.full(m, np.nan)
-    if n > m:
-        return out
-    x = np.asarray(x, dtype=np.float64)
-    if n <= 16:
-        acc = x[n - 1 :].copy()
-        for j in range(1, n):
-            op(acc, x[n - 1 - j : m - j], out=acc)
-        out[n - 1 :] = acc
-        return out
-    blocks = -(-m // n)
-    padded = np.full(blocks * n, np.nan)  # never read: windows end inside the data
-    padded[:m] = x
-    b = padded.reshape(blocks, n)
-    prefix = op.accumulate(b, axis=1).ravel()
-    suffix = op.accumulate(b[:, ::-1], axis=1)[:, ::-1].ravel()
-    i = np.arange(n - 1, m)
-    out[n - 1 :] = op(suffix[i - n + 1], prefix[i])
-    return out
-
-
-def rolling_max(x: np.ndarray, n: int) -> np.ndarray:
-    """Max over the last n bars (NaN if any is NaN)."""
-    return _rolling_extreme(x, n, np.maximum)
-
-
-def rolling_min(x: np.ndarray, n: int) -> np.ndarray:
-    return _rolling_extreme(x, n, np.minimum)
-
-
-def rolling_sum(x: np.ndarray, n: int) -> np.ndarray:
-    """Sum over the last n bars, added oldest first (one pass per lag): the same bits for a
-    bar whatever row the input starts at, unlike a running sum."""
-    m = len(x)
-    out = np.full(m, np.nan)
-    if n > m:
-        return out
-    acc = x[: m - n + 1].astype(np.float64, copy=True)
-    for j in range(1, n):
-        acc += x[j : m - n + 1 + j]
-    out[n - 1 :] = acc
-    return out
-
-
-def rolling_mean(x: np.ndarray, n: int) -> np.ndarray:
-    return rolling_sum(x, n) / n
-
-
-def rolling_std(x: np.ndarray, n: int) -> np.ndarray:
-    """Population standard deviation over the last n bars (two-pass, fixed order)."""
-    m = len(x)
-    out = np.full(m, np.nan)
-    if n > m:
-        return out
-    mean = rolling_mean(x, n)[n - 1 :]
-    acc = np.zeros(m - n + 1)
-    for j in range(n):
-        d = x[j : m - n + 1 + j] - mean
-        acc += d * d
-    out[n - 1 :] = np.sqrt(acc / n)
-    return out
-
-
-def truth(x: np.ndarray) -> np.ndarray:
-    """Where a three-valued condition is exactly true."""
-    return x == 1.0
-
-
-def as_cond(mask: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
-    """A boolean mask as a three-valued condition (NaN where `known` is False)."""
-    out = mask.astype(np.float64)
-    if known is not None:
-        out[~known] = np.nan
-    return out
-
-
-def _k_and(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    out = np.fmin(a, b)
-    out[(out == 1.0) & (np.isnan(a) | np.isnan(b))] = np.nan
-    return out
-
-
-def _k_or(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    out = np.fmax(a, b)
-    out[(out == 0.0) & (np.isnan(a) | np.isnan(b))] = np.nan
-    return out
-
-
-def _compare(op: ast.cmpop, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore"):
-        res = _CMP[type(op)](a, b)
-    out = res.astype(np.float64)
-    out[np.isnan(a) | np.isnan(b)] = np.nan
-    return out
-
-
-_CMP: dict[type, Callable[[Any, Any], Any]] = {
-    ast.Lt: np.less,
-    ast.LtE: np.less_equal,
-    ast.Gt: np.greater,
-    ast.GtE: np.greater_equal,
-    ast.Eq: np.equal,
-    ast.NotEq: np.not_equal,
-}
 _ARITH: dict[type, Callable[[Any, Any], Any]] = {
     ast.Add: np.add,
     ast.Sub: np.subtract,
     ast.Mult: np.multiply,
     ast.Div: np.divide,
 }
-
-
-# -- functions ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Builtin:
-    """A function over expressions: `args` are kinds of expression arguments, then `ints`
-    names optional window/lag integers (with defaults; None = required)."""
-
-    args: tuple[Kind, ...]
-    returns: Kind
-    impl: Callable[..., np.ndarray]
-    ints: tuple[tuple[str, int | None], ...] = ()
-    extra: Callable[..., int] = lambda *ints: 0  # bars read beyond the arguments' lookback
-    doc: str = ""
-
-
-def _crosses(a: np.ndarray, b: np.ndarray, up: bool) -> np.ndarray:
-    pa, pb = shift(a, 1), shift(b, 1)
-    now = _compare(ast.Gt() if up else ast.Lt(), a, b)
-    before = _compare(ast.LtE() if up else ast.GtE(), pa, pb)
-    return _k_and(now, before)
-
-
-def _within(x: np.ndarray, n: int) -> np.ndarray:
-    """Kleene 'any of the last n bars': true if one is true, unknown if none is but one is."""
-    ones = rolling_max(np.nan_to_num(x, nan=0.0), n)
-    unknown = rolling_max(np.isnan(x).astype(np.float64), n)
-    out = np.where(ones == 1.0, 1.0, np.where(unknown == 1.0, np.nan, 0.0))
-    out[np.isnan(ones)] = np.nan
-    return out
-
-
-def _held(x: np.ndarray, n: int) -> np.ndarray:
-    """Kleene 'all of the last n bars'."""
-    return 1.0 - _within(1.0 - x, n)
-
-
-def _sign(x: np.ndarray) -> np.ndarray:
-    return np.sign(x)
-
-
-BUILTINS: dict[str, Builtin] = {
-    "prev": Builtin(
-        ("num",), "num", lambda x, n: shift(x, n), (("n", 1),), lambda n: n, "x n bars ago"
-    ),
-    "crosses_above": Builtin(
-        ("num", "num"),
-        "bool",
-        lambda a, b: _crosses(a, b, True),
-        extra=lambda: 1,
-        doc="a > b now and a <= b on the bar before",
-    ),
-    "crosses_below": Builtin(
-        ("num", "num"),
-        "bool",
-        lambda a, b: _crosses(a, b, False),
-        extra=lambda: 1,
-        doc="a < b now and a >= b on the bar before",
-    ),
-    "rising": Builtin(
-        ("num",),
-        "bool",
-        lambda x, n: _compare(ast.Gt(), x, shift(x, n)),
-        (("n", 1),),
-        lambda n: n,
-        "x > x n bars ago",
-    ),
-    "falling": Builtin(
-        ("num",),
-        "bool",
-        lambda x, n: _compare(ast.Lt(), x, shift(x, n)),
-        (("n", 1),),
-        lambda n: n,
-        "x < x n bars ago",
-    ),
-    "highest": Builtin(
-        ("num",), "num", rolling_max, (("n", None),), lambda n: n - 1, "max of the last n bars"
-    ),
-    "lowest": Builtin(
-        ("num",), "num", rolling_min, (("n", None),), lambda n: n - 1, "min of the last n bars"
-    ),
-    "mean": Builtin(
-        ("num",), "num", rolling_mean, (("n", None),), lambda n: n - 1, "mean of the last n bars"
-    ),
-    "std": Builtin(
-        ("num",), "num", rolling_std, (("n", None),), lambda n: n - 1, "std of the last n bars"
-    ),
-    "within": Builtin(
-        ("bool",), "bool", _within, (("n", None),), lambda n: n - 1, "true on any of the last n"
-    ),
-    "held": Builtin(
-        ("bool",), "bool", _held, (("n", None),), lambda n: n - 1, "true on all of the last n"
-    ),
-    "abs": Builtin(("num",), "num", np.abs, doc="absolute value"),
-    "sign": Builtin(("num",), "num", _sign, doc="-1, 0 or 1"),
-    "min": Builtin(("num", "num"), "num", np.minimum, doc="smaller of two"),
-    "max": Builtin(("num", "num"), "num", np.maximum, doc="larger of two"),
-}
-
-
-@dataclass(frozen=True)
-class SubSignal:
-    """A named vote over the signal timeframe's bars: `impl(bars, **params)` returns, per bar,
-    +1 (long), -1 (short), 0 (no vote) or a strength in between; NaN where unknown.
-
-    `reads` are the columns it needs; `lookback(params)` the bars back it reads.
-    """
-
-    impl: Callable[..., np.ndarray]
-    reads: tuple[str, ...]
-    params: Mapping[str, float]
-    lookback: Callable[[Mapping[str, float]], int]
-    doc: str = ""
-
-
-SUBSIGNALS: dict[str, SubSignal] = {}
-
-
-def subsignal(
-    name: str,
-    reads: tuple[str, ...],
-    lookback: Callable[[Mapping[str, float]], int],
-    **params: float,
-) -> Callable[[Callable[..., np.ndarray]], Callable[..., np.ndarray]]:
-    """Register a sub-signal under `name` (its keyword parameters and their defaults)."""
-
-    def deco(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
-        SUBSIGNALS[name] = SubSignal(fn, reads, dict(params), lookback, (fn.__doc__ or "").strip())
-        return fn
-
-    return deco
-
-
-def _load_subsignals() -> None:
-    import pipeline.strategy.votes  # noqa: F401  (registers the shipped sub-signals)
 
 
 # -- compiled expressions ----------------------------------------------------------------------
@@ -511,7 +230,7 @@ class _Compiler:
     # operators
     def _BoolOp(self, node: ast.BoolOp) -> Node:
         parts = [self.expect(self.node(v), "bool", v, "each side of and/or") for v in node.values]
-        op = _k_and if isinstance(node.op, ast.And) else _k_or
+        op = k_and if isinstance(node.op, ast.And) else k_or
 
         def fn(b: Bars) -> np.ndarray:
             out = parts[0](b)
@@ -550,7 +269,7 @@ class _Compiler:
 
     def _Compare(self, node: ast.Compare) -> Node:
         for op in node.ops:
-            if type(op) not in _CMP:
+            if type(op) not in CMP:
                 raise self.fail(node, f"comparison {type(op).__name__} is not allowed")
         items = [node.left, *node.comparators]
         vals = [self.expect(self.node(v), "num", v, "compared values") for v in items]
@@ -558,9 +277,9 @@ class _Compiler:
 
         def fn(b: Bars) -> np.ndarray:
             arrays = [v(b) for v in vals]
-            out = _compare(ops[0], arrays[0], arrays[1])
+            out = compare(ops[0], arrays[0], arrays[1])
             for i in range(1, len(ops)):
-                out = _k_and(out, _compare(ops[i], arrays[i], arrays[i + 1]))
+                out = k_and(out, compare(ops[i], arrays[i], arrays[i + 1]))
             return out
 
         return self._combine("bool", vals, fn)
@@ -583,7 +302,6 @@ class _Compiler:
         name = node.func.id
         if name in BUILTINS:
             return self._builtin(node, name, BUILTINS[name])
-        _load_subsignals()
         if name in SUBSIGNALS:
             return self._subsignal(node, name, SUBSIGNALS[name])
         known = sorted(BUILTINS) + sorted(SUBSIGNALS)
@@ -668,26 +386,13 @@ class _Compiler:
 
 
 __all__ = [
-    "BUILTINS",
+    "MAX_NESTING",
     "MAX_WINDOW",
-    "SUBSIGNALS",
-    "Bars",
-    "Builtin",
     "Node",
     "Ref",
     "RuleError",
     "Schema",
-    "SubSignal",
-    "as_cond",
     "compile_condition",
     "parse_ref",
     "ref_name",
-    "rolling_max",
-    "rolling_mean",
-    "rolling_min",
-    "rolling_std",
-    "rolling_sum",
-    "shift",
-    "subsignal",
-    "truth",
 ]

@@ -304,7 +304,7 @@ class _Eval:
 def _evaluate(p: Personality, sig: _Series, htfs: dict[str, _Series | None], run: _Run) -> _Eval:
     import numpy as np
 
-    from pipeline.strategy.rules import Bars, shift, truth
+    from pipeline.strategy.bars import Bars, shift, truth
 
     tf = as_timeframe(p.signal_tf)
     n = run.n

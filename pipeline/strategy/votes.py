@@ -1,8 +1,9 @@
-"""The `vote` personality's sub-signals: ten OHLCV setups, each a registered function a YAML
-rule calls by name (`fair_value_gap(m=10)`), returning per bar +1 (long), -1 (short), 0 or NaN.
+"""Sub-signals: the registry of named votes a YAML rule calls (`fair_value_gap(m=10)`), and the
+`vote` personality's ten OHLCV setups registered in it, each returning per bar +1 (long), -1
+(short), 0 or NaN. The condition compiler (pipeline.strategy.rules) looks names up here.
 
 They read only the signal timeframe's bars up to the bar itself, through fixed-length windows
-computed exactly (see pipeline.strategy.rules), and declare how far back they read, so partitions,
+computed exactly (see pipeline.strategy.bars), and declare how far back they read, so partitions,
 whole-history passes and the live path agree bit for bit. What each looks for:
 
 - squeeze_breakout: close breaks out of the Bollinger band after a squeeze.
@@ -19,18 +20,45 @@ whole-history passes and the live path agree bit for bit. What each looks for:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.strategy.rules import (
-    Bars,
-    rolling_max,
-    rolling_min,
-    rolling_std,
-    shift,
-    subsignal,
-)
+from pipeline.strategy.bars import Bars, rolling_max, rolling_min, rolling_std, shift
+
+
+@dataclass(frozen=True)
+class SubSignal:
+    """A named vote over the signal timeframe's bars: `impl(bars, **params)` returns, per bar,
+    +1 (long), -1 (short), 0 (no vote) or a strength in between; NaN where unknown.
+
+    `reads` are the columns it needs; `lookback(params)` the bars back it reads.
+    """
+
+    impl: Callable[..., np.ndarray]
+    reads: tuple[str, ...]
+    params: Mapping[str, float]
+    lookback: Callable[[Mapping[str, float]], int]
+    doc: str = ""
+
+
+SUBSIGNALS: dict[str, SubSignal] = {}
+
+
+def subsignal(
+    name: str,
+    reads: tuple[str, ...],
+    lookback: Callable[[Mapping[str, float]], int],
+    **params: float,
+) -> Callable[[Callable[..., np.ndarray]], Callable[..., np.ndarray]]:
+    """Register a sub-signal under `name` (its keyword parameters and their defaults)."""
+
+    def deco(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+        SUBSIGNALS[name] = SubSignal(fn, reads, dict(params), lookback, (fn.__doc__ or "").strip())
+        return fn
+
+    return deco
 
 
 def _n(p: Mapping[str, float], key: str, lo: int = 1) -> int:

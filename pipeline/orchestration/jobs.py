@@ -1,0 +1,47 @@
+"""Every job: what a kind of run materializes (the UI lists them by these names)."""
+
+import dagster as dg
+
+from assets import backtests, klines, timeframes
+from assets.common import DAILY
+
+DAILY_GROUPS = ("ingest", "timeframes", "signals")
+
+# Slow checks (great-expectations, warm-up against full history) run on the daily quality
+# schedule and in backfills, never in the minute-by-minute job.
+SLOW_CHECKS = dg.AssetSelection.checks(klines.klines_expectations, timeframes.indicators_warmup)
+
+live_job = dg.define_asset_job(
+    "live",
+    selection=dg.AssetSelection.groups(*DAILY_GROUPS) - SLOW_CHECKS,
+    partitions_def=DAILY,
+    description="Ingest new minutes into a day's partition, then update its timeframes, "
+    "indicators and signals. Launched by the live sensor and the gap and daily repairs.",
+)
+
+backfill_job = dg.define_asset_job(
+    "backfill",
+    selection=dg.AssetSelection.groups(*DAILY_GROUPS),
+    partitions_def=DAILY,
+    description="A range of days as ONE run: 1m candles, every timeframe, indicators and signals, "
+    "with every check (the great-expectations suite included). Launched by `signalbox backfill` "
+    "and by `signalbox up` catching up what a restarted home is missing.",
+)
+
+quality_job = dg.define_asset_job(
+    "quality",
+    selection=SLOW_CHECKS,
+    partitions_def=DAILY,
+    description="The slow checks (great-expectations, warm-up against full history) for a day: "
+    "slow to import, so daily, not per minute. Per day, so the UI keeps each day's verdict "
+    "while live runs rewrite today.",
+)
+
+backtest_job = dg.define_asset_job(
+    "backtest_reports",
+    selection=dg.AssetSelection.assets(backtests.backtest_report),
+    partitions_def=backtests.PERSONALITIES,
+    description="Refresh every personality's backtest report over the rolling window.",
+)
+
+JOBS = [live_job, backfill_job, quality_job, backtest_job]

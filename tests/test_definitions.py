@@ -1,0 +1,85 @@
+"""The code location loads and validates, with every asset, check, job, sensor and schedule,
+and the resources every one of them asks for bound in the one `Definitions`."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import pytest
+
+from pipeline.exchanges.sources import SourceError
+from pipeline.orchestration.definitions import defs
+from pipeline.orchestration.resources import (
+    ExchangeResource,
+    SettingsResource,
+    WarehouseResource,
+    resources,
+)
+
+ASSETS = {"bybit_klines_1m", "candles", "indicators", "signals", "backtest_report"}
+JOBS = {"live", "backfill", "quality", "backtest_reports"}
+SENSORS = {"bybit_live", "kline_gap_repair", "purge_live_runs", "reap_dead_runs"}
+SCHEDULES = {"daily_repair", "quality_schedule", "daily_backtests"}
+
+
+def test_the_definitions_load_and_validate():
+    dg.Definitions.validate_loadable(defs)  # partition mappings, resources, selections
+
+
+def test_every_asset_check_job_sensor_and_schedule_is_there():
+    repo = defs.get_repository_def()
+    graph = repo.asset_graph
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == ASSETS
+    checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
+    assert ("bybit_klines_1m", "expectations_suite") in checks
+    assert ("indicators", "warmup_matches_full_history") in checks
+    assert ("signals", "no_lookahead") in checks
+    assert {j.name for j in repo.get_all_jobs() if not j.name.startswith("__")} == JOBS
+    assert {s.name for s in repo.sensor_defs} == SENSORS
+    assert {s.name for s in repo.schedule_defs} == SCHEDULES
+
+
+def test_every_resource_asked_for_is_bound():
+    repo = defs.get_repository_def()
+    bound = defs.resources or {}
+    assert isinstance(bound["settings"], SettingsResource)
+    assert isinstance(bound["exchange"], ExchangeResource)
+    assert isinstance(bound["warehouse"], WarehouseResource)
+    wanted = set()
+    for node in repo.assets_defs_by_key.values():
+        wanted |= node.required_resource_keys
+    for sensor in repo.sensor_defs:
+        wanted |= sensor.required_resource_keys
+    assert {"settings", "exchange", "warehouse"} <= wanted
+    assert wanted <= set(bound) | {"io_manager"}
+    live = next(s for s in repo.sensor_defs if s.name == "bybit_live")
+    assert live.required_resource_keys == {"settings", "exchange"}  # never the warehouse
+
+
+def test_nothing_is_resolved_when_the_definitions_load():
+    """Loading the code location reads no source and opens no warehouse: a resource loads
+    them when a run or a tick first asks."""
+    exchange = (defs.resources or {})["exchange"]
+    assert exchange._source is None and exchange.settings._loaded is None
+
+
+def test_a_run_handed_another_source_than_the_homes_refuses(tmp_path):
+    """The exchange resource takes the runtime's decision as it is, but never one that
+    contradicts the home's record (one home never mixes two sources)."""
+    (tmp_path / "source.json").write_text(
+        json.dumps({"kind": "replay", "warehouse_id": "replay", "label": "replay seed=7"})
+    )
+    other = {
+        "kind": "bybit",
+        "rest_url": "https://api.bybit.com",
+        "ws_url": "wss://stream.bybit.com/v5/public/linear",
+        "warehouse_id": "bybit",
+        "label": "bybit api.bybit.com",
+    }
+    res = resources(home=str(tmp_path), endpoint=json.dumps(other))
+    with pytest.raises(SourceError, match="holds data from replay seed=7"):
+        res["exchange"].source()
+    same = {**other, "kind": "replay", "warehouse_id": "replay", "label": "replay seed=7"}
+    ok = resources(home=str(tmp_path), endpoint=json.dumps(same))["warehouse"].get()
+    assert ok.path == tmp_path / "warehouse" / "replay.duckdb"
