@@ -36,10 +36,10 @@ ENV_REPLAY_PORT = "SIGNALBOX_REPLAY_PORT"
 def env_keys() -> dict[str, str]:
     """Every environment override and the key it sets (SIGNALBOX_CONFIG names the file
     instead). Each known venue's endpoint: SIGNALBOX_<VENUE>_URL and SIGNALBOX_<VENUE>_WS."""
-    from pipeline.exchanges import KNOWN
+    from pipeline.markets import VENUES
 
     keys = {ENV_HOME: "home", ENV_SOURCE: "source", ENV_SYMBOLS: "exchanges"}
-    for venue in KNOWN:
+    for venue in VENUES:
         keys[f"SIGNALBOX_{venue.upper()}_URL"] = f"{venue}.rest_url"
         keys[f"SIGNALBOX_{venue.upper()}_WS"] = f"{venue}.ws_url"
     return {**keys, ENV_UI_PORT: "ui.port", ENV_REPLAY_PORT: "replay.port"}
@@ -185,9 +185,9 @@ class Settings(_Section):
     @field_validator("exchanges")
     @classmethod
     def _exchanges(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
-        from pipeline.exchanges import KNOWN
+        from pipeline.markets import VENUES
 
-        check_exchanges(v, KNOWN)
+        check_exchanges(v, VENUES)
         return v
 
     @property

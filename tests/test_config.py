@@ -107,15 +107,7 @@ def test_a_broken_personality_file_fails_at_start_not_in_a_run(tmp_path: Path, c
         s.check_personalities()
 
 
-@pytest.fixture
-def two_venues(monkeypatch):
-    """Hyperliquid as a known venue (its client module comes with the exchanges work)."""
-    import pipeline.exchanges
-
-    monkeypatch.setattr(pipeline.exchanges, "KNOWN", ("bybit", "hyperliquid"))
-
-
-def test_exchanges_select_venues_per_symbol_list(tmp_path: Path, two_venues):
+def test_exchanges_select_venues_per_symbol_list(tmp_path: Path):
     from pipeline.markets import Market
 
     text = "exchanges: {hyperliquid: [kPEPE, BTC], bybit: [ETHUSDT, BTCUSDT]}\n"
@@ -147,14 +139,14 @@ def test_exchanges_select_venues_per_symbol_list(tmp_path: Path, two_venues):
         ("exchanges: {}\n", "needs at least one exchange"),
     ],
 )
-def test_bad_exchanges_name_the_problem_in_one_line(tmp_path, two_venues, text, says):
+def test_bad_exchanges_name_the_problem_in_one_line(tmp_path, text, says):
     cfg = write(tmp_path, text)
     with pytest.raises(ConfigError) as err:
         load_settings(cfg, env={})
     assert says in str(err.value) and "\n" not in str(err.value), str(err.value)
 
 
-def test_markets_from_the_environment_and_venue_endpoints(tmp_path: Path, two_venues):
+def test_markets_from_the_environment_and_venue_endpoints(tmp_path: Path):
     from pipeline.config import env_keys, load
     from pipeline.markets import Market
 

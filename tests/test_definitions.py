@@ -17,9 +17,9 @@ from pipeline.orchestration.resources import (
     resources,
 )
 
-ASSETS = {"bybit_klines_1m", "candles", "indicators", "signals", "backtest_report"}
+ASSETS = {"klines_1m", "candles", "indicators", "signals", "backtest_report"}
 JOBS = {"live", "backfill", "quality", "backtest_reports"}
-SENSORS = {"bybit_live", "kline_gap_repair", "purge_live_runs", "reap_dead_runs"}
+SENSORS = {"live_candles", "kline_gap_repair", "purge_live_runs", "reap_dead_runs"}
 SCHEDULES = {"daily_repair", "quality_schedule", "daily_backtests"}
 
 
@@ -32,7 +32,7 @@ def test_every_asset_check_job_sensor_and_schedule_is_there():
     graph = repo.asset_graph
     assert {k.to_user_string() for k in graph.get_all_asset_keys()} == ASSETS
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
-    assert ("bybit_klines_1m", "expectations_suite") in checks
+    assert ("klines_1m", "expectations_suite") in checks
     assert ("indicators", "warmup_matches_full_history") in checks
     assert ("signals", "no_lookahead") in checks
     assert {j.name for j in repo.get_all_jobs() if not j.name.startswith("__")} == JOBS
@@ -53,7 +53,7 @@ def test_every_resource_asked_for_is_bound():
         wanted |= sensor.required_resource_keys
     assert {"settings", "exchange", "warehouse"} <= wanted
     assert wanted <= set(bound) | {"io_manager"}
-    live = next(s for s in repo.sensor_defs if s.name == "bybit_live")
+    live = next(s for s in repo.sensor_defs if s.name == "live_candles")
     assert live.required_resource_keys == {"settings", "exchange"}  # never the warehouse
 
 

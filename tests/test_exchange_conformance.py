@@ -13,14 +13,15 @@ import threading
 import polars as pl
 import pytest
 
-from pipeline.exchanges import KNOWN, client
+from pipeline.exchanges import client
 from pipeline.exchanges.protocol import (
     KLINE_COLUMNS,
     ClosedCandle,
+    Endpoint,
     Exchange,
     InvalidRequest,
 )
-from pipeline.exchanges.sources import Endpoint
+from pipeline.markets import VENUES
 
 UTC = dt.UTC
 MIN = dt.timedelta(minutes=1)
@@ -28,7 +29,7 @@ NOW = dt.datetime(2024, 1, 10, 0, 0, 30, tzinfo=UTC)
 SYMBOL = {"bybit": "BTCUSDT", "hyperliquid": "BTC"}
 
 
-@pytest.fixture(params=KNOWN)
+@pytest.fixture(params=VENUES)
 def venue(request, replay_factory, home):
     from pipeline.config import load_settings
 

@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from pipeline.config import ConfigError, load_settings
+from pipeline.exchanges.protocol import Endpoint
 from pipeline.exchanges.sources import (
-    Endpoint,
     SourceError,
     home_source,
     recorded,

@@ -11,17 +11,16 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from pipeline.markets import VENUES
+
 if TYPE_CHECKING:
     from pipeline.config import Settings
-    from pipeline.exchanges.protocol import Exchange
-    from pipeline.exchanges.sources import Endpoint
-
-KNOWN = ("bybit", "hyperliquid")  # every module here with a `connect`; extend when adding a venue
+    from pipeline.exchanges.protocol import Endpoint, Exchange
 
 
 def client(name: str, settings: Settings, endpoint: Endpoint) -> Exchange:
     """The client of venue `name` at the home's source."""
-    if name not in KNOWN:
-        raise ValueError(f"unknown exchange {name!r}; known: {', '.join(KNOWN)}")
+    if name not in VENUES:
+        raise ValueError(f"unknown exchange {name!r}; known: {', '.join(VENUES)}")
     module = importlib.import_module(f"pipeline.exchanges.{name}")
     return module.connect(settings, endpoint)

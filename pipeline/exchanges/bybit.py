@@ -57,8 +57,7 @@ if TYPE_CHECKING:
     import polars as pl
 
     from pipeline.config import Settings
-    from pipeline.exchanges.protocol import ClosedCandle, Stream
-    from pipeline.exchanges.sources import Endpoint
+    from pipeline.exchanges.protocol import ClosedCandle, Endpoint, Stream
 
 # Importable from here as before; the classes are the protocol's.
 __all__ = [

@@ -45,8 +45,7 @@ if TYPE_CHECKING:
     import polars as pl
 
     from pipeline.config import Settings
-    from pipeline.exchanges.protocol import ClosedCandle, Stream
-    from pipeline.exchanges.sources import Endpoint
+    from pipeline.exchanges.protocol import ClosedCandle, Endpoint, Stream
 
 T = TypeVar("T")
 MINUTE_MS = 60_000

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config import Settings
-from pipeline.exchanges.sources import Endpoint, verify, warehouse_for
+from pipeline.exchanges.protocol import Endpoint
+from pipeline.exchanges.sources import verify, warehouse_for
 from pipeline.markets import Market, by_venue
 from warehouse import Replacement
 

@@ -55,6 +55,18 @@ class MalformedResponse(ExchangeError):
 
 
 @dataclass(frozen=True)
+class Endpoint:
+    """The home's source as decided once (pipeline.exchanges.sources): kind ("bybit" for the
+    live venues, "replay"), the replay's or Bybit's URLs, the warehouse id and a label."""
+
+    kind: str
+    rest_url: str
+    ws_url: str
+    warehouse_id: str
+    label: str
+
+
+@dataclass(frozen=True)
 class ClosedCandle:
     """One closed 1-minute candle pushed by a live stream."""
 

@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 
 from pipeline import jsonfile
 from pipeline.config import BybitConfig, ConfigError, ReplayConfig, Settings
+from pipeline.exchanges.protocol import Endpoint
 from warehouse import Warehouse
 
 BYBIT_DEFAULT_REST = BybitConfig().rest_url
@@ -36,17 +37,6 @@ Say = Callable[[str], None]
 
 class SourceError(ConfigError):
     """The home's source cannot be used as asked; the message says what and how to proceed."""
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """A resolved exchange: kind, URLs, the warehouse id and a label for metadata."""
-
-    kind: str  # "bybit" | "replay"
-    rest_url: str
-    ws_url: str
-    warehouse_id: str
-    label: str
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,7 @@ from pydantic import PrivateAttr
 
 if TYPE_CHECKING:
     from pipeline.config import Settings
-    from pipeline.exchanges.protocol import Exchange
-    from pipeline.exchanges.sources import Endpoint
+    from pipeline.exchanges.protocol import Endpoint, Exchange
     from pipeline.runtime.progress import Reporter
     from warehouse import Warehouse
 
@@ -71,7 +70,8 @@ class ExchangeResource(dg.ConfigurableResource):
 
     def source(self) -> Endpoint:
         if self._source is None:
-            from pipeline.exchanges.sources import Endpoint, SourceError, current, recorded
+            from pipeline.exchanges.protocol import Endpoint
+            from pipeline.exchanges.sources import SourceError, current, recorded
             from pipeline.runtime.processes import ENDPOINT_ENV
 
             settings = self.settings.get()

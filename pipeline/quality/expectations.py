@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 def _kline_expectations() -> list[Any]:
     import great_expectations.expectations as gxe
 
-    from pipeline.exchanges import KNOWN
+    from pipeline.markets import VENUES
 
     prices = ["open", "high", "low", "close"]
     out: list[Any] = [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in [*prices, "volume"]]
@@ -39,7 +39,7 @@ def _kline_expectations() -> list[Any]:
             column_A="close", column_B="low", or_equal=True
         ),
         gxe.ExpectCompoundColumnsToBeUnique(column_list=["exchange", "symbol", "open_time"]),
-        gxe.ExpectColumnValuesToBeInSet(column="exchange", value_set=list(KNOWN)),
+        gxe.ExpectColumnValuesToBeInSet(column="exchange", value_set=list(VENUES)),
         # Bybit symbols (BTCUSDT) and Hyperliquid coins (BTC, kPEPE: 1000x)
         gxe.ExpectColumnValuesToMatchRegex(column="symbol", regex=r"^k?[A-Z0-9]{1,30}$"),
     ]

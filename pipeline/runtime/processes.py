@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.config import Settings
+from pipeline.exchanges.protocol import Endpoint
 from pipeline.exchanges.sources import (
-    Endpoint,
     Say,
     SourceError,
     managed_replay,

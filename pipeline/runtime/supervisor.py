@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import REPO_ROOT, Settings
-from pipeline.exchanges.sources import Endpoint, home_source, recorded, warehouse_for
+from pipeline.exchanges.protocol import Endpoint
+from pipeline.exchanges.sources import home_source, recorded, warehouse_for
 from pipeline.orchestration.instance import dagster_env
 from pipeline.runtime import latency, pids
 from pipeline.runtime.partitions import ensure_recorded, exchange_today, first_partition
