@@ -24,7 +24,7 @@ def test_outage_of_minutes_with_the_replica_held_loses_nothing(tmp_path, replay_
     replica = tmp_path / "warehouse" / "replay.replica.duckdb"
     holder = None
     try:
-        wait_for(lambda: len(replica_rows(tmp_path, KLINES)) > 720, 120, "the first run", daemon)
+        wait_for(lambda: len(replica_rows(tmp_path, KLINES)) > 720, 300, "the first run", daemon)
         # Someone opens the replica read-write (as the DuckDB CLI does) and keeps it.
         holder = subprocess.Popen(
             [

@@ -58,7 +58,7 @@ def test_daemon_killed_across_midnight_catches_up_exactly(tmp_path, replay_facto
     daemon = Daemon(tmp_path, ex, cfg).start()
     midnight = dt.datetime(2024, 2, 29, tzinfo=dt.UTC)
     try:
-        wait_for(lambda: len(replica_rows(tmp_path, KLINES)) >= 2, 120, "live ingestion", daemon)
+        wait_for(lambda: len(replica_rows(tmp_path, KLINES)) >= 2, 300, "live ingestion", daemon)
         daemon.kill()  # down from before midnight ...
         first = replica_rows(tmp_path, KLINES)[0][0]
         wait_for(lambda: ex.now() > midnight + 2 * MINUTE, 120, "the exchange to pass midnight")
@@ -69,7 +69,7 @@ def test_daemon_killed_across_midnight_catches_up_exactly(tmp_path, replay_facto
         def caught_up() -> bool:
             return replica_rows(tmp_path, KLINES)[-1][0] >= target
 
-        wait_for(caught_up, 120, "the catch-up", daemon)
+        wait_for(caught_up, 300, "the catch-up", daemon)  # a hang guard: a loaded machine is slow
     finally:
         daemon.stop()
     rows = replica_rows(tmp_path, KLINES)
