@@ -19,6 +19,7 @@ from assets.common import (
     pool_slot,
 )
 from assets.common import window as partition_window
+from pipeline.markets import by_venue
 from pipeline.orchestration import tags
 from pipeline.orchestration.resources import (
     ExchangeResource,
@@ -60,7 +61,7 @@ def _parse(ts: str | None) -> dt.datetime | None:
     backfill_policy=SINGLE_RUN,
     group_name="ingest",
     owners=OWNERS,
-    kinds={"duckdb", "polars"},
+    kinds={"duckdb", "polars", *by_venue(SHAPE.markets)},  # the venues show as kinds in the UI
     description=(
         "Closed 1-minute candles from every configured venue (or the replay exchange's faces), "
         "all configured markets per UTC day, keyed by (exchange, symbol, open_time). "
@@ -70,7 +71,11 @@ def _parse(ts: str | None) -> dt.datetime | None:
     freshness_policy=dg.FreshnessPolicy.time_window(
         fail_window=dt.timedelta(minutes=SHAPE.live.freshness_minutes)
     ),
-    metadata={"table": "klines_1m", "pool": "duckdb (claimed only while writing)"},
+    metadata={
+        "table": "klines_1m",
+        "pool": "duckdb (claimed only while writing)",
+        "markets": ", ".join(map(str, SHAPE.markets)),
+    },
 )
 def klines_1m(
     context: dg.AssetExecutionContext,
@@ -83,7 +88,6 @@ def klines_1m(
     import polars as pl
 
     from pipeline.exchanges.ingest import ingest
-    from pipeline.markets import by_venue
     from pipeline.quality.checks import by_market, kline_checks
 
     started_at = time.time()

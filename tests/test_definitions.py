@@ -4,6 +4,9 @@ and the resources every one of them asks for bound in the one `Definitions`."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import dagster as dg
 import pytest
@@ -83,3 +86,21 @@ def test_a_run_handed_another_source_than_the_homes_refuses(tmp_path):
     same = {**other, "kind": "replay", "warehouse_id": "replay", "label": "replay seed=7"}
     ok = resources(home=str(tmp_path), endpoint=json.dumps(same))["warehouse"].get()
     assert ok.path == tmp_path / "warehouse" / "replay.duckdb"
+
+
+def test_the_ui_shows_every_configured_venue(tmp_path):
+    """The 1m asset names its venues as kinds and lists its markets (the shape of the code
+    location comes from the configuration when it loads, hence a fresh interpreter)."""
+    code = (
+        "import json; from pipeline.orchestration.definitions import defs; "
+        "a = defs.get_assets_def('klines_1m'); s = a.specs_by_key[a.key]; "
+        "print(json.dumps([sorted(s.kinds), s.metadata['markets']]))"
+    )
+    env = {"SIGNALBOX_HOME": str(tmp_path), "SIGNALBOX_SYMBOLS": "bybit:BTCUSDT,hyperliquid:BTC"}
+    r = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    kinds, markets = json.loads(r.stdout.splitlines()[-1])
+    assert {"bybit", "hyperliquid"} <= set(kinds)
+    assert markets == "bybit:BTCUSDT, hyperliquid:BTC"
