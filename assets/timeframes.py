@@ -117,7 +117,7 @@ def candles(
     return dg.MaterializeResult(
         metadata=display(meta),
         check_results=[
-            check_result(n, _merge(outcomes[n], "days"), "candles") for n in CANDLE_CHECKS
+            check_result(n, _merge(outcomes[n], "market-days"), "candles") for n in CANDLE_CHECKS
         ],
     )
 
@@ -199,7 +199,7 @@ def indicators(
     return dg.MaterializeResult(
         metadata=display(meta),
         check_results=[
-            check_result(n, _merge(outcomes[n], "day x timeframe windows"), "indicators")
+            check_result(n, _merge(outcomes[n], "market x day x timeframe windows"), "indicators")
             for n in INDICATOR_CHECKS
         ],
     )

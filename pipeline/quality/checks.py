@@ -291,7 +291,7 @@ def complete_minutes(
     }
     if total == 0:
         return CheckOutcome(
-            True, f"all {expected} minutes present for {len(symbols)} symbol(s)", meta
+            True, f"all {expected} minutes present for each of {len(symbols)} market(s)", meta
         )
     days = describe_days(runs, split=n_known > 0 and n_lost > 0)
     if n_lost == 0:
