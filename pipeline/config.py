@@ -48,7 +48,8 @@ def env_keys() -> dict[str, str]:
 DEFAULT = "default"
 
 
-Source = Literal["auto", "bybit", "replay"]
+Source = Literal["auto", "live", "replay"]
+LEGACY_SOURCE = "bybit"  # the name of `live` before there were several venues
 
 
 class ConfigError(ValueError):
@@ -181,6 +182,11 @@ class Settings(_Section):
     ]  # fmt: skip
     personalities: list[str] = ["scalping", "swing", "ma_trend", "vote"]
     config_path: Path | None = None
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _legacy_source(cls, v: Any) -> Any:
+        return "live" if v == LEGACY_SOURCE else v
 
     @field_validator("exchanges")
     @classmethod

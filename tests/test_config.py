@@ -54,7 +54,7 @@ def test_relative_home_is_relative_to_the_config_file(tmp_path: Path):
     [
         ("symbols: [btc-usdt]\n", "symbols", "btc-usdt", "like BTCUSDT"),
         ("symbols: []\n", "symbols", "[]", "at least one symbol"),
-        ("source: live\n", "source", "'live'", "'auto', 'bybit' or 'replay'"),
+        ("source: binance\n", "source", "'binance'", "'auto', 'live' or 'replay'"),
         ("start_date: 2023-02-30\n", "start_date", "2023-02-30", "date"),
         ("start_date: 2099-01-01\n", "start_date", "2099-01-01", "between 2018-01-01 and today"),
         ("timeframes: [1m, 7x]\n", "timeframes", "7x", "m (minutes), h (hours)"),

@@ -9,6 +9,7 @@ invented and stored, and `--config X` never reached the replay exchange the CLI 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -213,3 +214,19 @@ def test_the_synthetic_market_lists_its_symbols_only(replay_session):
     assert np.isfinite(
         float(klines(replay_session, symbol="ETHUSDT", interval="1")["result"]["list"][0][4])
     )
+
+
+def test_live_is_the_source_of_the_venues_and_bybit_its_old_name(tmp_path):
+    """`source: live` reads the venues themselves; `bybit` (its name before there were several
+    venues) means the same, in the configuration and in a home's record."""
+    cfg = config(tmp_path, source="bybit")
+    settings = load_settings(cfg, env={})
+    assert settings.source == "live"
+    ep = home_source(settings)
+    assert (ep.kind, ep.warehouse_id) == ("live", "bybit")  # the warehouse file keeps its name
+    rec = json.loads((settings.home / "source.json").read_text())
+    (settings.home / "source.json").write_text(json.dumps({**rec, "kind": "bybit"}))  # older home
+    auto = load_settings(config(tmp_path, source="auto"), env={})
+    assert home_source(auto) == ep
+    with pytest.raises(SourceError, match=r"holds data from bybit api\.bybit\.com"):
+        home_source(load_settings(config(tmp_path, source="replay"), env={}))

@@ -56,7 +56,7 @@ class MalformedResponse(ExchangeError):
 
 @dataclass(frozen=True)
 class Endpoint:
-    """The home's source as decided once (pipeline.exchanges.sources): kind ("bybit" for the
+    """The home's source as decided once (pipeline.exchanges.sources): kind ("live" for the
     live venues, "replay"), the replay's or Bybit's URLs, the warehouse id and a label."""
 
     kind: str

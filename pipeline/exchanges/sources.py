@@ -1,7 +1,7 @@
 """Which exchange a home talks to, and which warehouse file its data lives in.
 
 A home has ONE source, decided once and recorded in `<home>/source.json`: the configured
-`source` (bybit or replay) on its first start, or, with `auto`, what the first start of an
+`source` (live or replay) on its first start, or, with `auto`, what the first start of an
 empty home found (live Bybit if it answers within a few probes, else the replay exchange).
 Every later command checks the configuration against that record and refuses a mismatch, so
 candles of two sources never meet in one home. Every source also gets its own DuckDB file.
@@ -127,11 +127,13 @@ def replay_endpoint(settings: Settings) -> Endpoint:
 def bybit_endpoint(settings: Settings) -> Endpoint:
     host = urlparse(settings.bybit.rest_url).hostname or "bybit"
     ident = "bybit" if settings.bybit.rest_url == BYBIT_DEFAULT_REST else f"bybit-{_slug(host)}"
-    return Endpoint("bybit", settings.bybit.rest_url, settings.bybit.ws_url, ident, f"bybit {host}")
+    return Endpoint("live", settings.bybit.rest_url, settings.bybit.ws_url, ident, f"bybit {host}")
 
 
 def configured(settings: Settings, kind: str) -> Endpoint:
-    return bybit_endpoint(settings) if kind == "bybit" else replay_endpoint(settings)
+    """The endpoint of a source kind: `replay`, or `live` (`bybit` in records written before
+    there were several venues)."""
+    return replay_endpoint(settings) if kind == "replay" else bybit_endpoint(settings)
 
 
 # -- the home's record ---------------------------------------------------------------------
@@ -200,10 +202,10 @@ def home_source(settings: Settings, say: Say | None = None, decide: bool = True)
             raise SourceError(
                 f"this home ({settings.home}) has warehouses of several sources "
                 f"({', '.join(existing)}) and no record of which is its own; set `source:` "
-                "(bybit or replay) in signalbox.yaml or SIGNALBOX_SOURCE to choose"
+                "(live or replay) in signalbox.yaml or SIGNALBOX_SOURCE to choose"
             )
         if existing:
-            kind = "replay" if existing[0].startswith("replay") else "bybit"
+            kind = "replay" if existing[0].startswith("replay") else "live"
             ep = configured(settings, kind)
             if ep.warehouse_id != existing[0]:
                 raise SourceError(

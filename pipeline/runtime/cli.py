@@ -215,8 +215,9 @@ def build_parser(
     sp.add_argument("--port", type=int, help=f"Dagster UI port ({default('ui.port')})")
     sp.add_argument(
         "--source",
-        choices=["auto", "bybit", "replay"],
-        help=f"exchange to use ({default('source')}; a home keeps the one it started with)",
+        choices=["auto", "live", "replay", "bybit"],
+        help=f"live venues or the replay ({default('source')}; `bybit` is the old name of `live`; "
+        "a home keeps the one it started with)",
     )
     sp.add_argument(
         "--history-days",
