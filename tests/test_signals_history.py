@@ -18,12 +18,11 @@ from pipeline.config import Settings
 from pipeline.indicators import compute_indicators
 from pipeline.replay import synthetic
 from pipeline.strategy.bars import Bars
+from pipeline.strategy.checks import check_signals, check_signals_lookahead
 from pipeline.strategy.personality import Personality, load_personality, personality_from_dict
+from pipeline.strategy.signal_inputs import join_frames
 from pipeline.strategy.signals import (
-    check_signals,
-    check_signals_lookahead,
     compute_signals,
-    join_frames,
     live_signal,
     signal_day,
     signal_input_window,
