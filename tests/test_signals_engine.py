@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 
 from pipeline.candles.build import with_exchange
-from pipeline.candles.resample import owned_where
+from pipeline.candles.timeframes import owned_where
 from pipeline.strategy.checks import check_signals
 from pipeline.strategy.personality import Personality, personality_from_dict
 from pipeline.strategy.signal_table import SIGNAL_COLUMNS, signals_schema

@@ -12,8 +12,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline.candles.resample import owned_by, resample
-from pipeline.candles.timeframes import to_ms
+from pipeline.candles.resample import resample
+from pipeline.candles.timeframes import owned_by, to_ms
 from pipeline.config import Settings
 from pipeline.indicators import compute_indicators
 from pipeline.replay import synthetic

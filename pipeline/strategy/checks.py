@@ -7,7 +7,7 @@ import datetime as dt
 import json
 from typing import TYPE_CHECKING, Any
 
-from pipeline.candles.timeframes import MINUTE_MS, as_timeframe
+from pipeline.candles.timeframes import MINUTE_MS, as_timeframe, owned_by
 from pipeline.quality.checks import FLOAT_RTOL, MAX_LISTED, CheckOutcome
 from pipeline.strategy.signal_inputs import Frames, split_frames, utc
 from pipeline.strategy.signal_table import KEYS, OK, SIGNAL_COLUMNS
@@ -115,7 +115,6 @@ def check_signals_lookahead(
     import numpy as np
     import polars as pl
 
-    from pipeline.candles.resample import owned_by
     from pipeline.strategy.personality import load_personality
 
     p = load_personality(personality)
