@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from pipeline.candles.resample import resample
-from pipeline.candles.timeframes import owned_by, to_ms
+from pipeline.candles.timeframes import owned_by, owner_day, to_ms
 from pipeline.config import Settings
 from pipeline.indicators import compute_indicators
 from pipeline.replay import synthetic
@@ -24,7 +24,6 @@ from pipeline.strategy.signal_inputs import join_frames
 from pipeline.strategy.signals import (
     compute_signals,
     live_signal,
-    signal_day,
     signal_input_window,
     signals_for_partition,
 )
@@ -247,9 +246,9 @@ def test_partition_ownership_is_close_time_day():
     frames = market()
     for d in list(days())[:5]:
         out = signals_for_partition(frames, d, p)
-        assert all(signal_day(t) == d for t in out["close_time"].to_list())
+        assert all(owner_day(t) == d for t in out["close_time"].to_list())
     # a bar closing exactly at midnight belongs to the day before
-    assert signal_day(dt.datetime(2024, 1, 2, tzinfo=UTC)) == dt.date(2024, 1, 1)
+    assert owner_day(dt.datetime(2024, 1, 2, tzinfo=UTC)) == dt.date(2024, 1, 1)
 
 
 def test_multi_symbol_equals_each_alone():

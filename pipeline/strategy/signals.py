@@ -52,9 +52,8 @@ from pipeline.candles.timeframes import (
     day_bounds_ms,
     first_owned_start_ms,
     from_ms,
-    owner_day_index,
+    owner_day,
     shift_buckets,
-    to_ms,
 )
 from pipeline.strategy.evaluation import cooldown, evaluate, grid_index, runs
 from pipeline.strategy.signal_inputs import Frames, cut_frames, split_frames, symbol_series
@@ -179,11 +178,6 @@ def signal_summary(signals: pl.DataFrame) -> dict[str, Any]:
     return out
 
 
-def signal_day(close_time: dt.datetime) -> dt.date:
-    """The daily partition owning a signal stamped `close_time`."""
-    return dt.date(1970, 1, 1) + dt.timedelta(days=int(owner_day_index(to_ms(close_time))))
-
-
 def live_signal(
     frames: Frames | pl.DataFrame,
     personality: Personality | str,
@@ -200,11 +194,12 @@ def live_signal(
 
 
 def live_at(frames: Frames, p: Personality, close_time: dt.datetime) -> pl.DataFrame:
+    """`live_signal` on frames already cut to one symbol."""
     import polars as pl
 
     windows = {
         tf: (lo, min(hi, close_time))
-        for tf, (lo, hi) in signal_input_window(signal_day(close_time), p).items()
+        for tf, (lo, hi) in signal_input_window(owner_day(close_time), p).items()
     }
     return compute_signals(cut_frames(frames, windows), p).filter(
         pl.col("close_time") == close_time
@@ -215,7 +210,6 @@ __all__ = [
     "compute_signals",
     "live_at",
     "live_signal",
-    "signal_day",
     "signal_input_window",
     "signal_summary",
     "signals_for_partition",
