@@ -92,8 +92,9 @@ def signals(
     from pipeline.runtime import latency
     from pipeline.sidecar.outbox import publish
     from pipeline.strategy.build import build_signals, write_signals
+    from pipeline.strategy.checks import check_signals, check_signals_lookahead
     from pipeline.strategy.personality import load_personalities
-    from pipeline.strategy.signals import check_signals, check_signals_lookahead, signal_summary
+    from pipeline.strategy.signals import signal_summary
 
     s, wh = settings.get(), warehouse.get()
     start, end = partition_window(context)

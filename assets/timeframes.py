@@ -80,7 +80,8 @@ def candles(
     import polars as pl
 
     from pipeline.candles.build import build_candles, with_exchange, write_candles
-    from pipeline.candles.resample import check_candles, owned_by
+    from pipeline.candles.checks import check_candles
+    from pipeline.candles.timeframes import owned_by
     from pipeline.markets import by_venue
     from pipeline.quality.checks import by_market
 

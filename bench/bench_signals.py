@@ -62,7 +62,7 @@ def year_of_1m() -> Any:
 def _frames(klines: Any, timeframes: list[str]) -> dict[str, Any]:
     from pipeline.candles.resample import resample
     from pipeline.indicators import compute_indicators
-    from pipeline.strategy.signals import join_frames
+    from pipeline.strategy.signal_inputs import join_frames
 
     candles = resample(klines, timeframes)
     return join_frames(candles, compute_indicators(candles), timeframes)

@@ -199,7 +199,8 @@ def test_the_warehouse_path_tells_exchange_gaps_from_lost_minutes(home: Path) ->
 def test_signals_treat_null_indicators_as_rules_that_do_not_hold() -> None:
     """Every rule of ma_trend reads a moving average: with them NULL (not due), nothing
     signals; NULL is never read as 0 (a close above a 0 average would hold everywhere)."""
-    from pipeline.strategy.signals import compute_signals, join_frames
+    from pipeline.strategy.signal_inputs import join_frames
+    from pipeline.strategy.signals import compute_signals
 
     tfs = ["37m", "148m", "1d"]
     ms = to_ms(DAY0)

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from pipeline.candles.build import with_exchange
-from pipeline.candles.resample import KEYS, owned_by, owned_where, resample
-from pipeline.candles.timeframes import DAY_MS, parse_timeframe, to_ms
+from pipeline.candles.resample import KEYS, resample
+from pipeline.candles.timeframes import DAY_MS, owned_by, owned_where, parse_timeframe, to_ms
 from pipeline.config import Settings
 from pipeline.indicators import (
     CUSTOM,

@@ -14,16 +14,11 @@ import polars as pl
 import pytest
 
 from pipeline.candles.build import with_exchange
-from pipeline.candles.resample import owned_where
+from pipeline.candles.timeframes import owned_where
+from pipeline.strategy.checks import check_signals
 from pipeline.strategy.personality import Personality, personality_from_dict
-from pipeline.strategy.signals import (
-    SIGNAL_COLUMNS,
-    check_signals,
-    compute_signals,
-    signal_summary,
-    signals_for_partition,
-    signals_schema,
-)
+from pipeline.strategy.signal_table import SIGNAL_COLUMNS, signals_schema
+from pipeline.strategy.signals import compute_signals, signal_summary, signals_for_partition
 from tests.test_signals_history import FIRST, TIMEFRAMES, compared, market, shipped
 from warehouse import Warehouse
 

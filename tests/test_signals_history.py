@@ -12,20 +12,18 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline.candles.resample import owned_by, resample
-from pipeline.candles.timeframes import to_ms
+from pipeline.candles.resample import resample
+from pipeline.candles.timeframes import owned_by, owner_day, to_ms
 from pipeline.config import Settings
 from pipeline.indicators import compute_indicators
 from pipeline.replay import synthetic
 from pipeline.strategy.bars import Bars
+from pipeline.strategy.checks import check_signals, check_signals_lookahead
 from pipeline.strategy.personality import Personality, load_personality, personality_from_dict
+from pipeline.strategy.signal_inputs import join_frames
 from pipeline.strategy.signals import (
-    check_signals,
-    check_signals_lookahead,
     compute_signals,
-    join_frames,
     live_signal,
-    signal_day,
     signal_input_window,
     signals_for_partition,
 )
@@ -248,9 +246,9 @@ def test_partition_ownership_is_close_time_day():
     frames = market()
     for d in list(days())[:5]:
         out = signals_for_partition(frames, d, p)
-        assert all(signal_day(t) == d for t in out["close_time"].to_list())
+        assert all(owner_day(t) == d for t in out["close_time"].to_list())
     # a bar closing exactly at midnight belongs to the day before
-    assert signal_day(dt.datetime(2024, 1, 2, tzinfo=UTC)) == dt.date(2024, 1, 1)
+    assert owner_day(dt.datetime(2024, 1, 2, tzinfo=UTC)) == dt.date(2024, 1, 1)
 
 
 def test_multi_symbol_equals_each_alone():

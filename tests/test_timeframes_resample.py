@@ -12,19 +12,10 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from pipeline.candles.resample import (
-    KEYS,
-    _reduce,
-    candles_schema,
-    check_candles,
-    check_complete,
-    check_counts,
-    check_grid,
-    owned_by,
-    resample,
-    resample_partition,
-)
-from pipeline.candles.timeframes import to_ms
+from pipeline.candles.checks import check_candles, check_complete, check_counts, check_grid
+from pipeline.candles.resample import KEYS, candles_schema, resample, resample_partition
+from pipeline.candles.rollup import _reduce
+from pipeline.candles.timeframes import owned_by, to_ms
 from pipeline.config import Settings
 from pipeline.replay import synthetic
 from tests.conftest import DAY0, SEED

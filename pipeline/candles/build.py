@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeline.candles.resample import OWNED
+from pipeline.candles.timeframes import OWNED
 from warehouse import Replacement
 
 if TYPE_CHECKING:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 if TYPE_CHECKING:
     import numpy as np
+    import polars as pl
 
 MINUTE_MS = 60_000
 DAY_MS = 1440 * MINUTE_MS
@@ -278,3 +279,21 @@ def partition_input_window(
     d0, d1 = day_bounds_ms(day)
     starts = [s for tf in timeframes if (s := first_owned_start_ms(tf, day)) is not None]
     return from_ms(min([d0, *starts])), from_ms(d1)
+
+
+def owned_by(day: dt.date) -> pl.Expr:
+    """Polars predicate: rows (candles or indicators) the partition `day` owns."""
+    import polars as pl
+
+    d0, d1 = day_bounds_ms(day)
+    return (pl.col("close_time") > from_ms(d0)) & (pl.col("close_time") <= from_ms(d1))
+
+
+# The rows a run over (start, end] owns, of one venue: candles, indicators and signals alike.
+OWNED = "exchange = ? AND close_time > ? AND close_time <= ?"
+
+
+def owned_where(day: dt.date, exchange: str = "bybit") -> tuple[str, list[Any]]:
+    """SQL predicate and parameters for `Warehouse.replace` of one venue's partition `day`."""
+    d0, d1 = day_bounds_ms(day)
+    return OWNED, [exchange, from_ms(d0), from_ms(d1)]

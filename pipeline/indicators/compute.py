@@ -11,7 +11,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeline.candles.timeframes import as_timeframe, day_bounds_ms, from_ms
+from pipeline.candles.timeframes import as_timeframe, day_bounds_ms, from_ms, owned_by
 from pipeline.indicators.custom import CUSTOM, Context
 from pipeline.indicators.history import JOINED, WHOLE, history_flags, segments, utc_times
 from pipeline.indicators.spec import CANDLE_INPUTS, Indicator, IndicatorSpec, load_spec
@@ -333,8 +333,6 @@ def indicators_for_partition(
     the day are dropped first, so a later bar stored by a later partition can never leak in.
     """
     import polars as pl
-
-    from pipeline.candles.resample import owned_by
 
     _, d1 = day_bounds_ms(day)
     hist = candles_with_history.filter(pl.col("close_time") <= from_ms(d1))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeline.candles.build import with_exchange
-from pipeline.candles.resample import OWNED
+from pipeline.candles.timeframes import OWNED
 from warehouse import Replacement
 
 if TYPE_CHECKING:
