@@ -13,9 +13,9 @@ import threading
 import polars as pl
 import pytest
 
+from pipeline.candles.timeframes import KLINE_COLUMNS
 from pipeline.exchanges import client
 from pipeline.exchanges.protocol import (
-    KLINE_COLUMNS,
     ClosedCandle,
     Endpoint,
     Exchange,

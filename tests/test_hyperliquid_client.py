@@ -10,9 +10,9 @@ import time
 import polars as pl
 import pytest
 
+from pipeline.candles.timeframes import KLINE_COLUMNS
 from pipeline.exchanges.hyperliquid import HyperliquidClient
 from pipeline.exchanges.protocol import (
-    KLINE_COLUMNS,
     ClosedCandle,
     ExchangeUnavailable,
     InvalidRequest,

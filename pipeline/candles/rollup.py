@@ -7,8 +7,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pipeline.candles.timeframes import DAY_MS, MINUTE_MS, Timeframe, bucket_start, from_ms
-from pipeline.exchanges.protocol import KLINE_COLUMNS
+from pipeline.candles.timeframes import (
+    DAY_MS,
+    KLINE_COLUMNS,
+    MINUTE_MS,
+    Timeframe,
+    bucket_start,
+    from_ms,
+)
 
 if TYPE_CHECKING:
     import numpy as np

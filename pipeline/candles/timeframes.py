@@ -23,6 +23,19 @@ if TYPE_CHECKING:
     import numpy as np
     import polars as pl
 
+# The 1m candle as every exchange client returns it (pipeline/exchanges/protocol.py).
+KLINE_COLUMNS = (
+    "symbol",
+    "open_time",
+    "close_time",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "turnover",
+)
+
 MINUTE_MS = 60_000
 DAY_MS = 1440 * MINUTE_MS
 MINUTE_US = 1000 * MINUTE_MS

@@ -11,7 +11,8 @@ import datetime as dt
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pipeline.exchanges.protocol import KLINE_COLUMNS, MalformedResponse
+from pipeline.candles.timeframes import KLINE_COLUMNS
+from pipeline.exchanges.protocol import MalformedResponse
 
 if TYPE_CHECKING:
     import numpy as np

@@ -33,9 +33,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
+from pipeline.candles.timeframes import KLINE_COLUMNS
 from pipeline.exchanges import retry
 from pipeline.exchanges.protocol import (
-    KLINE_COLUMNS,
     ExchangeError,
     InvalidRequest,
     MalformedResponse,

@@ -4,7 +4,8 @@ Every venue (`bybit`, `hyperliquid`, ...) is one module in this package whose cl
 satisfies `Exchange`. The pipeline only ever talks to this protocol, so adding a venue is one
 module plus its face on the replay exchange (see the README, "Adding an exchange").
 
-Candle frames are 1-minute, CLOSED candles as a polars frame with `KLINE_COLUMNS`, sorted by
+Candle frames are 1-minute, CLOSED candles as a polars frame with `KLINE_COLUMNS`
+(pipeline/candles/timeframes.py), sorted by
 (symbol, open_time), unique; times are UTC `Datetime("us", "UTC")`; `turnover` is null where
 the venue does not report it. Symbols are the venue's own names (`BTCUSDT` on Bybit, `BTC` on
 Hyperliquid). Errors are the `ExchangeError` family below, whatever the venue's client raises.
@@ -19,18 +20,6 @@ from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import polars as pl
-
-KLINE_COLUMNS = (
-    "symbol",
-    "open_time",
-    "close_time",
-    "open",
-    "high",
-    "low",
-    "close",
-    "volume",
-    "turnover",
-)
 
 
 class ExchangeError(RuntimeError):
