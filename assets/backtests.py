@@ -12,7 +12,7 @@ import datetime as dt
 import dagster as dg
 
 from assets.common import OWNERS, SHAPE, check_result, display, md_table
-from pipeline.markets import Market
+from pipeline.markets import find_market
 from pipeline.orchestration.resources import ExchangeResource, SettingsResource, WarehouseResource
 
 PERSONALITIES = dg.StaticPartitionsDefinition(SHAPE.personality_names)
@@ -23,7 +23,9 @@ class BacktestConfig(dg.Config):
 
     start: str | None = None  # first day, YYYY-MM-DD (UTC)
     end: str | None = None  # last day, inclusive
-    symbol: str | None = None  # default: every configured symbol
+    # Markets as `signalbox backtest` names them (it is the only writer): ["hyperliquid:BTC"];
+    # None: every configured market.
+    markets: list[str] | None = None
     params_json: str = "{}"  # overrides of the configured backtest parameters
 
 
@@ -109,9 +111,10 @@ def backtest_report(
     except ParamError as err:
         raise dg.Failure(f"backtest parameters: {err}") from None
     start, end = _period(config, s.backtest.window_days)
-    markets = [m for m in s.markets if m.symbol == config.symbol] if config.symbol else s.markets
-    if config.symbol and not markets:  # not configured: Bybit's, as before venues
-        markets = [Market("bybit", config.symbol)]
+    try:
+        markets = [find_market(t, s.markets) for t in config.markets or []] or s.markets
+    except ValueError as err:
+        raise dg.Failure(f"backtest markets: {err}") from None
     tf = pers.signal_tf
     candles = wh.query(
         "SELECT exchange, symbol, open_time, close_time, open, high, low, close, volume, complete "
@@ -138,7 +141,7 @@ def backtest_report(
         sym_candles = candles.filter(ours & (pl.col("symbol") == symbol)).drop("exchange")
         sigs = signals.filter(ours & (pl.col("symbol") == symbol)).drop("exchange")
         if sym_candles.height == 0:
-            markdown.append(f"**{symbol}**: no candles in the period; backfill it first.")
+            markdown.append(f"**{market}**: no candles in the period; backfill it first.")
             continue
         res = run_backtest(
             sym_candles, sigs, params, start=start, end=end, personality=personality, symbol=symbol

@@ -84,3 +84,30 @@ def check_exchanges(v: dict[str, list[str]], known: Sequence[str]) -> None:
                 )
         if len(set(symbols)) != len(symbols):
             raise ValueError(f"{venue}: lists a symbol twice")
+
+
+def find_market(text: str, configured: Sequence[Market]) -> Market:
+    """One market as a person names it (`signalbox backtest --symbol`): `venue:SYMBOL` as
+    written, configured or not (checked as configuration is), or a bare symbol that names
+    exactly one configured market (case aside: `btc` finds hyperliquid:BTC). Raises ValueError,
+    one line naming the configured markets, for a bare symbol matching none or several."""
+    listed = ", ".join(str(m) for m in configured)
+    if ":" in text:
+        v = parse_markets(text)
+        check_exchanges(v, VENUES)
+        found = [Market(venue, s) for venue, symbols in v.items() for s in symbols]
+        if len(found) != 1:
+            raise ValueError(f"{quote(text)} names {len(found)} markets: give one, e.g. {listed}")
+        return found[0]
+    same = [m for m in configured if m.symbol.upper() == text.strip().upper()]
+    if len(same) == 1:
+        return same[0]
+    if same:
+        raise ValueError(
+            f"{quote(text)} is configured on {len(same)} venues "
+            f"({', '.join(str(m) for m in same)}): name one as venue:SYMBOL"
+        )
+    raise ValueError(
+        f"{quote(text)} is not a configured market (configured: {listed}); for another, "
+        f"name its venue as venue:SYMBOL (venues: {', '.join(VENUES)})"
+    )

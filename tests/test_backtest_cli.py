@@ -26,8 +26,11 @@ CONFIG = {"timeframes": ["1m", "5m", "15m", "1h"], "personalities": ["scalping",
 DAYS = ["--start", "2024-01-01", "--end", "2024-01-02"]
 
 
-def run_cli(args: list[str], home: Path, replay) -> subprocess.CompletedProcess:
-    config = home / "signalbox.yaml"
+def run_cli(
+    args: list[str], home: Path, replay, config: Path | None = None
+) -> subprocess.CompletedProcess:
+    """The CLI on `home` with `config` (default: the home's signalbox.yaml, written if absent)."""
+    config = config or home / "signalbox.yaml"
     if not config.exists():
         write_config(home, top=CONFIG)
     env = {**replay_env(home, replay), "SIGNALBOX_CONFIG": str(config)}
@@ -137,7 +140,8 @@ def test_a_period_without_candles_is_refused(backfilled, exchange) -> None:
         exchange,
     )
     assert r.returncode == 1
-    assert "BTCUSDT: no candles in 2024-02-01 → 2024-02-02 (stored: 2024-01-01 00:00" in one_line(r)
+    line = one_line(r)
+    assert "bybit:BTCUSDT: no candles in 2024-02-01 → 2024-02-02 (stored: 2024-01-01 00:00" in line
     assert dagster_runs(backfilled) == before
 
 
@@ -157,7 +161,7 @@ def test_a_backtest_prints_its_summary_and_report(succeeded, backfilled) -> None
     # CLI runs belong to named jobs, never Dagster's implicit __ASSET_JOB
     assert ("backtest_reports", "SUCCESS") in dagster_runs(backfilled)
     assert {job for job, _ in dagster_runs(backfilled)} == {"backfill", "backtest_reports"}
-    assert "backtesting scalping 2024-01-02 → 2024-01-02 (1 days)" in r.stderr
+    assert "backtesting scalping on bybit:BTCUSDT, 2024-01-02 → 2024-01-02 (1 days)" in r.stderr
     out = r.stdout.strip().splitlines()
     assert out[0] == (
         "Backtest scalping on BTCUSDT (1m, 5m), 2024-01-02 00:00 → 2024-01-03 00:00 UTC (1 days)"
@@ -263,23 +267,25 @@ def test_conflicting_periods_are_refused(kw: dict, expected: str) -> None:
 def test_a_period_partly_in_warm_up_or_past_the_data_is_run_with_warnings() -> None:
     from pipeline.backtest.coverage import Coverage, assess, warmup_needed
     from pipeline.config import load_settings
+    from pipeline.markets import Market
     from pipeline.strategy.personality import load_personality
 
     settings = load_settings(env={})
+    btc = Market("bybit", "BTCUSDT")
     swing = load_personality("swing", settings.timeframes)
     warm = warmup_needed(swing)
     assert (warm.column, warm.bars, warm.days) == ("1h sma_200", 200, 9)
     t0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
     first, last = dt.date(2024, 1, 5), dt.date(2024, 1, 31)
-    stored = Coverage("BTCUSDT", t0, t0 + dt.timedelta(days=20), candles=100, signals=3)
-    refusals, warnings = assess(settings, swing, {"BTCUSDT": stored}, first, last)
-    assert refusals == [] and len(warnings) == 2
+    stored = Coverage(btc, t0, t0 + dt.timedelta(days=20), candles=100, signals=3)
+    refusals, warnings = assess(settings, swing, {btc: stored}, first, last)
+    assert refusals == {} and len(warnings) == 2
     assert "no signal before 2024-01-09" in warnings[0]
     assert "`signalbox backfill --start 2023-12-27 --end 2024-01-31`" in warnings[0]
     assert "no candles after 2024-01-21 00:00" in warnings[1]
-    ready = Coverage("BTCUSDT", t0, t0 + dt.timedelta(days=40), candles=100, signals=0)
-    refusals, warnings = assess(settings, swing, {"BTCUSDT": ready}, dt.date(2024, 1, 20), last)
-    assert refusals == [] and warnings == [
-        "BTCUSDT: no swing signals stored in 2024-01-20 → 2024-01-31, so no trades; signals are "
-        "computed by `signalbox backfill --start 2024-01-11 --end 2024-01-31`"
+    ready = Coverage(btc, t0, t0 + dt.timedelta(days=40), candles=100, signals=0)
+    refusals, warnings = assess(settings, swing, {btc: ready}, dt.date(2024, 1, 20), last)
+    assert refusals == {} and warnings == [
+        "bybit:BTCUSDT: no swing signals stored in 2024-01-20 → 2024-01-31, so no trades; "
+        "signals are computed by `signalbox backfill --start 2024-01-11 --end 2024-01-31`"
     ]

@@ -1,6 +1,7 @@
 """Before a backtest runs: does the warehouse hold what the period needs?
 
-Read from the read replica (never blocking the pipeline), per symbol: the stored 1m candles and
+Read from the read replica (never blocking the pipeline), per market (exchange, symbol): the
+stored 1m candles and
 the personality's stored signals in the period. A personality cannot signal until every
 indicator its rules read has its derived warm-up (`pipeline.indicators.spec`) on its timeframe,
 counted from the first stored candle: `swing` reads the 1h SMA 200, so it needs ~8 days of
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pipeline.candles.timeframes import parse_timeframe
+from pipeline.markets import Market, format_markets
 
 if TYPE_CHECKING:
     from pipeline.config import Settings
@@ -23,9 +25,6 @@ if TYPE_CHECKING:
     from pipeline.strategy.personality import Personality
 
 DAY = dt.timedelta(days=1)
-
-# `signalbox backtest --symbol` names Bybit's symbols (settings.symbols), as before venues.
-EXCHANGE = "bybit"
 
 
 @dataclass(frozen=True)
@@ -68,9 +67,9 @@ def warmup_needed(p: Personality, spec: IndicatorSpec | None = None) -> Warmup:
 
 @dataclass(frozen=True)
 class Coverage:
-    """One symbol's stored data: all its 1m candles, and those / the signals in the period."""
+    """One market's stored data: all its 1m candles, and those / the signals in the period."""
 
-    symbol: str
+    market: Market
     first: dt.datetime | None
     last: dt.datetime | None
     candles: int
@@ -82,39 +81,42 @@ class NoData(Exception):
 
 
 def read_coverage(
-    settings: Settings, personality: str, symbols: list[str], start: dt.date, end: dt.date
-) -> dict[str, Coverage]:
-    """Per symbol, from the read replica. Raises NoData without a warehouse."""
+    settings: Settings, personality: str, markets: list[Market], start: dt.date, end: dt.date
+) -> dict[Market, Coverage]:
+    """Per market, from the read replica. Raises NoData without a warehouse."""
     from pipeline.exchanges.sources import SourceError, warehouse_for
     from warehouse import NoWarehouse
 
     lo = dt.datetime.combine(start, dt.time(), dt.UTC)
     hi = dt.datetime.combine(end, dt.time(), dt.UTC) + DAY
+    venues = sorted({m.exchange for m in markets})
+    symbols = sorted({m.symbol for m in markets})  # a superset: rows are picked by market below
     try:
         wh = warehouse_for(settings)
         with wh.reader() as con:
             candles = con.execute(
-                "SELECT symbol, min(open_time), max(open_time), "
-                "count(*) FILTER (WHERE open_time >= ? AND open_time < ?) "
-                "FROM candles WHERE timeframe = '1m' AND exchange = ? AND list_contains(?, symbol)"
-                " GROUP BY symbol",
-                [lo, hi, EXCHANGE, symbols],
+                "SELECT exchange, symbol, min(open_time), max(open_time), "
+                "count(*) FILTER (WHERE open_time >= ? AND open_time < ?) FROM candles "
+                "WHERE timeframe = '1m' AND list_contains(?, exchange) "
+                "AND list_contains(?, symbol) GROUP BY exchange, symbol",
+                [lo, hi, venues, symbols],
             ).fetchall()
-            signals = dict(
-                con.execute(
-                    "SELECT symbol, count(*) FROM signals WHERE personality = ? "
-                    "AND close_time >= ? AND close_time < ? AND exchange = ? "
-                    "AND list_contains(?, symbol) GROUP BY symbol",
-                    [personality, lo, hi, EXCHANGE, symbols],
+            signals = {
+                Market(e, s): n
+                for e, s, n in con.execute(
+                    "SELECT exchange, symbol, count(*) FROM signals WHERE personality = ? "
+                    "AND close_time >= ? AND close_time < ? AND list_contains(?, exchange) "
+                    "AND list_contains(?, symbol) GROUP BY exchange, symbol",
+                    [personality, lo, hi, venues, symbols],
                 ).fetchall()
-            )
+            }
     except (SourceError, NoWarehouse) as err:
         raise NoData(str(err)) from None
-    found = {s: (_utc(a), _utc(b), n) for s, a, b, n in candles}
+    found = {Market(e, s): (_utc(a), _utc(b), n) for e, s, a, b, n in candles}
     out = {}
-    for s in symbols:
-        first, last, n = found.get(s, (None, None, 0))
-        out[s] = Coverage(s, first, last, n, int(signals.get(s, 0)))
+    for m in markets:
+        first, last, n = found.get(m, (None, None, 0))
+        out[m] = Coverage(m, first, last, n, int(signals.get(m, 0)))
     return out
 
 
@@ -124,22 +126,26 @@ def _utc(t: dt.datetime | None) -> dt.datetime | None:
     return t.replace(tzinfo=dt.UTC) if t.tzinfo is None else t.astimezone(dt.UTC)
 
 
-def backfill_hint(settings: Settings, symbol: str, start: dt.date, end: dt.date) -> str:
-    more = "" if symbol in settings.symbols else f" --symbols {symbol}"
+def backfill_hint(settings: Settings, markets: list[Market], start: dt.date, end: dt.date) -> str:
+    """The backfill command that stores `markets` for the days; a market the configuration
+    does not list is named (`--symbols venue:SYMBOL`, which backfills just those)."""
+    more = ""
+    if not set(markets) <= set(settings.markets):
+        more = f" --symbols {format_markets(markets)}"
     return f"`signalbox backfill --start {start} --end {end}{more}`"
 
 
 def assess(
     settings: Settings,
     p: Personality,
-    cov: dict[str, Coverage],
+    cov: dict[Market, Coverage],
     start: dt.date,
     end: dt.date,
     warm: Warmup | None = None,
-) -> tuple[list[str], list[str]]:
-    """(refusals, warnings), one line each. A symbol is refused when the period holds no
-    candles or lies wholly in the indicators' warm-up; the run goes ahead (with the warnings)
-    if any symbol is left."""
+) -> tuple[dict[Market, str], list[str]]:
+    """(refusals by market, warnings), one line each, naming the market. A market is refused
+    when the period holds no candles or lies wholly in the indicators' warm-up; the run goes
+    ahead (with the warnings) for the markets left."""
     warm = warm or warmup_needed(p)
     lo = dt.datetime.combine(start, dt.time(), dt.UTC)
     hi = lo + (end - start + DAY)
@@ -148,49 +154,48 @@ def assess(
         f"{p.name} needs {warm.days} day(s) of history before its first signal "
         f"({warm.column}: {warm.bars} bars)"
     )
-    refusals, warnings = [], []
-    for s, c in cov.items():
-        fix = backfill_hint(settings, s, fill_from, end)
+    refusals: dict[Market, str] = {}
+    warnings: list[str] = []
+    for m, c in cov.items():
+        fix = backfill_hint(settings, [m], fill_from, end)
         if c.first is None or c.last is None:
-            refusals.append(f"{s}: no candles stored; {need}: backfill {fix}")
+            refusals[m] = f"{m}: no candles stored; {need}: backfill {fix}"
             continue
         if c.candles == 0:
             stored = f"{c.first:%Y-%m-%d %H:%M} to {c.last:%Y-%m-%d %H:%M}"
-            refusals.append(
-                f"{s}: no candles in {start} → {end} (stored: {stored}); backfill {fix}"
-            )
+            refusals[m] = f"{m}: no candles in {start} → {end} (stored: {stored}); backfill {fix}"
             continue
         ready = c.first + warm.span
         if ready >= hi:
-            refusals.append(
-                f"{s}: the whole period is indicator warm-up: {need}, and the candles start "
+            refusals[m] = (
+                f"{m}: the whole period is indicator warm-up: {need}, and the candles start "
                 f"{c.first:%Y-%m-%d %H:%M}, so no signal before {ready:%Y-%m-%d %H:%M}; "
                 f"backfill {warm.days} more day(s): {fix}"
             )
             continue
         if ready > lo:
             warnings.append(
-                f"{s}: the candles start {c.first:%Y-%m-%d %H:%M} and {need}: no signal before "
+                f"{m}: the candles start {c.first:%Y-%m-%d %H:%M} and {need}: no signal before "
                 f"{ready:%Y-%m-%d %H:%M}; to cover the whole period, backfill {fix}"
             )
         if c.last < hi - DAY:
             warnings.append(
-                f"{s}: no candles after {c.last:%Y-%m-%d %H:%M}; the period ends {end}: "
-                f"backfill {backfill_hint(settings, s, c.last.date(), end)}"
+                f"{m}: no candles after {c.last:%Y-%m-%d %H:%M}; the period ends {end}: "
+                f"backfill {backfill_hint(settings, [m], c.last.date(), end)}"
             )
         if c.signals == 0 and ready <= lo:
             warnings.append(
-                f"{s}: no {p.name} signals stored in {start} → {end}, so no trades; signals are "
-                f"computed by {backfill_hint(settings, s, fill_from, end)}"
+                f"{m}: no {p.name} signals stored in {start} → {end}, so no trades; signals are "
+                f"computed by {backfill_hint(settings, [m], fill_from, end)}"
             )
     return refusals, warnings
 
 
-def first_stored_day(settings: Settings, symbols: list[str]) -> dt.date | None:
-    """The first day any of `symbols` has a stored 1m candle (an open --timerange start)."""
+def first_stored_day(settings: Settings, markets: list[Market]) -> dt.date | None:
+    """The first day any of `markets` has a stored 1m candle (an open --timerange start)."""
     today = dt.datetime.now(dt.UTC).date()
     try:
-        cov = read_coverage(settings, "", symbols, today, today)
+        cov = read_coverage(settings, "", markets, today, today)
     except NoData:
         return None
     firsts = [c.first for c in cov.values() if c.first is not None]

@@ -309,7 +309,11 @@ def build_parser(
         "--timerange",
         help="freqtrade style YYYYMMDD-YYYYMMDD, end excluded, either side open (20240101-)",
     )
-    sp.add_argument("--symbol", type=str.upper, help="default: every configured symbol")
+    sp.add_argument(
+        "--symbol",
+        help="one market, hyperliquid:BTC, or a symbol configured on one venue (default: every "
+        "configured market)",
+    )
     sp.add_argument("--params", help='JSON overrides, e.g. \'{"slippage_bps": 2, "leverage": 3}\'')
     return p
 
