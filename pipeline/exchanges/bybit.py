@@ -327,11 +327,4 @@ def connect(settings: Settings, endpoint: Endpoint) -> BybitClient:
 
 def _client(settings: Settings, rest_url: str, ws_url: str) -> BybitClient:
     b = settings.bybit
-    return BybitClient(
-        rest_url,
-        category=b.category,
-        timeout_s=b.timeout_s,
-        max_retries=b.max_retries,
-        probe_timeout_s=b.probe_timeout_s,
-        ws_url=ws_url,
-    )
+    return BybitClient(rest_url, category=b.category, ws_url=ws_url, **b.client_options())

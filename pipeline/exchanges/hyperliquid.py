@@ -295,10 +295,4 @@ def connect(settings: Settings, endpoint: Endpoint) -> HyperliquidClient:
         rest, ws = endpoint.rest_url, None
     else:
         rest, ws = h.rest_url, h.ws_url
-    return HyperliquidClient(
-        rest,
-        timeout_s=h.timeout_s,
-        max_retries=h.max_retries,
-        probe_timeout_s=h.probe_timeout_s,
-        ws_url=ws,
-    )
+    return HyperliquidClient(rest, ws_url=ws, **h.client_options())
