@@ -17,6 +17,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import dagster as dg
 
@@ -56,6 +57,22 @@ def check_specs(asset: str, checks: dict[str, str]) -> list[dg.AssetCheckSpec]:
         dg.AssetCheckSpec(name, asset=asset, blocking=True, description=text)
         for name, text in checks.items()
     ]
+
+
+def daily_table(table: str, checks: dict[str, str], **asset: Any) -> Any:
+    """`dg.asset` for a daily partitioned, single-run backfilled asset writing warehouse table
+    `table` and evaluating `checks` in its own step; `asset` adds to or overrides that."""
+    return dg.asset(
+        **{
+            "partitions_def": DAILY,
+            "backfill_policy": SINGLE_RUN,
+            "pool": "duckdb",
+            "owners": OWNERS,
+            "check_specs": check_specs(table, checks),
+            "metadata": {"table": table},
+            **asset,
+        }
+    )
 
 
 def display(meta: dict) -> dict:

@@ -8,11 +8,9 @@ import dagster as dg
 
 from assets.common import (
     DAILY,
-    OWNERS,
     SHAPE,
-    SINGLE_RUN,
     check_result,
-    check_specs,
+    daily_table,
     display,
     for_each_partition,
     md_table,
@@ -55,19 +53,18 @@ def _parse(ts: str | None) -> dt.datetime | None:
     return v if v.tzinfo else v.replace(tzinfo=dt.UTC)
 
 
-@dg.asset(
+@daily_table(
+    ASSET,
+    CHECKS,
     name=ASSET,
-    partitions_def=DAILY,
-    backfill_policy=SINGLE_RUN,
+    pool=None,  # claimed only while writing
     group_name="ingest",
-    owners=OWNERS,
     kinds={"duckdb", "polars", *by_venue(SHAPE.markets)},  # the venues show as kinds in the UI
     description=(
         "Closed 1-minute candles from every configured venue (or the replay exchange's faces), "
         "all configured markets per UTC day, keyed by (exchange, symbol, open_time). "
         "Re-materializing a partition replaces exactly its rows."
     ),
-    check_specs=check_specs(ASSET, CHECKS),
     freshness_policy=dg.FreshnessPolicy.time_window(
         fail_window=dt.timedelta(minutes=SHAPE.live.freshness_minutes)
     ),

@@ -14,11 +14,8 @@ import time
 import dagster as dg
 
 from assets.common import (
-    DAILY,
-    OWNERS,
-    SINGLE_RUN,
     check_result,
-    check_specs,
+    daily_table,
     display,
     md_table,
 )
@@ -61,21 +58,17 @@ def _to_messages(rows) -> list[dict]:
     return out
 
 
-@dg.asset(
-    partitions_def=DAILY,
-    backfill_policy=SINGLE_RUN,
+@daily_table(
+    "signals",
+    CHECKS,
     deps=["indicators"],
-    pool="duckdb",
     group_name="signals",
-    owners=OWNERS,
     kinds={"duckdb", "polars"},
     description=(
         "BUY/SELL signals of every configured personality (pipeline/personalities/*.yaml) "
         "with confidence, reasons, a snapshot of the values that decided them and the data "
         "quality of their window. Live runs hand new ones to the sidecar."
     ),
-    check_specs=check_specs("signals", CHECKS),
-    metadata={"table": "signals"},
 )
 def signals(
     context: dg.AssetExecutionContext,

@@ -13,10 +13,8 @@ import dagster as dg
 
 from assets.common import (
     DAILY,
-    OWNERS,
-    SINGLE_RUN,
     check_result,
-    check_specs,
+    daily_table,
     display,
     for_each_partition,
 )
@@ -54,21 +52,17 @@ def _days(start: dt.datetime, end: dt.datetime) -> list[dt.date]:
     return [(start + i * DAY).date() for i in range((end - start) // DAY)]
 
 
-@dg.asset(
-    partitions_def=DAILY,
-    backfill_policy=SINGLE_RUN,
+@daily_table(
+    "candles",
+    CANDLE_CHECKS,
     deps=["klines_1m"],
-    pool="duckdb",
     group_name="timeframes",
-    owners=OWNERS,
     kinds={"duckdb", "polars"},
     description=(
         "Every configured timeframe (1m … 1M, 37m and 148m included) built from each venue's 1m "
         "candles on the epoch-anchored grid; closed buckets only; n_1m and complete say how whole "
         "each is. Keyed by (exchange, symbol, timeframe, open_time)."
     ),
-    check_specs=check_specs("candles", CANDLE_CHECKS),
-    metadata={"table": "candles"},
 )
 def candles(
     context: dg.AssetExecutionContext,
@@ -137,21 +131,17 @@ def _merge(outcomes: list, unit: str):
     return CheckOutcome(False, failed[0].description + more, meta)
 
 
-@dg.asset(
-    partitions_def=DAILY,
-    backfill_policy=SINGLE_RUN,
+@daily_table(
+    "indicators",
+    INDICATOR_CHECKS,
     deps=["candles"],
-    pool="duckdb",
     group_name="timeframes",
-    owners=OWNERS,
     kinds={"talib", "duckdb", "polars"},
     description=(
         "TA-Lib indicators for every market and timeframe (pipeline/indicators.yaml). Each day "
         "reads exactly its derived warm-up; a value whose warm-up reaches a minute that is "
         "neither stored nor confirmed absent by the exchange is NULL."
     ),
-    check_specs=check_specs("indicators", INDICATOR_CHECKS),
-    metadata={"table": "indicators"},
 )
 def indicators(
     context: dg.AssetExecutionContext,

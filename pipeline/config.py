@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -65,37 +65,43 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class BybitConfig(_Section):
+class _VenueConfig(_Section):
+    """What every venue's section holds: its URLs (checked alike), timeouts and retries."""
+
+    _example: ClassVar[str]  # the venue's own URLs, for the error message
+    rest_url: str
+    ws_url: str
+    timeout_s: float = Field(10.0, gt=0, le=120)
+    max_retries: int = Field(8, ge=0, le=50)
+    probe_timeout_s: float = Field(3.0, gt=0, le=30)
+
+    @field_validator("rest_url", "ws_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^(https?|wss?)://[^\s/]+", v):
+            raise ValueError(f"must be a URL such as {cls._example}")
+        return v.rstrip("/")
+
+    def client_options(self) -> dict[str, Any]:
+        """The client's keyword settings from this section (`pipeline.exchanges.rest.Tuning`)."""
+        return {
+            "timeout_s": self.timeout_s,
+            "max_retries": self.max_retries,
+            "probe_timeout_s": self.probe_timeout_s,
+        }
+
+
+class BybitConfig(_VenueConfig):
+    _example = "https://api.bybit.com or ws://127.0.0.1:8765"
     rest_url: str = "https://api.bybit.com"
     ws_url: str = "wss://stream.bybit.com/v5/public/linear"
     category: Literal["linear", "spot", "inverse"] = "linear"
-    timeout_s: float = Field(10.0, gt=0, le=120)
-    max_retries: int = Field(8, ge=0, le=50)
-    probe_timeout_s: float = Field(3.0, gt=0, le=30)
-
-    @field_validator("rest_url", "ws_url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not re.match(r"^(https?|wss?)://[^\s/]+", v):
-            raise ValueError("must be a URL such as https://api.bybit.com or ws://127.0.0.1:8765")
-        return v.rstrip("/")
 
 
-class HyperliquidConfig(_Section):
+class HyperliquidConfig(_VenueConfig):
+    _example = "https://api.hyperliquid.xyz or ws://127.0.0.1:8765/ws"
     rest_url: str = "https://api.hyperliquid.xyz"
     ws_url: str = "wss://api.hyperliquid.xyz/ws"
-    timeout_s: float = Field(10.0, gt=0, le=120)
-    max_retries: int = Field(8, ge=0, le=50)
-    probe_timeout_s: float = Field(3.0, gt=0, le=30)
-
-    @field_validator("rest_url", "ws_url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not re.match(r"^(https?|wss?)://[^\s/]+", v):
-            raise ValueError(
-                "must be a URL such as https://api.hyperliquid.xyz or ws://127.0.0.1:8765/ws"
-            )
-        return v.rstrip("/")
 
 
 # What the synthetic replay market lists; any other symbol is refused like on Bybit.

@@ -8,6 +8,23 @@ import os
 from pathlib import Path
 
 
+class Unreadable(ValueError):
+    """A record that cannot be read, is not JSON, or lacks a key; the message says which."""
+
+
+def read(path: Path, keys: set[str]) -> dict | None:
+    """The record at `path` (a JSON object with at least `keys`), or None when there is none."""
+    try:
+        rec = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise Unreadable(f"{path} is unreadable ({str(err)[:80]})") from None
+    if not isinstance(rec, dict) or not keys <= rec.keys():
+        raise Unreadable(f"{path} is unreadable (not a JSON object with {', '.join(sorted(keys))})")
+    return rec
+
+
 def _staged(path: Path, rec: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -63,11 +63,19 @@ def _align_to_close(client) -> None:
         time.sleep(wait)
 
 
-@dg.sensor(
-    job=live_job,
-    minimum_interval_seconds=1,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Requests a run for every newly closed 1m candle (catching up in day-sized "
+def live_job_sensor(every_s: int, description: str):
+    """A sensor requesting `live_job` runs, evaluated every `every_s` seconds, on by itself."""
+    return dg.sensor(
+        job=live_job,
+        minimum_interval_seconds=every_s,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=description,
+    )
+
+
+@live_job_sensor(
+    1,
+    "Requests a run for every newly closed 1m candle (catching up in day-sized "
     "chunks after downtime). Cursor: per market, the open_time of the last candle handed off.",
 )
 def live_candles(

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 from pipeline.orchestration import tags
-from pipeline.orchestration.jobs import live_job
 from pipeline.orchestration.resources import SettingsResource, WarehouseResource
+from sensors.live import live_job_sensor
 
 if TYPE_CHECKING:
     from pipeline.markets import Market
@@ -41,11 +41,9 @@ def unexplained_gaps(wh: "Warehouse", markets: list["Market"], days: int) -> dic
     return {day.isoformat(): n for day, n in missing.items()}
 
 
-@dg.sensor(
-    job=live_job,
-    minimum_interval_seconds=300,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Every 5 minutes, look for minutes missing in recent partitions (reading the "
+@live_job_sensor(
+    300,
+    "Every 5 minutes, look for minutes missing in recent partitions (reading the "
     "replica) and request a full re-ingest of each day that has them.",
 )
 def kline_gap_repair(

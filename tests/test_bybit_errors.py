@@ -7,14 +7,14 @@ import socket
 
 import pytest
 
-from pipeline.exchanges.bybit import (
-    COLUMNS,
-    BybitClient,
+from pipeline.candles.timeframes import KLINE_COLUMNS as COLUMNS
+from pipeline.exchanges.bybit import BybitClient
+from pipeline.exchanges.bybit_wire import parse_kline_page
+from pipeline.exchanges.protocol import (
     ExchangeError,
     ExchangeUnavailable,
     InvalidRequest,
     MalformedResponse,
-    parse_kline_page,
 )
 from pipeline.replay import synthetic
 

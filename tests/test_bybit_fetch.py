@@ -7,7 +7,8 @@ import datetime as dt
 import polars as pl
 import pytest
 
-from pipeline.exchanges.bybit import COLUMNS, BybitClient
+from pipeline.candles.timeframes import KLINE_COLUMNS as COLUMNS
+from pipeline.exchanges.bybit import BybitClient
 from pipeline.replay import synthetic
 
 UTC = dt.UTC

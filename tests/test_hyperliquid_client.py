@@ -84,6 +84,14 @@ def test_an_unknown_coin_is_refused_by_name(ex):
     assert c.instruments() == ["ADA", "BNB", "BTC", "DOGE", "ETH", "SOL", "XRP"]
 
 
+def test_only_1m_candles_are_asked_for(ex):
+    """The shared paging takes Bybit's interval words; Hyperliquid's client serves only 1."""
+    c = client(ex)
+    with pytest.raises(InvalidRequest, match="1m only, not interval '5'"):
+        c.fetch_klines("BTC", JAN9, JAN9 + 60 * MIN, interval="5")
+    assert c.fetch_klines("BTC", JAN9, JAN9 + 5 * MIN, interval="1").height == 5
+
+
 @pytest.mark.parametrize(
     "kind",
     ["http_429", "http_502", "ret_10016", "drop_before", "drop_mid_body", "long_delay",

@@ -1,7 +1,9 @@
-"""Versioned schema migrations: `migrations/NNNN_name.sql`, each applied once, in order."""
+"""Versioned schema migrations: `migrations/NNNN_name.sql` (or `.py` with an
+`upgrade(con)`, for a step SQL cannot say), each applied once, in order."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -10,15 +12,15 @@ if TYPE_CHECKING:
     import duckdb
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
-_NAME_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_NAME_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.(sql|py)$")
 
 
 def available() -> list[tuple[int, str, Path]]:
     found = []
-    for p in sorted(MIGRATIONS_DIR.glob("*.sql")):
+    for p in sorted(p for p in MIGRATIONS_DIR.iterdir() if p.suffix in (".sql", ".py")):
         m = _NAME_RE.match(p.name)
         if not m:
-            raise RuntimeError(f"migration file {p} must be named NNNN_name.sql")
+            raise RuntimeError(f"migration file {p} must be named NNNN_name.sql or NNNN_name.py")
         found.append((int(m.group(1)), m.group(2), p))
     versions = [v for v, _, _ in found]
     if len(set(versions)) != len(versions):
@@ -57,7 +59,7 @@ def migrate(con: duckdb.DuckDBPyConnection, upto: int | None = None) -> list[int
             continue
         con.execute("BEGIN TRANSACTION")
         try:
-            con.execute(path.read_text())
+            _apply(con, path)
             con.execute(
                 "INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name]
             )
@@ -67,3 +69,14 @@ def migrate(con: duckdb.DuckDBPyConnection, upto: int | None = None) -> list[int
             raise
         applied.append(version)
     return applied
+
+
+def _apply(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    if path.suffix == ".sql":
+        con.execute(path.read_text())
+        return
+    spec = importlib.util.spec_from_file_location(f"warehouse_migration_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.upgrade(con)

@@ -56,6 +56,21 @@ C_IGNORED_OPP, C_OPEN_AT_END = 8, 9
 N_C = 10
 
 
+@njit(cache=True, inline="always")
+def _exit(r, i, px, ref_px, fee_rate, pos, size, entry_px, entry_fee, slip_cost, why):
+    """Close the open trade record `r` at bar i and price px (ref_px: before slippage);
+    returns the cash it brings back (gross P&L less the exit fee)."""
+    fee = size * px * fee_rate
+    gross = pos * size * (px - entry_px)
+    r[T_EXIT_I] = i
+    r[T_EXIT_PX] = px
+    r[T_FEES] = entry_fee + fee
+    r[T_SLIP] = slip_cost + size * abs(px - ref_px)
+    r[T_PNL] = gross - entry_fee - fee
+    r[T_REASON] = why
+    return gross - fee
+
+
 @njit(cache=True)
 def simulate(o, h, lo, c, sig_dir, sig_conf, sig_atr, sig_ref, fp, ip):
     """Run the position state machine; returns (equity per bar, trades, n_trades, counters)."""
@@ -108,16 +123,8 @@ def simulate(o, h, lo, c, sig_dir, sig_conf, sig_atr, sig_ref, fp, ip):
                     d = 0
                 else:
                     fill = op * (1.0 - pos * slip)
-                    fee = size * fill * taker
-                    gross = pos * size * (fill - entry_px)
-                    cash += gross - fee
-                    r = trades[nt]
-                    r[T_EXIT_I] = i
-                    r[T_EXIT_PX] = fill
-                    r[T_FEES] = entry_fee + fee
-                    r[T_SLIP] = slip_cost + size * abs(fill - op)
-                    r[T_PNL] = gross - entry_fee - fee
-                    r[T_REASON] = SIGNAL
+                    cash += _exit(trades[nt], i, fill, op, taker, pos, size, entry_px, entry_fee,
+                                  slip_cost, SIGNAL)  # fmt: skip
                     nt += 1
                     pos = 0
                     if opposite == OPP_CLOSE:
@@ -238,30 +245,17 @@ def simulate(o, h, lo, c, sig_dir, sig_conf, sig_atr, sig_ref, fp, ip):
                 else:
                     exit_px = ref_px * (1.0 - pos * slip)
             if not np.isnan(exit_px):
-                fee = size * exit_px * fee_rate
-                gross = pos * size * (exit_px - entry_px)
-                cash += gross - fee
-                r = trades[nt]
-                r[T_EXIT_I] = i
-                r[T_EXIT_PX] = exit_px
-                r[T_FEES] = entry_fee + fee
-                r[T_SLIP] = slip_cost + size * abs(exit_px - ref_px)
-                r[T_PNL] = gross - entry_fee - fee
-                r[T_REASON] = why
+                cash += _exit(trades[nt], i, exit_px, ref_px, fee_rate, pos, size, entry_px,
+                              entry_fee, slip_cost, why)  # fmt: skip
                 nt += 1
                 pos = 0
 
         # 3. mark to market at the close
         eq = cash + pos * size * (c[i] - entry_px) if pos != 0 else cash
         if eq <= 0.0 and not bankrupt:
-            if pos != 0:
-                r = trades[nt]
-                r[T_EXIT_I] = i
-                r[T_EXIT_PX] = c[i]
-                r[T_FEES] = entry_fee
-                r[T_SLIP] = slip_cost
-                r[T_PNL] = pos * size * (c[i] - entry_px) - entry_fee
-                r[T_REASON] = LIQUIDATION
+            if pos != 0:  # no exit fee or slippage: the exchange takes what is left
+                _exit(trades[nt], i, c[i], c[i], 0.0, pos, size, entry_px, entry_fee, slip_cost,
+                      LIQUIDATION)  # fmt: skip
                 nt += 1
                 pos = 0
             bankrupt = True
@@ -295,16 +289,8 @@ def simulate(o, h, lo, c, sig_dir, sig_conf, sig_atr, sig_ref, fp, ip):
     if pos != 0 and ip[I_CLOSE_END] == 1 and n > 0:
         last = c[n - 1]
         fill = last * (1.0 - pos * slip)
-        fee = size * fill * taker
-        gross = pos * size * (fill - entry_px)
-        cash += gross - fee
-        r = trades[nt]
-        r[T_EXIT_I] = n - 1
-        r[T_EXIT_PX] = fill
-        r[T_FEES] = entry_fee + fee
-        r[T_SLIP] = slip_cost + size * abs(fill - last)
-        r[T_PNL] = gross - entry_fee - fee
-        r[T_REASON] = END
+        cash += _exit(trades[nt], n - 1, fill, last, taker, pos, size, entry_px, entry_fee,
+                      slip_cost, END)  # fmt: skip
         nt += 1
         pos = 0
         equity[n - 1] = cash

@@ -246,20 +246,8 @@ def report_html(
         parts += [f"<h2>{heading}</h2>", _table_html(tables[name])]
     if walk_forward is not None and walk_forward.height:
         parts += ["<h2>Walk-forward (out-of-sample folds)</h2>", _table_html(walk_forward)]
-    trades = res.trades.select(
-        "side",
-        "entry_time",
-        "entry_price",
-        "exit_time",
-        "exit_price",
-        "size",
-        "fees",
-        "slippage",
-        "pnl",
-        "return_pct",
-        "exit_reason",
-        "confidence",
-    )
+    # the trade columns up to its confidence; the rest are diagnostics (bars, stop, target)
+    trades = res.trades[:, : res.trades.get_column_index("confidence") + 1]
     shown = min(trades.height, MAX_TRADE_ROWS)
     parts += [
         f"<h2>Trades ({trades.height}"

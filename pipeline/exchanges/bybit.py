@@ -26,59 +26,39 @@ pybit's `WebSocket` (channel linear, topic `kline.1.<SYMBOL>`) at the endpoint's
 from __future__ import annotations
 
 import datetime as dt
-import threading
+import functools
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, Unpack
 
 from pipeline.exchanges import retry
 from pipeline.exchanges.bybit_wire import (
-    COLUMNS,
     PAGE_LIMIT,
-    ceil_open,
     close_times,
     floor_open,
-    frame,
-    iso,
-    ms,
     parse_kline_page,
     shift,
 )
 from pipeline.exchanges.protocol import (
     ExchangeError,
-    ExchangeUnavailable,
     InvalidRequest,
     MalformedResponse,
 )
+from pipeline.exchanges.rest import Grid, Page, RestClient, Tuning, iso
 
 if TYPE_CHECKING:
     import numpy as np
-    import polars as pl
 
     from pipeline.config import Settings
     from pipeline.exchanges.protocol import ClosedCandle, Endpoint, Stream
 
-# Importable from here as before; the classes are the protocol's.
-__all__ = [
-    "COLUMNS",
-    "BybitClient",
-    "ExchangeError",
-    "ExchangeUnavailable",
-    "InvalidRequest",
-    "MalformedResponse",
-    "connect",
-    "parse_kline_page",
-]
-
 T = TypeVar("T")
 _RETRYABLE_RETCODES = {10000, 10016, 10002}
 _RATE_LIMIT_RETCODE = 10006
-_REFUSED = ("Connection refused", "NewConnectionError", "Failed to resolve", "Name or service")
 _HINT = "start one with `signalbox replay` or point SIGNALBOX_BYBIT_URL at a reachable exchange"
 
 
-class BybitClient:
+class BybitClient(RestClient):
     """Closed candles and the server clock from a Bybit v5 REST endpoint (or the replay).
 
     Safe to share between threads (e.g. a pool fetching windows in parallel): pybit's
@@ -86,64 +66,23 @@ class BybitClient:
     """
 
     name: ClassVar[str] = "bybit"
+    hint: ClassVar[str] = _HINT
 
     def __init__(
-        self,
-        rest_url: str,
-        category: str = "linear",
-        timeout_s: float = 10.0,
-        max_retries: int = 8,
-        retry_budget_s: float = 120.0,
-        *,
-        probe_timeout_s: float = 3.0,
-        malformed_retries: int = 3,
-        backoff_s: float = 0.2,
-        backoff_cap_s: float = 8.0,
-        ws_url: str | None = None,
+        self, rest_url: str, *, category: str = "linear", **tuning: Unpack[Tuning]
     ) -> None:
-        self.rest_url = rest_url.rstrip("/")
-        self.ws_url = ws_url or self.rest_url.replace("http", "ws", 1) + f"/v5/public/{category}"
         self.category = category
-        self.timeout_s = timeout_s
-        self.probe_timeout_s = probe_timeout_s
-        self.policy = retry.Policy(
-            max_retries, retry_budget_s, malformed_retries, backoff_s, backoff_cap_s
-        )
-        self._sessions: dict[float, Any] = {}
-        self._lock = threading.Lock()
+        super().__init__(rest_url, **tuning)
 
-    @property
-    def max_retries(self) -> int:
-        return self.policy.max_retries
+    def _default_ws_url(self) -> str:
+        return self.rest_url.replace("http", "ws", 1) + f"/v5/public/{self.category}"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BybitClient:
-        b = settings.bybit
-        return cls(
-            b.rest_url,
-            b.category,
-            timeout_s=b.timeout_s,
-            max_retries=b.max_retries,
-            probe_timeout_s=b.probe_timeout_s,
-            ws_url=b.ws_url,
-        )
+        """The client at the `bybit:` section's own URLs (whatever the home's source)."""
+        return _client(settings, settings.bybit.rest_url, settings.bybit.ws_url)
 
-    def close(self) -> None:
-        for http in self._sessions.values():
-            http.client.close()
-        self._sessions.clear()
-
-    def __enter__(self) -> BybitClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _http(self, timeout_s: float) -> Any:
-        with self._lock:
-            return self._sessions.get(timeout_s) or self._new_http(timeout_s)
-
-    def _new_http(self, timeout_s: float) -> Any:
+    def _open(self, timeout_s: float) -> tuple[Any, Any]:
         """A pybit session that never sleeps or retries on its own (see the module doc)."""
         from pybit.unified_trading import HTTP
 
@@ -151,12 +90,7 @@ class BybitClient:
             timeout=timeout_s, max_retries=1, retry_delay=0, retry_codes={10002}, force_retry=False
         )
         http.endpoint = self.rest_url
-        if urlsplit(self.rest_url).hostname in ("127.0.0.1", "localhost", "::1"):
-            # Loopback (the replay): skip requests' per-request scan of the proxy variables,
-            # ~2 ms a page. Remote URLs keep honouring HTTP(S)_PROXY.
-            http.client.trust_env = False
-        self._sessions[timeout_s] = http
-        return http
+        return http, http.client
 
     # -- public calls --------------------------------------------------------------------
     def server_time(self) -> dt.datetime:
@@ -174,56 +108,8 @@ class BybitClient:
 
         return self._call(what, lambda http: http.get_server_time(), parse)
 
-    def fetch_klines(
-        self,
-        symbol: str,
-        start: dt.datetime,
-        end: dt.datetime,
-        *,
-        closed_by: dt.datetime | None = None,
-        interval: str = "1",
-    ) -> pl.DataFrame:
-        """Every CLOSED candle with open_time in [start, end), sorted, unique.
-
-        Pages of up to 1000 candles are requested oldest first with explicit start and end,
-        so pages never overlap or leave gaps. A candle is closed when its close_time is at or
-        before the server clock of the response it came in (and before `closed_by`, if given).
-        `interval` is a Bybit interval (1 3 5 ... 720 D W M); ingestion uses 1.
-        """
-        import numpy as np
-
-        start_ms, end_ms = ms(start), ms(end)
-        lo = ceil_open(start_ms, interval)
-        hi = floor_open(end_ms - 1, interval)
-        limit_ms = ms(closed_by) if closed_by is not None else None
-        times_parts: list[np.ndarray] = []
-        value_parts: list[np.ndarray] = []
-        a = lo
-        while a <= hi:
-            b = min(shift(a, PAGE_LIMIT - 1, interval), hi)
-            times, values, server_ms = self._page(symbol, interval, a, b)
-            clock = server_ms if limit_ms is None else min(server_ms, limit_ms)
-            keep = close_times(times, interval) <= clock
-            times_parts.append(times[keep])
-            value_parts.append(values[keep])
-            a = shift(b, 1, interval)
-            if server_ms < a:  # nothing can have opened after the exchange clock yet
-                break
-        times = np.concatenate(times_parts) if times_parts else np.empty(0, np.int64)
-        values = np.concatenate(value_parts) if value_parts else np.empty((0, 6))
-        order = np.argsort(times, kind="stable")
-        times, values = times[order], values[order]
-        if len(times) > 1 and (np.diff(times) == 0).any():
-            dup = int(times[np.flatnonzero(np.diff(times) == 0)[0]])
-            raise MalformedResponse(f"{symbol}: open time {iso(dup)} came in two pages")
-        return frame(symbol, times, values, interval)
-
     def latest_closed_open_time(self, symbol: str) -> dt.datetime | None:
-        """Open time of the newest closed 1m candle: ONE short request, no retry loop.
-
-        For the live sensor: cheap enough to call every few seconds. Raises `ExchangeError`
-        subclasses on any failure; the caller simply tries again on its next tick.
-        """
+        """The two newest 1m klines, the newest whose close is by the server clock."""
         what = f"{symbol} latest 1m klines from {self.rest_url}"
 
         def parse(payload: Any) -> dt.datetime | None:
@@ -311,6 +197,15 @@ class BybitClient:
         return KlineStream(self.ws_url, self.category, symbols, on_candle)
 
     # -- internals -----------------------------------------------------------------------
+    def _pages(self, symbol: str, interval: str) -> tuple[Grid, Callable[[int, int], Page]]:
+        grid = Grid(
+            PAGE_LIMIT,
+            lambda t: floor_open(t, interval),
+            lambda t, k: shift(t, k, interval),
+            lambda times: close_times(times, interval),
+        )
+        return grid, functools.partial(self._page, symbol, interval)
+
     def _page(
         self, symbol: str, interval: str, a: int, b: int
     ) -> tuple[np.ndarray, np.ndarray, int]:
@@ -346,7 +241,7 @@ class BybitClient:
         policy: retry.Policy | None = None,
     ) -> T:
         """Run `request` then `parse` under the retry policy (`retry.call`)."""
-        http = self._http(timeout_s or self.timeout_s)
+        http = self._session(timeout_s or self.timeout_s)
         return retry.call(
             what,
             lambda: parse(self._send(http, request, what)),
@@ -357,12 +252,12 @@ class BybitClient:
 
     def _send(self, http: Any, request: Callable[[Any], Any], what: str) -> Any:
         """One request through pybit; transient failures become `retry.Transient`."""
-        import requests
         from pybit.exceptions import FailedRequestError, InvalidRequestError
 
         Transient = retry.Transient
         try:
-            return request(http)
+            with self._transport_errors(http.timeout):
+                return request(http)
         except InvalidRequestError as err:
             code = err.status_code
             if code == _RATE_LIMIT_RETCODE:
@@ -382,26 +277,12 @@ class BybitClient:
             raise ExchangeError(
                 f"{what}: HTTP {code} ({err.message}); is {self.rest_url} a Bybit v5 endpoint?"
             ) from None
-        except (requests.exceptions.MissingSchema, requests.exceptions.InvalidURL) as err:
-            raise ExchangeError(f"{self.rest_url} is not a usable URL ({err}); {_HINT}") from None
-        except requests.exceptions.Timeout as err:
-            raise Transient(f"timed out after {http.timeout} s ({type(err).__name__})") from None
-        except requests.exceptions.ConnectionError as err:
-            text = str(err)
-            refused = any(s in text for s in _REFUSED)
-            raise Transient(f"connection failed: {_short(text)}", refused=refused) from None
-        except requests.exceptions.RequestException as err:  # e.g. body cut short
-            raise Transient(f"{type(err).__name__}: {_short(str(err))}") from None
         except (AttributeError, KeyError, TypeError) as err:
             # pybit indexes the decoded body as a dict: a JSON array or an error without
             # retMsg fails inside it
             raise MalformedResponse(
                 f"malformed response for {what}: not a valid JSON object ({err!r})"
             ) from None
-
-
-def _short(text: str, n: int = 200) -> str:
-    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def _reset_wait(err: Any) -> float | None:
@@ -427,12 +308,9 @@ def _rejected(what: str, code: int, message: str) -> str:
 def connect(settings: Settings, endpoint: Endpoint) -> BybitClient:
     """The Bybit client at the home's source (see `pipeline.exchanges.client`): REST at
     `endpoint.rest_url`, WebSocket at `endpoint.ws_url` (both the replay's in replay mode)."""
+    return _client(settings, endpoint.rest_url, endpoint.ws_url)
+
+
+def _client(settings: Settings, rest_url: str, ws_url: str) -> BybitClient:
     b = settings.bybit
-    return BybitClient(
-        endpoint.rest_url,
-        b.category,
-        timeout_s=b.timeout_s,
-        max_retries=b.max_retries,
-        probe_timeout_s=b.probe_timeout_s,
-        ws_url=endpoint.ws_url,
-    )
+    return BybitClient(rest_url, category=b.category, ws_url=ws_url, **b.client_options())

@@ -7,20 +7,17 @@ pipeline's 1d, 1w — Monday-anchored — and 1M); the production client never i
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pipeline.candles.timeframes import KLINE_COLUMNS
 from pipeline.exchanges.protocol import MalformedResponse
+from pipeline.exchanges.rest import iso
 
 if TYPE_CHECKING:
     import numpy as np
-    import polars as pl
 
 PAGE_LIMIT = 1000
 FIELDS = ("startTime", "open", "high", "low", "close", "volume", "turnover")
-COLUMNS = KLINE_COLUMNS
 INTERVALS = ("1", "3", "5", "15", "30", "60", "120", "240", "360", "720", "D", "W", "M")
 
 
@@ -35,26 +32,10 @@ def floor_open(t_ms: int, interval: str) -> int:
     return int(bucket_start(timeframe(interval), int(t_ms)))
 
 
-def ceil_open(t_ms: int, interval: str) -> int:
-    o = floor_open(t_ms, interval)
-    return o if o == t_ms else shift(o, 1, interval)
-
-
 def shift(open_ms: int, k: int, interval: str) -> int:
     from pipeline.candles.timeframes import shift_buckets
 
     return int(shift_buckets(timeframe(interval), int(open_ms), k))
-
-
-def iso(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def ms(t: dt.datetime) -> int:
-    """Epoch ms of an aware datetime (naive ones are taken as UTC)."""
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.UTC)
-    return int(t.timestamp() * 1000)
 
 
 # -- validation ----------------------------------------------------------------------------
@@ -188,18 +169,3 @@ def close_times(times: np.ndarray, interval: str) -> np.ndarray:
     from pipeline.candles.timeframes import bucket_end
 
     return np.asarray(bucket_end(timeframe(interval), times.astype(np.int64)), dtype=np.int64)
-
-
-def frame(symbol: str, times: np.ndarray, values: np.ndarray, interval: str) -> pl.DataFrame:
-    import numpy as np
-    import polars as pl
-
-    ts = pl.Datetime("us", "UTC")
-    data: dict[str, Any] = {
-        "open_time": pl.Series(times.astype(np.int64) * 1000).cast(ts),
-        "close_time": pl.Series(close_times(times, interval) * 1000).cast(ts),
-    }
-    for j, name in enumerate(KLINE_COLUMNS[3:]):
-        data[name] = pl.Series(values[:, j], dtype=pl.Float64)
-    frame = pl.DataFrame(data).select(pl.lit(symbol, pl.String).alias("symbol"), pl.all())
-    return frame.select(KLINE_COLUMNS)

@@ -27,103 +27,61 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import functools
 import math
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, Unpack
 
-from pipeline.candles.timeframes import KLINE_COLUMNS
+from pipeline.candles.timeframes import MINUTE_MS
 from pipeline.exchanges import retry
-from pipeline.exchanges.protocol import (
-    ExchangeError,
-    InvalidRequest,
-    MalformedResponse,
-)
+from pipeline.exchanges.protocol import ExchangeError, InvalidRequest, MalformedResponse
+from pipeline.exchanges.rest import Grid, Page, RestClient, Tuning, iso
 
 if TYPE_CHECKING:
-    import polars as pl
-
     from pipeline.config import Settings
     from pipeline.exchanges.protocol import ClosedCandle, Endpoint, Stream
 
 T = TypeVar("T")
-MINUTE_MS = 60_000
+
 PAGE_LIMIT = 5000
 _NO_SPOT: dict[str, list[Any]] = {"universe": [], "tokens": []}
-_REFUSED = ("Connection refused", "NewConnectionError", "Failed to resolve", "Name or service")
 _HINT = "start one with `signalbox replay` or check hyperliquid.rest_url"
 _KEYS = ("t", "T", "s", "i", "o", "c", "h", "l", "v")
+_GRID = Grid(
+    PAGE_LIMIT,
+    lambda t: t // MINUTE_MS * MINUTE_MS,
+    lambda t, k: t + k * MINUTE_MS,
+    lambda opens: opens + MINUTE_MS,
+)
 
 
-def _iso(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _ms(t: dt.datetime) -> int:
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.UTC)
-    return int(t.timestamp() * 1000)
-
-
-class HyperliquidClient:
+class HyperliquidClient(RestClient):
     """Closed 1m candles, the coin list and the clock of a Hyperliquid `/info` endpoint."""
 
     name: ClassVar[str] = "hyperliquid"
+    hint: ClassVar[str] = _HINT
 
-    def __init__(
-        self,
-        rest_url: str,
-        timeout_s: float = 10.0,
-        max_retries: int = 8,
-        retry_budget_s: float = 120.0,
-        *,
-        probe_timeout_s: float = 3.0,
-        malformed_retries: int = 3,
-        backoff_s: float = 0.2,
-        backoff_cap_s: float = 8.0,
-        ws_url: str | None = None,
-    ) -> None:
-        self.rest_url = rest_url.rstrip("/")
-        self.ws_url = (ws_url or "ws" + self.rest_url.removeprefix("http") + "/ws").rstrip("/")
+    def __init__(self, rest_url: str, **tuning: Unpack[Tuning]) -> None:
+        super().__init__(rest_url, **tuning)
+        self.ws_url = self.ws_url.rstrip("/")
         if not self.ws_url.endswith("/ws"):
             raise ExchangeError(f"Hyperliquid's WebSocket URL ends in /ws, not {self.ws_url!r}")
-        self.timeout_s = timeout_s
-        self.probe_timeout_s = probe_timeout_s
-        self.policy = retry.Policy(
-            max_retries, retry_budget_s, malformed_retries, backoff_s, backoff_cap_s
-        )
-        self._lock = threading.Lock()
-        self._infos: dict[float, Any] = {}
         self._local = threading.local()  # Date of this thread's last response
         self._skew_ms: int | None = None  # server clock - local clock, from the last Date
         self._coins: set[str] | None = None  # the universe, once known
 
-    def close(self) -> None:
-        for info in self._infos.values():
-            info.session.close()
-        self._infos.clear()
-
-    def __enter__(self) -> HyperliquidClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _default_ws_url(self) -> str:
+        return "ws" + self.rest_url.removeprefix("http") + "/ws"
 
     # -- the SDK -------------------------------------------------------------------------
-    def _info(self, timeout_s: float) -> Any:
-        with self._lock:
-            info = self._infos.get(timeout_s)
-            if info is None:
-                from hyperliquid.info import Info
+    def _open(self, timeout_s: float) -> tuple[Any, Any]:
+        from hyperliquid.info import Info
 
-                meta = {"universe": []}  # coins are checked against our own `meta` request
-                info = Info(self.rest_url, True, meta, _NO_SPOT, timeout=timeout_s)
-                info.session.hooks["response"].append(self._remember_date)
-                if urlsplit(self.rest_url).hostname in ("127.0.0.1", "localhost", "::1"):
-                    info.session.trust_env = False  # loopback: skip the proxy lookup
-                self._infos[timeout_s] = info
-            return info
+        meta = {"universe": []}  # coins are checked against our own `meta` request
+        info = Info(self.rest_url, True, meta, _NO_SPOT, timeout=timeout_s)
+        info.session.hooks["response"].append(self._remember_date)
+        return info, info.session
 
     def _remember_date(self, response: Any, *args: Any, **kwargs: Any) -> None:
         raw = response.headers.get("Date")
@@ -145,10 +103,11 @@ class HyperliquidClient:
         timeout_s: float | None = None,
     ) -> T:
         """POST /info under the retry policy; `parse(body, date_ms)` validates the answer."""
-        info = self._info(timeout_s or self.timeout_s)
+        timeout_s = timeout_s or self.timeout_s
+        info = self._session(timeout_s)
 
         def attempt() -> T:
-            body = self._send(lambda: info.post("/info", payload), what)
+            body = self._send(lambda: info.post("/info", payload), what, timeout_s)
             date_ms = getattr(self._local, "date_ms", None)
             if date_ms is None:
                 raise MalformedResponse(f"malformed response for {what}: no HTTP Date header")
@@ -156,14 +115,14 @@ class HyperliquidClient:
 
         return retry.call(what, attempt, policy or self.policy, url=self.rest_url, hint=_HINT)
 
-    def _send(self, request: Callable[[], Any], what: str) -> Any:
+    def _send(self, request: Callable[[], Any], what: str, timeout_s: float) -> Any:
         """One SDK request; transient failures become `retry.Transient`."""
-        import requests
         from hyperliquid.utils.error import ClientError, ServerError
 
         self._local.date_ms = None
         try:
-            body = request()
+            with self._transport_errors(timeout_s):
+                body = request()
         except ClientError as err:
             code, text = err.status_code, str(err.error_message)[:200]
             if code == 429:
@@ -174,16 +133,6 @@ class HyperliquidClient:
             ) from None
         except ServerError as err:
             raise retry.Transient(f"HTTP {err.status_code}: {str(err.message)[:120]}") from None
-        except (requests.exceptions.MissingSchema, requests.exceptions.InvalidURL) as err:
-            raise ExchangeError(f"{self.rest_url} is not a usable URL ({err}); {_HINT}") from None
-        except requests.exceptions.Timeout as err:
-            raise retry.Transient(f"timed out ({type(err).__name__})") from None
-        except requests.exceptions.ConnectionError as err:
-            text = str(err)
-            refused = any(s in text for s in _REFUSED)
-            raise retry.Transient(f"connection failed: {text[:200]}", refused=refused) from None
-        except requests.exceptions.RequestException as err:  # e.g. body cut short
-            raise retry.Transient(f"{type(err).__name__}: {str(err)[:200]}") from None
         if isinstance(body, dict) and set(body) == {"error"}:  # the SDK's "Could not parse JSON"
             raise MalformedResponse(f"malformed response for {what}: not valid JSON")
         return body
@@ -203,57 +152,24 @@ class HyperliquidClient:
         return coins
 
     def unlisted(self, symbols: list[str]) -> dict[str, str]:
-        listed = set(self.instruments())
-        return {
-            s: f"not in Hyperliquid's meta universe ({len(listed)} coins)"
-            for s in symbols
-            if s not in listed
-        }
-
-    def fetch_klines(
-        self,
-        symbol: str,
-        start: dt.datetime,
-        end: dt.datetime,
-        *,
-        closed_by: dt.datetime | None = None,
-    ) -> pl.DataFrame:
-        """Every CLOSED 1m candle with open_time in [start, end), sorted, unique."""
-        self._refuse_unknown([symbol])
-        lo = -(-_ms(start) // MINUTE_MS) * MINUTE_MS
-        hi = (_ms(end) - 1) // MINUTE_MS * MINUTE_MS
-        limit = _ms(closed_by) if closed_by is not None else None
-        rows: list[tuple[float, ...]] = []
-        a = lo
-        while a <= hi:
-            b = min(a + (PAGE_LIMIT - 1) * MINUTE_MS, hi)
-            page, date_ms = self._snapshot(symbol, a, b)
-            clock = date_ms if limit is None else min(date_ms, limit)
-            rows += [r for r in page if r[0] + MINUTE_MS <= clock]
-            a = b + MINUTE_MS
-            if date_ms < a:  # nothing can have opened after the exchange clock yet
-                break
-        return _frame(symbol, rows)
+        return _unlisted(symbols, set(self.instruments()))
 
     def latest_closed_open_time(self, symbol: str) -> dt.datetime | None:
-        """Open time of the newest closed 1m candle: ONE short request, no retry loop.
-
-        The window starts 10 minutes before the server clock as last seen (the first call
-        asks `meta` for it) and is open-ended, so a clock that ran ahead is still covered.
-        """
+        """The window starts 10 minutes before the server clock as last seen (the first call
+        asks `meta` for it) and is open-ended, so a clock that ran ahead is still covered."""
         if self._skew_ms is None:
             self.server_time()
         now = int(dt.datetime.now(dt.UTC).timestamp() * 1000) + (self._skew_ms or 0)
         a = now // MINUTE_MS * MINUTE_MS - 10 * MINUTE_MS
-        page, date_ms = self._snapshot(
+        times, _, date_ms = self._page(
             symbol,
             a,
             None,
             policy=self.policy.once(self.probe_timeout_s),
             timeout_s=self.probe_timeout_s,
         )
-        closed = [r[0] for r in page if r[0] + MINUTE_MS <= date_ms]
-        return dt.datetime.fromtimestamp(max(closed) / 1000, dt.UTC) if closed else None
+        closed = times[times + MINUTE_MS <= date_ms]
+        return dt.datetime.fromtimestamp(int(closed.max()) / 1000, dt.UTC) if len(closed) else None
 
     def stream(self, symbols: list[str], on_candle: Callable[[ClosedCandle], None]) -> Stream:
         """The SDK's WebSocket `candle` subscription, one `on_candle` per closed candle."""
@@ -264,34 +180,39 @@ class HyperliquidClient:
         return CandleStream(base, symbols, on_candle, self.policy)
 
     # -- internals -----------------------------------------------------------------------
+    def _pages(self, symbol: str, interval: str) -> tuple[Grid, Callable[[int, int], Page]]:
+        if interval != "1":
+            raise InvalidRequest(f"Hyperliquid candles here are 1m only, not interval {interval!r}")
+        self._refuse_unknown([symbol])
+        return _GRID, functools.partial(self._page, symbol)
+
     def _refuse_unknown(self, symbols: list[str]) -> None:
         """Refuse coins outside the universe (asked once per client) by name."""
         if self._coins is None or not set(symbols) <= self._coins:
             self.instruments()
         assert self._coins is not None
-        refused = {
-            s: f"not in Hyperliquid's meta universe ({len(self._coins)} coins)"
-            for s in symbols
-            if s not in self._coins
-        }
+        refused = _unlisted(symbols, self._coins)
         if refused:
             raise InvalidRequest(
                 f"{', '.join(refused)} not listed at Hyperliquid ({self.rest_url}): "
                 f"{next(iter(refused.values()))}; use its coin names, e.g. BTC, ETH"
             )
 
-    def _snapshot(
-        self, coin: str, a: int, b: int | None, **kw: Any
-    ) -> tuple[list[tuple[float, ...]], int]:
+    def _page(self, coin: str, a: int, b: int | None, **kw: Any) -> Page:
         """One validated candleSnapshot page [a, b] (open times, ms) and its Date."""
-        span = f"[{_iso(a)}, {'-' if b is None else _iso(b)}]"
+        import numpy as np
+
+        span = f"[{iso(a)}, {'-' if b is None else iso(b)}]"
         what = f"{coin} 1m candles {span} from {self.rest_url}"
         req = {"coin": coin, "interval": "1m", "startTime": a, "endTime": b}
         if b is None:
             req["endTime"] = a + (PAGE_LIMIT - 1) * MINUTE_MS
 
-        def parse(body: Any, date_ms: int) -> tuple[list[tuple[float, ...]], int]:
-            return parse_candles(body, coin, a, req["endTime"], what), date_ms
+        def parse(body: Any, date_ms: int) -> Page:
+            rows = parse_candles(body, coin, a, req["endTime"], what)
+            table = np.array(rows, dtype=np.float64).reshape(-1, 6)
+            turnover = np.full((len(rows), 1), np.nan)  # Hyperliquid reports none
+            return table[:, 0].astype(np.int64), np.hstack([table[:, 1:], turnover]), date_ms
 
         return self._post(what, {"type": "candleSnapshot", "req": req}, parse, **kw)
 
@@ -314,13 +235,13 @@ def parse_candles(body: Any, coin: str, lo: int, hi: int, what: str) -> list[tup
         t = c["t"]
         if not isinstance(t, int) or isinstance(t, bool) or t % MINUTE_MS:
             raise bad(f"candle {i} open time t={t!r} is not a whole minute in epoch ms")
-        where = f"candle {i} (open {_iso(t)})"
+        where = f"candle {i} (open {iso(t)})"
         if c["s"] != coin or c["i"] != "1m":
             raise bad(f"{where} is {c['s']!r} {c['i']!r}, expected {coin!r} '1m'")
         if c["T"] != t + MINUTE_MS - 1:
             raise bad(f"{where} close time T={c['T']!r} is not t + 59999")
         if not lo <= t <= hi:
-            raise bad(f"{where} is outside the requested range [{_iso(lo)}, {_iso(hi)}]")
+            raise bad(f"{where} is outside the requested range [{iso(lo)}, {iso(hi)}]")
         if rows and t <= rows[-1][0]:
             raise bad(f"{where} does not follow the candle before it (duplicate or unsorted)")
         try:
@@ -358,26 +279,9 @@ def _retry_after(headers: Any) -> float | None:
         return None
 
 
-def _frame(coin: str, rows: list[tuple[float, ...]]) -> pl.DataFrame:
-    import polars as pl
-
-    ts = pl.Datetime("us", "UTC")
-    rows = sorted({r[0]: r for r in rows}.values())
-    cols = list(zip(*rows, strict=True)) if rows else [[] for _ in range(6)]
-    opens = pl.Series("open_time", [int(t) * 1000 for t in cols[0]], pl.Int64)
-    frame = pl.DataFrame(
-        {
-            "symbol": pl.Series([coin] * len(rows), dtype=pl.String),
-            "open_time": opens.cast(ts),
-            "close_time": (opens + MINUTE_MS * 1000).cast(ts),
-            **{
-                name: pl.Series(list(cols[j + 1]), dtype=pl.Float64)
-                for j, name in enumerate(("open", "high", "low", "close", "volume"))
-            },
-            "turnover": pl.Series([None] * len(rows), dtype=pl.Float64),
-        }
-    )
-    return frame.select(KLINE_COLUMNS)
+def _unlisted(symbols: list[str], coins: set[str]) -> dict[str, str]:
+    why = f"not in Hyperliquid's meta universe ({len(coins)} coins)"
+    return {s: why for s in symbols if s not in coins}
 
 
 def connect(settings: Settings, endpoint: Endpoint) -> HyperliquidClient:
@@ -387,15 +291,8 @@ def connect(settings: Settings, endpoint: Endpoint) -> HyperliquidClient:
     at that URL + `/ws`. Live source: `settings.hyperliquid.rest_url` and `.ws_url`.
     """
     h = settings.hyperliquid
-    if endpoint.kind == "replay":
-        rest = endpoint.rest_url
-        ws = "ws" + rest.rstrip("/").removeprefix("http") + "/ws"
+    if endpoint.kind == "replay":  # the WebSocket then derives from the REST URL
+        rest, ws = endpoint.rest_url, None
     else:
         rest, ws = h.rest_url, h.ws_url
-    return HyperliquidClient(
-        rest,
-        timeout_s=h.timeout_s,
-        max_retries=h.max_retries,
-        probe_timeout_s=h.probe_timeout_s,
-        ws_url=ws,
-    )
+    return HyperliquidClient(rest, ws_url=ws, **h.client_options())

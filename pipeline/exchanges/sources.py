@@ -143,19 +143,13 @@ def record_path(settings: Settings) -> Path:
 
 def recorded(settings: Settings) -> dict | None:
     """The home's recorded source, or None before its first start."""
-    path = record_path(settings)
     try:
-        rec = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as err:
+        return jsonfile.read(record_path(settings), {"kind", "warehouse_id", "label"})
+    except jsonfile.Unreadable as err:
         raise SourceError(
-            f"{path} is unreadable ({err}); it records which exchange this home's data comes "
-            "from. Restore it, or delete it to decide again from the configuration."
+            f"{err}; it records which exchange this home's data comes from. Restore it, or "
+            "delete it to decide again from the configuration."
         ) from None
-    if not isinstance(rec, dict) or not {"kind", "warehouse_id", "label"} <= rec.keys():
-        raise SourceError(f"{path} is not a source record; delete it to decide again")
-    return rec
 
 
 def _record(settings: Settings, ep: Endpoint, why: str) -> None:

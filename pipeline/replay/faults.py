@@ -19,6 +19,7 @@ while (an outage); without duration or count it replaces the base plan.
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import threading
@@ -260,11 +261,8 @@ def malformed_kline(
             del envelope["result"][where]
     elif kind == "short_row":
         parsed[i] = parsed[i][:6]
-    elif kind == "non_monotonic":
-        i = min(i, len(parsed) - 2)
-        parsed[i], parsed[i + 1] = parsed[i + 1], parsed[i]
-    elif kind == "duplicate_time":
-        parsed.insert(i + 1, list(parsed[i]))
+    elif kind in ("non_monotonic", "duplicate_time"):
+        misorder(parsed, i, kind)
     elif kind == "off_grid":
         parsed[i][0] = str(int(parsed[i][0]) + 1000 * (1 + int(fault.q * 58)))
     elif kind == "out_of_range":
@@ -294,3 +292,13 @@ def malformed_time(fault: Fault, now_ms: int) -> tuple[bytes, str]:
     del result["timeNano"]
     del result["timeSecond"]
     return _dumps(envelope).encode(), "missing_field"
+
+
+def misorder(rows: list[Any], i: int, kind: str) -> None:
+    """The faults that only move rows, whatever the wire format: `non_monotonic` swaps row i
+    with its successor (i clipped to the second last), `duplicate_time` repeats row i."""
+    if kind == "non_monotonic":
+        i = min(i, len(rows) - 2)
+        rows[i], rows[i + 1] = rows[i + 1], rows[i]
+    else:
+        rows.insert(i + 1, copy.copy(rows[i]))

@@ -51,7 +51,7 @@ import numpy as np
 from pipeline.replay import intervals as iv
 from pipeline.replay import synthetic
 from pipeline.replay.data import Source, SyntheticSource
-from pipeline.replay.faults import GROUPS, Fault
+from pipeline.replay.faults import GROUPS, Fault, misorder
 from pipeline.replay.http import GATEWAY, Reply
 from pipeline.replay.market import Market
 from pipeline.replay.wire import Decimals, format_rows
@@ -213,11 +213,8 @@ def malformed(fault: Fault, candles: Any, coin: str) -> bytes:
         rows[i][fault.pick(["o", "h", "l", "c", "v"])] = fault.pick(["abc", "", "NaN", "inf"])
     elif kind in ("missing_field", "short_row"):
         del rows[i][fault.pick(["t", "o", "c", "v"])]
-    elif kind == "non_monotonic":
-        i = min(i, len(rows) - 2)
-        rows[i], rows[i + 1] = rows[i + 1], rows[i]
-    elif kind == "duplicate_time":
-        rows.insert(i + 1, dict(rows[i]))
+    elif kind in ("non_monotonic", "duplicate_time"):
+        misorder(rows, i, kind)
     elif kind == "off_grid":
         rows[i]["t"] += 1000 * (1 + int(fault.q * 58))
     elif kind == "out_of_range":

@@ -13,21 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.replay import intervals as iv
 from pipeline.replay.hyperliquid_face import INTERVALS, candles
-from pipeline.replay.ws import ACK_DELAY_S, IDLE_S, WsSession
-
-
-@dataclass
-class _Candles:
-    coin: str
-    interval: str
-    open_ms: int | None = None
-    last_push: float = 0.0
+from pipeline.replay.ws import ACK_DELAY_S, Sub, WsSession
 
 
 @dataclass(eq=False)
@@ -44,16 +34,11 @@ class HlWsSession(WsSession):
             self.proto.send_text(b"Websocket connection established.")
             self._flush()
 
-    def _on_text(self, text: str) -> None:
-        self.last_seen = time.monotonic()
-        try:
-            msg = json.loads(text)
-            if not isinstance(msg, dict):
-                raise ValueError
-        except ValueError:
-            why = f"Error parsing JSON into valid websocket request: {text[:100]}"
-            self.send({"channel": "error", "data": why})
-            return
+    def _refuse_text(self, text: str) -> None:
+        why = f"Error parsing JSON into valid websocket request: {text}"
+        self.send({"channel": "error", "data": why})
+
+    def _on_message(self, msg: dict[str, Any]) -> None:
         method = msg.get("method")
         self.stats[f"ws_op hl_{method}"] += 1
         if method == "ping":
@@ -81,35 +66,16 @@ class HlWsSession(WsSession):
         if method == "unsubscribe":
             self.subs.pop(key, None)
         elif key not in self.subs:
-            self.subs[key] = _Candles(sub["coin"], sub["interval"])  # type: ignore[assignment]
+            self.subs[key] = Sub(sub["interval"], sub["coin"])
         ack = {"method": method, "subscription": sub}
         self.send({"channel": "subscriptionResponse", "data": ack})
         self.push_due()
 
-    def _push_candle(self, sub: _Candles, open_ms: int, now: int) -> None:
-        row = self.market.candle(sub.coin, INTERVALS[sub.interval], open_ms, now)
-        if row is not None:
-            data = candles(sub.coin, sub.interval, row[None, :], self.market.decimals(sub.coin))
-            self.send({"channel": "candle", "data": data[0]})
+    def _grid_interval(self, sub: Any) -> str:
+        return INTERVALS[sub.interval]
 
-    def push_due(self) -> None:
-        """Final values of candles that closed, then the forming one every `push_s`."""
-        if self.closed:
-            return
-        wall = time.monotonic()
-        if not self.subs and wall - self.last_seen > IDLE_S:
-            self.close()
-            return
-        now = self.clock.now_ms()
-        for sub in list(self.subs.values()):
-            assert isinstance(sub, _Candles)
-            bybit = INTERVALS[sub.interval]
-            current = iv.floor_open(now, bybit)
-            if sub.open_ms is not None and current > sub.open_ms:
-                for k in (3, 2, 1):
-                    o = iv.shift(current, -k, bybit)
-                    if o >= sub.open_ms:
-                        self._push_candle(sub, o, now)
-            if sub.open_ms != current or wall - sub.last_push >= self.push_s:
-                sub.open_ms, sub.last_push = current, wall
-                self._push_candle(sub, current, now)
+    def _push(self, topic: str, sub: Any, open_ms: int, confirm: bool, now: int) -> None:
+        row = self.market.candle(sub.symbol, INTERVALS[sub.interval], open_ms, now)
+        if row is not None:
+            data = candles(sub.symbol, sub.interval, row[None, :], self.market.decimals(sub.symbol))
+            self.send({"channel": "candle", "data": data[0]})

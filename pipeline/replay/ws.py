@@ -37,7 +37,10 @@ _TOPIC = re.compile(r"^kline\.([0-9A-Z]+)\.([A-Z0-9]{2,30})$")
 
 
 @dataclass
-class _Sub:
+class Sub:
+    """One kline/candle subscription: its interval in the face's words, the symbol (or
+    coin), and what was pushed last."""
+
     interval: str
     symbol: str
     open_ms: int | None = None
@@ -133,11 +136,11 @@ class WsSession:
             {"success": ok, "ret_msg": msg, "conn_id": self.conn_id, "req_id": req_id, "op": op}
         )
 
-    def _valid(self, topic: Any) -> _Sub | None:
+    def _valid(self, topic: Any) -> Sub | None:
         m = _TOPIC.match(topic) if isinstance(topic, str) else None
         if not m or m.group(1) not in iv.INTERVALS or not self.market.supports(m.group(2)):
             return None
-        return _Sub(m.group(1), m.group(2))
+        return Sub(m.group(1), m.group(2))
 
     def _on_text(self, text: str) -> None:
         self.last_seen = time.monotonic()
@@ -146,8 +149,15 @@ class WsSession:
             if not isinstance(msg, dict):
                 raise ValueError
         except ValueError:
-            self._ack("", "", False, f"error:invalid request, {text[:100]}")
+            self._refuse_text(text[:100])
             return
+        self._on_message(msg)
+
+    def _refuse_text(self, text: str) -> None:
+        """Answer a message that is not a JSON object (`text`: its start)."""
+        self._ack("", "", False, f"error:invalid request, {text}")
+
+    def _on_message(self, msg: dict[str, Any]) -> None:
         op, req_id = msg.get("op", ""), str(msg.get("req_id", "") or "")
         self.stats[f"ws_op {op}"] += 1
         if op == "ping":
@@ -193,7 +203,7 @@ class WsSession:
         self.push_due()
 
     # -- kline pushes --------------------------------------------------------------------
-    def _push(self, topic: str, sub: _Sub, open_ms: int, confirm: bool, now: int) -> None:
+    def _push(self, topic: str, sub: Any, open_ms: int, confirm: bool, now: int) -> None:
         values = self.market.push_values(sub.symbol, sub.interval, open_ms, now)
         if values is None:
             return
@@ -213,8 +223,13 @@ class WsSession:
         }
         self.send({"topic": topic, "data": [item], "ts": now, "type": "snapshot"})
 
+    def _grid_interval(self, sub: Any) -> str:
+        """The subscription's interval in Bybit's words (the replay's grid)."""
+        return str(sub.interval)
+
     def push_due(self) -> None:
-        """Send what is due now: closes (confirm=true), then forming updates every `push_s`."""
+        """Send what is due now: the final values of candles that closed (confirm=true; at
+        most the last three when the clock jumps), then the forming one every `push_s`."""
         if self.closed:
             return
         wall = time.monotonic()
@@ -223,10 +238,11 @@ class WsSession:
             return
         now = self.clock.now_ms()
         for topic, sub in list(self.subs.items()):
-            current = iv.floor_open(now, sub.interval)
+            interval = self._grid_interval(sub)
+            current = iv.floor_open(now, interval)
             if sub.open_ms is not None and current > sub.open_ms:
                 for k in (3, 2, 1):
-                    o = iv.shift(current, -k, sub.interval)
+                    o = iv.shift(current, -k, interval)
                     if o >= sub.open_ms:
                         self._push(topic, sub, o, True, now)
             if sub.open_ms != current or wall - sub.last_push >= self.push_s:

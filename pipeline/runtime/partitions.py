@@ -16,7 +16,6 @@ partitions start `live.history_days` before today (UTC), and the process says so
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,15 +41,14 @@ def record_path(settings: Settings) -> Path:
 def _read(settings: Settings) -> dict | None:
     path = record_path(settings)
     try:
-        rec = json.loads(path.read_text())
-        dt.date.fromisoformat(rec["start_date"])
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        rec = jsonfile.read(path, {"start_date"})
+        if rec is not None:
+            dt.date.fromisoformat(rec["start_date"])
+    except (TypeError, ValueError) as err:  # jsonfile.Unreadable is a ValueError
+        why = err if isinstance(err, jsonfile.Unreadable) else f"{path} is unreadable ({err})"
         raise ConfigError(
-            f"{path} is unreadable ({str(err)[:80]}); it records this home's first daily "
-            "partition. Restore it, delete it to derive it again, or set start_date in "
-            "signalbox.yaml"
+            f"{why}; it records this home's first daily partition. Restore it, delete it to "
+            "derive it again, or set start_date in signalbox.yaml"
         ) from None
     return rec
 
