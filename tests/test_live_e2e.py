@@ -48,7 +48,9 @@ def test_daemon_ingests_each_closed_minute_once(tmp_path, replay_factory):
     assert rows[0][0] <= first_close - MINUTE  # it started from the minute closed at start
     assert last >= target - MINUTE
     runs = latency_log(tmp_path, "ingest")
-    assert len(runs) >= 3 and all(r["checks_passed"] for r in runs)  # every live run was clean
+    # one run per close, or fewer when a loaded machine lets two closes meet in one run (the
+    # rows above are exact either way); every live run was clean
+    assert len(runs) >= 2 and all(r["checks_passed"] for r in runs)
 
 
 def test_daemon_killed_across_midnight_catches_up_exactly(tmp_path, replay_factory):

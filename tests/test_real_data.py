@@ -112,7 +112,7 @@ def test_real_file_backfills_with_exit_0_and_signals(backfills, name):
             con.execute("SELECT personality, count(*) FROM signals GROUP BY 1").fetchall()
         )
     assert candles == run.rows  # every real candle, and not one invented
-    assert sources == [f"replay file={run.path}"]
+    assert sources == [f"replay file={run.path.resolve()}"]
     assert signals.get("scalping", 0) > 0, signals
     assert "check: ranges on indicators passed" in run.stderr
 
