@@ -40,15 +40,6 @@ ABOVE_DOMAIN = ("pipeline.runtime", "pipeline.orchestration", "assets", "sensors
 REPLAY = "pipeline.replay"
 REPLAY_USERS = ("pipeline.runtime", "pipeline.replay")
 
-# Violations in files other work packages of issue 13 are changing right now, each
-# (rule, importer, imported). The lead empties this set once those branches are merged; a
-# listed violation that no longer exists fails the test, so the list cannot go stale.
-# A cycle is listed as ("cycle", *its path as the test prints it).
-KNOWN_VIOLATIONS: set[tuple[str, ...]] = set()
-# Modules over MAX_LINES that other work packages own (same rules: the lead empties it, and a
-# file listed here that is no longer large fails the test).
-KNOWN_LARGE: set[str] = set()
-
 
 @dataclass(frozen=True)
 class Edge:
@@ -193,19 +184,10 @@ def violations(modules: dict[str, Path]) -> dict[tuple[str, ...], str]:
     return found
 
 
-def _unknown_and_stale(found: set[tuple[str, ...]], rules: set[str]) -> tuple[list, list]:
-    known = {v for v in KNOWN_VIOLATIONS if v[0] in rules}
-    return sorted(found - known), [
-        f"KNOWN_VIOLATIONS lists {v}, which no longer exists: remove it"
-        for v in sorted(known - found)
-    ]
-
-
 def test_no_import_cycles() -> None:
     ours, _ = graph(source_modules(ROOT))
-    new, stale = _unknown_and_stale({("cycle", *c) for c in cycles(ours)}, {"cycle"})
-    lines = [f"import cycle: {' -> '.join(c[1:])} (move the shared piece down)" for c in new]
-    assert not lines + stale, "\n".join(lines + stale)
+    lines = [f"import cycle: {' -> '.join(c)} (move the shared piece down)" for c in cycles(ours)]
+    assert not lines, "\n".join(lines)
 
 
 RULES = {
@@ -217,9 +199,8 @@ RULES = {
 
 def test_rooms_import_only_what_they_may() -> None:
     found = violations(source_modules(ROOT))
-    new, stale = _unknown_and_stale(set(found), set(RULES))
-    lines = [f"{found[v]} imports {v[2]}: {RULES[v[0]]}" for v in new]
-    assert not lines + stale, "\n".join(lines + stale)
+    lines = [f"{found[v]} imports {v[2]}: {RULES[v[0]]}" for v in sorted(found)]
+    assert not lines, "\n".join(lines)
 
 
 def test_no_module_over_500_lines() -> None:
@@ -229,13 +210,7 @@ def test_no_module_over_500_lines() -> None:
     ]
     sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in files}
     large = {f for f, n in sizes.items() if n > MAX_LINES}
-    lines = [
-        f"{f}: {sizes[f]} lines: split it by what it holds" for f in sorted(large - KNOWN_LARGE)
-    ]
-    lines += [
-        f"KNOWN_LARGE lists {f} ({sizes.get(f, 'missing')}), no longer over {MAX_LINES}: remove it"
-        for f in sorted(KNOWN_LARGE - large)
-    ]
+    lines = [f"{f}: {sizes[f]} lines: split it by what it holds" for f in sorted(large)]
     assert not lines, "\n".join(lines)
 
 
