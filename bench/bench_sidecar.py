@@ -151,6 +151,7 @@ class Signals:
             price = self.prices[i % len(self.prices)]
             out.append(
                 {
+                    "exchange": "bybit",
                     "symbol": "BTCUSDT",
                     "personality": PERSONALITIES[i % 4],
                     "timeframe": "1m",
