@@ -90,65 +90,68 @@ def signals(
     from pipeline.strategy.signals import signal_summary
 
     s, wh = settings.get(), warehouse.get()
-    start, end = partition_window(context)
-    first, last = start.date(), (end - dt.timedelta(days=1)).date()
-    live = tags.from_sensor(context.run.tags)  # the sensor's runs: new signals to the sidecar
-    personalities = load_personalities(s.personalities, s.timeframes)
-    venues = list(by_venue(s.markets))
-    steps = len(venues) * len(personalities)
-    report = progress.reporter(context, "personalities", steps, enabled=not live)
-    done = iter(range(1, steps + 1))
-    builds = [
-        build_signals(
-            wh, v, first, last, personalities,
-            lambda name, n, v=v: report(next(done), f"{v} {name}: {n} signal(s)"),
-        )
-        for v in venues
-    ]  # fmt: skip
-    names = [p.name for p in personalities]
-    rows = pl.concat([b.rows() for b in builds], how="vertical_relaxed") if builds else None
-    rows = rows if rows is not None else pl.DataFrame()
-    written = write_signals(wh, builds, start, end, names)
-    # per personality: the first venue whose signals fail, else the last pass
-    valid = [
-        _first_failed([check_signals(b.by_personality[p.name], p) for b in builds])
-        for p in personalities
-    ]
+    with wh.session() as wh:  # one connection for the step's reads and write
+        start, end = partition_window(context)
+        first, last = start.date(), (end - dt.timedelta(days=1)).date()
+        live = tags.from_sensor(context.run.tags)  # the sensor's runs: new signals to the sidecar
+        personalities = load_personalities(s.personalities, s.timeframes)
+        venues = list(by_venue(s.markets))
+        steps = len(venues) * len(personalities)
+        report = progress.reporter(context, "personalities", steps, enabled=not live)
+        done = iter(range(1, steps + 1))
+        builds = [
+            build_signals(
+                wh, v, first, last, personalities,
+                lambda name, n, v=v: report(next(done), f"{v} {name}: {n} signal(s)"),
+            )
+            for v in venues
+        ]  # fmt: skip
+        names = [p.name for p in personalities]
+        rows = pl.concat([b.rows() for b in builds], how="vertical_relaxed") if builds else None
+        rows = rows if rows is not None else pl.DataFrame()
+        written = write_signals(wh, builds, start, end, names)
+        # per personality: the first venue whose signals fail, else the last pass
+        valid = [
+            _first_failed([check_signals(b.by_personality[p.name], p) for b in builds])
+            for p in personalities
+        ]
 
-    published: list[int] = []
-    if live and all(o.passed for o in valid) and rows.height:
-        now = dt.datetime.fromisoformat(config.exchange_now) if config.exchange_now else None
-        publish_started_at = time.time()
-        published = publish(s, _to_messages(rows), now=now)
-        latency.record(
-            s.home, run_id=context.run_id, stage="signals", published=len(published),
-            publish_started_at=publish_started_at, published_at=time.time(),
-        )  # fmt: skip
+        published: list[int] = []
+        if live and all(o.passed for o in valid) and rows.height:
+            now = dt.datetime.fromisoformat(config.exchange_now) if config.exchange_now else None
+            publish_started_at = time.time()
+            published = publish(s, _to_messages(rows), now=now)
+            latency.record(
+                s.home, run_id=context.run_id, stage="signals", published=len(published),
+                publish_started_at=publish_started_at, published_at=time.time(),
+            )  # fmt: skip
 
-    sample = LIVE_LOOKAHEAD_SAMPLE if live else BACKFILL_LOOKAHEAD_SAMPLE
-    lookahead = [
-        _first_failed(
-            [check_signals_lookahead(b.frames, p, sample=sample, day=last) for b in builds]
+        sample = LIVE_LOOKAHEAD_SAMPLE if live else BACKFILL_LOOKAHEAD_SAMPLE
+        lookahead = [
+            _first_failed(
+                [check_signals_lookahead(b.frames, p, sample=sample, day=last) for b in builds]
+            )
+            for p in personalities
+        ]
+        summary = signal_summary(rows)
+        table = pl.DataFrame(
+            [{"personality": k, **v} for k, v in summary.items()] if summary else None
         )
-        for p in personalities
-    ]
-    summary = signal_summary(rows)
-    table = pl.DataFrame([{"personality": k, **v} for k, v in summary.items()] if summary else None)
-    meta = {
-        "source": exchange.source().label,
-        "rows_written": written,
-        "published_to_sidecar": len(published),
-        "per_personality": dg.MetadataValue.md(md_table(table)),
-        "summary": dg.MetadataValue.json(summary),
-    }
-    results = {
-        "valid": _combine(valid, names, CheckOutcome),
-        "no_lookahead": _combine(lookahead, names, CheckOutcome),
-    }
-    return dg.MaterializeResult(
-        metadata=display(meta),
-        check_results=[check_result(n, results[n], "signals") for n in CHECKS],
-    )
+        meta = {
+            "source": exchange.source().label,
+            "rows_written": written,
+            "published_to_sidecar": len(published),
+            "per_personality": dg.MetadataValue.md(md_table(table)),
+            "summary": dg.MetadataValue.json(summary),
+        }
+        results = {
+            "valid": _combine(valid, names, CheckOutcome),
+            "no_lookahead": _combine(lookahead, names, CheckOutcome),
+        }
+        return dg.MaterializeResult(
+            metadata=display(meta),
+            check_results=[check_result(n, results[n], "signals") for n in CHECKS],
+        )
 
 
 def _first_failed(outcomes):
