@@ -47,10 +47,10 @@ class SignalsConfig(dg.Config):
 
 
 def _to_messages(rows) -> list[dict]:
-    """Signal rows as the dicts the sidecar's outbox takes."""
+    """Signal rows as the dicts the sidecar's outbox takes, from this lane (`origin`)."""
     out = []
     for r in rows.iter_rows(named=True):
-        r = dict(r)
+        r = {**r, "origin": "pipeline"}
         r["snapshot"] = (
             json.loads(r["snapshot"]) if isinstance(r["snapshot"], str) else r["snapshot"]
         )
