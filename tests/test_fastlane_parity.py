@@ -16,7 +16,7 @@ import pytest
 
 from assets import klines, signals, timeframes
 from pipeline.exchanges.sources import replay_identity
-from pipeline.fastlane import journal
+from pipeline.fastlane import journal, parity
 from pipeline.orchestration import tags
 from pipeline.orchestration.resources import resources
 from tests.daemon import write_config
@@ -238,3 +238,20 @@ def test_a_divergence_fails_the_check_with_its_row_in_the_metadata(live, kind):
     assert "the fast lane diverges from the pipeline" in (ev.description or "")
     if kind == "reasons":
         assert "rsi_14 < 31" in listed[0]
+
+
+def test_rounding_noise_within_the_tolerance_is_agreement():
+    """Plain Python, no run: 1e-9 is the stated tolerance, not exact equality."""
+    close = dt.datetime(2026, 1, 5, 12, 1, tzinfo=dt.UTC)
+    row = {
+        "exchange": "bybit", "symbol": "BTCUSDT", "personality": "scalping", "timeframe": "1m",
+        "open_time": close - dt.timedelta(minutes=1), "close_time": close, "action": "BUY",
+        "confidence": 0.5714285714285714, "price": 64436.5, "reasons": ["a", "b"], "quality": "ok",
+    }  # fmt: skip
+    noisy = journal.record({**row, "confidence": row["confidence"] + 4e-10})
+    reached = {("bybit", "BTCUSDT"): close}
+    p = parity.compare([noisy], [row], reached, changed=[(journal.record(row), noisy)])
+    assert p.passed and (p.agreed, p.changed_mind) == (1, 0)
+    off = journal.record({**row, "confidence": row["confidence"] + 2e-9})
+    p = parity.compare([off], [row], reached, changed=[(journal.record(row), off)])
+    assert not p.passed and (p.differing, p.changed_mind) == (1, 1)

@@ -206,7 +206,8 @@ def check_partition(
             changed += journal.conflicts(home, venue, day)
     if not fast and not changed:
         return Parity(pipeline_only=pipeline.height)
-    return compare(fast, pipeline.iter_rows(named=True), where, changed)
+    rows = pipeline.select(journal.FIELDS).iter_rows(named=True) if pipeline.height else []
+    return compare(fast, rows, where, changed)
 
 
 def outcome(p: Parity) -> CheckOutcome:
