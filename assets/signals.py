@@ -15,6 +15,7 @@ import dagster as dg
 
 from assets.common import (
     check_result,
+    check_specs,
     daily_table,
     display,
     md_table,
@@ -35,6 +36,15 @@ CHECKS = {
     "no_lookahead": "For a sample of bars, the live path's result on data cut at the bar's close "
     "equals the one-pass result over all history.",
 }
+PARITY = dg.AssetCheckSpec(
+    "fast_lane_parity",
+    asset="signals",
+    blocking=False,  # the fast lane's fault, not the pipeline's: its rows stay the record
+    description="Every signal the fast lane journaled for a bar this run reached is one of these "
+    "rows: same action, reasons, quality, price, confidence within 1e-9; no key journaled twice "
+    "differently (pipeline/fastlane/parity.py). "
+    "Pipeline rows the fast lane was silent on, and bars not reached yet, are only counted.",
+)
 LIVE_LOOKAHEAD_SAMPLE = 3  # bars per personality on the minute-by-minute path
 BACKFILL_LOOKAHEAD_SAMPLE = 60
 
@@ -47,10 +57,10 @@ class SignalsConfig(dg.Config):
 
 
 def _to_messages(rows) -> list[dict]:
-    """Signal rows as the dicts the sidecar's outbox takes."""
+    """Signal rows as the dicts the sidecar's outbox takes, from this lane (`origin`)."""
     out = []
     for r in rows.iter_rows(named=True):
-        r = dict(r)
+        r = {**r, "origin": "pipeline"}
         r["snapshot"] = (
             json.loads(r["snapshot"]) if isinstance(r["snapshot"], str) else r["snapshot"]
         )
@@ -64,6 +74,7 @@ def _to_messages(rows) -> list[dict]:
     deps=["indicators"],
     group_name="signals",
     kinds={"duckdb", "polars"},
+    check_specs=[*check_specs("signals", CHECKS), PARITY],
     description=(
         "BUY/SELL signals of every configured personality (pipeline/personalities/*.yaml) "
         "with confidence, reasons, a snapshot of the values that decided them and the data "
@@ -80,6 +91,7 @@ def signals(
 ) -> dg.MaterializeResult:
     import polars as pl
 
+    from pipeline.fastlane import parity
     from pipeline.markets import by_venue
     from pipeline.quality.checks import CheckOutcome
     from pipeline.runtime import latency
@@ -148,9 +160,18 @@ def signals(
             "valid": _combine(valid, names, CheckOutcome),
             "no_lookahead": _combine(lookahead, names, CheckOutcome),
         }
+        # the fast lane against these rows, on bars this run reached (a live day grows by minutes)
+        reached = {k: v for b in builds for k, v in parity.reached(b.exchange, b.frames).items()}
+        days = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+        agree = parity.outcome(parity.check_partition(s.home, venues, days, rows, reached))
+        if not agree.passed:
+            context.log.error(f"fast_lane_parity failed: {agree.description}")
         return dg.MaterializeResult(
             metadata=display(meta),
-            check_results=[check_result(n, results[n], "signals") for n in CHECKS],
+            check_results=[
+                *(check_result(n, results[n], "signals") for n in CHECKS),
+                check_result(PARITY.name, agree, "signals"),
+            ],
         )
 
 
