@@ -126,6 +126,24 @@ class VenueLane:
             symbol, f"no candle at the venue for {_hm(to_ms(start))} to {_hm(end_ms)}", end_ms
         )
 
+    def bars(self, symbol: str, timeframe: str) -> pl.DataFrame:
+        """The lane's window of one timeframe (None values as NaN): open_time, close_time and
+        the columns it keeps, as the pipeline's `candles` and `indicators` rows hold them."""
+        import polars as pl
+
+        st = self._state.get(symbol)
+        if st is None:
+            raise KeyError(f"{symbol} is silent in the {self.exchange} lane (or not in it)")
+        w = st.windows[timeframe]
+        ts = pl.Datetime("us", "UTC")
+        return pl.DataFrame(
+            {
+                "open_time": pl.Series(w.open_ms * 1000).cast(ts),
+                "close_time": pl.Series(w.close_ms * 1000).cast(ts),
+                **{c: w.col(c).copy() for c in w.names},
+            }
+        )
+
     def feed(self, candle: ClosedCandle) -> Fed:
         """Take one closed 1m candle; see the module's rules."""
         sym, t = candle.symbol, to_ms(candle.open_time)
