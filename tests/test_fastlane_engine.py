@@ -230,3 +230,26 @@ def test_minutes_the_venue_has_no_candle_for_silence_the_symbol(wh, fed):
     assert lane.feed(candle(fed[2])).status == SILENT
     assert lane.bootstrap(wh) == {SYMBOL: None}  # the replica has not recorded them yet
     assert lane.feed(candle(fed[2])).status == SILENT
+
+
+def test_bootstrap_waits_for_the_day_before_to_be_final_in_the_replica(wh):
+    from pipeline.candles.timeframes import OWNED
+
+    d0 = CUT.replace(hour=0)
+    wh.replace("indicators", pl.DataFrame(), OWNED, (VENUE, d0 - DAY, d0))  # run not done yet
+    lane = VenueLane(Settings(), VENUE, [SYMBOL])
+    assert lane.bootstrap(wh) == {SYMBOL: None}
+    assert "has not finished that day" in lane.silent()[SYMBOL]
+    build(wh, Settings(), d0 - DAY, d0)
+    assert lane.bootstrap(wh) == {SYMBOL: CUT}
+
+
+def test_bootstrap_waits_for_minutes_the_pipeline_may_still_fill(wh):
+    lo, hole = CUT - dt.timedelta(hours=1), CUT - 30 * MINUTE
+    rows = klines(lo, CUT)
+    ingest(wh, rows.filter(pl.col("open_time") != hole), lo, CUT)  # lost, not confirmed absent
+    lane = VenueLane(Settings(), VENUE, [SYMBOL])
+    assert lane.bootstrap(wh) == {SYMBOL: None}
+    assert "lacks 1 minute(s)" in lane.silent()[SYMBOL]
+    ingest(wh, rows, lo, CUT)  # repaired
+    assert lane.bootstrap(wh) == {SYMBOL: CUT}

@@ -81,7 +81,6 @@ class VenueLane:
         self._state: dict[str, SymbolState] = {}
         self._silent: dict[str, str] = dict.fromkeys(self.symbols, "not bootstrapped yet")
         self._floor: dict[str, int] = {}  # bootstrap must load past this minute (ms)
-        self._gap_runs: pl.DataFrame | None = None
         self._windows: dict[tuple[str, int], dict[str, tuple[int, int]]] = {}
         self._starts: dict[tuple[str, dt.date], int] = {}
 
@@ -95,7 +94,6 @@ class VenueLane:
 
         names = list(symbols if symbols is not None else self.symbols)
         snap = read_snapshot(wh, self.exchange, names, self.plan)
-        self._gap_runs = snap.gap_runs
         out: dict[str, dt.datetime | None] = {}
         for sym in names:
             why = self._not_loadable(snap, sym)
@@ -201,7 +199,7 @@ class VenueLane:
         from pipeline.fastlane.bars import indicators, marks
 
         w = st.windows[tf]
-        whole, joined = marks(w, row, sym, st.first, self._runs)
+        whole, joined = marks(w, row, sym, st.first, st.gap_runs)
         names = self.plan.indicators[tf]
         w.extend(_one(**row, whole=whole, joined=joined, **dict.fromkeys(names, float("nan"))))
         if names:
@@ -260,16 +258,6 @@ class VenueLane:
         st.klines.drop_before(self.plan.forming_start_ms(day, t))
         st.day = day
 
-    def _runs(self, lo: dt.datetime, hi: dt.datetime) -> pl.DataFrame:
-        """Confirmed-absent runs (the replica's, from bootstrap): `history_flags` counts the
-        minutes in each asked span, so runs outside it count for nothing."""
-        import polars as pl
-
-        if self._gap_runs is None:
-            return pl.DataFrame(schema={"symbol": pl.String, "start": pl.Datetime("us", "UTC"),
-                                        "minutes": pl.Int64})  # fmt: skip
-        return self._gap_runs
-
     def _silence(self, sym: str, why: str, floor_ms: int | None = None) -> None:
         self._state.pop(sym, None)
         self._silent[sym] = why
@@ -283,6 +271,13 @@ class VenueLane:
             return "no stored candles yet"
         if sym in snap.unready:
             return snap.unready[sym]
+        nxt = snap.next_ms[sym]
+        unknown = snap.unknown_minutes(sym, self.plan.forming_start_ms(snap.day[sym], nxt), nxt)
+        if unknown:
+            return (
+                f"the replica lacks {unknown} minute(s) before {_hm(nxt)} (neither stored nor"
+                " confirmed absent: the pipeline may still fill them)"
+            )
         floor = self._floor.get(sym)
         if floor is not None and snap.next_ms[sym] < floor:
             why = self._silent.get(sym, "")
@@ -292,7 +287,7 @@ class VenueLane:
     def _load(self, snap: Snapshot, sym: str) -> SymbolState:
         from pipeline.fastlane.load import load_symbol
 
-        return load_symbol(snap, sym, self.plan, self._runs)
+        return load_symbol(snap, sym, self.plan)
 
 
 def _one(**values: Any) -> dict[str, list[Any]]:

@@ -24,7 +24,6 @@ from pipeline.fastlane.window import Window
 if TYPE_CHECKING:
     import polars as pl
 
-    from pipeline.fastlane.bars import GapRuns
     from pipeline.fastlane.plan import Plan
     from pipeline.fastlane.replica import Snapshot
 
@@ -39,6 +38,12 @@ class SymbolState:
     klines: Window  # the 1m candles of the buckets still forming (and the day's)
     windows: dict[str, Window]  # per timeframe read
     closes: dict[str, int]  # per timeframe read: close (ms) of its bucket forming now
+    runs: pl.DataFrame  # its confirmed-absent minutes in the replica, as runs
+
+    def gap_runs(self, lo: dt.datetime, hi: dt.datetime) -> pl.DataFrame:
+        """`mark_history`'s gap runs: those in [lo, hi) are counted, the others count for
+        nothing, so the whole set serves every span."""
+        return self.runs
 
 
 def _ms(frame: pl.DataFrame, col: str) -> pl.Series:
@@ -63,7 +68,7 @@ def minutes_window(klines: pl.DataFrame) -> Window:
     return w
 
 
-def load_symbol(snap: Snapshot, sym: str, plan: Plan, runs: GapRuns) -> SymbolState:
+def load_symbol(snap: Snapshot, sym: str, plan: Plan) -> SymbolState:
     import polars as pl
 
     from pipeline.candles.resample import resample_partition
@@ -76,6 +81,7 @@ def load_symbol(snap: Snapshot, sym: str, plan: Plan, runs: GapRuns) -> SymbolSt
     levels = [t.name for t in plan.levels(plan.timeframes[-1])]
     today = resample_partition(mine, day, levels, as_of=from_ms(nxt))
     first = snap.first.get(sym)
+    runs = snap.gap_runs.filter(pl.col("symbol") == sym)
     windows = {}
     for tf in plan.timeframes:
         name = tf.name
@@ -89,7 +95,7 @@ def load_symbol(snap: Snapshot, sym: str, plan: Plan, runs: GapRuns) -> SymbolSt
         frame = pl.concat(
             [stored.select(keys), built.select(keys)], how="vertical_relaxed"
         ).with_columns(timeframe=pl.lit(name))
-        marked = mark_history(frame, {sym: first} if first is not None else None, runs)
+        marked = mark_history(frame, {sym: first} if first is not None else None, lambda a, b: runs)
         values = {c: marked[c].cast(pl.Float64).to_numpy() for c in keys[3:]}
         values["complete"] = marked["complete"].fill_null(False).cast(pl.Float64).to_numpy()
         for c in plan.indicators[name]:
@@ -117,4 +123,4 @@ def load_symbol(snap: Snapshot, sym: str, plan: Plan, runs: GapRuns) -> SymbolSt
     keep = plan.forming_start_ms(day, nxt)
     klines = minutes_window(mine.filter(_ms(mine, "open_time") >= keep))
     closes = {t.name: int(bucket_end(t, bucket_start(t, nxt))) for t in plan.timeframes}
-    return SymbolState(day, nxt, first, klines, windows, closes)
+    return SymbolState(day, nxt, first, klines, windows, closes, runs)

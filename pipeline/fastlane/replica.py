@@ -45,6 +45,23 @@ class Snapshot:
     gap_runs: pl.DataFrame  # runs of confirmed-absent minutes: symbol, start, minutes
     stored: dict[str, pl.DataFrame]  # per timeframe read: bars of earlier days, with values
 
+    def unknown_minutes(self, sym: str, lo: int, hi: int) -> int:
+        """Minutes in [lo, hi) (ms), from the symbol's first stored one on, that are neither
+        stored nor confirmed absent: the pipeline may still fill them."""
+        import numpy as np
+        import polars as pl
+
+        lo = max(lo, to_ms(self.first[sym]))
+        if hi <= lo:
+            return 0
+        t = self.klines.filter(pl.col("symbol") == sym)["open_time"].dt.epoch("ms").to_numpy()
+        stored = int(np.count_nonzero((t >= lo) & (t < hi)))
+        runs = self.gap_runs.filter(pl.col("symbol") == sym)
+        start = runs["start"].dt.epoch("ms").to_numpy()
+        end = start + runs["minutes"].to_numpy() * MINUTE_MS
+        confirmed = int(np.clip(np.minimum(end, hi) - np.maximum(start, lo), 0, None).sum())
+        return (hi - lo) // MINUTE_MS - stored - confirmed // MINUTE_MS
+
 
 def _marks(n: int) -> str:
     return ", ".join("?" * n)
