@@ -253,3 +253,13 @@ def test_bootstrap_waits_for_minutes_the_pipeline_may_still_fill(wh):
     assert "lacks 1 minute(s)" in lane.silent()[SYMBOL]
     ingest(wh, rows, lo, CUT)  # repaired
     assert lane.bootstrap(wh) == {SYMBOL: CUT}
+
+
+def test_bootstrap_before_the_pipeline_wrote_anything_leaves_the_symbols_silent(tmp_path):
+    lane = VenueLane(Settings(), VENUE, [SYMBOL])
+    wh = Warehouse(tmp_path / "w.duckdb")
+    assert lane.bootstrap(wh) == {SYMBOL: None}  # no warehouse at all
+    assert "cannot be read" in lane.silent()[SYMBOL]
+    ingest(wh, klines(CUT - DAY, CUT), CUT - DAY, CUT)  # 1m candles, nothing built yet
+    assert lane.bootstrap(wh) == {SYMBOL: None}
+    assert "has not finished that day" in lane.silent()[SYMBOL]

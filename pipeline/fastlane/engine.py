@@ -94,13 +94,20 @@ class VenueLane:
         a warehouse.Warehouse; read through `wh.reader()`); per symbol, the open_time of the
         next minute it expects (None: nothing usable stored yet, the symbol stays silent)."""
         from pipeline.fastlane.replica import read_snapshot
+        from warehouse import NoWarehouse, WarehouseBusy
 
         names = list(symbols if symbols is not None else self.symbols)
         self.symbols += [s for s in names if s not in self.symbols]
         out: dict[str, dt.datetime | None] = {}
         for i in range(0, len(names), READ_BATCH):  # one short replica connection per batch
             batch = names[i : i + READ_BATCH]
-            snap = read_snapshot(wh, self.exchange, batch, self.plan)
+            try:
+                snap = read_snapshot(wh, self.exchange, batch, self.plan)
+            except (NoWarehouse, WarehouseBusy) as err:  # nothing to read yet, or not now
+                for sym in batch:
+                    self._silence(sym, f"the replica cannot be read: {err}")
+                    out[sym] = None
+                continue
             for sym in batch:
                 why = self._not_loadable(snap, sym)
                 if why:

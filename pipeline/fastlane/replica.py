@@ -69,6 +69,7 @@ def _marks(n: int) -> str:
 
 def read_snapshot(wh: Any, exchange: str, symbols: list[str], plan: Plan) -> Snapshot:
     """Everything `bootstrap` needs for `symbols`, in one replica connection."""
+    import duckdb
     import polars as pl
 
     from pipeline.indicators.build import _GAP_RUNS
@@ -95,9 +96,9 @@ def read_snapshot(wh: Any, exchange: str, symbols: list[str], plan: Plan) -> Sna
             if s in newest:
                 newest[s] = max(newest[s], to_ms(t) + MINUTE_MS)
         day = {s: from_ms(ms).date() for s, ms in newest.items()}
-        empty = Snapshot(first, newest, day, {}, pl.DataFrame(), pl.DataFrame(), {})
+        empty_rest = (pl.DataFrame(), pl.DataFrame(), {})
         if not newest:
-            return empty
+            return Snapshot(first, newest, day, {}, *empty_rest)
         since = min(plan.forming_start_ms(day[s], ms) for s, ms in newest.items())
         klines = q(
             "SELECT symbol, open_time, close_time, open, high, low, close, volume, turnover"
@@ -110,13 +111,17 @@ def read_snapshot(wh: Any, exchange: str, symbols: list[str], plan: Plan) -> Sna
         }
         gap_runs = q(_GAP_RUNS, [exchange, from_ms(min(keep.values())), ALL_TIME])
         last_day_start = from_ms(max(day_bounds_ms(d)[0] for d in day.values()))
-        stored = {
-            tf: q(
-                _stored_sql(plan, tf, len(symbols)),
-                [exchange, tf, *symbols, from_ms(lo), last_day_start],
-            )
-            for tf, lo in keep.items()
-        }
+        try:
+            stored = {
+                tf: q(
+                    _stored_sql(plan, tf, len(symbols)),
+                    [exchange, tf, *symbols, from_ms(lo), last_day_start],
+                )
+                for tf, lo in keep.items()
+            }
+        except duckdb.BinderException:  # no indicators written yet: the columns are missing
+            why = "the replica's indicators table lacks columns the personalities read (yet)"
+            return Snapshot(first, newest, day, dict.fromkeys(newest, why), *empty_rest)
         unready = _unready(q, exchange, plan, day)
     return Snapshot(first, newest, day, unready, klines, gap_runs, stored)
 
