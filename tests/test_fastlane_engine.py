@@ -31,6 +31,9 @@ from warehouse import Replacement, Warehouse
 
 FILE = SHARED_DATA / "bybit_linear_BTCUSDT_1m_2025-05-29_2025-06-29.parquet"
 SYMBOL, VENUE = "BTCUSDT", "bybit"
+# A second market beside it: the same candles scaled, stored from three days before CUT only
+# (its early bars incomplete, its indicators partly NULL: another history in the same lane).
+OTHER, OTHER_SCALE = "ETHUSDT", 0.0271
 FIRST = dt.datetime(2025, 5, 29, tzinfo=dt.UTC)  # the file starts 19:00
 CUT = dt.datetime(2025, 6, 14, 22, 0, tzinfo=dt.UTC)  # what the warehouse holds at bootstrap
 END = dt.datetime(2025, 6, 15, 20, 0, tzinfo=dt.UTC)  # the lane is fed [CUT, END)
@@ -43,23 +46,27 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def klines(lo: dt.datetime, hi: dt.datetime) -> pl.DataFrame:
+def klines(lo: dt.datetime, hi: dt.datetime, symbol: str = SYMBOL) -> pl.DataFrame:
     """The file's candles with open_time in [lo, hi), as an exchange client returns them."""
     ts = pl.Datetime("us", "UTC")
+    k = OTHER_SCALE if symbol == OTHER else 1.0
     return (
         pl.read_parquet(FILE)
         .select(
-            pl.lit(SYMBOL).alias("symbol"),
+            pl.lit(symbol).alias("symbol"),
             (pl.col("ts") * 1000).cast(ts).alias("open_time"),
             ((pl.col("ts") + 60_000) * 1000).cast(ts).alias("close_time"),
-            *[pl.col(c).cast(pl.Float64) for c in ("open", "high", "low", "close", "volume")],
+            *[(pl.col(c) * k).round(2) for c in ("open", "high", "low", "close")],
+            (pl.col("volume") / k).round(3),
             pl.lit(None, pl.Float64).alias("turnover"),  # the file has none, as Bybit's REST
         )
         .filter((pl.col("open_time") >= lo) & (pl.col("open_time") < hi))
     )
 
 
-def ingest(wh: Warehouse, frame: pl.DataFrame, lo: dt.datetime, hi: dt.datetime) -> None:
+def ingest(
+    wh: Warehouse, frame: pl.DataFrame, lo: dt.datetime, hi: dt.datetime, symbol: str = SYMBOL
+) -> None:
     """Replace [lo, hi) of the venue's 1m candles and confirmed gaps, as `ingest` does."""
     now = dt.datetime(2025, 7, 1, tzinfo=dt.UTC)
     frame = frame.with_columns(
@@ -68,7 +75,7 @@ def ingest(wh: Warehouse, frame: pl.DataFrame, lo: dt.datetime, hi: dt.datetime)
         ingested_at=pl.lit(now, pl.Datetime("us", "UTC")),
     )
     gaps = frame.head(0).select("exchange", "symbol", "open_time", checked_at="ingested_at")
-    where, params = VENUE_WHERE.format(marks="?"), (VENUE, SYMBOL, lo, hi)
+    where, params = VENUE_WHERE.format(marks="?"), (VENUE, symbol, lo, hi)
     wh.replace_many(
         [
             Replacement("klines_1m", frame, where, params),
@@ -92,7 +99,7 @@ def build(wh: Warehouse, s: Settings, start: dt.datetime, end: dt.datetime) -> N
 
 def candle(row: dict, **change: float) -> ClosedCandle:
     values = {k: row[k] for k in ("open", "high", "low", "close", "volume", "turnover")}
-    return ClosedCandle(SYMBOL, row["open_time"], **{**values, **change})
+    return ClosedCandle(row["symbol"], row["open_time"], **{**values, **change})
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +108,7 @@ def template(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("fastlane") / "w.duckdb"
     wh = Warehouse(path)
     ingest(wh, klines(FIRST, CUT), FIRST, CUT)
+    ingest(wh, klines(CUT - 3 * DAY, CUT, OTHER), CUT - 3 * DAY, CUT, OTHER)
     build(wh, Settings(), FIRST, CUT.replace(hour=0) + DAY)
     return path
 
@@ -118,28 +126,33 @@ def fed() -> list[dict]:
     return list(klines(CUT, END).iter_rows(named=True))
 
 
-def test_signals_fed_minute_by_minute_equal_the_pipelines_rows(wh, fed):
-    s = Settings()
-    lane = VenueLane(s, VENUE, [SYMBOL])
-    assert lane.bootstrap(wh) == {SYMBOL: CUT}
+def test_signals_fed_minute_by_minute_equal_the_pipelines_rows(wh):
+    s, both = Settings(), [SYMBOL, OTHER]
+    lane = VenueLane(s, VENUE, both)
+    assert lane.bootstrap(wh) == {SYMBOL: CUT, OTHER: CUT}
+    minutes = pl.concat([klines(CUT, END, sym) for sym in both]).sort("open_time", "symbol")
     got = []
-    for row in fed:
+    for row in minutes.iter_rows(named=True):
         out = lane.feed(candle(row))
         assert out.status == USED, out
         got += out.signals
-    assert lane.expected(SYMBOL) == END and not lane.silent()
+    assert lane.expected(SYMBOL) == lane.expected(OTHER) == END and not lane.silent()
 
     # the pipeline on the final data: the rest of the day ingested, both days rebuilt
     day_end = END.replace(hour=0) + DAY
-    ingest(wh, klines(CUT, day_end), CUT, day_end)
+    for sym in both:
+        ingest(wh, klines(CUT, day_end, sym), CUT, day_end, sym)
     build(wh, s, CUT.replace(hour=0), day_end)
     want = wh.query(
         "SELECT * EXCLUDE (snapshot) FROM signals WHERE exchange = ? AND close_time > ?"
         " AND close_time <= ? ORDER BY close_time, personality",
         [VENUE, CUT, END],
     )
-    assert set(want["personality"]) == set(s.personalities)  # every personality fired
-    assert_same_bars(lane, wh)
+    fired = want.filter(pl.col("symbol") == SYMBOL)["personality"]
+    assert set(fired) == set(s.personalities)  # every personality fired
+    assert set(want["symbol"]) == set(both)
+    for sym in both:
+        assert_same_bars(lane, wh, sym)
 
     def key(r: dict) -> tuple:
         return (r["exchange"], r["symbol"], r["personality"], r["timeframe"], r["close_time"])
@@ -160,11 +173,11 @@ def test_signals_fed_minute_by_minute_equal_the_pipelines_rows(wh, fed):
         assert g["price"] == w["price"], k
 
 
-def assert_same_bars(lane: VenueLane, wh: Warehouse) -> None:
+def assert_same_bars(lane: VenueLane, wh: Warehouse, symbol: str) -> None:
     """The lane's bars of every timeframe it keeps, fed ones and those of the day before
     midnight, equal the pipeline's stored candles and indicators bit for bit (NULL as NaN)."""
     for tf in lane.plan.names:
-        mine = lane.bars(SYMBOL, tf).filter(pl.col("close_time") > CUT.replace(hour=0))
+        mine = lane.bars(symbol, tf).filter(pl.col("close_time") > CUT.replace(hour=0))
         cols = [c for c in mine.columns if c not in ("open_time", "close_time")]
         stored = wh.query(
             "SELECT c.open_time, c.close_time, "
@@ -172,10 +185,10 @@ def assert_same_bars(lane: VenueLane, wh: Warehouse) -> None:
             + " FROM candles c LEFT JOIN indicators i USING (exchange, symbol, timeframe,"
             " open_time) WHERE exchange = ? AND symbol = ? AND timeframe = ? AND c.close_time > ?"
             " AND c.close_time <= ? ORDER BY c.open_time",
-            [VENUE, SYMBOL, tf, CUT.replace(hour=0), END],
+            [VENUE, symbol, tf, CUT.replace(hour=0), END],
         ).fill_null(float("nan"))
-        assert mine.height == stored.height > 0, tf
-        assert mine.equals(stored.select(mine.columns)), tf  # NaN equals NaN here
+        assert mine.height == stored.height > 0, (symbol, tf)
+        assert mine.equals(stored.select(mine.columns)), (symbol, tf)  # NaN equals NaN here
 
 
 def test_a_duplicate_is_ignored_and_an_older_candle_already_stored_too(wh, fed):
