@@ -83,7 +83,7 @@ class VenueLane:
         self.plan: Plan = make_plan(settings)
         self._state: dict[str, SymbolState] = {}
         self._silent: dict[str, str] = dict.fromkeys(self.symbols, "not bootstrapped yet")
-        self._floor: dict[str, int] = {}  # bootstrap must load past this minute (ms)
+        self._floor: dict[str, tuple[int, str]] = {}  # load past this minute (ms), and why
         self._windows: dict[tuple[str, int], dict[str, tuple[int, int]]] = {}
         self._starts: dict[tuple[str, dt.date], int] = {}
 
@@ -169,7 +169,11 @@ class VenueLane:
             return Fed(GAP, missing=(from_ms(st.next_ms), candle.open_time), note=note)
         if t < st.next_ms:
             return self._older(st, candle, t)
-        rows = self._use(sym, st, candle, t)
+        try:
+            rows = self._use(sym, st, candle, t)
+        except Exception as err:  # a half-updated window is not to be trusted
+            self._silence(sym, f"failed on {_hm(t)}: {type(err).__name__}: {err}")
+            raise
         return Fed(USED, rows, note=f"{sym} {_hm(t)}: {len(rows)} signal(s)")
 
     # -- minutes ---------------------------------------------------------------------------
@@ -274,8 +278,8 @@ class VenueLane:
     def _silence(self, sym: str, why: str, floor_ms: int | None = None) -> None:
         self._state.pop(sym, None)
         self._silent[sym] = why
-        if floor_ms is not None:
-            self._floor[sym] = max(floor_ms, self._floor.get(sym, floor_ms))
+        if floor_ms is not None and floor_ms >= self._floor.get(sym, (floor_ms, ""))[0]:
+            self._floor[sym] = (floor_ms, why)
 
     # -- bootstrap -------------------------------------------------------------------------
 
@@ -291,10 +295,9 @@ class VenueLane:
                 f"the replica lacks {unknown} minute(s) before {_hm(nxt)} (neither stored nor"
                 " confirmed absent: the pipeline may still fill them)"
             )
-        floor = self._floor.get(sym)
-        if floor is not None and snap.next_ms[sym] < floor:
-            why = self._silent.get(sym, "")
-            return f"{why}; the replica has not passed {_hm(floor)} yet".lstrip("; ")
+        floor, why = self._floor.get(sym, (0, ""))
+        if nxt < floor:
+            return f"{why}; the replica has not passed {_hm(floor)} yet"
         return ""
 
     def _load(self, snap: Snapshot, sym: str) -> SymbolState:
