@@ -92,7 +92,12 @@ class VenueLane:
     def bootstrap(self, wh: Any, symbols: list[str] | None = None) -> dict[str, dt.datetime | None]:
         """(Re)load the windows of `symbols` (default: all) from the warehouse's replica (`wh`:
         a warehouse.Warehouse; read through `wh.reader()`); per symbol, the open_time of the
-        next minute it expects (None: nothing usable stored yet, the symbol stays silent)."""
+        next minute it expects (None: nothing usable stored yet, the symbol stays silent).
+
+        A symbol already loaded starts over from the replica (the process fills the minutes
+        since over REST, as for any gap). Silent while the replica's day before is not final,
+        its recent minutes have holes the pipeline may still fill, or it has not passed a
+        revised or absent minute; a replica that cannot be read leaves the symbols silent."""
         from pipeline.fastlane.replica import read_snapshot
         from warehouse import NoWarehouse, WarehouseBusy
 
