@@ -61,6 +61,21 @@ class Minutes:
             sym, when = self.names[int(self.sid[dup[0]])], from_ms(self.t[dup[0]])
             raise ValueError(f"duplicate 1m candle {sym} {when} ({dup.size} duplicates)")
 
+    @classmethod
+    def of_symbol(cls, symbol: str, t: np.ndarray, cols: dict[str, np.ndarray]) -> Minutes:
+        """One symbol's minutes already as numpy columns, sorted and unique (the fast lane's
+        window), without the frame and its checks."""
+        import numpy as np
+        import polars as pl
+
+        m = cls.__new__(cls)
+        m.sid = np.zeros(len(t), dtype=np.int32)
+        m.names = pl.Series("symbol", [symbol], dtype=pl.String)
+        m.t = np.asarray(t, dtype=np.int64)
+        m.cols = {c: cols[c] for c in PRICES}
+        m.n = len(t)
+        return m
+
 
 def _symbol_runs(df: pl.DataFrame) -> np.ndarray:
     """Run id of each row's symbol (0, 1, ... each time the symbol changes)."""

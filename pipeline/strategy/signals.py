@@ -43,6 +43,7 @@ checks on the rows, lookahead included); this module runs them, per batch, parti
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pipeline.candles.timeframes import (
@@ -54,9 +55,16 @@ from pipeline.candles.timeframes import (
     from_ms,
     owner_day,
     shift_buckets,
+    to_ms,
 )
 from pipeline.strategy.evaluation import cooldown, evaluate, grid_index, runs
-from pipeline.strategy.signal_inputs import Frames, cut_frames, split_frames, symbol_series
+from pipeline.strategy.signal_inputs import (
+    Frames,
+    Series,
+    cut_frames,
+    split_frames,
+    symbol_series,
+)
 from pipeline.strategy.signal_table import OK, append_rows, new_columns, to_frame
 
 if TYPE_CHECKING:
@@ -77,11 +85,26 @@ def compute_signals(frames: Frames | pl.DataFrame, personality: Personality | st
 
     `frames`: per timeframe, candles joined with indicators (`join_frames`), any symbols.
     """
+    p = _personality(personality)
+    return series_signals(symbol_series(split_frames(frames), p), p)
+
+
+def series_signals(
+    per_symbol: Mapping[str, Mapping[str, Series]], p: Personality, at_ms: int | None = None
+) -> pl.DataFrame:
+    """`compute_signals` on bars already in numpy (`symbol_series`: per symbol and timeframe);
+    with `at_ms`, only the rows of bars closing at that instant (the fast lane's question)."""
+    return to_frame(p, fired_columns(per_symbol, p, at_ms))
+
+
+def fired_columns(
+    per_symbol: Mapping[str, Mapping[str, Series]], p: Personality, at_ms: int | None = None
+) -> dict[Any, list]:
+    """The fired bars of `series_signals` as the column lists `to_frame` turns into rows
+    (`cols["symbol"]` empty when nothing fired: no frame to build)."""
     import numpy as np
 
-    p = _personality(personality)
     tf = as_timeframe(p.signal_tf)
-    per_symbol = symbol_series(split_frames(frames), p)
     h = p.lookback + 1
     cd_bars = -(-p.cooldown.ms // tf.ms) if p.cooldown else 0
     cols = new_columns(p)
@@ -97,8 +120,11 @@ def compute_signals(frames: Frames | pl.DataFrame, personality: Personality | st
         for run in runs(g, h, h + cd_bars + 1):
             ev = evaluate(p, sig, htfs, run)
             cands = np.flatnonzero(ev.cand_long | ev.cand_short)
-            append_rows(p, sym, ev, cooldown(p, ev.close_ms, cands), cols)
-    return to_frame(p, cols)
+            fired = cooldown(p, ev.close_ms, cands)
+            if at_ms is not None:
+                fired = fired[ev.close_ms[fired] == at_ms]
+            append_rows(p, sym, ev, fired, cols)
+    return cols
 
 
 # -- partitions -----------------------------------------------------------------------------------
@@ -121,6 +147,26 @@ def signal_input_window(
     first = first_owned_start_ms(tf, day)
     if first is None:  # no bar of the signal timeframe closes in this day
         return {t: (end, end) for t in p.timeframes}
+    return _window_from(p, first, end)
+
+
+def bar_input_window(
+    personality: Personality | str, close_time: dt.datetime
+) -> dict[str, tuple[dt.datetime, dt.datetime]]:
+    """Per timeframe, the bars the row of the one bar closing at `close_time` depends on:
+    `signal_input_window` with that bar as the first one, ending at its close. Inside its
+    partition's window, and giving the same row (a bar's fate depends only on its cooldown
+    window, its lookback and the bar before: the module's docstring)."""
+    p = _personality(personality)
+    c = to_ms(close_time)
+    return _window_from(p, bucket_start(p.signal_tf, c - MINUTE_MS), from_ms(c))
+
+
+def _window_from(
+    p: Personality, first: int, end: dt.datetime
+) -> dict[str, tuple[dt.datetime, dt.datetime]]:
+    """The windows of bars from the one opening at `first` (ms) to `end`."""
+    tf = as_timeframe(p.signal_tf)
     s1 = first
     if p.cooldown is not None:
         window = bucket_start(p.cooldown, first + tf.ms - MINUTE_MS)
@@ -207,9 +253,12 @@ def live_at(frames: Frames, p: Personality, close_time: dt.datetime) -> pl.DataF
 
 
 __all__ = [
+    "bar_input_window",
     "compute_signals",
+    "fired_columns",
     "live_at",
     "live_signal",
+    "series_signals",
     "signal_input_window",
     "signal_summary",
     "signals_for_partition",
