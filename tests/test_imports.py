@@ -29,6 +29,7 @@ DOMAIN = (
     "pipeline.quality",
     "pipeline.exchanges",
     "pipeline.sidecar",
+    "pipeline.fastlane",
     "warehouse",
     "pipeline.config",
     "pipeline.yamlfile",
