@@ -112,3 +112,34 @@ def find_market(text: str, configured: Sequence[Market]) -> Market:
         f"{quote(text)} is not a configured market (configured: {listed}); for another, "
         f"name its venue as venue:SYMBOL (venues: {', '.join(VENUES)})"
     )
+
+
+# -- a whole market for the replay exchange -------------------------------------------------
+# `exchanges: {bybit: all}`: every trading USDT perpetual (pipeline/exchanges/universe.py)
+ALL = "all"
+_COIN_NAMES = (
+    "BTC ETH SOL XRP BNB DOGE ADA AVAX LINK DOT TRX TON LTC BCH NEAR APT ARB OP SUI ATOM FIL "
+    "ETC XLM HBAR ICP INJ SEI TIA RNDR IMX STX AAVE UNI MKR LDO CRV DYDX GMX SNX COMP ALGO EGLD "
+    "SAND MANA AXS GALA APE CHZ FLOW KAVA RUNE THETA VET XTZ ZEC DASH NEO QTUM ONE ZIL"
+)
+_COINS = _COIN_NAMES.split()
+_SYLLABLES = ("BA", "KO", "RI", "ZE", "LU", "MO", "NA", "TI", "VO", "XE", "DU", "FY", "GO", "PA")
+# Instruments a whole synthetic market lists besides its USDT perpetuals, so a filter has
+# something to drop: USDC-settled perpetuals (Bybit names them ...PERP) and one not yet trading.
+UNIVERSE_EXTRAS = ("BTCPERP", "ETHPERP", "NEWCOINUSDT")
+
+
+def synthetic_universe(n: int) -> list[str]:
+    """`n` plausibly named USDT perpetuals for the replay's synthetic market (BTCUSDT and
+    ETHUSDT first, then well-known coins, then made-up ones), plus `UNIVERSE_EXTRAS`. The same
+    `n` always gives the same names."""
+    names = [f"{c}USDT" for c in _COINS[:n]]
+    i = 0
+    while len(names) < n:
+        k, word = i, ""
+        for _ in range(3):
+            k, r = divmod(k, len(_SYLLABLES))
+            word += _SYLLABLES[(r * 5 + len(word)) % len(_SYLLABLES)]
+        names.append(f"{word}USDT")
+        i += 1
+    return names + list(UNIVERSE_EXTRAS)

@@ -220,7 +220,7 @@ def test_symbol_list_limits_what_is_supported(replay_factory):
 
 def test_unknown_paths_and_methods(replay_session):
     assert (
-        requests.get(f"{replay_session.rest_url}/v5/market/tickers", timeout=5).status_code == 404
+        requests.get(f"{replay_session.rest_url}/v5/market/orderbook", timeout=5).status_code == 404
     )
     r = requests.post(f"{replay_session.rest_url}/v5/market/kline", timeout=5)
     assert r.status_code == 405

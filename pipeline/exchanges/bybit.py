@@ -13,20 +13,25 @@ configured so that it never sleeps itself. What pybit 5.17 does (pybit/_http_man
 - any other non-zero retCode -> `InvalidRequestError` (status_code = retCode);
 - a body that is not JSON -> `FailedRequestError(409, "Conflict. Could not decode JSON.")`;
 - `requests` ReadTimeout / ConnectionError are re-raised as is (force_retry=False); a body cut
-  short raises `requests.exceptions.ChunkedEncodingError`, which pybit does not catch.
+  short raises `requests.exceptions.ChunkedEncodingError`, which pybit does not catch;
+- with `return_response_headers=True` a call returns (body, elapsed, headers).
 
-Retried under the one policy of `retry.py`: rate limits (10006, honouring the reset header;
-HTTP 429/403), 5xx and retCodes 10000/10016, timeouts and dropped connections, and malformed
-bodies (at most `malformed_retries` times). Bad input (unknown symbol, bad interval: retCode
-10001) fails at once with `InvalidRequest`. Nothing from a page that fails validation is ever
-returned. Page validation and the interval grid live in `bybit_wire.py`; the live stream is
-pybit's `WebSocket` (channel linear, topic `kline.1.<SYMBOL>`) at the endpoint's ws_url.
+Every request is paced by the rate limit the exchange reports in its `X-Bapi-Limit*` headers
+(`ratelimit.Pacer`, one per REST URL in the process, shared by threads and clients), so a
+client stays under the limit rather than running into it. Retried under the one policy of
+`retry.py`: rate limits (10006, honouring the reset header; HTTP 429/403), 5xx and retCodes
+10000/10016, timeouts and dropped connections, and malformed bodies (at most
+`malformed_retries` times). Bad input (unknown symbol, bad interval: retCode 10001) fails at
+once with `InvalidRequest`. Nothing from a page that fails validation is ever returned. Page
+validation and the interval grid live in `bybit_wire.py`; the live stream is pybit's
+`WebSocket` (channel linear, topic `kline.1.<SYMBOL>`) at the endpoint's ws_url.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, Unpack
@@ -44,6 +49,7 @@ from pipeline.exchanges.protocol import (
     InvalidRequest,
     MalformedResponse,
 )
+from pipeline.exchanges.ratelimit import Pacer
 from pipeline.exchanges.rest import Grid, Page, RestClient, Tuning, iso
 
 if TYPE_CHECKING:
@@ -55,6 +61,10 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 _RETRYABLE_RETCODES = {10000, 10016, 10002}
 _RATE_LIMIT_RETCODE = 10006
+TIME, KLINE = "/v5/market/time", "/v5/market/kline"
+INSTRUMENTS, TICKERS = "/v5/market/instruments-info", "/v5/market/tickers"
+_PACERS: dict[str, Pacer] = {}  # by REST URL: the exchange counts per IP and endpoint
+_PACERS_LOCK = threading.Lock()
 _HINT = "start one with `signalbox replay` or point SIGNALBOX_BYBIT_URL at a reachable exchange"
 
 
@@ -73,6 +83,8 @@ class BybitClient(RestClient):
     ) -> None:
         self.category = category
         super().__init__(rest_url, **tuning)
+        with _PACERS_LOCK:
+            self.pacer = _PACERS.setdefault(self.rest_url, Pacer())
 
     def _default_ws_url(self) -> str:
         return self.rest_url.replace("http", "ws", 1) + f"/v5/public/{self.category}"
@@ -87,7 +99,12 @@ class BybitClient(RestClient):
         from pybit.unified_trading import HTTP
 
         http = HTTP(
-            timeout=timeout_s, max_retries=1, retry_delay=0, retry_codes={10002}, force_retry=False
+            timeout=timeout_s,
+            max_retries=1,
+            retry_delay=0,
+            retry_codes={10002},
+            force_retry=False,
+            return_response_headers=True,
         )
         http.endpoint = self.rest_url
         return http, http.client
@@ -106,7 +123,7 @@ class BybitClient(RestClient):
                 ) from None
             return dt.datetime.fromtimestamp(nano // 1000 / 1e6, dt.UTC)
 
-        return self._call(what, lambda http: http.get_server_time(), parse)
+        return self._call(what, TIME, lambda http: http.get_server_time(), parse)
 
     def latest_closed_open_time(self, symbol: str) -> dt.datetime | None:
         """The two newest 1m klines, the newest whose close is by the server clock."""
@@ -129,6 +146,7 @@ class BybitClient(RestClient):
 
         return self._call(
             what,
+            KLINE,
             lambda http: http.get_kline(
                 category=self.category, symbol=symbol, interval="1", limit=2
             ),
@@ -139,33 +157,60 @@ class BybitClient(RestClient):
 
     def instruments(self) -> list[str]:
         """Every symbol listed in the category (`/v5/market/instruments-info`, cursor-paged)."""
-        symbols: list[str] = []
+        return sorted({str(item["symbol"]) for item in self.instruments_info()})
+
+    def instruments_info(self) -> list[dict[str, Any]]:
+        """Every instrument of the category as Bybit describes it (`symbol`, `status`,
+        `quoteCoin`, `contractType`, ...), following `nextPageCursor` to the last page."""
+        items: list[dict[str, Any]] = []
         cursor = ""
         for page in range(1000):
             what = f"instruments page {page + 1} ({self.category}) from {self.rest_url}"
 
-            def parse(payload: Any, what: str = what) -> tuple[list[str], str]:
+            def parse(payload: Any, what: str = what) -> tuple[list[dict[str, Any]], str]:
                 try:
                     result = payload["result"]
-                    names = [str(item["symbol"]) for item in result["list"]]
-                    return names, str(result.get("nextPageCursor") or "")
-                except (KeyError, TypeError):
+                    found = [dict(item) for item in result["list"]]
+                    if not all(isinstance(item.get("symbol"), str) for item in found):
+                        raise TypeError
+                    return found, str(result.get("nextPageCursor") or "")
+                except (KeyError, TypeError, ValueError):
                     raise MalformedResponse(
-                        f"malformed response for {what}: no result.list of symbols in "
+                        f"malformed response for {what}: no result.list of instruments in "
                         f"{payload!r:.200}"
                     ) from None
 
-            names, cursor = self._call(
+            found, cursor = self._call(
                 what,
+                INSTRUMENTS,
                 lambda http, c=cursor: http.get_instruments_info(
                     category=self.category, limit=1000, **({"cursor": c} if c else {})
                 ),
                 parse,
             )
-            symbols += names
+            items += found
             if not cursor:
-                return sorted(set(symbols))
+                return items
         raise MalformedResponse(f"instruments from {self.rest_url}: the cursor never ends")
+
+    def turnovers_24h(self) -> dict[str, float]:
+        """Each symbol's 24h turnover in quote coin (`/v5/market/tickers`, one request)."""
+        what = f"24h tickers ({self.category}) from {self.rest_url}"
+
+        def parse(payload: Any) -> dict[str, float]:
+            try:
+                return {
+                    str(t["symbol"]): float(t["turnover24h"]) for t in payload["result"]["list"]
+                }
+            except (KeyError, TypeError, ValueError):
+                raise MalformedResponse(
+                    f"malformed response for {what}: no result.list of symbol and turnover24h "
+                    f"in {payload!r:.200}"
+                ) from None
+
+        return self._call(
+            what, TICKERS, lambda http: http.get_tickers(category=self.category), parse
+        )
 
     def unlisted(self, symbols: list[str]) -> dict[str, str]:
         """The symbols the exchange refuses (retCode 10001 on a one-candle request), each with
@@ -175,6 +220,7 @@ class BybitClient(RestClient):
             try:
                 self._call(
                     f"{symbol} newest 1m kline from {self.rest_url}",
+                    KLINE,
                     lambda http, s=symbol: http.get_kline(
                         category=self.category, symbol=s, interval="1", limit=1
                     ),
@@ -212,6 +258,7 @@ class BybitClient(RestClient):
         what = f"{symbol} interval {interval} klines [{iso(a)}, {iso(b)}] from {self.rest_url}"
         return self._call(
             what,
+            KLINE,
             lambda http: http.get_kline(
                 category=self.category,
                 symbol=symbol,
@@ -234,33 +281,42 @@ class BybitClient(RestClient):
     def _call(
         self,
         what: str,
+        endpoint: str,
         request: Callable[[Any], Any],
         parse: Callable[[Any], T],
         *,
         timeout_s: float | None = None,
         policy: retry.Policy | None = None,
     ) -> T:
-        """Run `request` then `parse` under the retry policy (`retry.call`)."""
+        """Run `request` (to `endpoint`, the path its rate limit counts) then `parse` under
+        the retry policy (`retry.call`)."""
         http = self._session(timeout_s or self.timeout_s)
         return retry.call(
             what,
-            lambda: parse(self._send(http, request, what)),
+            lambda: parse(self._send(http, endpoint, request, what)),
             policy or self.policy,
             url=self.rest_url,
             hint=_HINT,
         )
 
-    def _send(self, http: Any, request: Callable[[Any], Any], what: str) -> Any:
-        """One request through pybit; transient failures become `retry.Transient`."""
+    def _send(self, http: Any, endpoint: str, request: Callable[[Any], Any], what: str) -> Any:
+        """One request through pybit, paced by the endpoint's rate limit; transient failures
+        become `retry.Transient`."""
         from pybit.exceptions import FailedRequestError, InvalidRequestError
 
         Transient = retry.Transient
+        probe = self.pacer.acquire(endpoint)
+        headers, told = None, False
         try:
             with self._transport_errors(http.timeout):
-                return request(http)
+                payload, _, headers = request(http)
+                return payload
         except InvalidRequestError as err:
             code = err.status_code
+            headers = getattr(err, "resp_headers", None)
             if code == _RATE_LIMIT_RETCODE:
+                self.pacer.exhausted(endpoint, headers, probe)
+                told = True
                 wait = _reset_wait(err)
                 raise Transient(f"rate limited (retCode 10006: {err.message})", wait) from None
             if code in _RETRYABLE_RETCODES:
@@ -283,6 +339,9 @@ class BybitClient(RestClient):
             raise MalformedResponse(
                 f"malformed response for {what}: not a valid JSON object ({err!r})"
             ) from None
+        finally:
+            if not told:
+                self.pacer.release(endpoint, headers, probe)
 
 
 def _reset_wait(err: Any) -> float | None:

@@ -1,11 +1,11 @@
-"""The replay exchange's Bybit v5 face: `GET /v5/market/kline`, `/v5/market/time` and
-`/v5/market/instruments-info` (the WebSocket side is `ws.py`).
+"""The replay exchange's Bybit v5 face: `GET /v5/market/kline`, `/v5/market/time`,
+`/v5/market/instruments-info` and `/v5/market/tickers` (the WebSocket side is `ws.py`).
 
 Request errors are HTTP 200 with a Bybit retCode, as on the real exchange. Parameter errors
 other than Bybit's documented ones ("Invalid period!", "Not supported symbols") use retCode
 10001 with a "params error: ..." message; real Bybit's wording for those is not verified.
-Instruments are one page (the replay lists a handful of symbols): `list` of
-`{"symbol", "status": "Trading", ...}` and an empty `nextPageCursor`.
+Instruments and tickers (category linear) are `instruments.py`'s; the rate limit headers
+every answer carries are `ratelimit.py`'s (added by the server).
 """
 
 from __future__ import annotations
@@ -13,13 +13,19 @@ from __future__ import annotations
 import json
 import time
 
+from pipeline.replay import instruments as ins
 from pipeline.replay import intervals as iv
 from pipeline.replay import wire
 from pipeline.replay.faults import GROUPS, Fault, malformed_kline, malformed_time
 from pipeline.replay.http import GATEWAY, Reply
 from pipeline.replay.market import Market
 
-PATHS = ("/v5/market/kline", "/v5/market/time", "/v5/market/instruments-info")
+PATHS = (
+    "/v5/market/kline",
+    "/v5/market/time",
+    "/v5/market/instruments-info",
+    "/v5/market/tickers",
+)
 CATEGORIES = ("spot", "linear", "inverse")
 MALFORMED = set(GROUPS["malformed"])
 
@@ -34,6 +40,8 @@ def reply(path: str, query: dict[str, str], market: Market, fault: Fault | None,
         return _kline(market, query, fault, now)
     if path == "/v5/market/instruments-info":
         return _instruments(market, query, fault, now)
+    if path == "/v5/market/tickers":
+        return _tickers(market, query, fault, now)
     if fault and fault.kind in MALFORMED:
         return Reply(200, malformed_time(fault, now)[0])
     return Reply(200, wire.time_body(now))
@@ -79,11 +87,28 @@ def _instruments(market: Market, q: dict[str, str], fault: Fault | None, now: in
     category = q.get("category") or "linear"
     if category not in CATEGORIES:
         return Reply(200, wire.error_body(10001, "Illegal category", now))
-    items = [
-        {"symbol": s, "contractType": "LinearPerpetual", "status": "Trading", "quoteCoin": "USDT"}
-        for s in market.source.listed()
-    ]
-    result = {"category": category, "list": items, "nextPageCursor": ""}
+    try:
+        items, cursor = ins.instruments_page(market.source.listed(), q)
+    except ins.CursorError as err:
+        return Reply(200, wire.error_body(10001, str(err), now))
+    result = {"category": category, "list": items, "nextPageCursor": cursor}
+    return _result(result, fault, now)
+
+
+def _tickers(market: Market, q: dict[str, str], fault: Fault | None, now: int) -> Reply:
+    category = q.get("category", "")
+    if category not in CATEGORIES:  # required on Bybit
+        return Reply(200, wire.error_body(10001, "Illegal category", now))
+    symbol = q.get("symbol")
+    if symbol and not market.supports(symbol):
+        return Reply(200, wire.error_body(10001, "Not supported symbols", now))
+    seed = int(getattr(market.source, "seed", 0))
+    symbols = [symbol] if symbol else market.source.listed()
+    items = [ins.ticker(market, seed, s, now) for s in symbols]
+    return _result({"category": category, "list": items}, fault, now)
+
+
+def _result(result: dict, fault: Fault | None, now: int) -> Reply:
     envelope = {"retCode": 0, "retMsg": "OK", "result": result, "retExtInfo": {}, "time": now}
     if fault and fault.kind in MALFORMED:
         del result["list"]

@@ -202,5 +202,12 @@ def _symbol_of(df, path: Path) -> str | None:  # df: pl.DataFrame
 
 def make_source(seed: int, data: str | Path | None, symbols: list[str] | None = None) -> Source:
     """The file source for `data` (`symbols`: its one symbol if the file names none), else
-    the synthetic market for `seed` listing `symbols`."""
-    return FileSource(data, symbols) if data else SyntheticSource(seed, symbols)
+    the synthetic market for `seed` listing `symbols` (one number N: a whole market of N USDT
+    perpetuals, `pipeline.markets.synthetic_universe`)."""
+    if data:
+        return FileSource(data, symbols)
+    if symbols and len(symbols) == 1 and symbols[0].isdigit():
+        from pipeline.markets import synthetic_universe
+
+        symbols = synthetic_universe(int(symbols[0]))
+    return SyntheticSource(seed, symbols)

@@ -16,6 +16,7 @@ from pipeline.replay.clock import ExchangeClock, to_ms
 from pipeline.replay.data import make_source
 from pipeline.replay.faults import Faults
 from pipeline.replay.market import Market
+from pipeline.replay.ratelimit import DEFAULT_LIMIT, DEFAULT_WINDOW_S, RateLimit
 from pipeline.replay.server import ReplayServer
 
 
@@ -39,11 +40,16 @@ class ReplayExchange:
         fault_kinds: list[str] | None = None,
         long_delay_s: float = 3.0,
         ws_push_s: float = 2.0,
+        rate_limit: int = DEFAULT_LIMIT,
+        rate_window_s: float = DEFAULT_WINDOW_S,
     ) -> None:
         self.clock = clock or ExchangeClock()
         self.market = Market(make_source(seed, data, symbols))
         self.faults = Faults(seed, faults, fault_kinds, long_delay_s=long_delay_s)
-        self.server = ReplayServer(self.market, self.clock, self.faults, host, port, ws_push_s)
+        self.limits = RateLimit(rate_limit, rate_window_s)
+        self.server = ReplayServer(
+            self.market, self.clock, self.faults, host, port, ws_push_s, self.limits
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -130,6 +136,10 @@ class ReplayExchange:
     def set_faults(self, **kwargs: Any) -> dict[str, Any]:
         """rate, kinds, duration_s, count, long_delay_s, delay_s (see faults.Faults.configure)."""
         return self.faults.configure(**kwargs)
+
+    def set_rate_limit(self, limit: int, window_s: float | None = None) -> dict[str, Any]:
+        """Requests per window per client IP and endpoint of the Bybit face (0: off)."""
+        return self.limits.configure(limit, window_s)
 
     def clear_faults(self) -> dict[str, Any]:
         return self.faults.clear()

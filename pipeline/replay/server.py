@@ -7,7 +7,8 @@ exact control over broken responses for fault injection) that hands WebSocket up
 
     GET  /v5/market/kline           Bybit kline (see market.py for start/end/limit semantics)
     GET  /v5/market/time            the exchange clock
-    GET  /v5/market/instruments-info  the listed symbols (bybit_face.py)
+    GET  /v5/market/instruments-info  the listed symbols, cursor-paged (instruments.py)
+    GET  /v5/market/tickers         lastPrice and a seeded turnover24h per symbol
     WS   /v5/public/{linear,spot,inverse,option}
     POST /info                      Hyperliquid meta, spotMeta, candleSnapshot
     WS   /ws                        Hyperliquid candle channel (hyperliquid_face.py)
@@ -17,8 +18,11 @@ exact control over broken responses for fault injection) that hands WebSocket up
     POST /_replay/revise            {"symbol", "open_time" (ms or ISO), "open"...} late revision
     GET|POST /_replay/clock         {"now" (ms or ISO), "speed", "advance_s"} -> clock state
     GET|POST /_replay/stats         request counts by path and fault kind; {"reset": true}
+    GET|POST /_replay/limits        {"limit", "window_s"}: the Bybit face's rate limit
 
-Faults (faults.py) draw from one plan for every market request of every face.
+Faults (faults.py) draw from one plan for every market request of every face. The Bybit face
+counts requests per client IP and endpoint against its rate limit (ratelimit.py): every
+answer carries Bybit's X-Bapi-Limit headers, and a request beyond the limit gets retCode 10006.
 """
 
 from __future__ import annotations
@@ -37,13 +41,14 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from pipeline.replay import bybit_face, hyperliquid_face
+from pipeline.replay import bybit_face, hyperliquid_face, wire
 from pipeline.replay.clock import ExchangeClock, to_ms
 from pipeline.replay.data import FileSource, Source, make_source
 from pipeline.replay.faults import Fault, Faults
 from pipeline.replay.http import Reply, http_date, json_reply, parse_head
 from pipeline.replay.hyperliquid_ws import HlWsSession
 from pipeline.replay.market import Market, MarketError
+from pipeline.replay.ratelimit import RateLimit
 from pipeline.replay.ws import CHANNELS, WsSession
 
 MAX_HEAD = 64 * 1024
@@ -60,8 +65,10 @@ class ReplayServer:
         host: str = "127.0.0.1",
         port: int = 0,
         ws_push_s: float = 2.0,
+        limits: RateLimit | None = None,
     ) -> None:
         self.market, self.clock, self.faults = market, clock, faults
+        self.limits = limits or RateLimit()
         self.coins = Market(hyperliquid_face.CoinSource(market.source))  # Hyperliquid's face
         self.host, self.port = host, port
         self.ws_push_s = ws_push_s
@@ -172,7 +179,18 @@ class ReplayServer:
         self.stats[f"path {path}"] += 1
         face: Callable[[Fault | None, int], Reply] | None = None
         if path in bybit_face.PATHS and method == "GET":
-            face = lambda fault, now: bybit_face.reply(path, query, self.market, fault, now)  # noqa: E731
+            peer = writer.get_extra_info("peername") or ("?",)
+            verdict = self.limits.check(str(peer[0]), path)
+            if not verdict.allowed:
+                self.stats["rate_limited"] += 1
+                reply = Reply(200, wire.error_body(10006, "Too many visits!", self.clock.now_ms()))
+                reply.headers.update(verdict.headers)
+                writer.write(reply.head() + reply.body)
+                await writer.drain()
+                return True
+            face = lambda fault, now: _limited(  # noqa: E731
+                bybit_face.reply(path, query, self.market, fault, now), verdict.headers
+            )
         elif path == "/info" and method == "POST":
             face = lambda fault, now: hyperliquid_face.reply(body, self.coins, fault, now)  # noqa: E731
         if face is not None:
@@ -264,6 +282,17 @@ class ReplayServer:
                 if method == "POST":
                     _set_clock(self.clock, data)
                 return json_reply(200, self.clock.state())
+            if name == "limits":
+                if method == "POST":
+                    limit, window = data.get("limit"), data.get("window_s")
+                    return json_reply(
+                        200,
+                        self.limits.configure(
+                            None if limit is None else int(limit),
+                            None if window is None else float(window),
+                        ),
+                    )
+                return json_reply(200, self.limits.state())
             if name == "stats":
                 if method == "POST" and data.get("reset"):
                     self.stats.clear()
@@ -280,11 +309,18 @@ class ReplayServer:
         return {
             "requests": s.get("requests", 0),
             "ok": s.get("ok", 0),
+            "rate_limited": s.get("rate_limited", 0),
             "ws_connections": s.get("ws_connections", 0),
             "paths": {k[5:]: v for k, v in s.items() if k.startswith("path ")},
             "faults": {k[6:]: v for k, v in s.items() if k.startswith("fault ")},
             "ws_ops": {k[6:]: v for k, v in s.items() if k.startswith("ws_op ")},
         }
+
+
+def _limited(reply: Reply, headers: dict[str, str]) -> Reply:
+    """`reply` with the rate limit's headers (a fault's own 10006 headers win)."""
+    reply.headers = {**headers, **reply.headers}
+    return reply
 
 
 def _configure_faults(faults: Faults, data: dict[str, Any]) -> dict[str, Any]:
@@ -323,11 +359,13 @@ def main(
     clock_speed: float = 1.0,
     symbols: list[str] | None = None,
     ready: str | None = None,
+    rate_limit: tuple[int, float] | None = None,
 ) -> int:
     """Serve until SIGINT/SIGTERM; prints `REST <url>` and `WS <url>` first, then details.
 
     With `ready`, also writes `{"rest_url", "ws_url", "hyperliquid_ws_url", "pid"}` there
     (atomically) once listening: how a supervisor learns the URL of a `--port 0` exchange.
+    `rate_limit`: (requests, window_s) per client IP and endpoint of the Bybit face (0: off).
     """
     try:
         clock = ExchangeClock(clock_start, clock_speed or 1.0)
@@ -335,7 +373,8 @@ def main(
     except ValueError as err:
         print(f"signalbox replay: {err}", file=sys.stderr)
         return 2
-    server = ReplayServer(Market(source), clock, Faults(seed, faults), host, port)
+    limits = RateLimit(*rate_limit) if rate_limit else None
+    server = ReplayServer(Market(source), clock, Faults(seed, faults), host, port, limits=limits)
     return asyncio.run(_serve(server, source, seed, faults, ready))
 
 
