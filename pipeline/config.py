@@ -8,15 +8,30 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
-from pipeline.markets import SYMBOL_RE, Market, check_exchanges, parse_markets
+from pipeline.markets import (
+    ALL,
+    Market,
+    Symbols,
+    check_exchanges,
+    normalize_all,
+    parse_markets,
+    universe_symbols,
+)
+from pipeline.sections import (  # noqa: F401 (re-exported: the sections live there)
+    REPLAY_SYMBOLS,
+    BybitConfig,
+    HyperliquidConfig,
+    ReplayConfig,
+    _Section,
+    _VenueConfig,
+)
 from pipeline.yamlfile import YamlFileError, key_path, load_yaml, quote
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -61,70 +76,6 @@ class ConfigError(ValueError):
         self.problems = problems or [message]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class _VenueConfig(_Section):
-    """What every venue's section holds: its URLs (checked alike), timeouts and retries."""
-
-    _example: ClassVar[str]  # the venue's own URLs, for the error message
-    rest_url: str
-    ws_url: str
-    timeout_s: float = Field(10.0, gt=0, le=120)
-    max_retries: int = Field(8, ge=0, le=50)
-    probe_timeout_s: float = Field(3.0, gt=0, le=30)
-
-    @field_validator("rest_url", "ws_url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not re.match(r"^(https?|wss?)://[^\s/]+", v):
-            raise ValueError(f"must be a URL such as {cls._example}")
-        return v.rstrip("/")
-
-    def client_options(self) -> dict[str, Any]:
-        """The client's keyword settings from this section (`pipeline.exchanges.rest.Tuning`)."""
-        return {
-            "timeout_s": self.timeout_s,
-            "max_retries": self.max_retries,
-            "probe_timeout_s": self.probe_timeout_s,
-        }
-
-
-class BybitConfig(_VenueConfig):
-    _example = "https://api.bybit.com or ws://127.0.0.1:8765"
-    rest_url: str = "https://api.bybit.com"
-    ws_url: str = "wss://stream.bybit.com/v5/public/linear"
-    category: Literal["linear", "spot", "inverse"] = "linear"
-
-
-class HyperliquidConfig(_VenueConfig):
-    _example = "https://api.hyperliquid.xyz or ws://127.0.0.1:8765/ws"
-    rest_url: str = "https://api.hyperliquid.xyz"
-    ws_url: str = "wss://api.hyperliquid.xyz/ws"
-
-
-# What the synthetic replay market lists; any other symbol is refused like on Bybit.
-REPLAY_SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "BNBUSDT", "DOGEUSDT", "ADAUSDT"]
-
-
-class ReplayConfig(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(8765, ge=0, le=65535)
-    seed: int = 7
-    data: str | None = None  # resolved against the configuration file's folder; must exist
-    symbols: list[str] = REPLAY_SYMBOLS  # listed by the synthetic market (or a data file's)
-    faults: float = Field(0.0, ge=0.0, le=1.0)
-
-    @field_validator("symbols")
-    @classmethod
-    def _symbols(cls, v: list[str]) -> list[str]:
-        bad = [s for s in v if not SYMBOL_RE.match(s)]
-        if not v or bad:
-            raise ValueError("must list exchange symbols such as BTCUSDT")
-        return v
-
-
 class UiConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(3000, ge=1, le=65535)
@@ -154,7 +105,7 @@ class BacktestConfig(_Section):
     window_days: int = Field(90, ge=1, le=3650)
     folds: int = Field(4, ge=1, le=24)
     report_dir: str = "reports"  # relative to home
-    params: dict[str, Any] = {}
+    params: dict[str, Any] = {}  # noqa: RUF012 (pydantic copies defaults; _Section is its model)
 
     @field_validator("params")
     @classmethod
@@ -171,7 +122,7 @@ class BacktestConfig(_Section):
 class Settings(_Section):
     """Validated configuration; paths are absolute."""
 
-    exchanges: dict[str, list[str]] = DEFAULT_EXCHANGES  # venue -> its symbols
+    exchanges: dict[str, list[str] | Literal["all"]] = DEFAULT_EXCHANGES  # venue -> symbols
     start_date: dt.date | None = None  # None: derived per home (pipeline/runtime/partitions.py)
     home: Path = Path(".signalbox")
     source: Source = "auto"
@@ -182,11 +133,11 @@ class Settings(_Section):
     live: LiveConfig = LiveConfig()
     sidecar: SidecarConfig = SidecarConfig()
     backtest: BacktestConfig = BacktestConfig()
-    timeframes: list[str] = [
+    timeframes: list[str] = [  # noqa: RUF012 (as params above)
         "1m", "3m", "5m", "15m", "30m", "37m", "1h", "2h", "148m",
         "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M",
     ]  # fmt: skip
-    personalities: list[str] = ["scalping", "swing", "ma_trend", "vote"]
+    personalities: list[str] = ["scalping", "swing", "ma_trend", "vote"]  # noqa: RUF012
     config_path: Path | None = None
 
     @field_validator("source", mode="before")
@@ -194,22 +145,45 @@ class Settings(_Section):
     def _legacy_source(cls, v: Any) -> Any:
         return "live" if v == LEGACY_SOURCE else v
 
+    @field_validator("exchanges", mode="before")
+    @classmethod
+    def _all(cls, v: Any) -> Any:
+        return normalize_all(v)
+
     @field_validator("exchanges")
     @classmethod
-    def _exchanges(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+    def _exchanges(cls, v: dict[str, Symbols]) -> dict[str, Symbols]:
         from pipeline.markets import VENUES
 
         check_exchanges(v, VENUES)
         return v
 
+    @field_validator("bybit")
+    @classmethod
+    def _filter(cls, v: BybitConfig, info: Any) -> BybitConfig:
+        if v.min_turnover_24h is not None and info.data.get("exchanges", {}).get("bybit") != ALL:
+            raise ValueError("min_turnover_24h filters `exchanges: {bybit: all}` only; remove it")
+        return v
+
     @property
     def markets(self) -> list[Market]:
-        """Every configured (exchange, symbol), sorted and unique."""
-        return sorted({Market(e, s) for e, symbols in self.exchanges.items() for s in symbols})
+        """Every configured (exchange, symbol), sorted and unique; a venue's `all` is what the
+        home resolved it to (pipeline/exchanges/universe.py; ConfigError before that)."""
+        found = set()
+        for venue, symbols in self.exchanges.items():
+            if symbols == ALL:
+                try:
+                    symbols = universe_symbols(self.home, venue, self.bybit.min_turnover_24h)
+                except ValueError as err:
+                    raise ConfigError(str(err)) from None
+            found |= {Market(venue, s) for s in symbols}
+        return sorted(found)
 
     @property
     def symbols(self) -> list[str]:
         """The Bybit symbols only (what `symbols:` configured before venues); prefer `markets`."""
+        if self.exchanges.get("bybit") == ALL:
+            return [m.symbol for m in self.markets if m.exchange == "bybit"]
         return list(self.exchanges.get("bybit", []))
 
     @field_validator("start_date")

@@ -246,9 +246,9 @@ def home_source(settings: Settings, say: Say | None = None, decide: bool = True)
 def _choose(settings: Settings, say: Say | None) -> tuple[Endpoint, str]:
     """`auto` on the first start of an empty home: the live venues if EVERY configured one
     answers, else replay (a home has one source: never one venue live and another replayed)."""
-    from pipeline.markets import VENUE_NAMES, by_venue
+    from pipeline.markets import VENUE_NAMES
 
-    for venue in by_venue(settings.markets):
+    for venue in sorted(settings.exchanges):  # `all` is resolved once the source is known
         section = getattr(settings, venue)
         url, timeout = section.rest_url, section.probe_timeout_s
         name = VENUE_NAMES[venue]
@@ -258,7 +258,7 @@ def _choose(settings: Settings, say: Say | None) -> tuple[Endpoint, str]:
         if not p.ok:
             why = f"auto: live {name} did not answer {PROBE_ATTEMPTS} probes ({p.detail})"
             return replay_endpoint(settings), why
-    names = " and ".join(VENUE_NAMES[v] for v in by_venue(settings.markets))
+    names = " and ".join(VENUE_NAMES[v] for v in sorted(settings.exchanges))
     return bybit_endpoint(settings), f"auto: live {names} answered"
 
 
@@ -285,12 +285,15 @@ def exchange_identity(rest_url: str, timeout_s: float = 5.0) -> str | None:
 
 
 def refuse_unlisted(settings: Settings, endpoint: Endpoint) -> None:
-    """Refuse configured symbols a venue does not list, naming them, before any run."""
+    """Refuse configured symbols a venue does not list, naming them, before any run (a
+    venue's `all` came from its own list)."""
     from pipeline.exchanges import client
-    from pipeline.markets import by_venue
+    from pipeline.markets import ALL, by_venue
 
     problems = []
     for venue, symbols in by_venue(settings.markets).items():
+        if settings.exchanges.get(venue) == ALL:
+            continue
         c = client(venue, settings, endpoint)
         try:
             refused = c.unlisted(symbols)

@@ -92,10 +92,12 @@ class ExchangeResource(dg.ConfigurableResource):
 
     def client(self, venue: str = "bybit", *, quick: bool = False) -> Exchange:
         """The venue's client at the source; `quick`: a short timeout and no retries (a
-        sensor tick, which simply asks again on the next tick)."""
-        from pipeline.exchanges import client
+        sensor tick, which simply asks again on the next tick). A `bybit: all` due for its
+        daily refresh is resolved first (pipeline/exchanges/universe.py)."""
+        from pipeline.exchanges import client, universe
 
         s = self.settings.get()
+        universe.ensure(s, self.source())
         if quick:
             section = getattr(s, venue)
             fast = section.model_copy(update={"timeout_s": SENSOR_TIMEOUT_S, "max_retries": 0})

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipeline.config import Settings
 from pipeline.exchanges.sources import home_source
-from pipeline.markets import format_markets
+from pipeline.markets import describe_exchanges, format_markets
 from pipeline.orchestration import tags as run_tags
 from pipeline.orchestration.instance import dagster_env
 from pipeline.runtime.processes import exchange, source_env, spawn, stop
@@ -274,7 +274,7 @@ def backfill(settings: Settings, start: dt.date, end: dt.date, assets: str = "al
 
     ensure_recorded(settings, dt.datetime.now(dt.UTC).date(), settings.live.history_days, start)
     print(
-        f"backfilling {format_markets(settings.markets)} {start} → {end} "
+        f"backfilling {describe_exchanges(settings.exchanges)} {start} → {end} "
         f"({subset or DAILY_SELECTION})",
         file=sys.stderr,
     )

@@ -53,6 +53,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         clock_speed=args.clock_speed,
         symbols=args.symbols or settings.replay.symbols,
         ready=args.ready,
+        rate_limit=(settings.replay.rate_limit, settings.replay.rate_limit_window_s),
     )
 
 

@@ -48,15 +48,21 @@ def show_main(config: str | None, as_json: bool = False) -> int:
     except ConfigError as err:
         return _problems(err)
     rows = effective(loaded)
+    from pipeline.exchanges.universe import summary
+
+    resolved = summary(loaded.settings)
     if as_json:
         file = str(loaded.file) if loaded.file else None
-        print(json.dumps({"file": file, "settings": rows}, indent=1, default=str))
+        out = {"file": file, "settings": rows, "bybit_all": resolved}
+        print(json.dumps(out, indent=1, default=str))
         return 0
     print(_file_line(loaded))
     width = max(len(k) for k in rows)
     for key, row in rows.items():
         value = json.dumps(row["value"], default=str)
         print(f"{key:<{width}} = {value}   # {row['from']}")
+    if resolved:
+        print(f"# bybit: all -> {resolved}")
     return 0
 
 

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.config import Settings
+from pipeline.exchanges import universe
 from pipeline.exchanges.protocol import Endpoint
 from pipeline.exchanges.sources import (
     Say,
@@ -142,7 +143,7 @@ def open_exchange(
     settings: Settings, endpoint: Endpoint, port: int | None = 0, say: Say | None = None
 ) -> tuple[Endpoint, subprocess.Popen | None]:
     """The home's exchange, answering, verified to be its source and listing every
-    configured symbol; never another one.
+    configured symbol (a venue's `all` resolved from it when due); never another one.
 
     Only the replay exchange this configuration describes is ever started (when nothing
     listens where it belongs). An exchange that fails to answer is probed again with backoff;
@@ -161,6 +162,7 @@ def open_exchange(
                 raise SourceError(_replay_port_taken(settings, "taken meanwhile")) from None
             raise
         try:
+            universe.ensure(settings, replay.endpoint, say)
             refuse_unlisted(settings, replay.endpoint)
         except BaseException:
             stop(replay.proc)
@@ -185,6 +187,7 @@ def open_exchange(
                 "substitutes another source."
             )
     verify(endpoint)
+    universe.ensure(settings, endpoint, say)
     refuse_unlisted(settings, endpoint)
     return endpoint, None
 

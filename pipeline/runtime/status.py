@@ -31,6 +31,7 @@ class Status:
     pid: int | None = None
     processes: dict[str, int] = field(default_factory=dict)
     source: dict[str, Any] | None = None
+    universe: str | None = None  # what `bybit: all` resolved to, and when
     candles: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     last_signal: dict[str, Any] | None = None
     sidecar: dict[str, Any] | None = None
@@ -76,10 +77,17 @@ def _source(settings: Settings, st: Status) -> None:
 def _warehouse(settings: Settings, st: Status, now: dt.datetime) -> None:
     """Per-market (`bybit:BTCUSDT`) lag of the last stored 1m candle, and the last signal,
     from the replica."""
+    from pipeline.config import ConfigError
     from pipeline.exchanges.sources import SourceError, warehouse_for
+    from pipeline.exchanges.universe import summary
     from warehouse import WarehouseBusy
 
-    st.candles = dict.fromkeys(map(str, settings.markets))
+    st.universe = summary(settings)
+    try:
+        st.candles = dict.fromkeys(map(str, settings.markets))
+    except ConfigError as err:  # `all` not resolved (yet): said, not raised
+        st.problems.append(str(err))
+        return
     try:
         wh = warehouse_for(settings)
     except SourceError:
@@ -179,6 +187,8 @@ def render(st: Status, settings: Settings) -> str:
         )
     else:
         lines.append("  source      none yet: the first `signalbox up` or `backfill` decides it")
+    if st.universe:
+        lines.append(f"  bybit: all  {st.universe}")
     for symbol, c in st.candles.items():
         if c is None:
             lines.append(f"  {symbol:<13} no candles stored")
