@@ -137,3 +137,21 @@ def test_opening_the_exchange_resolves_it_and_config_show_says_so(tmp_path, mark
     capsys.readouterr()
     assert show_main(str(cfg)) == 0
     assert f"# bybit: all -> {N} of {N} trading USDT perpetuals" in capsys.readouterr().out
+
+
+def test_a_running_pipeline_refreshes_it_when_a_day_old(tmp_path, market, monkeypatch):
+    """`up` runs for days: a Dagster process asking for a client resolves a stale `all`."""
+    import json
+    from dataclasses import asdict
+
+    from pipeline.orchestration.resources import resources
+
+    s, ep = home(tmp_path, market)
+    universe.ensure(s, ep, now=dt.datetime.now(dt.UTC) - dt.timedelta(days=1, minutes=1))
+    stale = universe.summary(s)
+    assert stale.endswith("due for its daily refresh")
+    monkeypatch.delenv("SIGNALBOX_HOME", raising=False)
+    monkeypatch.setenv("SIGNALBOX_BYBIT_URL", market.rest_url)
+    res = resources(str(tmp_path / "signalbox.yaml"), endpoint=json.dumps(asdict(ep)))
+    res["exchange"].client("bybit", quick=True).close()
+    assert universe.summary(s) != stale and "due" not in universe.summary(s)
