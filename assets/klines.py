@@ -102,8 +102,8 @@ def klines_1m(
     live = tags.from_sensor(context.run.tags)  # minutes, every minute: no progress
     report = progress.reporter(context, "minutes", 0, enabled=not live, every_s=0)
 
-    def progress(done: int, total: int, note: str) -> None:
-        report(done, note, total)
+    def progress(done: int, total: int, note: str, **markets: object) -> None:
+        report(done, note, total, **markets)  # markets: minutes fetched per market
 
     summary = None
     if start < end:

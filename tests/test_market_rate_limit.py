@@ -119,3 +119,31 @@ def test_the_client_recovers_from_a_10006(replay_factory):
         got = c.fetch_klines("BTCUSDT", DAY, DAY + dt.timedelta(minutes=10))
     assert got.height == 10
     assert ex.stats()["rate_limited"] == 1  # one 10006, then it waited for the reset
+
+
+def test_a_backfill_of_many_symbols_reports_each_ones_progress(tmp_path, replay_factory):
+    """Every symbol's windows in one paced pool; the progress records say, per market, how
+    many minutes have been fetched (the last one: all of them, for every market)."""
+    from pipeline.config import load_settings
+    from pipeline.exchanges.ingest import ingest
+    from pipeline.exchanges.sources import replay_endpoint
+    from warehouse import connect
+
+    symbols = synthetic_universe(12)[:12]
+    ex = replay_factory(clock_start="2024-03-04T00:00:00Z", symbols=symbols, rate_limit=40,
+                        rate_window_s=0.5)  # fmt: skip
+    cfg = tmp_path / "signalbox.yaml"
+    cfg.write_text(f"home: {tmp_path / 'home'}\nsource: replay\nsymbols: [{', '.join(symbols)}]\n")
+    settings = load_settings(cfg, env={"SIGNALBOX_BYBIT_URL": ex.rest_url})
+    ep = replay_endpoint(settings)
+    reports: list[tuple[int, int, dict[str, int]]] = []
+    minutes = 3000  # 3 windows a symbol: 36 requests at 80/s
+    summary = ingest(settings, ep, DAY, DAY + dt.timedelta(minutes=minutes),
+                     progress=lambda done, total, note, markets: reports.append(
+                         (done, total, markets)))  # fmt: skip
+    assert summary.rows == 12 * minutes and ex.stats()["rate_limited"] == 0
+    done, total, markets = reports[-1]
+    assert done == total == 12 * minutes
+    assert markets == {f"bybit:{s}": minutes for s in symbols}
+    with connect(settings.warehouse_dir / f"{ep.warehouse_id}.duckdb", read_only=True) as con:
+        assert con.execute("SELECT count(DISTINCT symbol) FROM klines_1m").fetchone() == (12,)

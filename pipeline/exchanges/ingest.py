@@ -1,17 +1,20 @@
 """Ingest closed 1m candles from each configured venue into `klines_1m`.
 
 Plain Python (no Dagster): the asset, the benchmark and the tests call the same function.
-A range is fetched in ~1000-minute windows by a few threads, then written in chunks; each
+A range is fetched in ~1000-minute windows by a few threads (every symbol's windows in one
+pool, paced by the exchange's rate limit: `ratelimit.Pacer`), then written in chunks; each
 chunk replaces exactly its time range of one venue's symbols in one transaction, so a retry
 or a re-run rewrites the same rows, another venue's rows are never touched, and a crash
-leaves every chunk either old or new.
+leaves every chunk either old or new. Progress is reported as windows arrive, with each
+market's minutes fetched so far (`markets`) for the structured progress records.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -29,7 +32,9 @@ if TYPE_CHECKING:
 
 MINUTE = dt.timedelta(minutes=1)
 WINDOW = 1000 * MINUTE  # one exchange page
-Progress = Callable[[int, int, str], None]
+Progress = Callable[..., None]  # (done, total, note, markets={market: minutes fetched})
+PROGRESS_EVERY_S = 1.0  # at most one report a second while windows arrive (plus chunk ends)
+OnWindow = Callable[[str, dt.datetime, dt.datetime], None]
 # One venue's rows of a time range: what every replacement of `klines_1m`/`kline_gaps` scopes.
 VENUE_WHERE = "exchange = ? AND symbol IN ({marks}) AND open_time >= ? AND open_time < ?"
 
@@ -64,16 +69,25 @@ def fetch(
     end: dt.datetime,
     closed_by: dt.datetime | None = None,
     workers: int = 4,
+    on_window: OnWindow | None = None,
 ) -> pl.DataFrame:
-    """All closed candles in [start, end) for `symbols`, fetched page-sized windows in parallel."""
+    """All closed candles in [start, end) for `symbols`, fetched page-sized windows in
+    parallel; `on_window(symbol, a, b)` (in the calling thread) as each window arrives."""
     import polars as pl
 
     jobs = [(s, a, b) for s in symbols for a, b in windows(start, end)]
+    parts: list[pl.DataFrame] = []
     if len(jobs) == 1:
         parts = [client.fetch_klines(*jobs[0], closed_by=closed_by)]
+        if on_window:
+            on_window(*jobs[0])
     else:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            parts = list(pool.map(lambda j: client.fetch_klines(*j, closed_by=closed_by), jobs))
+            futures = {pool.submit(client.fetch_klines, *j, closed_by=closed_by): j for j in jobs}
+            for future in as_completed(futures):
+                parts.append(future.result())
+                if on_window:
+                    on_window(*futures[future])
     parts = [p for p in parts if p.height]
     if not parts:
         return client.fetch_klines(symbols[0], start, start, closed_by=closed_by)  # empty, typed
@@ -107,21 +121,46 @@ def ingest(
     venues = by_venue(settings.markets if markets is None else markets)
     summary = IngestSummary(start, end, source=endpoint.label)
     total = int((end - start) / MINUTE) * sum(len(v) for v in venues.values())
-    done = 0
+    tracker = _Tracker(progress, total, int((end - start) / MINUTE))
     for venue, symbols in venues.items():
         exchange = client(venue, settings, endpoint)
         try:
             for a, b in windows(start, end, chunk):
                 summary.rows += _ingest_chunk(
-                    wh, exchange, venue, symbols, a, b, closed_by, endpoint, summary, write_guard
-                )
-                done += int((b - a) / MINUTE) * len(symbols)
-                if progress:
-                    note = f"{venue} {a:%Y-%m-%d %H:%M} → {b:%Y-%m-%d %H:%M}"
-                    progress(done, total, note)
+                    wh, exchange, venue, symbols, a, b, closed_by, endpoint, summary, write_guard,
+                    lambda s, wa, wb, v=venue: tracker.window(v, s, wa, wb),
+                )  # fmt: skip
+                tracker.report(f"{venue} {a:%Y-%m-%d %H:%M} → {b:%Y-%m-%d %H:%M} written")
         finally:
             exchange.close()
     return summary
+
+
+class _Tracker:
+    """Minutes fetched per market, reported through `progress` at most once a second while
+    windows arrive, and at every chunk written."""
+
+    def __init__(self, progress: Progress | None, total: int, per_market: int) -> None:
+        self.progress, self.total, self.per_market = progress, total, per_market
+        self.markets: dict[str, int] = {}
+        self.done = 0
+        self._last = time.monotonic()
+
+    def window(self, venue: str, symbol: str, a: dt.datetime, b: dt.datetime) -> None:
+        n = int((b - a) / MINUTE)
+        key = f"{venue}:{symbol}"
+        self.markets[key] = self.markets.get(key, 0) + n
+        self.done += n
+        if time.monotonic() - self._last >= PROGRESS_EVERY_S:
+            self.report(f"{key} → {b:%Y-%m-%d %H:%M}")
+
+    def report(self, note: str) -> None:
+        if self.progress is None:
+            return
+        self._last = time.monotonic()
+        complete = sum(1 for n in self.markets.values() if n >= self.per_market)
+        note = f"{complete}/{len(self.markets)} markets complete; {note}"
+        self.progress(self.done, self.total, note, markets=dict(self.markets))
 
 
 def _ingest_chunk(
@@ -135,6 +174,7 @@ def _ingest_chunk(
     endpoint: Endpoint,
     summary: IngestSummary,
     write_guard: Callable[[], AbstractContextManager[Any]],
+    on_window: OnWindow | None = None,
 ) -> int:
     """One venue's [a, b): fetched, then its candles and confirmed gaps replaced together."""
     import polars as pl
@@ -142,7 +182,7 @@ def _ingest_chunk(
     from pipeline.quality.checks import missing_minutes
 
     ts = pl.Datetime("us", "UTC")
-    frame = fetch(exchange, symbols, a, b, closed_by=closed_by)
+    frame = fetch(exchange, symbols, a, b, closed_by=closed_by, on_window=on_window)
     now = dt.datetime.now(dt.UTC)
     frame = frame.with_columns(
         exchange=pl.lit(venue), source=pl.lit(endpoint.label), ingested_at=pl.lit(now, dtype=ts)

@@ -1,7 +1,8 @@
 """Progress of a long step as structured records, which `signalbox backfill` and `up` draw as bars.
 
 An asset reports through `Reporter`: each report is a JSON line `{"step", "done", "total",
-"unit", "note"}` appended to the run's progress file (`append`, the one writer), which the
+"unit", "note"}` (plus what the step adds, e.g. ingest's `markets`: minutes fetched per
+market) appended to the run's progress file (`append`, the one writer), which the
 command that started the run follows (`Follower`) while it runs; the same report is also a
 log line for the Dagster UI (`line`). Reports are throttled to one a second (plus the last
 one), so a step that takes a moment says it once; live runs report nothing (they are
@@ -66,7 +67,9 @@ class Reporter:
         self.every_s, self.step, self.record = every_s, step, record
         self._last = time.monotonic()
 
-    def __call__(self, done: int, note: str = "", total: int | None = None) -> None:
+    def __call__(
+        self, done: int, note: str = "", total: int | None = None, **detail: object
+    ) -> None:
         if not self.enabled:
             return
         self.total = self.total if total is None else total
@@ -75,5 +78,5 @@ class Reporter:
             self._last = now
             if self.record is not None:  # before the log line: a reader of the log finds it
                 rec = {"step": self.step, "done": done, "total": self.total, "unit": self.unit}
-                self.record({**rec, "note": note})
+                self.record({**rec, "note": note, **detail})
             self.say(line(done, self.total, self.unit, note))
