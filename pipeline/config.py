@@ -158,13 +158,6 @@ class Settings(_Section):
         check_exchanges(v, VENUES)
         return v
 
-    @field_validator("bybit")
-    @classmethod
-    def _filter(cls, v: BybitConfig, info: Any) -> BybitConfig:
-        if v.min_turnover_24h is not None and info.data.get("exchanges", {}).get("bybit") != ALL:
-            raise ValueError("min_turnover_24h filters `exchanges: {bybit: all}` only; remove it")
-        return v
-
     @property
     def markets(self) -> list[Market]:
         """Every configured (exchange, symbol), sorted and unique; a venue's `all` is what the
@@ -443,6 +436,13 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> L
         _set(data, key, value)
         origins[key] = f"${var}"
     settings = _validate(data, cfg_path.resolve() if exists else None, origins)
+    floor = settings.bybit.min_turnover_24h
+    listed = settings.exchanges.get("bybit") != ALL
+    if floor is not None and listed and not origin_of(origins, "exchanges").startswith("$"):
+        raise ConfigError(  # (a list from the environment: a run's, resolved from `all`)
+            f"invalid configuration in {cfg_path}: bybit.min_turnover_24h = {floor:g}: "
+            "filters `exchanges: {bybit: all}` only; remove it or use `all`"
+        )
     return Loaded(settings, origins, cfg_path.resolve() if exists else None, chosen_by)
 
 

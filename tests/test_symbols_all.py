@@ -56,6 +56,10 @@ def test_all_is_written_three_ways_and_needs_resolving_first(tmp_path):
         assert s.exchanges == {"bybit": "all"}
     with pytest.raises(ConfigError, match=r"not resolved in this home yet.*signalbox up"):
         s.markets  # noqa: B018 (the property is the behaviour)
+    # A run process is handed the resolved list; the file's filter is then no mistake.
+    text = "symbols: all\nbybit: {min_turnover_24h: 5}"
+    s = settings_for(tmp_path, text, {"SIGNALBOX_SYMBOLS": "BTCUSDT,ETHUSDT"})
+    assert s.symbols == ["BTCUSDT", "ETHUSDT"]
 
 
 @pytest.fixture
@@ -155,3 +159,26 @@ def test_a_running_pipeline_refreshes_it_when_a_day_old(tmp_path, market, monkey
     res = resources(str(tmp_path / "signalbox.yaml"), endpoint=json.dumps(asdict(ep)))
     res["exchange"].client("bybit", quick=True).close()
     assert universe.summary(s) != stale and "due" not in universe.summary(s)
+
+
+@pytest.mark.slow
+def test_a_backfill_of_all_resolves_and_stores_exactly_that(tmp_path):
+    """End to end, offline (~15 s): `signalbox backfill` with `symbols: all` and a turnover
+    filter starts the replay (a 12-symbol market), resolves, and stores those symbols only."""
+    from tests.test_sources import cli, config
+    from warehouse import connect
+
+    yesterday = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).date().isoformat()
+    cfg = config(
+        tmp_path, start_date=yesterday, source="replay", symbols="all",
+        bybit={"min_turnover_24h": 3e8}, replay={"symbols": 12, "port": 0},
+        personalities=["scalping"], timeframes=["1m", "5m"],
+    )  # fmt: skip
+    r = cli(cfg, "backfill", "--start", yesterday, "--end", yesterday, "--assets", "klines_1m")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "backfilling bybit:all" in r.stderr and "bybit: all -> " in r.stderr
+    rec = yaml.safe_load((tmp_path / "home" / "universe" / "bybit.json").read_text())
+    assert 2 <= len(rec["symbols"]) < 12 and rec["min_turnover_24h"] == 3e8
+    with connect(tmp_path / "home" / "warehouse" / "replay.duckdb", read_only=True) as con:
+        stored = {row[0] for row in con.execute("SELECT DISTINCT symbol FROM klines_1m").fetchall()}
+    assert stored == set(rec["symbols"])
