@@ -97,11 +97,11 @@ class ExchangeResource(dg.ConfigurableResource):
         from pipeline.exchanges import client, universe
 
         s = self.settings.get()
-        universe.ensure(s, self.source())
         if quick:
             section = getattr(s, venue)
             fast = section.model_copy(update={"timeout_s": SENSOR_TIMEOUT_S, "max_retries": 0})
             s = s.model_copy(update={venue: fast})
+        universe.ensure(s, self.source())  # quick too: a failed refresh is tried next tick
         return client(venue, s, self.source())
 
 
