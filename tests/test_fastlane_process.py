@@ -38,26 +38,33 @@ REPLICA_END = dt.datetime(2024, 3, 1, 11, 55, tzinfo=dt.UTC)  # stored: open tim
 FAST = Timing(stall_s=70.0, tick_s=0.2, rebootstrap_s=0.5)
 
 
-def settings_for(home: Path, ex: Any) -> Settings:
-    return load_settings(env={**replay_env(home, ex), "SIGNALBOX_HOME": str(home)})
+def settings_for(home: Path, ex: Any, markets: str = "bybit:BTCUSDT") -> Settings:
+    env = {**replay_env(home, ex), "SIGNALBOX_HOME": str(home), "SIGNALBOX_SYMBOLS": markets}
+    return load_settings(env=env)
 
 
-def store(settings: Settings, ep: Endpoint, first: dt.datetime, end: dt.datetime) -> None:
+def store(
+    settings: Settings,
+    ep: Endpoint,
+    first: dt.datetime,
+    end: dt.datetime,
+    venue: str = "bybit",
+    symbol: str = "BTCUSDT",
+) -> None:
     """Put the venue's 1m candles with open_time in [first, end) into the warehouse (and so
     its replica), as the pipeline would have."""
-    c = client("bybit", settings, ep)
+    c = client(venue, settings, ep)
     try:
-        frame = c.fetch_klines("BTCUSDT", first, end)
+        frame = c.fetch_klines(symbol, first, end)
     finally:
         c.close()
     rows = frame.with_columns(
-        exchange=pl.lit("bybit"),
+        exchange=pl.lit(venue),
         source=pl.lit("replay"),
         ingested_at=pl.lit(end).cast(pl.Datetime("us", "UTC")),
     )
     where = "exchange = ? AND symbol = ? AND open_time >= ? AND open_time < ?"
-    span = ("bybit", "BTCUSDT", first, end)
-    warehouse_for(settings, ep).replace("klines_1m", rows, where, span)
+    warehouse_for(settings, ep).replace("klines_1m", rows, where, (venue, symbol, first, end))
 
 
 def outbox_lines(settings: Settings) -> list[dict[str, Any]]:
@@ -72,9 +79,12 @@ def closes(lines: list[dict[str, Any]], personality: str = "double") -> list[dt.
     return [dt.datetime.fromisoformat(m["close_time"]) for m in mine]
 
 
-def wait_for(what: str, ok: Callable[[], bool], timeout: float = 20.0) -> None:
+def wait_for(
+    what: str, ok: Callable[[], bool], lane: FastLane | None = None, timeout: float = 20.0
+) -> None:
     deadline = time.monotonic() + timeout
     while not ok():
+        assert lane is None or not lane.failed, f"the fast lane failed waiting for {what}"
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
 
@@ -137,11 +147,8 @@ def test_catches_up_over_rest_then_follows_the_stream_and_stops_cleanly(venue):
     before = set(threading.enumerate())
     lane = FastLane(settings, ep, DoubleLane, FAST).start()
     try:
-        wait_for("3 minutes from the stream", lambda: len(latency.read(settings.home, "fast")) >= 4)
-        wait_for(
-            "3 live batches",
-            lambda: sum(r["via"] == "ws" for r in latency.read(settings.home, "fast")) >= 3,
-        )
+        live = lambda: [r for r in latency.read(settings.home, "fast") if r["via"] == "ws"]  # noqa: E731
+        wait_for("3 live batches", lambda: len(live()) >= 3, lane)
     finally:
         lane.stop()
     assert not lane.failed
@@ -156,9 +163,9 @@ def test_catches_up_over_rest_then_follows_the_stream_and_stops_cleanly(venue):
     live = [r for r in recs if r["via"] == "ws"]
     assert all(r["confirm_at"] <= r["published_at"] for r in live)
     assert all(r["exchange"] == "bybit" and r["signals"] == 1 for r in live)
-    time.sleep(0.3)  # websocket-client's own thread ends just after the close
-    left = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-    assert not left, left
+    left = lambda: [t for t in threading.enumerate() if t not in before and t.is_alive()]  # noqa: E731
+    # websocket-client's reader may sit in poll() until pybit's ping_timeout (10 s) passes
+    wait_for("the stream's threads to end", lambda: not left(), timeout=15.0)
 
 
 def test_a_dropped_stream_is_reconnected_and_the_lost_minutes_filled(venue, caplog):
@@ -170,15 +177,14 @@ def test_a_dropped_stream_is_reconnected_and_the_lost_minutes_filled(venue, capl
     lane = FastLane(settings, ep, DoubleLane, FAST).start()
     try:
         ws = lambda: [r for r in latency.read(settings.home, "fast") if r["via"] == "ws"]  # noqa: E731
-        wait_for("the stream", lambda: len(ws()) >= 1)
+        wait_for("the stream", lambda: len(ws()) >= 1, lane)
         cut_at = ex.now()
         deadline = time.monotonic() + 2.5  # 150 s of exchange clock without a stream
         while time.monotonic() < deadline:
             ex.drop_streams()
             time.sleep(0.05)
-        wait_for(
-            "the stream again", lambda: any(r["close"] > cut_at.timestamp() + 150 for r in ws())
-        )
+        back = cut_at.timestamp() + 150  # a close after the cut's end, from the stream
+        wait_for("the stream again", lambda: any(r["close"] > back for r in ws()), lane)
     finally:
         lane.stop()
     assert not lane.failed
@@ -190,6 +196,34 @@ def test_a_dropped_stream_is_reconnected_and_the_lost_minutes_filled(venue, capl
     assert lane.runners[0].reconnects >= 1
     assert "reconnect: no confirmed candle" in caplog.text
     assert journal.conflicts(settings.home, "bybit", T0.date()) == []
+
+
+def test_each_venue_follows_its_own_stream(home: Path, replay_factory):
+    """Bybit (pybit, confirm=true) and Hyperliquid (the SDK's candle channel, closed when the
+    next minute starts) side by side: each venue's minutes once, in order, in its journal."""
+    ex = replay_factory(clock_start=T0, clock_speed=60.0)
+    settings = settings_for(home, ex, "bybit:BTCUSDT,hyperliquid:BTC")
+    ep = replay_endpoint(settings)
+    store(settings, ep, REPLICA_END - HOUR, REPLICA_END)
+    store(settings, ep, REPLICA_END - HOUR, REPLICA_END, "hyperliquid", "BTC")
+    lane = FastLane(settings, ep, DoubleLane, FAST).start()
+
+    def live(venue: str) -> int:
+        recs = latency.read(settings.home, "fast")
+        return sum(r["via"] == "ws" and r["exchange"] == venue for r in recs)
+
+    try:
+        both = lambda: live("bybit") >= 2 and live("hyperliquid") >= 2  # noqa: E731
+        wait_for("both venues' streams", both, lane)
+    finally:
+        lane.stop()
+    assert not lane.failed
+    lines = outbox_lines(settings)
+    for venue in ("bybit", "hyperliquid"):
+        got = closes([m for m in lines if m["exchange"] == venue])
+        assert got[0] == REPLICA_END + MIN and contiguous(got), (venue, got)
+        fast = journal.read(settings.home, venue, T0.date())
+        assert [dt.datetime.fromisoformat(r["close_time"]) for r in fast] == got
 
 
 # -- candles handed in ----------------------------------------------------------------------

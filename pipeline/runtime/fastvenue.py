@@ -42,6 +42,9 @@ log = logging.getLogger("signalbox.fast")
 MINUTE = dt.timedelta(minutes=1)
 ORIGIN = "fast"
 LaneFactory = Callable[["Settings", str, list[str]], Any]  # VenueLane(settings, venue, symbols)
+# One replica read at a time in this process: DuckDB shares one database instance per file
+# within a process, and a second sealed connection opened while one is open fails.
+_REPLICA = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -294,7 +297,8 @@ class VenueRunner:
     # -- silent symbols ------------------------------------------------------------------
     def _bootstrap(self, symbols: list[str]) -> None:
         try:
-            expected = self.lane.bootstrap(self.wh, symbols)
+            with _REPLICA:
+                expected = self.lane.bootstrap(self.wh, symbols)
         except Exception as err:  # no replica yet, or it is busy: silent, asked again later
             from warehouse import WarehouseBusy
             from warehouse.store import NoWarehouse
