@@ -136,7 +136,7 @@ class VenueRunner:
         self._bootstrap(self.symbols)
         if not self._connect():
             return
-        self._catch_up(self.symbols)
+        self._guarded(self._catch_up, self.symbols)
         next_tick = next_boot = time.monotonic()
         next_tick += self.timing.tick_s
         next_boot += self.timing.rebootstrap_s
@@ -194,7 +194,7 @@ class VenueRunner:
             )(self.client.stream, self.symbols, self._on_candle)
         except ExchangeError:
             return False  # asked to stop while retrying
-        self.quiet_since = self.clock.sync()
+        self.quiet_since = None  # the watchdog counts from its next look at the clock
         log.info("%s: connected, %s", self.venue, ", ".join(self.symbols))
         return True
 
@@ -208,7 +208,9 @@ class VenueRunner:
 
     def _watchdog(self) -> None:
         now = self.clock.sync()
-        quiet = now - (self.quiet_since or now)
+        if self.quiet_since is None:
+            self.quiet_since = now
+        quiet = now - self.quiet_since
         if quiet.total_seconds() <= self.timing.stall_s:
             return
         self.reconnects += 1
@@ -219,7 +221,7 @@ class VenueRunner:
         )
         self._close_stream()
         if self._connect():
-            self._catch_up(self.symbols)
+            self._guarded(self._catch_up, self.symbols)
 
     # -- feeding -------------------------------------------------------------------------
     def handle(self, candle: ClosedCandle, received: float | None = None, via: str = "ws") -> None:
