@@ -10,6 +10,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import pytest
+
 from pipeline.config import REPO_ROOT
 from pipeline.exchanges.sources import replay_endpoint
 from pipeline.runtime.cli import build_parser
@@ -104,3 +106,24 @@ def test_the_command_refuses_another_source_than_the_homes(home: Path, replay_fa
     assert r.returncode == 2, r.stderr
     assert "holds data from bybit api.bybit.com" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_status_shows_the_fast_lanes_last_published_batch(home: Path):
+    from pipeline.config import load_settings
+    from pipeline.runtime import latency, status
+
+    settings = load_settings(env={"SIGNALBOX_HOME": str(home)})
+    assert "fast lane   nothing published yet" in status.render(status.collect(settings), settings)
+    close = T0.replace(second=0).timestamp()
+    for published, at in ((1, 0.040), (0, 0.020)):  # the last batch was all pipeline copies
+        latency.record(
+            home, stage="fast", exchange="bybit", via="ws", close=close, confirm_at=close + 0.01,
+            publish_started_at=close + 0.015, published_at=close + at, signals=1,
+            published=published,
+        )  # fmt: skip
+    st = status.collect(settings)
+    assert st.fast is not None and st.fast["after_close_s"] == pytest.approx(0.040, abs=1e-6)
+    text = status.render(st, settings)
+    assert (
+        "fast lane   last published 1 signal(s) of bybit for the close at 2024-03-01T12:00" in text
+    )
