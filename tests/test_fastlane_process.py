@@ -2,7 +2,7 @@
 a real warehouse replica, outbox and journal; the engine is the test double of
 tests/fastlane_double.py (one BUY per used minute), so these tests hold for the process alone.
 
-Fast clocks: the replay runs at 60x (a minute per wall second) where the stream is needed.
+Fast clocks: the replay runs at 120x (a minute per half wall second) where the stream is needed.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from tests.fastlane_double import DoubleLane
 MIN, HOUR = dt.timedelta(minutes=1), dt.timedelta(hours=1)
 T0 = dt.datetime(2024, 3, 1, 12, 0, 30, tzinfo=dt.UTC)  # the replay clock's start
 REPLICA_END = dt.datetime(2024, 3, 1, 11, 55, tzinfo=dt.UTC)  # stored: open times before it
+SPEED = 120.0  # the replay clock's speed-up where the stream is needed
 FAST = Timing(stall_s=70.0, tick_s=0.2, rebootstrap_s=0.5)
 
 
@@ -95,8 +96,8 @@ def contiguous(ts: list[dt.datetime]) -> bool:
 
 @pytest.fixture
 def venue(home: Path, replay_factory) -> Iterator[tuple[Any, Settings, Endpoint]]:
-    """A replay exchange at 60x from T0, and a home whose replica holds 09:55 to 11:54."""
-    ex = replay_factory(clock_start=T0, clock_speed=60.0)
+    """A replay exchange at 120x from T0, and a home whose replica holds 09:55 to 11:54."""
+    ex = replay_factory(clock_start=T0, clock_speed=SPEED)
     settings = settings_for(home, ex)
     ep = replay_endpoint(settings)
     store(settings, ep, REPLICA_END - 2 * HOUR, REPLICA_END)
@@ -179,7 +180,7 @@ def test_a_dropped_stream_is_reconnected_and_the_lost_minutes_filled(venue, capl
         ws = lambda: [r for r in latency.read(settings.home, "fast") if r["via"] == "ws"]  # noqa: E731
         wait_for("the stream", lambda: len(ws()) >= 1, lane)
         cut_at = ex.now()
-        deadline = time.monotonic() + 2.5  # 150 s of exchange clock without a stream
+        deadline = time.monotonic() + 150 / SPEED  # 150 s of exchange clock without a stream
         while time.monotonic() < deadline:
             ex.drop_streams()
             time.sleep(0.05)
@@ -201,7 +202,7 @@ def test_a_dropped_stream_is_reconnected_and_the_lost_minutes_filled(venue, capl
 def test_each_venue_follows_its_own_stream(home: Path, replay_factory):
     """Bybit (pybit, confirm=true) and Hyperliquid (the SDK's candle channel, closed when the
     next minute starts) side by side: each venue's minutes once, in order, in its journal."""
-    ex = replay_factory(clock_start=T0, clock_speed=60.0)
+    ex = replay_factory(clock_start=T0, clock_speed=SPEED)
     settings = settings_for(home, ex, "bybit:BTCUSDT,hyperliquid:BTC")
     ep = replay_endpoint(settings)
     store(settings, ep, REPLICA_END - HOUR, REPLICA_END)
