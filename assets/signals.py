@@ -15,6 +15,7 @@ import dagster as dg
 
 from assets.common import (
     check_result,
+    check_specs,
     daily_table,
     display,
     md_table,
@@ -35,6 +36,15 @@ CHECKS = {
     "no_lookahead": "For a sample of bars, the live path's result on data cut at the bar's close "
     "equals the one-pass result over all history.",
 }
+PARITY = dg.AssetCheckSpec(
+    "fast_lane_parity",
+    asset="signals",
+    blocking=False,  # the fast lane's fault, not the pipeline's: its rows stay the record
+    description="Every signal the fast lane journaled for a bar this run reached is one of these "
+    "rows: same action, reasons, quality, price, confidence within 1e-9; no key journaled twice "
+    "differently (pipeline/fastlane/parity.py). "
+    "Pipeline rows the fast lane was silent on, and bars not reached yet, are only counted.",
+)
 LIVE_LOOKAHEAD_SAMPLE = 3  # bars per personality on the minute-by-minute path
 BACKFILL_LOOKAHEAD_SAMPLE = 60
 
@@ -47,10 +57,10 @@ class SignalsConfig(dg.Config):
 
 
 def _to_messages(rows) -> list[dict]:
-    """Signal rows as the dicts the sidecar's outbox takes."""
+    """Signal rows as the dicts the sidecar's outbox takes, from this lane (`origin`)."""
     out = []
     for r in rows.iter_rows(named=True):
-        r = dict(r)
+        r = {**r, "origin": "pipeline"}
         r["snapshot"] = (
             json.loads(r["snapshot"]) if isinstance(r["snapshot"], str) else r["snapshot"]
         )
@@ -64,6 +74,7 @@ def _to_messages(rows) -> list[dict]:
     deps=["indicators"],
     group_name="signals",
     kinds={"duckdb", "polars"},
+    check_specs=[*check_specs("signals", CHECKS), PARITY],
     description=(
         "BUY/SELL signals of every configured personality (pipeline/personalities/*.yaml) "
         "with confidence, reasons, a snapshot of the values that decided them and the data "
@@ -80,6 +91,7 @@ def signals(
 ) -> dg.MaterializeResult:
     import polars as pl
 
+    from pipeline.fastlane import parity
     from pipeline.markets import by_venue
     from pipeline.quality.checks import CheckOutcome
     from pipeline.runtime import latency
@@ -90,65 +102,77 @@ def signals(
     from pipeline.strategy.signals import signal_summary
 
     s, wh = settings.get(), warehouse.get()
-    start, end = partition_window(context)
-    first, last = start.date(), (end - dt.timedelta(days=1)).date()
-    live = tags.from_sensor(context.run.tags)  # the sensor's runs: new signals to the sidecar
-    personalities = load_personalities(s.personalities, s.timeframes)
-    venues = list(by_venue(s.markets))
-    steps = len(venues) * len(personalities)
-    report = progress.reporter(context, "personalities", steps, enabled=not live)
-    done = iter(range(1, steps + 1))
-    builds = [
-        build_signals(
-            wh, v, first, last, personalities,
-            lambda name, n, v=v: report(next(done), f"{v} {name}: {n} signal(s)"),
-        )
-        for v in venues
-    ]  # fmt: skip
-    names = [p.name for p in personalities]
-    rows = pl.concat([b.rows() for b in builds], how="vertical_relaxed") if builds else None
-    rows = rows if rows is not None else pl.DataFrame()
-    written = write_signals(wh, builds, start, end, names)
-    # per personality: the first venue whose signals fail, else the last pass
-    valid = [
-        _first_failed([check_signals(b.by_personality[p.name], p) for b in builds])
-        for p in personalities
-    ]
+    with wh.session() as wh:  # one connection for the step's reads and write
+        start, end = partition_window(context)
+        first, last = start.date(), (end - dt.timedelta(days=1)).date()
+        live = tags.from_sensor(context.run.tags)  # the sensor's runs: new signals to the sidecar
+        personalities = load_personalities(s.personalities, s.timeframes)
+        venues = list(by_venue(s.markets))
+        steps = len(venues) * len(personalities)
+        report = progress.reporter(context, "personalities", steps, enabled=not live)
+        done = iter(range(1, steps + 1))
+        builds = [
+            build_signals(
+                wh, v, first, last, personalities,
+                lambda name, n, v=v: report(next(done), f"{v} {name}: {n} signal(s)"),
+            )
+            for v in venues
+        ]  # fmt: skip
+        names = [p.name for p in personalities]
+        rows = pl.concat([b.rows() for b in builds], how="vertical_relaxed") if builds else None
+        rows = rows if rows is not None else pl.DataFrame()
+        written = write_signals(wh, builds, start, end, names)
+        # per personality: the first venue whose signals fail, else the last pass
+        valid = [
+            _first_failed([check_signals(b.by_personality[p.name], p) for b in builds])
+            for p in personalities
+        ]
 
-    published: list[int] = []
-    if live and all(o.passed for o in valid) and rows.height:
-        now = dt.datetime.fromisoformat(config.exchange_now) if config.exchange_now else None
-        publish_started_at = time.time()
-        published = publish(s, _to_messages(rows), now=now)
-        latency.record(
-            s.home, run_id=context.run_id, stage="signals", published=len(published),
-            publish_started_at=publish_started_at, published_at=time.time(),
-        )  # fmt: skip
+        published: list[int] = []
+        if live and all(o.passed for o in valid) and rows.height:
+            now = dt.datetime.fromisoformat(config.exchange_now) if config.exchange_now else None
+            publish_started_at = time.time()
+            published = publish(s, _to_messages(rows), now=now)
+            latency.record(
+                s.home, run_id=context.run_id, stage="signals", published=len(published),
+                publish_started_at=publish_started_at, published_at=time.time(),
+            )  # fmt: skip
 
-    sample = LIVE_LOOKAHEAD_SAMPLE if live else BACKFILL_LOOKAHEAD_SAMPLE
-    lookahead = [
-        _first_failed(
-            [check_signals_lookahead(b.frames, p, sample=sample, day=last) for b in builds]
+        sample = LIVE_LOOKAHEAD_SAMPLE if live else BACKFILL_LOOKAHEAD_SAMPLE
+        lookahead = [
+            _first_failed(
+                [check_signals_lookahead(b.frames, p, sample=sample, day=last) for b in builds]
+            )
+            for p in personalities
+        ]
+        summary = signal_summary(rows)
+        table = pl.DataFrame(
+            [{"personality": k, **v} for k, v in summary.items()] if summary else None
         )
-        for p in personalities
-    ]
-    summary = signal_summary(rows)
-    table = pl.DataFrame([{"personality": k, **v} for k, v in summary.items()] if summary else None)
-    meta = {
-        "source": exchange.source().label,
-        "rows_written": written,
-        "published_to_sidecar": len(published),
-        "per_personality": dg.MetadataValue.md(md_table(table)),
-        "summary": dg.MetadataValue.json(summary),
-    }
-    results = {
-        "valid": _combine(valid, names, CheckOutcome),
-        "no_lookahead": _combine(lookahead, names, CheckOutcome),
-    }
-    return dg.MaterializeResult(
-        metadata=display(meta),
-        check_results=[check_result(n, results[n], "signals") for n in CHECKS],
-    )
+        meta = {
+            "source": exchange.source().label,
+            "rows_written": written,
+            "published_to_sidecar": len(published),
+            "per_personality": dg.MetadataValue.md(md_table(table)),
+            "summary": dg.MetadataValue.json(summary),
+        }
+        results = {
+            "valid": _combine(valid, names, CheckOutcome),
+            "no_lookahead": _combine(lookahead, names, CheckOutcome),
+        }
+        # the fast lane against these rows, on bars this run reached (a live day grows by minutes)
+        reached = {k: v for b in builds for k, v in parity.reached(b.exchange, b.frames).items()}
+        days = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+        agree = parity.outcome(parity.check_partition(s.home, venues, days, rows, reached))
+        if not agree.passed:
+            context.log.error(f"fast_lane_parity failed: {agree.description}")
+        return dg.MaterializeResult(
+            metadata=display(meta),
+            check_results=[
+                *(check_result(n, results[n], "signals") for n in CHECKS),
+                check_result(PARITY.name, agree, "signals"),
+            ],
+        )
 
 
 def _first_failed(outcomes):

@@ -80,41 +80,48 @@ def candles(
     from pipeline.quality.checks import by_market
 
     s, wh = settings.get(), warehouse.get()
-    start, end = partition_window(context)
-    days = _days(start, end)
-    builds = [build_candles(wh, v, start, end, s.timeframes) for v in by_venue(s.markets)]
-    written = write_candles(wh, builds, start, end)
-    outcomes: dict[str, list] = {name: [] for name in CANDLE_CHECKS}
-    not_live = not tags.from_sensor(context.run.tags)  # the sensor's runs: no progress lines
-    report = progress.reporter(context, "days", len(days), enabled=not_live)
-    for i, day in enumerate(days, 1):
-        for b in builds:  # checks name the market (bybit:BTCUSDT)
-            owned = by_market(b.frame.filter(owned_by(day)))
-            klines = by_market(with_exchange(b.klines, b.exchange))
-            for name, outcome in check_candles(owned, klines, day, s.timeframes, b.as_of).items():
-                outcomes[name].append(outcome)
-        report(i, f"{day}: buckets written and checked")
-    frame = pl.concat([b.frame for b in builds]) if builds else pl.DataFrame()
-    as_of = min(b.as_of for b in builds) if builds else end
-    per_tf = frame.group_by("timeframe").agg(
-        pl.len().alias("buckets"), (~pl.col("complete")).sum().alias("incomplete")
-    )
-    meta = {
-        "source": exchange.source().label,
-        "rows_written": written,
-        "as_of": as_of.isoformat(),
-        "days": len(days),
-        "incomplete_buckets": int(per_tf["incomplete"].sum()) if per_tf.height else 0,
-        "buckets_per_timeframe": dg.MetadataValue.json(
-            {r["timeframe"]: r["buckets"] for r in per_tf.sort("timeframe").iter_rows(named=True)}
-        ),
-    }
-    return dg.MaterializeResult(
-        metadata=display(meta),
-        check_results=[
-            check_result(n, _merge(outcomes[n], "market-days"), "candles") for n in CANDLE_CHECKS
-        ],
-    )
+    with wh.session() as wh:  # one connection for the step's reads and write
+        start, end = partition_window(context)
+        days = _days(start, end)
+        builds = [build_candles(wh, v, start, end, s.timeframes) for v in by_venue(s.markets)]
+        written = write_candles(wh, builds, start, end)
+        outcomes: dict[str, list] = {name: [] for name in CANDLE_CHECKS}
+        not_live = not tags.from_sensor(context.run.tags)  # the sensor's runs: no progress lines
+        report = progress.reporter(context, "days", len(days), enabled=not_live)
+        for i, day in enumerate(days, 1):
+            for b in builds:  # checks name the market (bybit:BTCUSDT)
+                owned = by_market(b.frame.filter(owned_by(day)))
+                klines = by_market(with_exchange(b.klines, b.exchange))
+                for name, outcome in check_candles(
+                    owned, klines, day, s.timeframes, b.as_of
+                ).items():
+                    outcomes[name].append(outcome)
+            report(i, f"{day}: buckets written and checked")
+        frame = pl.concat([b.frame for b in builds]) if builds else pl.DataFrame()
+        as_of = min(b.as_of for b in builds) if builds else end
+        per_tf = frame.group_by("timeframe").agg(
+            pl.len().alias("buckets"), (~pl.col("complete")).sum().alias("incomplete")
+        )
+        meta = {
+            "source": exchange.source().label,
+            "rows_written": written,
+            "as_of": as_of.isoformat(),
+            "days": len(days),
+            "incomplete_buckets": int(per_tf["incomplete"].sum()) if per_tf.height else 0,
+            "buckets_per_timeframe": dg.MetadataValue.json(
+                {
+                    r["timeframe"]: r["buckets"]
+                    for r in per_tf.sort("timeframe").iter_rows(named=True)
+                }
+            ),
+        }
+        return dg.MaterializeResult(
+            metadata=display(meta),
+            check_results=[
+                check_result(n, _merge(outcomes[n], "market-days"), "candles")
+                for n in CANDLE_CHECKS
+            ],
+        )
 
 
 def _merge(outcomes: list, unit: str):
@@ -155,45 +162,48 @@ def indicators(
     from pipeline.markets import by_venue
 
     s, wh, spec = settings.get(), warehouse.get(), load_spec()
-    start, end = partition_window(context)
-    days = _days(start, end)
-    live = tags.is_live(context.run.tags)
-    not_live = not tags.from_sensor(context.run.tags)  # the sensor's runs: no progress lines
-    venues = list(by_venue(s.markets))
-    steps = len(s.timeframes) * len(venues)
-    report = progress.reporter(context, "timeframes", steps, enabled=not_live)
-    frames, outcomes = {}, {name: [] for name in INDICATOR_CHECKS}
-    for k, venue in enumerate(venues):
-        frames[venue], found = build_indicators(
-            wh,
-            venue,
-            days,
-            end,
-            s.timeframes,
-            spec,
-            # the live run checks the timeframe that changes every minute
-            checked=lambda tf: not live or tf == "1m",
-            progress=lambda n, note, k=k: report(k * len(s.timeframes) + n, note),
+    with wh.session() as wh:  # one connection for the step's reads and write
+        start, end = partition_window(context)
+        days = _days(start, end)
+        live = tags.is_live(context.run.tags)
+        not_live = not tags.from_sensor(context.run.tags)  # the sensor's runs: no progress lines
+        venues = list(by_venue(s.markets))
+        steps = len(s.timeframes) * len(venues)
+        report = progress.reporter(context, "timeframes", steps, enabled=not_live)
+        frames, outcomes = {}, {name: [] for name in INDICATOR_CHECKS}
+        for k, venue in enumerate(venues):
+            frames[venue], found = build_indicators(
+                wh,
+                venue,
+                days,
+                end,
+                s.timeframes,
+                spec,
+                # the live run checks the timeframe that changes every minute
+                checked=lambda tf: not live or tf == "1m",
+                progress=lambda n, note, k=k: report(k * len(s.timeframes) + n, note),
+            )
+            for name, listed in found.items():
+                outcomes[name] += listed
+        written = write_indicators(wh, frames, start, end)
+        columns = {c for f in frames.values() if f is not None for c in f.columns} - {"exchange"}
+        columns -= set(ID_COLUMNS)
+        meta = {
+            "source": exchange.source().label,
+            "rows_written": written,
+            "days": len(days),
+            "indicators": len(columns),
+            "warmup_bars": dg.MetadataValue.json(warmup_bars(spec)),
+        }
+        return dg.MaterializeResult(
+            metadata=display(meta),
+            check_results=[
+                check_result(
+                    n, _merge(outcomes[n], "market x day x timeframe windows"), "indicators"
+                )
+                for n in INDICATOR_CHECKS
+            ],
         )
-        for name, listed in found.items():
-            outcomes[name] += listed
-    written = write_indicators(wh, frames, start, end)
-    columns = {c for f in frames.values() if f is not None for c in f.columns} - {"exchange"}
-    columns -= set(ID_COLUMNS)
-    meta = {
-        "source": exchange.source().label,
-        "rows_written": written,
-        "days": len(days),
-        "indicators": len(columns),
-        "warmup_bars": dg.MetadataValue.json(warmup_bars(spec)),
-    }
-    return dg.MaterializeResult(
-        metadata=display(meta),
-        check_results=[
-            check_result(n, _merge(outcomes[n], "market x day x timeframe windows"), "indicators")
-            for n in INDICATOR_CHECKS
-        ],
-    )
 
 
 @dg.asset_check(

@@ -16,6 +16,7 @@ from pipeline.yamlfile import quote
 # Every venue: each has a module pipeline/exchanges/<venue>.py whose `connect` makes its client,
 # and a face on the replay exchange. Extend when adding a venue (README: "Adding an exchange").
 VENUES = ("bybit", "hyperliquid")
+VENUE_NAMES = {"bybit": "Bybit", "hyperliquid": "Hyperliquid"}  # as people write them
 SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,30}$")
 # What a symbol looks like on each venue (a venue not listed here uses SYMBOL_RE).
 SYMBOL_FORMATS: dict[str, tuple[re.Pattern[str], str]] = {

@@ -38,6 +38,7 @@ def test_every_asset_check_job_sensor_and_schedule_is_there():
     assert ("klines_1m", "expectations_suite") in checks
     assert ("indicators", "warmup_matches_full_history") in checks
     assert ("signals", "no_lookahead") in checks
+    assert ("signals", "fast_lane_parity") in checks
     assert {j.name for j in repo.get_all_jobs() if not j.name.startswith("__")} == JOBS
     assert {s.name for s in repo.sensor_defs} == SENSORS
     assert {s.name for s in repo.schedule_defs} == SCHEDULES

@@ -11,9 +11,11 @@ import polars as pl
 import pytest
 
 from pipeline.candles.timeframes import KLINE_COLUMNS
-from pipeline.exchanges.hyperliquid import HyperliquidClient
+from pipeline.config import load_settings
+from pipeline.exchanges.hyperliquid import HyperliquidClient, connect
 from pipeline.exchanges.protocol import (
     ClosedCandle,
+    Endpoint,
     ExchangeUnavailable,
     InvalidRequest,
 )
@@ -62,6 +64,25 @@ def test_only_closed_candles_by_the_exchange_s_clock(ex):
     cut = client(ex).fetch_klines("BTC", start, start + 30 * MIN, closed_by=start + 5 * MIN)
     assert cut.height == 5  # 23:50..23:54: closed at or before 23:55
     assert client(ex).latest_closed_open_time("BTC") == dt.datetime(2024, 1, 9, 23, 59, tzinfo=UTC)
+
+
+def test_a_range_older_than_the_candles_the_venue_keeps_is_refused_not_read_as_no_trades(ex):
+    """Live Hyperliquid keeps only its newest 5000 1m candles and answers older windows with
+    nothing; stored, that would be minutes without trades. `keeps` is what `connect` sets for
+    the live venue (5000); here 60, against the replay's clock (00:00:30)."""
+    kept = client(ex, keeps=60)
+    oldest = dt.datetime(2024, 1, 9, 23, 1, tzinfo=UTC)  # 60 candles up to the 00:00 open
+    assert kept.fetch_klines("BTC", oldest, oldest + 10 * MIN).height == 10
+    with pytest.raises(InvalidRequest) as err:
+        kept.fetch_klines("BTC", oldest - MIN, oldest + 10 * MIN)
+    says = str(err.value)
+    assert "newest 60 1m candles (from 2024-01-09 23:01 UTC on)" in says
+    assert "BTC from 2024-01-09 23:00" in says and "nothing was stored" in says
+    assert "live.history_days" in says  # and how to proceed
+    settings = load_settings(None, env={})
+    live = Endpoint("live", "https://api.bybit.com", "wss://x", "bybit", "bybit")
+    assert connect(settings, live).keeps == 5000
+    assert connect(settings, Endpoint("replay", ex.rest_url, "", "replay", "r")).keeps is None
 
 
 def test_the_venues_differ_for_the_same_coin(ex):

@@ -128,6 +128,20 @@ def test_malformed_signal_raises_before_anything_is_written(signals, sidecar_cfg
     assert publish(s, good) == [1, 2, 3]
 
 
+def test_origin_names_the_lane_and_replayed_stays_the_last_key(signals, sidecar_cfg):
+    _, s = sidecar_cfg()
+    fast, piped, default = signals(3)
+    assert publish(s, [{**fast, "origin": "fast"}, {**piped, "origin": "pipeline"}, default])
+    lines = outbox_lines(s)
+    assert [m["origin"] for m in lines] == ["fast", "pipeline", "pipeline"]  # default: pipeline
+    # the sidecar splices `"replayed": true` over the line's end: the field must stay last
+    assert all(list(m)[-1] == "replayed" for m in lines)
+    late = signals(1, offset=-1)[0]
+    with pytest.raises(ValueError, match=r"signal bybit:BTCUSDT/\w+/1m: origin .*'slow'"):
+        publish(s, [late, {**late, "personality": "vote", "origin": "slow"}])
+    assert len(outbox_lines(s)) == 3  # nothing of the bad batch was written
+
+
 ALL = ("scalping", "swing", "ma_trend", "vote")
 # Publishes slots [offset, offset + n) in batches (n < 0: until killed), like a pipeline run,
 # on the clock reading the test passes (so that slots mean the same minutes as in the test).

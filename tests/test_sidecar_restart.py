@@ -144,6 +144,7 @@ def test_tail_human_format(sidecar_cfg, sidecar, signals, home):
         sig["action"],
         f"price={sig['price']}",
         "quality=ok",
+        "origin=pipeline",  # a signal without `origin` came from the pipeline
         "rsi_14 < 30; close > ema_50",
     ):
         assert part in line

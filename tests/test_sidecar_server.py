@@ -15,9 +15,10 @@ import time
 
 import pytest
 
-from pipeline.sidecar.client import Client, SidecarError
+from pipeline.sidecar import outbox
+from pipeline.sidecar.client import Client, SidecarError, format_signal
 from pipeline.sidecar.outbox import poke, publish
-from pipeline.sidecar.protocol import unix_address
+from pipeline.sidecar.protocol import iso, unix_address
 from pipeline.sidecar.segments import WAKE, segments
 
 pytest_plugins = ["tests.fx_sidecar"]
@@ -51,6 +52,28 @@ def test_latest_on_connect_then_new_ones_in_order(sidecar_cfg, sidecar, connect,
     for i in range(5):  # then each new signal as it is published, in seq order
         publish(s, signals(3, offset=-3 * (i + 1), personalities=("vote",)))
     assert [m["seq"] for m in sub.signals(15)] == list(range(9, 24))
+
+
+def test_a_signal_from_both_lanes_reaches_a_subscriber_once_from_the_first(
+    sidecar_cfg, sidecar, connect, signals
+):
+    """The fast lane publishes first; the pipeline's copy of the same key and close_time
+    (published by another process, a Dagster run) is dropped: one line, `origin` fast."""
+    cfg, s = sidecar_cfg()
+    sidecar(cfg)
+    sub = connect(s.socket_path)
+    sub.send({"op": "subscribe", "since_seq": 0})
+    assert sub.recv_type("hello")["seq"] == 0
+    sig, later = signals(2, personalities=("scalping",))  # `later`: the next minute's bar
+    assert publish(s, [{**sig, "origin": "fast"}]) == [1]
+    outbox._books.clear()  # the pipeline's run is another process: nothing cached
+    assert publish(s, [{**sig, "origin": "pipeline"}, {**later, "origin": "pipeline"}]) == [2]
+    got = sub.signals(2)  # the duplicate would have come between these two
+    assert [(m["seq"], m["origin"], m["close_time"]) for m in got] == [
+        (1, "fast", iso(sig["close_time"])),
+        (2, "pipeline", iso(later["close_time"])),
+    ]
+    assert format_signal(got[0]).split(" quality=ok ")[1].startswith("origin=fast")
 
 
 def test_filters(sidecar_cfg, sidecar, connect, signals):

@@ -150,6 +150,30 @@ def test_auto_probes_with_backoff_once_records_and_says_what_it_chose(tmp_path):
     assert home_source(settings, again.append) == ep and again == []  # decided once
 
 
+def test_auto_goes_live_only_when_every_configured_venue_answers(tmp_path, replay):
+    """Both venues configured: one venue down means replay for the whole home (never one venue
+    live and another replayed), and the message names the venue that did not answer."""
+    dead = "http://127.0.0.1:9"  # discard port: nothing listens
+    markets = {"bybit": ["BTCUSDT"], "hyperliquid": ["BTC"]}
+    for hl_url, kind in ((dead, "replay"), (replay.rest_url, "live")):
+        home = tmp_path / kind
+        home.mkdir()
+        cfg = config(
+            home, source="auto", exchanges=markets, bybit={"rest_url": replay.rest_url},
+            hyperliquid={"rest_url": hl_url, "probe_timeout_s": 0.5},
+        )  # fmt: skip
+        settings = load_settings(cfg, env={})
+        said: list[str] = []
+        ep = home_source(settings, said.append)
+        assert ep.kind == kind
+        probed = [s for s in said if s.startswith("auto: probing")]
+        assert [s.split()[3] for s in probed] == ["Bybit", "Hyperliquid"]
+        if kind == "replay":
+            assert "live Hyperliquid did not answer 3 probes" in said[-1]
+        else:
+            assert recorded(settings)["chosen_by"] == "auto: live Bybit and Hyperliquid answered"
+
+
 def test_auto_never_decides_for_a_home_that_already_holds_data(tmp_path):
     cfg = config(tmp_path, source="auto", bybit={"rest_url": "http://127.0.0.1:9"})
     settings = load_settings(cfg, env={})

@@ -90,6 +90,23 @@ def test_partition_replace_is_idempotent_and_exact(tmp_path: Path):
     assert count(wh.path) == 6 * 1440 + 100
 
 
+def test_a_session_reads_and_writes_on_one_connection_and_then_lets_go(tmp_path: Path):
+    wh = Warehouse(tmp_path / "w.duckdb")
+    wh.replace("klines_1m", klines(DAY0), WHERE, ["BTCUSDT", DAY0, DAY0 + DAY])
+    with wh.session() as s:
+        with s.writer() as a, s.writer() as b:
+            assert a is b is s.held  # every read and write of the block: one open file
+        s.replace("klines_1m", klines(DAY0 + DAY), WHERE, ["BTCUSDT", DAY0 + DAY, DAY0 + 2 * DAY])
+        assert s.query("SELECT count(*) AS n FROM klines_1m")["n"][0] == 2 * 1440
+        with s.session() as inner:
+            assert inner is s
+        assert wh.held is None  # the warehouse itself never holds a connection
+    # committed, replicated, and the file released: another process opens it at once
+    assert count(wh.path) == count(wh.replica_path) == 2 * 1440
+    p = holder(wh.path, 0.1)
+    assert p.wait(timeout=60) == 0
+
+
 def test_failed_write_leaves_the_old_content(tmp_path: Path):
     wh = Warehouse(tmp_path / "w.duckdb")
     day = klines(DAY0)

@@ -19,7 +19,7 @@ import os
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +81,7 @@ class Warehouse:
 
     path: Path
     replica_sync: bool = field(default=True, compare=False)
+    held: Any = field(default=None, compare=False, repr=False)  # a session's connection
 
     @property
     def replica_path(self) -> Path:
@@ -89,7 +90,11 @@ class Warehouse:
     # -- connections ---------------------------------------------------------------------
     @contextmanager
     def writer(self, wait_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A read-write connection on the live file, migrated; closed on exit."""
+        """A read-write connection on the live file, migrated; closed on exit (a session's
+        connection is the session's to close)."""
+        if self.held is not None:
+            yield self.held
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with connect(self.path, wait_s=wait_s) as con:
             if self.path not in _MIGRATED:
@@ -98,6 +103,19 @@ class Warehouse:
                 if upgraded and self.replica_sync and self.replica_path.exists():
                     self._copy_replica(con)  # people query the replica: upgrade it too
             yield con
+
+    @contextmanager
+    def session(self) -> Iterator[Warehouse]:
+        """This warehouse on ONE connection for a block, e.g. a run step's reads and its write.
+
+        Opening the file costs ~25 ms and a live run's steps read a dozen times, so a step
+        opens it once; every replacement still commits on its own, and the file is released
+        when the block ends (a writer never holds it past its step)."""
+        if self.held is not None:
+            yield self
+            return
+        with self.writer() as con:
+            yield replace(self, held=con)
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
         """Run a read query on the live file (pipeline use; people read the replica)."""

@@ -7,8 +7,9 @@ checks coins against its own `meta` request), so constructing it sends nothing; 
 from the `candleSnapshot` request that `Info.candles_snapshot` sends, posted through
 `Info.post` for the same reason,
 at most 5000 a request, so `fetch_klines` asks for windows of 5000 minutes; live Hyperliquid
-also keeps only the newest 5000 candles of an interval (about 3.5 days of 1m), so older
-windows come back empty there.
+also keeps only the newest 5000 candles of an interval (about 3.5 days of 1m): older windows
+would come back empty, which would read as minutes without trades, so the live client refuses
+a range that starts before them.
 
 Closed candles without a server-time endpoint: every Hyperliquid response carries an HTTP
 `Date` header (whole seconds, the replay's clock on the replay), read through a response hook
@@ -39,6 +40,8 @@ from pipeline.exchanges.protocol import ExchangeError, InvalidRequest, Malformed
 from pipeline.exchanges.rest import Grid, Page, RestClient, Tuning, iso
 
 if TYPE_CHECKING:
+    import polars as pl
+
     from pipeline.config import Settings
     from pipeline.exchanges.protocol import ClosedCandle, Endpoint, Stream
 
@@ -62,8 +65,11 @@ class HyperliquidClient(RestClient):
     name: ClassVar[str] = "hyperliquid"
     hint: ClassVar[str] = _HINT
 
-    def __init__(self, rest_url: str, **tuning: Unpack[Tuning]) -> None:
+    def __init__(
+        self, rest_url: str, *, keeps: int | None = None, **tuning: Unpack[Tuning]
+    ) -> None:
         super().__init__(rest_url, **tuning)
+        self.keeps = keeps  # the newest candles the venue serves per interval (None: all)
         self.ws_url = self.ws_url.rstrip("/")
         if not self.ws_url.endswith("/ws"):
             raise ExchangeError(f"Hyperliquid's WebSocket URL ends in /ws, not {self.ws_url!r}")
@@ -138,6 +144,22 @@ class HyperliquidClient(RestClient):
         return body
 
     # -- the protocol --------------------------------------------------------------------
+    def fetch_klines(
+        self, symbol: str, start: dt.datetime, end: dt.datetime, **kw: Any
+    ) -> pl.DataFrame:
+        """As the protocol says; on live Hyperliquid, a range reaching past the candles it
+        keeps is refused: its empty answer would read as minutes without trades."""
+        if self.keeps is not None and (kw.get("interval", "1") == "1"):
+            oldest = self.server_time().replace(second=0) - dt.timedelta(minutes=self.keeps - 1)
+            if start < oldest:
+                raise InvalidRequest(
+                    f"live Hyperliquid serves only its newest {self.keeps} 1m candles (from "
+                    f"{oldest:%Y-%m-%d %H:%M} UTC on); {symbol} from {start:%Y-%m-%d %H:%M} is "
+                    "older, and nothing was stored. Ask for a later start (e.g. set "
+                    "live.history_days to 3 or less) or backfill older days from a data file."
+                )
+        return super().fetch_klines(symbol, start, end, **kw)
+
     def server_time(self) -> dt.datetime:
         """The `Date` of a `meta` response (whole seconds)."""
         what = f"the server time (Date of /info meta) from {self.rest_url}"
@@ -292,7 +314,5 @@ def connect(settings: Settings, endpoint: Endpoint) -> HyperliquidClient:
     """
     h = settings.hyperliquid
     if endpoint.kind == "replay":  # the WebSocket then derives from the REST URL
-        rest, ws = endpoint.rest_url, None
-    else:
-        rest, ws = h.rest_url, h.ws_url
-    return HyperliquidClient(rest, ws_url=ws, **h.client_options())
+        return HyperliquidClient(endpoint.rest_url, **h.client_options())
+    return HyperliquidClient(h.rest_url, ws_url=h.ws_url, keeps=PAGE_LIMIT, **h.client_options())

@@ -48,11 +48,22 @@ class Probe:
     detail: str
 
 
-def probe(rest_url: str, timeout_s: float) -> Probe:
-    """Ask the exchange for its clock once."""
+# What each venue is asked to show it is there: its clock (Bybit), its market list (Hyperliquid).
+_PROBES: dict[str, tuple[str, bytes | None]] = {
+    "bybit": ("/v5/market/time", None),
+    "hyperliquid": ("/info", b'{"type": "meta"}'),
+}
+
+
+def probe(rest_url: str, timeout_s: float, venue: str = "bybit") -> Probe:
+    """Ask the venue once whether it answers (Bybit: retCode 0; Hyperliquid: a market list)."""
+    path, body = _PROBES[venue]
+    req = urllib.request.Request(
+        f"{rest_url}{path}", data=body, headers={"Content-Type": "application/json"}
+    )
     try:
-        with urllib.request.urlopen(f"{rest_url}/v5/market/time", timeout=timeout_s) as resp:
-            code = json.loads(resp.read()).get("retCode")
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            answer = json.loads(resp.read())
     except urllib.error.HTTPError as err:
         return Probe(False, False, f"HTTP {err.code} {err.reason}")
     except urllib.error.URLError as err:
@@ -60,8 +71,11 @@ def probe(rest_url: str, timeout_s: float) -> Probe:
         return Probe(False, refused, f"connection failed: {err.reason}")
     except (OSError, ValueError, AttributeError) as err:
         return Probe(False, False, f"{type(err).__name__}: {str(err)[:120]}")
-    if code != 0:
+    if venue == "bybit" and (not isinstance(answer, dict) or answer.get("retCode") != 0):
+        code = answer.get("retCode") if isinstance(answer, dict) else answer
         return Probe(False, False, f"answered retCode {code!r}")
+    if venue == "hyperliquid" and not (isinstance(answer, dict) and "universe" in answer):
+        return Probe(False, False, f"answered {str(answer)[:80]!r}, not a market list")
     return Probe(True, False, "answered")
 
 
@@ -71,7 +85,7 @@ def reachable(rest_url: str, timeout_s: float) -> bool:
 
 
 def probe_with_backoff(
-    rest_url: str, timeout_s: float, attempts: int, say: Say | None = None
+    rest_url: str, timeout_s: float, attempts: int, say: Say | None = None, venue: str = "bybit"
 ) -> Probe:
     """Probe up to `attempts` times with the retry policy's backoff; the last result."""
     from pipeline.exchanges.retry import Policy, until_ok
@@ -81,7 +95,9 @@ def probe_with_backoff(
             say(f"{rest_url}: {p.detail} (attempt {attempt}/{attempts}); retrying…")
 
     policy = Policy(backoff_s=0.5, backoff_cap_s=4.0)
-    return until_ok(lambda: probe(rest_url, timeout_s), lambda p: p.ok, attempts, policy, retrying)
+    return until_ok(
+        lambda: probe(rest_url, timeout_s, venue), lambda p: p.ok, attempts, policy, retrying
+    )
 
 
 def _slug(text: str) -> str:
@@ -228,15 +244,22 @@ def home_source(settings: Settings, say: Say | None = None, decide: bool = True)
 
 
 def _choose(settings: Settings, say: Say | None) -> tuple[Endpoint, str]:
-    """`auto` on the first start of an empty home: live Bybit if it answers, else replay."""
-    url, timeout = settings.bybit.rest_url, settings.bybit.probe_timeout_s
-    if say:
-        say(f"auto: probing live Bybit at {url} ({PROBE_ATTEMPTS} tries, {timeout:g} s each)…")
-    p = probe_with_backoff(url, timeout, PROBE_ATTEMPTS, say)
-    if p.ok:
-        return bybit_endpoint(settings), "auto: live Bybit answered"
-    why = f"auto: live Bybit did not answer {PROBE_ATTEMPTS} probes ({p.detail})"
-    return replay_endpoint(settings), why
+    """`auto` on the first start of an empty home: the live venues if EVERY configured one
+    answers, else replay (a home has one source: never one venue live and another replayed)."""
+    from pipeline.markets import VENUE_NAMES, by_venue
+
+    for venue in by_venue(settings.markets):
+        section = getattr(settings, venue)
+        url, timeout = section.rest_url, section.probe_timeout_s
+        name = VENUE_NAMES[venue]
+        if say:
+            say(f"auto: probing live {name} at {url} ({PROBE_ATTEMPTS} tries, {timeout:g} s each)…")
+        p = probe_with_backoff(url, timeout, PROBE_ATTEMPTS, say, venue)
+        if not p.ok:
+            why = f"auto: live {name} did not answer {PROBE_ATTEMPTS} probes ({p.detail})"
+            return replay_endpoint(settings), why
+    names = " and ".join(VENUE_NAMES[v] for v in by_venue(settings.markets))
+    return bybit_endpoint(settings), f"auto: live {names} answered"
 
 
 def current(settings: Settings) -> Endpoint:

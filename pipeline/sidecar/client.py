@@ -191,13 +191,15 @@ def server_status(path: Path, timeout: float = 5.0) -> dict[str, Any] | None:
 
 
 def format_signal(msg: dict[str, Any]) -> str:
-    """One human-readable line per signal; one sent from history says `[replayed]`."""
+    """One human-readable line per signal, naming the lane that delivered it (`origin=fast`
+    or `origin=pipeline`); one sent from history says `[replayed]`."""
     reasons = "; ".join(msg.get("reasons") or [])
     return (
         f"#{msg['seq']} {msg['close_time']} {msg.get('exchange', 'bybit')}:{msg['symbol']} "
         f"{msg['timeframe']} "
         f"{msg['personality']} {msg['action']} conf={msg['confidence']:.2f} "
-        f"price={msg['price']} quality={msg['quality']}"
+        f"price={msg['price']} quality={msg['quality']} "
+        f"origin={msg.get('origin', 'pipeline')}"
         + (" [replayed]" if msg.get("replayed") else "")
         + (f"  {reasons}" if reasons else "")
     )

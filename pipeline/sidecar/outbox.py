@@ -70,6 +70,7 @@ log = logging.getLogger("signalbox.sidecar.outbox")
 # of dedup keys held so that rewriting the checkpoint stays a small cost per line.
 CHECKPOINT_EVERY = 256
 ACTIONS = ("BUY", "SELL")
+ORIGINS = ("fast", "pipeline")  # which lane computed a signal: the wire's `origin`
 
 
 # -- publishing ---------------------------------------------------------------------------
@@ -275,6 +276,9 @@ def _message(s: dict[str, Any], close: dt.datetime, emitted: str) -> dict[str, A
         raise ValueError(f"{name}: confidence must be within [0, 1], got {conf}")
     if not math.isfinite(price):
         raise ValueError(f"{name}: price must be finite, got {price}")
+    origin = s.get("origin", "pipeline")
+    if origin not in ORIGINS:
+        raise ValueError(f"{name}: origin must be 'fast' or 'pipeline', got {origin!r}")
     reasons = s.get("reasons") or []
     if isinstance(reasons, str) or not isinstance(reasons, Iterable):
         raise ValueError(f"{name}: reasons must be a list of strings, got {reasons!r}")
@@ -295,6 +299,7 @@ def _message(s: dict[str, Any], close: dt.datetime, emitted: str) -> dict[str, A
         "expires_at": iso(_expires(close, s["timeframe"])),
         "reasons": [str(r) for r in reasons],
         "quality": s["quality"],
+        "origin": origin,
         "replayed": False,  # last: the sidecar splices in `true` when it sends it from history
     }
 
@@ -334,8 +339,8 @@ def publish(
     """Append the signals not published before and not older than the TTL; return their seqs.
 
     Idempotent: (exchange, symbol, personality, timeframe, close_time) goes out at most once,
-    so the live
-    run may pass all of today's signals every minute. `now` (default: the wall clock) is what
+    whichever lane (`origin`: "fast" or "pipeline", the default) publishes it first, so the
+    live run may pass all of today's signals every minute. `now` (default: the wall clock) is what
     the TTL is measured against, e.g. the replay exchange's clock. Signals older than the TTL
     cost no I/O at all. Raises ValueError on a malformed signal, before appending anything.
     """

@@ -15,6 +15,14 @@ signals whose bar closed within `sidecar.signal_ttl_minutes` of the sidecar's wa
 by its `close_time` and `expires_at`, never act on it as if it had just been published. (Lines
 written before the field existed have no `replayed` on live delivery; treat a missing one as
 false.)
+
+A `signal` also says which lane computed it: `"origin": "fast"` (the always-on fast lane,
+pipeline/fastlane) or `"origin": "pipeline"` (the Dagster run, the system of record). Both lanes
+publish through one outbox that lets each (exchange, symbol, personality, timeframe,
+close_time) out once, so a subscriber gets a signal from whichever lane was first and never
+twice. The field was added without changing `SCHEMA`: it only adds a key, every existing field
+keeps its meaning, and a line written before it existed has no `origin` (it came from the
+pipeline, the only lane then; treat a missing one as "pipeline").
 """
 
 from __future__ import annotations
