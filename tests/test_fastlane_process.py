@@ -157,7 +157,8 @@ def test_catches_up_over_rest_then_follows_the_stream_and_stops_cleanly(venue):
     got = sorted(closes(lines))
     assert got[0] == first and contiguous(got), got  # every minute once, the pipeline's too
     kept = [m for m in lines if dt.datetime.fromisoformat(m["close_time"]) == first + 2 * MIN]
-    assert [m["reasons"] for m in kept] == [["pipeline"]]  # the pipeline's copy, only
+    assert [(m["reasons"], m["origin"]) for m in kept] == [(["pipeline"], "pipeline")]
+    assert {m["origin"] for m in lines if m not in kept} == {"fast"}
     fast = journal.read(settings.home, "bybit", first.date())
     assert [dt.datetime.fromisoformat(r["close_time"]) for r in fast] == got  # each computed
     recs = latency.read(settings.home, "fast")

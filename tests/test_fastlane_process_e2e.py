@@ -58,7 +58,7 @@ def test_fast_lane_signals_reach_a_subscriber_live(
     assert code == 0, log.read_text()
     closes = [dt.datetime.fromisoformat(m["close_time"]) for m in got]
     assert closes == [REPLICA_END + k * MIN for k in range(1, len(got) + 1)]  # each once, in order
-    assert {m["personality"] for m in got} == {"double"}
+    assert {(m["personality"], m["origin"]) for m in got} == {("double", "fast")}
     assert all(m["replayed"] is False for m in got)
     text = log.read_text()
     assert "caught up" in text, text
