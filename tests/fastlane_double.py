@@ -17,20 +17,6 @@ from pipeline.fastlane.engine import DUPLICATE, GAP, REVISED, SILENT, USED, Fed
 MINUTE = dt.timedelta(minutes=1)
 
 
-def engine_is_stub() -> bool:
-    """True while pipeline.fastlane.engine is the interface stub (tests that need the real
-    engine skip until it lands)."""
-    from pipeline.fastlane.engine import VenueLane
-
-    try:
-        VenueLane(None, "bybit", [])  # type: ignore[arg-type]
-    except NotImplementedError:
-        return True
-    except Exception:
-        return False
-    return False
-
-
 class DoubleLane:
     def __init__(self, settings: Any, exchange: str, symbols: list[str]) -> None:
         self.exchange, self.symbols = exchange, list(symbols)
@@ -65,6 +51,11 @@ class DoubleLane:
 
     def expected(self, symbol: str) -> dt.datetime | None:
         return None if symbol in self._silent else self._expected[symbol]
+
+    def absent(self, symbol: str, start: dt.datetime, end: dt.datetime) -> None:
+        """As the engine: silent until the replica is past `end` (the minutes' reason is
+        written like a revision's so `bootstrap` waits for the replica the same way)."""
+        self._silent[symbol] = f"revised {(end - MINUTE).isoformat()} absent at the venue"
 
     def silent(self) -> dict[str, str]:
         return dict(self._silent)

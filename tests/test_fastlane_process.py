@@ -31,6 +31,7 @@ from pipeline.runtime.fastvenue import Timing, VenueRunner, candles_of
 from pipeline.sidecar.outbox import publish
 from tests.daemon import replay_env
 from tests.fastlane_double import DoubleLane
+from tests.test_replay_data import candles_file
 
 MIN, HOUR = dt.timedelta(minutes=1), dt.timedelta(hours=1)
 T0 = dt.datetime(2024, 3, 1, 12, 0, 30, tzinfo=dt.UTC)  # the replay clock's start
@@ -251,6 +252,34 @@ def test_duplicates_and_out_of_order_candles_are_ignored(runner):
     assert got == [c.open_time + MIN for c in (c0, c1, c2)]
     assert len(journal.read(settings.home, "bybit", T0.date())) == 3
     assert journal.conflicts(settings.home, "bybit", T0.date()) == []
+
+
+def test_minutes_the_venue_has_no_candle_for_silence_the_symbol(home, replay_factory, caplog):
+    """A REST fill that comes back without some minutes (a data file with a 3-minute hole,
+    served by the replay): the pipeline records them as confirmed gaps, which the lane cannot
+    know yet, so the symbol goes silent instead of computing on them."""
+    caplog.set_level(logging.INFO, logger="signalbox.fast")
+    jan1 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    path = home / "bybit_linear_ETHUSDT_1m_2024-01-01_2024-01-02.parquet"
+    candles_file(path, gap=(700, 703))  # no candles opening 11:40, 11:41, 11:42 on Jan 1
+    ex = replay_factory(data=path, clock_start="2024-01-01T12:00:30Z")
+    settings = settings_for(home, ex, "bybit:ETHUSDT")
+    ep = replay_endpoint(settings)
+    store(settings, ep, jan1 + 600 * MIN, jan1 + 690 * MIN, symbol="ETHUSDT")  # to 11:29
+    wh = warehouse_for(settings, ep)
+    r = VenueRunner(
+        settings, "bybit", ["ETHUSDT"], client("bybit", settings, ep), wh, DoubleLane,
+        FAST, threading.Event(),
+    )  # fmt: skip
+    try:
+        r._bootstrap(r.symbols)
+        r._catch_up(r.symbols)
+    finally:
+        r.client.close()
+    got = closes(outbox_lines(settings))
+    assert got[0] == jan1 + 691 * MIN and got[-1] == jan1 + 700 * MIN  # 11:30 to 11:39 only
+    assert contiguous(got) and "ETHUSDT" in r.lane.silent()
+    assert "ETHUSDT silent: no candle at the venue for 11:40 to 11:43" in caplog.text
 
 
 def test_a_revised_candle_silences_the_symbol_until_the_replica_moves_past_it(runner, caplog):

@@ -22,7 +22,7 @@ from pipeline.runtime.running import role
 from tests.daemon import replay_env
 from tests.test_fastlane_process import T0, settings_for
 
-# The real process, with the test double for an engine (the stub cannot compute yet).
+# The real process with the test double for an engine (one BUY per minute: the process alone).
 SCRIPT = """
 import sys
 from pipeline.config import load_settings

@@ -18,14 +18,9 @@ import pytest
 from pipeline.config import REPO_ROOT
 from pipeline.runtime import pids
 from tests.daemon import replay_env, write_config
-from tests.fastlane_double import engine_is_stub
 from tests.test_up_e2e import _free_port
 
-# the fast lane (a child of `up`) needs pipeline.fastlane.engine, a stub until it lands
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(engine_is_stub(), reason="the fast lane's engine is still the stub"),
-]
+pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-m", "pipeline.runtime.cli"]
 
 

@@ -256,8 +256,15 @@ class VenueRunner:
         for c in candles_of(frame):
             fed = self.lane.feed(c)
             self._tell(symbol, fed)
-            if fed.status == GAP:
-                break  # the exchange has no candle for a minute: nothing after it is usable
+            if fed.status == GAP and fed.missing:
+                # The venue has no candle for these minutes: the pipeline records them as
+                # confirmed gaps, so the symbol stays silent until the replica knows them.
+                self.lane.absent(symbol, *fed.missing)
+                log.warning(
+                    "%s: %s silent: no candle at the venue for %s to %s", self.venue, symbol,
+                    f"{fed.missing[0]:%H:%M}", f"{fed.missing[1]:%H:%M}",
+                )  # fmt: skip
+                break
             n += fed.status == USED
             rows += fed.signals if fed.status == USED else []
             last = c.open_time + MINUTE
