@@ -18,7 +18,6 @@ hand, a test) the resource reads the home's record, like every other reader
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -70,24 +69,9 @@ class ExchangeResource(dg.ConfigurableResource):
 
     def source(self) -> Endpoint:
         if self._source is None:
-            from pipeline.exchanges.protocol import Endpoint
-            from pipeline.exchanges.sources import SourceError, current, recorded
-            from pipeline.runtime.processes import ENDPOINT_ENV
+            from pipeline.runtime.processes import decided_endpoint
 
-            settings = self.settings.get()
-            decided = self.endpoint or os.environ.get(ENDPOINT_ENV)
-            if not decided:
-                self._source = current(settings)
-                return self._source
-            ep = Endpoint(**json.loads(decided))
-            rec = recorded(settings)
-            if rec is not None and rec["warehouse_id"] != ep.warehouse_id:  # never mix sources
-                raise SourceError(
-                    f"this run was handed {ep.label} (${ENDPOINT_ENV}), but the home "
-                    f"{settings.home} holds data from {rec['label']}; start runs with "
-                    "`signalbox up` or `signalbox backfill`, which decide the source"
-                )
-            self._source = ep
+            self._source = decided_endpoint(self.settings.get(), self.endpoint)
         return self._source
 
     def client(self, venue: str = "bybit", *, quick: bool = False) -> Exchange:

@@ -149,6 +149,16 @@ class ReplayExchange:
         row = self.market.revise(symbol, to_ms(open_time), values, self.clock.now_ms())
         return json.loads(row[0])
 
+    def drop_streams(self) -> int:
+        """Cut every WebSocket connection now (a network drop mid-minute); how many."""
+        if self._loop is None or self._thread is None:
+            return 0
+
+        async def drop() -> int:
+            return self.server.drop_streams()
+
+        return asyncio.run_coroutine_threadsafe(drop(), self._loop).result(5)
+
     def stats(self) -> dict[str, Any]:
         return self.server.stats_dict()
 

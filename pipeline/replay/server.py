@@ -304,6 +304,15 @@ class ReplayServer:
             return json_reply(400, {"error": str(err)})
         return json_reply(404, {"error": f"no admin endpoint {method} {path}"})
 
+    def drop_streams(self) -> int:
+        """Cut every WebSocket connection without a close frame, like a network drop (on the
+        loop's thread); returns how many were cut."""
+        sessions = list(self._sessions)
+        for session in sessions:
+            session.closed = True
+            session.writer.transport.abort()
+        return len(sessions)
+
     def stats_dict(self) -> dict[str, Any]:
         s = dict(self.stats)
         return {

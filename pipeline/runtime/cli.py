@@ -92,6 +92,12 @@ def cmd_sidecar(args: argparse.Namespace, settings: Settings) -> int:
     return main(settings)
 
 
+def cmd_fast(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.runtime.fastlane import main
+
+    return main(settings)
+
+
 def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.sidecar.client import tail_main
 
@@ -258,6 +264,7 @@ def build_parser(
     sp.add_argument("--csv", action="store_true", help="print CSV instead of a table")
 
     add("sidecar", cmd_sidecar, "serve the latest signals on the Unix socket")
+    add("fast", cmd_fast, "the fast lane: signals from the live stream within ms of the close")
 
     sp = add("tail", cmd_tail, "print signals from the sidecar as they arrive")
     sp.add_argument(
@@ -320,7 +327,7 @@ def build_parser(
 
 
 # Commands that compute or serve signals check the personality files before they start.
-SIGNAL_COMMANDS = frozenset({"up", "backfill", "backtest", "sidecar"})
+SIGNAL_COMMANDS = frozenset({"up", "backfill", "backtest", "sidecar", "fast"})
 
 
 def _preload(argv: list[str]) -> tuple[Loaded | None, ConfigError | None]:

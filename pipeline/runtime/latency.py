@@ -2,7 +2,11 @@
 
 Each line follows one candle from its close on the exchange clock through the sensor's
 request, the run's start, the warehouse commit and (once signals exist) the hand-off to the
-sidecar. `make bench` reads it; people can too (`tail -f`).
+sidecar. The fast lane writes one `"stage": "fast"` line per published batch: exchange, `via`
+("ws": a confirmed candle from the stream; "rest": minutes filled over REST), `close` (the
+candle's close, Unix s on the exchange clock), `confirm_at` (when the stream delivered it,
+null for "rest"), `publish_started_at`, `published_at`, `signals` computed and `published`
+(new to the outbox). `make bench` reads it; people can too (`tail -f`).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ def record(home: Path, **fields: Any) -> None:
 
 
 def read(home: Path, stage: str | None = None) -> list[dict[str, Any]]:
-    """Every record, or only one stage's ("ingest" from the klines asset, "signals")."""
+    """Every record, or only one stage's ("ingest" from the klines asset, "signals", "fast")."""
     path = log_path(home)
     if not path.exists():
         return []

@@ -210,6 +210,25 @@ def source_env(endpoint: Endpoint) -> dict[str, str]:
     return {ENDPOINT_ENV: json.dumps(asdict(endpoint))}
 
 
+def decided_endpoint(settings: Settings, decided: str | None = None) -> Endpoint:
+    """The exchange `source_env` handed us (`decided`: its JSON, default `$SIGNALBOX_ENDPOINT`),
+    never one that contradicts the home's record; without one, the home's record as it is."""
+    from pipeline.exchanges.sources import current, recorded
+
+    decided = decided or os.environ.get(ENDPOINT_ENV)
+    if not decided:
+        return current(settings)
+    ep = Endpoint(**json.loads(decided))
+    rec = recorded(settings)
+    if rec is not None and rec["warehouse_id"] != ep.warehouse_id:  # never mix sources
+        raise SourceError(
+            f"this process was handed {ep.label} (${ENDPOINT_ENV}), but the home "
+            f"{settings.home} holds data from {rec['label']}; start it with `signalbox up` "
+            "or `signalbox backfill`, which decide the source"
+        )
+    return ep
+
+
 def port_free(host: str, port: int) -> bool:
     """Can a server bind `host:port` now (nothing else holds it)?"""
     with socket.socket() as s:

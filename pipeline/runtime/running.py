@@ -26,7 +26,8 @@ def up_pid(settings: Settings) -> int | None:
 
 
 def role(cmdline: str) -> str | None:
-    """What a child of `up` is, from its command line: webserver, daemon, sidecar, replay."""
+    """What a child of `up` is, from its command line: webserver, daemon, sidecar, fast (the
+    fast lane), replay."""
     args = cmdline.split()
     names = {Path(a).name for a in args[:2]}
     if "dagster-webserver" in names:
@@ -34,7 +35,7 @@ def role(cmdline: str) -> str | None:
     if "dagster-daemon" in names:
         return "daemon"
     if "pipeline.runtime.cli" in args[:3]:
-        for name in ("sidecar", "replay"):
+        for name in ("sidecar", "fast", "replay"):
             if name in args:
                 return name
     return None

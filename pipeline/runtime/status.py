@@ -20,7 +20,7 @@ from pipeline.runtime.running import processes, up_pid
 HEALTHY = 0
 NOT_RUNNING = 1  # no `signalbox up` for this home (2 is a configuration error, as everywhere)
 UNHEALTHY = 3  # running, with problems listed
-EXPECTED = ("webserver", "daemon", "sidecar")  # the children every `up` has
+EXPECTED = ("webserver", "daemon", "sidecar", "fast")  # the children every `up` has
 FAILED_WINDOW = dt.timedelta(hours=1)
 
 
@@ -35,6 +35,7 @@ class Status:
     candles: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     last_signal: dict[str, Any] | None = None
     sidecar: dict[str, Any] | None = None
+    fast: dict[str, Any] | None = None  # the fast lane's last published batch
     failed_runs: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -59,6 +60,7 @@ def collect(settings: Settings, now: dt.datetime | None = None) -> Status:
     _source(settings, st)
     _warehouse(settings, st, now)
     _sidecar(settings, st)
+    _fast(settings, st)
     _failed_runs(settings, st, now)
     return st
 
@@ -143,6 +145,23 @@ def _sidecar(settings: Settings, st: Status) -> None:
         st.problems.append(f"the sidecar does not answer on {settings.socket_path}")
 
 
+def _fast(settings: Settings, st: Status) -> None:
+    """The fast lane's last published batch, from its latency records."""
+    from pipeline.runtime import latency
+
+    published = [r for r in latency.read(settings.home, "fast") if r.get("published")]
+    if published:
+        r = published[-1]
+        close = dt.datetime.fromtimestamp(r["close"], dt.UTC)
+        st.fast = {
+            "exchange": r.get("exchange"),
+            "close": close.isoformat(),
+            "published": r["published"],
+            "via": r.get("via"),
+            "after_close_s": round(r["published_at"] - r["close"], 3),
+        }
+
+
 def _failed_runs(settings: Settings, st: Status, now: dt.datetime) -> None:
     if not (settings.dagster_home / "dagster.yaml").exists():
         return
@@ -213,6 +232,17 @@ def render(st: Status, settings: Settings) -> str:
         )
     else:
         lines.append(f"  sidecar     not serving {settings.socket_path}")
+    fast = st.fast
+    if fast:
+        how = (
+            "filled over REST" if fast["via"] == "rest" else f"{fast['after_close_s']:.3f} s after"
+        )
+        lines.append(
+            f"  fast lane   last published {fast['published']} signal(s) of {fast['exchange']} "
+            f"for the close at {fast['close'][:16]} ({how})"
+        )
+    else:
+        lines.append("  fast lane   nothing published yet")
     n = len(st.failed_runs)
     lines.append(f"  runs        {n or 'no'} failed run{'' if n == 1 else 's'} in the last hour")
     lines += [f"  note: {n}" for n in st.notes]

@@ -81,6 +81,15 @@ def _say(msg: str) -> None:
 def _report(rec: dict) -> None:
     """One line per live run: what was written and how long after the candle closed, and
     the signals it handed to the sidecar."""
+    if rec.get("stage") == "fast":
+        if rec.get("published"):
+            n, venue = rec["published"], rec.get("exchange")
+            if rec.get("via") == "ws":
+                lag_ms = (rec["published_at"] - rec["close"]) * 1000
+                _say(f"fast: {n} signal(s) of {venue} out {lag_ms:.0f} ms after the close")
+            else:
+                _say(f"fast: {n} signal(s) of {venue} from minutes filled over REST")
+        return
     if rec.get("stage") == "signals":
         if rec.get("published"):
             _say(f"signals: {rec['published']} new, handed to the sidecar")
@@ -130,22 +139,12 @@ def catch_up(settings: Settings, ep: Endpoint, days: int) -> int:
     return 0
 
 
-def up(settings: Settings, history_days: int | None = None) -> int:
-    """Run everything until Ctrl-C."""
-    if (other := pids.claim(settings.up_pid_file)) is not None:
-        _say(f"already running for {settings.home} (pid {other}); `signalbox stop` stops it")
-        return 2
-    ui = settings.ui
-    if not port_free(ui.host, ui.port):
-        _say(port_in_use(ui.host, ui.port, "pass --port or set ui.port / SIGNALBOX_UI_PORT"))
-        return 2
-    ep, replay_proc = choose_source(settings)
-    days = settings.live.history_days if history_days is None else history_days
-    ensure_recorded(settings, exchange_today(ep.rest_url), days)
-    env = dagster_env(settings, source_env(ep))
-    wh = warehouse_for(settings, ep)
-    logs = settings.home / "logs"
-    children = [
+def supervised(settings: Settings, env: dict[str, str]) -> list[Child]:
+    """The children `up` starts (the first before the catch-up, the rest after it) and
+    restarts when they die; `signalbox status` and `stop` know each by its command line
+    (pipeline.runtime.running.role)."""
+    ui, logs = settings.ui, settings.home / "logs"
+    return [
         Child(
             "webserver",
             [
@@ -173,12 +172,36 @@ def up(settings: Settings, history_days: int | None = None) -> int:
             logs / "sidecar.log",
         ),
         Child(
+            "fast",
+            [sys.executable, "-m", "pipeline.runtime.cli", "fast"],
+            env,
+            logs / "fast.log",
+        ),
+        Child(
             "reports",
             [sys.executable, "-m", "pipeline.runtime.reports_server"],
             env,
             logs / "reports.log",
         ),
     ]
+
+
+def up(settings: Settings, history_days: int | None = None) -> int:
+    """Run everything until Ctrl-C."""
+    if (other := pids.claim(settings.up_pid_file)) is not None:
+        _say(f"already running for {settings.home} (pid {other}); `signalbox stop` stops it")
+        return 2
+    ui = settings.ui
+    if not port_free(ui.host, ui.port):
+        _say(port_in_use(ui.host, ui.port, "pass --port or set ui.port / SIGNALBOX_UI_PORT"))
+        return 2
+    ep, replay_proc = choose_source(settings)
+    days = settings.live.history_days if history_days is None else history_days
+    ensure_recorded(settings, exchange_today(ep.rest_url), days)
+    env = dagster_env(settings, source_env(ep))
+    wh = warehouse_for(settings, ep)
+    logs = settings.home / "logs"
+    children = supervised(settings, env)
 
     def _interrupt(signum, frame):
         raise KeyboardInterrupt
@@ -200,7 +223,7 @@ def up(settings: Settings, history_days: int | None = None) -> int:
         _say(f"  socket    {settings.socket_path}  (`signalbox tail`)")
         _say(f"  reports   http://{ui.host}:{ui.reports_port}/  ({settings.reports_dir})")
         _say(f"  source    {ep.label} {ep.rest_url}")
-        _say(f"  logs      {logs}/  (daemon.log, webserver.log, sidecar.log, latency.jsonl)")
+        _say(f"  logs      {logs}/  (daemon, webserver, sidecar, fast .log; latency.jsonl)")
         _say("Ctrl-C stops everything.")
         seen = len(latency.read(settings.home))
         while True:
