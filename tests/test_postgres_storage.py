@@ -82,10 +82,18 @@ def test_bad_storage_settings_are_one_line_naming_key_value_and_what_is_allowed(
 
 
 def test_the_environment_chooses_the_storage_and_is_named_when_wrong(tmp_path):
-    url = "postgresql://bob@db.example.org/signalbox"
+    from pipeline.config import load
+    from pipeline.runtime.configview import effective
+
+    url = f"postgresql://bob:{SECRET}@db.example.org/signalbox"
     env = {"SIGNALBOX_DAGSTER_STORAGE": "postgres", "SIGNALBOX_DAGSTER_POSTGRES_URL": url}
     s = load_settings(write_config(tmp_path), env=env)
     assert s.dagster.postgres and s.dagster.postgres_url == url
+    shown = effective(load(write_config(tmp_path), env=env))["dagster.postgres_url"]  # config show
+    assert (
+        shown["value"] == url.replace(SECRET, "***")
+        and "SIGNALBOX_DAGSTER_POSTGRES_URL" in (shown["from"])
+    )
     assert load_settings(write_config(tmp_path), env={}).dagster.storage == "sqlite"  # default
     with pytest.raises(ConfigError, match=r"dagster.storage = 'pg' \(set by SIGNALBOX_DAGSTER_"):
         load_settings(write_config(tmp_path), env={"SIGNALBOX_DAGSTER_STORAGE": "pg"})
