@@ -31,6 +31,7 @@ DOMAIN = (
     "pipeline.sidecar",
     "warehouse",
     "pipeline.config",
+    "pipeline.instance_storage",
     "pipeline.yamlfile",
     "pipeline.jsonfile",
 )
