@@ -121,39 +121,42 @@ def postgres_server() -> Iterator[PostgresServer]:
     if user is not None:
         os.chown(root, user.pw_uid, user.pw_gid)
     data = root / "data"
-    _run(
-        prefix,
-        [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E",
-         "UTF8", "--no-sync", "--no-instructions"],
-        root,
-    )  # fmt: skip
-    for attempt in range(3):  # a port found free may be taken before the server binds it
-        port = _free_port()
-        opts = (
-            f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
-            "-c shared_buffers=32MB"
-        )
-        try:
-            _run(
-                prefix,
-                [str(bin_dir / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(data),
-                 "-l", str(root / "server.log"), "-o", opts],
-                root,
-            )  # fmt: skip
-            break
-        except RuntimeError:
-            if attempt == 2:
-                raise
+    started = False
     try:
+        _run(
+            prefix,
+            [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E",
+             "UTF8", "--no-sync", "--no-instructions"],
+            root,
+        )  # fmt: skip
+        for attempt in range(3):  # a port found free may be taken before the server binds it
+            port = _free_port()
+            opts = (
+                f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
+                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
+                "-c shared_buffers=32MB"
+            )
+            try:
+                _run(
+                    prefix,
+                    [str(bin_dir / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(data),
+                     "-l", str(root / "server.log"), "-o", opts],
+                    root,
+                )  # fmt: skip
+                started = True
+                break
+            except RuntimeError:
+                if attempt == 2:
+                    raise
         yield PostgresServer(port, root)
     finally:
-        subprocess.run(
-            [*prefix, str(bin_dir / "pg_ctl"), "stop", "-D", str(data), "-m", "immediate"],
-            cwd=root,
-            capture_output=True,
-            timeout=60,
-        )
+        if started:
+            subprocess.run(
+                [*prefix, str(bin_dir / "pg_ctl"), "stop", "-D", str(data), "-m", "immediate"],
+                cwd=root,
+                capture_output=True,
+                timeout=60,
+            )
         shutil.rmtree(root, ignore_errors=True)
 
 
