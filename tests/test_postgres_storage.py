@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from pipeline.config import ConfigError, load_settings
-from pipeline.orchestration.instance import INSTANCE_CONFIG, STAMP, ensure_instance
+from pipeline.orchestration.instance import INSTANCE_CONFIG, STAMP, InstanceError, ensure_instance
 from tests.daemon import replay_env
 from warehouse import connect
 
@@ -127,6 +127,10 @@ def test_the_instance_storage_follows_signalbox_yaml(tmp_path, postgres_url, cap
     assert yaml.safe_load(cfg.read_text()) == INSTANCE_CONFIG
     assert "now SQLite files" in capsys.readouterr().err
 
+    cfg.write_text("storage: [unclosed\n")  # a file broken by hand is named, not a traceback
+    with pytest.raises(InstanceError, match=r"dagster.yaml is not a YAML mapping .*move it aside"):
+        ensure_instance(sqlite)
+
 
 def test_an_unreachable_database_stops_the_command_in_one_line_before_any_run(tmp_path):
     url = f"postgresql://signalbox:{SECRET}@127.0.0.1:{closed_port()}/signalbox"
@@ -148,8 +152,6 @@ def test_an_unreachable_database_stops_the_command_in_one_line_before_any_run(tm
 
 
 def test_a_missing_database_is_named_with_how_to_create_it(tmp_path, postgres_server):
-    from pipeline.orchestration.instance import InstanceError
-
     url = postgres_server.url("nosuchdb")
     settings = load_settings(write_config(tmp_path, **postgres(url)), env={})
     with pytest.raises(InstanceError) as err:

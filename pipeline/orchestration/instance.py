@@ -112,7 +112,14 @@ def _follow_storage(cfg: Path, storage: DagsterStorage) -> None:
     """Give the file the `storage:` that signalbox.yaml's `dagster:` asks for, keeping every
     other line; say so when it changes (runs recorded in the old storage stay there)."""
     text = cfg.read_text()
-    current = (yaml.safe_load(text) or {}).get("storage")
+    try:
+        current = (yaml.safe_load(text) or {}).get("storage")
+    except (yaml.YAMLError, AttributeError) as err:
+        why = " ".join(str(err).split())[:200]
+        raise InstanceError(
+            f"{cfg} is not a YAML mapping ({why}); correct it, or move it aside to have it "
+            "written afresh"
+        ) from None
     wanted = storage.dagster_block()
     if current == wanted:
         return
@@ -125,7 +132,8 @@ def _follow_storage(cfg: Path, storage: DagsterStorage) -> None:
             kept.append(line)
     block = yaml.safe_dump({"storage": wanted}, sort_keys=False) if wanted else ""
     cfg.write_text("".join(kept).rstrip("\n") + "\n" + block)
-    was = "SQLite files" if current is None else mask_url(" ".join(str(current).split()))[:120]
+    shown = yaml.safe_dump(current, default_flow_style=True, width=10**6).strip()
+    was = "SQLite files" if current is None else mask_url(shown)[:160]
     now = f"PostgreSQL at {storage.shown_url()}" if wanted else f"SQLite files in {cfg.parent}"
     print(
         f"signalbox: the Dagster storage in {cfg} is now {now}, as dagster.storage says "
