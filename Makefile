@@ -18,17 +18,21 @@ $(STAMP): requirements.lock pyproject.toml
 run: $(STAMP)
 	$(BIN)/signalbox up $(ARGS)
 
-# Two tests need system programs Playwright/pip cannot fetch offline: the HTML-report test
-# renders in headless Chromium, the protocol test talks through socat. Debian packages are
-# installed here when missing and we may use apt; otherwise those tests say what to install.
-SYSDEPS := chromium socat
+# Some tests need system programs Playwright/pip cannot fetch offline: the HTML-report test
+# renders in headless Chromium, the protocol test talks through socat, the Postgres storage
+# tests start a throwaway PostgreSQL server (Debian keeps pg_ctl in /usr/lib/postgresql/*/bin).
+# Debian packages are installed here when missing and we may use apt; otherwise those tests
+# say what to install. Each entry: the program that shows it is there, then its package.
+SYSDEPS := chromium:chromium socat:socat pg_ctl:postgresql
 sysdeps:
-	@missing=""; for p in $(SYSDEPS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for dep in $(SYSDEPS); do prog=$${dep%%:*}; pkg=$${dep#*:}; \
+	  command -v $$prog >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/$$prog >/dev/null 2>&1 \
+	    || missing="$$missing $$pkg"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then SUDO=""; \
 	  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO="sudo"; \
 	  else echo "warning: missing$$missing; install them (apt-get install$$missing) or their tests skip/fail"; exit 0; fi; \
-	  echo "installing$$missing for the report rendering and socket protocol tests"; \
+	  echo "installing$$missing for the report rendering, socket protocol and Postgres storage tests"; \
 	  { $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
 	    || echo "warning: could not install$$missing; their tests skip or fail"; \
 	fi

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
+from pipeline.instance_storage import DagsterStorage, mask_url
 from pipeline.markets import (
     ALL,
     Market,
@@ -57,6 +58,8 @@ def env_keys() -> dict[str, str]:
     for venue in VENUES:
         keys[f"SIGNALBOX_{venue.upper()}_URL"] = f"{venue}.rest_url"
         keys[f"SIGNALBOX_{venue.upper()}_WS"] = f"{venue}.ws_url"
+    keys |= {"SIGNALBOX_DAGSTER_STORAGE": "dagster.storage"}
+    keys["SIGNALBOX_DAGSTER_POSTGRES_URL"] = "dagster.postgres_url"
     return {**keys, ENV_UI_PORT: "ui.port", ENV_REPLAY_PORT: "replay.port"}
 
 
@@ -133,6 +136,7 @@ class Settings(_Section):
     live: LiveConfig = LiveConfig()
     sidecar: SidecarConfig = SidecarConfig()
     backtest: BacktestConfig = BacktestConfig()
+    dagster: DagsterStorage = DagsterStorage()  # pipeline/instance_storage.py
     timeframes: list[str] = [  # noqa: RUF012 (as params above)
         "1m", "3m", "5m", "15m", "30m", "37m", "1h", "2h", "148m",
         "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M",
@@ -304,6 +308,7 @@ def _format_error(
         if shorthand and key.split(".")[0] == "exchanges":  # name what the file said
             key = "symbols" + key.removeprefix("exchanges").removeprefix(".bybit")
             value = value.get("bybit", value) if isinstance(value, dict) else value
+        value = mask_url(value) if isinstance(value, str) else value  # no password shown
         shown = value.isoformat() if isinstance(value, dt.date) else quote(value)
         var = origin_of(origins, key).removeprefix("$")
         if var in env:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.fx_replay", "tests.fx_sidecar"]
+pytest_plugins = ["tests.fx_replay", "tests.fx_sidecar", "tests.fx_postgres"]
 
 # The synthetic market every test shares (pipeline.replay.synthetic, seed 7).
 SEED = 7

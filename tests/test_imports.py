@@ -32,6 +32,7 @@ DOMAIN = (
     "pipeline.fastlane",
     "warehouse",
     "pipeline.config",
+    "pipeline.instance_storage",
     "pipeline.yamlfile",
     "pipeline.jsonfile",
 )

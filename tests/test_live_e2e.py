@@ -23,11 +23,14 @@ def assert_exact(rows: list[tuple], first: dt.datetime, last: dt.datetime) -> No
     assert len(times) == int((last - first) / MINUTE) + 1, "a minute is missing"
 
 
-def test_daemon_ingests_each_closed_minute_once(tmp_path, replay_factory):
+# The Dagster instance on its default SQLite files, and on a real PostgreSQL database
+# (tests/fx_postgres.py; skipped when PostgreSQL is not installed).
+@pytest.mark.parametrize("dagster_storage", ["sqlite", "postgres"], indirect=True)
+def test_daemon_ingests_each_closed_minute_once(tmp_path, replay_factory, dagster_storage):
     # The exchange's clock runs 6x (a minute every 10 s): three closes in half a minute, still
     # slower than a live run takes, so each minute is its own run (bench/ has real time).
     replay = replay_factory(clock_speed=6.0)
-    cfg = write_config(tmp_path, history_days=0)
+    cfg = write_config(tmp_path, dagster_storage, history_days=0)
     daemon = Daemon(tmp_path, replay, cfg).start()
     try:
         started = replay.now()
@@ -51,6 +54,8 @@ def test_daemon_ingests_each_closed_minute_once(tmp_path, replay_factory):
     # one run per close, or fewer when a loaded machine lets two closes meet in one run (the
     # rows above are exact either way); every live run was clean
     assert len(runs) >= 2 and all(r["checks_passed"] for r in runs)
+    sqlite_runs = (tmp_path / "dagster" / "history" / "runs.db").exists()
+    assert sqlite_runs == (not dagster_storage)  # the runs are where the storage says
 
 
 def test_daemon_killed_across_midnight_catches_up_exactly(tmp_path, replay_factory):

@@ -328,6 +328,8 @@ def build_parser(
 
 # Commands that compute or serve signals check the personality files before they start.
 SIGNAL_COMMANDS = frozenset({"up", "backfill", "backtest", "sidecar", "fast"})
+# Commands that start Dagster runs check that the instance's storage answers first.
+DAGSTER_COMMANDS = frozenset({"up", "backfill", "backtest"})
 
 
 def _preload(argv: list[str]) -> tuple[Loaded | None, ConfigError | None]:
@@ -355,6 +357,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = loaded.settings
         if args.command in SIGNAL_COMMANDS:
             settings.check_personalities()
+        if args.command in DAGSTER_COMMANDS:
+            from pipeline.orchestration.instance import check_instance
+
+            check_instance(settings)
         return int(args.func(args, settings) or 0)
     except ConfigError as err:
         print(f"signalbox: {err}", file=sys.stderr)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ConfigError, Loaded, leaves, load
+from pipeline.instance_storage import mask_url
 
 
 def _plain(v: Any) -> Any:
@@ -16,7 +17,7 @@ def _plain(v: Any) -> Any:
         return str(v)
     if isinstance(v, dt.date):
         return v.isoformat()
-    return v
+    return mask_url(v) if isinstance(v, str) else v  # a database URL's password is not shown
 
 
 def _origin_text(loaded: Loaded, key: str) -> str:
