@@ -282,6 +282,27 @@ def pipeline_publish(got: Lanes) -> list[float]:
     ]
 
 
+def fast_stages(got: Lanes) -> list[tuple[str, list[float]]]:
+    """Where the fast lane's time goes, from its latency log (`stage: fast` records of
+    candles from the stream; none before the fast lane exists)."""
+    recs = [
+        x for x in got.log
+        if x.get("stage") == "fast" and x.get("via") == "ws" and x.get("confirm_at")
+        and x["close"] > _warm(got)
+    ]  # fmt: skip
+    if not recs:
+        return []
+
+    def span(a: str, b: str) -> list[float]:
+        return [x[b] - x[a] for x in recs]
+
+    return [
+        ("  close → the confirm at the fast lane's stream", span("close", "confirm_at")),
+        ("  confirm → signals computed (publish starts)", span("confirm_at", "publish_started_at")),
+        ("  publish: outbox append", span("publish_started_at", "published_at")),
+    ]
+
+
 def cpu_percent(got: Lanes, since: float) -> tuple[float, float, float]:
     """The fast lane's CPU as % of one core after `since`: idle between closes (seconds
     IDLE after each close), over the whole time, and the seconds the idle figure covers."""
@@ -391,6 +412,8 @@ def _rows(got: Lanes) -> list[list[object]]:
         closes = len({c for c, _ in by.get(origin, [])})
         out.append([f"{origin} lane: close → signal at `signalbox tail`", n,
                     f"{len(lags)} ({closes} candles)", *pcts(lags)])  # fmt: skip
+        if origin == "fast":
+            out += [[name, n, len(v), *pcts(v, digits=1)] for name, v in fast_stages(got)]
     own = pipeline_publish(got)
     out.append(["pipeline lane: close → its publish (latency log)", n, len(own), *pcts(own)])
     out.append(["first lane: close → the candle's first signal at `signalbox tail`", n,
