@@ -12,6 +12,9 @@ key first, so the pipeline lane's own time comes from its latency log (close →
 
 At 1 symbol the bench-only `pulse_*` personalities (bench/common.py) ride beside the four
 shipped ones so most minutes have a signal; at 50 symbols the four shipped ones give enough.
+
+Knobs: BENCH_FAST_SIGNALS (candles timed per run, default 5), BENCH_FAST_SYMBOLS (the wide
+run's symbols, default 50; 1 skips it), BENCH_FAST_HISTORY_DAYS (days `up` backfills, default 1).
 """
 
 from __future__ import annotations
