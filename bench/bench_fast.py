@@ -242,9 +242,10 @@ def _sample_cpu(up: Up, got: Lanes, stopping: threading.Event) -> None:
     while not stopping.wait(0.5):
         pid = got.fast_pid
         ticks = _cpu_ticks(pid) if pid else None
-        if ticks is None:
+        if ticks is None:  # none yet, or `up` restarted it: its counters start again
             got.fast_pid = up.fast_pid()
-            got.cpu.clear()  # a new process: its counters start again
+            got.cpu.clear()
+            stopping.wait(0 if got.fast_pid else 5)  # scanning /proc costs a little CPU too
             continue
         got.cpu.append((time.time(), ticks))
 
