@@ -20,7 +20,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "BENCHMARKS.md"
-ORDER = ["replay", "backfill", "live", "timeframes", "signals", "sidecar", "backtest", "e2e"]
+ORDER = [
+    "replay",
+    "backfill",
+    "live",
+    "timeframes",
+    "signals",
+    "sidecar",
+    "backtest",
+    "e2e",
+    "fast",
+]
 
 
 def _modules(selected: list[str]) -> list[str]:

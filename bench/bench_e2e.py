@@ -24,28 +24,9 @@ from pathlib import Path
 TITLE = "End to end: candle close → signal at a `signalbox tail` subscriber"
 SIGNALS = int(os.environ.get("BENCH_E2E_SIGNALS", "12"))
 
-# Bench-only personalities, each a coin that flips often: a signal fires when a side becomes
-# active, so each fires on about half the minutes; three nearly independent coins leave about
-# one minute in eight without a signal.
-PULSES = {
-    "pulse_body": ("close > open", "close < open"),
-    "pulse_volume": ("rising(volume)", "falling(volume)"),
-    "pulse_range": ("rising(high - low)", "falling(high - low)"),
-}
-
-
-def _pulse_yaml(name: str, up: str, down: str) -> str:
-    return (
-        f"name: {name}\n"
-        'description: "Bench only: a signal most minutes."\n'
-        "timeframes: [1m]\nthreshold: 0.5\ncooldown: none\nemit_degraded: true\nrules:\n"
-        f'  - {{name: up, when: "{up}", direction: long, weight: 1, reason: "{up}"}}\n'
-        f'  - {{name: down, when: "{down}", direction: short, weight: 1, reason: "{down}"}}\n'
-    )
-
 
 def run() -> str:
-    from bench.common import p50_p95, table
+    from bench.common import PULSES, close_of, first_per_candle, p50_p95, pulse_files, table
     from pipeline.replay import ReplayExchange
     from pipeline.runtime.latency import read
     from pipeline.runtime.processes import spawn, stop
@@ -53,10 +34,7 @@ def run() -> str:
 
     with tempfile.TemporaryDirectory() as tmp, ReplayExchange(seed=7) as ex:
         home = Path(tmp)
-        files = []
-        for name, (up, down) in PULSES.items():
-            files.append(home / f"{name}.yaml")
-            files[-1].write_text(_pulse_yaml(name, up, down))
+        files = pulse_files(home)
         cfg = write_config(home, {"personalities": ["scalping", *map(str, files)]}, history_days=0)
         daemon = Daemon(home, ex, cfg)
         env = daemon.env
@@ -81,7 +59,7 @@ def run() -> str:
         try:
             deadline = time.monotonic() + 60 * (2 * SIGNALS + 6)
             while time.monotonic() < deadline:
-                if len(_first_per_candle(received, started)) >= SIGNALS:
+                if len(first_per_candle(received, started)) >= SIGNALS:
                     break
                 time.sleep(1)
         finally:
@@ -89,7 +67,7 @@ def run() -> str:
             stop(tail)
             stop(sidecar)
         log = read(home)
-        fresh = _first_per_candle(received, started)
+        fresh = first_per_candle(received, started)
         if len(fresh) < min(10, SIGNALS):  # while the daemon's log is still there
             got = f"only {len(fresh)} signals reached the subscriber"
             raise RuntimeError(f"{got}:\n{daemon.tail()}")
@@ -97,7 +75,7 @@ def run() -> str:
     published = {x["run_id"]: x for x in log if x.get("stage") == "signals"}
     total, detect, start, commit, compute, deliver = [], [], [], [], [], []
     for recv, msg in fresh:
-        close = _close(msg).timestamp()
+        close = close_of(msg).timestamp()
         total.append(recv - close)
         k = ingest.get(close)
         p = published.get(k["run_id"]) if k else None
@@ -130,20 +108,3 @@ def run() -> str:
         "indicators and signals for the day, with their blocking checks and Dagster's "
         "step events, take about a second; the sidecar hands the signal on in milliseconds."
     )
-
-
-def _first_per_candle(
-    received: list[tuple[float, dict]], started: dt.datetime
-) -> list[tuple[float, dict]]:
-    """The first signal to arrive for each candle that closed a minute after the start
-    (the first minute is the warm-up)."""
-    first: dict[dt.datetime, tuple[float, dict]] = {}
-    for recv, msg in received:
-        close = _close(msg)
-        if close > started + dt.timedelta(minutes=1) and close not in first:
-            first[close] = (recv, msg)
-    return list(first.values())
-
-
-def _close(msg: dict) -> dt.datetime:
-    return dt.datetime.fromisoformat(msg["close_time"].replace("Z", "+00:00"))

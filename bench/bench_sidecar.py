@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import percentile, real_file, table
+from bench.common import percentile, real_file, table, uds_one_way
 
 TITLE = "Signal sidecar"
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,15 +35,6 @@ THROUGHPUT_N = 20_000
 
 
 # -- child processes ----------------------------------------------------------------------
-
-_ECHO = """
-import socket, sys
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.connect(sys.argv[1])
-f = s.makefile("rb")
-for line in f:
-    s.sendall(line)
-"""
 
 _STREAM = """
 import socket, sys
@@ -232,23 +223,11 @@ def _fmt_ms(s: float) -> str:
 
 def baseline(tmp: Path, line: bytes) -> dict[str, float]:
     """Bare Unix-socket ping-pong (one-way = RTT/2) and streaming between two processes."""
-    path = str(tmp / "pingpong.sock")
+    one_way = uds_one_way(tmp, line)
+    path = str(tmp / "stream.sock")
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(path)
     srv.listen(1)
-    child = subprocess.Popen([sys.executable, "-c", _ECHO, path])
-    conn, _ = srv.accept()
-    rtts = []
-    for i in range(3000):
-        t0 = time.perf_counter()
-        conn.sendall(line)
-        got = b""
-        while not got.endswith(b"\n"):
-            got += conn.recv(65536)
-        if i >= 200:  # warm-up
-            rtts.append(time.perf_counter() - t0)
-    conn.close()
-    child.wait(10)
     stream = subprocess.Popen(
         [sys.executable, "-c", _STREAM, path, str(THROUGHPUT_N)], stdin=subprocess.PIPE
     )
@@ -267,7 +246,6 @@ def baseline(tmp: Path, line: bytes) -> dict[str, float]:
     conn.close()
     stream.wait(10)
     srv.close()
-    one_way = [r / 2 for r in rtts]
     return {
         "p50": percentile(one_way, 50),
         "p99": percentile(one_way, 99),
