@@ -292,6 +292,11 @@ _SHOWN_ERRORS = 3
 _LISTED_ERRORS = 100  # `config check` lines, at most
 
 
+# What pydantic puts in an error's location for the branch of a union it tried (`symbols` is
+# a list or `all`): a type, not a key, so it is left out of the key named.
+_UNION_BRANCHES = {"list[str]", "literal['all']"}
+
+
 def _format_error(
     err: ValidationError, path: Path | None, origins: Origins, shorthand: bool = False
 ) -> ConfigError:
@@ -299,11 +304,15 @@ def _format_error(
     (a list of 5,000 bad items is one mistake, not 5,000 lines), values cut short. A value
     set by an environment variable is named by the variable; `shorthand`: the Bybit symbols
     came as `symbols:`, so that is the key named."""
-    errors = err.errors(include_url=False)
+    errors = [  # a list given where a list or `all` fits: the list's own errors say it all
+        e
+        for e in err.errors(include_url=False)
+        if not (e["type"] == "literal_error" and isinstance(e.get("input"), list))
+    ]
     problems = []
     env = env_keys()
     for e in errors[:_LISTED_ERRORS]:
-        key = key_path([str(p) for p in e["loc"]]) or "(top level)"
+        key = key_path([str(p) for p in e["loc"] if str(p) not in _UNION_BRANCHES]) or "(top level)"
         value = e.get("input")
         if shorthand and key.split(".")[0] == "exchanges":  # name what the file said
             key = "symbols" + key.removeprefix("exchanges").removeprefix(".bybit")
