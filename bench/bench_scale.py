@@ -155,7 +155,7 @@ def _detected(runs: list[Any]) -> str:
 def run() -> str:
     import subprocess
 
-    from bench.common import p50_p95, table
+    from bench.common import p50_p95, percentile, table
 
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     results = []
@@ -202,5 +202,71 @@ def run() -> str:
         "detected = how the daemon's sensor found the newest candles (no fast lane runs here, so "
         "REST); REST detection = one tick asking each market's newest candle over loopback REST, "
         "record read = the same from the fast lane's `newest.json` (best of 3). "
-        f"Machine load when it started: `{load}`.\n\n" + table(header, rows)
+        f"Machine load when it started: `{load}`.\n\n"
+        + table(header, rows)
+        + "\n\n"
+        + limit([_point(r, percentile) for r in results])
+        + "\n\n"
+        + _detection_note(results[-1])
+    )
+
+
+def _detection_note(r: dict[str, Any]) -> str:
+    rest, record = r["detection"]
+    return (
+        f"Detection: one tick asking each market's newest candle over REST took {rest:.2f} s for "
+        f"{r['n']} markets on loopback; at a real 50-150 ms round trip to the exchange that is "
+        f"{r['n'] * 0.05:.0f}-{r['n'] * 0.15:.0f} s a tick. Reading the fast lane's record took "
+        f"{record * 1000:.2f} ms. (The daemons here ran without the fast lane, so their sensor "
+        "fell back to REST and said so: `detected: rest`.)"
+    )
+
+
+def _point(r: dict[str, Any], percentile: Any) -> dict[str, Any]:
+    """One size's figures for `limit`."""
+    done, committed = percentile(r["done"], 50), percentile(r["committed"], 95)
+    return {"n": r["n"], "at": r["at"], "done": done, "committed": committed,
+            "cpu": r["cpu_per_min"]}  # fmt: skip
+
+
+def limit(points: list[dict[str, Any]]) -> str:
+    """Where one machine's limit sits, from the two largest sizes: each added symbol's cost in
+    run time and CPU, the size at which a live run takes a whole minute (the next minute's
+    run then waits, and the queue grows), at the hour measured and at the day's end (the part
+    above the 1-symbol baseline grows with the minutes already in the day: each run reads and
+    rewrites the whole day), and the projection to 500 symbols."""
+    pts = sorted(points, key=lambda p: p["n"])
+    base, (a, b) = pts[0], pts[-2:]
+    if b["n"] == a["n"]:
+        return "Too few sizes measured to place the limit."
+    per = (b["done"] - a["done"]) / (b["n"] - a["n"])  # run seconds per added symbol
+    cpu_per = (b["cpu"] - a["cpu"]) / (b["n"] - a["n"])
+    at = b["at"]
+    day_min = at.hour * 60 + at.minute or 1
+    eod = 1440 / day_min  # the day's end against the hour measured
+    n_now = b["n"] + (60 - b["done"]) / per if per > 0 else float("inf")
+    per_eod = per * eod
+    n_eod = b["n"] + (60 - (base["done"] + (b["done"] - base["done"]) * eod)) / per_eod
+    n_core = b["n"] + (60 - b["cpu"]) / cpu_per if cpu_per > 0 else float("inf")
+    done500 = b["done"] + per * (500 - b["n"])
+    cpu500 = b["cpu"] + cpu_per * (500 - b["n"])
+    return (
+        f"**Where one machine's limit sits.** Close → committed p95 is {base['committed']:.1f} s "
+        f"at {base['n']} symbol(s) and {b['committed']:.1f} s at {b['n']}: the N candles are one "
+        "paced REST pool and one insert, and it grows only when a minute's run waits behind the "
+        "previous one. "
+        "What grows is the rest of the run: it recomputes the whole day's candles, indicators "
+        f"and signals for every symbol: from {a['n']} to {b['n']} symbols each added symbol costs "
+        f"{per:.2f} s of run time and {cpu_per:.2f} CPU s per minute at {at:%H:%M} UTC "
+        f"({day_min} minutes into the day). A live run takes the whole minute (the next "
+        f"minute's run waits, and the queue only grows) at about {n_now:.0f} symbols at that "
+        f"hour and about {max(n_eod, 0):.0f} by the day's end (the recompute grows with the "
+        f"day, x{eod:.1f} at 24:00); its CPU reaches one core (60 CPU s per minute) at about "
+        f"{n_core:.0f} symbols at that hour. Run times here are wall clock on a shared machine "
+        "(see the load above), so the run-time limits are pessimistic; the CPU figures do not "
+        f"depend on the load. Projected to 500 symbols at {at:%H:%M}: a live run ends "
+        f"{done500:.0f} s after the close and uses {cpu500:.0f} CPU s per minute, so one "
+        "machine cannot keep a minute cadence there with day-sized recomputes; the lever is a "
+        "live run whose cost follows the minutes that changed (the tail plus the indicators' "
+        "lookback), not the day."
     )
