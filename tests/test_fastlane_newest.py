@@ -29,7 +29,7 @@ def test_a_minute_is_written_once_when_every_market_confirmed_it(tmp_path: Path)
     w.saw("C", M, M + MIN)
     first = writes(tmp_path)
     w.saw("C", M, M + MIN)  # a duplicate confirm
-    w.tick(M + MIN)
+    w.tick(lambda: M + MIN)
     assert writes(tmp_path) == first
     got = newest.read(tmp_path, ["bybit:A", "bybit:B", "bybit:C"], M)
     assert got.have == dict.fromkeys(["bybit:A", "bybit:B", "bybit:C"], M) and not got.lacking
@@ -43,7 +43,7 @@ def test_a_lagging_market_does_not_hold_the_minute_back(tmp_path: Path, monkeypa
     w.saw("A", M, M + MIN)
     w.saw("B", M, M + MIN)
     w.saw("A", M + MIN, M + 2 * MIN)
-    w.tick(M + 2 * MIN)
+    w.tick(lambda: M + 2 * MIN)
     got = newest.read(tmp_path, ["bybit:A", "bybit:B"], M + MIN)
     assert got.have == {"bybit:A": M + MIN} and got.behind == ["bybit:B"]
     assert got.why == "1 market(s) not at 03:53 yet"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,10 +64,11 @@ class Writer:
         if all(self.newest.get(s, EPOCH) >= open_time for s in active):
             self._write(open_time, exchange_now)
 
-    def tick(self, exchange_now: dt.datetime) -> None:
-        """Write a minute that not every market confirmed, once it is `LATE_S` old."""
+    def tick(self, exchange_now: Callable[[], dt.datetime]) -> None:
+        """Write a minute that not every market confirmed, once it is `LATE_S` old (the
+        exchange's clock is asked only then)."""
         if self.pending_since is not None and time.time() - self.pending_since >= LATE_S:
-            self._write(max(self.newest.values()), exchange_now)
+            self._write(max(self.newest.values()), exchange_now())
 
     def _write(self, minute: dt.datetime, exchange_now: dt.datetime) -> None:
         self.written, self.pending_since = minute, None

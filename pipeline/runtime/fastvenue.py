@@ -151,7 +151,7 @@ class VenueRunner:
                 item = None
             if item is not None:
                 self._guarded(self.handle, *item)
-            self._guarded(self.newest.tick, self.clock.now())
+            self._guarded(self.newest.tick, self.clock.now)
             if self.stop.is_set():
                 break
             if time.monotonic() >= next_tick:
