@@ -1,19 +1,25 @@
 """`live_candles`: keeps the warehouse current to the last closed minute.
 
-Each tick asks each venue for the newest closed candle per market and requests ONE run that
-ingests the new minutes into their day's partition and updates every downstream live asset.
-It never opens DuckDB; the warehouse's state comes from the asset's materializations, and the
-heavy lifting happens in the run. Around a minute's close the tick waits the last few seconds
-for the candle to close instead of finding it up to 5 s later on the next daemon tick.
+Each tick learns each market's newest closed candle and requests ONE run that ingests the new
+minutes into their day's partition and updates every downstream live asset. The newest
+candles come from the fast lane's record of its live streams (pipeline.fastlane.newest: one
+file read for every market) where it holds the minute that just closed, else one REST request
+per market it lacks; the run's `signalbox/detected` tag and the skip reason say which
+(`stream`, `rest`, `stream+rest`). It never opens DuckDB; the warehouse's state comes from the
+asset's materializations, and the heavy lifting happens in the run. Around a minute's close
+the tick waits the last few seconds for the candle to close instead of finding it up to 5 s
+later on the next daemon tick.
 """
 
 import datetime as dt
 import json
 import time
+from pathlib import Path
 
 import dagster as dg
 
 from pipeline.exchanges.live import LIVE_LAG, MINUTE, Chunk, behind, describe, plan
+from pipeline.fastlane import newest as stream_record
 from pipeline.markets import Market
 from pipeline.orchestration import tags
 from pipeline.orchestration.jobs import live_job
@@ -23,6 +29,8 @@ KLINES_ASSET = "klines_1m"  # assets/klines.py: the asset the live runs ingest i
 MAX_ATTEMPTS = 5
 ALIGN_S = 5.5  # the daemon's sensor loop period, plus a little
 CLOSE_GRACE_S = 0.25  # let the exchange finish closing the candle
+RECORD_WAIT_S = 1.0  # just after a close, how long to wait for the fast lane's record of it
+RECORD_POLL_S = 0.05
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -45,22 +53,43 @@ def _warehouse_last(instance: dg.DagsterInstance) -> dict[str, dt.datetime]:
     return out
 
 
-def _newest_closed(exchange: ExchangeResource, markets: list[Market]) -> dict[str, dt.datetime]:
-    """Per market (`bybit:BTCUSDT`), its venue's newest closed candle (quick clients)."""
-    clients = {v: exchange.client(v, quick=True) for v in {m.exchange for m in markets}}
-    newest = {str(m): clients[m.exchange].latest_closed_open_time(m.symbol) for m in markets}
-    return {m: t for m, t in newest.items() if t is not None}
+def _newest_closed(
+    exchange: ExchangeResource, markets: list[Market], home: Path, exchange_now: dt.datetime
+) -> tuple[dict[str, dt.datetime], str, str]:
+    """Per market (`bybit:BTCUSDT`), its venue's newest closed candle: from the fast lane's
+    record where it holds the minute just closed (waiting up to RECORD_WAIT_S for it right
+    after a close), else over REST (quick clients), one request per market it lacks. Also
+    how (`stream`, `rest` or `stream+rest`) and why REST was asked."""
+    expected = exchange_now.replace(second=0, microsecond=0) - MINUTE
+    names = [str(m) for m in markets]
+    reading = stream_record.read(home, names, expected)
+    just_closed = exchange_now - (expected + MINUTE) < dt.timedelta(seconds=ALIGN_S)
+    deadline = time.monotonic() + RECORD_WAIT_S
+    while reading.behind and just_closed and time.monotonic() < deadline:
+        time.sleep(RECORD_POLL_S)
+        reading = stream_record.read(home, names, expected)
+    lacking = [m for m in markets if str(m) in reading.lacking]
+    found = dict(reading.have)
+    clients = {v: exchange.client(v, quick=True) for v in {m.exchange for m in lacking}}
+    for m in lacking:
+        t = clients[m.exchange].latest_closed_open_time(m.symbol)
+        if t is not None:
+            found[str(m)] = t
+    how = "stream" if not lacking else "stream+rest" if reading.have else "rest"
+    return found, how, reading.why
 
 
-def _align_to_close(client) -> None:
-    """If the next minute closes before the next daemon tick, wait for it here."""
+def _align_to_close(client) -> dt.datetime:
+    """If the next minute closes before the next daemon tick, wait for it here. Returns the
+    exchange's clock now (after any wait)."""
     now = time.time()
-    offset = client.server_time().timestamp() - now
-    if abs(offset) > 2.0:  # a replay clock running elsewhere in time: no alignment
-        return
-    wait = 60 - ((now + offset) % 60) + CLOSE_GRACE_S
-    if wait <= ALIGN_S:
-        time.sleep(wait)
+    server = client.server_time()
+    offset = server.timestamp() - now
+    if abs(offset) <= 2.0:  # else a replay clock running elsewhere in time: no alignment
+        wait = 60 - ((now + offset) % 60) + CLOSE_GRACE_S
+        if wait <= ALIGN_S:
+            time.sleep(wait)
+    return server + dt.timedelta(seconds=time.time() - now)
 
 
 def live_job_sensor(every_s: int, description: str):
@@ -83,12 +112,12 @@ def live_candles(
 ):
     s = settings.get()
     try:
-        _align_to_close(exchange.client(quick=True))
-        newest = _newest_closed(exchange, s.markets)
+        exchange_now = _align_to_close(exchange.client(quick=True))
+        newest, how, why = _newest_closed(exchange, s.markets, s.home, exchange_now)
     except Exception as err:  # the exchange is down or misbehaving: try again next tick
         return dg.SkipReason(f"exchange unavailable ({type(err).__name__}: {err}); retrying")
     if not newest:
-        return dg.SkipReason("the exchange reported no closed candle yet")
+        return dg.SkipReason(f"the exchange reported no closed candle yet (detected: {how})")
     target = min(newest.values())
     checked_at = time.time()
 
@@ -123,7 +152,9 @@ def live_candles(
     )
     if not chunks and not retries:
         return dg.SensorResult(
-            skip_reason=f"up to date: last candle {target:%Y-%m-%d %H:%M} UTC", cursor=new_cursor
+            skip_reason=f"up to date: last candle {target:%Y-%m-%d %H:%M} UTC (detected: {how}"
+            + (f"; {why})" if how != "stream" else ")"),
+            cursor=new_cursor,
         )
     lag = behind(target, resume)
     mode = tags.LIVE if lag <= LIVE_LAG else tags.CATCHUP
@@ -132,12 +163,14 @@ def live_candles(
             f"catching up: {describe(lag)} behind; requesting {len(chunks)} chunk(s) "
             f"{chunks[0].start:%Y-%m-%d %H:%M} → {chunks[-1].end:%Y-%m-%d %H:%M}"
         )
-    requests = [_request(c, a, tags.RETRY, target) for c, a in retries]
-    requests += [_request(c, 0, mode, target) for c in chunks]
+    requests = [_request(c, a, tags.RETRY, target, how) for c, a in retries]
+    requests += [_request(c, 0, mode, target, how) for c in chunks]
+    if how != "stream":
+        context.log.info(f"newest candles detected: {how} ({why})")
     return dg.SensorResult(run_requests=requests, cursor=new_cursor)
 
 
-def _request(c: Chunk, attempt: int, mode: str, newest: dt.datetime) -> dg.RunRequest:
+def _request(c: Chunk, attempt: int, mode: str, newest: dt.datetime, how: str) -> dg.RunRequest:
     return dg.RunRequest(
         run_key=c.run_key(attempt),
         partition_key=c.partition,
@@ -147,7 +180,7 @@ def _request(c: Chunk, attempt: int, mode: str, newest: dt.datetime) -> dg.RunRe
                 "signals": {"config": {"exchange_now": (newest + MINUTE).isoformat()}},
             }
         },
-        tags=tags.sensor_tags(mode, c.label, attempt),
+        tags={**tags.sensor_tags(mode, c.label, attempt), tags.DETECTED: how},
     )
 
 

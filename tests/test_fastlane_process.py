@@ -24,7 +24,7 @@ from pipeline.config import Settings, load_settings
 from pipeline.exchanges import client
 from pipeline.exchanges.protocol import ClosedCandle, Endpoint
 from pipeline.exchanges.sources import replay_endpoint, warehouse_for
-from pipeline.fastlane import journal
+from pipeline.fastlane import journal, newest
 from pipeline.runtime import latency
 from pipeline.runtime.fastlane import FastLane
 from pipeline.runtime.fastvenue import Timing, VenueRunner, candles_of
@@ -303,3 +303,22 @@ def test_a_revised_candle_silences_the_symbol_until_the_replica_moves_past_it(ru
     got = closes(outbox_lines(settings))
     assert got[1] == c1.open_time + 2 * MIN and contiguous(got[1:])
     assert got[-1] <= r.clock.now()
+
+
+def test_the_runner_records_each_confirmed_minute_for_the_live_sensor(venue):
+    """Each minute the stream confirms lands in `<home>/fastlane/newest.json`, which the live
+    sensor reads instead of asking REST for every market."""
+    _, settings, ep = venue
+    lane = FastLane(settings, ep, DoubleLane, FAST).start()
+    try:
+        ws = lambda: [r for r in latency.read(settings.home, "fast") if r["via"] == "ws"]  # noqa: E731
+        wait_for("2 live batches", lambda: len(ws()) >= 2, lane)
+        last_close = dt.datetime.fromtimestamp(ws()[-1]["close"], dt.UTC)
+    finally:
+        lane.stop()
+    rec = json.loads(newest.path(settings.home).read_text())
+    recorded = dt.datetime.fromisoformat(rec["markets"]["bybit:BTCUSDT"])
+    assert recorded >= last_close - MIN  # the open time of the newest confirmed candle
+    assert set(rec["venues"]) == {"bybit"} and rec["venues"]["bybit"]["exchange_time"]
+    reading = newest.read(settings.home, ["bybit:BTCUSDT"], last_close - MIN)
+    assert reading.have == {"bybit:BTCUSDT": recorded} and reading.lacking == []

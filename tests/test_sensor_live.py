@@ -10,12 +10,15 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+import threading
 from typing import ClassVar
 
 import dagster as dg
 import pytest
 
+from pipeline import jsonfile
 from pipeline.exchanges.protocol import Exchange, ExchangeUnavailable
+from pipeline.fastlane import newest as newest_record
 from pipeline.orchestration.resources import SettingsResource
 from sensors.live import MAX_ATTEMPTS, live_candles
 from tests.daemon import write_config
@@ -26,12 +29,16 @@ SENSOR_TAGS = {"signalbox/sensor": "live_candles"}
 
 
 class FakeExchange:
-    """An `Exchange` whose newest closed candle is `newest`; with `down`, every call fails."""
+    """An `Exchange` whose newest closed candle is `newest` (its clock `since_close` seconds
+    past that candle's close); with `down`, every call fails. `asked`: the symbols whose newest
+    candle was asked for over REST."""
 
     name: ClassVar[str] = "bybit"
 
-    def __init__(self, newest: dt.datetime, down: bool = False) -> None:
+    def __init__(self, newest: dt.datetime, down: bool = False, since_close: float = 30) -> None:
         self.newest, self.down, self.calls = newest, down, 0
+        self.since_close = since_close
+        self.asked: list[str] = []
 
     def _call(self) -> None:
         self.calls += 1
@@ -40,10 +47,11 @@ class FakeExchange:
 
     def server_time(self) -> dt.datetime:
         self._call()
-        return self.newest + MINUTE + dt.timedelta(seconds=30)
+        return self.newest + MINUTE + dt.timedelta(seconds=self.since_close)
 
     def latest_closed_open_time(self, symbol: str) -> dt.datetime | None:
         self._call()
+        self.asked.append(symbol)
         return self.newest
 
     def fetch_klines(self, symbol, start, end, *, closed_by=None):
@@ -203,3 +211,93 @@ def test_a_failed_run_is_retried_with_its_attempt_number_until_the_limit(
     assert retry.tags["signalbox/mode"] == "retry"
     assert retry.tags["signalbox/attempt"] == str(attempts + 1)
     assert window(retry) == (T0, T0 + MINUTE) and retry.run_key != req.run_key
+
+
+# -- batched detection: the fast lane's record of its streams ------------------------------
+THREE = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+
+
+@pytest.fixture
+def three(tmp_path) -> SettingsResource:
+    top = {"exchanges": {"bybit": THREE}}
+    return SettingsResource(config_path=str(write_config(tmp_path, top, history_days=0)))
+
+
+def stream_saw(home, newest: dict[str, dt.datetime], age_s: float = 0.0) -> None:
+    """What the fast lane writes after its stream confirmed these candles, `age_s` ago."""
+    newest_record.write(home, "bybit", newest, max(newest.values()) + MINUTE)
+    if age_s:
+        rec = json.loads(newest_record.path(home).read_text())
+        rec["venues"]["bybit"]["written_at"] -= age_s
+        jsonfile.replace(newest_record.path(home), rec)
+
+
+def stored_all_up_to(instance, last_open: dt.datetime) -> None:
+    meta = {f"bybit:{s}": last_open.isoformat() for s in THREE}
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            "klines_1m",
+            partition=last_open.date().isoformat(),
+            metadata={"last_open_time": dg.MetadataValue.json(meta)},
+        )
+    )
+
+
+def test_a_fresh_stream_record_replaces_rest_for_the_markets_it_holds(instance, three, tmp_path):
+    stored_all_up_to(instance, T0 - MINUTE)
+    # No record (no fast lane): every market over REST, and said.
+    fake = FakeExchange(T0)
+    (req,) = tick(instance, three, fake).run_requests
+    assert sorted(fake.asked) == THREE and req.tags["signalbox/detected"] == "rest"
+    # The stream confirmed two of the three: REST for the third only.
+    stream_saw(tmp_path, {"BTCUSDT": T0, "ETHUSDT": T0})
+    fake = FakeExchange(T0)
+    (req,) = tick(instance, three, fake).run_requests
+    assert fake.asked == ["SOLUSDT"] and req.tags["signalbox/detected"] == "stream+rest"
+    assert window(req) == (T0, T0 + MINUTE)
+    # All three: no REST request for a candle at all, the next minute found from the record.
+    stream_saw(tmp_path, dict.fromkeys(THREE, T0 + MINUTE))
+    fake = FakeExchange(T0 + MINUTE)
+    result = tick(instance, three, fake, json.dumps({"symbols": {}}))
+    (req,) = result.run_requests
+    assert fake.asked == [] and req.tags["signalbox/detected"] == "stream"
+    assert window(req)[1] == T0 + 2 * MINUTE
+    in_flight(instance, req)
+    up_to_date = tick(instance, three, FakeExchange(T0 + MINUTE), result.cursor)
+    assert "detected: stream)" in up_to_date.skip_reason.skip_message
+
+
+@pytest.mark.parametrize(
+    ("age_s", "at", "reason"),
+    [
+        (120.0, T0, "bybit not updated for over 90 s"),  # the fast lane stopped writing
+        (0.0, T0 - MINUTE, "3 market(s) not at 03:52 yet"),  # a minute behind the exchange
+    ],
+)
+def test_a_stale_or_behind_record_is_not_trusted_and_rest_is_asked(
+    instance, three, tmp_path, age_s, at, reason
+):
+    stored_all_up_to(instance, T0 - MINUTE)
+    stream_saw(tmp_path, dict.fromkeys(THREE, at), age_s)
+    fake = FakeExchange(T0)
+    first = tick(instance, three, fake)
+    (req,) = first.run_requests
+    assert sorted(fake.asked) == THREE and req.tags["signalbox/detected"] == "rest"
+    in_flight(instance, req)
+    again = tick(instance, three, FakeExchange(T0), first.cursor)
+    assert f"detected: rest; {reason})" in again.skip_reason.skip_message
+
+
+def test_right_after_a_close_the_sensor_waits_briefly_for_the_record(instance, three, tmp_path):
+    """The sensor looks 0.3 s after the close, before the fast lane wrote the minute: it waits
+    (at most RECORD_WAIT_S) for the record instead of asking REST."""
+    stored_all_up_to(instance, T0 - MINUTE)
+    stream_saw(tmp_path, dict.fromkeys(THREE, T0 - MINUTE))
+    later = threading.Timer(0.2, stream_saw, (tmp_path, dict.fromkeys(THREE, T0)))
+    later.start()
+    fake = FakeExchange(T0, since_close=0.3)
+    try:
+        (req,) = tick(instance, three, fake).run_requests
+    finally:
+        later.join()
+    assert fake.asked == [] and req.tags["signalbox/detected"] == "stream"

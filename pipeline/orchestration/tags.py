@@ -28,6 +28,7 @@ CANDLES = "signalbox/candles"  # the candles a live-sensor run ingests, "03:41â€
 ATTEMPT = "signalbox/attempt"  # a retry's attempt number
 MISSING = "signalbox/missing_minutes"  # a gap repair: how many minutes were missing
 SENSOR = "signalbox/sensor"  # runs requested by the live sensor (its concurrency limit)
+DETECTED = "signalbox/detected"  # how the live sensor found the newest candles: stream|rest
 LIVE_SENSOR = "live_candles"  # the value of SENSOR on those runs: the sensor's name
 LEGACY_LIVE = ("signalbox/live", "1")  # what marked the sensor's runs before; purged too
 

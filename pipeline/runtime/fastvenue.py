@@ -15,6 +15,8 @@ WebSocket thread, and every candle is fed by that one thread in arrival order.
   `rebootstrap_s`: the lane resumes once the replica has moved past the reason.
 - Signals are appended to the journal, then published through the outbox (which drops what
   the pipeline published first), each row with `origin: "fast"`; a latency record per batch.
+- Each confirmed candle from the stream also goes to `<home>/fastlane/newest.json`
+  (pipeline.fastlane.newest), once per closed minute: the live sensor's batch detection.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeline.exchanges.protocol import ClosedCandle, ExchangeError
-from pipeline.fastlane import journal
+from pipeline.fastlane import journal, newest
 from pipeline.fastlane.engine import GAP, REVISED, USED
 from pipeline.runtime import latency
 
@@ -108,6 +110,7 @@ class VenueRunner:
         self.quiet_since: dt.datetime | None = None  # exchange time of the last sign of life
         self.unbooted: set[str] = set(self.symbols)
         self.told_silent: dict[str, str] = {}
+        self.newest = newest.Writer(settings.home, venue, self.symbols)
         self.reconnects = 0
         self.published = 0
         self.failure: BaseException | None = None
@@ -148,6 +151,7 @@ class VenueRunner:
                 item = None
             if item is not None:
                 self._guarded(self.handle, *item)
+            self._guarded(self.newest.tick, self.clock.now)
             if self.stop.is_set():
                 break
             if time.monotonic() >= next_tick:
@@ -239,6 +243,8 @@ class VenueRunner:
         self._tell(candle.symbol, fed)
         if fed.status == USED and fed.signals:
             self._publish(fed.signals, close, received, via)
+        if via == "ws":
+            self.newest.saw(candle.symbol, candle.open_time, self.clock.now())
 
     def _tell(self, symbol: str, fed: Any) -> None:
         if fed.status == REVISED:
