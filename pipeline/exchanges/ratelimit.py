@@ -67,6 +67,16 @@ class Pacer:
             b.in_flight += 1
             return probe
 
+    def _answered(
+        self, key: str, headers: Mapping[str, str] | None, probe: bool
+    ) -> tuple[_Budget, tuple[int, int, float] | None]:
+        """Under the lock: one request of `key` is back; its budget and what its headers say."""
+        b = self._budgets.setdefault(key, _Budget())
+        b.in_flight = max(b.in_flight - 1, 0)
+        if probe:
+            b.probing = False
+        return b, _parse(headers)
+
     def release(self, key: str, headers: Mapping[str, str] | None, probe: bool = False) -> None:
         """The answer to a request of `key` came (its headers, if any), or it failed.
 
@@ -74,11 +84,7 @@ class Pacer:
         counted in an answer yet: what is left is the answer's count less those, and an answer
         only ever lowers it, except the probe's (the one request out after a reset)."""
         with self._cond:
-            b = self._budgets.setdefault(key, _Budget())
-            b.in_flight = max(b.in_flight - 1, 0)
-            if probe:
-                b.probing = False
-            parsed = _parse(headers)
+            b, parsed = self._answered(key, headers, probe)
             if parsed is not None:
                 b.limit, left, reset = parsed
                 room = left - b.in_flight
@@ -92,11 +98,7 @@ class Pacer:
     def exhausted(self, key: str, headers: Mapping[str, str] | None, probe: bool = False) -> None:
         """A 10006 answer: nothing left until its reset timestamp (2 s if none was sent)."""
         with self._cond:
-            b = self._budgets.setdefault(key, _Budget())
-            b.in_flight = max(b.in_flight - 1, 0)
-            if probe:
-                b.probing = False
-            parsed = _parse(headers)
+            b, parsed = self._answered(key, headers, probe)
             b.limit = parsed[0] if parsed else max(b.limit, 1)
             b.left = 0
             b.reset_s = max(b.reset_s, parsed[2] if parsed else self._clock() + 2.0)
