@@ -13,6 +13,9 @@ WebSocket thread, and every candle is fed by that one thread in arrival order.
   one retry policy, under tenacity), and fill over REST.
 - Silent symbols (a revision, nothing stored yet) are bootstrapped again every
   `rebootstrap_s`: the lane resumes once the replica has moved past the reason.
+- The worker takes every candle queued by then as one batch (`handle_many`): the symbols of
+  one close are evaluated together, which costs a fraction of one by one, and a close's
+  signals go out in one publish.
 - Signals are appended to the journal, then published through the outbox (which drops what
   the pipeline published first), each row with `origin: "fast"`; a latency record per batch.
 """
@@ -147,7 +150,7 @@ class VenueRunner:
             except queue.Empty:
                 item = None
             if item is not None:
-                self._guarded(self.handle, *item)
+                self._guarded(self.handle_many, [item, *self._queued()])
             if self.stop.is_set():
                 break
             if time.monotonic() >= next_tick:
@@ -166,6 +169,18 @@ class VenueRunner:
             fn(*args)
         except (ExchangeError, WarehouseBusy, OSError) as err:
             log.warning("%s: %s: %s (will try again)", self.venue, type(err).__name__, err)
+
+    def _queued(self) -> list[tuple[ClosedCandle, float]]:
+        """The candles waiting in the queue now (a `wake` among them is dropped: the loop
+        looks at `stop` after each batch anyway)."""
+        out = []
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                return out
+            if item is not None:
+                out.append(item)
 
     # -- the stream ----------------------------------------------------------------------
     def _on_candle(self, candle: ClosedCandle) -> None:
@@ -226,10 +241,7 @@ class VenueRunner:
     # -- feeding -------------------------------------------------------------------------
     def handle(self, candle: ClosedCandle, received: float | None = None, via: str = "ws") -> None:
         """Feed one candle from the stream: fill a gap first, publish what it produced."""
-        close = candle.open_time + MINUTE
-        if via == "ws":
-            self.quiet_since = max(self.quiet_since or close, close)
-            self.clock.floor = max(self.clock.floor, close)
+        self._seen(candle, via)
         fed = self.lane.feed(candle)
         if fed.status == GAP and fed.missing:
             start, end = fed.missing
@@ -238,7 +250,33 @@ class VenueRunner:
             fed = self.lane.feed(candle)
         self._tell(candle.symbol, fed)
         if fed.status == USED and fed.signals:
-            self._publish(fed.signals, close, received, via)
+            self._publish(fed.signals, candle.open_time + MINUTE, received, via)
+
+    def handle_many(self, items: list[tuple[ClosedCandle, float]]) -> None:
+        """Feed the candles the stream queued while the last batch was computed, as one
+        batch (the symbols of one close evaluated together: `VenueLane.feed_many`), and
+        publish each close's signals at once; a candle after a gap goes through `handle`."""
+        for candle, _ in items:
+            self._seen(candle, "ws")
+        feds = self.lane.feed_many([c for c, _ in items])
+        ready: dict[dt.datetime, tuple[list[dict[str, Any]], float]] = {}
+        for (candle, received), fed in zip(items, feds, strict=True):
+            if fed.status == GAP:  # fed again there, after the REST fill
+                self.handle(candle, received)
+                continue
+            self._tell(candle.symbol, fed)
+            if fed.status == USED and fed.signals:
+                rows, at = ready.get(candle.open_time + MINUTE, ([], received))
+                ready[candle.open_time + MINUTE] = (rows + fed.signals, max(at, received))
+        for close, (rows, received) in ready.items():
+            self._publish(rows, close, received, "ws")
+
+    def _seen(self, candle: ClosedCandle, via: str) -> None:
+        """A stream candle is a sign of life, and the exchange clock is past its close."""
+        close = candle.open_time + MINUTE
+        if via == "ws":
+            self.quiet_since = max(self.quiet_since or close, close)
+            self.clock.floor = max(self.clock.floor, close)
 
     def _tell(self, symbol: str, fed: Any) -> None:
         if fed.status == REVISED:
