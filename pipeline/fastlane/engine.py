@@ -15,6 +15,8 @@ Rules the process (pipeline/runtime/fastlane.py) relies on:
   bars around them count as history, so the symbol goes silent until `bootstrap` reloads it
   past them.
 - When unsure (silent), it publishes nothing: the pipeline's signal arrives as today.
+- `feed_many` takes a batch by the same rules, candle by candle, and evaluates the symbols
+  whose minute closes at the same time together (the same rows as `feed` one by one).
 
 What a used minute does (pipeline.fastlane.bars): the bars of the timeframes read that close
 with it are built (the resample's levels), marked as history and given their indicators over
