@@ -372,9 +372,9 @@ def run() -> str:
         "1 symbol runs the four shipped personalities and three bench-only `pulse_*` ones"
         + (f"; {WIDE} symbols the four shipped ones" if WIDE > 1 else "")
         + ". With this few samples p99 is about the maximum. The floor's subscriber is a "
-        "second session on the replay exchange, which pushes its sessions one after the "
-        "other (about a millisecond per topic here), so at many symbols it delays the fast "
-        "lane's confirms on about half the closes.\n\n"
+        "second session on the replay exchange, which pushes a close's confirms to every "
+        "session before any forming candle, one session after the other (about a millisecond "
+        "per topic here), so at many symbols one session's confirms wait for the other's.\n\n"
         + table(header, rows)
         + "\n\nTarget fast lane p50 < 250 ms and p99 < 1 s: "
         + "; ".join(verdicts)

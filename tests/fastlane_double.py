@@ -65,6 +65,9 @@ class DoubleLane:
         self.fed.append((c.symbol, c.open_time, fed.status))
         return fed
 
+    def feed_many(self, candles: list[ClosedCandle]) -> list[Fed]:
+        return [self.feed(c) for c in candles]
+
     def _feed(self, c: ClosedCandle) -> Fed:
         s = c.symbol
         if s in self._silent:

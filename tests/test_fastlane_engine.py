@@ -126,16 +126,24 @@ def fed() -> list[dict]:
     return list(klines(CUT, END).iter_rows(named=True))
 
 
-def test_signals_fed_minute_by_minute_equal_the_pipelines_rows(wh):
+@pytest.mark.parametrize("batch", [1, 5], ids=["feed", "feed_many"])
+def test_signals_fed_minute_by_minute_equal_the_pipelines_rows(wh, batch):
+    """`feed` one candle at a time, and `feed_many` in batches of five (both symbols' minute
+    evaluated together; a symbol's next minute in the same batch too)."""
     s, both = Settings(), [SYMBOL, OTHER]
     lane = VenueLane(s, VENUE, both)
     assert lane.bootstrap(wh) == {SYMBOL: CUT, OTHER: CUT}
     minutes = pl.concat([klines(CUT, END, sym) for sym in both]).sort("open_time", "symbol")
+    rows = [candle(row) for row in minutes.iter_rows(named=True)]
     got = []
-    for row in minutes.iter_rows(named=True):
-        out = lane.feed(candle(row))
-        assert out.status == USED, out
-        got += out.signals
+    for i in range(0, len(rows), batch):
+        outs = [lane.feed(rows[i])] if batch == 1 else lane.feed_many(rows[i : i + batch])
+        assert len(outs) == len(rows[i : i + batch])
+        for c, out in zip(rows[i : i + batch], outs, strict=True):
+            assert out.status == USED, out
+            assert {r["symbol"] for r in out.signals} <= {c.symbol}
+            assert {r["close_time"] for r in out.signals} <= {c.open_time + MINUTE}
+        got += [r for out in outs for r in out.signals]
     assert lane.expected(SYMBOL) == lane.expected(OTHER) == END and not lane.silent()
 
     # the pipeline on the final data: the rest of the day ingested, both days rebuilt
@@ -200,6 +208,21 @@ def test_a_duplicate_is_ignored_and_an_older_candle_already_stored_too(wh, fed):
     assert lane.feed(candle(stored)).status == DUPLICATE
     assert lane.expected(SYMBOL) == CUT + MINUTE and not lane.silent()
     assert lane.feed(candle(fed[1])).status == USED
+
+
+def test_a_batch_gives_each_candle_the_fate_feed_would(wh, fed):
+    lane = VenueLane(Settings(), VENUE, [SYMBOL, OTHER])
+    lane.bootstrap(wh)
+    other = [candle(r) for r in klines(CUT, CUT + 3 * MINUTE, OTHER).iter_rows(named=True)]
+    batch = [candle(fed[0]), other[2], candle(fed[0]), candle(fed[1]), other[0], candle(fed[1])]
+    outs = lane.feed_many(batch)
+    assert [o.status for o in outs] == [USED, GAP, DUPLICATE, USED, USED, DUPLICATE]
+    assert outs[1].missing == (CUT, CUT + 2 * MINUTE)
+    assert lane.expected(SYMBOL) == CUT + 2 * MINUTE and lane.expected(OTHER) == CUT + MINUTE
+    revised = candle(fed[1], close=fed[1]["close"] + 0.1)
+    outs = lane.feed_many([other[1], revised, candle(fed[2])])
+    assert [o.status for o in outs] == [USED, REVISED, SILENT]
+    assert list(lane.silent()) == [SYMBOL] and lane.expected(OTHER) == CUT + 2 * MINUTE
 
 
 def test_a_revision_silences_the_symbol_until_bootstrap_loads_past_it(wh, fed):

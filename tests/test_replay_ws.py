@@ -93,6 +93,21 @@ def test_kline_pushes_forming_updates_then_confirm_at_close(replay_factory):
         assert nxt["start"] > start
 
 
+def test_at_a_close_every_topics_confirm_comes_before_any_forming_candle(replay_factory):
+    """One message per topic, as Bybit; the close's confirms first (a subscriber of many
+    symbols has them all before the forming candles of the next minute)."""
+    ex = replay_factory(clock_start="2024-01-01T23:59:58Z", clock_speed=30, ws_push_s=0.05)
+    topics = [f"kline.1.{s}" for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT")]
+    with connect(ex.ws_url) as ws:
+        ws.send(json.dumps({"req_id": "k", "op": "subscribe", "args": topics}))
+        until(ws, lambda m: m.get("data", [{}])[0].get("confirm") is False)
+        first = until(ws, lambda m: m.get("data", [{}])[0].get("confirm") is True)
+        after = [recv_json(ws) for _ in range(2 * len(topics) - 1)]
+    seen = [(m["topic"], m["data"][0]["confirm"]) for m in [first, *after]]
+    assert sorted(seen[: len(topics)]) == [(t, True) for t in sorted(topics)], seen
+    assert sorted(seen[len(topics) :]) == [(t, False) for t in sorted(topics)], seen
+
+
 def test_daily_topic_pushes_the_forming_day(replay_factory):
     ex = replay_factory(clock_start="2024-01-01T12:00:00Z", ws_push_s=0.1)
     with connect(ex.ws_url) as ws:

@@ -15,6 +15,8 @@ Rules the process (pipeline/runtime/fastlane.py) relies on:
   bars around them count as history, so the symbol goes silent until `bootstrap` reloads it
   past them.
 - When unsure (silent), it publishes nothing: the pipeline's signal arrives as today.
+- `feed_many` takes a batch by the same rules, candle by candle, and evaluates the symbols
+  whose minute closes at the same time together (the same rows as `feed` one by one).
 
 What a used minute does (pipeline.fastlane.bars): the bars of the timeframes read that close
 with it are built (the resample's levels), marked as history and given their indicators over
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +51,7 @@ if TYPE_CHECKING:
     from pipeline.fastlane.plan import Plan
     from pipeline.fastlane.replica import Snapshot
     from pipeline.strategy.personality import Personality
+    from pipeline.strategy.signal_inputs import Series
 
 USED, DUPLICATE, REVISED, GAP, SILENT = "used", "duplicate", "revised", "gap", "silent"
 PRICES = ("open", "high", "low", "close", "volume", "turnover")
@@ -162,24 +166,63 @@ class VenueLane:
 
     def feed(self, candle: ClosedCandle) -> Fed:
         """Take one closed 1m candle; see the module's rules."""
-        sym, t = candle.symbol, to_ms(candle.open_time)
-        if t % MINUTE_MS:
-            raise ValueError(f"{sym} candle at {candle.open_time}: not on the minute grid")
-        st = self._state.get(sym)
-        if st is None:
-            why = self._silent.get(sym, f"{sym} is not a symbol of this {self.exchange} lane")
-            return Fed(SILENT, note=why)
-        if t > st.next_ms:
-            note = f"{sym}: minutes {_hm(st.next_ms)} to {_hm(t)} not seen yet"
-            return Fed(GAP, missing=(from_ms(st.next_ms), candle.open_time), note=note)
-        if t < st.next_ms:
-            return self._older(st, candle, t)
-        try:
-            rows = self._use(sym, st, candle, t)
-        except Exception as err:  # a half-updated window is not to be trusted
-            self._silence(sym, f"failed on {_hm(t)}: {type(err).__name__}: {err}")
-            raise
-        return Fed(USED, rows, note=f"{sym} {_hm(t)}: {len(rows)} signal(s)")
+        return self.feed_many([candle])[0]
+
+    def feed_many(self, candles: Sequence[ClosedCandle]) -> list[Fed]:
+        """Take closed 1m candles in arrival order (each symbol's in open-time order), one
+        `Fed` per candle, exactly as `feed` one after the other would: each candle's bars are
+        built at once, and the signals of the symbols whose minute closes at the same time
+        are evaluated together, one `fired_columns` and one `to_frame` per personality for
+        all of them (the per-symbol overhead is most of a close's cost)."""
+        out: list[Fed | None] = [None] * len(candles)
+        pending: dict[int, list[tuple[int, str, SymbolState, set[str]]]] = {}
+        waiting: set[str] = set()  # the symbols in `pending`
+        for i, candle in enumerate(candles):
+            sym, t = candle.symbol, to_ms(candle.open_time)
+            if t % MINUTE_MS:
+                raise ValueError(f"{sym} candle at {candle.open_time}: not on the minute grid")
+            if sym in waiting:  # its window moves on: evaluate its minute before
+                self._evaluate(pending, out)
+                waiting.clear()
+            st = self._state.get(sym)
+            if st is None:
+                why = self._silent.get(sym, f"{sym} is not a symbol of this {self.exchange} lane")
+                out[i] = Fed(SILENT, note=why)
+            elif t > st.next_ms:
+                note = f"{sym}: minutes {_hm(st.next_ms)} to {_hm(t)} not seen yet"
+                out[i] = Fed(GAP, missing=(from_ms(st.next_ms), candle.open_time), note=note)
+            elif t < st.next_ms:
+                out[i] = self._older(st, candle, t)
+            else:
+                try:
+                    closed = self._use(sym, st, candle, t)
+                except Exception as err:  # a half-updated window is not to be trusted
+                    self._silence(sym, f"failed on {_hm(t)}: {type(err).__name__}: {err}")
+                    raise
+                pending.setdefault(t + MINUTE_MS, []).append((i, sym, st, closed))
+                waiting.add(sym)
+        self._evaluate(pending, out)
+        return [f for f in out if f is not None]
+
+    def _evaluate(
+        self,
+        pending: dict[int, list[tuple[int, str, SymbolState, set[str]]]],
+        out: list[Fed | None],
+    ) -> None:
+        """The signals of the used minutes in `pending` (by close), into `out`; emptied."""
+        for close, group in pending.items():
+            try:
+                rows = self._signals([(sym, st, closed) for _, sym, st, closed in group], close)
+            except Exception as err:  # no signal of a half-evaluated minute goes out
+                for _, sym, _, _ in group:
+                    self._silence(sym, f"failed on {_hm(close - MINUTE_MS)}: {err!r}")
+                raise
+            for i, sym, _, _ in group:
+                mine = rows.get(sym, [])
+                out[i] = Fed(
+                    USED, mine, note=f"{sym} {_hm(close - MINUTE_MS)}: {len(mine)} signal(s)"
+                )
+        pending.clear()
 
     # -- minutes ---------------------------------------------------------------------------
 
@@ -194,7 +237,8 @@ class VenueLane:
         self._silence(candle.symbol, why, t + MINUTE_MS)
         return Fed(REVISED, note=f"{candle.symbol}: {why}; silent until bootstrapped again")
 
-    def _use(self, sym: str, st: SymbolState, candle: ClosedCandle, t: int) -> list[dict[str, Any]]:
+    def _use(self, sym: str, st: SymbolState, candle: ClosedCandle, t: int) -> set[str]:
+        """Add the minute and the bars closing with it; the timeframes that closed."""
         from pipeline.fastlane.bars import minute_row, rolled_rows
 
         close = t + MINUTE_MS
@@ -215,7 +259,7 @@ class VenueLane:
         for tf in closing:
             self._add_bar(sym, st, tf.name, rows[tf.name])
         st.next_ms = close
-        return self._signals(sym, st, {tf.name for tf in closing}, close)
+        return {tf.name for tf in closing}
 
     def _add_bar(self, sym: str, st: SymbolState, tf: str, row: dict[str, Any]) -> None:
         from pipeline.fastlane.bars import indicators, marks
@@ -229,23 +273,33 @@ class VenueLane:
             found = indicators(w, start, self.plan.specs[tf], names)
             w.set_last({c: float(v[-1]) for c, v in found.items()})
 
-    def _signals(self, sym: str, st: SymbolState, closed: set[str], close: int) -> list[dict]:
+    def _signals(
+        self, used: list[tuple[str, SymbolState, set[str]]], close: int
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Per symbol, the signal rows of its minute closing at `close` (`used`: the symbols,
+        their state and the timeframes that closed), personality by personality as
+        `series_signals` gives them, all symbols in one pass per personality."""
         from pipeline.strategy.signal_table import to_frame
         from pipeline.strategy.signals import fired_columns
 
-        out: list[dict[str, Any]] = []
+        out: dict[str, list[dict[str, Any]]] = {}
         for p in self.plan.personalities:
-            if p.signal_tf not in closed:
+            per_symbol: dict[str, dict[str, Series]] = {}
+            for sym, st, closed in used:
+                if p.signal_tf not in closed:
+                    continue
+                per = per_symbol.setdefault(sym, {})
+                for tf, (lo, hi) in self._bar_window(p, close).items():
+                    w = st.windows[tf]
+                    s = w.series(lo, hi, w.names)
+                    if s is not None:
+                        per[tf] = s
+            if not per_symbol:
                 continue
-            per = {}
-            for tf, (lo, hi) in self._bar_window(p, close).items():
-                w = st.windows[tf]
-                s = w.series(lo, hi, w.names)
-                if s is not None:
-                    per[tf] = s
-            cols = fired_columns({sym: per}, p, at_ms=close)
+            cols = fired_columns(per_symbol, p, at_ms=close)
             if cols["symbol"]:  # `series_signals`, without building an empty frame
-                out += [self._message(r) for r in to_frame(p, cols).iter_rows(named=True)]
+                for r in to_frame(p, cols).iter_rows(named=True):
+                    out.setdefault(r["symbol"], []).append(self._message(r))
         return out
 
     def _bar_window(self, p: Personality, close: int) -> dict[str, tuple[int, int]]:

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from pipeline.candles.timeframes import MINUTE_MS
 from pipeline.replay import bybit_face, hyperliquid_face, wire
 from pipeline.replay.clock import ExchangeClock, to_ms
 from pipeline.replay.data import FileSource, Source, make_source
@@ -108,14 +109,19 @@ class ReplayServer:
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
 
     async def _push_loop(self) -> None:
+        """Every 50 ms, and just past each minute's close on the exchange clock (a confirm
+        goes out at the close, not up to a tick later): first every session's confirms,
+        then the forming candles."""
         while True:
-            await asyncio.sleep(0.05)
-            for session in list(self._sessions):
-                try:
-                    session.push_due()
-                except Exception as err:  # never let one session stop the others' pushes
-                    print(f"replay: websocket push failed: {err!r}", file=sys.stderr)
-                    session.close()
+            to_close = (MINUTE_MS - self.clock.now_ms() % MINUTE_MS) / 1000 / self.clock.speed
+            await asyncio.sleep(min(0.05, to_close + 0.0005))
+            for forming in (False, True):
+                for session in list(self._sessions):
+                    try:
+                        session.push_due(forming)
+                    except Exception as err:  # never let one session stop the others' pushes
+                        print(f"replay: websocket push failed: {err!r}", file=sys.stderr)
+                        session.close()
 
     # -- connections ---------------------------------------------------------------------
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

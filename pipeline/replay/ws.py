@@ -62,6 +62,7 @@ class WsSession:
     proto: Any = None
     closed: bool = False
     _partial: bytes = b""
+    _held: bool = False  # pushes queued, written at once by push_due
 
     async def run(self, head: bytes) -> None:
         from websockets.frames import Opcode
@@ -103,13 +104,24 @@ class WsSession:
 
     # -- output --------------------------------------------------------------------------
     def _flush(self) -> None:
+        """Write what the protocol has to send in one write (one send call for a burst of
+        messages, each still its own frame)."""
+        if self._held:
+            return
+        data = []
         for chunk in self.proto.data_to_send():
             if self.writer.is_closing():
                 return
             if chunk:
-                self.writer.write(chunk)
-            elif self.writer.can_write_eof():
+                data.append(chunk)
+                continue
+            if data:
+                self.writer.write(b"".join(data))
+                data = []
+            if self.writer.can_write_eof():
                 self.writer.write_eof()
+        if data and not self.writer.is_closing():
+            self.writer.write(b"".join(data))
 
     def send(self, obj: dict[str, Any]) -> None:
         if self.closed or self.proto is None:
@@ -227,9 +239,11 @@ class WsSession:
         """The subscription's interval in Bybit's words (the replay's grid)."""
         return str(sub.interval)
 
-    def push_due(self) -> None:
-        """Send what is due now: the final values of candles that closed (confirm=true; at
-        most the last three when the clock jumps), then the forming one every `push_s`."""
+    def push_due(self, forming: bool = True) -> None:
+        """Send what is due now, in one write: the final values of candles that closed
+        (confirm=true; at most the last three when the clock jumps), then, with `forming`, the
+        forming one of each topic every `push_s` (the server sends every session's confirms
+        before any forming candle)."""
         if self.closed:
             return
         wall = time.monotonic()
@@ -237,14 +251,26 @@ class WsSession:
             self.close()
             return
         now = self.clock.now_ms()
-        for topic, sub in list(self.subs.items()):
-            interval = self._grid_interval(sub)
-            current = iv.floor_open(now, interval)
-            if sub.open_ms is not None and current > sub.open_ms:
-                for k in (3, 2, 1):
-                    o = iv.shift(current, -k, interval)
-                    if o >= sub.open_ms:
-                        self._push(topic, sub, o, True, now)
-            if sub.open_ms != current or wall - sub.last_push >= self.push_s:
-                sub.open_ms, sub.last_push = current, wall
-                self._push(topic, sub, current, False, now)
+        self._held = True
+        try:
+            for topic, sub in list(self.subs.items()):
+                interval = self._grid_interval(sub)
+                current = iv.floor_open(now, interval)
+                if sub.open_ms is not None and current > sub.open_ms:
+                    for k in (3, 2, 1):
+                        o = iv.shift(current, -k, interval)
+                        if o >= sub.open_ms:
+                            self._push(topic, sub, o, True, now)
+                if sub.open_ms != current:
+                    sub.open_ms, sub.last_push = current, float("-inf")  # a new one: push it
+            for topic, sub in list(self.subs.items()) if forming else []:
+                if wall - sub.last_push >= self.push_s and sub.open_ms is not None:
+                    sub.last_push = wall
+                    self._push(topic, sub, sub.open_ms, False, now)
+        finally:
+            self._held = False
+        if not self.closed:
+            try:
+                self._flush()
+            except Exception:  # the peer went away between two pushes
+                self.closed = True

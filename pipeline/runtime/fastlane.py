@@ -89,6 +89,9 @@ def _logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+SWITCH_S = 0.0005
+
+
 def main(
     settings: Settings, lane_factory: LaneFactory | None = None, timing: Timing | None = None
 ) -> int:
@@ -96,6 +99,10 @@ def main(
     from pipeline.runtime.processes import decided_endpoint
 
     _logging()
+    # The stream threads take each confirm while a worker computes: at Python's default 5 ms
+    # a thread waiting for the GIL waits up to that long per message, so 50 symbols' confirms
+    # of one close would trickle in over ~250 ms behind the worker's compute.
+    sys.setswitchinterval(SWITCH_S)
     endpoint = decided_endpoint(settings)
     lane = FastLane(settings, endpoint, lane_factory, timing)
 
