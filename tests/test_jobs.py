@@ -67,6 +67,7 @@ def test_a_live_run_request_carries_a_few_readable_tags(sensor_resources):
         "signalbox/sensor": "live_candles",
         "signalbox/mode": "live",
         "signalbox/candles": "03:52",
+        "signalbox/detected": "rest",  # no fast lane here: the exchange was asked
         "dagster/max_runtime": "900",
     }
     for value in req.tags.values():  # no epoch floats, no pids: words, times, small numbers
