@@ -75,6 +75,7 @@ def candles(
 
     from pipeline.candles.build import build_candles, with_exchange, write_candles
     from pipeline.candles.checks import check_candles
+    from pipeline.candles.rollup import Minutes
     from pipeline.candles.timeframes import owned_by
     from pipeline.markets import by_venue
     from pipeline.quality.checks import by_market
@@ -88,10 +89,11 @@ def candles(
         outcomes: dict[str, list] = {name: [] for name in CANDLE_CHECKS}
         not_live = not tags.from_sensor(context.run.tags)  # the sensor's runs: no progress lines
         report = progress.reporter(context, "days", len(days), enabled=not_live)
+        # checks name the market (bybit:BTCUSDT); the 1m candles as numpy once, not once a day
+        minutes = [Minutes(by_market(with_exchange(b.klines, b.exchange))) for b in builds]
         for i, day in enumerate(days, 1):
-            for b in builds:  # checks name the market (bybit:BTCUSDT)
+            for b, klines in zip(builds, minutes, strict=True):
                 owned = by_market(b.frame.filter(owned_by(day)))
-                klines = by_market(with_exchange(b.klines, b.exchange))
                 for name, outcome in check_candles(
                     owned, klines, day, s.timeframes, b.as_of
                 ).items():

@@ -30,6 +30,8 @@ ORDER = [
     "backtest",
     "e2e",
     "fast",
+    "scale",
+    "backfill_scale",
 ]
 
 

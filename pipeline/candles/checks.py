@@ -103,7 +103,7 @@ def check_complete(candles: pl.DataFrame) -> CheckOutcome:
 
 def check_counts(
     candles: pl.DataFrame,
-    klines: pl.DataFrame,
+    klines: pl.DataFrame | Minutes,
     day: dt.date,
     timeframes: Sequence[str | Timeframe],
     as_of: dt.datetime | None = None,
@@ -111,30 +111,42 @@ def check_counts(
     """Each owned bucket's n_1m equals the 1m rows inside it, and per symbol and timeframe the
     buckets account for every 1m row in the span the partition owns (no bucket missing).
 
-    `klines` covers `partition_input_window(day, timeframes)`; `as_of` as in `resample`.
+    `klines` covers `partition_input_window(day, timeframes)` (or more), as a frame or as
+    `Minutes` built once for several days; `as_of` as in `resample`.
     """
     import numpy as np
     import polars as pl
 
     tfs = parse_timeframes(timeframes)
-    m = Minutes(klines)
+    m = klines if isinstance(klines, Minutes) else Minutes(klines)
     d0, d1 = day_bounds_ms(day)
     cutoff = min(d1, to_ms(as_of) if as_of is not None else int(m.t.max(initial=d0)) + MINUTE_MS)
-    owned = candles.filter(owned_by(day))
+    owned = candles.filter(owned_by(day)).sort("symbol", "timeframe", "open_time")
     symbols = sorted(set(m.names.to_list()) | set(owned["symbol"].unique().to_list()))
     problems: list[str] = []
+    # Every series' rows as one slice of numpy columns taken out of polars once.
+    opens = owned["open_time"].dt.epoch("ms").to_numpy()
+    closes = owned["close_time"].dt.epoch("ms").to_numpy()
+    counts = owned["n_1m"].to_numpy()
+    spans = (
+        owned.with_row_index("_i")
+        .group_by("symbol", "timeframe")
+        .agg(pl.col("_i").min().alias("lo"), pl.len().alias("n"))
+    )
+    series = {(sym, tf): (lo, lo + n) for sym, tf, lo, n in spans.iter_rows()}
+    names = m.names.to_numpy()
     for sym in symbols:
-        idx = np.flatnonzero(m.names.to_numpy() == sym)
-        t = m.t[m.sid == idx[0]] if idx.size else np.empty(0, dtype=np.int64)
+        idx = np.flatnonzero(names == sym)
+        a, b = np.searchsorted(m.sid, [idx[0], idx[0] + 1]) if idx.size else (0, 0)
+        t = m.t[a:b]  # the symbol's minutes (Minutes sorts by symbol, then time)
         for tf in tfs:
-            rows = owned.filter((pl.col("symbol") == sym) & (pl.col("timeframe") == tf.name))
-            o = rows["open_time"].dt.epoch("ms").to_numpy()
-            c = rows["close_time"].dt.epoch("ms").to_numpy()
+            lo, hi = series.get((sym, tf.name), (0, 0))
+            o, c, n_1m = opens[lo:hi], closes[lo:hi], counts[lo:hi]
             inside = np.searchsorted(t, c) - np.searchsorted(t, o)
-            wrong = np.flatnonzero(inside != rows["n_1m"].to_numpy())
+            wrong = np.flatnonzero(inside != n_1m)
             for i in wrong[:MAX_LISTED]:
                 problems.append(
-                    f"{sym} {tf.name} {from_ms(o[i]).isoformat()}: n_1m={rows['n_1m'][int(i)]}"
+                    f"{sym} {tf.name} {from_ms(o[i]).isoformat()}: n_1m={n_1m[int(i)]}"
                     f" but {inside[i]} 1m rows"
                 )
             first = first_owned_start_ms(tf, day)
@@ -142,7 +154,7 @@ def check_counts(
             if first is None or last <= first:
                 continue
             have = int(np.searchsorted(t, last) - np.searchsorted(t, first))
-            total = int(rows["n_1m"].sum()) if rows.height else 0
+            total = int(n_1m.sum())
             if have != total:
                 problems.append(
                     f"{sym} {tf.name}: buckets hold {total} 1m candles, the 1m data has {have}"
@@ -159,7 +171,7 @@ def check_counts(
 
 def check_candles(
     candles: pl.DataFrame,
-    klines: pl.DataFrame | None = None,
+    klines: pl.DataFrame | Minutes | None = None,
     day: dt.date | None = None,
     timeframes: Sequence[str | Timeframe] | None = None,
     as_of: dt.datetime | None = None,

@@ -126,11 +126,13 @@ def ingest(
         exchange = client(venue, settings, endpoint)
         try:
             for a, b in windows(start, end, chunk):
+                note = f"{venue} {a:%Y-%m-%d %H:%M} → {b:%Y-%m-%d %H:%M}"
                 summary.rows += _ingest_chunk(
                     wh, exchange, venue, symbols, a, b, closed_by, endpoint, summary, write_guard,
                     lambda s, wa, wb, v=venue: tracker.window(v, s, wa, wb),
+                    lambda note=note: tracker.report(f"{note} fetched, writing"),
                 )  # fmt: skip
-                tracker.report(f"{venue} {a:%Y-%m-%d %H:%M} → {b:%Y-%m-%d %H:%M} written")
+                tracker.report(f"{note} written")
         finally:
             exchange.close()
     return summary
@@ -175,14 +177,18 @@ def _ingest_chunk(
     summary: IngestSummary,
     write_guard: Callable[[], AbstractContextManager[Any]],
     on_window: OnWindow | None = None,
+    on_fetched: Callable[[], None] | None = None,
 ) -> int:
-    """One venue's [a, b): fetched, then its candles and confirmed gaps replaced together."""
+    """One venue's [a, b): fetched (`on_fetched()` then), then its candles and confirmed gaps
+    replaced together."""
     import polars as pl
 
     from pipeline.quality.checks import missing_minutes
 
     ts = pl.Datetime("us", "UTC")
     frame = fetch(exchange, symbols, a, b, closed_by=closed_by, on_window=on_window)
+    if on_fetched:
+        on_fetched()
     now = dt.datetime.now(dt.UTC)
     frame = frame.with_columns(
         exchange=pl.lit(venue), source=pl.lit(endpoint.label), ingested_at=pl.lit(now, dtype=ts)

@@ -77,16 +77,20 @@ def build_indicators(
     by_tf = with_history(wh, exchange, everything).partition_by("timeframe", as_dict=True)
     for n, tf in enumerate(timeframes, 1):
         hist_all = by_tf.get((tf,), everything.clear())
+        owned = []
         for day in days:
             lo, hi = indicator_input_window(day, tf, spec)
             hist = hist_all.filter((pl.col("open_time") >= lo) & (pl.col("close_time") <= hi))
-            ind = indicators_for_partition(hist, day, spec)
-            parts.append(ind)
-            if checked(tf):  # checked by market, so what they report names the venue
-                named = by_market(with_exchange(hist, exchange))
-                found = check_indicators(named, by_market(with_exchange(ind, exchange)), spec)
-                for name, outcome in found.items():
-                    outcomes.setdefault(name, []).append(outcome)
+            owned.append(indicators_for_partition(hist, day, spec))
+        parts += owned
+        if checked(tf):  # checked by market, so what they report names the venue
+            # Once over all the days (the candles from the first day's warm-up on): each
+            # series' warm-up and sampled bars are looked at once, not once a day.
+            ind = pl.concat(owned, how="diagonal_relaxed")
+            named = by_market(with_exchange(hist_all, exchange))
+            found = check_indicators(named, by_market(with_exchange(ind, exchange)), spec)
+            for name, outcome in found.items():
+                outcomes.setdefault(name, []).append(outcome)
         if progress:
             progress(n, f"{exchange} {tf}: {len(days)} day(s)")
     parts = [p for p in parts if p.height]
