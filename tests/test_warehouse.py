@@ -290,3 +290,26 @@ def test_a_reader_never_creates_a_warehouse(tmp_path: Path):
     with pytest.raises(NoWarehouse), wh.reader():
         pass
     assert not (tmp_path / "warehouse").exists()
+
+
+def test_a_write_bigger_than_the_file_is_synced_by_copying_and_a_small_one_in_place(
+    tmp_path: Path,
+):
+    """Replaying a backfill's millions of rows into the replica costs as much as the write;
+    copying the file costs its size: the replica is synced whichever way is cheaper
+    (store.COPY_BYTES_PER_ROW), and holds the same rows either way."""
+    from warehouse import store
+
+    wh = Warehouse(tmp_path / "w.duckdb")
+    wh.replace("klines_1m", klines(DAY0, 2), WHERE, ["BTCUSDT", DAY0, DAY0 + 2 * DAY])
+    inode = wh.replica_path.stat().st_ino
+    with wh.writer() as con:
+        size = wh.path.stat().st_size
+        small = size // store.COPY_BYTES_PER_ROW  # rows: replaying them is the cheaper way
+        assert wh.sync_replica(con, rows=small) == "current"  # in place: nothing missed
+        assert wh.replica_path.stat().st_ino == inode
+        assert wh.sync_replica(con, rows=small + 1) == "copy"
+    assert wh.replica_path.stat().st_ino != inode
+    d2 = DAY0 + 2 * DAY
+    wh.replace("klines_1m", klines(d2).head(10), WHERE, ["BTCUSDT", d2, d2 + DAY])  # in place
+    assert count(wh.replica_path) == 2 * 1440 + 10

@@ -35,6 +35,11 @@ if TYPE_CHECKING:
 _MIGRATED: set[Path] = set()
 # Above this many missed writes, copying the file beats replaying them one by one.
 MAX_INCREMENTAL = 64
+# Replaying a write into the replica costs about what the write did (a DELETE, then an INSERT
+# through the primary key: ~150k rows/s measured in `python -m bench backfill_scale`), copying
+# the file costs its size (~150 MB/s there): a write of more rows than the file's bytes / this
+# is synced by copying (a backfill's millions of rows), anything smaller incrementally.
+COPY_BYTES_PER_ROW = 1000
 
 
 def _jsonable(v: Any) -> Any:
@@ -162,7 +167,7 @@ class Warehouse:
                 con.execute("ROLLBACK")
                 raise
             if self.replica_sync:
-                self.sync_replica(con)
+                self.sync_replica(con, rows=inserted)
         return inserted
 
     def ensure_columns(self, table: str, columns: dict[str, str]) -> list[str]:
@@ -188,9 +193,13 @@ class Warehouse:
             return added
 
     # -- the replica ---------------------------------------------------------------------
-    def sync_replica(self, con: duckdb.DuckDBPyConnection) -> str:
-        """Bring the replica up to the live file; returns 'incremental', 'copy' or 'current'."""
+    def sync_replica(self, con: duckdb.DuckDBPyConnection, rows: int = 0) -> str:
+        """Bring the replica up to the live file; returns 'incremental', 'copy' or 'current'.
+        `rows`: how many the write just made inserted (a big write is copied, see
+        COPY_BYTES_PER_ROW)."""
         try:
+            if rows * COPY_BYTES_PER_ROW > self.path.stat().st_size:
+                raise _NeedsCopy(f"{rows} rows written: copying the file is cheaper")
             return self._sync_incremental(con)
         except Exception:  # replica locked, missing, stale schema or damaged: copy instead
             self._copy_replica(con)
