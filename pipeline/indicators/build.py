@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 
     from pipeline.indicators.spec import IndicatorSpec
 
+# The per-partition checks look at up to this many indicator rows at once: runs of days, so
+# each series is sampled once a run rather than once a day, in bounded memory.
+CHECK_ROWS = 500_000
+
 # Runs of consecutive confirmed-absent minutes (gaps and islands: minute - row number is
 # constant along a run), so a long exchange gap is one row, not one per minute.
 _GAP_RUNS = (
@@ -75,8 +79,10 @@ def build_indicators(
         [v for pair in windows for v in pair] + [end, exchange],
     )
     by_tf = with_history(wh, exchange, everything).partition_by("timeframe", as_dict=True)
+    empty = everything.clear()
+    del everything  # from here on each timeframe's candles are dropped once it is done
     for n, tf in enumerate(timeframes, 1):
-        hist_all = by_tf.get((tf,), everything.clear())
+        hist_all = by_tf.pop((tf,), empty)
         owned = []
         for day in days:
             lo, hi = indicator_input_window(day, tf, spec)
@@ -84,19 +90,44 @@ def build_indicators(
             owned.append(indicators_for_partition(hist, day, spec))
         parts += owned
         if checked(tf):  # checked by market, so what they report names the venue
-            # Once over all the days (the candles from the first day's warm-up on): each
-            # series' warm-up and sampled bars are looked at once, not once a day.
-            ind = pl.concat(owned, how="diagonal_relaxed")
-            named = by_market(with_exchange(hist_all, exchange))
-            found = check_indicators(named, by_market(with_exchange(ind, exchange)), spec)
-            for name, outcome in found.items():
-                outcomes.setdefault(name, []).append(outcome)
+            # Over runs of days (the candles from the run's first warm-up on), not day by day:
+            # each series' warm-up and sampled bars are looked at once a run; a run holds up
+            # to CHECK_ROWS rows, which bounds the checks' memory.
+            for a, b in _runs(owned, CHECK_ROWS):
+                lo = indicator_input_window(days[a], tf, spec)[0]
+                hi = indicator_input_window(days[b - 1], tf, spec)[1]
+                hist = hist_all.filter((pl.col("open_time") >= lo) & (pl.col("close_time") <= hi))
+                named = by_market(with_exchange(hist, exchange))
+                ind = by_market(with_exchange(_concat(owned[a:b]), exchange))
+                for name, outcome in check_indicators(named, ind, spec).items():
+                    outcomes.setdefault(name, []).append(outcome)
+        del hist_all
         if progress:
             progress(n, f"{exchange} {tf}: {len(days)} day(s)")
     parts = [p for p in parts if p.height]
     if not parts:
         return None, outcomes
-    return with_exchange(pl.concat(parts, how="diagonal_relaxed"), exchange), outcomes
+    return with_exchange(_concat(parts), exchange), outcomes
+
+
+def _runs(frames: Sequence[pl.DataFrame], rows: int) -> list[tuple[int, int]]:
+    """Consecutive [a, b) index ranges of `frames` holding up to `rows` rows (one at least)."""
+    out, a, held = [], 0, 0
+    for i, f in enumerate(frames):
+        if i > a and held + f.height > rows:
+            out.append((a, i))
+            a, held = i, 0
+        held += f.height
+    return [*out, (a, len(frames))] if frames else out
+
+
+def _concat(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
+    """The frames one after another: their chunks, not a copy, when their schemas agree."""
+    import polars as pl
+
+    if all(f.schema == frames[0].schema for f in frames):
+        return pl.concat(frames, how="vertical", rechunk=False)
+    return pl.concat(frames, how="diagonal_relaxed")
 
 
 def write_indicators(
