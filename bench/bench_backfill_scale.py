@@ -50,11 +50,14 @@ TARGET_S, TARGET_GIB = 300.0, 4.0
 
 
 class TreeMemory:
-    """Peak summed RSS of a process and its descendants, sampled every `every_s` by psutil."""
+    """Peak summed RSS of a process and its descendants, sampled every `every_s` by psutil,
+    and their CPU seconds so far at each sample (`cpu_at`: a phase's CPU, which unlike its
+    wall time does not grow with what else the machine runs)."""
 
     def __init__(self, pid: int, every_s: float = 0.2) -> None:
         self.pid, self.every_s = pid, every_s
         self.peak, self.peak_procs = 0, 0
+        self.cpu: list[tuple[float, float]] = []  # (epoch s, CPU s of the tree so far)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -75,13 +78,23 @@ class TreeMemory:
                 procs = [root, *root.children(recursive=True)]
             except psutil.NoSuchProcess:
                 return
-            total = 0
+            total, cpu = 0, 0.0
             for p in procs:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     total += p.memory_info().rss
+                    t = p.cpu_times()
+                    cpu += t.user + t.system + t.children_user + t.children_system
+            self.cpu.append((time.time(), cpu))
             if total > self.peak:
                 self.peak, self.peak_procs = total, len(procs)
             self._stop.wait(self.every_s)
+
+    def cpu_at(self, when: float) -> float:
+        """CPU seconds the tree had used by `when` (the last sample at or before it)."""
+        import bisect
+
+        i = bisect.bisect_right(self.cpu, (when, float("inf")))
+        return self.cpu[i - 1][1] if i else 0.0
 
 
 def requests_needed(n: int, start: dt.datetime, end: dt.datetime) -> int:
@@ -195,6 +208,7 @@ def backfill(n: int, days: int) -> dict[str, Any]:
         "t1": t1,
         "steps": steps,
         "peak_tree": mem.peak,
+        "cpu_at": mem.cpu_at,
         "peak_procs": mem.peak_procs,
         "maxrss_one": after.ru_maxrss * 1024,  # KiB on Linux
         "cpu": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
@@ -210,6 +224,7 @@ def backfill(n: int, days: int) -> dict[str, Any]:
 def run() -> str:
     from bench.common import table
 
+    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     r = backfill(N, DAYS)
     rows, total = r["counts"]["klines_1m"], r["total"]
     assert rows == r["bare_rows"] == N * DAYS * 1440, (rows, r["bare_rows"])
@@ -217,14 +232,20 @@ def run() -> str:
     steps = r["steps"]
     first = steps[0][1] if steps else r["t1"]
     last = max((b for _, _, b in steps), default=r["t1"])
-    lines = [["command start → first step (instance, `dagster`, code location)",
-              f"{first - r['t0']:.1f}", ""]]  # fmt: skip
+    cpu = r["cpu_at"]
+
+    def phase(name: str, a: float, b: float, rate: str = "") -> list[str]:
+        return [name, f"{b - a:.1f}", f"{cpu(b) - cpu(a):.1f}", rate]
+
+    lines = [phase("command start → first step (instance, `dagster`, code location)",
+                   r["t0"], first)]  # fmt: skip
     for name, a, b in steps:
         rate = f"{rows / (b - a):,.0f}" if name.startswith("klines_1m: ") and b > a else ""
-        lines.append([f"`{name}`", f"{b - a:.1f}", rate])
-    lines.append(["last step → command exit", f"{r['t1'] - last:.1f}", ""])
-    lines.append(["**whole command**", f"**{total:.1f}**", f"{rows / total:,.0f}"])
-    phase_table = table(["phase", "seconds", "candle rows/s"], lines)
+        lines.append(phase(f"`{name}`", a, b, rate))
+    lines.append(phase("last step → command exit", last, r["t1"]))
+    lines.append(["**whole command**", f"**{total:.1f}**", f"{r['cpu']:.0f}",
+                  f"{rows / total:,.0f}"])  # fmt: skip
+    phase_table = table(["phase", "wall s", "CPU s (tree)", "candle rows/s"], lines)
 
     bybit_rate = BYBIT_LIMIT[0] / BYBIT_LIMIT[1]
     lim = r["replay_limit"]
@@ -267,6 +288,7 @@ def run() -> str:
         f"{c['indicators']:,} indicator rows and {c['signals']:,} signals, on a fresh home, "
         "from the replay exchange on loopback (generated universe, seed 7) through "
         "`signalbox backfill` (one Dagster run of the `backfill` job). CPU of the command's "
-        f"process tree: {r['cpu']:.0f} s.\n\n"
+        f"process tree: {r['cpu']:.0f} s. Machine load when it started: `{load}` (2 cores shared "
+        "with other work make every figure here slower than on an idle machine).\n\n"
         f"{phase_table}\n\n{base_table}\n\n{mem_table}\n\n{verdict}"
     )
