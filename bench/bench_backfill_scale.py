@@ -56,7 +56,7 @@ class TreeMemory:
 
     def __init__(self, pid: int, every_s: float = 0.2) -> None:
         self.pid, self.every_s = pid, every_s
-        self.peak, self.peak_procs = 0, 0
+        self.peak, self.peak_procs, self.peak_at = 0, 0, 0.0
         self.cpu: list[tuple[float, float]] = []  # (epoch s, CPU s of the tree so far)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -86,7 +86,7 @@ class TreeMemory:
                     cpu += t.user + t.system + t.children_user + t.children_system
             self.cpu.append((time.time(), cpu))
             if total > self.peak:
-                self.peak, self.peak_procs = total, len(procs)
+                self.peak, self.peak_procs, self.peak_at = total, len(procs), time.time()
             self._stop.wait(self.every_s)
 
     def cpu_at(self, when: float) -> float:
@@ -208,6 +208,7 @@ def backfill(n: int, days: int) -> dict[str, Any]:
         "t1": t1,
         "steps": steps,
         "peak_tree": mem.peak,
+        "peak_at": mem.peak_at,
         "cpu_at": mem.cpu_at,
         "peak_procs": mem.peak_procs,
         "maxrss_one": after.ru_maxrss * 1024,  # KiB on Linux
@@ -266,11 +267,13 @@ def run() -> str:
             ["`signalbox backfill`, whole command", f"{total:.1f}", f"{rows / total:,.0f}", ""],
         ],
     )  # fmt: skip
+    during = next((n for n, a, b in steps if a <= r["peak_at"] <= b), "outside the steps")
     mem_table = table(
         ["memory", "GiB"],
         [
             [f"peak RSS of the command's process tree, summed (psutil every 0.2 s; "
-             f"{r['peak_procs']} processes at the peak)", f"{r['peak_tree'] / gib:.2f}"],
+             f"{r['peak_procs']} processes at the peak, during `{during}`)",
+             f"{r['peak_tree'] / gib:.2f}"],
             ["largest single process's peak RSS (`getrusage(RUSAGE_CHILDREN).ru_maxrss`)",
              f"{r['maxrss_one'] / gib:.2f}"],
         ],
