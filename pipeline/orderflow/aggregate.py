@@ -1,0 +1,117 @@
+"""Public trades to one row per (symbol, minute): what the taker bought and sold.
+
+A trade is Bybit's `publicTrade` item (`T` ms timestamp, `s` symbol, `S` the TAKER's side Buy
+or Sell, `v` size, `p` price, `i` trade id). A minute is `[open_time, open_time + 60 s)` on
+the epoch grid, like a 1m candle, so a minute's trades add up to its candle's volume. VWAP is
+NULL for a minute without trades (there is no price to average), never zero.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import polars as pl
+
+MINUTE_MS = 60_000
+# The trade frame: time in epoch ms, side "Buy"/"Sell" (the taker's), size, price.
+TRADE_COLUMNS = ("symbol", "time", "side", "size", "price")
+# One row per minute with trades, in this order after (symbol, open_time).
+FLOW_COLUMNS = (
+    "taker_buy_volume", "taker_sell_volume", "taker_buy_turnover", "taker_sell_turnover",
+    "trade_count", "vwap", "price_low", "price_high",
+)  # fmt: skip
+
+
+def trade_schema() -> dict[str, Any]:
+    import polars as pl
+
+    return {
+        "symbol": pl.String,
+        "time": pl.Int64,
+        "side": pl.String,
+        "size": pl.Float64,
+        "price": pl.Float64,
+    }
+
+
+def trades_frame(items: list[dict[str, Any]]) -> pl.DataFrame:
+    """Bybit `publicTrade` data items (strings on the wire) as a trade frame."""
+    import polars as pl
+
+    cols: dict[str, list[Any]] = {c: [] for c in TRADE_COLUMNS}
+    for t in items:
+        cols["symbol"].append(t["s"])
+        cols["time"].append(int(t["T"]))
+        cols["side"].append(t["S"])
+        cols["size"].append(float(t["v"]))
+        cols["price"].append(float(t["p"]))
+    return pl.DataFrame(cols, schema=trade_schema())
+
+
+def minute_flow(trades: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    """Aggregate a trade frame per (symbol, minute): taker buy/sell volume and turnover, trade
+    count, VWAP and the trades' price range; `open_time` as UTC `Datetime("us")`, sorted.
+
+    Each symbol's trades are grouped on their minute as a sorted key (sorted first if they
+    arrived out of order), which lets polars cut groups in one pass instead of hashing: about
+    seven times faster on a day of trades. Refuses a side other than Buy/Sell (it would count
+    on neither side and the minute would no longer add up to its candle)."""
+    import polars as pl
+
+    df = trades.collect() if isinstance(trades, pl.LazyFrame) else trades
+    parts = [_symbol_flow(p) for p in df.partition_by("symbol", maintain_order=True)]
+    if not parts:
+        return _symbol_flow(df.clear())
+    return pl.concat(parts).sort("symbol", "open_time")
+
+
+def _symbol_flow(df: pl.DataFrame) -> pl.DataFrame:
+    import polars as pl
+
+    MS, US = pl.Datetime("ms", "UTC"), pl.Datetime("us", "UTC")
+    if not df["time"].is_sorted():
+        df = df.sort("time")
+    size, price = pl.col("size"), pl.col("price")
+    buy = (pl.col("side") == "Buy").cast(pl.Float64)
+    sell = (pl.col("side") == "Sell").cast(pl.Float64)
+    out = (
+        df.lazy()
+        .select(
+            "price",
+            "size",
+            minute=(pl.col("time") - pl.col("time") % MINUTE_MS).set_sorted(),
+            taker_buy_volume=size * buy,
+            taker_sell_volume=size * sell,
+            taker_buy_turnover=size * price * buy,
+            taker_sell_turnover=size * price * sell,
+            _sided=buy + sell,
+        )
+        .group_by("minute", maintain_order=True)
+        .agg(
+            pl.col("taker_buy_volume", "taker_sell_volume").sum(),
+            pl.col("taker_buy_turnover", "taker_sell_turnover").sum(),
+            pl.col("_sided").sum(),
+            trade_count=pl.len().cast(pl.Int64),
+            price_low=price.min(),
+            price_high=price.max(),
+        )
+        .with_columns(
+            symbol=pl.lit(df["symbol"][0] if df.height else "", pl.String),
+            _volume=pl.col("taker_buy_volume") + pl.col("taker_sell_volume"),
+            _turnover=pl.col("taker_buy_turnover") + pl.col("taker_sell_turnover"),
+        )
+        .with_columns(
+            open_time=pl.col("minute").cast(MS).cast(US),
+            vwap=pl.when(pl.col("_volume") > 0).then(pl.col("_turnover") / pl.col("_volume")),
+        )
+        .collect()
+    )
+    odd = out.filter(pl.col("_sided") != pl.col("trade_count"))
+    if odd.height:
+        row = odd.row(0, named=True)
+        raise ValueError(
+            f"a trade of {row['symbol']} in the minute {row['open_time']:%Y-%m-%d %H:%M} UTC has"
+            " a side other than Buy or Sell: only the taker's Buy or Sell can be counted"
+        )
+    return out.select("symbol", "open_time", *FLOW_COLUMNS)
