@@ -20,10 +20,10 @@ from pipeline.orchestration.resources import (
     resources,
 )
 
-ASSETS = {"klines_1m", "candles", "indicators", "signals", "backtest_report"}
-JOBS = {"live", "backfill", "quality", "backtest_reports"}
+ASSETS = {"klines_1m", "candles", "indicators", "signals", "backtest_report", "order_flow_1m"}
+JOBS = {"live", "backfill", "quality", "backtest_reports", "order_flow"}
 SENSORS = {"live_candles", "kline_gap_repair", "purge_live_runs", "reap_dead_runs"}
-SCHEDULES = {"daily_repair", "quality_schedule", "daily_backtests"}
+SCHEDULES = {"daily_repair", "quality_schedule", "daily_backtests", "order_flow_hourly"}
 
 
 def test_the_definitions_load_and_validate():
@@ -39,6 +39,7 @@ def test_every_asset_check_job_sensor_and_schedule_is_there():
     assert ("indicators", "warmup_matches_full_history") in checks
     assert ("signals", "no_lookahead") in checks
     assert ("signals", "fast_lane_parity") in checks
+    assert ("order_flow_1m", "trades_match_candles") in checks
     assert {j.name for j in repo.get_all_jobs() if not j.name.startswith("__")} == JOBS
     assert {s.name for s in repo.sensor_defs} == SENSORS
     assert {s.name for s in repo.schedule_defs} == SCHEDULES

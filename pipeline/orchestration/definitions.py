@@ -9,7 +9,7 @@ first asks for them. Asset modules stay thin; the work is in pipeline/ and wareh
 
 import dagster as dg
 
-from assets import backtests, klines, signals, timeframes
+from assets import backtests, klines, orderflow, signals, timeframes
 from pipeline.orchestration.jobs import JOBS
 from pipeline.orchestration.reaper import watched_in_process_executor
 from pipeline.orchestration.resources import resources
@@ -23,6 +23,7 @@ defs = dg.Definitions(
         timeframes.indicators,
         signals.signals,
         backtests.backtest_report,
+        orderflow.order_flow_1m,
     ],
     asset_checks=[klines.klines_expectations, timeframes.indicators_warmup],
     jobs=JOBS,
