@@ -178,6 +178,12 @@ def supervised(settings: Settings, env: dict[str, str]) -> list[Child]:
             logs / "fast.log",
         ),
         Child(
+            "trades",
+            [sys.executable, "-m", "pipeline.runtime.cli", "trades"],
+            env,
+            logs / "trades.log",
+        ),
+        Child(
             "reports",
             [sys.executable, "-m", "pipeline.runtime.reports_server"],
             env,
@@ -223,7 +229,7 @@ def up(settings: Settings, history_days: int | None = None) -> int:
         _say(f"  socket    {settings.socket_path}  (`signalbox tail`)")
         _say(f"  reports   http://{ui.host}:{ui.reports_port}/  ({settings.reports_dir})")
         _say(f"  source    {ep.label} {ep.rest_url}")
-        _say(f"  logs      {logs}/  (daemon, webserver, sidecar, fast .log; latency.jsonl)")
+        _say(f"  logs      {logs}/  (daemon, webserver, sidecar, fast, trades .log; latency.jsonl)")
         _say("Ctrl-C stops everything.")
         seen = len(latency.read(settings.home))
         while True:
