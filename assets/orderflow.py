@@ -1,5 +1,6 @@
 """`order_flow_1m`: each day's order flow per minute, ingested from the trade collector's
-journal (`signalbox trades`, pipeline/orderflow/journal.py), checked against the 1m candles."""
+journal (`signalbox trades`, pipeline/orderflow/journal.py), checked against the 1m candles;
+`order_flow_bars`: the same on every timeframe (pipeline/orderflow/derived.py)."""
 
 import datetime as dt
 
@@ -9,6 +10,7 @@ from assets.common import check_result, daily_table, display, md_table, pool_slo
 from assets.common import window as partition_window
 from pipeline.orchestration.resources import SettingsResource, WarehouseResource
 from pipeline.orderflow.checks import CHECKS
+from pipeline.orderflow.derived import CHECKS as BAR_CHECKS
 
 ASSET = "order_flow_1m"
 
@@ -81,4 +83,71 @@ def order_flow_1m(
     return dg.MaterializeResult(
         metadata=display(meta),
         check_results=[check_result(name, outcomes[name], ASSET) for name in CHECKS],
+    )
+
+
+BARS = "order_flow_bars"
+
+
+@daily_table(
+    BARS,
+    BAR_CHECKS,
+    name=BARS,
+    pool=None,  # claimed only while reading and writing
+    group_name="orderflow",
+    kinds={"duckdb", "polars"},
+    deps=[ASSET],
+    description=(
+        "Order flow on every timeframe's bars: taker buy/sell volume, delta, buy ratio and "
+        "the CVD anchored at 00:00 UTC, from order_flow_1m's covered minutes that matched their "
+        "candle. A bar not covered whole has NULL values (never zero)."
+    ),
+)
+def order_flow_bars(
+    context: dg.AssetExecutionContext, settings: SettingsResource, warehouse: WarehouseResource
+):
+    import polars as pl
+
+    from pipeline.candles.timeframes import owned_where, partition_input_window
+    from pipeline.markets import by_venue
+    from pipeline.orderflow.derived import bar_checks, bars
+    from warehouse import Replacement
+
+    s, wh = settings.get(), warehouse.get()
+    start, end = partition_window(context)
+    days = [start.date() + dt.timedelta(days=i) for i in range((end - start).days)]
+    venues = list(by_venue(s.markets))
+    frames = []
+    with pool_slot(context):
+        first, _ = partition_input_window(days[0], s.timeframes)
+        flow = wh.query(
+            "SELECT exchange, symbol, open_time, taker_buy_volume, taker_sell_volume,"
+            " volume_matches FROM order_flow_1m WHERE open_time >= ? AND open_time < ?",
+            [first, end],
+        )
+        items = []
+        for day in days:
+            frame = bars(flow, list(s.timeframes), day)
+            frames.append(frame)
+            for v in venues:
+                where, params = owned_where(day, v)
+                mine = frame.filter(pl.col("exchange") == v)
+                items.append(Replacement(BARS, mine, where, tuple(params)))
+        written = wh.replace_many(items)
+    frame = pl.concat(frames)
+    outcomes = bar_checks(frame)
+    whole = frame.filter(pl.col("covered_minutes") == pl.col("expected_minutes"))
+    per_tf = (
+        frame.group_by("timeframe")
+        .agg(bars=pl.len(), whole=(pl.col("delta").is_not_null()).sum())
+        .sort("timeframe")
+    )
+    meta = {
+        "rows_written": written,
+        "whole_bars": whole.height,
+        "per_timeframe": dg.MetadataValue.md(md_table(per_tf)),
+    }
+    return dg.MaterializeResult(
+        metadata=display(meta),
+        check_results=[check_result(name, outcomes[name], BARS) for name in BAR_CHECKS],
     )

@@ -20,7 +20,10 @@ from pipeline.orchestration.resources import (
     resources,
 )
 
-ASSETS = {"klines_1m", "candles", "indicators", "signals", "backtest_report", "order_flow_1m"}
+ASSETS = {
+    "klines_1m", "candles", "indicators", "signals", "backtest_report",
+    "order_flow_1m", "order_flow_bars",
+}  # fmt: skip
 JOBS = {"live", "backfill", "quality", "backtest_reports", "order_flow"}
 SENSORS = {"live_candles", "kline_gap_repair", "purge_live_runs", "reap_dead_runs"}
 SCHEDULES = {"daily_repair", "quality_schedule", "daily_backtests", "order_flow_hourly"}

@@ -70,7 +70,7 @@ def day_and_resources(tmp_path_factory, replay_session):
 def _materialize(res, day):
     with dg.DagsterInstance.ephemeral() as instance:
         return dg.materialize(
-            [orderflow.order_flow_1m],
+            [orderflow.order_flow_1m, orderflow.order_flow_bars],
             partition_key=day.isoformat(),
             resources=res,
             instance=instance,
@@ -88,7 +88,12 @@ def test_covered_minutes_go_in_whole_and_the_rest_stay_absent(day_and_resources)
     _journal(home, replay.market, day)
     result = _materialize(res, day)
     assert result.success
-    assert _checks(result) == {"trades_match_candles": True, "prices_within_candles": True}
+    assert _checks(result) == {
+        "trades_match_candles": True,
+        "prices_within_candles": True,
+        "null_outside_coverage": True,
+        "values_consistent": True,
+    }
     wh = res["warehouse"].get()
     rows = wh.query("SELECT * FROM order_flow_1m ORDER BY open_time")
     assert rows.height == len(COVERED)
@@ -110,6 +115,16 @@ def test_covered_minutes_go_in_whole_and_the_rest_stay_absent(day_and_resources)
     assert meta["covered_minutes"].value == len(COVERED)
     assert "bybit:BTCUSDT | 60 |" in meta["coverage"].value
     assert meta["flagged_minutes"].value == 0
+    hours = wh.query(
+        "SELECT open_time, delta, cvd_day, covered_minutes FROM order_flow_bars"
+        " WHERE timeframe = '1h' ORDER BY open_time"
+    )
+    (h10,) = hours.filter(pl.col("delta").is_not_null()).to_dicts()  # the one covered hour
+    assert h10["open_time"].hour == 10 and h10["covered_minutes"] == 60
+    assert h10["delta"] == pytest.approx(
+        (rows["taker_buy_volume"] - rows["taker_sell_volume"]).sum(), abs=1e-9
+    )
+    assert h10["cvd_day"] is None  # the day's minutes before 10:00 have no order flow
 
 
 def test_a_short_minute_is_stored_flagged_and_fails_the_blocking_check(day_and_resources):
@@ -120,6 +135,7 @@ def test_a_short_minute_is_stored_flagged_and_fails_the_blocking_check(day_and_r
     _journal(home, replay.market, day, tamper=bad)
     result = _materialize(res, day)
     assert not result.success  # a failed blocking check fails the run: it is seen
+    # ... and stops what reads it: the bars are not rebuilt from a flagged day
     assert _checks(result) == {"trades_match_candles": False, "prices_within_candles": True}
     (evaluation,) = [
         e for e in result.get_asset_check_evaluations() if e.check_name == "trades_match_candles"

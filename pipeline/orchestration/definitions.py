@@ -24,6 +24,7 @@ defs = dg.Definitions(
         signals.signals,
         backtests.backtest_report,
         orderflow.order_flow_1m,
+        orderflow.order_flow_bars,
     ],
     asset_checks=[klines.klines_expectations, timeframes.indicators_warmup],
     jobs=JOBS,

@@ -25,3 +25,23 @@ CREATE TABLE order_flow_1m (
     ingested_at         TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (exchange, symbol, open_time)
 );
+
+-- Order flow on every timeframe (the candles' grid), from the minutes above that matched their
+-- candle. A bar has values only when every minute of it is covered (covered_minutes =
+-- expected_minutes); otherwise they are NULL. cvd_day: the deltas' sum from 00:00 UTC of the
+-- day of the bar's last minute through it, for bars up to 1d (NULL unless all covered).
+CREATE TABLE order_flow_bars (
+    exchange          VARCHAR     NOT NULL,
+    symbol            VARCHAR     NOT NULL,
+    timeframe         VARCHAR     NOT NULL,
+    open_time         TIMESTAMPTZ NOT NULL,
+    close_time        TIMESTAMPTZ NOT NULL,
+    covered_minutes   INTEGER     NOT NULL,
+    expected_minutes  INTEGER     NOT NULL,
+    taker_buy_volume  DOUBLE,
+    taker_sell_volume DOUBLE,
+    delta             DOUBLE,
+    buy_ratio         DOUBLE,
+    cvd_day           DOUBLE,
+    PRIMARY KEY (exchange, symbol, timeframe, open_time)
+);
