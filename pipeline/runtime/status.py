@@ -20,7 +20,7 @@ from pipeline.runtime.running import processes, up_pid
 HEALTHY = 0
 NOT_RUNNING = 1  # no `signalbox up` for this home (2 is a configuration error, as everywhere)
 UNHEALTHY = 3  # running, with problems listed
-EXPECTED = ("webserver", "daemon", "sidecar", "fast")  # the children every `up` has
+EXPECTED = ("webserver", "daemon", "sidecar", "fast", "trades")  # the children every `up` has
 FAILED_WINDOW = dt.timedelta(hours=1)
 
 
