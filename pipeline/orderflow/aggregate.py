@@ -14,8 +14,7 @@ if TYPE_CHECKING:
     import polars as pl
 
 MINUTE_MS = 60_000
-# The trade frame: time in epoch ms, side "Buy"/"Sell" (the taker's), size, price.
-TRADE_COLUMNS = ("symbol", "time", "side", "size", "price")
+# The trade frame: symbol, time (epoch ms), side ("Buy"/"Sell", the taker's), size, price.
 # One row per minute with trades, in this order after (symbol, open_time).
 FLOW_COLUMNS = (
     "taker_buy_volume", "taker_sell_volume", "taker_buy_turnover", "taker_sell_turnover",
@@ -23,30 +22,19 @@ FLOW_COLUMNS = (
 )  # fmt: skip
 
 
-def trade_schema() -> dict[str, Any]:
-    import polars as pl
-
-    return {
-        "symbol": pl.String,
-        "time": pl.Int64,
-        "side": pl.String,
-        "size": pl.Float64,
-        "price": pl.Float64,
-    }
-
-
 def trades_frame(items: list[dict[str, Any]]) -> pl.DataFrame:
-    """Bybit `publicTrade` data items (strings on the wire) as a trade frame."""
+    """Bybit `publicTrade` data items (sizes and prices are strings on the wire) as a trade
+    frame; polars reads the dicts (about twice as fast as a Python loop at a busy minute)."""
     import polars as pl
 
-    cols: dict[str, list[Any]] = {c: [] for c in TRADE_COLUMNS}
-    for t in items:
-        cols["symbol"].append(t["s"])
-        cols["time"].append(int(t["T"]))
-        cols["side"].append(t["S"])
-        cols["size"].append(float(t["v"]))
-        cols["price"].append(float(t["p"]))
-    return pl.DataFrame(cols, schema=trade_schema())
+    wire = {"T": pl.Int64, "s": pl.String, "S": pl.String, "v": pl.String, "p": pl.String}
+    return pl.DataFrame(items, schema=wire).select(
+        symbol="s",
+        time="T",
+        side="S",
+        size=pl.col("v").cast(pl.Float64),
+        price=pl.col("p").cast(pl.Float64),
+    )
 
 
 def minute_flow(trades: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
