@@ -69,6 +69,31 @@ def pandas_flow(pdf):  # pd.DataFrame -> pd.DataFrame, the baseline
     return out.reset_index()
 
 
+def collector_close(symbols: int, per_minute: int = 1400) -> float:
+    """Seconds the trade collector takes to close one minute of `symbols` busy symbols
+    (wire items in, journal rows out): its work at each close, outside any Dagster run."""
+    from pipeline.orderflow.collect import MinuteCollector
+
+    names = [f"S{i:03d}USDT" for i in range(symbols)]
+    t0 = 19_723 * DAY_MS
+    c = MinuteCollector(names, dict.fromkeys(names, 0.001))
+    rng = np.random.default_rng(1)
+    for name in names:
+        c.add(t0 - 1, [{"T": t0 - 1, "s": name, "S": "Buy", "v": "0.001", "p": "1"}])  # covers t0
+        times = np.sort(rng.integers(t0, t0 + MINUTE_MS, per_minute))
+        items = [
+            {"T": int(t), "s": name, "S": "Buy" if k % 2 else "Sell", "v": "0.012", "p": "40000.1"}
+            for k, t in enumerate(times)
+        ]
+        for a in range(0, per_minute, 1024):
+            c.add(int(times[min(a + 1023, per_minute - 1)]), items[a : a + 1024])
+    t = time.perf_counter()
+    rows = c.close(t0 + MINUTE_MS + 10_000)
+    took = time.perf_counter() - t
+    assert len(rows) == symbols and all(r["trade_count"] == per_minute for r in rows)
+    return took
+
+
 def _agree(ours, theirs) -> None:
     a = ours.select(FLOW_COLUMNS).to_numpy()
     b = theirs[list(FLOW_COLUMNS)].to_numpy(dtype=np.float64)
@@ -84,9 +109,7 @@ def run(n: int | None = None) -> str:
     _agree(ours, pandas_flow(pdf))
     t_ours = best_of(lambda: minute_flow(trades), 5)
     t_pandas = best_of(lambda: pandas_flow(pdf), 3)
-    t0 = time.perf_counter()
-    one = minute_flow(trades.tail(1500))  # about one busy minute, what the collector closes
-    t_minute = time.perf_counter() - t0
+    closes = {n: collector_close(n) for n in (1, 50)}
     ratio = t_pandas / t_ours
     verdict = "met" if t_ours < TARGET_S and ratio >= TARGET_RATIO else "MISSED"
     rows = [
@@ -97,9 +120,11 @@ def run(n: int | None = None) -> str:
         f"{n:,} trades of one UTC day into {ours.height} minutes (taker buy/sell volume and "
         f"turnover, trade count, VWAP, price range); best of 5 (polars) and 3 (pandas).\n\n"
         + table(["aggregation", "ms", "vs pandas"], rows)
-        + f"\n\nTarget: under {TARGET_S:g} s and at least {TARGET_RATIO:g}x pandas: {verdict}. "
-        f"One minute's {one['trade_count'].sum():,} trades (the collector's step at a close): "
-        f"{t_minute * 1000:.1f} ms, first call.\n"
+        + f"\n\nTarget: under {TARGET_S:g} s and at least {TARGET_RATIO:g}x pandas: {verdict}.\n\n"
+        "At each close the trade collector (`signalbox trades`, not a Dagster run: the live run "
+        "does no order-flow work) turns the minute's wire items into journal rows: "
+        + ", ".join(f"{ms * 1000:.1f} ms at {n} symbol(s)" for n, ms in closes.items())
+        + " of 1,400 trades each.\n"
     )
 
 
