@@ -61,40 +61,41 @@ def _flow(df: pl.DataFrame, one_symbol: bool) -> pl.DataFrame:
 
     MS, US = pl.Datetime("ms", "UTC"), pl.Datetime("us", "UTC")
     size, price = pl.col("size"), pl.col("price")
-    buy = (pl.col("side") == "Buy").cast(pl.Float64)
-    sell = (pl.col("side") == "Sell").cast(pl.Float64)
+    buy = pl.col("side") == "Buy"
     minute = pl.col("time") - pl.col("time") % MINUTE_MS
     keys = ["minute"] if one_symbol else ["symbol", "minute"]
     symbol = pl.lit(df["symbol"][0] if df.height else "", pl.String).alias("symbol")
+    # As few whole-length columns as will do (writing them is most of the time): the sell
+    # side is the total less the buy side; the sides' counts prove every trade has one.
     out = (
         df.lazy()
         .select(
-            "price",
-            "size",
             *([] if one_symbol else ["symbol"]),
+            "size",
+            "price",
             minute=minute.set_sorted() if one_symbol else minute,
-            taker_buy_volume=size * buy,
-            taker_sell_volume=size * sell,
-            taker_buy_turnover=size * price * buy,
-            taker_sell_turnover=size * price * sell,
-            _sided=buy + sell,
+            _buy_size=pl.when(buy).then(size).otherwise(0.0),
+            _notional=size * price,
+            _buy_notional=pl.when(buy).then(size * price).otherwise(0.0),
+            _buys=buy,
+            _sells=pl.col("side") == "Sell",
         )
         .group_by(keys, maintain_order=one_symbol)
         .agg(
-            pl.col("taker_buy_volume", "taker_sell_volume").sum(),
-            pl.col("taker_buy_turnover", "taker_sell_turnover").sum(),
-            pl.col("_sided").sum(),
+            pl.col("size", "_buy_size", "_notional", "_buy_notional").sum(),
+            pl.col("_buys", "_sells").sum(),
             trade_count=pl.len().cast(pl.Int64),
             price_low=price.min(),
             price_high=price.max(),
         )
         .with_columns(
-            _volume=pl.col("taker_buy_volume") + pl.col("taker_sell_volume"),
-            _turnover=pl.col("taker_buy_turnover") + pl.col("taker_sell_turnover"),
-        )
-        .with_columns(
+            taker_buy_volume=pl.col("_buy_size"),
+            taker_sell_volume=pl.col("size") - pl.col("_buy_size"),
+            taker_buy_turnover=pl.col("_buy_notional"),
+            taker_sell_turnover=pl.col("_notional") - pl.col("_buy_notional"),
+            _sided=pl.col("_buys") + pl.col("_sells"),
             open_time=pl.col("minute").cast(MS).cast(US),
-            vwap=pl.when(pl.col("_volume") > 0).then(pl.col("_turnover") / pl.col("_volume")),
+            vwap=pl.when(pl.col("size") > 0).then(pl.col("_notional") / pl.col("size")),
         )
         .collect()
     )
