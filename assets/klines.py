@@ -14,6 +14,7 @@ from assets.common import (
     display,
     for_each_partition,
     md_table,
+    parse_time,
     pool_slot,
 )
 from assets.common import window as partition_window
@@ -44,13 +45,6 @@ class KlinesConfig(dg.Config):
 
     start: str | None = None  # ISO 8601 UTC, inclusive
     end: str | None = None  # ISO 8601 UTC, exclusive
-
-
-def _parse(ts: str | None) -> dt.datetime | None:
-    if not ts:
-        return None
-    v = dt.datetime.fromisoformat(ts)
-    return v if v.tzinfo else v.replace(tzinfo=dt.UTC)
 
 
 @daily_table(
@@ -93,8 +87,8 @@ def klines_1m(
     # The slowest venue's clock says which minutes are closed everywhere (one clock in replay).
     exchange_now = min(exchange.client(v).server_time() for v in by_venue(s.markets))
     closed_by = exchange_now.replace(second=0, microsecond=0)
-    start = max(p_start, _parse(config.start) or p_start)
-    end = min(p_end, _parse(config.end) or p_end, closed_by)
+    start = max(p_start, parse_time(config.start) or p_start)
+    end = min(p_end, parse_time(config.end) or p_end, closed_by)
     ident = f"{start:%Y-%m-%d %H:%M}→{end:%Y-%m-%d %H:%M}"
     names = ", ".join(map(str, s.markets))
     context.log.info(f"ingesting {names} {ident} from {ep.label} ({ep.rest_url})")

@@ -159,7 +159,9 @@ def _first_difference(a: pl.DataFrame, b: pl.DataFrame, keys: list[str]) -> str:
         gone = b.join(a, on=keys, how="anti").head(3).select(keys).rows()
         extra = a.join(b, on=keys, how="anti").head(3).select(keys).rows()
         return f"rows only in the whole rebuild {gone}, only in the live tail {extra}"
-    for i, (ra, rb) in enumerate(zip(a.iter_rows(named=True), b.iter_rows(named=True))):
+    for i, (ra, rb) in enumerate(
+        zip(a.iter_rows(named=True), b.iter_rows(named=True), strict=True)
+    ):
         diff = {k: (ra[k], rb[k]) for k in ra if ra[k] != rb[k] and ra[k] == ra[k]}
         if diff:
             return f"row {i} {[ra[k] for k in keys]}: {diff}"
