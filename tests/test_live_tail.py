@@ -1,7 +1,7 @@
 """A live run's tail (pipeline/candles/tail.py) against the whole partition, on real candles.
 
 A warehouse holds real BTCUSDT (and a second market with a shorter history) as a live home
-does at 23:40; then live runs go minute by minute to 00:20 the next day through the tail path
+does at 23:40; then live runs go minute by minute to 00:10 the next day through the tail path
 (the very functions the assets call in mode=live): across midnight (1d and 4h closes), the 37m
 and 148m buckets that span it (closing 00:08), and a minute skipped at 23:45 and filled late at
 23:55 (its closed 5m/15m buckets and every bar after it change). Then both days are rebuilt
@@ -12,6 +12,7 @@ NULL equal to NULL), and a tail run must have read and written only what its min
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import shutil
 from pathlib import Path
 
@@ -27,11 +28,11 @@ from pipeline.strategy.personality import load_personalities
 from tests.test_fastlane_engine import FILE, OTHER, SYMBOL, VENUE, build, ingest, klines
 from warehouse import Warehouse
 
-DAY, MINUTE = dt.timedelta(days=1), dt.timedelta(minutes=1)
+DAY, HALF, MINUTE = dt.timedelta(days=1), dt.timedelta(hours=12), dt.timedelta(minutes=1)
 CUT = dt.datetime(2025, 6, 14, 23, 40, tzinfo=dt.UTC)  # what the warehouse holds at first
-END = dt.datetime(2025, 6, 15, 0, 20, tzinfo=dt.UTC)  # live runs ingest [CUT, END)
+END = dt.datetime(2025, 6, 15, 0, 10, tzinfo=dt.UTC)  # live runs ingest [CUT, END)
 D0 = dt.datetime(2025, 6, 14, tzinfo=dt.UTC)  # CUT's day
-FIRST = D0 - 3 * DAY  # BTCUSDT's history; the other market's: one day
+FIRST = D0 - DAY  # BTCUSDT's history; the other market's: from CUT - 12 h
 LATE, FILLED = CUT + 5 * MINUTE, CUT + 15 * MINUTE  # 23:45, skipped; ingested at 23:55
 TABLES = {
     "candles": ["exchange", "symbol", "timeframe", "open_time"],
@@ -44,25 +45,39 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@functools.cache
+def _stretch(symbol: str) -> pl.DataFrame:
+    return klines(FIRST, END, symbol)
+
+
+def minutes(lo: dt.datetime, hi: dt.datetime, symbol: str = SYMBOL) -> pl.DataFrame:
+    """`klines` of [lo, hi) from one read of the file per market."""
+    frame = _stretch(symbol)
+    return frame.filter((pl.col("open_time") >= lo) & (pl.col("open_time") < hi))
+
+
 def live_run(wh: Warehouse, s: Settings, start: dt.datetime, end: dt.datetime) -> dict[str, int]:
     """One live run's minutes [start, end) ingested for both markets, then the tail of their
     partition as the assets build it in mode=live; rows written per table, and 1m rows read."""
     for sym in (SYMBOL, OTHER):
-        ingest(wh, klines(start, end, sym), start, end, sym)
+        ingest(wh, minutes(start, end, sym), start, end, sym)
     p_start = dt.datetime.combine(start.date(), dt.time(), dt.UTC)
-    tail = live_tail(wh, VENUE, p_start, p_start + DAY, start, s.timeframes)
-    built = build_tail_candles(wh, tail, s.timeframes)
-    out = {"candles": write_tail_candles(wh, [built], [tail]), "klines_read": built.klines.height}
-    ind, found = build_indicators(
-        wh, VENUE, [p_start.date()], p_start + DAY, s.timeframes, load_spec(), ranges=tail.ranges
-    )
-    assert all(o.passed for listed in found.values() for o in listed), found
-    out["indicators"] = write_indicators(
-        wh, {VENUE: ind}, p_start, p_start + DAY, {VENUE: tail.ranges}
-    )
+    p_end = p_start + DAY
     ps = load_personalities(s.personalities, s.timeframes)
-    sig = build_signals(wh, VENUE, start.date(), start.date(), ps, ranges=tail.ranges)
-    out["signals"] = write_signals(wh, [sig], p_start, p_start + DAY, [p.name for p in ps])
+    with wh.session() as w:  # one connection for the run's steps, as the assets hold it
+        tail = live_tail(w, VENUE, p_start, p_end, start, s.timeframes)
+        built = build_tail_candles(w, tail, s.timeframes)
+        out = {
+            "candles": write_tail_candles(w, [built], [tail]),
+            "klines_read": built.klines.height,
+        }
+        ind, found = build_indicators(
+            w, VENUE, [p_start.date()], p_end, s.timeframes, load_spec(), ranges=tail.ranges
+        )
+        assert all(o.passed for listed in found.values() for o in listed), found
+        out["indicators"] = write_indicators(w, {VENUE: ind}, p_start, p_end, {VENUE: tail.ranges})
+        sig = build_signals(w, VENUE, start.date(), start.date(), ps, ranges=tail.ranges)
+        out["signals"] = write_signals(w, [sig], p_start, p_end, [p.name for p in ps])
     out["ranges"] = tail.ranges  # type: ignore[assignment]
     return out
 
@@ -78,7 +93,7 @@ def template(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tail") / "w.duckdb"
     wh = Warehouse(path, replica_sync=False)
     ingest(wh, klines(FIRST, CUT), FIRST, CUT)
-    ingest(wh, klines(CUT - DAY, CUT, OTHER), CUT - DAY, CUT, OTHER)
+    ingest(wh, klines(CUT - HALF, CUT, OTHER), CUT - HALF, CUT, OTHER)
     build(wh, Settings(), FIRST, D0 + DAY)
     return path
 
