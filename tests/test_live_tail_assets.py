@@ -61,6 +61,8 @@ def test_a_live_run_writes_the_buckets_that_closed_and_nothing_else(tmp_path, re
         live = _run(res, instance, day, minute, minute + dt.timedelta(minutes=1), **{
             tags.MODE: tags.LIVE
         })  # fmt: skip
+        after = minute + dt.timedelta(minutes=1)  # a live run with no new minute: nothing
+        idle = _run(res, instance, day, after, after, **{tags.MODE: tags.LIVE})
     close = to_ms(minute) + 60_000
     closed = [
         t.name
@@ -72,6 +74,7 @@ def test_a_live_run_writes_the_buckets_that_closed_and_nothing_else(tmp_path, re
     assert live["indicators"]["rows_written"].value == len(closed) * len(SYMBOLS)
     assert live["candles"]["klines_read"].value == 15 * len(SYMBOLS)  # the 15m bucket's minutes
     assert set(live["candles"]["rebuilt"].value["bybit"]) == set(closed)
+    assert [idle[a]["rows_written"].value for a in idle] == [0, 0, 0]
     wh = res["warehouse"].get()
     kept = wh.query(
         "SELECT timeframe, count(*) AS n FROM candles WHERE close_time > ? AND close_time <= ?"
