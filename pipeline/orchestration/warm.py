@@ -7,7 +7,9 @@ fast): Dagster's storage layer (SQLAlchemy and alembic, imported when the run op
 instance: the biggest part), TA-Lib's abstract API, and the rooms the assets import in their
 bodies (candles, indicators, strategy, exchanges, sidecar, fast lane, warehouse). Imported
 here, once per forkserver (which the launcher rebuilds when the code changes), every run starts
-with them; the definitions' repository and jobs are resolved here too (plain objects).
+with them; the definitions' repository and jobs are resolved here too (plain objects), and the
+settings, personalities and indicator set are loaded into their caches (keyed by the files'
+content or mtime, so an edited file is read again by the run that sees it).
 
 Nothing here opens a file for writing, a socket or a thread: imports, the instance's
 dagster.yaml read to learn which storage classes it names, and pure-Python resolution. A
@@ -94,6 +96,14 @@ def warm() -> None:
         from pipeline.orchestration.definitions import defs
 
         defs.get_repository_def().get_all_jobs()
+    with contextlib.suppress(Exception):  # cached by file content / mtime: a change reloads
+        from pipeline.config import load_settings
+        from pipeline.indicators.spec import load_spec
+        from pipeline.strategy.personality import load_personalities
+
+        s = load_settings()
+        load_personalities(s.personalities, s.timeframes)
+        load_spec()
 
 
 warm()
