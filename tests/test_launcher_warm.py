@@ -16,8 +16,15 @@ from pipeline.config import REPO_ROOT
 
 
 def _imported(queue) -> None:
-    """In the forked process: what it inherited."""
-    queue.put(sorted(sys.modules))
+    """In the forked process: what it inherited, and whether alembic's revision scripts
+    (read to check the storage's schema when a run opens the instance) are read only once."""
+    from alembic.script import ScriptDirectory
+    from dagster._core.storage.runs.sqlite import sqlite_run_storage
+    from dagster._core.storage.sql import get_alembic_config
+
+    modules = sorted(sys.modules)
+    cfg = get_alembic_config(sqlite_run_storage.__file__)
+    queue.put((modules, ScriptDirectory.from_config(cfg) is ScriptDirectory.from_config(cfg)))
 
 
 def _late_imports(path: Path) -> set[str]:
@@ -46,7 +53,8 @@ def test_a_forked_run_finds_its_late_imports_done(tmp_path, monkeypatch):
         queue = ctx.Queue()
         proc = ctx.Process(target=_imported, args=(queue,))
         proc.start()
-        inherited = set(queue.get(timeout=120))
+        modules, scripts_read_once = queue.get(timeout=120)
+        inherited = set(modules)
         proc.join()
     finally:
         forkserver._forkserver._stop()
@@ -61,3 +69,4 @@ def test_a_forked_run_finds_its_late_imports_done(tmp_path, monkeypatch):
     # what the run imports to open its instance (SQLite here): SQLAlchemy and alembic with it
     assert {"dagster._core.storage.sqlite_storage", "sqlalchemy", "alembic"} <= inherited
     assert "great_expectations" not in inherited  # the daily checks' import stays theirs
+    assert scripts_read_once
