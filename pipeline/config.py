@@ -460,9 +460,32 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> L
     return Loaded(settings, origins, cfg_path.resolve() if exists else None, chosen_by)
 
 
+_LOADED: dict[tuple, Settings] = {}
+_LOADED_MAX = 8
+
+
 def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
-    """Read the YAML file, apply environment overrides, validate."""
-    return load(path, env).settings
+    """Read the YAML file, apply environment overrides, validate.
+
+    Remembered by everything it depends on (the file's bytes, the overrides, the working
+    directory): a run asks for the settings through several resources, and a forked run
+    inherits what its forkserver loaded, so the file is parsed and validated once; any change
+    to the file or the environment loads afresh. Settings are frozen, so sharing is safe."""
+    env = dict(os.environ if env is None else env)
+    cfg_path = Path(path or env.get(ENV_CONFIG) or DEFAULT_CONFIG)
+    try:
+        text = cfg_path.read_bytes()
+    except OSError:  # missing or unreadable: `load` says what is wrong (or uses defaults)
+        return load(path, env).settings
+    overrides = tuple((k, env.get(k)) for k in (ENV_CONFIG, *env_keys()))
+    key = (str(path) if path else None, str(cfg_path.resolve()), os.getcwd(), text, overrides)
+    hit = _LOADED.get(key)
+    if hit is None:
+        hit = load(path, env).settings
+        if len(_LOADED) >= _LOADED_MAX:
+            _LOADED.pop(next(iter(_LOADED)), None)
+        _LOADED[key] = hit
+    return hit
 
 
 @lru_cache(maxsize=1)
