@@ -30,6 +30,7 @@ DOMAIN = (
     "pipeline.exchanges",
     "pipeline.sidecar",
     "pipeline.fastlane",
+    "pipeline.bots",
     "warehouse",
     "pipeline.config",
     "pipeline.instance_storage",

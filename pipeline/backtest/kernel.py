@@ -61,10 +61,23 @@ N_C = 10
 
 
 @njit(cache=True, inline="always")
+def fill_price(op, d, slip):
+    """A market order's fill at the open `op` in direction d (+1 buy, -1 sell): slippage
+    against us."""
+    return op * (1.0 + d * slip)
+
+
+@njit(cache=True, inline="always")
+def taker_fee(size, px, rate):
+    """The fee on a fill of `size` at `px`."""
+    return size * px * rate
+
+
+@njit(cache=True, inline="always")
 def _exit(r, i, px, ref_px, fee_rate, pos, size, entry_px, entry_fee, slip_cost, why):
     """Close the open trade record `r` at bar i and price px (ref_px: before slippage);
     returns the cash it brings back (gross P&L less the exit fee)."""
-    fee = size * px * fee_rate
+    fee = taker_fee(size, px, fee_rate)
     gross = pos * size * (px - entry_px)
     r[T_EXIT_I] = i
     r[T_EXIT_PX] = px
@@ -162,7 +175,7 @@ def run(st, o, h, lo, c, sig_dir, sig_conf, sig_atr, sig_ref, fp, ip, trades, co
                     counters[C_IGNORED_OPP] += 1
                     d = 0
                 else:
-                    fill = op * (1.0 - pos * slip)
+                    fill = fill_price(op, -pos, slip)
                     cash += _exit(trades[nt], i, fill, op, taker, pos, size, entry_px, entry_fee,
                                   slip_cost, SIGNAL)  # fmt: skip
                     nt += 1
@@ -173,7 +186,7 @@ def run(st, o, h, lo, c, sig_dir, sig_conf, sig_atr, sig_ref, fp, ip, trades, co
                 counters[C_NOT_ALLOWED] += 1
                 d = 0
             if d != 0:
-                fill = op * (1.0 + d * slip)
+                fill = fill_price(op, d, slip)
                 need_atr = (
                     not np.isnan(fp[F_STOP_ATR])
                     or not np.isnan(fp[F_TP_ATR])
@@ -207,7 +220,7 @@ def run(st, o, h, lo, c, sig_dir, sig_conf, sig_atr, sig_ref, fp, ip, trades, co
                         pos = d
                         size = qty
                         entry_px = fill
-                        entry_fee = size * fill * taker
+                        entry_fee = taker_fee(size, fill, taker)
                         cash -= entry_fee
                         slip_cost = size * abs(fill - op)
                         dist0 = dist
