@@ -100,3 +100,26 @@ def heartbeat_age(home: Path, name: str, now: float | None = None) -> float | No
     except (OSError, ValueError):
         return None
     return (time.time() if now is None else now) - at
+
+
+def summary(home: Path, name: str, now: float | None = None) -> dict[str, Any]:
+    """What `signalbox status` shows of a bot: equity, open positions, halted, heartbeat age."""
+    rec = None
+    try:
+        rec = jsonfile.read(BotStore(home, name).state_path, STATE_KEYS)
+    except jsonfile.Unreadable as err:
+        return {"name": name, "error": str(err)}
+    age = heartbeat_age(home, name, now)
+    out: dict[str, Any] = {"name": name, "heartbeat_age_s": None if age is None else round(age, 1)}
+    if rec is None:
+        return {**out, "started": False}
+    st = BotState.from_json(rec)
+    return {
+        **out,
+        "started": True,
+        "equity": round(st.equity, 2),
+        "positions": st.positions(),
+        "last_seq": st.last_seq,
+        "halted": st.halted,
+        "why": st.why,
+    }

@@ -177,6 +177,18 @@ def supervised(settings: Settings, env: dict[str, str]) -> list[Child]:
             env,
             logs / "fast.log",
         ),
+        *(
+            [
+                Child(
+                    "bots",
+                    [sys.executable, "-m", "pipeline.runtime.cli", "bots"],
+                    env,
+                    logs / "bots.log",
+                )
+            ]
+            if settings.bots
+            else []
+        ),
         Child(
             "reports",
             [sys.executable, "-m", "pipeline.runtime.reports_server"],
