@@ -20,9 +20,15 @@ from pipeline.orchestration.resources import (
     resources,
 )
 
-ASSETS = {"klines_1m", "candles", "indicators", "signals", "backtest_report"}
+ASSETS = {"klines_1m", "candles", "indicators", "signals", "backtest_report", "paper_trades"}
 JOBS = {"live", "backfill", "quality", "backtest_reports"}
-SENSORS = {"live_candles", "kline_gap_repair", "purge_live_runs", "reap_dead_runs"}
+SENSORS = {
+    "live_candles",
+    "kline_gap_repair",
+    "purge_live_runs",
+    "reap_dead_runs",
+    "paper_journals",
+}
 SCHEDULES = {"daily_repair", "quality_schedule", "daily_backtests"}
 
 
@@ -39,6 +45,8 @@ def test_every_asset_check_job_sensor_and_schedule_is_there():
     assert ("indicators", "warmup_matches_full_history") in checks
     assert ("signals", "no_lookahead") in checks
     assert ("signals", "fast_lane_parity") in checks
+    assert ("paper_trades", "journal_complete") in checks
+    assert ("paper_trades", "fills_have_orders") in checks
     assert {j.name for j in repo.get_all_jobs() if not j.name.startswith("__")} == JOBS
     assert {s.name for s in repo.sensor_defs} == SENSORS
     assert {s.name for s in repo.schedule_defs} == SCHEDULES
