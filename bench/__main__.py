@@ -30,6 +30,7 @@ ORDER = [
     "backtest",
     "e2e",
     "fast",
+    "bots",
 ]
 
 

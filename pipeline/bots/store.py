@@ -37,6 +37,7 @@ class BotStore:
         self.journal_path = self.dir / "journal.jsonl"
         self.heartbeat_path = self.dir / "heartbeat"
         self._fd: int | None = None
+        self.written_at = 0.0  # perf_counter when the last entries were written (recorded)
 
     def load(self) -> BotState | None:
         """The committed state (None for a new bot), the journal cut back to it."""
@@ -58,7 +59,8 @@ class BotStore:
                 lines.append(json.dumps({"bot": self.name, "n": state.n, **e}))
                 state.n += 1
             data = ("\n".join(lines) + "\n").encode()
-            os.write(self._fd, data)  # recorded: visible to readers, survives a process kill
+            os.write(self._fd, data)  # recorded: a process kill no longer loses it
+            self.written_at = time.perf_counter()
             os.fsync(self._fd)
             state.journal_bytes += len(data)
         state.updated_at = at

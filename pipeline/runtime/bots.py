@@ -47,7 +47,9 @@ class Runner:
     state: BotState
     lock: threading.Lock = field(default_factory=threading.Lock)
     alive: bool = True
-    reaction_s: list[float] = field(default_factory=list)  # line received -> order recorded
+    # line received -> order line written (recorded), and -> state committed (durable)
+    reaction_s: list[float] = field(default_factory=list)
+    durable_s: list[float] = field(default_factory=list)
 
     def on_signal(self, msg: dict[str, Any], received: float) -> None:
         with self.lock:
@@ -58,7 +60,8 @@ class Runner:
                 e["received_at"] = received
             self.store.commit(self.state, entries, time.time())
             if entries and entries[0]["kind"] == "order":
-                self.reaction_s.append(time.perf_counter() - msg["_t"])
+                self.reaction_s.append(self.store.written_at - msg["_t"])
+                self.durable_s.append(time.perf_counter() - msg["_t"])
 
     def on_bar(self, bar: Bar) -> None:
         with self.lock:
@@ -317,8 +320,23 @@ def main(settings: Settings) -> int:
         for r in rs:
             with r.lock:
                 r.store.close()
+    for r in rs:
+        if r.reaction_s:
+            log.info("bot %s: %s", r.cfg.name, reaction_summary(r))
     log.info("stopped")
     return 0
+
+
+def reaction_summary(r: Runner) -> str:
+    """The bot's reaction times this run: signal line received -> order recorded / durable."""
+    import numpy as np
+
+    rec, dur = np.array(r.reaction_s) * 1000, np.array(r.durable_s) * 1000
+    return (
+        f"{len(rec)} orders, line received -> order recorded p50 {np.percentile(rec, 50):.3f} "
+        f"p99 {np.percentile(rec, 99):.3f} ms, -> durable (fsynced) p50 "
+        f"{np.percentile(dur, 50):.3f} p99 {np.percentile(dur, 99):.3f} ms"
+    )
 
 
 def _guard(settings: Settings, r: Runner, stop: threading.Event) -> None:
