@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import signal
 import sys
 import threading
@@ -35,6 +36,7 @@ from pipeline.config import Settings
 
 log = logging.getLogger("signalbox.bots")
 HEARTBEAT_S = 1.0
+NICE = 5  # scheduling priority below the sidecar's (bench/bench_bots.py: other subscribers)
 
 
 @dataclass
@@ -281,6 +283,7 @@ def main(settings: Settings) -> int:
         return 2
     rs = runners(settings)
     stop = threading.Event()
+    os.nice(NICE)  # paper trading yields the CPU to the sidecar and the lanes it serves
 
     def _stop(signum: int, frame: object) -> None:
         stop.set()
