@@ -36,6 +36,7 @@ from pipeline.config import Settings
 
 log = logging.getLogger("signalbox.bots")
 HEARTBEAT_S = 1.0
+SWITCH_S = 0.0005
 NICE = 5  # scheduling priority below the sidecar's (bench/bench_bots.py: other subscribers)
 
 
@@ -284,6 +285,9 @@ def main(settings: Settings) -> int:
     rs = runners(settings)
     stop = threading.Event()
     os.nice(NICE)  # paper trading yields the CPU to the sidecar and the lanes it serves
+    # 50 bots wake for one signal line; at the default 5 ms GIL switch interval a bot whose
+    # line arrived waits behind another's state write (as in the fast lane, fastlane.SWITCH_S)
+    sys.setswitchinterval(SWITCH_S)
 
     def _stop(signum: int, frame: object) -> None:
         stop.set()
