@@ -40,6 +40,9 @@ class BotConfig(BaseModel):
     params: dict[str, Any] = {}
     emergency_stop: float | None = Field(0.25, gt=0, lt=1)  # max drawdown from the peak
     dca: DcaConfig | None = None
+    # paper_vs_backtest fails when the unexplained equity gap of a day exceeds this (account
+    # currency)
+    reconcile_tolerance: float = Field(1.0, ge=0)
 
     @field_validator("name")
     @classmethod
