@@ -8,9 +8,20 @@ open positions, trades and fees in the metadata; two blocking checks prove the r
 journals, whole.
 """
 
+import datetime as dt
+
 import dagster as dg
 
-from assets.common import OWNERS, check_result, check_specs, display, md_table, pool_slot
+from assets.common import (
+    DAILY,
+    OWNERS,
+    check_result,
+    check_specs,
+    display,
+    md_table,
+    pool_slot,
+    window,
+)
 from pipeline.orchestration.resources import SettingsResource, WarehouseResource
 
 CHECKS = {
@@ -122,4 +133,118 @@ def paper_trades(
             check_result("journal_complete", complete, "paper_trades"),
             check_result("fills_have_orders", linked, "paper_trades"),
         ],
+    )
+
+
+RECONCILE_CHECKS = {
+    "reconciled": "Every bot's trades that day match the backtest's one to one or each "
+    "difference is explained, and the unexplained equity gap is within the bot's "
+    "reconcile_tolerance.",
+}
+
+
+@dg.asset(
+    partitions_def=DAILY,
+    deps=[paper_trades, dg.AssetDep("signals", partition_mapping=dg.AllPartitionMapping())],
+    pool="duckdb",
+    group_name="paper",
+    owners=OWNERS,
+    kinds={"duckdb", "numba"},
+    description="Per bot and UTC day: the backtest over the same candles and signals, trades "
+    "matched one to one, every difference explained where it can be, the equity gap.",
+    check_specs=check_specs("paper_vs_backtest", RECONCILE_CHECKS),
+)
+def paper_vs_backtest(
+    context: dg.AssetExecutionContext, settings: SettingsResource, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    import base64
+
+    import polars as pl
+
+    from pipeline.backtest.plots import curves_png
+    from pipeline.bots.config import bot_markets
+    from pipeline.bots.reconcile import reconcile
+    from pipeline.quality.checks import CheckOutcome
+
+    s, wh = settings.get(), warehouse.get()
+    start, end = window(context)
+    rows, diffs, plots, failing = [], [], [], []
+    with wh.session() as w:
+        for bot in s.bots:
+            markets = bot_markets(bot, s.markets)
+            if bot.dca is not None or len(markets) != 1:
+                rows.append({"bot": bot.name, "note": "not reconciled: DCA or several markets"})
+                continue
+            exchange, _, symbol = markets[0].partition(":")
+            paper = w.query(
+                "SELECT * FROM paper_trades WHERE bot = ? AND time < ?", [bot.name, end]
+            )
+            equity = w.query(
+                "SELECT * FROM paper_equity WHERE bot = ? AND time <= ?", [bot.name, end]
+            )
+            if equity.is_empty() or equity["time"].max() <= start:
+                rows.append({"bot": bot.name, "note": "no paper equity that day"})
+                continue
+            first = equity["time"].min() - dt.timedelta(minutes=1)
+            candles = w.query(
+                "SELECT open_time, open, high, low, close FROM klines_1m WHERE exchange = ?"
+                " AND symbol = ? AND open_time >= ? AND open_time < ? ORDER BY open_time",
+                [exchange, symbol, first, end],
+            )
+            signals = w.query(
+                "SELECT close_time, action, confidence, quality, timeframe FROM signals"
+                " WHERE exchange = ? AND symbol = ? AND personality = ? AND close_time >= ?"
+                " AND close_time < ? ORDER BY close_time",
+                [exchange, symbol, bot.personality, first, end],
+            )
+            if bot.timeframes:
+                signals = signals.filter(pl.col("timeframe").is_in(bot.timeframes))
+            params = bot.backtest_params(s.backtest.params)
+            rec = reconcile(bot.name, start.date(), candles, signals, paper, equity, params)
+            bad = rec.unexplained_trades > 0 or abs(rec.unexplained_gap) > bot.reconcile_tolerance
+            if bad:
+                failing.append(bot.name)
+            rows.append(
+                {
+                    "bot": bot.name,
+                    "matched": rec.matched,
+                    "differences": len(rec.differences),
+                    "unexplained_trades": rec.unexplained_trades,
+                    "paper_equity": rec.paper_equity,
+                    "backtest_equity": rec.backtest_equity,
+                    "equity_gap": rec.equity_gap,
+                    "unexplained_gap": rec.unexplained_gap,
+                    "fees_paper": rec.fees_paper,
+                    "fees_backtest": rec.fees_backtest,
+                }
+            )
+            diffs += [{"bot": bot.name, **d} for d in rec.differences]
+            if rec.curves is not None and rec.curves.height:
+                c = rec.curves.drop_nulls()
+                png = curves_png(
+                    c["time"].dt.epoch("us").to_numpy(),
+                    {"paper": c["paper"].to_numpy(), "backtest": c["backtest"].to_numpy()},
+                    f"{bot.name}: paper vs backtest equity, {start.date()}",
+                )
+                data = base64.b64encode(png).decode()
+                plots.append(f"![{bot.name}](data:image/png;base64,{data})")
+    outcome = CheckOutcome(
+        not failing,
+        "every bot reconciles with the backtest"
+        if not failing
+        else f"unexplained differences for {', '.join(failing)}",
+        {"bots": md_table(pl.DataFrame(rows, infer_schema_length=None) if rows else None)},
+    )
+    from pipeline.quality.checks import Markdown
+
+    meta = {
+        "bots": md_table(pl.DataFrame(rows, infer_schema_length=None) if rows else None),
+        "differences": md_table(
+            pl.DataFrame(diffs, infer_schema_length=None).head(50) if diffs else None
+        ),
+        "equity_curves": Markdown("\n\n".join(plots) or "(none)"),
+    }
+    return dg.MaterializeResult(
+        metadata=display(meta),
+        check_results=[check_result("reconciled", outcome, "paper_vs_backtest")],
     )

@@ -24,12 +24,14 @@ T0 = dt.datetime(2024, 3, 4, tzinfo=dt.UTC)
 MARKET = "bybit:BTCUSDT"
 
 
-def market(minutes: int, every: int = 17, seed: int = 3) -> tuple[pl.DataFrame, list[dict]]:
-    ms = int(T0.timestamp() * 1000)
+def market(
+    minutes: int, every: int = 17, seed: int = 3, t0: dt.datetime = T0
+) -> tuple[pl.DataFrame, list[dict]]:
+    ms = int(t0.timestamp() * 1000)
     raw = synthetic.candles("BTCUSDT", ms, ms + minutes * 60_000, seed=7)
     candles = pl.DataFrame(
         {
-            "open_time": [T0 + dt.timedelta(minutes=i) for i in range(len(raw))],
+            "open_time": [t0 + dt.timedelta(minutes=i) for i in range(len(raw))],
             "open": raw[:, 1],
             "high": raw[:, 2],
             "low": raw[:, 3],
@@ -39,7 +41,7 @@ def market(minutes: int, every: int = 17, seed: int = 3) -> tuple[pl.DataFrame, 
     rng = np.random.default_rng(seed)
     sigs = []
     for k, minute in enumerate(range(5, minutes - 1, every)):
-        close = T0 + dt.timedelta(minutes=minute)
+        close = t0 + dt.timedelta(minutes=minute)
         sigs.append(
             {
                 "type": "signal",

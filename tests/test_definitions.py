@@ -20,7 +20,15 @@ from pipeline.orchestration.resources import (
     resources,
 )
 
-ASSETS = {"klines_1m", "candles", "indicators", "signals", "backtest_report", "paper_trades"}
+ASSETS = {
+    "klines_1m",
+    "candles",
+    "indicators",
+    "signals",
+    "backtest_report",
+    "paper_trades",
+    "paper_vs_backtest",
+}
 JOBS = {"live", "backfill", "quality", "backtest_reports"}
 SENSORS = {
     "live_candles",
@@ -47,6 +55,7 @@ def test_every_asset_check_job_sensor_and_schedule_is_there():
     assert ("signals", "fast_lane_parity") in checks
     assert ("paper_trades", "journal_complete") in checks
     assert ("paper_trades", "fills_have_orders") in checks
+    assert ("paper_vs_backtest", "reconciled") in checks
     assert {j.name for j in repo.get_all_jobs() if not j.name.startswith("__")} == JOBS
     assert {s.name for s in repo.sensor_defs} == SENSORS
     assert {s.name for s in repo.schedule_defs} == SCHEDULES

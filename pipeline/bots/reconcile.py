@@ -7,7 +7,8 @@ time, side). Every difference gets an explanation where one can be given:
 
 - `bot_down`: the backtest traded a signal for which the bot has no order, and the bot
   processed no bar around its close (it was not running);
-- `not_received`: no order although the bot was running (the signal never reached it);
+- (no order although the bot was running: the signal never reached it. A fault, left
+  unexplained, so the check fails);
 - `late_signal`: the bot recorded the order after the signal had expired;
 - `not_in_pipeline`: the bot traded a signal the pipeline's `signals` table does not hold;
 - `candle_revised`: the bot's fill or exit price differs from the warehouse candle's (the
@@ -121,41 +122,45 @@ def reconcile(
     orders = paper.filter(pl.col("kind") == "order")
     bars = set(paper_curve["time"].to_list())
     expiry = dt.timedelta(minutes=params.signal_expiry_minutes)
+    sig_times = set(signals["close_time"].to_list())
     keyed = {(r["entry_time"], r["side"]): r for r in exits.iter_rows(named=True)}
-    explained_before = False
-    first_explained: dt.datetime | None = None
-    for t in bt_trades.sort("entry_time").iter_rows(named=True):
-        p = keyed.pop((t["entry_time"], t["side"]), None)
-        if p is None:
-            why = _why_missed(t["signal_time"], orders, bars, expiry)
+    bt_rows = list(bt_trades.sort("entry_time").iter_rows(named=True))
+    matched = {(t["entry_time"], t["side"]) for t in bt_rows} & keyed.keys()
+    extras = [p for k, p in keyed.items() if k not in matched]
+    # root causes first: signals one side never traded; what follows them is their knock-on
+    roots = [t["entry_time"] for t in bt_rows if (t["entry_time"], t["side"]) not in matched]
+    roots += [p["entry_time"] for p in extras]
+    first = min(roots, default=None)
+
+    def knock_on(t: dt.datetime) -> str | None:
+        return "knock_on" if first is not None and first < t else None
+
+    for t in bt_rows:
+        key = (t["entry_time"], t["side"])
+        if key not in matched:
+            why = _why_missed(t["signal_time"], orders, bars, expiry) or knock_on(t["entry_time"])
             out.differences.append(_diff("missed", t, None, why))
             if why is not None:
                 out.explained_pnl -= t["pnl"]
-                explained_before = True
-                first_explained = first_explained or t["entry_time"]
             continue
+        p = keyed[key]
         same_px = _close(p["entry_price"], t["entry_price"]) and _close(
             p["exit_price"], t["exit_price"]
         )
-        same = same_px and _close(p["pnl"], t["pnl"]) and p["exit_reason"] == t["exit_reason"]
-        if same:
+        if same_px and _close(p["pnl"], t["pnl"]) and p["exit_reason"] == t["exit_reason"]:
             out.matched += 1
             continue
-        why = "candle_revised" if not same_px else ("knock_on" if explained_before else None)
+        revised = p["exit_time"] == t["exit_time"] and not same_px
+        why = "candle_revised" if revised else knock_on(max(p["exit_time"], t["exit_time"]))
         out.differences.append(_diff("different", t, p, why))
         if why is not None:
             out.explained_pnl += p["pnl"] - t["pnl"]
-            explained_before = True
-            first_explained = first_explained or t["entry_time"]
-    sig_times = set(signals["close_time"].to_list())
-    for p in keyed.values():
+    for p in extras:
         order = orders.filter(pl.col("seq") == p["seq"])
         close = order["time"][0] if order.height else None
         why = "not_in_pipeline" if close is not None and close not in sig_times else None
-        if why is None and first_explained is not None and p["entry_time"] > first_explained:
-            why = "knock_on"
-        out.differences.append(_diff("extra", None, p, why))
-        if why is not None:
+        out.differences.append(_diff("extra", None, p, why or knock_on(p["entry_time"])))
+        if why or knock_on(p["entry_time"]):
             out.explained_pnl += p["pnl"]
     return out
 
@@ -166,14 +171,14 @@ def _why_missed(
     import polars as pl
 
     mine = orders.filter(pl.col("time") == close)
-    if mine.height:
+    if mine.height:  # the bot had the order: late, or its position differed (a knock-on)
         received = mine["received_at"][0]
         if received is not None and received - close > expiry:
             return "late_signal"
         return None
     if close + dt.timedelta(minutes=1) not in bars:
         return "bot_down"
-    return "not_received"
+    return None  # the running bot never got it: a fault, not an explanation
 
 
 def _diff(kind: str, bt: dict | None, paper: dict | None, why: str | None) -> dict[str, Any]:

@@ -25,6 +25,7 @@ defs = dg.Definitions(
         signals.signals,
         backtests.backtest_report,
         paper.paper_trades,
+        paper.paper_vs_backtest,
     ],
     asset_checks=[klines.klines_expectations, timeframes.indicators_warmup],
     jobs=JOBS,
