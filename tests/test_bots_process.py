@@ -198,3 +198,16 @@ def test_emergency_stop_halts_the_bot_and_says_so(tmp_path, caplog):
     kinds = [e["kind"] for e in entries(tmp_path, "risky")]
     assert kinds[-2:] == ["exit", "halt"]
     store.close()
+
+
+def test_up_supervises_the_bots_only_when_some_are_configured(tmp_path):
+    from pipeline.runtime.running import role
+    from pipeline.runtime.supervisor import supervised
+
+    with_bots = load_settings(env={"SIGNALBOX_HOME": str(tmp_path)})  # signalbox.yaml's bots
+    assert with_bots.bots
+    (bots,) = [c for c in supervised(with_bots, {}) if c.name == "bots"]
+    assert role(" ".join(bots.args)) == "bots" and bots.log.name == "bots.log"
+    cfg = tmp_path / "none.yaml"
+    cfg.write_text(yaml.safe_dump({"home": str(tmp_path), "bots": []}))
+    assert "bots" not in [c.name for c in supervised(load_settings(cfg, env={}), {})]

@@ -56,7 +56,8 @@ def collect(settings: Settings, now: dt.datetime | None = None) -> Status:
     st.running = st.pid is not None
     if st.pid is not None:
         st.processes = processes(st.pid)
-        missing = [n for n in EXPECTED if n not in st.processes]
+        expected = [*EXPECTED, *(["bots"] if settings.bots else [])]
+        missing = [n for n in expected if n not in st.processes]
         if missing:
             st.problems.append(f"not running under `up`: {', '.join(missing)} (see logs/)")
     _source(settings, st)
