@@ -135,9 +135,20 @@ def follow_signals(settings: Settings, r: Runner, stop: threading.Event) -> None
         on_status=lambda text: log.warning("bot %s: %s", r.cfg.name, text),
     )
     threading.Thread(target=lambda: (stop.wait(), client.close()), daemon=True).start()
-    for msg in client.signals():
-        msg["_t"] = time.perf_counter()
-        r.on_signal(msg, time.time())
+    for msg in client.messages():
+        kind = msg.get("type")
+        if kind == "signal":
+            msg["_t"] = time.perf_counter()
+            r.on_signal(msg, time.time())
+        elif kind == "gap":  # gone from the sidecar's history while the bot was away
+            log.warning("bot %s: %s; those signals get no order", r.cfg.name, msg.get("message"))
+        elif kind == "error" and msg.get("code") == "since_ahead":
+            log.warning(
+                "bot %s: the sidecar's outbox was reset; following its seqs anew", r.cfg.name
+            )
+            with r.lock:
+                r.state.last_seq = None
+                r.store.commit(r.state, [], time.time())
         if stop.is_set():
             break
 
