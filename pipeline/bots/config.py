@@ -10,11 +10,12 @@ optional accumulation (DCA) mode that buys a fixed amount on every BUY and never
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipeline.backtest.params import BacktestParams, ParamError, params_from
+if TYPE_CHECKING:  # pipeline.backtest is imported when used: every process reads the config
+    from pipeline.backtest.params import BacktestParams
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 # Signals carry no ATR: a bot's stops, targets and trailing stops are percentages or R.
@@ -63,6 +64,8 @@ class BotConfig(BaseModel):
     @field_validator("params")
     @classmethod
     def _params(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from pipeline.backtest.params import ParamError, params_from
+
         for name in (*_NO_ATR, *_NOT_LIVE):
             if name in v:
                 raise ValueError(
@@ -89,6 +92,8 @@ class BotConfig(BaseModel):
         """The backtest parameters this bot trades with: `base` (the configuration's
         backtest.params) overridden by the bot's own. Raises ParamError for an ATR distance
         inherited from `base` (signals carry no ATR), naming what to set instead."""
+        from pipeline.backtest.params import ParamError, params_from
+
         merged = {k: v for k, v in (base or {}).items() if k not in _NOT_LIVE}
         merged.update(self.params)
         atr = [n for n in _NO_ATR if merged.get(n) is not None]
@@ -110,6 +115,7 @@ def bot_problems(
     """(key, value, what is wrong) for what a bot's own fields cannot tell: a name given
     twice, a personality or market not configured, parameters that conflict with
     `backtest.params` (the base every bot inherits)."""
+    from pipeline.backtest.params import ParamError
     from pipeline.markets import find_market
 
     out: list[tuple[str, Any, str]] = []
