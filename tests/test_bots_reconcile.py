@@ -25,20 +25,26 @@ CFG = BotConfig(
 )
 
 
-def run_bot(home, candles, sigs, down: tuple[int, int] | None = None):
+def run_bot(home, candles, sigs, down: tuple[int, int] | None = None, late: int = 0):
     """The bot over the candles, committing as `signalbox bots` does; `down`: minutes
-    [a, b) in which it was not running (no bars, and those signals never reached it)."""
+    [a, b) in which it was not running (no bars, and those signals never reached it); `late`:
+    signal #10 reaches it that many minutes after its close."""
     trader = Trader(CFG, CFG.backtest_params(), [MARKET])
     store = BotStore(home, CFG.name)
     store.load()
     r = Runner(CFG, trader, store, trader.new_state())
-    pending = list(sigs)
+
+    def due(s: dict) -> dt.datetime:
+        close = dt.datetime.fromisoformat(s["close_time"])
+        return close + dt.timedelta(minutes=late if s["seq"] == 10 else 0)
+
+    pending = sorted(sigs, key=due)
     for i, row in enumerate(candles.iter_rows(named=True)):
         t = to_us(row["open_time"])
-        while pending and to_us(dt.datetime.fromisoformat(pending[0]["close_time"])) <= t:
+        while pending and to_us(due(pending[0])) <= t:
             s = pending.pop(0)
             if not (down and down[0] <= i < down[1]):
-                received = dt.datetime.fromisoformat(s["close_time"]).timestamp() + 0.2
+                received = due(s).timestamp() + 0.2
                 r.on_signal({**s, "_t": time.perf_counter()}, received)
         if down and down[0] <= i < down[1]:
             continue
@@ -83,6 +89,15 @@ def test_trades_missed_while_the_bot_was_down_are_explained(tmp_path):
     assert missed and {d["why"] for d in missed} == {"bot_down"}
     assert rec.unexplained_trades == 0
     assert rec.matched > 10
+
+
+def test_a_signal_published_late_is_explained(tmp_path):
+    candles, sigs = market(480, every=7)
+    paper, equity = run_bot(tmp_path, candles, sigs, late=3)
+    rec = reconcile("rec", T0.date(), candles, frames(sigs), paper, equity, CFG.backtest_params())
+    whys = {(d["kind"], d["why"]) for d in rec.differences}
+    assert ("missed", "late_signal") in whys or ("extra", "late_signal") in whys
+    assert rec.unexplained_trades == 0
 
 
 def test_the_asset_reconciles_a_day_and_fails_on_an_unexplained_trade(tmp_path):

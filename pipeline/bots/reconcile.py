@@ -9,7 +9,9 @@ time, side). Every difference gets an explanation where one can be given:
   processed no bar around its close (it was not running);
 - (no order although the bot was running: the signal never reached it. A fault, left
   unexplained, so the check fails);
-- `late_signal`: the bot recorded the order after the signal had expired;
+- `late_signal`: the bot recorded the order after the bar it fills on had closed (the
+  pipeline published it late, e.g. while catching up), so it filled at a later open, or
+  after the signal had expired;
 - `not_in_pipeline`: the bot traded a signal the pipeline's `signals` table does not hold;
 - `candle_revised`: the bot's fill or exit price differs from the warehouse candle's (the
   candle changed after the bot saw it);
@@ -138,7 +140,7 @@ def reconcile(
     for t in bt_rows:
         key = (t["entry_time"], t["side"])
         if key not in matched:
-            why = _why_missed(t["signal_time"], orders, bars, expiry) or knock_on(t["entry_time"])
+            why = _why_missed(t, orders, bars, expiry) or knock_on(t["entry_time"])
             out.differences.append(_diff("missed", t, None, why))
             if why is not None:
                 out.explained_pnl -= t["pnl"]
@@ -159,6 +161,8 @@ def reconcile(
         order = orders.filter(pl.col("seq") == p["seq"])
         close = order["time"][0] if order.height else None
         why = "not_in_pipeline" if close is not None and close not in sig_times else None
+        if close is not None and why is None and p["entry_time"] > close:
+            why = "late_signal"  # filled after the bar the backtest fills it on
         out.differences.append(_diff("extra", None, p, why or knock_on(p["entry_time"])))
         if why or knock_on(p["entry_time"]):
             out.explained_pnl += p["pnl"]
@@ -166,15 +170,17 @@ def reconcile(
 
 
 def _why_missed(
-    close: dt.datetime, orders: pl.DataFrame, bars: set[dt.datetime], expiry: dt.timedelta
+    t: dict[str, Any], orders: pl.DataFrame, bars: set[dt.datetime], expiry: dt.timedelta
 ) -> str | None:
     import polars as pl
 
+    close = t["signal_time"]
     mine = orders.filter(pl.col("time") == close)
     if mine.height:  # the bot had the order: late, or its position differed (a knock-on)
         received = mine["received_at"][0]
-        if received is not None and received - close > expiry:
-            return "late_signal"
+        fill_bar_closed = t["entry_time"] + dt.timedelta(minutes=1)
+        if received is not None and (received > fill_bar_closed or received - close > expiry):
+            return "late_signal"  # after the bar it fills on had closed: a later bar's open
         return None
     if close + dt.timedelta(minutes=1) not in bars:
         return "bot_down"

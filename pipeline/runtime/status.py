@@ -272,7 +272,7 @@ def render(st: Status, settings: Settings) -> str:
     else:
         lines.append("  fast lane   nothing published yet")
     for b in st.bots:
-        lines.append(f"  bot {b['name']:<9}{_bot_line(b)}")
+        lines.append(f"  bot {b['name']}: {_bot_line(b)}")
     n = len(st.failed_runs)
     lines.append(f"  runs        {n or 'no'} failed run{'' if n == 1 else 's'} in the last hour")
     lines += [f"  note: {n}" for n in st.notes]

@@ -235,7 +235,8 @@ def up(settings: Settings, history_days: int | None = None) -> int:
         _say(f"  socket    {settings.socket_path}  (`signalbox tail`)")
         _say(f"  reports   http://{ui.host}:{ui.reports_port}/  ({settings.reports_dir})")
         _say(f"  source    {ep.label} {ep.rest_url}")
-        _say(f"  logs      {logs}/  (daemon, webserver, sidecar, fast .log; latency.jsonl)")
+        names = "daemon, webserver, sidecar, fast" + (", bots" if settings.bots else "")
+        _say(f"  logs      {logs}/  ({names} .log; latency.jsonl)")
         _say("Ctrl-C stops everything.")
         seen = len(latency.read(settings.home))
         while True:
