@@ -63,7 +63,11 @@ def journal_len(settings, bot: str) -> int:
 
 
 def test_journals_are_ingested_whole_and_once(tmp_path):
-    cfg = write_config(tmp_path, top={"source": "replay"})
+    bots = [
+        {"name": "swing", "personality": "swing", "params": {"stop_loss_pct": 0.01}},
+        {"name": "accumulate", "personality": "scalping", "dca": {"quote": 100}},
+    ]
+    cfg = write_config(tmp_path, top={"source": "replay", "bots": bots})
     settings = load_settings(cfg, env={})
     wh_path = tmp_path / "wh.duckdb"
     s_res = SettingsResource(config_path=str(cfg))
