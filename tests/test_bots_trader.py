@@ -157,3 +157,21 @@ def test_bad_bot_configuration_is_one_line_naming_the_key(tmp_path, bot, needle)
     with pytest.raises(ConfigError) as err:
         load_settings(cfg, env={})
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_state_round_trips_every_field():
+    import dataclasses
+
+    from pipeline.bots.state import Pending, Slot
+
+    candles, sigs = market(120, every=5)
+    cfg = BotConfig(name="b", personality="swing", params={"trailing_stop_pct": 0.002})
+    trader = Trader(cfg, cfg.backtest_params(), [MARKET])
+    _, state = replay(trader, trader.new_state(), candles, sigs)
+    state.slots[MARKET].pending.append(Pending(99, 1, 1, 0.5, "1m"))
+    rec = state.to_json()
+    assert set(rec) == {f.name for f in dataclasses.fields(BotState)}
+    assert set(rec["slots"][MARKET]) == {f.name for f in dataclasses.fields(Slot)}
+    again = BotState.from_json(json.loads(json.dumps(rec)))
+    assert json.dumps(again.to_json()) == json.dumps(rec)
+    assert again.slots[MARKET].pending == state.slots[MARKET].pending
