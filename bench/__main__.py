@@ -31,6 +31,7 @@ ORDER = [
     "e2e",
     "fast",
     "orderflow",
+    "bots",
 ]
 
 

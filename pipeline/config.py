@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
+from pipeline.bots.config import BotConfig
 from pipeline.instance_storage import DagsterStorage, mask_url
 from pipeline.markets import (
     ALL,
@@ -137,6 +138,7 @@ class Settings(_Section):
     sidecar: SidecarConfig = SidecarConfig()
     backtest: BacktestConfig = BacktestConfig()
     dagster: DagsterStorage = DagsterStorage()  # pipeline/instance_storage.py
+    bots: list[BotConfig] = []  # noqa: RUF012 (paper bots, pipeline/bots; `signalbox bots`)
     timeframes: list[str] = [  # noqa: RUF012 (as params above)
         "1m", "3m", "5m", "15m", "30m", "37m", "1h", "2h", "148m",
         "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M",
@@ -369,7 +371,28 @@ def _validate(data: dict[str, Any], path: Path | None, origins: Origins | None =
                 "synthetic market"
             )
         replay = replay.model_copy(update={"data": str(data)})
-    return settings.model_copy(update={"home": home.resolve(), "replay": replay})
+    settings = settings.model_copy(update={"home": home.resolve(), "replay": replay})
+    if settings.bots:
+        _check_bots(settings, path)
+    return settings
+
+
+def _check_bots(settings: Settings, path: Path | None) -> None:
+    """What each bot names must be configured too: its personality and markets."""
+    from pipeline.bots.config import bot_problems
+
+    try:
+        markets = settings.markets
+    except ConfigError:  # `all` not resolved yet: bots' markets are checked when they start
+        markets = []
+    found = bot_problems(
+        settings.bots, settings.personality_names, markets, settings.backtest.params
+    )
+    if markets == []:
+        found = [f for f in found if not f[0].endswith(".symbols")]
+    if found:
+        head = f"invalid configuration in {path}" if path else "invalid configuration"
+        raise ConfigError(f"{head}: " + "; ".join(f"{k} = {quote(v)}: {m}" for k, v, m in found))
 
 
 def origin_of(origins: Origins, key: str) -> str:

@@ -31,6 +31,7 @@ DOMAIN = (
     "pipeline.sidecar",
     "pipeline.fastlane",
     "pipeline.orderflow",
+    "pipeline.bots",
     "warehouse",
     "pipeline.config",
     "pipeline.instance_storage",

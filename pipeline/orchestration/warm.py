@@ -36,6 +36,9 @@ ROOMS = (
     "pipeline.fastlane",
     "pipeline.sidecar",
     "pipeline.quality",
+    "pipeline.orderflow",
+    "pipeline.backtest",
+    "pipeline.bots",
 )
 # Single modules a run imports late, outside those rooms.
 MODULES = (
