@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import ValidationError, field_validator
 
 from pipeline.bots.config import BotConfig
 from pipeline.instance_storage import DagsterStorage, mask_url
@@ -28,9 +28,13 @@ from pipeline.markets import (
 )
 from pipeline.sections import (  # noqa: F401 (re-exported: the sections live there)
     REPLAY_SYMBOLS,
+    BacktestConfig,
     BybitConfig,
     HyperliquidConfig,
+    LiveConfig,
     ReplayConfig,
+    SidecarConfig,
+    UiConfig,
     _Section,
     _VenueConfig,
 )
@@ -78,49 +82,6 @@ class ConfigError(ValueError):
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
         super().__init__(message)
         self.problems = problems or [message]
-
-
-class UiConfig(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(3000, ge=1, le=65535)
-    reports_port: int = Field(3001, ge=1, le=65535)  # `up` serves the reports directory here
-
-
-class LiveConfig(_Section):
-    history_days: int = Field(7, ge=0, le=3650)
-    run_retention_days: float = Field(2.0, gt=0)
-    catchup_chunk_minutes: int = Field(1440, ge=1, le=1440)
-    freshness_minutes: int = Field(3, ge=1)
-    gap_scan_days: int = Field(3, ge=1, le=60)
-
-
-class SidecarConfig(_Section):
-    socket: str = "sidecar.sock"
-    tcp_host: str = "127.0.0.1"
-    tcp_port: int | None = Field(None, ge=0, le=65535)
-    token: str | None = None
-    history: int = Field(10_000, ge=10)
-    heartbeat_s: float = Field(5.0, gt=0)
-    client_buffer: int = Field(1_000, ge=10)
-    signal_ttl_minutes: int = Field(60, ge=1)
-
-
-class BacktestConfig(_Section):
-    window_days: int = Field(90, ge=1, le=3650)
-    folds: int = Field(4, ge=1, le=24)
-    report_dir: str = "reports"  # relative to home
-    params: dict[str, Any] = {}  # noqa: RUF012 (pydantic copies defaults; _Section is its model)
-
-    @field_validator("params")
-    @classmethod
-    def _params(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from pipeline.backtest.params import ParamError, params_from
-
-        try:
-            params_from(v)
-        except ParamError as err:
-            raise ValueError(str(err)) from None
-        return v
 
 
 class Settings(_Section):
