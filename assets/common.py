@@ -98,6 +98,34 @@ def window(context: dg.AssetExecutionContext) -> tuple[dt.datetime, dt.datetime]
     return tw.start.astimezone(dt.UTC), tw.end.astimezone(dt.UTC)
 
 
+KLINES = "klines_1m"  # the ingest asset, whose op config holds a live run's minutes
+
+
+def parse_time(ts: str | None) -> dt.datetime | None:
+    """An ISO 8601 time from a run config (naive = UTC), None when not given."""
+    if not ts:
+        return None
+    v = dt.datetime.fromisoformat(ts)
+    return v if v.tzinfo else v.replace(tzinfo=dt.UTC)
+
+
+def live_start(context: dg.AssetExecutionContext) -> dt.datetime | None:
+    """The first minute a mode=live run ingests (the klines op's `start`, inside the partition):
+    its candles, indicators and signals rebuild only what minutes from there change
+    (pipeline/candles/tail.py). None for every other run: the whole partition."""
+    from pipeline.orchestration import tags
+
+    if not tags.is_live(context.run.tags):
+        return None
+    ops = (context.run.run_config or {}).get("ops", {})
+    start = parse_time(ops.get(KLINES, {}).get("config", {}).get("start"))
+    if start is None:
+        return None
+    p_start, p_end = window(context)
+    start = max(start, p_start)  # as the klines asset clamps it
+    return start if start < p_end else None
+
+
 def check_result(name: str, outcome: CheckOutcome, asset: str | None = None) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         check_name=name,

@@ -18,6 +18,7 @@ from assets.common import (
     check_specs,
     daily_table,
     display,
+    live_start,
     md_table,
 )
 from assets.common import window as partition_window
@@ -91,6 +92,7 @@ def signals(
 ) -> dg.MaterializeResult:
     import polars as pl
 
+    from pipeline.candles.tail import live_tail
     from pipeline.fastlane import parity
     from pipeline.markets import by_venue
     from pipeline.quality.checks import CheckOutcome
@@ -108,6 +110,10 @@ def signals(
         live = tags.from_sensor(context.run.tags)  # the sensor's runs: new signals to the sidecar
         personalities = load_personalities(s.personalities, s.timeframes)
         venues = list(by_venue(s.markets))
+        since = live_start(context)  # mode=live: the rows of the bars the candles rebuilt
+        tails = {v: live_tail(wh, v, start, end, since, s.timeframes) for v in venues} if (
+            since is not None
+        ) else None  # fmt: skip
         steps = len(venues) * len(personalities)
         report = progress.reporter(context, "personalities", steps, enabled=not live)
         done = iter(range(1, steps + 1))
@@ -115,6 +121,7 @@ def signals(
             build_signals(
                 wh, v, first, last, personalities,
                 lambda name, n, v=v: report(next(done), f"{v} {name}: {n} signal(s)"),
+                tails[v].ranges if tails else None,
             )
             for v in venues
         ]  # fmt: skip
@@ -124,8 +131,7 @@ def signals(
         written = write_signals(wh, builds, start, end, names)
         # per personality: the first venue whose signals fail, else the last pass
         valid = [
-            _first_failed([check_signals(b.by_personality[p.name], p) for b in builds])
-            for p in personalities
+            _first_failed([check_signals(_of(b, p), p) for b in builds]) for p in personalities
         ]
 
         published: list[int] = []
@@ -142,6 +148,8 @@ def signals(
         lookahead = [
             _first_failed(
                 [check_signals_lookahead(b.frames, p, sample=sample, day=last) for b in builds]
+                if all(p.name in b.by_personality for b in builds)
+                else [CheckOutcome(True, f"no {p.signal_tf} bar rebuilt: nothing to check")]
             )
             for p in personalities
         ]
@@ -163,7 +171,8 @@ def signals(
         # the fast lane against these rows, on bars this run reached (a live day grows by minutes)
         reached = {k: v for b in builds for k, v in parity.reached(b.exchange, b.frames).items()}
         days = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
-        agree = parity.outcome(parity.check_partition(s.home, venues, days, rows, reached))
+        day_rows = rows if tails is None else _stored(wh, venues, start, end)  # a tail's day
+        agree = parity.outcome(parity.check_partition(s.home, venues, days, day_rows, reached))
         if not agree.passed:
             context.log.error(f"fast_lane_parity failed: {agree.description}")
         return dg.MaterializeResult(
@@ -173,6 +182,29 @@ def signals(
                 check_result(PARITY.name, agree, "signals"),
             ],
         )
+
+
+def _of(built, p):
+    """A venue's signals of personality `p` (none: a tail without a bar of its timeframe)."""
+    import polars as pl
+
+    from pipeline.strategy.signal_table import signals_schema
+
+    found = built.by_personality.get(p.name)
+    return found if found is not None else pl.DataFrame(schema=signals_schema())
+
+
+def _stored(wh, venues, start, end):
+    """The day's stored signals of `venues` (a live tail wrote only some of them)."""
+    from pipeline.fastlane.journal import FIELDS
+
+    cols = ", ".join(f'"{c}"' for c in FIELDS)
+    marks = ", ".join("?" * len(venues))
+    return wh.query(
+        f"SELECT {cols} FROM signals WHERE exchange IN ({marks})"
+        " AND close_time > ? AND close_time <= ?",
+        [*venues, start, end],
+    )
 
 
 def _first_failed(outcomes):

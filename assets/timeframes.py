@@ -17,6 +17,7 @@ from assets.common import (
     daily_table,
     display,
     for_each_partition,
+    live_start,
 )
 from assets.common import window as partition_window
 from pipeline.orchestration import tags
@@ -73,32 +74,25 @@ def candles(
 ) -> dg.MaterializeResult:
     import polars as pl
 
-    from pipeline.candles.build import build_candles, with_exchange, write_candles
-    from pipeline.candles.checks import check_candles
-    from pipeline.candles.rollup import Minutes
-    from pipeline.candles.timeframes import owned_by
-    from pipeline.markets import by_venue
-    from pipeline.quality.checks import by_market
+    from pipeline.candles.build import build_candles, write_candles
+    from pipeline.candles.tail import build_tail_candles, live_tail, write_tail_candles
 
     s, wh = settings.get(), warehouse.get()
     with wh.session() as wh:  # one connection for the step's reads and write
         start, end = partition_window(context)
         days = _days(start, end)
-        builds = [build_candles(wh, v, start, end, s.timeframes) for v in by_venue(s.markets)]
-        written = write_candles(wh, builds, start, end)
-        outcomes: dict[str, list] = {name: [] for name in CANDLE_CHECKS}
-        not_live = not tags.from_sensor(context.run.tags)  # the sensor's runs: no progress lines
-        report = progress.reporter(context, "days", len(days), enabled=not_live)
-        # checks name the market (bybit:BTCUSDT); the 1m candles as numpy once, not once a day
-        minutes = [Minutes(by_market(with_exchange(b.klines, b.exchange))) for b in builds]
-        for i, day in enumerate(days, 1):
-            for b, klines in zip(builds, minutes, strict=True):
-                owned = by_market(b.frame.filter(owned_by(day)))
-                for name, outcome in check_candles(
-                    owned, klines, day, s.timeframes, b.as_of
-                ).items():
-                    outcomes[name].append(outcome)
-            report(i, f"{day}: buckets written and checked")
+        since = live_start(context)
+        if since is not None:  # mode=live: the buckets the new minutes change, checked
+            tails = [live_tail(wh, v, start, end, since, s.timeframes) for v in venues(s)]
+            builds = [build_tail_candles(wh, t, s.timeframes) for t in tails]
+            written = write_tail_candles(wh, builds, tails)
+            outcomes = _tail_candle_checks(builds, tails)
+        else:
+            builds = [build_candles(wh, v, start, end, s.timeframes) for v in venues(s)]
+            written = write_candles(wh, builds, start, end)
+            outcomes = _candle_checks(builds, days, s.timeframes, progress.reporter(
+                context, "days", len(days), enabled=not tags.from_sensor(context.run.tags)
+            ))  # fmt: skip
         frame = pl.concat([b.frame for b in builds]) if builds else pl.DataFrame()
         as_of = min(b.as_of for b in builds) if builds else end
         per_tf = frame.group_by("timeframe").agg(
@@ -109,6 +103,7 @@ def candles(
             "rows_written": written,
             "as_of": as_of.isoformat(),
             "days": len(days),
+            "klines_read": sum(b.klines.height for b in builds),
             "incomplete_buckets": int(per_tf["incomplete"].sum()) if per_tf.height else 0,
             "buckets_per_timeframe": dg.MetadataValue.json(
                 {
@@ -117,6 +112,8 @@ def candles(
                 }
             ),
         }
+        if since is not None:
+            meta["rebuilt"] = _ranges_json(tails)
         return dg.MaterializeResult(
             metadata=display(meta),
             check_results=[
@@ -124,6 +121,63 @@ def candles(
                 for n in CANDLE_CHECKS
             ],
         )
+
+
+def _ranges_json(tails) -> dg.JsonMetadataValue:
+    """A live run's rebuilt close_time ranges, per venue and timeframe, for the UI."""
+    return dg.MetadataValue.json(
+        {
+            t.exchange: {tf: f"{lo:%Y-%m-%d %H:%M} < close <= {hi:%H:%M}"
+                         for tf, (lo, hi) in t.ranges.items()}
+            for t in tails
+        }
+    )  # fmt: skip
+
+
+def venues(s) -> list[str]:
+    """The configured venues, in configuration order."""
+    from pipeline.markets import by_venue
+
+    return list(by_venue(s.markets))
+
+
+def _candle_checks(builds, days, timeframes, report) -> dict[str, list]:
+    """The candle checks of whole partitions: per market and day, the 1m data accounted for."""
+    from pipeline.candles.build import with_exchange
+    from pipeline.candles.checks import check_candles
+    from pipeline.candles.rollup import Minutes
+    from pipeline.candles.timeframes import owned_by
+    from pipeline.quality.checks import by_market
+
+    outcomes: dict[str, list] = {name: [] for name in CANDLE_CHECKS}
+    # checks name the market (bybit:BTCUSDT); the 1m candles as numpy once, not once a day
+    minutes = [Minutes(by_market(with_exchange(b.klines, b.exchange))) for b in builds]
+    for i, day in enumerate(days, 1):
+        for b, klines in zip(builds, minutes, strict=True):
+            owned = by_market(b.frame.filter(owned_by(day)))
+            for name, outcome in check_candles(owned, klines, day, timeframes, b.as_of).items():
+                outcomes[name].append(outcome)
+        report(i, f"{day}: buckets written and checked")
+    return outcomes
+
+
+def _tail_candle_checks(builds, tails) -> dict[str, list]:
+    """The candle checks of a live run: the rows it rebuilt, against the 1m candles it read."""
+    from pipeline.candles.build import with_exchange
+    from pipeline.candles.checks import check_candles
+    from pipeline.candles.tail import check_tail_counts
+    from pipeline.quality.checks import by_market
+
+    outcomes: dict[str, list] = {name: [] for name in CANDLE_CHECKS}
+    for b, t in zip(builds, tails, strict=True):
+        rows = by_market(b.frame)
+        found = check_candles(rows)
+        found["counts_match_1m"] = check_tail_counts(
+            rows, by_market(with_exchange(b.klines, b.exchange)), t.ranges
+        )
+        for name, outcome in found.items():
+            outcomes[name].append(outcome)
+    return outcomes
 
 
 def _merge(outcomes: list, unit: str):
@@ -159,21 +213,24 @@ def indicators(
     warehouse: WarehouseResource,
     progress: ProgressResource,
 ) -> dg.MaterializeResult:
+    from pipeline.candles.tail import live_tail
     from pipeline.indicators import ID_COLUMNS, load_spec, warmup_bars
     from pipeline.indicators.build import build_indicators, write_indicators
-    from pipeline.markets import by_venue
 
     s, wh, spec = settings.get(), warehouse.get(), load_spec()
     with wh.session() as wh:  # one connection for the step's reads and write
         start, end = partition_window(context)
         days = _days(start, end)
+        since = live_start(context)  # mode=live: the rows of the bars the candles rebuilt
+        tails = {v: live_tail(wh, v, start, end, since, s.timeframes) for v in venues(s)} if (
+            since is not None
+        ) else None  # fmt: skip
         live = tags.is_live(context.run.tags)
         not_live = not tags.from_sensor(context.run.tags)  # the sensor's runs: no progress lines
-        venues = list(by_venue(s.markets))
-        steps = len(s.timeframes) * len(venues)
+        steps = len(s.timeframes) * len(venues(s))
         report = progress.reporter(context, "timeframes", steps, enabled=not_live)
         frames, outcomes = {}, {name: [] for name in INDICATOR_CHECKS}
-        for k, venue in enumerate(venues):
+        for k, venue in enumerate(venues(s)):
             frames[venue], found = build_indicators(
                 wh,
                 venue,
@@ -181,13 +238,16 @@ def indicators(
                 end,
                 s.timeframes,
                 spec,
-                # the live run checks the timeframe that changes every minute
-                checked=lambda tf: not live or tf == "1m",
+                # a tail is checked whole; a live day (no tail) on the timeframe of every minute
+                checked=lambda tf: tails is not None or not live or tf == "1m",
                 progress=lambda n, note, k=k: report(k * len(s.timeframes) + n, note),
+                ranges=tails[venue].ranges if tails else None,
             )
             for name, listed in found.items():
                 outcomes[name] += listed
-        written = write_indicators(wh, frames, start, end)
+        written = write_indicators(
+            wh, frames, start, end, {v: t.ranges for v, t in tails.items()} if tails else None
+        )
         columns = {c for f in frames.values() if f is not None for c in f.columns} - {"exchange"}
         columns -= set(ID_COLUMNS)
         meta = {
@@ -197,6 +257,8 @@ def indicators(
             "indicators": len(columns),
             "warmup_bars": dg.MetadataValue.json(warmup_bars(spec)),
         }
+        if tails:
+            meta["rebuilt"] = _ranges_json(tails.values())
         return dg.MaterializeResult(
             metadata=display(meta),
             check_results=[

@@ -30,6 +30,8 @@ ORDER = [
     "backtest",
     "e2e",
     "fast",
+    "orderflow",
+    "bots",
     "scale",
     "backfill_scale",
 ]

@@ -4,8 +4,9 @@ For each size N, a real `dagster-daemon` runs the `live_candles` sensor against 
 exchange on the wall clock serving a generated universe of N USDT perpetuals
 (`ReplayExchange(symbols=["N"])`, the config listing them under `exchanges: {bybit: ...}`),
 with `history_days: 0`: the first run catches up from today's midnight (the warm-up), then one
-live run per minute ingests N candles and recomputes the day's candles, indicators and
-signals for every symbol. Measured per size, over `BENCH_SCALE_MINUTES` live minutes:
+live run per minute ingests N candles and rebuilds, for every symbol, only what they change
+(pipeline/candles/tail.py: the buckets that closed, their indicators over the derived warm-up,
+their signals). Measured per size, over `BENCH_SCALE_MINUTES` live minutes:
 
 - close → committed in DuckDB (the klines asset's latency records) and close → run ended
   (Dagster's run record: candles, indicators, signals and their checks included), p50/p95;
@@ -14,8 +15,9 @@ signals for every symbol. Measured per size, over `BENCH_SCALE_MINUTES` live min
 - overlap: how many live runs were still running when the next minute's run was requested
   (the sensor's runs go one at a time, so such a run waits in the queue).
 
-The baseline is the 1-symbol row of the same run. The work grows with the minutes already in
-the day (each live run recomputes the day), so the time of day is printed beside each row.
+The baseline is the 1-symbol row of the same run. The 1m indicators' warm-up window still grows
+with the minutes already in the day (the derived warm-up starts before the day's first bar), so
+the time of day is printed beside each row.
 """
 
 from __future__ import annotations
@@ -195,8 +197,9 @@ def run() -> str:
     ]
     return (
         f"{MINUTES} live minutes per size (`BENCH_SCALE_MINUTES`) after a warm-up, replay "
-        "exchange on the wall clock, `history_days: 0` (each live run recomputes the day so "
-        "far: the UTC column says how much of it there was). Latencies from the candle's "
+        "exchange on the wall clock, `history_days: 0` (each live run rebuilds the buckets its "
+        "minute closed; their indicators read the day's warm-up window: the UTC column says how "
+        "much of the day there was). Latencies from the candle's "
         "close; CPU of the daemon's process tree per live minute (60 s = one core busy); "
         "overlapping = live runs still running when the next minute's run was requested; "
         "detected = how the daemon's sensor found the newest candles (no fast lane runs here, so "
@@ -232,9 +235,9 @@ def _point(r: dict[str, Any], percentile: Any) -> dict[str, Any]:
 def limit(points: list[dict[str, Any]]) -> str:
     """Where one machine's limit sits, from the two largest sizes: each added symbol's cost in
     run time and CPU, the size at which a live run takes a whole minute (the next minute's
-    run then waits, and the queue grows), at the hour measured and at the day's end (the part
-    above the 1-symbol baseline grows with the minutes already in the day: each run reads and
-    rewrites the whole day), and the projection to 500 symbols."""
+    run then waits, and the queue grows), at the hour measured and at the day's end (taken as
+    growing with the minutes already in the day, as the 1m indicators' warm-up window does: an
+    upper bound, since the buckets rebuilt do not), and the projection to 500 symbols."""
     pts = sorted(points, key=lambda p: p["n"])
     base, (a, b) = pts[0], pts[-2:]
     if b["n"] == a["n"]:
@@ -255,18 +258,17 @@ def limit(points: list[dict[str, Any]]) -> str:
         f"at {base['n']} symbol(s) and {b['committed']:.1f} s at {b['n']}: the N candles are one "
         "paced REST pool and one insert, and it grows only when a minute's run waits behind the "
         "previous one. "
-        "What grows is the rest of the run: it recomputes the whole day's candles, indicators "
-        f"and signals for every symbol: from {a['n']} to {b['n']} symbols each added symbol costs "
+        "What grows is the rest of the run: the buckets the minute closed, their indicators over "
+        "the derived warm-up (for 1m: the day so far plus the warm-up) and their signals, for "
+        f"every symbol: from {a['n']} to {b['n']} symbols each added symbol costs "
         f"{per:.2f} s of run time and {cpu_per:.2f} CPU s per minute at {at:%H:%M} UTC "
         f"({day_min} minutes into the day). A live run takes the whole minute (the next "
         f"minute's run waits, and the queue only grows) at about {n_now:.0f} symbols at that "
-        f"hour and about {max(n_eod, 0):.0f} by the day's end (the recompute grows with the "
-        f"day, x{eod:.1f} at 24:00); its CPU reaches one core (60 CPU s per minute) at about "
-        f"{n_core:.0f} symbols at that hour. Run times here are wall clock on a shared machine "
-        "(see the load above), so the run-time limits are pessimistic; the CPU figures do not "
-        f"depend on the load. Projected to 500 symbols at {at:%H:%M}: a live run ends "
-        f"{done500:.0f} s after the close and uses {cpu500:.0f} CPU s per minute, so one "
-        "machine cannot keep a minute cadence there with day-sized recomputes; the lever is a "
-        "live run whose cost follows the minutes that changed (the tail plus the indicators' "
-        "lookback), not the day."
+        f"hour and about {max(n_eod, 0):.0f} by the day's end (if it grew with the day, "
+        f"x{eod:.1f} at 24:00: an upper bound); its CPU reaches one core (60 CPU s per "
+        f"minute) at about {n_core:.0f} symbols at that hour. Run times here are wall clock on "
+        "a shared machine (see the load above), so the run-time limits are pessimistic; the "
+        "CPU figures do not depend on the load. "
+        f"Projected to 500 symbols at {at:%H:%M}: a live run ends {done500:.0f} s after the "
+        f"close and uses {cpu500:.0f} CPU s per minute."
     )

@@ -13,8 +13,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import ValidationError, field_validator
 
+from pipeline.bots.config import BotConfig
 from pipeline.instance_storage import DagsterStorage, mask_url
 from pipeline.markets import (
     ALL,
@@ -27,9 +28,13 @@ from pipeline.markets import (
 )
 from pipeline.sections import (  # noqa: F401 (re-exported: the sections live there)
     REPLAY_SYMBOLS,
+    BacktestConfig,
     BybitConfig,
     HyperliquidConfig,
+    LiveConfig,
     ReplayConfig,
+    SidecarConfig,
+    UiConfig,
     _Section,
     _VenueConfig,
 )
@@ -79,49 +84,6 @@ class ConfigError(ValueError):
         self.problems = problems or [message]
 
 
-class UiConfig(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(3000, ge=1, le=65535)
-    reports_port: int = Field(3001, ge=1, le=65535)  # `up` serves the reports directory here
-
-
-class LiveConfig(_Section):
-    history_days: int = Field(7, ge=0, le=3650)
-    run_retention_days: float = Field(2.0, gt=0)
-    catchup_chunk_minutes: int = Field(1440, ge=1, le=1440)
-    freshness_minutes: int = Field(3, ge=1)
-    gap_scan_days: int = Field(3, ge=1, le=60)
-
-
-class SidecarConfig(_Section):
-    socket: str = "sidecar.sock"
-    tcp_host: str = "127.0.0.1"
-    tcp_port: int | None = Field(None, ge=0, le=65535)
-    token: str | None = None
-    history: int = Field(10_000, ge=10)
-    heartbeat_s: float = Field(5.0, gt=0)
-    client_buffer: int = Field(1_000, ge=10)
-    signal_ttl_minutes: int = Field(60, ge=1)
-
-
-class BacktestConfig(_Section):
-    window_days: int = Field(90, ge=1, le=3650)
-    folds: int = Field(4, ge=1, le=24)
-    report_dir: str = "reports"  # relative to home
-    params: dict[str, Any] = {}  # noqa: RUF012 (pydantic copies defaults; _Section is its model)
-
-    @field_validator("params")
-    @classmethod
-    def _params(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from pipeline.backtest.params import ParamError, params_from
-
-        try:
-            params_from(v)
-        except ParamError as err:
-            raise ValueError(str(err)) from None
-        return v
-
-
 class Settings(_Section):
     """Validated configuration; paths are absolute."""
 
@@ -137,6 +99,7 @@ class Settings(_Section):
     sidecar: SidecarConfig = SidecarConfig()
     backtest: BacktestConfig = BacktestConfig()
     dagster: DagsterStorage = DagsterStorage()  # pipeline/instance_storage.py
+    bots: list[BotConfig] = []  # noqa: RUF012 (paper bots, pipeline/bots; `signalbox bots`)
     timeframes: list[str] = [  # noqa: RUF012 (as params above)
         "1m", "3m", "5m", "15m", "30m", "37m", "1h", "2h", "148m",
         "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M",
@@ -369,7 +332,28 @@ def _validate(data: dict[str, Any], path: Path | None, origins: Origins | None =
                 "synthetic market"
             )
         replay = replay.model_copy(update={"data": str(data)})
-    return settings.model_copy(update={"home": home.resolve(), "replay": replay})
+    settings = settings.model_copy(update={"home": home.resolve(), "replay": replay})
+    if settings.bots:
+        _check_bots(settings, path)
+    return settings
+
+
+def _check_bots(settings: Settings, path: Path | None) -> None:
+    """What each bot names must be configured too: its personality and markets."""
+    from pipeline.bots.config import bot_problems
+
+    try:
+        markets = settings.markets
+    except ConfigError:  # `all` not resolved yet: bots' markets are checked when they start
+        markets = []
+    found = bot_problems(
+        settings.bots, settings.personality_names, markets, settings.backtest.params
+    )
+    if markets == []:
+        found = [f for f in found if not f[0].endswith(".symbols")]
+    if found:
+        head = f"invalid configuration in {path}" if path else "invalid configuration"
+        raise ConfigError(f"{head}: " + "; ".join(f"{k} = {quote(v)}: {m}" for k, v, m in found))
 
 
 def origin_of(origins: Origins, key: str) -> str:
@@ -460,9 +444,32 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> L
     return Loaded(settings, origins, cfg_path.resolve() if exists else None, chosen_by)
 
 
+_LOADED: dict[tuple, Settings] = {}
+_LOADED_MAX = 8
+
+
 def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
-    """Read the YAML file, apply environment overrides, validate."""
-    return load(path, env).settings
+    """Read the YAML file, apply environment overrides, validate.
+
+    Remembered by everything it depends on (the file's bytes, the overrides, the working
+    directory): a run asks for the settings through several resources, and a forked run
+    inherits what its forkserver loaded, so the file is parsed and validated once; any change
+    to the file or the environment loads afresh. Settings are frozen, so sharing is safe."""
+    env = dict(os.environ if env is None else env)
+    cfg_path = Path(path or env.get(ENV_CONFIG) or DEFAULT_CONFIG)
+    try:
+        text = cfg_path.read_bytes()
+    except OSError:  # missing or unreadable: `load` says what is wrong (or uses defaults)
+        return load(path, env).settings
+    overrides = tuple((k, env.get(k)) for k in (ENV_CONFIG, *env_keys()))
+    key = (str(path) if path else None, str(cfg_path.resolve()), os.getcwd(), text, overrides)
+    hit = _LOADED.get(key)
+    if hit is None:
+        hit = load(path, env).settings
+        if len(_LOADED) >= _LOADED_MAX:
+            _LOADED.pop(next(iter(_LOADED)), None)
+        _LOADED[key] = hit
+    return hit
 
 
 @lru_cache(maxsize=1)

@@ -25,10 +25,14 @@ def read(path: Path, keys: set[str]) -> dict | None:
     return rec
 
 
-def _staged(path: Path, rec: dict) -> Path:
+def _staged(path: Path, rec: dict, durable: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(rec, indent=1))
+    with tmp.open("w") as f:
+        f.write(json.dumps(rec, indent=None if durable else 1))
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     return tmp
 
 
@@ -45,6 +49,7 @@ def create(path: Path, rec: dict) -> bool:
         tmp.unlink(missing_ok=True)
 
 
-def replace(path: Path, rec: dict) -> None:
-    """Write `rec` to `path`, replacing what was there."""
-    os.replace(_staged(path, rec), path)
+def replace(path: Path, rec: dict, durable: bool = False) -> None:
+    """Write `rec` to `path`, replacing what was there; `durable`: fsynced before the rename
+    (a paper bot's state), so not even a machine crash leaves a torn record."""
+    os.replace(_staged(path, rec, durable), path)

@@ -1,6 +1,6 @@
-"""The configuration's sections for venues and the replay exchange (`pipeline.config` holds
-the rest and re-exports these): each venue's URLs, timeouts and filters, and what the replay
-exchange serves.
+"""The configuration's sections (`pipeline.config` holds `Settings` and the loading, and
+re-exports these): each venue's URLs, timeouts and filters, what the replay exchange serves,
+and the UI, live, sidecar and backtest sections.
 """
 
 from __future__ import annotations
@@ -81,4 +81,47 @@ class ReplayConfig(_Section):
             return synthetic_universe(v)
         if not isinstance(v, list) or not v or not all(SYMBOL_RE.match(str(s)) for s in v):
             raise ValueError("must list exchange symbols such as BTCUSDT, or be a count (200)")
+        return v
+
+
+class UiConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(3000, ge=1, le=65535)
+    reports_port: int = Field(3001, ge=1, le=65535)  # `up` serves the reports directory here
+
+
+class LiveConfig(_Section):
+    history_days: int = Field(7, ge=0, le=3650)
+    run_retention_days: float = Field(2.0, gt=0)
+    catchup_chunk_minutes: int = Field(1440, ge=1, le=1440)
+    freshness_minutes: int = Field(3, ge=1)
+    gap_scan_days: int = Field(3, ge=1, le=60)
+
+
+class SidecarConfig(_Section):
+    socket: str = "sidecar.sock"
+    tcp_host: str = "127.0.0.1"
+    tcp_port: int | None = Field(None, ge=0, le=65535)
+    token: str | None = None
+    history: int = Field(10_000, ge=10)
+    heartbeat_s: float = Field(5.0, gt=0)
+    client_buffer: int = Field(1_000, ge=10)
+    signal_ttl_minutes: int = Field(60, ge=1)
+
+
+class BacktestConfig(_Section):
+    window_days: int = Field(90, ge=1, le=3650)
+    folds: int = Field(4, ge=1, le=24)
+    report_dir: str = "reports"  # relative to home
+    params: dict[str, Any] = {}
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from pipeline.backtest.params import ParamError, params_from
+
+        try:
+            params_from(v)
+        except ParamError as err:
+            raise ValueError(str(err)) from None
         return v

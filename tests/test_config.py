@@ -164,3 +164,24 @@ def test_markets_from_the_environment_and_venue_endpoints(tmp_path: Path):
     assert keys["SIGNALBOX_HYPERLIQUID_WS"] == "hyperliquid.ws_url"
     with pytest.raises(ConfigError, match=r"\(set by SIGNALBOX_SYMBOLS\)"):
         load(cfg, env={"SIGNALBOX_SYMBOLS": "bybit:BTC-USDT"})
+
+
+def test_settings_are_loaded_once_and_again_when_anything_they_depend_on_changes(tmp_path):
+    """A run asks for the settings through several resources: parsed once, but a changed file
+    (even one written within the same mtime, at the same size) or override loads afresh."""
+    import os
+
+    cfg = write(tmp_path, "live: {history_days: 3}\n")
+    env = {"SIGNALBOX_HOME": str(tmp_path / "state")}
+    first = load_settings(cfg, env)
+    assert load_settings(cfg, dict(env)) is first  # the same frozen object: not parsed again
+    stat = cfg.stat()
+    cfg.write_text("live: {history_days: 4}\n")  # same size...
+    os.utime(cfg, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # ...and the same mtime
+    assert load_settings(cfg, env).live.history_days == 4
+    other = {"SIGNALBOX_HOME": str(tmp_path / "elsewhere")}
+    assert load_settings(cfg, other).home == (tmp_path / "elsewhere").resolve()
+    assert load_settings(cfg, env).home == (tmp_path / "state").resolve()
+    cfg.write_text("live: {history_days: -1}\n")
+    with pytest.raises(ConfigError):  # a broken file is an error, not the last good settings
+        load_settings(cfg, env)

@@ -20,10 +20,15 @@ from pipeline.orchestration.resources import (
     resources,
 )
 
-ASSETS = {"klines_1m", "candles", "indicators", "signals", "backtest_report"}
-JOBS = {"live", "backfill", "quality", "backtest_reports"}
-SENSORS = {"live_candles", "kline_gap_repair", "purge_live_runs", "reap_dead_runs"}
-SCHEDULES = {"daily_repair", "quality_schedule", "daily_backtests"}
+ASSETS = {
+    "klines_1m", "candles", "indicators", "signals", "backtest_report",
+    "order_flow_1m", "order_flow_bars", "paper_trades", "paper_vs_backtest",
+}  # fmt: skip
+JOBS = {"live", "backfill", "quality", "backtest_reports", "order_flow"}
+SENSORS = {
+    "live_candles", "kline_gap_repair", "purge_live_runs", "reap_dead_runs", "paper_journals",
+}  # fmt: skip
+SCHEDULES = {"daily_repair", "quality_schedule", "daily_backtests", "order_flow_hourly"}
 
 
 def test_the_definitions_load_and_validate():
@@ -39,6 +44,10 @@ def test_every_asset_check_job_sensor_and_schedule_is_there():
     assert ("indicators", "warmup_matches_full_history") in checks
     assert ("signals", "no_lookahead") in checks
     assert ("signals", "fast_lane_parity") in checks
+    assert ("order_flow_1m", "trades_match_candles") in checks
+    assert ("paper_trades", "journal_complete") in checks
+    assert ("paper_trades", "fills_have_orders") in checks
+    assert ("paper_vs_backtest", "reconciled") in checks
     assert {j.name for j in repo.get_all_jobs() if not j.name.startswith("__")} == JOBS
     assert {s.name for s in repo.sensor_defs} == SENSORS
     assert {s.name for s in repo.schedule_defs} == SCHEDULES

@@ -30,6 +30,8 @@ DOMAIN = (
     "pipeline.exchanges",
     "pipeline.sidecar",
     "pipeline.fastlane",
+    "pipeline.orderflow",
+    "pipeline.bots",
     "warehouse",
     "pipeline.config",
     "pipeline.instance_storage",

@@ -49,13 +49,16 @@ def test_up_then_status_then_stop(tmp_path: Path):
         r = cli("status", "--json")
         shown = json.loads(r.stdout)
         assert shown["running"] is True and shown["pid"] == proc.pid, r.stdout
-        assert set(shown["processes"]) == {"webserver", "daemon", "sidecar", "fast", "replay"}
+        assert set(shown["processes"]) == {
+            "webserver", "daemon", "sidecar", "fast", "trades", "replay"
+        }  # fmt: skip
         assert shown["sidecar"]["pid"] == shown["processes"]["sidecar"]
         assert shown["source"]["kind"] == "replay"
         assert r.returncode == 0 and shown["problems"] == [], r.stdout  # healthy
         assert shown["candles"]["bybit:BTCUSDT"]["lag_s"] < 180  # within live.freshness_minutes
 
         assert "bybit: connected" in (tmp_path / "logs" / "fast.log").read_text()
+        assert "trade stream(s) of bybit" in (tmp_path / "logs" / "trades.log").read_text()
         again = cli("up")
         assert again.returncode == 2 and f"(pid {proc.pid})" in again.stderr
 
@@ -63,7 +66,7 @@ def test_up_then_status_then_stop(tmp_path: Path):
         r = cli("stop")
         assert r.returncode == 0, r.stderr
         assert f"stopped `signalbox up` (pid {proc.pid})" in r.stderr
-        for name in ("webserver", "daemon", "sidecar", "fast", "replay"):
+        for name in ("webserver", "daemon", "sidecar", "fast", "trades", "replay"):
             assert f"{name} (pid {shown['processes'][name]})" in r.stderr
         assert proc.wait(5) == 0
         assert "stopped." in log.read_text()

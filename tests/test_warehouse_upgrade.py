@@ -78,7 +78,7 @@ def test_upgrade_keeps_every_row_as_bybit_and_enforces_the_new_keys(tmp_path: Pa
     before = old_warehouse(path)
     wh = Warehouse(path)
     with wh.writer() as con:  # the first writer upgrades
-        assert current_version(con) == latest_version() == 6
+        assert current_version(con) == latest_version() >= 6
         for t in TABLES:
             after = con.sql(f"SELECT * FROM {t} ORDER BY {KEYS[t]}").pl()
             assert after.columns[0] == "exchange" or t == "backtest_runs", t

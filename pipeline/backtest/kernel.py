@@ -5,6 +5,10 @@ location at load time. Inputs are plain arrays so a sweep re-runs it without any
 parameters travel as two small arrays (floats, ints) to keep the signature stable and the
 compiled code cached on disk (`cache=True`) across processes.
 
+The per-bar arithmetic is `step`, over a small state vector (`S_*`): `simulate` loops it over
+a window, and the paper bots (pipeline/bots) call it once per live 1m bar, so a bot fills and
+exits exactly as a backtest does (one implementation, not two).
+
 Semantics are documented in `params.py`. Per bar: (1) a signal due at this bar's open closes
 and/or opens a position at the open; (2) the open position's stop, target, trailing stop and
 liquidation are checked against the bar's low/high (the stop wins if both are touched);
@@ -57,10 +61,23 @@ N_C = 10
 
 
 @njit(cache=True, inline="always")
+def fill_price(op, d, slip):
+    """A market order's fill at the open `op` in direction d (+1 buy, -1 sell): slippage
+    against us."""
+    return op * (1.0 + d * slip)
+
+
+@njit(cache=True, inline="always")
+def taker_fee(size, px, rate):
+    """The fee on a fill of `size` at `px`."""
+    return size * px * rate
+
+
+@njit(cache=True, inline="always")
 def _exit(r, i, px, ref_px, fee_rate, pos, size, entry_px, entry_fee, slip_cost, why):
     """Close the open trade record `r` at bar i and price px (ref_px: before slippage);
     returns the cash it brings back (gross P&L less the exit fee)."""
-    fee = size * px * fee_rate
+    fee = taker_fee(size, px, fee_rate)
     gross = pos * size * (px - entry_px)
     r[T_EXIT_I] = i
     r[T_EXIT_PX] = px
@@ -71,47 +88,83 @@ def _exit(r, i, px, ref_px, fee_rate, pos, size, entry_px, entry_fee, slip_cost,
     return gross - fee
 
 
-@njit(cache=True)
-def simulate(o, h, lo, c, sig_dir, sig_conf, sig_atr, sig_ref, fp, ip):
-    """Run the position state machine; returns (equity per bar, trades, n_trades, counters)."""
-    n = o.shape[0]
-    equity = np.empty(n)
-    n_sig = 0
-    for i in range(n):
-        if sig_dir[i] != 0:
-            n_sig += 1
-    trades = np.empty((n_sig + 1, N_T))
-    counters = np.zeros(N_C, dtype=np.int64)
-    nt = 0
+# Position state carried from bar to bar (`new_state`, `step`): one float vector.
+(
+    S_CASH,
+    S_POS,
+    S_SIZE,
+    S_ENTRY,
+    S_ENTRY_FEE,
+    S_SLIP_COST,
+    S_STOP,
+    S_STOP_WHY,
+    S_DIST0,
+    S_TARGET,
+    S_TRAIL_DIST,
+    S_TRAIL,
+    S_LIQ,
+    S_BEST,
+    S_BE_DONE,
+    S_CONF,
+    S_REF,
+    S_BANKRUPT,
+    S_NT,
+) = range(19)
+N_S = 19
 
-    cash = fp[F_CASH]
+
+@njit(cache=True)
+def new_state(cash):
+    """A flat account holding `cash`."""
+    st = np.zeros(N_S)
+    st[S_CASH] = cash
+    st[S_STOP] = np.nan
+    st[S_STOP_WHY] = STOP
+    st[S_DIST0] = np.nan
+    st[S_TARGET] = np.nan
+    st[S_TRAIL_DIST] = np.nan
+    st[S_TRAIL] = np.nan
+    st[S_LIQ] = np.nan
+    st[S_REF] = -1.0
+    return st
+
+
+@njit(cache=True)
+def run(st, o, h, lo, c, sig_dir, sig_conf, sig_atr, sig_ref, fp, ip, trades, counters, equity):
+    """Carry the position state `st` over the bars o/h/lo/c (indexes 0..n-1): per bar, the
+    signal sig_dir[i] (+1/-1/0) due at its open, exits inside it, the mark at its close
+    (equity[i]), the trailing stop and breakeven for the next bar. Closed trades are written
+    to trades[st[S_NT]] onwards; the open trade's record is the row at st[S_NT]. A backtest
+    runs it over its whole window; a paper bot over one live bar at a time."""
+    cash = st[S_CASH]
     taker, maker, slip = fp[F_TAKER], fp[F_MAKER], fp[F_SLIP]
     lev, mmr = fp[F_LEV], fp[F_MMR]
     sizing = ip[I_SIZING]
     opposite = ip[I_OPPOSITE]
     tp_limit = ip[I_TP_LIMIT] == 1
+    pos = int(st[S_POS])
+    size = st[S_SIZE]
+    entry_px = st[S_ENTRY]
+    entry_fee = st[S_ENTRY_FEE]
+    slip_cost = st[S_SLIP_COST]
+    stop = st[S_STOP]
+    stop_reason = int(st[S_STOP_WHY])
+    dist0 = st[S_DIST0]
+    target = st[S_TARGET]
+    trail_dist = st[S_TRAIL_DIST]
+    trail = st[S_TRAIL]
+    liq = st[S_LIQ]
+    best = st[S_BEST]
+    be_done = st[S_BE_DONE] != 0.0
+    conf = st[S_CONF]
+    ref = int(st[S_REF])
+    bankrupt = st[S_BANKRUPT] != 0.0
+    nt = int(st[S_NT])
 
-    pos = 0  # +1 long, -1 short, 0 flat
-    size = 0.0
-    entry_px = 0.0
-    entry_fee = 0.0
-    slip_cost = 0.0
-    stop = np.nan
-    stop_reason = STOP
-    dist0 = np.nan
-    target = np.nan
-    trail_dist = np.nan
-    trail = np.nan
-    liq = np.nan
-    best = 0.0
-    be_done = False
-    conf = 0.0
-    ref = -1
-    bankrupt = False
-
-    for i in range(n):
-        op = o[i]
+    for i in range(o.shape[0]):
+        op, hi, lo_i, cl = o[i], h[i], lo[i], c[i]
         d = sig_dir[i]
+        atr = sig_atr[i]
         # 1. a signal due at this open
         if d != 0 and not bankrupt:
             if pos != 0 and d == pos:
@@ -122,7 +175,7 @@ def simulate(o, h, lo, c, sig_dir, sig_conf, sig_atr, sig_ref, fp, ip):
                     counters[C_IGNORED_OPP] += 1
                     d = 0
                 else:
-                    fill = op * (1.0 - pos * slip)
+                    fill = fill_price(op, -pos, slip)
                     cash += _exit(trades[nt], i, fill, op, taker, pos, size, entry_px, entry_fee,
                                   slip_cost, SIGNAL)  # fmt: skip
                     nt += 1
@@ -133,8 +186,7 @@ def simulate(o, h, lo, c, sig_dir, sig_conf, sig_atr, sig_ref, fp, ip):
                 counters[C_NOT_ALLOWED] += 1
                 d = 0
             if d != 0:
-                fill = op * (1.0 + d * slip)
-                atr = sig_atr[i]
+                fill = fill_price(op, d, slip)
                 need_atr = (
                     not np.isnan(fp[F_STOP_ATR])
                     or not np.isnan(fp[F_TP_ATR])
@@ -168,7 +220,7 @@ def simulate(o, h, lo, c, sig_dir, sig_conf, sig_atr, sig_ref, fp, ip):
                         pos = d
                         size = qty
                         entry_px = fill
-                        entry_fee = size * fill * taker
+                        entry_fee = taker_fee(size, fill, taker)
                         cash -= entry_fee
                         slip_cost = size * abs(fill - op)
                         dist0 = dist
@@ -218,11 +270,11 @@ def simulate(o, h, lo, c, sig_dir, sig_conf, sig_atr, sig_ref, fp, ip):
                 lvl = trail
                 why = TRAIL
             if pos == 1:
-                stop_hit = lo[i] <= lvl
-                tp_hit = (not np.isnan(target)) and h[i] >= target
+                stop_hit = lo_i <= lvl
+                tp_hit = (not np.isnan(target)) and hi >= target
             else:
-                stop_hit = h[i] >= lvl
-                tp_hit = (not np.isnan(target)) and lo[i] <= target
+                stop_hit = hi >= lvl
+                tp_hit = (not np.isnan(target)) and lo_i <= target
             exit_px = np.nan
             fee_rate = taker
             ref_px = 0.0
@@ -251,10 +303,10 @@ def simulate(o, h, lo, c, sig_dir, sig_conf, sig_atr, sig_ref, fp, ip):
                 pos = 0
 
         # 3. mark to market at the close
-        eq = cash + pos * size * (c[i] - entry_px) if pos != 0 else cash
+        eq = cash + pos * size * (cl - entry_px) if pos != 0 else cash
         if eq <= 0.0 and not bankrupt:
             if pos != 0:  # no exit fee or slippage: the exchange takes what is left
-                _exit(trades[nt], i, c[i], c[i], 0.0, pos, size, entry_px, entry_fee, slip_cost,
+                _exit(trades[nt], i, cl, cl, 0.0, pos, size, entry_px, entry_fee, slip_cost,
                       LIQUIDATION)  # fmt: skip
                 nt += 1
                 pos = 0
@@ -267,7 +319,7 @@ def simulate(o, h, lo, c, sig_dir, sig_conf, sig_atr, sig_ref, fp, ip):
 
         # 4. tighten trailing stop / breakeven for the next bar
         if pos != 0:
-            ext = h[i] if pos == 1 else lo[i]
+            ext = hi if pos == 1 else lo_i
             if pos * (ext - best) > 0.0:
                 best = ext
                 if not np.isnan(fp[F_TRAIL_PCT]):
@@ -285,15 +337,57 @@ def simulate(o, h, lo, c, sig_dir, sig_conf, sig_atr, sig_ref, fp, ip):
                     stop = entry_px
                     stop_reason = BREAKEVEN
 
-    # 5. close what is still open at the last close
-    if pos != 0 and ip[I_CLOSE_END] == 1 and n > 0:
-        last = c[n - 1]
-        fill = last * (1.0 - pos * slip)
-        cash += _exit(trades[nt], n - 1, fill, last, taker, pos, size, entry_px, entry_fee,
-                      slip_cost, END)  # fmt: skip
-        nt += 1
-        pos = 0
-        equity[n - 1] = cash
+    st[S_CASH] = cash
+    st[S_POS] = pos
+    st[S_SIZE] = size
+    st[S_ENTRY] = entry_px
+    st[S_ENTRY_FEE] = entry_fee
+    st[S_SLIP_COST] = slip_cost
+    st[S_STOP] = stop
+    st[S_STOP_WHY] = stop_reason
+    st[S_DIST0] = dist0
+    st[S_TARGET] = target
+    st[S_TRAIL_DIST] = trail_dist
+    st[S_TRAIL] = trail
+    st[S_LIQ] = liq
+    st[S_BEST] = best
+    st[S_BE_DONE] = 1.0 if be_done else 0.0
+    st[S_CONF] = conf
+    st[S_REF] = ref
+    st[S_BANKRUPT] = 1.0 if bankrupt else 0.0
+    st[S_NT] = nt
+
+
+@njit(cache=True)
+def close_end(st, i, last, fp, trades):
+    """Close what is still open at the window's last close `last` (bar i); returns the cash."""
+    pos = int(st[S_POS])
+    nt = int(st[S_NT])
     if pos != 0:
+        fill = last * (1.0 - pos * fp[F_SLIP])
+        st[S_CASH] += _exit(trades[nt], i, fill, last, fp[F_TAKER], pos, st[S_SIZE],
+                            st[S_ENTRY], st[S_ENTRY_FEE], st[S_SLIP_COST], END)  # fmt: skip
+        st[S_NT] = nt + 1
+        st[S_POS] = 0
+    return st[S_CASH]
+
+
+@njit(cache=True)
+def simulate(o, h, lo, c, sig_dir, sig_conf, sig_atr, sig_ref, fp, ip):
+    """Run the position state machine; returns (equity per bar, trades, n_trades, counters)."""
+    n = o.shape[0]
+    equity = np.empty(n)
+    n_sig = 0
+    for i in range(n):
+        if sig_dir[i] != 0:
+            n_sig += 1
+    trades = np.empty((n_sig + 1, N_T))
+    counters = np.zeros(N_C, dtype=np.int64)
+    st = new_state(fp[F_CASH])
+    run(st, o, h, lo, c, sig_dir, sig_conf, sig_atr, sig_ref, fp, ip, trades, counters, equity)
+    # 5. close what is still open at the last close
+    if st[S_POS] != 0 and ip[I_CLOSE_END] == 1 and n > 0:
+        equity[n - 1] = close_end(st, n - 1, c[n - 1], fp, trades)
+    if st[S_POS] != 0:
         counters[C_OPEN_AT_END] = 1
-    return equity, trades, nt, counters
+    return equity, trades, int(st[S_NT]), counters

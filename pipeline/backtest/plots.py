@@ -192,3 +192,18 @@ def write_plots(
         path.write_bytes(data)
         paths[name] = path
     return paths
+
+
+def curves_png(times_us: np.ndarray, curves: dict[str, np.ndarray], title: str) -> bytes:
+    """Several equity curves over one time axis (a paper bot's against its backtest's)."""
+    plt = _plt()
+    t, *ys = _thin(times_us, *curves.values())
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for (label, _), y, color in zip(curves.items(), ys, (BLUE, GREY, GREEN, RED), strict=False):
+        ax.plot(t, y, lw=1.1, label=label, color=color)
+    ax.set_title(title)
+    ax.set_ylabel("equity")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    fig.autofmt_xdate()
+    return _png(fig)

@@ -17,6 +17,7 @@ from pipeline.indicators.compute import ID_COLUMNS
 if TYPE_CHECKING:
     import polars as pl
 
+    from pipeline.candles.tail import Ranges
     from pipeline.indicators.spec import IndicatorSpec
 
 # The per-partition checks look at up to this many indicator rows at once: runs of days, so
@@ -59,16 +60,26 @@ def build_indicators(
     *,
     checked: Callable[[str], bool] = lambda tf: True,
     progress: Callable[[int, str], None] | None = None,
+    ranges: Ranges | None = None,
 ) -> tuple[pl.DataFrame | None, dict[str, list[Any]]]:
     """The indicators `days` own for the venue (`exchange` first; None when there are none),
-    and the checks' outcomes per check name for the timeframes `checked` selects."""
+    and the checks' outcomes per check name for the timeframes `checked` selects.
+
+    With `ranges` (a live run's tail, pipeline.candles.tail): only the rows in them, of their
+    timeframes, each computed over the day's warm-up window up to the range's end (the same
+    values as over the whole day: a value never depends on a later bar)."""
     import polars as pl
 
+    from pipeline.candles.tail import in_ranges
     from pipeline.indicators import check_indicators, indicator_input_window
     from pipeline.indicators.compute import indicators_for_partition
     from pipeline.quality.checks import by_market
 
     parts, outcomes = [], {}
+    if ranges is not None:
+        if not ranges:
+            return None, outcomes
+        timeframes, end = list(ranges), max(hi for _, hi in ranges.values())
     # One read for every timeframe's window (from its warm-up before the first day).
     windows = [(tf, indicator_input_window(days[0], tf, spec)[0]) for tf in timeframes]
     values = ", ".join("(?, ?)" for _ in windows)
@@ -87,7 +98,10 @@ def build_indicators(
         for day in days:
             lo, hi = indicator_input_window(day, tf, spec)
             hist = hist_all.filter((pl.col("open_time") >= lo) & (pl.col("close_time") <= hi))
-            owned.append(indicators_for_partition(hist, day, spec))
+            ind = indicators_for_partition(hist, day, spec)
+            if ranges is not None:
+                ind = in_ranges(ind, {tf: ranges[tf]})
+            owned.append(ind)
         parts += owned
         if checked(tf):  # checked by market, so what they report names the venue
             # Over runs of days (the candles from the run's first warm-up on), not day by day:
@@ -131,13 +145,19 @@ def _concat(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
 
 
 def write_indicators(
-    wh: Any, built: dict[str, pl.DataFrame | None], start: dt.datetime, end: dt.datetime
+    wh: Any,
+    built: dict[str, pl.DataFrame | None],
+    start: dt.datetime,
+    end: dt.datetime,
+    tails: dict[str, Ranges] | None = None,
 ) -> int:
     """Replace each venue's indicators in (start, end] (venue -> frame or None), in one
-    transaction, adding any indicator column the table lacks first."""
+    transaction, adding any indicator column the table lacks first. With `tails` (venue ->
+    a live run's ranges), only the rows in each venue's ranges."""
     import polars as pl
 
     from pipeline.candles.build import owned_where
+    from pipeline.candles.tail import tail_replacements
     from warehouse import Replacement
 
     ids = {"exchange", *ID_COLUMNS}
@@ -146,6 +166,16 @@ def write_indicators(
         "indicators",
         {c: "BOOLEAN" if c == "bb_squeeze" else "DOUBLE" for c in columns if c not in ids},
     )
+    if tails is not None:
+        return wh.replace_many(
+            [
+                r
+                for v, f in built.items()
+                for r in tail_replacements(
+                    "indicators", f if f is not None else pl.DataFrame(), v, tails[v]
+                )
+            ]
+        )
     return wh.replace_many(
         [
             Replacement(

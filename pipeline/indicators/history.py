@@ -102,10 +102,12 @@ def history_flags(
     np.subtract(o[1:], c[:-1], out=before[1:])
     before[new] = 0
     firsts = {str(k): to_ms(v) for k, v in (first_minute or {}).items()}
-    if gap_runs is not None and sym is not None and firsts:
+    missing = bool((inside > 0).any() or (before > 0).any())  # else nothing to explain
+    if missing and gap_runs is not None and sym is not None and firsts:
         never = np.iinfo(np.int64).max
-        names, at = np.unique(sym, return_inverse=True)
-        t0 = np.array([firsts.get(str(s), never) for s in names], dtype=np.int64)[at]
+        starts = np.flatnonzero(new)  # a symbol is constant along a series: one lookup each
+        first_of = [firsts.get(str(sym[i]), never) for i in starts]
+        t0 = np.repeat(np.array(first_of, dtype=np.int64), np.diff(np.r_[starts, len(o)]))
         prev_c = np.r_[o[:1], c[:-1]]
         # Only spans from the symbol's first stored minute on can be explained by the exchange.
         ask_in = (inside > 0) & (o >= t0)

@@ -9,11 +9,12 @@ first asks for them. Asset modules stay thin; the work is in pipeline/ and wareh
 
 import dagster as dg
 
-from assets import backtests, klines, signals, timeframes
+from assets import backtests, klines, orderflow, paper, signals, timeframes
 from pipeline.orchestration.jobs import JOBS
 from pipeline.orchestration.reaper import watched_in_process_executor
 from pipeline.orchestration.resources import resources
 from sensors import live, reaper, repair
+from sensors import paper as paper_sensors
 from sensors.schedules import SCHEDULES
 
 defs = dg.Definitions(
@@ -23,6 +24,10 @@ defs = dg.Definitions(
         timeframes.indicators,
         signals.signals,
         backtests.backtest_report,
+        orderflow.order_flow_1m,
+        orderflow.order_flow_bars,
+        paper.paper_trades,
+        paper.paper_vs_backtest,
     ],
     asset_checks=[klines.klines_expectations, timeframes.indicators_warmup],
     jobs=JOBS,
@@ -31,6 +36,7 @@ defs = dg.Definitions(
         repair.kline_gap_repair,
         repair.purge_live_runs,
         reaper.reap_dead_runs,
+        paper_sensors.paper_journals,
     ],
     schedules=SCHEDULES,
     resources=resources(),

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets import backtests, klines, timeframes
+from assets import backtests, klines, orderflow, timeframes
 from assets.common import DAILY
 
 DAILY_GROUPS = ("ingest", "timeframes", "signals")
@@ -44,4 +44,13 @@ backtest_job = dg.define_asset_job(
     description="Refresh every personality's backtest report over the rolling window.",
 )
 
-JOBS = [live_job, backfill_job, quality_job, backtest_job]
+order_flow_job = dg.define_asset_job(
+    "order_flow",
+    selection=dg.AssetSelection.assets(orderflow.order_flow_1m, orderflow.order_flow_bars),
+    partitions_def=DAILY,
+    description="A day's order flow from the trade collector's journal into the warehouse, "
+    "checked against the 1m candles, then on every timeframe (hourly by the "
+    "order_flow_hourly schedule).",
+)
+
+JOBS = [live_job, backfill_job, quality_job, backtest_job, order_flow_job]

@@ -4,7 +4,9 @@ Dagster's default launcher starts every run as a fresh `dagster api execute_run`
 imports Dagster, polars, DuckDB, pybit and TA-Lib again: 2-4 s on a 2-core machine, every
 minute, on the live path's critical path. This launcher keeps a multiprocessing forkserver
 with those imports already done, and forks each run from it. The run then executes exactly as
-in `dagster api execute_run` (same code path, same events), in its own process.
+in `dagster api execute_run` (same code path, same events), in its own process. The
+forkserver also imports what a run would import late (warm.py: Dagster's storage layer when
+the run opens the instance, the rooms the assets import in their bodies: ~1 s a run).
 
 The forkserver is rebuilt when the project's code or configuration changes, so edits are
 picked up like with the default launcher. Worker health is judged as in reaper.py (the pid
@@ -47,6 +49,7 @@ PRELOAD = [
     "pybit.unified_trading",
     "talib",
     "pipeline.orchestration.definitions",
+    "pipeline.orchestration.warm",  # what runs import late, and the resolved definitions
 ]
 
 

@@ -88,7 +88,9 @@ def _instruments(market: Market, q: dict[str, str], fault: Fault | None, now: in
     if category not in CATEGORIES:
         return Reply(200, wire.error_body(10001, "Illegal category", now))
     try:
-        items, cursor = ins.instruments_page(market.source.listed(), q)
+        listed = market.source.listed()
+        sizes = {s: market.decimals(s)[1] for s in listed}
+        items, cursor = ins.instruments_page(listed, q, sizes)
     except ins.CursorError as err:
         return Reply(200, wire.error_body(10001, str(err), now))
     result = {"category": category, "list": items, "nextPageCursor": cursor}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+from typing import Any
 
 from pipeline.replay import synthetic
 from pipeline.replay.intervals import DAY_MS
@@ -32,8 +33,9 @@ class CursorError(ValueError):
     pass
 
 
-def instrument(symbol: str) -> dict[str, str]:
-    """One `result.list` item (the fields Signalbox reads, plus a few of Bybit's others)."""
+def instrument(symbol: str, size_decimals: int = 3) -> dict[str, Any]:
+    """One `result.list` item (the fields Signalbox reads, plus a few of Bybit's others); the
+    qty step is the source's volume decimals (a trade's size is whole steps)."""
     usdc = symbol.endswith("PERP")
     quote = "USDC" if usdc else "USDT"
     base = symbol.removesuffix("PERP") if usdc else symbol.removesuffix("USDT")
@@ -46,6 +48,7 @@ def instrument(symbol: str) -> dict[str, str]:
         "settleCoin": quote,
         "launchTime": str(LAUNCH_MS),
         "priceScale": str(synthetic.price_decimals(symbol)),
+        "lotSizeFilter": {"qtyStep": f"{10.0**-size_decimals:.{size_decimals}f}"},
     }
 
 
@@ -61,10 +64,13 @@ def _offset(cursor: str) -> int:
         raise CursorError(f"params error: invalid cursor {cursor!r}") from None
 
 
-def instruments_page(symbols: list[str], q: dict[str, str]) -> tuple[list[dict], str]:
+def instruments_page(
+    symbols: list[str], q: dict[str, str], size_decimals: dict[str, int] | None = None
+) -> tuple[list[dict], str]:
     """One page of the sorted instrument list for query `q` (`symbol`, `status`, `limit`,
     `cursor`), and the cursor of the next page ("" when it was the last)."""
-    items = [instrument(s) for s in sorted(symbols)]
+    dec = size_decimals or {}
+    items = [instrument(s, dec.get(s, 3)) for s in sorted(symbols)]
     if q.get("symbol"):
         items = [i for i in items if i["symbol"] == q["symbol"]]
     if q.get("status"):

@@ -9,8 +9,9 @@ bad topic fails the whole batch with
 `error:handler not found,topic:<topic>`. Kline topics `kline.{interval}.{symbol}` push a
 `confirm=false` snapshot of the forming candle every `push_s` wall seconds and a
 `confirm=true` one as soon as the exchange clock passes its close (at most the last three when
-the clock jumps). A connection with no subscription and no client message for 10 minutes is
-closed, like Bybit's.
+the clock jumps). Trade topics `publicTrade.{symbol}` push the trades stamped since the last
+push (trades.py), before any confirm. A connection with no subscription and no client message
+for 10 minutes is closed, like Bybit's.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pipeline.replay import intervals as iv
+from pipeline.replay import trades
 
 if TYPE_CHECKING:
     from pipeline.replay.clock import ExchangeClock
@@ -148,7 +150,10 @@ class WsSession:
             {"success": ok, "ret_msg": msg, "conn_id": self.conn_id, "req_id": req_id, "op": op}
         )
 
-    def _valid(self, topic: Any) -> Sub | None:
+    def _valid(self, topic: Any) -> Sub | trades.TradeSub | None:
+        trade = trades.subscription(topic, self.market, self.clock.now_ms())
+        if trade is not None:
+            return trade
         m = _TOPIC.match(topic) if isinstance(topic, str) else None
         if not m or m.group(1) not in iv.INTERVALS or not self.market.supports(m.group(2)):
             return None
@@ -254,6 +259,9 @@ class WsSession:
         self._held = True
         try:
             for topic, sub in list(self.subs.items()):
+                if isinstance(sub, trades.TradeSub):  # trades up to now, before any confirm
+                    trades.push(self.market, self.send, topic, sub, now)
+                    continue
                 interval = self._grid_interval(sub)
                 current = iv.floor_open(now, interval)
                 if sub.open_ms is not None and current > sub.open_ms:
@@ -264,6 +272,8 @@ class WsSession:
                 if sub.open_ms != current:
                     sub.open_ms, sub.last_push = current, float("-inf")  # a new one: push it
             for topic, sub in list(self.subs.items()) if forming else []:
+                if isinstance(sub, trades.TradeSub):
+                    continue
                 if wall - sub.last_push >= self.push_s and sub.open_ms is not None:
                     sub.last_push = wall
                     self._push(topic, sub, sub.open_ms, False, now)

@@ -98,6 +98,18 @@ def cmd_fast(args: argparse.Namespace, settings: Settings) -> int:
     return main(settings)
 
 
+def cmd_trades(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.runtime.trades import main
+
+    return main(settings)
+
+
+def cmd_bots(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.runtime.bots import main
+
+    return main(settings)
+
+
 def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.sidecar.client import tail_main
 
@@ -265,6 +277,8 @@ def build_parser(
 
     add("sidecar", cmd_sidecar, "serve the latest signals on the Unix socket")
     add("fast", cmd_fast, "the fast lane: signals from the live stream within ms of the close")
+    add("trades", cmd_trades, "the trade collector: each covered minute's order flow, journaled")
+    add("bots", cmd_bots, "the configured paper bots, trading the sidecar's signals on paper")
 
     sp = add("tail", cmd_tail, "print signals from the sidecar as they arrive")
     sp.add_argument(

@@ -27,7 +27,7 @@ def up_pid(settings: Settings) -> int | None:
 
 def role(cmdline: str) -> str | None:
     """What a child of `up` is, from its command line: webserver, daemon, sidecar, fast (the
-    fast lane), replay."""
+    fast lane), trades (the trade collector), bots (the paper bots), replay."""
     args = cmdline.split()
     names = {Path(a).name for a in args[:2]}
     if "dagster-webserver" in names:
@@ -35,7 +35,7 @@ def role(cmdline: str) -> str | None:
     if "dagster-daemon" in names:
         return "daemon"
     if "pipeline.runtime.cli" in args[:3]:
-        for name in ("sidecar", "fast", "replay"):
+        for name in ("sidecar", "fast", "trades", "bots", "replay"):
             if name in args:
                 return name
     return None

@@ -20,8 +20,9 @@ from pipeline.runtime.running import processes, up_pid
 HEALTHY = 0
 NOT_RUNNING = 1  # no `signalbox up` for this home (2 is a configuration error, as everywhere)
 UNHEALTHY = 3  # running, with problems listed
-EXPECTED = ("webserver", "daemon", "sidecar", "fast")  # the children every `up` has
+EXPECTED = ("webserver", "daemon", "sidecar", "fast", "trades")  # the children every `up` has
 FAILED_WINDOW = dt.timedelta(hours=1)
+BOT_STALE_S = 15.0  # a bot's heartbeat older than this is a problem
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Status:
     last_signal: dict[str, Any] | None = None
     sidecar: dict[str, Any] | None = None
     fast: dict[str, Any] | None = None  # the fast lane's last published batch
+    bots: list[dict[str, Any]] = field(default_factory=list)  # pipeline/bots/store.summary
     failed_runs: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -54,13 +56,15 @@ def collect(settings: Settings, now: dt.datetime | None = None) -> Status:
     st.running = st.pid is not None
     if st.pid is not None:
         st.processes = processes(st.pid)
-        missing = [n for n in EXPECTED if n not in st.processes]
+        expected = [*EXPECTED, *(["bots"] if settings.bots else [])]
+        missing = [n for n in expected if n not in st.processes]
         if missing:
             st.problems.append(f"not running under `up`: {', '.join(missing)} (see logs/)")
     _source(settings, st)
     _warehouse(settings, st, now)
     _sidecar(settings, st)
     _fast(settings, st)
+    _bots(settings, st)
     _failed_runs(settings, st, now)
     return st
 
@@ -162,6 +166,17 @@ def _fast(settings: Settings, st: Status) -> None:
         }
 
 
+def _bots(settings: Settings, st: Status) -> None:
+    """Each paper bot's equity, positions and heartbeat, from its files in the home."""
+    from pipeline.bots.store import summary
+
+    st.bots = [summary(settings.home, b.name) for b in settings.bots]
+    for b in st.bots:
+        age = b.get("heartbeat_age_s")
+        if st.running and (age is None or age > BOT_STALE_S):
+            st.problems.append(f"bot {b['name']}: no heartbeat for {age} s (see logs/bots.log)")
+
+
 def _failed_runs(settings: Settings, st: Status, now: dt.datetime) -> None:
     if not (settings.dagster_home / "dagster.yaml").exists():
         return
@@ -186,6 +201,19 @@ def _ago(d: dt.timedelta) -> str:
     if s < 172800:
         return f"{s / 3600:.1f} h"
     return f"{s / 86400:.1f} days"
+
+
+def _bot_line(b: dict[str, Any]) -> str:
+    if "error" in b or not b.get("started"):
+        return b.get("error", "not started yet")
+    pos = ", ".join(
+        f"{m} {p['side']} {p['size']:.6g} @ {p['entry']:.6g} ({p['unrealised']:+.2f})"
+        for m, p in b["positions"].items()
+    )
+    age = b["heartbeat_age_s"]
+    beat = "no heartbeat" if age is None else f"heartbeat {age:.0f} s ago"
+    halted = f"; HALTED: {b['why']}" if b["halted"] else ""
+    return f"equity {b['equity']:.2f}, {pos or 'flat'}, {beat}{halted}"
 
 
 def render(st: Status, settings: Settings) -> str:
@@ -243,6 +271,8 @@ def render(st: Status, settings: Settings) -> str:
         )
     else:
         lines.append("  fast lane   nothing published yet")
+    for b in st.bots:
+        lines.append(f"  bot {b['name']}: {_bot_line(b)}")
     n = len(st.failed_runs)
     lines.append(f"  runs        {n or 'no'} failed run{'' if n == 1 else 's'} in the last hour")
     lines += [f"  note: {n}" for n in st.notes]

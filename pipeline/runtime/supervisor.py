@@ -177,6 +177,24 @@ def supervised(settings: Settings, env: dict[str, str]) -> list[Child]:
             env,
             logs / "fast.log",
         ),
+        *(
+            [
+                Child(
+                    "bots",
+                    [sys.executable, "-m", "pipeline.runtime.cli", "bots"],
+                    env,
+                    logs / "bots.log",
+                )
+            ]
+            if settings.bots
+            else []
+        ),
+        Child(
+            "trades",
+            [sys.executable, "-m", "pipeline.runtime.cli", "trades"],
+            env,
+            logs / "trades.log",
+        ),
         Child(
             "reports",
             [sys.executable, "-m", "pipeline.runtime.reports_server"],
@@ -223,7 +241,8 @@ def up(settings: Settings, history_days: int | None = None) -> int:
         _say(f"  socket    {settings.socket_path}  (`signalbox tail`)")
         _say(f"  reports   http://{ui.host}:{ui.reports_port}/  ({settings.reports_dir})")
         _say(f"  source    {ep.label} {ep.rest_url}")
-        _say(f"  logs      {logs}/  (daemon, webserver, sidecar, fast .log; latency.jsonl)")
+        names = "daemon, webserver, sidecar, fast, trades" + (", bots" if settings.bots else "")
+        _say(f"  logs      {logs}/  ({names} .log; latency.jsonl)")
         _say("Ctrl-C stops everything.")
         seen = len(latency.read(settings.home))
         while True:

@@ -19,6 +19,7 @@ from warehouse import Replacement
 if TYPE_CHECKING:
     import polars as pl
 
+    from pipeline.candles.tail import Ranges
     from pipeline.strategy.personality import Personality
 
 Windows = dict[str, tuple[dt.datetime, dt.datetime]]
@@ -58,6 +59,7 @@ class VenueSignals:
     exchange: str
     frames: dict[str, pl.DataFrame]  # per timeframe, for the lookahead check
     by_personality: dict[str, pl.DataFrame]  # the signals, `exchange` first
+    ranges: Ranges | None = None  # a live run's tail: personality -> close_time range (lo, hi]
 
     def rows(self) -> pl.DataFrame:
         import polars as pl
@@ -73,11 +75,16 @@ def build_signals(
     last: dt.date,
     personalities: Sequence[Personality],
     progress: Callable[[str, int], None] | None = None,
+    ranges: Ranges | None = None,
 ) -> VenueSignals:
     """Every personality's signals the days `first`..`last` own, for the venue; `progress`
-    hears each personality's name and signal count."""
+    hears each personality's name and signal count. With `ranges` (a live run's tail per
+    timeframe, pipeline.candles.tail): only the rows of the personalities' signal timeframe
+    bars in them (`tail_signals`)."""
     from pipeline.strategy.signals import signal_input_window, signals_for_partition
 
+    if ranges is not None:
+        return tail_signals(wh, exchange, personalities, ranges, progress)
     windows = [signal_input_window(first, p, last) for p in personalities]
     frames = read_frames(wh, exchange, merge_windows(windows))
     found = {}
@@ -86,6 +93,43 @@ def build_signals(
         if progress:
             progress(p.name, found[p.name].height)
     return VenueSignals(exchange, frames, found)
+
+
+def tail_signals(
+    wh: Any,
+    exchange: str,
+    personalities: Sequence[Personality],
+    ranges: Ranges,
+    progress: Callable[[str, int], None] | None = None,
+) -> VenueSignals:
+    """The signals of the signal timeframe's bars in `ranges`, per personality: read from the
+    `bar_input_window` of the first such bar (its cooldown window, lookback and the bar before;
+    each later bar's window starts no earlier) to the range's end, computed by
+    `compute_signals` as over the whole partition. Personalities whose signal timeframe has no
+    bar in `ranges` are left out."""
+    from pipeline.candles.tail import first_close, in_ranges
+    from pipeline.strategy.signal_inputs import cut_frames
+    from pipeline.strategy.signals import bar_input_window, compute_signals
+
+    windows, mine = {}, {}
+    for p in personalities:
+        if p.signal_tf in ranges:
+            lo, hi = ranges[p.signal_tf]
+            found = bar_input_window(p, first_close(p.signal_tf, lo))
+            windows[p.name] = {tf: (start, hi) for tf, (start, _) in found.items()}
+            mine[p.name] = (lo, hi)
+    frames = read_frames(wh, exchange, merge_windows(list(windows.values()))) if windows else {}
+    found = {}
+    for p in personalities:
+        if p.name not in windows:
+            continue
+        rows = compute_signals(cut_frames(frames, windows[p.name]), p)
+        found[p.name] = with_exchange(
+            in_ranges(rows, {p.name: mine[p.name]}, "personality"), exchange
+        )
+        if progress:
+            progress(p.name, found[p.name].height)
+    return VenueSignals(exchange, frames, found, mine)
 
 
 def signals_replacement(
@@ -104,5 +148,14 @@ def write_signals(
     end: dt.datetime,
     names: Sequence[str],
 ) -> int:
-    """Replace each built venue's signals of `names` in (start, end], in one transaction."""
-    return wh.replace_many([signals_replacement(b, start, end, names) for b in built])
+    """Replace each built venue's signals of `names` in (start, end], in one transaction (a
+    tail's: those in its ranges only)."""
+    from pipeline.candles.tail import tail_replacements
+
+    items = []
+    for b in built:
+        if b.ranges is None:
+            items.append(signals_replacement(b, start, end, names))
+        else:
+            items += tail_replacements("signals", b.rows(), b.exchange, b.ranges, "personality")
+    return wh.replace_many(items)

@@ -1,0 +1,132 @@
+"""Order flow: a day of public trades (2 million, synthetic, one symbol) aggregated into
+minutes by `pipeline.orderflow.aggregate.minute_flow`, against a pandas groupby computing the
+same columns in the same run; both must agree (1e-9 relative) before either is timed."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from bench.common import best_of, table
+from pipeline.orderflow.aggregate import FLOW_COLUMNS, MINUTE_MS, minute_flow
+
+TITLE = "Order flow: a day of trades into minutes"
+DAY_MS = 1440 * MINUTE_MS
+TARGET_S, TARGET_RATIO = 1.0, 5.0
+
+
+def synthetic_trades(n: int, seed: int = 7, day: int = 19_723):  # -> pl.DataFrame
+    """`n` trades of BTCUSDT over one UTC day, time-ordered: a random-walk price on a 0.1
+    tick, sizes in 0.001 steps (log-normal), taker side a coin toss leaning with the move."""
+    import polars as pl
+
+    rng = np.random.default_rng(seed)
+    t = np.sort(rng.integers(day * DAY_MS, (day + 1) * DAY_MS, n))
+    steps = rng.standard_normal(n) * 0.00002
+    price = np.round(40_000 * np.exp(np.cumsum(steps)) / 0.1) * 0.1
+    size = np.maximum(1, np.round(rng.lognormal(1.5, 1.2, n))) / 1000
+    side = np.where(rng.random(n) < 0.5 + 200 * steps, "Buy", "Sell")
+    return pl.DataFrame(
+        {"symbol": "BTCUSDT", "time": t, "side": side, "size": size, "price": price}
+    )
+
+
+def pandas_flow(pdf):  # pd.DataFrame -> pd.DataFrame, the baseline
+    """The same aggregates with an idiomatic pandas groupby."""
+    import pandas as pd
+
+    buy = pdf["side"].to_numpy() == "Buy"
+    notional = pdf["size"] * pdf["price"]
+    frame = pd.DataFrame(
+        {
+            "symbol": pdf["symbol"],
+            "minute": pdf["time"] - pdf["time"] % MINUTE_MS,
+            "taker_buy_volume": pdf["size"].where(buy, 0.0),
+            "taker_sell_volume": pdf["size"].where(~buy, 0.0),
+            "taker_buy_turnover": notional.where(buy, 0.0),
+            "taker_sell_turnover": notional.where(~buy, 0.0),
+            "size": pdf["size"],
+            "notional": notional,
+            "price": pdf["price"],
+        }
+    )
+    g = frame.groupby(["symbol", "minute"], sort=True)
+    out = g.agg(
+        taker_buy_volume=("taker_buy_volume", "sum"),
+        taker_sell_volume=("taker_sell_volume", "sum"),
+        taker_buy_turnover=("taker_buy_turnover", "sum"),
+        taker_sell_turnover=("taker_sell_turnover", "sum"),
+        trade_count=("size", "size"),
+        volume=("size", "sum"),
+        turnover=("notional", "sum"),
+        price_low=("price", "min"),
+        price_high=("price", "max"),
+    )
+    out["vwap"] = out["turnover"] / out["volume"]
+    out["open_time"] = pd.to_datetime(out.index.get_level_values("minute"), unit="ms", utc=True)
+    return out.reset_index()
+
+
+def collector_close(symbols: int, per_minute: int = 1400) -> float:
+    """Seconds the trade collector takes to close one minute of `symbols` busy symbols
+    (wire items in, journal rows out): its work at each close, outside any Dagster run."""
+    from pipeline.orderflow.collect import MinuteCollector
+
+    names = [f"S{i:03d}USDT" for i in range(symbols)]
+    t0 = 19_723 * DAY_MS
+    c = MinuteCollector(names, dict.fromkeys(names, 0.001))
+    rng = np.random.default_rng(1)
+    for name in names:
+        c.add(t0 - 1, [{"T": t0 - 1, "s": name, "S": "Buy", "v": "0.001", "p": "1"}])  # covers t0
+        times = np.sort(rng.integers(t0, t0 + MINUTE_MS, per_minute))
+        items = [
+            {"T": int(t), "s": name, "S": "Buy" if k % 2 else "Sell", "v": "0.012", "p": "40000.1"}
+            for k, t in enumerate(times)
+        ]
+        for a in range(0, per_minute, 1024):
+            c.add(int(times[min(a + 1023, per_minute - 1)]), items[a : a + 1024])
+    t = time.perf_counter()
+    rows = c.close(t0 + MINUTE_MS + 10_000)
+    took = time.perf_counter() - t
+    assert len(rows) == symbols and all(r["trade_count"] == per_minute for r in rows)
+    return took
+
+
+def _agree(ours, theirs) -> None:
+    a = ours.select(FLOW_COLUMNS).to_numpy()
+    b = theirs[list(FLOW_COLUMNS)].to_numpy(dtype=np.float64)
+    if a.shape != b.shape or not np.allclose(a, b, rtol=1e-9, atol=1e-9):
+        raise SystemExit("order flow bench: polars and pandas disagree; nothing timed")
+
+
+def run(n: int | None = None) -> str:
+    n = n or int(os.environ.get("BENCH_ORDERFLOW_TRADES", 2_000_000))
+    trades = synthetic_trades(n)
+    pdf = trades.to_pandas()
+    ours = minute_flow(trades)
+    _agree(ours, pandas_flow(pdf))
+    t_ours = best_of(lambda: minute_flow(trades), 5)
+    t_pandas = best_of(lambda: pandas_flow(pdf), 3)
+    closes = {n: collector_close(n) for n in (1, 50)}
+    ratio = t_pandas / t_ours
+    verdict = "met" if t_ours < TARGET_S and ratio >= TARGET_RATIO else "MISSED"
+    rows = [
+        ["polars `minute_flow`", f"{t_ours * 1000:.0f}", f"{ratio:.1f}x"],
+        ["pandas groupby (baseline)", f"{t_pandas * 1000:.0f}", "1.0x"],
+    ]
+    return (
+        f"{n:,} trades of one UTC day into {ours.height} minutes (taker buy/sell volume and "
+        f"turnover, trade count, VWAP, price range); best of 5 (polars) and 3 (pandas).\n\n"
+        + table(["aggregation", "ms", "vs pandas"], rows)
+        + f"\n\nTarget: under {TARGET_S:g} s and at least {TARGET_RATIO:g}x pandas: {verdict}.\n\n"
+        "At each close the trade collector (`signalbox trades`, not a Dagster run: the live run "
+        "does no order-flow work) turns the minute's wire items into journal rows: "
+        + ", ".join(f"{ms * 1000:.1f} ms at {n} symbol(s)" for n, ms in closes.items())
+        + " of 1,400 trades each.\n"
+    )
+
+
+if __name__ == "__main__":
+    print(run())

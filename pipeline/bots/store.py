@@ -1,0 +1,127 @@
+"""A bot's files in the home, `<home>/bots/<name>/`: `state.json`, `journal.jsonl`, `heartbeat`.
+
+Exactly once across crashes: every event's journal lines are appended (and fsynced) first,
+then the state that names the journal's new length and the event's seq is written atomically
+(temp file, fsync, rename). A bot killed between the two finds the journal longer than its
+state says, cuts the uncommitted tail off, and handles the event again from the state it had
+before it: so each signal's order is journaled once, never twice, never lost. Readers (the
+`paper_trades` asset) read only the committed part: up to `journal_bytes` of the state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pipeline import jsonfile
+from pipeline.bots.state import BotState
+
+STATE_KEYS = {"name", "cash", "slots", "journal_bytes", "n"}
+
+
+def bots_dir(home: Path) -> Path:
+    return home / "bots"
+
+
+class BotStore:
+    """One bot's state and journal files."""
+
+    def __init__(self, home: Path, name: str) -> None:
+        self.dir = bots_dir(home) / name
+        self.name = name
+        self.state_path = self.dir / "state.json"
+        self.journal_path = self.dir / "journal.jsonl"
+        self.heartbeat_path = self.dir / "heartbeat"
+        self._fd: int | None = None
+        self.written_at = 0.0  # perf_counter when the last entries were written (recorded)
+
+    def load(self) -> BotState | None:
+        """The committed state (None for a new bot), the journal cut back to it."""
+        rec = jsonfile.read(self.state_path, STATE_KEYS)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        committed = 0 if rec is None else int(rec["journal_bytes"])
+        self._fd = os.open(self.journal_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        if os.fstat(self._fd).st_size > committed:
+            os.ftruncate(self._fd, committed)  # an event that never committed: redone
+            os.fsync(self._fd)
+        return None if rec is None else BotState.from_json(rec)
+
+    def commit(self, state: BotState, entries: list[dict[str, Any]], at: float) -> None:
+        """Append `entries` (numbered from state.n) and write the state that covers them."""
+        assert self._fd is not None, "load() first"
+        if entries:
+            lines = []
+            for e in entries:
+                lines.append(json.dumps({"bot": self.name, "n": state.n, **e}))
+                state.n += 1
+            data = ("\n".join(lines) + "\n").encode()
+            os.write(self._fd, data)  # recorded: a process kill no longer loses it
+            self.written_at = time.perf_counter()
+            os.fsync(self._fd)
+            state.journal_bytes += len(data)
+        state.updated_at = at
+        jsonfile.replace(self.state_path, state.to_json(), durable=True)
+
+    def beat(self, at: float | None = None) -> None:
+        """The heartbeat: the file's content is the wall time of the bot's last sign of life."""
+        tmp = self.heartbeat_path.with_name(".heartbeat.tmp")
+        tmp.write_text(f"{time.time() if at is None else at:.3f}\n")
+        os.replace(tmp, self.heartbeat_path)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def committed_entries(home: Path, name: str, offset: int = 0) -> Iterator[tuple[int, dict]]:
+    """(byte offset after the line, entry) of each committed journal line from `offset` on."""
+    store = BotStore(home, name)
+    rec = jsonfile.read(store.state_path, STATE_KEYS)
+    if rec is None:
+        return
+    end = int(rec["journal_bytes"])
+    with store.journal_path.open("rb") as f:
+        f.seek(offset)
+        pos = offset
+        for line in f:
+            if pos + len(line) > end:
+                return
+            pos += len(line)
+            yield pos, json.loads(line)
+
+
+def heartbeat_age(home: Path, name: str, now: float | None = None) -> float | None:
+    """Seconds since the bot's last heartbeat, None if it never beat."""
+    try:
+        at = float(BotStore(home, name).heartbeat_path.read_text())
+    except (OSError, ValueError):
+        return None
+    return (time.time() if now is None else now) - at
+
+
+def summary(home: Path, name: str, now: float | None = None) -> dict[str, Any]:
+    """What `signalbox status` shows of a bot: equity, open positions, halted, heartbeat age."""
+    rec = None
+    try:
+        rec = jsonfile.read(BotStore(home, name).state_path, STATE_KEYS)
+    except jsonfile.Unreadable as err:
+        return {"name": name, "error": str(err)}
+    age = heartbeat_age(home, name, now)
+    out: dict[str, Any] = {"name": name, "heartbeat_age_s": None if age is None else round(age, 1)}
+    if rec is None:
+        return {**out, "started": False}
+    st = BotState.from_json(rec)
+    return {
+        **out,
+        "started": True,
+        "equity": round(st.equity, 2),
+        "positions": st.positions(),
+        "last_seq": st.last_seq,
+        "halted": st.halted,
+        "why": st.why,
+    }

@@ -1,0 +1,170 @@
+"""Order flow on every timeframe: taker buy and sell volume, delta, buy ratio and the
+cumulative volume delta anchored at 00:00 UTC, from `order_flow_1m`, on the candles' grid
+(pipeline/candles/timeframes.py: epoch-anchored buckets, a day partition owns the buckets
+whose last minute falls in it).
+
+Coverage decides everything: a minute counts only if it has a row whose volume matched its
+candle (`volume_matches` not false: a flagged minute's flow is known to be incomplete). A bar
+has values only when every one of its minutes counts; otherwise its row says how many did
+(`covered_minutes` of `expected_minutes`) and every value is NULL, never zero or a partial
+sum. `cvd_day` at a bar is the sum of the deltas from 00:00 UTC of the day of its last minute
+through that minute, NULL unless every one of those minutes counts; it is defined for
+timeframes up to 1d (longer bars span several anchors: NULL). Nothing comes from after a
+bar's close, so a bar's values never change once it closed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING
+
+from pipeline.candles.timeframes import (
+    DAY_MS,
+    MINUTE_MS,
+    as_timeframe,
+    bucket_start,
+    day_bounds_ms,
+    expected_minutes,
+)
+from pipeline.quality.checks import MAX_LISTED, CheckOutcome
+
+if TYPE_CHECKING:
+    import polars as pl
+
+KEY = ("exchange", "symbol", "timeframe", "open_time")
+VALUES = ("taker_buy_volume", "taker_sell_volume", "delta", "buy_ratio", "cvd_day")
+
+
+def _minutes(flow: pl.DataFrame) -> pl.DataFrame:
+    """Counted minutes with ms times, their delta and the day-anchored CVD (NULL where a
+    minute of the day before it is missing)."""
+    import polars as pl
+
+    ms = pl.col("open_time").dt.epoch("ms")
+    return (
+        flow.filter(pl.col("volume_matches").is_null() | pl.col("volume_matches"))
+        .select(
+            "exchange",
+            "symbol",
+            ms.alias("t"),
+            "taker_buy_volume",
+            "taker_sell_volume",
+            (pl.col("taker_buy_volume") - pl.col("taker_sell_volume")).alias("delta"),
+        )
+        .sort("exchange", "symbol", "t")
+        .with_columns(day=pl.col("t") // DAY_MS)
+        .with_columns(
+            n=pl.int_range(1, pl.len() + 1).over("exchange", "symbol", "day"),
+            cvd=pl.col("delta").cum_sum().over("exchange", "symbol", "day"),
+        )
+        .with_columns(
+            cvd=pl.when(pl.col("n") == (pl.col("t") - pl.col("day") * DAY_MS) // MINUTE_MS + 1)
+            .then(pl.col("cvd"))
+            .otherwise(None)
+        )
+    )
+
+
+def bars(flow: pl.DataFrame, timeframes: list[str], day: dt.date) -> pl.DataFrame:
+    """The rows of every timeframe the partition `day` owns, from `order_flow_1m` rows read
+    over `partition_input_window(day, timeframes)`; buckets without a counted minute have no
+    row."""
+    import numpy as np
+    import polars as pl
+
+    d0, d1 = day_bounds_ms(day)
+    minutes = _minutes(flow)
+    ts = pl.Datetime("ms", "UTC")
+    out = []
+    for name in timeframes:
+        tf = as_timeframe(name)
+        t = minutes["t"].to_numpy()
+        start = np.asarray(bucket_start(tf, t), dtype=np.int64) if len(t) else t
+        grouped = (
+            minutes.with_columns(b=pl.Series(start, dtype=pl.Int64))
+            .group_by("exchange", "symbol", "b")
+            .agg(
+                covered_minutes=pl.len().cast(pl.Int32),
+                taker_buy_volume=pl.col("taker_buy_volume").sum(),
+                taker_sell_volume=pl.col("taker_sell_volume").sum(),
+            )
+        )
+        b = grouped["b"].to_numpy()
+        close = np.asarray(b + expected_minutes(tf, b) * MINUTE_MS, dtype=np.int64)
+        grouped = grouped.with_columns(
+            close=pl.Series(close, dtype=pl.Int64),
+            expected_minutes=pl.Series(
+                np.asarray(expected_minutes(tf, b), dtype=np.int32), dtype=pl.Int32
+            ),
+        ).filter((pl.col("close") > d0) & (pl.col("close") <= d1))
+        whole = pl.col("covered_minutes") == pl.col("expected_minutes")
+        buy, sell = pl.col("taker_buy_volume"), pl.col("taker_sell_volume")
+        day_long = tf.kind != "month" and tf.minutes <= 1440
+        cvd = minutes.select("exchange", "symbol", (pl.col("t") + MINUTE_MS).alias("close"), "cvd")
+        grouped = grouped.join(cvd, on=["exchange", "symbol", "close"], how="left")
+        out.append(
+            grouped.select(
+                "exchange",
+                "symbol",
+                pl.lit(name).alias("timeframe"),
+                pl.col("b").cast(ts).cast(pl.Datetime("us", "UTC")).alias("open_time"),
+                pl.col("close").cast(ts).cast(pl.Datetime("us", "UTC")).alias("close_time"),
+                "covered_minutes",
+                "expected_minutes",
+                pl.when(whole).then(buy).alias("taker_buy_volume"),
+                pl.when(whole).then(sell).alias("taker_sell_volume"),
+                pl.when(whole).then(buy - sell).alias("delta"),
+                pl.when(whole & (buy + sell > 0)).then(buy / (buy + sell)).alias("buy_ratio"),
+                pl.when(whole & pl.lit(day_long)).then(pl.col("cvd")).alias("cvd_day"),
+            )
+        )
+    return pl.concat(out).sort(*KEY)
+
+
+CHECKS = {
+    "null_outside_coverage": "A bar has values exactly when every one of its minutes has "
+    "order flow (covered_minutes = expected_minutes); cvd_day only up to 1d bars: NULL, never "
+    "zero, outside coverage.",
+    "values_consistent": "delta = buy - sell (1e-9 relative), buy_ratio within [0, 1], "
+    "covered_minutes within [1, expected_minutes].",
+}
+
+
+def bar_checks(frame: pl.DataFrame) -> dict[str, CheckOutcome]:
+    """The blocking checks of `order_flow_bars` over what a partition wrote."""
+    import polars as pl
+
+    whole = pl.col("covered_minutes") == pl.col("expected_minutes")
+    has = pl.col("delta").is_not_null()
+    wrong_null = frame.filter(whole != has)
+    bad = frame.filter(
+        ((pl.col("delta") - (pl.col("taker_buy_volume") - pl.col("taker_sell_volume"))).abs()
+         > 1e-9 * (pl.col("taker_buy_volume") + pl.col("taker_sell_volume")).abs().clip(1.0))
+        | ~pl.col("buy_ratio").is_between(0.0, 1.0)
+        | ~pl.col("covered_minutes").is_between(1, pl.col("expected_minutes"))
+    )  # fmt: skip
+
+    def listed(rows: pl.DataFrame) -> list[str]:
+        return [
+            f"{r['exchange']}:{r['symbol']} {r['timeframe']} {r['open_time']:%Y-%m-%d %H:%M}"
+            for r in rows.head(MAX_LISTED).iter_rows(named=True)
+        ]
+
+    return {
+        "null_outside_coverage": CheckOutcome(
+            wrong_null.height == 0,
+            f"{wrong_null.height} bar(s) whose values do not follow their coverage: "
+            f"{', '.join(listed(wrong_null))}"
+            if wrong_null.height
+            else f"{frame.filter(whole).height} whole bar(s) with values, "
+            f"{frame.filter(~whole).height} partly covered bar(s) NULL",
+            {"bars": frame.height, "wrong": wrong_null.height},
+        ),
+        "values_consistent": CheckOutcome(
+            bad.height == 0,
+            f"{bad.height} inconsistent bar(s): {', '.join(listed(bad))}"
+            if bad.height
+            else f"all {frame.height} bar(s) consistent",
+            {"bars": frame.height, "inconsistent": bad.height},
+        ),
+    }

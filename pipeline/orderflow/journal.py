@@ -1,0 +1,86 @@
+"""Closed minutes of order flow as the trade collector saw them, per venue and UTC day, for
+the `order_flow_1m` asset to ingest (only Dagster runs write DuckDB).
+
+`<home>/orderflow/<exchange>/<YYYY-MM-DD>.jsonl`, the day of the minute's open time; one JSON
+object per line: symbol, open_time (ISO 8601 UTC), the aggregates of
+`pipeline.orderflow.aggregate.FLOW_COLUMNS`, qty_step (the venue's, or null) and
+collected_at. A line is written only for a minute the collector watched whole (its coverage),
+so a covered minute without trades is a line with zero volumes. Append-only: a minute written
+again (a restarted collector) keeps its last line; a torn last line is not a record.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.orderflow.aggregate import FLOW_COLUMNS
+
+if TYPE_CHECKING:
+    import polars as pl
+
+FIELDS = ("symbol", "open_time", *FLOW_COLUMNS, "qty_step", "collected_at")
+
+
+def path(home: Path, exchange: str, day: dt.date) -> Path:
+    return home / "orderflow" / exchange / f"{day.isoformat()}.jsonl"
+
+
+def _iso(v: Any) -> Any:
+    return v.astimezone(dt.UTC).isoformat() if isinstance(v, dt.datetime) else v
+
+
+def append(home: Path, exchange: str, rows: list[dict[str, Any]]) -> int:
+    """Append minutes (dicts with `FIELDS`), each to its day's file, one write per file."""
+    by_file: dict[Path, list[bytes]] = {}
+    for row in rows:
+        rec = {k: _iso(row.get(k)) for k in FIELDS}
+        day = dt.datetime.fromisoformat(rec["open_time"]).date()
+        line = json.dumps(rec, separators=(",", ":")) + "\n"
+        by_file.setdefault(path(home, exchange, day), []).append(line.encode())
+    for p, lines in by_file.items():
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, b"".join(lines))
+        finally:
+            os.close(fd)
+    return len(rows)
+
+
+def read(home: Path, exchange: str, day: dt.date) -> pl.DataFrame:
+    """The day's journaled minutes of one venue (the last line per minute), with `exchange`,
+    `open_time`/`collected_at` as UTC datetimes, sorted by (symbol, open_time)."""
+    import polars as pl
+
+    try:
+        text = path(home, exchange, day).read_text()
+    except FileNotFoundError:
+        text = ""
+    recs = {}
+    for line in text.split("\n")[:-1]:
+        if line:
+            rec = json.loads(line)
+            recs[(rec["symbol"], rec["open_time"])] = rec
+    schema = {c: pl.Float64 for c in FIELDS} | {
+        "symbol": pl.String,
+        "open_time": pl.String,
+        "collected_at": pl.String,
+        "trade_count": pl.Int64,
+    }
+    frame = pl.DataFrame(list(recs.values()), schema=schema, orient="row")
+    ts = pl.Datetime("us", "UTC")
+    return (
+        frame.select(
+            pl.lit(exchange).alias("exchange"),
+            *[pl.col(c) for c in FIELDS],
+        )
+        .with_columns(
+            pl.col("open_time").str.to_datetime(time_unit="us", time_zone="UTC").cast(ts),
+            pl.col("collected_at").str.to_datetime(time_unit="us", time_zone="UTC").cast(ts),
+        )
+        .sort("symbol", "open_time")
+    )

@@ -1,0 +1,365 @@
+"""`signalbox bots`: the configured paper bots, each a subscriber of the sidecar, in one process.
+
+Per bot: a thread follows the sidecar (`Client`, resuming with `since_seq` = the last seq its
+state committed; a bot's first start begins at the sidecar's current seq, so it never acts on
+old news) and records an order per signal line; `<home>/bots/<name>/` holds its state,
+journal and heartbeat (pipeline/bots/store.py: exactly once across kills).
+
+Bars: the fill needs the open of the first bar opening at or after the signal's close_time,
+and stops need each bar's high and low. The process follows each venue's live 1m kline stream
+(the Exchange protocol the fast lane uses) for the bots' markets and, on start and after any
+hole, asks the venue's REST for the closed candles since a market's last processed bar. We
+chose the venue over the warehouse replica: a bar is known the moment the exchange confirms
+it (the replica trails by the pipeline's ingest and sync), the bots never hold the replica
+open (which would make every pipeline write copy it), and it is the same candle the warehouse
+stores (a later revision is what reconciliation calls "candle revised").
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.bots.config import BotConfig, bot_markets
+from pipeline.bots.state import BotState
+from pipeline.bots.store import BotStore
+from pipeline.bots.trader import Bar, Trader
+from pipeline.candles.timeframes import MINUTE_US, from_us, to_us
+from pipeline.config import Settings
+
+log = logging.getLogger("signalbox.bots")
+HEARTBEAT_S = 1.0
+SWITCH_S = 0.0005
+NICE = 5  # scheduling priority below the sidecar's (bench/bench_bots.py: other subscribers)
+
+
+@dataclass
+class Runner:
+    """One bot: its rules, files and state, one lock for its two event sources."""
+
+    cfg: BotConfig
+    trader: Trader
+    store: BotStore
+    state: BotState
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    alive: bool = True
+    # line received -> order line written (recorded), and -> state committed (durable)
+    reaction_s: list[float] = field(default_factory=list)
+    durable_s: list[float] = field(default_factory=list)
+
+    def on_signal(self, msg: dict[str, Any], received: float) -> None:
+        with self.lock:
+            if self.state.last_seq is not None and int(msg["seq"]) <= self.state.last_seq:
+                return  # handled before a restart: never twice
+            entries = self.trader.on_signal(self.state, msg)
+            for e in entries:
+                e["received_at"] = received
+            self.store.commit(self.state, entries, time.time())
+            if entries and entries[0]["kind"] == "order":
+                self.reaction_s.append(self.store.written_at - msg["_t"])
+                self.durable_s.append(time.perf_counter() - msg["_t"])
+
+    def on_bar(self, bar: Bar) -> None:
+        with self.lock:
+            slot = self.state.slots.get(bar.market)
+            if slot is None or (slot.last_bar_us is not None and bar.open_us <= slot.last_bar_us):
+                return
+            halted = self.state.halted
+            entries = self.trader.on_bar(self.state, bar)
+            self.store.commit(self.state, entries, time.time())
+        for e in entries:
+            if e["kind"] in ("fill", "exit"):
+                log.info(
+                    "bot %s: %s %s %s %.6g @ %.6g (signal #%s)%s",
+                    self.cfg.name,
+                    e["kind"],
+                    e["market"],
+                    e["side"],
+                    e["size"],
+                    e["price"],
+                    e.get("seq"),
+                    f" {e['reason']}" if e["kind"] == "exit" else "",
+                )
+        if self.state.halted and not halted:
+            log.error("bot %s HALTED: %s", self.cfg.name, self.state.why)
+
+
+def runners(settings: Settings) -> list[Runner]:
+    """Every configured bot, resumed from its committed state (or new)."""
+    out = []
+    markets = settings.markets
+    for cfg in settings.bots:
+        trader = Trader(
+            cfg, cfg.backtest_params(settings.backtest.params), bot_markets(cfg, markets)
+        )
+        store = BotStore(settings.home, cfg.name)
+        state = store.load()
+        if state is None:
+            state = trader.new_state()
+        for m in trader.markets:  # a market added to the bot's list since
+            state.slots.setdefault(m, trader.new_state().slots[m])
+        out.append(Runner(cfg, trader, store, state))
+    return out
+
+
+def follow_signals(settings: Settings, r: Runner, stop: threading.Event) -> None:
+    """The bot's sidecar subscription, until `stop`."""
+    from pipeline.sidecar.client import Client, server_status
+
+    since = r.state.last_seq
+    if since is None:  # first start: from now on (what the history holds is old news)
+        while not stop.is_set():
+            status = server_status(settings.socket_path, timeout=2)
+            if status is not None:
+                since = int(status.get("seq", 0))
+                break
+            stop.wait(0.5)
+        with r.lock:
+            r.state.last_seq = since
+            r.store.commit(r.state, [], time.time())
+    symbols = [m.partition(":")[2] for m in r.trader.markets]
+    client = Client(
+        settings.socket_path,
+        token=settings.sidecar.token,
+        personalities=[r.cfg.personality],
+        symbols=sorted(set(symbols)),
+        timeframes=r.cfg.timeframes,
+        since_seq=since,
+        on_status=lambda text: log.warning("bot %s: %s", r.cfg.name, text),
+    )
+    threading.Thread(target=lambda: (stop.wait(), client.close()), daemon=True).start()
+    for msg in client.messages():
+        kind = msg.get("type")
+        if kind == "signal":
+            msg["_t"] = time.perf_counter()
+            r.on_signal(msg, time.time())
+        elif kind == "gap":  # gone from the sidecar's history while the bot was away
+            log.warning("bot %s: %s; those signals get no order", r.cfg.name, msg.get("message"))
+        elif kind == "error" and msg.get("code") == "since_ahead":
+            log.warning(
+                "bot %s: the sidecar's outbox was reset; following its seqs anew", r.cfg.name
+            )
+            with r.lock:
+                r.state.last_seq = None
+                r.store.commit(r.state, [], time.time())
+        if stop.is_set():
+            break
+
+
+class Bars:
+    """Closed 1m candles of the bots' markets, from each venue's stream, holes filled by REST."""
+
+    def __init__(self, settings: Settings, rs: list[Runner]) -> None:
+        from pipeline.runtime.processes import decided_endpoint
+
+        self.settings, self.runners = settings, rs
+        self.endpoint = decided_endpoint(settings)
+        self.by_market: dict[str, list[Runner]] = {}
+        for r in rs:
+            for m in r.trader.markets:
+                self.by_market.setdefault(m, []).append(r)
+        self.seen: dict[str, int] = {}  # newest open_time (us) fed per market
+        self.locks = {m: threading.Lock() for m in self.by_market}
+        self.streams: list[Any] = []
+        self.clients: dict[str, Any] = {}
+
+    def start(self) -> None:
+        from pipeline.exchanges import client
+
+        venues: dict[str, list[str]] = {}
+        for m in self.by_market:
+            venue, _, symbol = m.partition(":")
+            venues.setdefault(venue, []).append(symbol)
+        for venue, symbols in venues.items():
+            c = self.clients[venue] = client(venue, self.settings, self.endpoint)
+            now = c.server_time()
+            for s in symbols:
+                self._start_at(f"{venue}:{s}", now)
+                self._fill(f"{venue}:{s}", now)
+            self.streams.append(c.stream(symbols, lambda k, v=venue: self._candle(v, k)))
+
+    def _start_at(self, market: str, now: dt.datetime) -> None:
+        """Where a market's bars begin: after the oldest last bar of its bots; a new bot's
+        market at the current minute."""
+        lasts = [r.state.slots[market].last_bar_us for r in self.by_market[market]]
+        known = [x for x in lasts if x is not None]
+        if known and len(known) == len(lasts):
+            self.seen[market] = min(known)
+        else:
+            cur = to_us(now) // MINUTE_US * MINUTE_US
+            self.seen[market] = min([cur - MINUTE_US, *known])
+            for r in self.by_market[market]:
+                with r.lock:
+                    slot = r.state.slots[market]
+                    if slot.last_bar_us is None:
+                        slot.last_bar_us = cur - MINUTE_US
+
+    def _fill(self, market: str, until: dt.datetime) -> None:
+        """The closed candles after the last one fed, up to `until`, from REST."""
+        venue, _, symbol = market.partition(":")
+        start = from_us(self.seen[market] + MINUTE_US)
+        if start >= until:
+            return
+        frame = self.clients[venue].fetch_klines(symbol, start, until)
+        for row in frame.iter_rows(named=True):
+            self._feed(
+                Bar(
+                    market,
+                    to_us(row["open_time"]),
+                    row["open"],
+                    row["high"],
+                    row["low"],
+                    row["close"],
+                )
+            )
+
+    def _candle(self, venue: str, k: Any) -> None:
+        try:
+            self._on_candle(venue, k)
+        except Exception:
+            log.exception("%s:%s: a bar could not be processed", venue, k.symbol)
+
+    def _on_candle(self, venue: str, k: Any) -> None:
+        market = f"{venue}:{k.symbol}"
+        if market not in self.locks:
+            return
+        with self.locks[market]:
+            t = to_us(k.open_time)
+            if t > self.seen[market] + MINUTE_US:  # a hole (a reconnect): REST first
+                try:
+                    self._fill(market, k.open_time)
+                except Exception as err:
+                    log.warning("%s: cannot fill the bars before %s (%s)", market, k.open_time, err)
+            self._feed(Bar(market, t, k.open, k.high, k.low, k.close))
+
+    def _feed(self, bar: Bar) -> None:
+        """To every bot of the market (each skips what it has processed already)."""
+        self.seen[bar.market] = max(self.seen[bar.market], bar.open_us)
+        for r in self.by_market[bar.market]:
+            r.on_bar(bar)
+
+    def close(self) -> None:
+        for s in self.streams:
+            s.close()
+        for c in self.clients.values():
+            c.close()
+
+
+def _logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s bots: %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+    )
+    for noisy in ("pybit", "websocket", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def caught_up(settings: Settings, rs: list[Runner], stop: threading.Event, wait_s: float) -> None:
+    """Until every bot has handled the signals the sidecar already holds (what came while
+    the bots were down), so their orders are recorded before the bars they fill on arrive."""
+    from pipeline.sidecar.client import server_status
+
+    status = server_status(settings.socket_path, timeout=2)
+    if status is None:
+        return
+    seq = int(status.get("seq", 0))
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and not stop.is_set():
+        if all(r.state.last_seq is not None and r.state.last_seq >= seq for r in rs if r.alive):
+            return
+        stop.wait(0.05)
+
+
+def heartbeats(rs: list[Runner], stop: threading.Event) -> None:
+    while not stop.is_set():
+        for r in rs:
+            if r.alive:
+                r.store.beat()
+        stop.wait(HEARTBEAT_S)
+
+
+def main(settings: Settings) -> int:
+    """Run every configured bot until SIGTERM/SIGINT."""
+    _logging()
+    if not settings.bots:
+        log.error("no bots are configured: add a `bots:` section to %s", settings.config_path)
+        return 2
+    rs = runners(settings)
+    stop = threading.Event()
+    os.nice(NICE)  # paper trading yields the CPU to the sidecar and the lanes it serves
+    # 50 bots wake for one signal line; at the default 5 ms GIL switch interval a bot whose
+    # line arrived waits behind another's state write (as in the fast lane, fastlane.SWITCH_S)
+    sys.setswitchinterval(SWITCH_S)
+
+    def _stop(signum: int, frame: object) -> None:
+        stop.set()
+
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, _stop)
+    for r in rs:
+        log.info(
+            "bot %s: %s on %s, equity %.2f, last seq %s%s",
+            r.cfg.name,
+            r.cfg.personality,
+            ", ".join(r.trader.markets),
+            r.state.equity,
+            r.state.last_seq,
+            f", HALTED: {r.state.why}" if r.state.halted else "",
+        )
+    threads = [threading.Thread(target=heartbeats, args=(rs, stop), daemon=True)]
+    for r in rs:
+        threads.append(
+            threading.Thread(target=_guard, args=(settings, r, stop), name=r.cfg.name, daemon=True)
+        )
+    for t in threads:
+        t.start()
+    caught_up(settings, rs, stop, wait_s=10.0)
+    bars = Bars(settings, rs)
+    try:
+        while not stop.is_set():
+            try:
+                bars.start()
+                break
+            except Exception as err:  # the exchange not answering yet: try again
+                log.warning("cannot follow the bars yet (%s); retrying", err)
+                stop.wait(2.0)
+        stop.wait()
+    finally:
+        bars.close()
+        for r in rs:
+            with r.lock:
+                r.store.close()
+    for r in rs:
+        if r.reaction_s:
+            log.info("bot %s: %s", r.cfg.name, reaction_summary(r))
+    log.info("stopped")
+    return 0
+
+
+def reaction_summary(r: Runner) -> str:
+    """The bot's reaction times this run: signal line received -> order recorded / durable."""
+    import numpy as np
+
+    rec, dur = np.array(r.reaction_s) * 1000, np.array(r.durable_s) * 1000
+    return (
+        f"{len(rec)} orders, line received -> order recorded p50 {np.percentile(rec, 50):.3f} "
+        f"p99 {np.percentile(rec, 99):.3f} ms, -> durable (fsynced) p50 "
+        f"{np.percentile(dur, 50):.3f} p99 {np.percentile(dur, 99):.3f} ms"
+    )
+
+
+def _guard(settings: Settings, r: Runner, stop: threading.Event) -> None:
+    try:
+        follow_signals(settings, r, stop)
+    except Exception:
+        r.alive = False  # no heartbeat any more: `signalbox status` shows it stale
+        log.exception("bot %s stopped following the sidecar", r.cfg.name)
