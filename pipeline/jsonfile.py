@@ -1,5 +1,6 @@
 """Small JSON records in the home (source.json, partitions.json, up.pid), written atomically:
-a reader sees the whole old record or the whole new one, never half a file."""
+a reader sees the whole old record or the whole new one, never half a file; and JSON-lines
+journals, appended to a whole batch at a time."""
 
 from __future__ import annotations
 
@@ -53,3 +54,15 @@ def replace(path: Path, rec: dict, durable: bool = False) -> None:
     """Write `rec` to `path`, replacing what was there; `durable`: fsynced before the rename
     (a paper bot's state), so not even a machine crash leaves a torn record."""
     os.replace(_staged(path, rec, durable), path)
+
+
+def append_lines(batches: dict[Path, list[bytes]]) -> None:
+    """Append each file's lines in one O_APPEND write (a reader never sees half a batch from
+    a writer that was not killed mid-write), creating the file and its folder (private)."""
+    for p, lines in batches.items():
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, b"".join(lines))
+        finally:
+            os.close(fd)

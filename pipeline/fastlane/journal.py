@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pipeline import jsonfile
 from pipeline.candles.timeframes import owner_day
 
 FIELDS = (
@@ -52,13 +52,7 @@ def append(home: Path, rows: Iterable[dict[str, Any]]) -> None:
         by_file.setdefault(path(home, rec["exchange"], owner_day(close)), []).append(
             (json.dumps(rec, separators=(",", ":")) + "\n").encode()
         )
-    for p, lines in by_file.items():
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, b"".join(lines))
-        finally:
-            os.close(fd)
+    jsonfile.append_lines(by_file)
 
 
 def _lines(home: Path, exchange: str, day: dt.date) -> list[dict[str, Any]]:

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline import jsonfile
 from pipeline.orderflow.aggregate import FLOW_COLUMNS
 
 if TYPE_CHECKING:
@@ -41,13 +41,7 @@ def append(home: Path, exchange: str, rows: list[dict[str, Any]]) -> int:
         day = dt.datetime.fromisoformat(rec["open_time"]).date()
         line = json.dumps(rec, separators=(",", ":")) + "\n"
         by_file.setdefault(path(home, exchange, day), []).append(line.encode())
-    for p, lines in by_file.items():
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, b"".join(lines))
-        finally:
-            os.close(fd)
+    jsonfile.append_lines(by_file)
     return len(rows)
 
 
