@@ -457,9 +457,11 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
     to the file or the environment loads afresh. Settings are frozen, so sharing is safe."""
     env = dict(os.environ if env is None else env)
     cfg_path = Path(path or env.get(ENV_CONFIG) or DEFAULT_CONFIG)
-    try:
-        text = cfg_path.read_bytes()
-    except OSError:  # missing or unreadable: `load` says what is wrong (or uses defaults)
+    try:  # a FIFO or a device would block a read: only a regular file is remembered
+        text = cfg_path.read_bytes() if cfg_path.is_file() else None
+    except OSError:
+        text = None
+    if text is None:  # missing, unreadable, not a file: `load` says what is wrong (or defaults)
         return load(path, env).settings
     overrides = tuple((k, env.get(k)) for k in (ENV_CONFIG, *env_keys()))
     key = (str(path) if path else None, str(cfg_path.resolve()), os.getcwd(), text, overrides)

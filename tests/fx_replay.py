@@ -15,6 +15,25 @@ if TYPE_CHECKING:
 SEED = 7
 
 
+def endpoint_json(replay: ReplayExchange, seed: int = SEED) -> str:
+    """The endpoint a home resolves to for this replay exchange (what `resources(endpoint=...)`
+    takes), so in-process runs read the replay as a real home would."""
+    import json
+
+    from pipeline.exchanges.sources import replay_identity
+
+    ident, label = replay_identity(seed, None)
+    return json.dumps(
+        {
+            "kind": "replay",
+            "rest_url": replay.rest_url,
+            "ws_url": replay.ws_url,
+            "warehouse_id": ident,
+            "label": label,
+        }
+    )
+
+
 @pytest.fixture
 def replay() -> Iterator[ReplayExchange]:
     """A fresh exchange on the wall clock, no faults."""

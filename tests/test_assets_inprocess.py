@@ -4,15 +4,14 @@ exchange on loopback, a temporary home and warehouse, no Dagster daemon or CLI."
 from __future__ import annotations
 
 import datetime as dt
-import json
 
 import dagster as dg
 import pytest
 
 from assets import klines, signals, timeframes
-from pipeline.exchanges.sources import replay_identity
 from pipeline.orchestration.resources import resources
 from tests.daemon import write_config
+from tests.fx_replay import endpoint_json
 
 
 @pytest.fixture(scope="module")
@@ -20,16 +19,9 @@ def day_materialized(tmp_path_factory, replay_session):
     """Yesterday (UTC, a whole day on the replay's wall clock) through klines → candles →
     indicators → signals, once for the module, and the resources it used."""
     replay, tmp_path = replay_session, tmp_path_factory.mktemp("inprocess")
-    ident, label = replay_identity(7, None)
-    endpoint = {
-        "kind": "replay",
-        "rest_url": replay.rest_url,
-        "ws_url": replay.ws_url,
-        "warehouse_id": ident,
-        "label": label,
-    }
+    endpoint = endpoint_json(replay)
     cfg = write_config(tmp_path, top={"source": "replay"})
-    res = resources(config_path=str(cfg), endpoint=json.dumps(endpoint))
+    res = resources(config_path=str(cfg), endpoint=endpoint)
     day = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).date()
     with dg.DagsterInstance.ephemeral() as instance:
         result = dg.materialize(

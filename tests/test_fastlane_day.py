@@ -10,20 +10,19 @@ backfilled first, as `signalbox up` would have, so the lane starts from a final 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 
 import dagster as dg
 import pytest
 
 from assets import klines, signals, timeframes
-from pipeline.exchanges.sources import replay_identity
 from pipeline.fastlane import journal
 from pipeline.fastlane.engine import VenueLane
 from pipeline.orchestration.resources import resources
 from pipeline.runtime.fastlane import FastLane
 from pipeline.runtime.fastvenue import Timing
 from tests.daemon import write_config
+from tests.fx_replay import endpoint_json
 
 pytestmark = pytest.mark.slow
 
@@ -43,13 +42,9 @@ def _parity(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
 
 def test_the_fast_lane_agrees_with_the_pipeline_over_a_replayed_day(tmp_path, replay_factory):
     ex = replay_factory(clock_start=MIDNIGHT + dt.timedelta(seconds=30), ws_push_s=0.05)
-    ident, label = replay_identity(7, None)
-    endpoint = {
-        "kind": "replay", "rest_url": ex.rest_url, "ws_url": ex.ws_url,
-        "warehouse_id": ident, "label": label,
-    }  # fmt: skip
+    endpoint = endpoint_json(ex)
     cfg = write_config(tmp_path, top={"source": "replay"})
-    res = resources(config_path=str(cfg), endpoint=json.dumps(endpoint))
+    res = resources(config_path=str(cfg), endpoint=endpoint)
     settings, ep = res["settings"].get(), res["exchange"].source()
     with dg.DagsterInstance.ephemeral() as instance:
         for day in (DAY - dt.timedelta(days=2), DAY - dt.timedelta(days=1)):

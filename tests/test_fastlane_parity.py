@@ -5,7 +5,6 @@ has reached only its first hours) and fast-lane journals written beside it."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,12 +14,11 @@ import dagster as dg
 import pytest
 
 from assets import klines, signals, timeframes
-from pipeline.exchanges.sources import replay_identity
 from pipeline.fastlane import journal, parity
 from pipeline.orchestration import tags
 from pipeline.orchestration.resources import resources
 from tests.daemon import write_config
-from tests.fx_replay import SEED
+from tests.fx_replay import SEED, endpoint_json
 
 CHECK = "fast_lane_parity"
 
@@ -110,11 +108,9 @@ def live(tmp_path_factory) -> Iterator[LiveDay]:
     clock = ExchangeClock(dt.datetime.combine(day, dt.time(20), dt.UTC))
     tmp = tmp_path_factory.mktemp("parity")
     with ReplayExchange(seed=SEED, clock=clock) as replay:
-        ident, label = replay_identity(SEED, None)
-        endpoint = {"kind": "replay", "rest_url": replay.rest_url, "ws_url": replay.ws_url}
-        endpoint |= {"warehouse_id": ident, "label": label}
+        endpoint = endpoint_json(replay)
         cfg = write_config(tmp, top={"source": "replay"})
-        res = resources(config_path=str(cfg), endpoint=json.dumps(endpoint))
+        res = resources(config_path=str(cfg), endpoint=endpoint)
         inputs = materialize(
             [klines.klines_1m, timeframes.candles, timeframes.indicators], res, day
         )

@@ -5,16 +5,15 @@ minute rebuilds, writes and checks exactly the buckets that closed with it, not 
 from __future__ import annotations
 
 import datetime as dt
-import json
 
 import dagster as dg
 
 from assets import klines, signals, timeframes
 from pipeline.candles.timeframes import bucket_end, bucket_start, parse_timeframes, to_ms
-from pipeline.exchanges.sources import replay_identity
 from pipeline.orchestration import tags
 from pipeline.orchestration.resources import resources
 from tests.daemon import write_config
+from tests.fx_replay import endpoint_json
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 ASSETS = [klines.klines_1m, timeframes.candles, timeframes.indicators, signals.signals]
@@ -42,16 +41,9 @@ def _run(res, instance, day: dt.date, start: dt.datetime | None, end: dt.datetim
 
 def test_a_live_run_writes_the_buckets_that_closed_and_nothing_else(tmp_path, replay_session):
     replay = replay_session
-    ident, label = replay_identity(7, None)
-    endpoint = {
-        "kind": "replay",
-        "rest_url": replay.rest_url,
-        "ws_url": replay.ws_url,
-        "warehouse_id": ident,
-        "label": label,
-    }
+    endpoint = endpoint_json(replay)
     cfg = write_config(tmp_path, top={"source": "replay", "exchanges": {"bybit": SYMBOLS}})
-    res = resources(config_path=str(cfg), endpoint=json.dumps(endpoint))
+    res = resources(config_path=str(cfg), endpoint=endpoint)
     s = res["settings"].get()
     day = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).date()
     d0 = dt.datetime.combine(day, dt.time(), dt.UTC)

@@ -5,19 +5,18 @@ minute that does not add up is stored flagged and fails the blocking check, neve
 from __future__ import annotations
 
 import datetime as dt
-import json
 
 import dagster as dg
 import polars as pl
 import pytest
 
 from assets import klines, orderflow
-from pipeline.exchanges.sources import replay_identity
 from pipeline.orchestration.resources import resources
 from pipeline.orderflow import journal
 from pipeline.orderflow.aggregate import minute_flow, trades_frame
 from pipeline.replay.trades import items, minute_trades
 from tests.daemon import write_config
+from tests.fx_replay import endpoint_json
 
 STEP = 0.001
 UTC = dt.UTC
@@ -47,16 +46,9 @@ def _journal(home, market, day: dt.date, tamper: dt.datetime | None = None) -> N
 @pytest.fixture(scope="module")
 def day_and_resources(tmp_path_factory, replay_session):
     replay, home = replay_session, tmp_path_factory.mktemp("orderflow")
-    ident, label = replay_identity(7, None)
-    endpoint = {
-        "kind": "replay",
-        "rest_url": replay.rest_url,
-        "ws_url": replay.ws_url,
-        "warehouse_id": ident,
-        "label": label,
-    }
+    endpoint = endpoint_json(replay)
     cfg = write_config(home, top={"source": "replay", "exchanges": {"bybit": ["BTCUSDT"]}})
-    res = resources(config_path=str(cfg), endpoint=json.dumps(endpoint))
+    res = resources(config_path=str(cfg), endpoint=endpoint)
     day = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).date()
     assert res["settings"].get().home == home
     with dg.DagsterInstance.ephemeral() as instance:

@@ -136,14 +136,9 @@ def test_both_venues_backfill_through_the_replay_into_one_warehouse(
         assert again[t].equals(frame), t
 
 
-def test_indicators_of_a_span_are_checked_over_runs_of_days_with_the_same_rows(
-    tmp_path: Path, monkeypatch
-):
-    """A backfill's indicators are computed day by day and checked over runs of days (up to
-    CHECK_ROWS rows, not once a day): the rows are the same whatever the runs, every check
-    passes on each run, and a run never mixes timeframes."""
-    from pipeline.indicators import build as ind_build
-
+def test_a_span_of_days_gives_the_rows_of_its_days_each_checked_on_its_own(tmp_path: Path):
+    """A backfill's indicators over a span of days equal those built day by day, and each
+    day x timeframe is checked against exactly the candles it was computed from."""
     wh = Warehouse(tmp_path / "w.duckdb", replica_sync=False)
     store_1m(wh, "bybit", "BTCUSDT", 1.0)
     end = START + DAYS * DAY
@@ -151,12 +146,15 @@ def test_indicators_of_a_span_are_checked_over_runs_of_days_with_the_same_rows(
     days = [(START + i * DAY).date() for i in range(DAYS)]
     spec = load_spec()
     whole, checks = build_indicators(wh, "bybit", days, end, TIMEFRAMES, spec)
-    assert {n: len(o) for n, o in checks.items()} == dict.fromkeys(checks, len(TIMEFRAMES))
-    monkeypatch.setattr(ind_build, "CHECK_ROWS", 1)  # a run a day
-    daily, per_day = build_indicators(wh, "bybit", days, end, TIMEFRAMES, spec)
-    assert {n: len(o) for n, o in per_day.items()} == dict.fromkeys(checks, DAYS * len(TIMEFRAMES))
-    failed = [
-        o.description for f in (checks, per_day) for v in f.values() for o in v if not o.passed
-    ]
+    assert {n: len(o) for n, o in checks.items()} == dict.fromkeys(checks, DAYS * len(TIMEFRAMES))
+    failed = [o.description for v in checks.values() for o in v if not o.passed]
     assert not failed, failed
-    assert whole is not None and whole.equals(daily)
+    one_by_one = []
+    for day in days:
+        built, _ = build_indicators(
+            wh, "bybit", [day], dt.datetime.combine(day + DAY, dt.time(), dt.UTC), TIMEFRAMES, spec
+        )
+        assert built is not None
+        one_by_one.append(built)
+    daily = pl.concat(one_by_one).sort("timeframe", "symbol", "open_time")
+    assert whole is not None and whole.sort("timeframe", "symbol", "open_time").equals(daily)

@@ -20,10 +20,6 @@ if TYPE_CHECKING:
     from pipeline.candles.tail import Ranges
     from pipeline.indicators.spec import IndicatorSpec
 
-# The per-partition checks look at up to this many indicator rows at once: runs of days, so
-# each series is sampled once a run rather than once a day, in bounded memory.
-CHECK_ROWS = 500_000
-
 # Runs of consecutive confirmed-absent minutes (gaps and islands: minute - row number is
 # constant along a run), so a long exchange gap is one row, not one per minute.
 _GAP_RUNS = (
@@ -94,26 +90,20 @@ def build_indicators(
     del everything  # from here on each timeframe's candles are dropped once it is done
     for n, tf in enumerate(timeframes, 1):
         hist_all = by_tf.pop((tf,), empty)
-        owned = []
         for day in days:
             lo, hi = indicator_input_window(day, tf, spec)
             hist = hist_all.filter((pl.col("open_time") >= lo) & (pl.col("close_time") <= hi))
             ind = indicators_for_partition(hist, day, spec)
             if ranges is not None:
                 ind = in_ranges(ind, {tf: ranges[tf]})
-            owned.append(ind)
-        parts += owned
-        if checked(tf):  # checked by market, so what they report names the venue
-            # Over runs of days (the candles from the run's first warm-up on), not day by day:
-            # each series' warm-up and sampled bars are looked at once a run; a run holds up
-            # to CHECK_ROWS rows, which bounds the checks' memory.
-            for a, b in _runs(owned, CHECK_ROWS):
-                lo = indicator_input_window(days[a], tf, spec)[0]
-                hi = indicator_input_window(days[b - 1], tf, spec)[1]
-                hist = hist_all.filter((pl.col("open_time") >= lo) & (pl.col("close_time") <= hi))
+            parts.append(ind)
+            if checked(tf):  # checked by market, so what they report names the venue
+                # Day by day, against exactly the candles the day was computed from: checked
+                # over runs of days, real gaps made `nulls_where_not_due` expect values the
+                # day's own warm-up window cannot give (tests/test_real_data.py).
                 named = by_market(with_exchange(hist, exchange))
-                ind = by_market(with_exchange(_concat(owned[a:b]), exchange))
-                for name, outcome in check_indicators(named, ind, spec).items():
+                found = check_indicators(named, by_market(with_exchange(ind, exchange)), spec)
+                for name, outcome in found.items():
                     outcomes.setdefault(name, []).append(outcome)
         del hist_all
         if progress:
@@ -122,17 +112,6 @@ def build_indicators(
     if not parts:
         return None, outcomes
     return with_exchange(_concat(parts), exchange), outcomes
-
-
-def _runs(frames: Sequence[pl.DataFrame], rows: int) -> list[tuple[int, int]]:
-    """Consecutive [a, b) index ranges of `frames` holding up to `rows` rows (one at least)."""
-    out, a, held = [], 0, 0
-    for i, f in enumerate(frames):
-        if i > a and held + f.height > rows:
-            out.append((a, i))
-            a, held = i, 0
-        held += f.height
-    return [*out, (a, len(frames))] if frames else out
 
 
 def _concat(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
