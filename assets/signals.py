@@ -145,6 +145,7 @@ def signals(
             )  # fmt: skip
 
         sample = LIVE_LOOKAHEAD_SAMPLE if live else BACKFILL_LOOKAHEAD_SAMPLE
+        # on the last day, over what the build read last (a backfill's last run of days)
         lookahead = [
             _first_failed(
                 [check_signals_lookahead(b.frames, p, sample=sample, day=last) for b in builds]
@@ -169,7 +170,7 @@ def signals(
             "no_lookahead": _combine(lookahead, names, CheckOutcome),
         }
         # the fast lane against these rows, on bars this run reached (a live day grows by minutes)
-        reached = {k: v for b in builds for k, v in parity.reached(b.exchange, b.frames).items()}
+        reached = {k: v for b in builds for k, v in parity.reached(b.exchange, b.reached()).items()}
         days = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
         day_rows = rows if tails is None else _stored(wh, venues, start, end)  # a tail's day
         agree = parity.outcome(parity.check_partition(s.home, venues, days, day_rows, reached))

@@ -158,3 +158,41 @@ def test_a_span_of_days_gives_the_rows_of_its_days_each_checked_on_its_own(tmp_p
         one_by_one.append(built)
     daily = pl.concat(one_by_one).sort("timeframe", "symbol", "open_time")
     assert whole is not None and whole.sort("timeframe", "symbol", "open_time").equals(daily)
+
+
+def test_signals_of_a_span_built_over_runs_of_days_equal_one_pass(tmp_path: Path, monkeypatch):
+    """A backfill's signals are read and computed over runs of days (up to SIGNAL_ROWS candle
+    rows each, from each run's own signal_input_window): the rows are those of one pass over
+    the span, in the same order; the lookahead check sees the last run (the last day's
+    frames) and the fast lane's parity the newest bar of every run."""
+    from pipeline.fastlane import parity
+    from pipeline.strategy import build as sig_build
+    from pipeline.strategy.build import merge_windows
+    from pipeline.strategy.checks import check_signals_lookahead
+    from pipeline.strategy.signals import signal_input_window
+
+    wh = Warehouse(tmp_path / "w.duckdb", replica_sync=False)
+    store_1m(wh, "bybit", "BTCUSDT", 1.0)
+    end = START + DAYS * DAY
+    write_candles(wh, [build_candles(wh, "bybit", START, end, TIMEFRAMES)], START, end)
+    days = [(START + i * DAY).date() for i in range(DAYS)]
+    ind, _ = build_indicators(wh, "bybit", days, end, TIMEFRAMES, load_spec())
+    write_indicators(wh, {"bybit": ind}, START, end)
+    ps = load_personalities(["scalping", "swing", "vote"], TIMEFRAMES)
+    whole = build_signals(wh, "bybit", days[0], days[-1], ps)
+    reads = []
+    real_read = sig_build.read_frames
+    monkeypatch.setattr(sig_build, "read_frames", lambda *a: reads.append(a[2]) or real_read(*a))
+    monkeypatch.setattr(sig_build, "SIGNAL_ROWS", 1)  # a run a day
+    runs = build_signals(wh, "bybit", days[0], days[-1], ps)
+    # one read per run, of its own day's input windows (those a daily partition reads)
+    assert reads == [merge_windows([signal_input_window(d, p) for p in ps]) for d in days]
+    assert reads[1]["1m"][0] > START + DAY / 2 > reads[0]["1m"][0]
+    assert whole.by_personality["scalping"].height > 0
+    for p in ps:
+        assert whole.by_personality[p.name].equals(runs.by_personality[p.name]), p.name
+    assert whole.rows().equals(runs.rows())
+    assert parity.reached("bybit", runs.reached()) == parity.reached("bybit", whole.reached())
+    for p in ps:
+        want = check_signals_lookahead(whole.frames, p, sample=12, day=days[-1])
+        assert want.passed and check_signals_lookahead(runs.frames, p, 12, day=days[-1]) == want

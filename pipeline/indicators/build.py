@@ -114,6 +114,38 @@ def build_indicators(
     return with_exchange(_concat(parts), exchange), outcomes
 
 
+def candle_rows_per_day(
+    wh: Any, exchange: str, days: Sequence[dt.date], timeframes: Sequence[str]
+) -> list[int]:
+    """The venue's candle rows of `timeframes` each of `days` owns (how big a run of them is)."""
+    from pipeline.candles.timeframes import DAY_MS, MINUTE_MS, day_bounds_ms, from_ms
+
+    if not timeframes or not days:
+        return [0] * len(days)
+    d0, d1 = day_bounds_ms(days[0])[0], day_bounds_ms(days[-1])[1]
+    marks = ", ".join("?" * len(timeframes))
+    counted = wh.query(
+        "SELECT (epoch_ms(close_time) - ?) // ? AS day, count(*) AS n FROM candles"
+        f" WHERE exchange = ? AND timeframe IN ({marks}) AND close_time > ? AND close_time <= ?"
+        " GROUP BY day",
+        [MINUTE_MS, DAY_MS, exchange, *timeframes, from_ms(d0), from_ms(d1)],
+    )
+    per_day = dict(counted.iter_rows())
+    return [int(per_day.get(day_bounds_ms(d)[0] // DAY_MS, 0)) for d in days]
+
+
+def runs_of(sizes: Sequence[int], most: int) -> list[tuple[int, int]]:
+    """Consecutive [a, b) index ranges of `sizes` (rows per day) adding up to at most `most`
+    (one item at least): the runs of days a step works over in bounded memory."""
+    out, a, held = [], 0, 0
+    for i, n in enumerate(sizes):
+        if i > a and held + n > most:
+            out.append((a, i))
+            a, held = i, 0
+        held += n
+    return [*out, (a, len(sizes))] if sizes else out
+
+
 def _concat(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
     """The frames one after another: their chunks, not a copy, when their schemas agree."""
     import polars as pl

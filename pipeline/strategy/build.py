@@ -52,20 +52,34 @@ def merge_windows(windows: Sequence[Windows]) -> Windows:
     return out
 
 
+# A multi-day build reads and computes over runs of days holding up to this many candle rows
+# (of the timeframes the personalities read; their warm-up comes on top): memory is bounded by
+# the run, not the span. Each run's rows are exact (`signal_input_window`), so the runs only
+# change how much is held at once, never a row.
+SIGNAL_ROWS = 500_000
+
+
 @dataclass(frozen=True)
 class VenueSignals:
     """What one venue's signal build read and made."""
 
     exchange: str
-    frames: dict[str, pl.DataFrame]  # per timeframe, for the lookahead check
+    frames: dict[str, pl.DataFrame]  # per timeframe, for the lookahead check: the last run's
     by_personality: dict[str, pl.DataFrame]  # the signals, `exchange` first
     ranges: Ranges | None = None  # a live run's tail: personality -> close_time range (lo, hi]
+    # per timeframe, each symbol's newest bar (symbol, close_time) among all the runs read
+    # (the fast lane's parity asks how far the build got); None: the frames' own
+    latest: dict[str, pl.DataFrame] | None = None
 
     def rows(self) -> pl.DataFrame:
         import polars as pl
 
         parts = list(self.by_personality.values())
         return pl.concat(parts, how="vertical_relaxed") if parts else pl.DataFrame()
+
+    def reached(self) -> dict[str, pl.DataFrame]:
+        """Per timeframe, frames whose newest bar per symbol is the newest the build read."""
+        return self.frames if self.latest is None else self.latest
 
 
 def build_signals(
@@ -80,19 +94,59 @@ def build_signals(
     """Every personality's signals the days `first`..`last` own, for the venue; `progress`
     hears each personality's name and signal count. With `ranges` (a live run's tail per
     timeframe, pipeline.candles.tail): only the rows of the personalities' signal timeframe
-    bars in them (`tail_signals`)."""
+    bars in them (`tail_signals`).
+
+    Over runs of days of up to SIGNAL_ROWS candle rows, each read from its own
+    `signal_input_window` (exact by the cooldown grid: pipeline.strategy.signals): the same
+    rows, in the same order, as one pass over the whole span, in the memory of one run."""
+    import polars as pl
+
+    from pipeline.indicators.build import candle_rows_per_day, runs_of
     from pipeline.strategy.signals import signal_input_window, signals_for_partition
 
     if ranges is not None:
         return tail_signals(wh, exchange, personalities, ranges, progress)
-    windows = [signal_input_window(first, p, last) for p in personalities]
-    frames = read_frames(wh, exchange, merge_windows(windows))
+    days = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+    tfs = sorted({t for p in personalities for t in p.timeframes})
+    sizes = candle_rows_per_day(wh, exchange, days, tfs) if len(days) > 1 else [0] * len(days)
+    runs = runs_of(sizes, SIGNAL_ROWS)
+    parts: dict[str, list[pl.DataFrame]] = {p.name: [] for p in personalities}
+    newest: dict[str, list[pl.DataFrame]] = {}
+    frames: dict[str, pl.DataFrame] = {}
+    for a, b in runs:
+        lo, hi = days[a], days[b - 1]
+        windows = [signal_input_window(lo, p, hi) for p in personalities]
+        frames = {}  # the last run's go before the next run's come
+        frames = read_frames(wh, exchange, merge_windows(windows))
+        for p in personalities:
+            parts[p.name].append(signals_for_partition(frames, lo, p, hi))
+        if len(runs) > 1:
+            for tf, f in frames.items():
+                newest.setdefault(tf, []).append(_newest(f))
     found = {}
     for p in personalities:
-        found[p.name] = with_exchange(signals_for_partition(frames, first, p, last), exchange)
+        found[p.name] = with_exchange(_in_order(parts[p.name]), exchange)
         if progress:
             progress(p.name, found[p.name].height)
-    return VenueSignals(exchange, frames, found)
+    latest = {tf: _newest(pl.concat(f)) for tf, f in newest.items()} if newest else None
+    return VenueSignals(exchange, frames, found, latest=latest)
+
+
+def _newest(frame: pl.DataFrame) -> pl.DataFrame:
+    """Each symbol's newest close_time in `frame` (symbol, close_time)."""
+    import polars as pl
+
+    return frame.group_by("symbol").agg(pl.col("close_time").max())
+
+
+def _in_order(parts: Sequence[pl.DataFrame]) -> pl.DataFrame:
+    """One personality's runs' signals as one pass gives them: by symbol, then close_time."""
+    import polars as pl
+
+    if len(parts) == 1:
+        return parts[0]
+    rows = [p for p in parts if p.height] or list(parts[:1])
+    return pl.concat(rows, how="vertical").sort("symbol", "close_time", maintain_order=True)
 
 
 def tail_signals(
