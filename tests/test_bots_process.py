@@ -139,7 +139,12 @@ def test_sigkilled_bots_resume_without_duplicate_or_lost_actions(
     fills = [e for e in entries(home, "swing") if e["kind"] == "fill"]
     assert len(fills) >= 8
     acc = [e for e in entries(home, "acc") if e["kind"] == "fill"]
-    assert len(acc) == sum(1 for i in range(N) if i % 3)
+    # a BUY whose bar passed before the bot got it (a loaded machine at 120x) is dropped by
+    # the backtest's own expiry rule, and journaled as such: filled or dropped, never lost
+    dropped = [
+        e for e in entries(home, "acc") if e["kind"] == "skip" and e["reason"] != "dca_buys_only"
+    ]
+    assert len(acc) + len(dropped) == sum(1 for i in range(N) if i % 3)
     bars = [e["time"] for e in entries(home, "swing") if e["kind"] == "equity"]
     assert len(bars) == len(set(bars))  # every bar processed once, across the kill
 
