@@ -252,17 +252,6 @@ class Bars:
             c.close()
 
 
-def _logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s bots: %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S",
-    )
-    for noisy in ("pybit", "websocket", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def caught_up(settings: Settings, rs: list[Runner], stop: threading.Event, wait_s: float) -> None:
     """Until every bot has handled the signals the sidecar already holds (what came while
     the bots were down), so their orders are recorded before the bars they fill on arrive."""
@@ -289,7 +278,9 @@ def heartbeats(rs: list[Runner], stop: threading.Event) -> None:
 
 def main(settings: Settings) -> int:
     """Run every configured bot until SIGTERM/SIGINT."""
-    _logging()
+    from pipeline.runtime.processes import process_logging
+
+    process_logging("bots")
     if not settings.bots:
         log.error("no bots are configured: add a `bots:` section to %s", settings.config_path)
         return 2

@@ -78,17 +78,6 @@ class FastLane:
         return any(r.failure is not None for r in self.runners)
 
 
-def _logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s fast: %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S",
-    )
-    for noisy in ("pybit", "websocket", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 SWITCH_S = 0.0005
 
 
@@ -96,9 +85,9 @@ def main(
     settings: Settings, lane_factory: LaneFactory | None = None, timing: Timing | None = None
 ) -> int:
     """Run until SIGTERM/SIGINT (0) or until a runner fails (1: `up` restarts us)."""
-    from pipeline.runtime.processes import decided_endpoint
+    from pipeline.runtime.processes import decided_endpoint, process_logging
 
-    _logging()
+    process_logging("fast")
     # The stream threads take each confirm while a worker computes: at Python's default 5 ms
     # a thread waiting for the GIL waits up to that long per message, so 50 symbols' confirms
     # of one close would trickle in over ~250 ms behind the worker's compute.

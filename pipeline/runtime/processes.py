@@ -48,6 +48,21 @@ def _child_setup() -> None:
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
+def process_logging(role: str) -> None:
+    """One line per event on stderr (`up` sends it to `<home>/logs/<role>.log`), prefixed by
+    the process's role; the exchange clients' chatter only from warnings up."""
+    import logging
+
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format=f"%(asctime)s %(levelname)s {role}: %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+    )
+    for noisy in ("pybit", "websocket", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def spawn(args: list[str], env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
     """Start a child in its own process group that dies with us."""
     return subprocess.Popen(args, env=env, preexec_fn=_child_setup, **kw)

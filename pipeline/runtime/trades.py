@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -106,16 +105,9 @@ def venues(settings: Settings, endpoint: Endpoint, **kw: Any) -> list[VenueTrade
 def main(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT (0); 1 when a stream cannot be opened (`up` restarts us)."""
     from pipeline.exchanges.protocol import ExchangeError
-    from pipeline.runtime.processes import decided_endpoint
+    from pipeline.runtime.processes import decided_endpoint, process_logging
 
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s trades: %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S",
-    )
-    for noisy in ("pybit", "websocket", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    process_logging("trades")
     endpoint = decided_endpoint(settings)
     signalled: list[int] = []  # only a flag in the handler (see pipeline/runtime/fastlane.py)
     previous = {
