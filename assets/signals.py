@@ -148,7 +148,10 @@ def signals(
         # on the last day, over what the build read last (a backfill's last run of days)
         lookahead = [
             _first_failed(
-                [check_signals_lookahead(b.frames, p, sample=sample, day=last) for b in builds]
+                [
+                    check_signals_lookahead(b.frames, p, sample=sample, day=last, context=b.context)
+                    for b in builds
+                ]
                 if all(p.name in b.by_personality for b in builds)
                 else [CheckOutcome(True, f"no {p.signal_tf} bar rebuilt: nothing to check")]
             )
