@@ -16,23 +16,23 @@ from pipeline.strategy.context import Context
 
 TS = pl.Datetime("us", "UTC")
 MIN = dt.timedelta(minutes=1)
+Holes = list[tuple[dt.datetime, dt.timedelta]]  # (start, length) of spans without rows
 
 
 def _rng(seed: int, symbol: str, what: str) -> np.random.Generator:
     return np.random.default_rng([seed, sum(map(ord, symbol)), sum(map(ord, what))])
 
 
-def _holes(frame: pl.DataFrame, col: str, holes: list[tuple[dt.datetime, dt.timedelta]]):
+def _holes(frame: pl.DataFrame, col: str, holes: Holes) -> pl.DataFrame:
     keep = pl.lit(True)
     for start, length in holes:
         keep &= ~pl.col(col).is_between(start, start + length, closed="left")
     return frame.filter(keep)
 
 
-Holes = list[tuple[dt.datetime, dt.timedelta]]
-
-
-def order_flow_1m(klines: pl.DataFrame, start: dt.datetime, holes: Holes, seed: int):
+def order_flow_1m(
+    klines: pl.DataFrame, start: dt.datetime, holes: Holes, seed: int
+) -> pl.DataFrame:
     """Taker buy/sell volume of each minute from `start`, summing to the candle's volume."""
     parts = []
     for (sym,), k in (
@@ -66,7 +66,9 @@ def flow_bars(flow: pl.DataFrame, timeframes: list[str], days: list[dt.date]) ->
     return pl.concat(out).drop("exchange")
 
 
-def funding(symbols, start: dt.datetime, end: dt.datetime, missing: list[dt.datetime], seed: int):
+def funding(
+    symbols: list[str], start: dt.datetime, end: dt.datetime, missing: list[dt.datetime], seed: int
+) -> pl.DataFrame:
     """A rate every 8 hours from `start` (00/08/16 UTC), about 1 in 6 above 0.05 %."""
     rows = []
     for sym in symbols:
@@ -77,7 +79,9 @@ def funding(symbols, start: dt.datetime, end: dt.datetime, missing: list[dt.date
     return f.with_columns(pl.col("funding_time").cast(TS), known_at=pl.col("funding_time").cast(TS))
 
 
-def open_interest(symbols, start, end, holes, seed: int) -> pl.DataFrame:
+def open_interest(
+    symbols: list[str], start: dt.datetime, end: dt.datetime, holes: Holes, seed: int
+) -> pl.DataFrame:
     """A reading every 5 minutes (a random walk), known at the end of its interval."""
     rows = []
     for sym in symbols:
@@ -89,7 +93,7 @@ def open_interest(symbols, start, end, holes, seed: int) -> pl.DataFrame:
     return _holes(f, "time", holes)
 
 
-def spot(klines: pl.DataFrame, start: dt.datetime, holes, seed: int) -> pl.DataFrame:
+def spot(klines: pl.DataFrame, start: dt.datetime, holes: Holes, seed: int) -> pl.DataFrame:
     """The spot candles: the perpetual's close off by a few basis points."""
     parts = []
     for (sym,), k in (

@@ -22,7 +22,10 @@ from pipeline.backtest.period import parse_timerange, resolve_period
 from tests.daemon import replay_env, write_config
 
 CLI = [sys.executable, "-m", "pipeline.runtime.cli"]
-CONFIG = {"timeframes": ["1m", "5m", "15m", "1h"], "personalities": ["scalping", "swing"]}
+CONFIG = {
+    "timeframes": ["1m", "5m", "15m", "1h"],
+    "personalities": ["scalping", "swing", "vote"],
+}
 DAYS = ["--start", "2024-01-01", "--end", "2024-01-02"]
 
 
@@ -185,6 +188,27 @@ def test_a_backtest_prints_its_summary_and_report(succeeded, backfilled) -> None
     trades = next(line for line in out if line.startswith("Trades "))
     assert trades.split()[-1] == str(saved["metrics"]["trades"])
     assert saved["metrics"]["trades"] == sum(x["trades"] for x in saved["by_exit_reason"])
+
+
+def test_a_personality_reading_market_context_backtests_from_the_same_signals(
+    backfilled, exchange
+) -> None:
+    """`vote` reads order flow and funding: the backfill's signals asset joined them (none in
+    this home: NULL, the funding filter not applied), and the backtest trades those rows."""
+    import duckdb
+
+    r = run_cli(["backtest", "--personality", "vote", *DAYS], backfilled, exchange)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout.strip().splitlines()
+    assert out[0].startswith("Backtest vote on BTCUSDT (15m, 1h), "), out[0]
+    report = Path(out[-1].removeprefix("report: "))
+    saved = json.loads((report.parent / "summary.json").read_text())
+    replica = backfilled / "warehouse" / "replay.replica.duckdb"
+    with duckdb.connect(str(replica), read_only=True) as con:
+        reasons = con.sql("SELECT reasons FROM signals WHERE personality = 'vote'").fetchall()
+    note = "funding filter not applied: no funding rate known"
+    assert reasons and all(note in r for (r,) in reasons)
+    assert saved["metrics"]["trades"] <= 2 * len(reasons)
 
 
 def test_backtest_metadata_keys_are_fixed_rounded_and_link_a_served_report(

@@ -321,3 +321,6 @@ def test_a_personality_reading_market_context_is_left_to_the_pipeline(caplog):
     for lane in lanes:
         assert "vote" not in [p.name for p in lane.plan.personalities]
         assert [p.name for p in lane.plan.personalities] == ["scalping", "swing", "ma_trend"]
+    only_vote = VenueLane(Settings(personalities=["vote"]), VENUE, [SYMBOL])
+    assert only_vote.bootstrap(None) == {SYMBOL: None}  # nothing to evaluate: silent, says why
+    assert "no personality the fast lane can evaluate: vote:" in only_vote.silent()[SYMBOL]

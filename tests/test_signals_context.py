@@ -20,7 +20,14 @@ from pipeline.indicators import load_spec
 from pipeline.indicators.build import build_indicators, write_indicators
 from pipeline.replay import synthetic
 from pipeline.strategy.checks import check_signals_lookahead
-from pipeline.strategy.context import COLUMNS, Context, context_needs, join_context, reads_context
+from pipeline.strategy.context import (
+    COLUMNS,
+    Context,
+    context_needs,
+    join_context,
+    no_context,
+    reads_context,
+)
 from pipeline.strategy.personality import PersonalityError, load_personality, personality_from_dict
 from pipeline.strategy.signals import compute_signals
 from tests import context_rows
@@ -191,8 +198,7 @@ def test_vote_without_any_context_decides_as_its_ohlcv_vote_and_says_funding_was
     applied. With context the CVD votes and the filter blocks."""
     vote = shipped("vote")
     assert {"cvd_trend", "funding_long", "funding_short"} <= {r.name for r in vote.rules}
-    empty = Context(*(f.clear() for f in market_context().__dict__.values()))
-    none = join_context(market(), empty, context_needs([vote]))
+    none = join_context(market(), no_context(), context_needs([vote]))
     new = compared(compute_signals(none, vote))
     old = compared(compute_signals(none, _without_context(vote)))
     assert new.height >= 5

@@ -80,6 +80,24 @@ class Context:
         return Context(mine(self.flow), mine(self.funding), mine(self.oi), mine(self.spot))
 
 
+def no_context() -> Context:
+    """Every table read and empty: what a warehouse holding no market context gives (each
+    context column NULL), e.g. for candles from a file."""
+    import polars as pl
+
+    ts = pl.Datetime("us", "UTC")
+    key = {"symbol": pl.String}
+    return Context(
+        flow=pl.DataFrame(
+            schema={**key, "timeframe": pl.String, "open_time": ts, "close_time": ts}
+            | dict.fromkeys(FLOW.values(), pl.Float64)
+        ),
+        funding=pl.DataFrame(schema={**key, "known_at": ts, "funding_rate": pl.Float64}),
+        oi=pl.DataFrame(schema={**key, "known_at": ts, "open_interest": pl.Float64}),
+        spot=pl.DataFrame(schema={**key, "close_time": ts, "close": pl.Float64}),
+    )
+
+
 def context_needs(personalities: Iterable[Personality]) -> dict[str, set[str]]:
     """Per timeframe, the context columns the personalities read (empty: read none)."""
     need: dict[str, set[str]] = {}

@@ -32,6 +32,11 @@ close_time (the bucket before the one containing the close). If that exact bar i
 the value is unknown (and the signal degraded) rather than an older bar's, so the join, too,
 needs no unbounded history.
 
+Market context (order flow, funding, open interest, the basis: pipeline.strategy.context) is
+joined onto the frames before any of this, each value as public at the bar's close and none
+reaching back further than a fixed span, so the same holds for it; the live path joins it again
+from the rows known at the bar's close (`live_at` with a context).
+
 A signal belongs to the daily partition of its bar (close_time in (D, D+1], like candles);
 it is stamped with the bar's close_time and priced at the bar's close.
 
