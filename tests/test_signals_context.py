@@ -184,6 +184,12 @@ def test_null_context_never_holds_and_a_filter_that_cannot_apply_says_so() -> No
     assert strict_buys.height > 0
     assert all(json.loads(s)["values"]["funding_rate"] is not None for s in strict_buys["snapshot"])
     assert ctx.funding is not None and ctx.funding.height > 0
+    # the text may quote values, as a reason does
+    rules = [{**r, "when_unknown": "no funding known at {close:,.1f}"} if "when_unknown" in r
+             else r for r in CONTEXT["rules"]]  # fmt: skip
+    quoting = personality_from_dict({**CONTEXT, "rules": rules}, "q", timeframes=TIMEFRAMES)
+    said = [x for r in compute_signals(frames, quoting)["reasons"] for x in r]
+    assert any(x.startswith("no funding known at ") and x[-1].isdigit() for x in said)
 
 
 def _without_context(p):

@@ -127,7 +127,7 @@ class Personality:
         """Every column the personality reads or quotes, signal timeframe first, sorted."""
         found: set[Ref] = {(None, "close")}
         for r in self.rules:
-            found |= r.node.refs | r.reason.refs
+            found |= r.node.refs | r.reason.refs | (r.unknown.refs if r.unknown else frozenset())
         for g in self.regimes:
             found |= g.node.refs
         return tuple(sorted(found, key=lambda x: (x[0] is not None, x[0] or "", x[1])))
