@@ -153,8 +153,8 @@ def test_the_rule_language_reads_the_new_names_and_says_what_is_wrong() -> None:
     weighted = {"name": "r", "direction": "long", "weight": 1, "reason": "because"}
     with pytest.raises(PersonalityError, match=r"unknown column 'funding'.*funding_rate.*context"):
         load([{**weighted, "when": "funding < 0.001"}])
-    with pytest.raises(PersonalityError, match="`when_unknown` is for gates"):
-        load([{**weighted, "when": "buy_ratio > 0.5", "when_unknown": "n/a"}])
+    with pytest.raises(PersonalityError, match=r"when_unknown: .*unknown column 'buy_rate'"):
+        load([{**weighted, "when": "buy_ratio > 0.5", "when_unknown": "at {buy_rate}"}])
     with pytest.raises(PersonalityError, match="`enabled` must be true or false"):
         load([{**weighted, "when": "buy_ratio > 0.5", "enabled": "no"}])
     with pytest.raises(PersonalityError, match=r"rule 'off'.*unknown column 'buy_rate'"):
@@ -200,8 +200,8 @@ def _without_context(p):
 def test_vote_without_any_context_decides_as_its_ohlcv_vote_and_says_funding_was_unknown() -> None:
     """The CVD vote abstains where there is no order flow (its weight leaves the maximum) and
     the funding filter is not applied where no rate is known: on a market without context the
-    shipped vote fires exactly the OHLCV vote's signals, each saying the filter was not
-    applied. With context the CVD votes and the filter blocks."""
+    shipped vote fires exactly the OHLCV vote's signals, each saying both. With context the
+    CVD votes and the filter blocks."""
     vote = shipped("vote")
     assert {"cvd_trend", "funding_long", "funding_short"} <= {r.name for r in vote.rules}
     none = join_context(market(), no_context(), context_needs([vote]))
@@ -211,9 +211,12 @@ def test_vote_without_any_context_decides_as_its_ohlcv_vote_and_says_funding_was
     assert new.select("close_time", "action", "confidence").equals(
         old.select("close_time", "action", "confidence")
     )
-    note = "funding filter not applied: no funding rate known"
+    notes = [
+        "order-flow vote abstained: no order flow for these bars",
+        "funding filter not applied: no funding rate known",
+    ]
     for a, b in zip(new["reasons"].to_list(), old["reasons"].to_list(), strict=True):
-        assert a == [*b[:-1], note, b[-1]]  # before the regime line
+        assert a == [*b[:-1], *notes, b[-1]]  # before the regime line
     with_ctx = compared(compute_signals(market(), vote))
     votes = [json.loads(s)["rules"].get("cvd_trend") for s in with_ctx["snapshot"]]
     assert any(v is not None for v in votes)  # the order flow voted on some signals

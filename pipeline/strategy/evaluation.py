@@ -179,8 +179,8 @@ def evaluate(p: Personality, sig: Series, htfs: dict[str, Series | None], run: R
             w = r.weight * mult[regime]
             score_l += w * lg
             score_s += w * sh
-            # a vote (direction both) abstains where unknown: its weight leaves the maximum
-            counted = w * ~unknown if r.direction == "both" else w
+            # with `when_unknown` it abstains where unknown: its weight leaves the maximum
+            counted = w * ~unknown if r.unknown is not None else w
             if r.direction != "short":
                 max_l += counted
             if r.direction != "long":

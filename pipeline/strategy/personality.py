@@ -32,11 +32,11 @@ with the file, the rule and what is wrong, never halfway through a backfill.
         reason: "funding {funding_rate:.4%} below 0.05 %"
 
 A condition that is unknown (an input NULL: warm-up, a missing bar, no order flow) never
-holds: a rule with direction long/short does not vote, a gate blocks its side. A rule with
-direction both abstains: no vote, and its weight leaves the side's maximum, so the others
-decide as if it were not there. A gate with `when_unknown` lets its side through where its
-condition is unknown instead, and the signal's reasons carry that text, so a filter that
-could not be applied is said, never silently assumed passed or failed.
+holds: a weighted rule does not vote (its weight still counts in the side's maximum), a gate
+blocks its side. With `when_unknown: <text>` a rule steps aside where its condition is unknown
+instead, and the signal's reasons carry the text, so what could not be applied is said, never
+silently assumed passed or failed: a gate lets its side through; a weighted rule abstains (its
+weight leaves the maximum, so the others decide as if it were not there).
 """
 
 from __future__ import annotations

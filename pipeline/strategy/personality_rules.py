@@ -184,12 +184,6 @@ def rule_from_dict(
     reason = template(raw.get("reason"), schema, lambda w: fail(w, rname))
     unknown = None
     if "when_unknown" in raw:
-        if not gate:
-            raise fail(
-                "`when_unknown` is for gates (a weighted rule with an unknown condition does"
-                " not vote; direction both abstains)",
-                rname,
-            )
         unknown = template(raw["when_unknown"], schema, lambda w: fail(f"when_unknown: {w}", rname))
     return Rule(
         name=rname,
