@@ -35,7 +35,8 @@ CHECKS = {
     "positive price, one per key, on the timeframe's grid, reasons and a JSON snapshot given, "
     "quality ok or degraded, at most one signal per cooldown.",
     "no_lookahead": "For a sample of bars, the live path's result on data cut at the bar's close "
-    "equals the one-pass result over all history.",
+    "(market context joined again from the rows known then) equals the one-pass result over all "
+    "history.",
 }
 PARITY = dg.AssetCheckSpec(
     "fast_lane_parity",
