@@ -98,9 +98,9 @@ BARS = "order_flow_bars"
     kinds={"duckdb", "polars"},
     deps=[ASSET],
     description=(
-        "Order flow on every timeframe's bars: taker buy/sell volume, delta, buy ratio and "
-        "the CVD anchored at 00:00 UTC, from order_flow_1m's covered minutes that matched their "
-        "candle. A bar not covered whole has NULL values (never zero)."
+        "Order flow on every timeframe's bars: taker buy/sell volume, delta, buy ratio, "
+        "the CVD anchored at 00:00 UTC and the rolling 24h CVD, from order_flow_1m's covered "
+        "minutes that matched their candle. A bar not covered whole has NULL values (never zero)."
     ),
 )
 def order_flow_bars(
@@ -120,6 +120,7 @@ def order_flow_bars(
     frames = []
     with pool_slot(context):
         first, _ = partition_input_window(days[0], s.timeframes)
+        first = min(first, start - dt.timedelta(days=1))  # cvd_24h reads the day before
         flow = wh.query(
             "SELECT exchange, symbol, open_time, taker_buy_volume, taker_sell_volume,"
             " volume_matches FROM order_flow_1m WHERE open_time >= ? AND open_time < ?",

@@ -35,7 +35,8 @@ CHECKS = {
     "positive price, one per key, on the timeframe's grid, reasons and a JSON snapshot given, "
     "quality ok or degraded, at most one signal per cooldown.",
     "no_lookahead": "For a sample of bars, the live path's result on data cut at the bar's close "
-    "equals the one-pass result over all history.",
+    "(market context joined again from the rows known then) equals the one-pass result over all "
+    "history.",
 }
 PARITY = dg.AssetCheckSpec(
     "fast_lane_parity",
@@ -148,7 +149,10 @@ def signals(
         # on the last day, over what the build read last (a backfill's last run of days)
         lookahead = [
             _first_failed(
-                [check_signals_lookahead(b.frames, p, sample=sample, day=last) for b in builds]
+                [
+                    check_signals_lookahead(b.frames, p, sample=sample, day=last, context=b.context)
+                    for b in builds
+                ]
                 if all(p.name in b.by_personality for b in builds)
                 else [CheckOutcome(True, f"no {p.signal_tf} bar rebuilt: nothing to check")]
             )

@@ -60,12 +60,16 @@ def year_of_1m() -> Any:
 
 
 def _frames(klines: Any, timeframes: list[str]) -> dict[str, Any]:
+    """Candles joined with indicators; the file has no market context: its columns are NULL,
+    as a warehouse without any gives them (vote's CVD abstains, its funding filter says so)."""
     from pipeline.candles.resample import resample
     from pipeline.indicators import compute_indicators
+    from pipeline.strategy.context import COLUMNS, join_context, no_context
     from pipeline.strategy.signal_inputs import join_frames
 
     candles = resample(klines, timeframes)
-    return join_frames(candles, compute_indicators(candles), timeframes)
+    frames = join_frames(candles, compute_indicators(candles), timeframes)
+    return join_context(frames, no_context(), {tf: set(COLUMNS) for tf in timeframes})
 
 
 def _naive(frames: dict[str, Any], p: Any) -> tuple[float, int]:

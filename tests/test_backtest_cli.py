@@ -22,7 +22,12 @@ from pipeline.backtest.period import parse_timerange, resolve_period
 from tests.daemon import replay_env, write_config
 
 CLI = [sys.executable, "-m", "pipeline.runtime.cli"]
-CONFIG = {"timeframes": ["1m", "5m", "15m", "1h"], "personalities": ["scalping", "swing"]}
+# and a personality reading market context, with a warm-up short enough for two days
+FLOW = Path(__file__).with_name("flow_filtered.yaml")
+CONFIG = {
+    "timeframes": ["1m", "5m", "15m", "1h"],
+    "personalities": ["scalping", "swing", str(FLOW)],
+}
 DAYS = ["--start", "2024-01-01", "--end", "2024-01-02"]
 
 
@@ -219,6 +224,32 @@ def test_backtest_metadata_keys_are_fixed_rounded_and_link_a_served_report(
     assert numbers
     for v in numbers:
         assert v == round(v, 2) or (abs(v) < 1 and v == float(f"{v:.4g}")), v
+
+
+def test_a_personality_reading_market_context_backtests_from_the_same_signals(
+    backfilled, exchange
+) -> None:
+    """A personality reading order flow and funding (as `vote` does, whose warm-up is 18
+    days): the backfill's signals asset joined them (none in this home: NULL, its funding
+    filter not applied, its order-flow vote abstaining), and the backtest trades those rows.
+    (After the test above, which reads the newest report's metadata.)"""
+    import duckdb
+
+    r = run_cli(["backtest", "--personality", "flow_filtered", *DAYS], backfilled, exchange)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout.strip().splitlines()
+    assert out[0].startswith("Backtest flow_filtered on BTCUSDT (5m), "), out[0]
+    report = Path(out[-1].removeprefix("report: "))
+    saved = json.loads((report.parent / "summary.json").read_text())
+    replica = backfilled / "warehouse" / "replay.replica.duckdb"
+    with duckdb.connect(str(replica), read_only=True) as con:
+        reasons = con.sql(
+            "SELECT reasons FROM signals WHERE personality = 'flow_filtered' AND action = 'BUY'"
+        ).fetchall()
+    note = "funding filter not applied: no funding rate known"
+    assert reasons and all(note in r for (r,) in reasons)
+    assert saved["metrics"]["trades"] > 0
+    assert saved["metrics"]["trades"] <= 2 * len(reasons)
 
 
 # -- the period shortcuts, in process --------------------------------------------------------

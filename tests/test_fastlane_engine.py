@@ -4,7 +4,8 @@ A warehouse is backfilled through the domain functions the assets run (candles, 
 signals) up to 22:00 of a day, as a live home would hold it then; a VenueLane bootstraps from
 its replica and is fed the next 22 hours minute by minute (across midnight); then the pipeline
 ingests those minutes and rebuilds both days, and its `signals` rows for the fed bars must be
-exactly the lane's (all four shipped personalities fire in that span). Then the feed's rules:
+exactly the lane's (all four shipped personalities fire in that span; `vote`, which reads
+market context the lane does not have, comes from the pipeline only). Then the feed's rules:
 duplicates, revisions, gaps and absent minutes.
 """
 
@@ -158,6 +159,8 @@ def test_signals_fed_minute_by_minute_equal_the_pipelines_rows(wh, batch):
     )
     fired = want.filter(pl.col("symbol") == SYMBOL)["personality"]
     assert set(fired) == set(s.personalities)  # every personality fired
+    assert set(lane.plan.silent) == {"vote"}  # it reads order flow and funding
+    want = want.filter(pl.col("personality").is_in([p.name for p in lane.plan.personalities]))
     assert set(want["symbol"]) == set(both)
     for sym in both:
         assert_same_bars(lane, wh, sym)
@@ -299,3 +302,25 @@ def test_bootstrap_before_the_pipeline_wrote_anything_leaves_the_symbols_silent(
     ingest(wh, klines(CUT - DAY, CUT), CUT - DAY, CUT)  # 1m candles, nothing built yet
     assert lane.bootstrap(wh) == {SYMBOL: None}
     assert "has not finished that day" in lane.silent()[SYMBOL]
+
+
+def test_a_personality_reading_market_context_is_left_to_the_pipeline(caplog):
+    """The lane has no order flow or funding: it never evaluates such a personality, and says
+    why once per process however many lanes it runs."""
+    from pipeline.fastlane import plan
+
+    plan._SAID.clear()
+    with caplog.at_level("INFO", logger="signalbox.fast"):
+        lanes = [VenueLane(Settings(), venue, [SYMBOL]) for venue in ("bybit", "hyperliquid")]
+    said = [r.getMessage() for r in caplog.records if "silent on personality" in r.getMessage()]
+    assert said == [
+        "silent on personality vote: its rules read market context (buy_ratio, delta,"
+        " funding_rate), which the fast lane does not have: its signals come from the pipeline"
+        " only"
+    ]
+    for lane in lanes:
+        assert "vote" not in [p.name for p in lane.plan.personalities]
+        assert [p.name for p in lane.plan.personalities] == ["scalping", "swing", "ma_trend"]
+    only_vote = VenueLane(Settings(personalities=["vote"]), VENUE, [SYMBOL])
+    assert only_vote.bootstrap(None) == {SYMBOL: None}  # nothing to evaluate: silent, says why
+    assert "no personality the fast lane can evaluate: vote:" in only_vote.silent()[SYMBOL]

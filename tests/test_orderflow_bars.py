@@ -85,3 +85,43 @@ def test_bar_by_bar_equals_the_whole_day() -> None:
         assert closed.height > 0
         same = batch.join(closed.select("timeframe", "open_time"), on=["timeframe", "open_time"])
         assert same.sort("timeframe", "open_time").equals(closed.sort("timeframe", "open_time"))
+
+
+def _delta(m: int) -> float:
+    """flow()'s delta of minute m (minutes after 2024-01-01 00:00, negative: the day before)."""
+    return float(m % 3)
+
+
+def test_rolling_cvd_sums_the_24_hours_before_the_close_and_is_null_until_covered() -> None:
+    out = bars(flow(start=-1440, skip=range(-100, -99)), TFS, DAY)
+    assert all(o.passed for o in bar_checks(out).values())
+    # the 1h bar closing 23:00 reads minutes from 23:00 the day before: all there
+    h22 = _bar(out, "1h", 22)
+    assert h22["cvd_24h"] == pytest.approx(sum(_delta(m) for m in range(-60, 1380)), abs=1e-9)
+    # the one closing 22:00 reaches back to minute -120 and so over the hole at -100: NULL,
+    # while its day-anchored CVD (from 00:00) is known
+    h21 = _bar(out, "1h", 21)
+    assert h21["cvd_24h"] is None and h21["cvd_day"] is not None and h21["delta"] is not None
+    # the whole day: its own deltas
+    day = _bar(out, "1d", 0)
+    assert day["cvd_24h"] == pytest.approx(day["cvd_day"], abs=1e-9)
+    # without the day before there is no rolling value at all before the day's last bar
+    alone = bars(flow(start=0), TFS, DAY).filter(pl.col("close_time") < T0 + dt.timedelta(days=1))
+    assert alone["cvd_24h"].null_count() == alone.height > 0
+
+
+def test_rolling_cvd_has_the_same_bits_whatever_the_read_starts_at() -> None:
+    """A partition reads from the day before; a longer read, or one cut at a bar's close,
+    gives the very same values (day-anchored sums, never one running sum). Volumes that are not
+    whole numbers, so that a running sum started elsewhere would round differently."""
+    odd = pl.col("taker_buy_volume") * 0.1 + pl.col("open_time").dt.minute() * 0.0123
+    longer = flow(start=-3000).with_columns(taker_buy_volume=odd)
+    base = bars(longer.filter(pl.col("open_time") >= T0 - dt.timedelta(days=1)), TFS, DAY)
+    assert base["cvd_24h"].drop_nulls().len() > 100
+    assert bars(longer, TFS, DAY).equals(base)
+    for close_min in (61, 600, 1439):
+        cut = T0 + dt.timedelta(minutes=close_min)
+        early = bars(longer.filter(pl.col("open_time") < cut), TFS, DAY)
+        closed = early.filter(pl.col("close_time") <= cut)
+        same = base.join(closed.select("timeframe", "open_time"), on=["timeframe", "open_time"])
+        assert same.sort("timeframe", "open_time").equals(closed.sort("timeframe", "open_time"))

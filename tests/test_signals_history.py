@@ -1,5 +1,8 @@
 """Signals over history: partition == whole history, live (bar by bar) == batch, no lookahead,
-byte-identical determinism. On the seeded synthetic market (pipeline.replay.synthetic, seed 7)."""
+byte-identical determinism. On the seeded synthetic market (pipeline.replay.synthetic, seed 7),
+with seeded market context (tests/context_rows.py: order flow, funding, open interest, spot,
+each with a start and holes) joined as of each bar's close; the live path joins it again from
+the rows known at the bar's close."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from pipeline.indicators import compute_indicators
 from pipeline.replay import synthetic
 from pipeline.strategy.bars import Bars
 from pipeline.strategy.checks import check_signals, check_signals_lookahead
+from pipeline.strategy.context import COLUMNS, Context, join_context
 from pipeline.strategy.personality import Personality, load_personality, personality_from_dict
 from pipeline.strategy.signal_inputs import join_frames
 from pipeline.strategy.signals import (
@@ -28,6 +32,7 @@ from pipeline.strategy.signals import (
     signals_for_partition,
 )
 from pipeline.strategy.votes import SUBSIGNALS, SubSignal
+from tests import context_rows
 from tests.conftest import SEED
 
 UTC = dt.UTC
@@ -37,14 +42,29 @@ FIRST, DAYS = dt.date(2023, 12, 18), 33  # the days compared: 2023-12-18 .. 2024
 SHIPPED = ["scalping", "swing", "ma_trend", "vote"]
 
 
+LAST = FIRST + dt.timedelta(days=DAYS - 1)
+
+
 @lru_cache(maxsize=2)
-def market(symbols: tuple[str, ...] = ("BTCUSDT",)) -> dict[str, pl.DataFrame]:
-    """80 days of synthetic 1m candles -> every timeframe used -> indicators, as frames."""
+def klines(symbols: tuple[str, ...] = ("BTCUSDT",)) -> pl.DataFrame:
     lo = to_ms(START)
     hi = to_ms(FIRST + dt.timedelta(days=DAYS))
-    klines = pl.concat([synthetic.frame(s, lo, hi, seed=SEED) for s in symbols])
-    candles = resample(klines, TIMEFRAMES)
-    return join_frames(candles, compute_indicators(candles), TIMEFRAMES)
+    return pl.concat([synthetic.frame(s, lo, hi, seed=SEED) for s in symbols])
+
+
+@lru_cache(maxsize=2)
+def market_context(symbols: tuple[str, ...] = ("BTCUSDT",)) -> Context:
+    """The context rows, from three days before the compared ones, with holes in them."""
+    return context_rows.context(klines(symbols), TIMEFRAMES, FIRST, LAST, SEED)
+
+
+@lru_cache(maxsize=2)
+def market(symbols: tuple[str, ...] = ("BTCUSDT",)) -> dict[str, pl.DataFrame]:
+    """80 days of synthetic 1m candles -> every timeframe used -> indicators, with the market
+    context joined as of each bar's close, as frames."""
+    candles = resample(klines(symbols), TIMEFRAMES)
+    frames = join_frames(candles, compute_indicators(candles), TIMEFRAMES)
+    return join_context(frames, market_context(symbols), {tf: set(COLUMNS) for tf in TIMEFRAMES})
 
 
 def shipped(name: str) -> Personality:
@@ -99,9 +119,58 @@ def stress() -> Personality:
     return personality_from_dict(STRESS, "stress", timeframes=TIMEFRAMES)
 
 
-@pytest.mark.parametrize("name", [*SHIPPED, "stress"])
+# One reading every market-context column, its own timeframe's and a higher one's, with a
+# filter that lets its side through where funding is unknown (and says so).
+CONTEXT = {
+    "name": "context",
+    "timeframes": ["5m", "1h"],
+    "threshold": 0.5,
+    "cooldown": "3h",
+    "rules": [
+        {
+            "name": "rich",
+            "when": "basis_bps > mean(basis_bps, 12) and buy_ratio > 0.5",
+            "direction": "long",
+            "weight": 1,
+            "reason": "basis {basis_bps:.1f} bps, buy ratio {buy_ratio:.2f}",
+        },
+        {
+            "name": "cheap",
+            "when": "basis_bps < mean(basis_bps, 12) and buy_ratio < 0.5",
+            "direction": "short",
+            "weight": 1,
+            "reason": "basis {basis_bps:.1f} bps, buy ratio {buy_ratio:.2f}",
+        },
+        {
+            "name": "flow",
+            "when": "sign(oi_change_1h) * sign(cvd - prev(cvd, 6)) + 0 * 1h.buy_ratio",
+            "direction": "both",
+            "weight": 0.5,
+            "reason": "OI {oi_change_1h:.4f}, CVD {cvd:,.1f}, 1h buy ratio {1h.buy_ratio:.2f}",
+        },
+        {
+            "name": "funding",
+            "when": "funding_rate < 0.0005",
+            "direction": "long",
+            "gate": True,
+            "when_unknown": "funding filter not applied: no funding rate known",
+            "reason": "funding {funding_rate:.4%}",
+        },
+    ],
+}
+
+
+def context_personality() -> Personality:
+    return personality_from_dict(CONTEXT, "context", timeframes=TIMEFRAMES)
+
+
+def named(name: str) -> Personality:
+    return {"stress": stress, "context": context_personality}.get(name, lambda: shipped(name))()
+
+
+@pytest.mark.parametrize("name", [*SHIPPED, "stress", "context"])
 def test_partitions_equal_whole_history(name: str):
-    p = stress() if name == "stress" else shipped(name)
+    p = named(name)
     frames = market()
     whole = compared(compute_signals(frames, p))
     parts = pl.concat([signals_for_partition(frames, d, p) for d in days()])
@@ -133,13 +202,13 @@ def test_partition_window_is_needed():
     assert changed > 0
 
 
-@pytest.mark.parametrize("name", [*SHIPPED, "stress"])
+@pytest.mark.parametrize("name", [*SHIPPED, "stress", "context"])
 def test_live_bar_by_bar_equals_batch(name: str):
     """For a sample of bars (every signal bar up to half of it, the bar after each, random
-    others): today's partition computed from the data cut at the bar's close gives exactly the
-    batch result for that bar."""
-    p = stress() if name == "stress" else shipped(name)
-    outcome = check_signals_lookahead(market(), p, sample=160, seed=1)
+    others): today's partition computed from the data cut at the bar's close (the market
+    context joined again from the rows known then) gives exactly the batch result for it."""
+    p = named(name)
+    outcome = check_signals_lookahead(market(), p, sample=160, seed=1, context=market_context())
     assert outcome.passed, outcome.metadata
     assert outcome.metadata["signals_checked"] >= 5
 
@@ -159,17 +228,17 @@ def test_lookahead_check_on_one_day():
     assert outcome.metadata["checked"] >= 30 and outcome.metadata["signals_checked"] >= 5
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", [*SHIPPED, "context"])
 def test_live_every_bar_of_a_stretch(name: str):
     """Bar by bar without gaps over a stretch: each bar's live result equals the batch."""
-    p, frames = shipped(name), market()
+    p, frames, ctx = named(name), market(), market_context()
     batch = compute_signals(frames, p)
     sig = frames[p.signal_tf]
     bars = 240 if p.signal_tf == "1m" else 96
     # a stretch holding signals: ending at the newest signal of the compared days
     newest = compared(batch)["close_time"].max()
     times = sig.filter(pl.col("close_time") <= newest)["close_time"].tail(bars).to_list()
-    live = [live_signal(frames, p, "BTCUSDT", t) for t in times]
+    live = [live_signal(frames, p, "BTCUSDT", t, ctx) for t in times]
     got = pl.concat(live)
     want = batch.filter(pl.col("close_time").is_between(times[0], times[-1]))
     assert want.height >= 1

@@ -108,6 +108,14 @@ class VenueLane:
         names = list(symbols if symbols is not None else self.symbols)
         self.symbols += [s for s in names if s not in self.symbols]
         out: dict[str, dt.datetime | None] = {}
+        if not self.plan.personalities:  # all of them read what the lane does not have
+            why = "no personality the fast lane can evaluate: " + "; ".join(
+                f"{n}: {w}" for n, w in self.plan.silent.items()
+            )
+            for sym in names:
+                self._silence(sym, why)
+                out[sym] = None
+            return out
         for i in range(0, len(names), READ_BATCH):  # one short replica connection per batch
             batch = names[i : i + READ_BATCH]
             try:

@@ -2,6 +2,11 @@
 personalities read, the columns they read on each, the part of the indicator spec that computes
 those columns, and how far back each timeframe's window reaches on a given day.
 
+A personality whose rules read market context (order flow, funding, open interest, the
+basis: pipeline.strategy.context) is left out: the lane has none of those inputs, and a signal
+computed without them would differ from the pipeline's. It stays silent on it, says why once
+in the log (`silent`), and the pipeline's signal arrives as before.
+
 The windows are the pipeline's own: a bar of day D gets its indicators from the candles in
 `indicator_input_window(D, tf)` (whose start depends on the FULL spec's warm-up, not on the
 subset computed here), and its signal from `bar_input_window`. A subset of the spec computes
@@ -12,6 +17,7 @@ inputs' (pipeline.indicators.compute), which the subset keeps.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,6 +36,8 @@ if TYPE_CHECKING:
 
 # Kept for every bar whatever is read: what `symbol_series` and the history marks need.
 ALWAYS = ("n_1m", "complete")
+log = logging.getLogger("signalbox.fast")
+_SAID: set[tuple[str, str]] = set()  # (personality, why) already logged by this process
 
 
 def subset(spec: IndicatorSpec, columns: set[str]) -> IndicatorSpec:
@@ -60,6 +68,7 @@ class Plan:
     candles: dict[str, tuple[str, ...]]  # per timeframe read: candle columns read or computed on
     specs: dict[str, IndicatorSpec]  # per timeframe read: the spec subset computing its columns
     spec: IndicatorSpec  # the full spec (the windows' warm-up)
+    silent: dict[str, str]  # personalities the lane never evaluates, and why
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -104,10 +113,22 @@ class Plan:
 def make_plan(settings: Settings) -> Plan:
     """The plan of `settings.personalities` on `settings.timeframes`."""
     from pipeline.indicators import load_spec
+    from pipeline.strategy.context import reads_context
     from pipeline.strategy.personality import load_personalities
 
     spec = load_spec()
-    ps = tuple(load_personalities(settings.personalities, settings.timeframes))
+    ps, silent = [], {}
+    for p in load_personalities(settings.personalities, settings.timeframes):
+        if context := reads_context(p):
+            silent[p.name] = (
+                f"its rules read market context ({', '.join(context)}), which the fast lane does"
+                " not have: its signals come from the pipeline only"
+            )
+            if (p.name, silent[p.name]) not in _SAID:
+                _SAID.add((p.name, silent[p.name]))
+                log.info("silent on personality %s: %s", p.name, silent[p.name])
+        else:
+            ps.append(p)
     read: dict[str, set[str]] = {}
     for p in ps:
         for t in p.timeframes:
@@ -124,4 +145,4 @@ def make_plan(settings: Settings) -> Plan:
         indicators[t.name] = tuple(c for c in sub.columns if c in cols)
         specs[t.name] = sub
     configured = tuple(parse_timeframes(settings.timeframes))
-    return Plan(ps, configured, tuple(tfs), indicators, candles, specs, spec)
+    return Plan(tuple(ps), configured, tuple(tfs), indicators, candles, specs, spec, silent)

@@ -1,5 +1,6 @@
 """Order flow on every timeframe: taker buy and sell volume, delta, buy ratio and the
-cumulative volume delta anchored at 00:00 UTC, from `order_flow_1m`, on the candles' grid
+cumulative volume delta (anchored at 00:00 UTC, and rolling over 24 hours), from
+`order_flow_1m`, on the candles' grid
 (pipeline/candles/timeframes.py: epoch-anchored buckets, a day partition owns the buckets
 whose last minute falls in it).
 
@@ -9,8 +10,15 @@ has values only when every one of its minutes counts; otherwise its row says how
 (`covered_minutes` of `expected_minutes`) and every value is NULL, never zero or a partial
 sum. `cvd_day` at a bar is the sum of the deltas from 00:00 UTC of the day of its last minute
 through that minute, NULL unless every one of those minutes counts; it is defined for
-timeframes up to 1d (longer bars span several anchors: NULL). Nothing comes from after a
-bar's close, so a bar's values never change once it closed.
+timeframes up to 1d (longer bars span several anchors: NULL). `cvd_24h` at a bar is the sum
+of the deltas of the 1,440 minutes ending at its close, NULL unless every one of them counts
+(its warm-up, as an indicator's: a day of order flow before the first value).
+
+Both CVDs are sums of day-anchored running sums, never one running sum over whatever was read:
+`cvd_24h` = the day's running sum through the bar + the suffix sum of the day before from the
+window's first minute to its end, so a value has the same bits whatever the read started at
+(a partition, the whole history, a bar at its close). Nothing comes from after a bar's close,
+so a bar's values never change once it closed.
 """
 
 from __future__ import annotations
@@ -32,16 +40,19 @@ if TYPE_CHECKING:
     import polars as pl
 
 KEY = ("exchange", "symbol", "timeframe", "open_time")
-VALUES = ("taker_buy_volume", "taker_sell_volume", "delta", "buy_ratio", "cvd_day")
+VALUES = ("taker_buy_volume", "taker_sell_volume", "delta", "buy_ratio", "cvd_day", "cvd_24h")
+DAY_MINUTES = DAY_MS // MINUTE_MS
 
 
 def _minutes(flow: pl.DataFrame) -> pl.DataFrame:
-    """Counted minutes with ms times, their delta and the day-anchored CVD (NULL where a
-    minute of the day before it is missing)."""
+    """Counted minutes with ms times, their delta, the day-anchored CVD (NULL where a minute
+    of the day before it is missing) and the rolling 24h CVD (NULL unless its 1,440 minutes
+    all count)."""
     import polars as pl
 
     ms = pl.col("open_time").dt.epoch("ms")
-    return (
+    group = ("exchange", "symbol", "day")
+    minutes = (
         flow.filter(pl.col("volume_matches").is_null() | pl.col("volume_matches"))
         .select(
             "exchange",
@@ -54,14 +65,34 @@ def _minutes(flow: pl.DataFrame) -> pl.DataFrame:
         .sort("exchange", "symbol", "t")
         .with_columns(day=pl.col("t") // DAY_MS)
         .with_columns(
-            n=pl.int_range(1, pl.len() + 1).over("exchange", "symbol", "day"),
-            cvd=pl.col("delta").cum_sum().over("exchange", "symbol", "day"),
+            n=pl.int_range(1, pl.len() + 1).over(group),
+            rest=pl.int_range(pl.len(), 0, -1).over(group),  # rows from this one to the day's end
+            mod=(pl.col("t") - pl.col("day") * DAY_MS) // MINUTE_MS + 1,  # minutes into the day
+            cum=pl.col("delta").cum_sum().over(group),
+            suffix=pl.col("delta").cum_sum(reverse=True).over(group),
         )
+    )
+    # the rolling window of minute t starts at t - 1439 min, in the day before unless t is
+    # the day's last minute: that day's suffix sum from there, complete if no minute is missing
+    first = minutes.select(
+        "exchange",
+        "symbol",
+        (pl.col("t") + (DAY_MINUTES - 1) * MINUTE_MS).alias("t"),
+        pl.col("suffix").alias("before"),
+        pl.col("rest").alias("before_n"),
+    )
+    today = pl.col("n") == pl.col("mod")
+    tail = (pl.col("mod") == DAY_MINUTES) | (pl.col("before_n") == DAY_MINUTES - pl.col("mod"))
+    return (
+        minutes.join(first, on=["exchange", "symbol", "t"], how="left")
         .with_columns(
-            cvd=pl.when(pl.col("n") == (pl.col("t") - pl.col("day") * DAY_MS) // MINUTE_MS + 1)
-            .then(pl.col("cvd"))
-            .otherwise(None)
+            cvd=pl.when(today).then(pl.col("cum")),
+            cvd_24h=pl.when(today & (pl.col("mod") == DAY_MINUTES))
+            .then(pl.col("cum"))
+            .when(today & tail)
+            .then(pl.col("cum") + pl.col("before")),
         )
+        .sort("exchange", "symbol", "t")
     )
 
 
@@ -100,7 +131,9 @@ def bars(flow: pl.DataFrame, timeframes: list[str], day: dt.date) -> pl.DataFram
         whole = pl.col("covered_minutes") == pl.col("expected_minutes")
         buy, sell = pl.col("taker_buy_volume"), pl.col("taker_sell_volume")
         day_long = tf.kind != "month" and tf.minutes <= 1440
-        cvd = minutes.select("exchange", "symbol", (pl.col("t") + MINUTE_MS).alias("close"), "cvd")
+        cvd = minutes.select(
+            "exchange", "symbol", (pl.col("t") + MINUTE_MS).alias("close"), "cvd", "cvd_24h"
+        )
         grouped = grouped.join(cvd, on=["exchange", "symbol", "close"], how="left")
         out.append(
             grouped.select(
@@ -116,6 +149,7 @@ def bars(flow: pl.DataFrame, timeframes: list[str], day: dt.date) -> pl.DataFram
                 pl.when(whole).then(buy - sell).alias("delta"),
                 pl.when(whole & (buy + sell > 0)).then(buy / (buy + sell)).alias("buy_ratio"),
                 pl.when(whole & pl.lit(day_long)).then(pl.col("cvd")).alias("cvd_day"),
+                pl.when(whole).then(pl.col("cvd_24h")).alias("cvd_24h"),
             )
         )
     return pl.concat(out).sort(*KEY)
@@ -123,8 +157,8 @@ def bars(flow: pl.DataFrame, timeframes: list[str], day: dt.date) -> pl.DataFram
 
 CHECKS = {
     "null_outside_coverage": "A bar has values exactly when every one of its minutes has "
-    "order flow (covered_minutes = expected_minutes); cvd_day only up to 1d bars: NULL, never "
-    "zero, outside coverage.",
+    "order flow (covered_minutes = expected_minutes); cvd_day only up to 1d bars, cvd_24h only "
+    "when the day before the close is covered too: NULL, never zero, outside coverage.",
     "values_consistent": "delta = buy - sell (1e-9 relative), buy_ratio within [0, 1], "
     "covered_minutes within [1, expected_minutes].",
 }
@@ -136,7 +170,9 @@ def bar_checks(frame: pl.DataFrame) -> dict[str, CheckOutcome]:
 
     whole = pl.col("covered_minutes") == pl.col("expected_minutes")
     has = pl.col("delta").is_not_null()
-    wrong_null = frame.filter(whole != has)
+    wrong_null = frame.filter(
+        (whole != has) | (~whole & pl.any_horizontal(pl.col("cvd_day", "cvd_24h").is_not_null()))
+    )
     bad = frame.filter(
         ((pl.col("delta") - (pl.col("taker_buy_volume") - pl.col("taker_sell_volume"))).abs()
          > 1e-9 * (pl.col("taker_buy_volume") + pl.col("taker_sell_volume")).abs().clip(1.0))

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import polars as pl
 
     from pipeline.candles.tail import Ranges
+    from pipeline.strategy.context import Context
     from pipeline.strategy.personality import Personality
 
 Windows = dict[str, tuple[dt.datetime, dt.datetime]]
@@ -40,6 +41,21 @@ def read_frames(wh: Any, exchange: str, windows: Windows) -> dict[str, pl.DataFr
     )
     by_tf = joined.partition_by("timeframe", as_dict=True)
     return {tf: by_tf.get((tf,), joined.clear()) for tf in windows}
+
+
+def read_inputs(
+    wh: Any, exchange: str, windows: Windows, personalities: Sequence[Personality]
+) -> tuple[dict[str, pl.DataFrame], Context | None]:
+    """`read_frames` with the market context the personalities read joined as of each bar's
+    close, and the context rows it came from (None: none of them reads any, none is read)."""
+    from pipeline.strategy.context import context_needs, join_context, read_context
+
+    frames = read_frames(wh, exchange, windows)
+    need = {tf: cols for tf, cols in context_needs(personalities).items() if tf in windows}
+    if not need:
+        return frames, None
+    ctx = read_context(wh, exchange, windows, need)
+    return join_context(frames, ctx, need), ctx
 
 
 def merge_windows(windows: Sequence[Windows]) -> Windows:
@@ -67,6 +83,7 @@ class VenueSignals:
     frames: dict[str, pl.DataFrame]  # per timeframe, for the lookahead check: the last run's
     by_personality: dict[str, pl.DataFrame]  # the signals, `exchange` first
     ranges: Ranges | None = None  # a live run's tail: personality -> close_time range (lo, hi]
+    context: Context | None = None  # the last run's market context rows (None: none read)
     # per timeframe, each symbol's newest bar (symbol, close_time) among all the runs read
     # (the fast lane's parity asks how far the build got); None: the frames' own
     latest: dict[str, pl.DataFrame] | None = None
@@ -113,11 +130,12 @@ def build_signals(
     parts: dict[str, list[pl.DataFrame]] = {p.name: [] for p in personalities}
     newest: dict[str, list[pl.DataFrame]] = {}
     frames: dict[str, pl.DataFrame] = {}
+    ctx = None
     for a, b in runs:
         lo, hi = days[a], days[b - 1]
         windows = [signal_input_window(lo, p, hi) for p in personalities]
-        frames = {}  # the last run's go before the next run's come
-        frames = read_frames(wh, exchange, merge_windows(windows))
+        frames, ctx = {}, None  # the last run's go before the next run's come
+        frames, ctx = read_inputs(wh, exchange, merge_windows(windows), personalities)
         for p in personalities:
             parts[p.name].append(signals_for_partition(frames, lo, p, hi))
         if len(runs) > 1:
@@ -129,7 +147,7 @@ def build_signals(
         if progress:
             progress(p.name, found[p.name].height)
     latest = {tf: _newest(pl.concat(f)) for tf, f in newest.items()} if newest else None
-    return VenueSignals(exchange, frames, found, latest=latest)
+    return VenueSignals(exchange, frames, found, latest=latest, context=ctx)
 
 
 def _newest(frame: pl.DataFrame) -> pl.DataFrame:
@@ -172,7 +190,11 @@ def tail_signals(
             found = bar_input_window(p, first_close(p.signal_tf, lo))
             windows[p.name] = {tf: (start, hi) for tf, (start, _) in found.items()}
             mine[p.name] = (lo, hi)
-    frames = read_frames(wh, exchange, merge_windows(list(windows.values()))) if windows else {}
+    frames, ctx = (
+        read_inputs(wh, exchange, merge_windows(list(windows.values())), personalities)
+        if windows
+        else ({}, None)
+    )
     found = {}
     for p in personalities:
         if p.name not in windows:
@@ -183,7 +205,7 @@ def tail_signals(
         )
         if progress:
             progress(p.name, found[p.name].height)
-    return VenueSignals(exchange, frames, found, mine)
+    return VenueSignals(exchange, frames, found, mine, context=ctx)
 
 
 def signals_replacement(

@@ -16,6 +16,7 @@ from pipeline.strategy.signals import compute_signals, live_at
 if TYPE_CHECKING:
     import polars as pl
 
+    from pipeline.strategy.context import Context
     from pipeline.strategy.personality import Personality
 
 
@@ -106,12 +107,15 @@ def check_signals_lookahead(
     sample: int = 200,
     seed: int = 0,
     day: dt.date | None = None,
+    context: Context | None = None,
 ) -> CheckOutcome:
     """No lookahead: for a sample of bars (signal bars up to half the sample, the bar after
     each, the newest bar and a seeded random spread; only bars `day` owns if given), the live
     path's result for the bar (its day's partition on data cut at the bar's close) equals
     the batch result over all of `frames`, column for column. A rule that reads a later bar
-    fails this; so would a window too short for the rules."""
+    fails this; so would a window too short for the rules. With `context` (the rows the
+    frames' market context was joined from), the live path joins it again from the rows
+    known at the bar's close: a context value from the future fails too."""
     import numpy as np
     import polars as pl
 
@@ -144,11 +148,14 @@ def check_signals_lookahead(
     picks.update(all_keys[i] for i in rng.choice(len(all_keys), size=extra, replace=False))
     by_key = {(r[0], r[3]): r for r in batch.rows()}
     per_symbol: dict[str, dict[str, pl.DataFrame]] = {}
+    contexts: dict[str, Context] = {}
     failures = []
     for sym, t in sorted(picks):
         if sym not in per_symbol:
             per_symbol[sym] = {tf: f.filter(pl.col("symbol") == sym) for tf, f in split.items()}
-        live = live_at(per_symbol[sym], p, t).rows()
+            if context is not None:
+                contexts[sym] = context.of_symbol(sym)
+        live = live_at(per_symbol[sym], p, t, contexts.get(sym)).rows()
         want = by_key.get((sym, t))
         got = live[0] if live else None
         if got != want:

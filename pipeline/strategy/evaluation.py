@@ -114,6 +114,7 @@ class Eval:
     long: list[np.ndarray]  # per rule: its long vote (0..1)
     short: list[np.ndarray]
     weight: list[np.ndarray]  # per rule: weight x regime multiplier
+    unknown: list[np.ndarray | None]  # per rule: where a `when_unknown` gate's condition is
     net_long: np.ndarray
     net_short: np.ndarray
     cand_long: np.ndarray
@@ -155,9 +156,10 @@ def evaluate(p: Personality, sig: Series, htfs: dict[str, Series | None], run: R
     score_l, score_s, max_l, max_s = zeros.copy(), zeros.copy(), zeros.copy(), zeros.copy()
     gate_l = present.copy()
     gate_s = present.copy()
-    longs, shorts, weights = [], [], []
+    longs, shorts, weights, unknowns = [], [], [], []
     for r in p.rules:
         v = r.node(bars)
+        unknown = np.isnan(v)
         if r.direction == "both":
             lg = np.clip(np.nan_to_num(v, nan=0.0), 0.0, 1.0)
             sh = np.clip(np.nan_to_num(-v, nan=0.0), 0.0, 1.0)
@@ -167,22 +169,26 @@ def evaluate(p: Personality, sig: Series, htfs: dict[str, Series | None], run: R
             sh = hold if r.direction == "short" else zeros
         if r.gate:
             w = zeros
+            passes = unknown if r.unknown is not None else np.zeros(n, dtype=bool)
             if r.direction != "short":
-                gate_l &= lg > 0
+                gate_l &= (lg > 0) | passes
             if r.direction != "long":
-                gate_s &= sh > 0
+                gate_s &= (sh > 0) | passes
         else:
             mult = np.asarray([*r.multipliers, 1.0])
             w = r.weight * mult[regime]
             score_l += w * lg
             score_s += w * sh
+            # with `when_unknown` it abstains where unknown: its weight leaves the maximum
+            counted = w * ~unknown if r.unknown is not None else w
             if r.direction != "short":
-                max_l += w
+                max_l += counted
             if r.direction != "long":
-                max_s += w
+                max_s += counted
         longs.append(lg)
         shorts.append(sh)
         weights.append(w)
+        unknowns.append(unknown if r.unknown is not None else None)
 
     with np.errstate(divide="ignore", invalid="ignore"):
         net_l = (score_l - score_s) / max_l
@@ -215,6 +221,7 @@ def evaluate(p: Personality, sig: Series, htfs: dict[str, Series | None], run: R
         longs,
         shorts,
         weights,
+        unknowns,
         net_l,
         net_s,
         cand_l,

@@ -23,21 +23,33 @@ with the file, the rule and what is wrong, never halfway through a backfill.
         weight: 2                   # or `gate: true`: a side needs every gate of its side
         regimes: {flat: 0.5}        # weight multipliers per regime (default 1)
         reason: "EMA 9 ({ema_9:,.1f}) crossed above EMA 21 ({ema_21:,.1f})"
+      - name: funding_long
+        when: funding_rate < 0.0005 # market context (pipeline/strategy/context.py)
+        direction: long
+        gate: true
+        when_unknown: "funding filter not applied: no funding rate known"
+        enabled: true               # false: checked at load, never evaluated nor read
+        reason: "funding {funding_rate:.4%} below 0.05 %"
+
+A condition that is unknown (an input NULL: warm-up, a missing bar, no order flow) never
+holds: a weighted rule does not vote (its weight still counts in the side's maximum), a gate
+blocks its side. With `when_unknown: <text>` a rule steps aside where its condition is unknown
+instead, and the signal's reasons carry the text, so what could not be applied is said, never
+silently assumed passed or failed: a gate lets its side through; a weighted rule abstains (its
+weight leaves the maximum, so the others decide as if it were not there).
 """
 
 from __future__ import annotations
 
-import math
 import os
-import re
-import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pipeline.candles.timeframes import Timeframe, parse_timeframe
+from pipeline.strategy.personality_rules import Rule, Template, number, rule_from_dict
 from pipeline.yamlfile import YamlFileError, load_yaml, quote
 
 if TYPE_CHECKING:
@@ -47,7 +59,16 @@ PERSONALITY_DIR = Path(__file__).resolve().parent.parent / "personalities"
 # Candle columns a condition may read besides the indicators.
 CANDLE_VALUES = ("open", "high", "low", "close", "volume", "turnover", "n_1m")
 CANDLE_FLAGS = ("complete",)
-Direction = Literal["long", "short", "both"]
+# Market context a condition may read, joined as of the bar's close (pipeline.strategy.context).
+CONTEXT_VALUES = (
+    "buy_ratio",
+    "delta",
+    "cvd",
+    "cvd_day",
+    "funding_rate",
+    "oi_change_1h",
+    "basis_bps",
+)
 _TOP_KEYS = {
     "name",
     "description",
@@ -58,51 +79,10 @@ _TOP_KEYS = {
     "regimes",
     "rules",
 }
-_BIG_FORMAT = re.compile(r"[1-9][0-9]{2}")  # a width or precision of 100 or more
-_RULE_KEYS = {"name", "when", "direction", "weight", "gate", "reason", "regimes"}
 
 
 class PersonalityError(ValueError):
     """A personality file that cannot be used: names the file, the rule and the problem."""
-
-
-@dataclass(frozen=True, eq=False)
-class Template:
-    """A reason text with `{column}` / `{1h.column:,.1f}` placeholders, checked at load."""
-
-    text: str
-    parts: tuple[tuple[str, Ref | None, str], ...]  # literal, placeholder ref, format spec
-
-    def render(self, columns: Mapping[Ref, Sequence[float]], row: int) -> str:
-        """The text with the values of row `row` of `columns` (per placeholder)."""
-        out = []
-        for literal, ref, spec in self.parts:
-            out.append(literal)
-            if ref is not None:
-                out.append(_fmt(columns[ref][row], spec))
-        return "".join(out)
-
-    @property
-    def refs(self) -> frozenset[Ref]:
-        return frozenset(r for _, r, _ in self.parts if r is not None)
-
-
-def _fmt(v: float, spec: str) -> str:
-    if v is None or v != v:
-        return "n/a"
-    return format(v, spec or ",.2f")
-
-
-@dataclass(frozen=True, eq=False)
-class Rule:
-    name: str
-    when: str
-    node: Node
-    direction: Direction
-    weight: float  # 0 for gates
-    gate: bool
-    reason: Template
-    multipliers: tuple[float, ...]  # per regime, in the personality's regime order
 
 
 @dataclass(frozen=True, eq=False)
@@ -147,7 +127,7 @@ class Personality:
         """Every column the personality reads or quotes, signal timeframe first, sorted."""
         found: set[Ref] = {(None, "close")}
         for r in self.rules:
-            found |= r.node.refs | r.reason.refs
+            found |= r.node.refs | r.reason.refs | (r.unknown.refs if r.unknown else frozenset())
         for g in self.regimes:
             found |= g.node.refs
         return tuple(sorted(found, key=lambda x: (x[0] is not None, x[0] or "", x[1])))
@@ -163,7 +143,7 @@ def _schema(timeframes: Sequence[str], columns: Iterable[str] | None) -> Schema:
         from pipeline.indicators import load_spec
 
         spec = load_spec()
-        cols = [*CANDLE_VALUES, *CANDLE_FLAGS, *spec.columns]
+        cols = [*CANDLE_VALUES, *CANDLE_FLAGS, *spec.columns, *CONTEXT_VALUES]
         flags = {*CANDLE_FLAGS, *(c for i in spec.indicators if i.boolean for c in i.outputs)}
     else:
         cols, flags = list(columns), set(CANDLE_FLAGS)
@@ -198,49 +178,6 @@ def _timeframes(raw: Any, configured: Sequence[str] | None, fail: Any) -> tuple[
     return tuple(raw)
 
 
-def _number(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return None
-    try:
-        f = float(v)
-    except OverflowError:  # an int beyond any float
-        return None
-    return f if math.isfinite(f) else None
-
-
-def _template(text: Any, schema: Schema, fail: Any) -> Template:
-    from pipeline.strategy.rules import RuleError, parse_ref
-
-    if not isinstance(text, str) or not text.strip():
-        raise fail("needs a `reason`: a sentence for traders, e.g. 'RSI {rsi_14:.0f} < 30'")
-    parts: list[tuple[str, Ref | None, str]] = []
-    try:
-        items = list(string.Formatter().parse(text))
-    except ValueError as err:
-        hint = "(write {{ and }} for literal braces)"
-        raise fail(f"reason {quote(text)}: {err} {hint}") from None
-    for literal, field_name, spec, conv in items:
-        if field_name is None:
-            parts.append((literal, None, ""))
-            continue
-        ph = quote(field_name, bare=True)
-        at = f"reason placeholder {{{ph}}}"
-        if conv:
-            raise fail(f"reason placeholder {{{ph}!{conv}}}: conversions are not allowed")
-        try:
-            ref = parse_ref(field_name, schema)
-        except RuleError as err:
-            raise fail(f"{at}: {err}") from None
-        if _BIG_FORMAT.search(spec):  # {close:.999999999f} would build a gigabyte per signal
-            raise fail(f"{at}: format {quote(spec)}: width and precision must be below 100")
-        try:
-            format(1234.5, spec or ",.2f")
-        except ValueError:
-            raise fail(f"{at}: bad format {quote(spec)}") from None
-        parts.append((literal, ref, spec or ""))
-    return Template(text, tuple(parts))
-
-
 def personality_from_dict(
     data: Any,
     source: str = "<personality>",
@@ -271,7 +208,7 @@ def personality_from_dict(
     tfs = _timeframes(data.get("timeframes"), timeframes, fail)
     schema = _schema(tfs, columns)
 
-    threshold = _number(data.get("threshold"))
+    threshold = number(data.get("threshold"))
     if threshold is None or not 0 < threshold <= 1:
         raise fail(f"`threshold` must be a number in (0, 1], got {quote(data.get('threshold'))}")
     cooldown = _cooldown(data.get("cooldown"), fail)
@@ -303,7 +240,9 @@ def personality_from_dict(
     rules: list[Rule] = []
     seen: set[str] = set()
     for i, raw in enumerate(raw_rules):
-        rules.append(_rule(raw, i, schema, regime_names, seen, fail, compile_condition))
+        rule = rule_from_dict(raw, i, schema, regime_names, seen, fail, compile_condition)
+        if raw.get("enabled", True):  # a disabled rule is checked, then left out
+            rules.append(rule)
     if not any(not r.gate for r in rules):
         raise fail("needs at least one weighted rule (gates alone never signal)")
     return Personality(
@@ -331,83 +270,6 @@ def _cooldown(raw: Any, fail: Any) -> Timeframe | None:
     if cd.kind != "fixed":
         raise fail(f"`cooldown` {quote(raw)} must be a fixed length (minutes, hours, days, weeks)")
     return cd
-
-
-def _rule(
-    raw: Any,
-    i: int,
-    schema: Schema,
-    regime_names: list[str],
-    seen: set[str],
-    fail: Any,
-    compile_condition: Any,
-) -> Rule:
-    from pipeline.strategy.rules import RuleError
-
-    if not isinstance(raw, Mapping):
-        raise fail(f"rule #{i + 1} must be a mapping with name, when, direction, weight, reason")
-    rname = raw.get("name")
-    if not isinstance(rname, str) or not rname.isidentifier():
-        raise fail(f"rule #{i + 1} needs a `name` that is an identifier, got {quote(rname)}")
-    if rname in seen:
-        raise fail("the name is used twice", rname)
-    seen.add(rname)
-    if extra := set(raw) - _RULE_KEYS:
-        keys = quote(sorted(extra, key=str))
-        raise fail(f"unknown key(s) {keys}; allowed: {sorted(_RULE_KEYS)}", rname)
-    when = raw.get("when")
-    if isinstance(when, bool):
-        when = str(when)
-    try:
-        node = compile_condition(when, schema)
-    except RuleError as err:
-        raise fail(f"`when`: {err}", rname) from None
-    direction = raw.get("direction")
-    if direction not in ("long", "short", "both"):
-        raise fail(f"`direction` must be long, short or both, got {quote(direction)}", rname)
-    if direction == "both" and node.kind != "num":
-        raise fail(
-            "direction both needs a signed number (> 0 long, < 0 short), e.g. a sub-signal or"
-            " sign(macd_hist); for a true/false condition use direction long or short",
-            rname,
-        )
-    if direction != "both" and node.kind != "bool":
-        raise fail(f"direction {direction} needs a true/false condition, not a number", rname)
-    gate = raw.get("gate", False)
-    if not isinstance(gate, bool):
-        raise fail(f"`gate` must be true or false, got {quote(gate)}", rname)
-    weight = _number(raw.get("weight"))
-    if gate:
-        if "weight" in raw:
-            raise fail("a gate has no weight (it must hold, it does not add)", rname)
-        weight = 0.0
-    elif weight is None or weight <= 0:
-        raise fail(f"`weight` must be a positive number, got {quote(raw.get('weight'))}", rname)
-    mult_raw = raw.get("regimes") or {}
-    if not isinstance(mult_raw, Mapping):
-        raise fail("`regimes` must map regime names to weight multipliers", rname)
-    for k, v in mult_raw.items():
-        if k not in regime_names:
-            raise fail(
-                f"unknown regime {quote(k)}; this personality defines {quote(regime_names)}", rname
-            )
-        m = _number(v)
-        if m is None or m < 0:
-            what = f"multiplier for regime {quote(k)} must be a number >= 0, got {quote(v)}"
-            raise fail(what, rname)
-    if gate and mult_raw:
-        raise fail("a gate has no weight to multiply per regime", rname)
-    reason = _template(raw.get("reason"), schema, lambda w: fail(w, rname))
-    return Rule(
-        name=rname,
-        when=str(when),
-        node=node,
-        direction=direction,
-        weight=float(weight),
-        gate=gate,
-        reason=reason,
-        multipliers=tuple(float(mult_raw.get(g, 1.0)) for g in regime_names),
-    )
 
 
 @lru_cache(maxsize=32)

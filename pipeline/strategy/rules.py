@@ -6,6 +6,7 @@ A condition is a Python-like expression over the bars of the signal timeframe:
     close > 1h.sma_200                      # a higher timeframe, joined as-of
     rsi_14 < 30 and rising(rsi_14)
     squeeze_breakout(within=8)              # a registered sub-signal (pipeline.strategy.votes)
+    buy_ratio > 0.55 and funding_rate < 0.0005   # market context (pipeline.strategy.context)
 
 Only these nodes exist: numbers, True/False, column names (`ema_9`) and higher-timeframe
 columns (`1h.sma_200`), `and or not`, comparisons (chains too), `+ - * /`, unary minus, and
@@ -120,8 +121,9 @@ def _check_column(col: str, tf: str | None, schema: Schema, text: str) -> None:
         close = [c for c in sorted(schema.columns) if c.split("_")[0] == col.split("_")[0]]
         hint = f"; did you mean {close}?" if close else ""
         raise RuleError(
-            f"unknown column {quote(col)} in {quote(text, 120)}{hint} (known: candle columns and"
-            f" the indicators of pipeline/indicators.yaml: {sorted(schema.columns)})"
+            f"unknown column {quote(col)} in {quote(text, 120)}{hint} (known: candle columns,"
+            " the indicators of pipeline/indicators.yaml and the market context of"
+            f" pipeline/strategy/context.py: {sorted(schema.columns)})"
         )
 
 

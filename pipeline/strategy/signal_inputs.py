@@ -86,7 +86,14 @@ def symbol_series(frames: Frames, p: Personality) -> dict[str, dict[str, Series]
         f = frames[tf]
         missing = {"symbol", "open_time", *need[tf]} - set(f.columns)
         if missing:
-            raise ValueError(f"{p.name}: the {tf} frame lacks column(s) {sorted(missing)}")
+            from pipeline.strategy.personality import CONTEXT_VALUES
+
+            hint = (
+                " (market context: join it with pipeline.strategy.context.join_context)"
+                if missing & set(CONTEXT_VALUES)
+                else ""
+            )
+            raise ValueError(f"{p.name}: the {tf} frame lacks column(s) {sorted(missing)}{hint}")
         sel = f.select(
             pl.col("symbol").cast(pl.String),
             utc(f, "open_time").dt.epoch("ms").alias("_t"),

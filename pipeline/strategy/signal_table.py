@@ -69,8 +69,12 @@ def append_rows(p: Personality, symbol: str, ev: Eval, fired: np.ndarray, out: d
     for n, r in enumerate(p.rules):
         v = np.where(buy, ev.long[n][fired], ev.short[n][fired])
         hold = v > 0
-        for j in np.flatnonzero(hold).tolist():
-            reasons[j].append(r.reason.render(text_vals, j))
+        unknown = ev.unknown[n]
+        side = (buy & (r.direction != "short")) | (~buy & (r.direction != "long"))
+        said = unknown[fired] & side if unknown is not None else np.zeros(k, dtype=bool)
+        for j in np.flatnonzero(hold | said).tolist():
+            text = r.unknown if said[j] and r.unknown is not None else r.reason
+            reasons[j].append(text.render(text_vals, j))
         if not r.gate:
             out[f"rule:{r.name}"].append(np.where(hold, ev.weight[n][fired] * v, np.nan))
     regime = ev.regime[fired]

@@ -32,6 +32,11 @@ close_time (the bucket before the one containing the close). If that exact bar i
 the value is unknown (and the signal degraded) rather than an older bar's, so the join, too,
 needs no unbounded history.
 
+Market context (order flow, funding, open interest, the basis: pipeline.strategy.context) is
+joined onto the frames before any of this, each value as public at the bar's close and none
+reaching back further than a fixed span, so the same holds for it; the live path joins it again
+from the rows known at the bar's close (`live_at` with a context).
+
 A signal belongs to the daily partition of its bar (close_time in (D, D+1], like candles);
 it is stamped with the bar's close_time and priced at the bar's close.
 
@@ -70,6 +75,7 @@ from pipeline.strategy.signal_table import OK, append_rows, new_columns, to_fram
 if TYPE_CHECKING:
     import polars as pl
 
+    from pipeline.strategy.context import Context
     from pipeline.strategy.personality import Personality
 
 
@@ -229,27 +235,36 @@ def live_signal(
     personality: Personality | str,
     symbol: str,
     close_time: dt.datetime,
+    context: Context | None = None,
 ) -> pl.DataFrame:
     """What the live path emits for the bar closing at `close_time`: today's partition
-    computed from the data known at that moment (bars closed by then), that bar's row (0/1)."""
+    computed from the data known at that moment (bars closed by then; with `context`, the
+    personality's market context joined again from the rows known by then), that bar's row
+    (0/1)."""
     import polars as pl
 
     split = split_frames(frames)
     one = {tf: f.filter(pl.col("symbol") == symbol) for tf, f in split.items()}
-    return live_at(one, _personality(personality), close_time)
+    ctx = context.of_symbol(symbol) if context is not None else None
+    return live_at(one, _personality(personality), close_time, ctx)
 
 
-def live_at(frames: Frames, p: Personality, close_time: dt.datetime) -> pl.DataFrame:
-    """`live_signal` on frames already cut to one symbol."""
+def live_at(
+    frames: Frames, p: Personality, close_time: dt.datetime, context: Context | None = None
+) -> pl.DataFrame:
+    """`live_signal` on frames already cut to one symbol (and `context` to its rows)."""
     import polars as pl
+
+    from pipeline.strategy.context import context_needs, join_context
 
     windows = {
         tf: (lo, min(hi, close_time))
         for tf, (lo, hi) in signal_input_window(owner_day(close_time), p).items()
     }
-    return compute_signals(cut_frames(frames, windows), p).filter(
-        pl.col("close_time") == close_time
-    )
+    cut = cut_frames(frames, windows)
+    if context is not None:
+        cut = join_context(cut, context.known_by(close_time), context_needs([p]))
+    return compute_signals(cut, p).filter(pl.col("close_time") == close_time)
 
 
 __all__ = [

@@ -1,6 +1,7 @@
 """Sub-signals: the registry of named votes a YAML rule calls (`fair_value_gap(m=10)`), and the
-`vote` personality's ten OHLCV setups registered in it, each returning per bar +1 (long), -1
-(short), 0 or NaN. The condition compiler (pipeline.strategy.rules) looks names up here.
+`vote` personality's ten OHLCV setups and its order-flow vote registered in it, each returning
+per bar +1 (long), -1 (short), 0 or NaN (unknown: the rule abstains). The condition compiler
+(pipeline.strategy.rules) looks names up here.
 
 They read only the signal timeframe's bars up to the bar itself, through fixed-length windows
 computed exactly (see pipeline.strategy.bars), and declare how far back they read, so partitions,
@@ -16,6 +17,8 @@ whole-history passes and the live path agree bit for bit. What each looks for:
 - ema_pinch: EMA 9/21/50 squeezed together, then price breaks out of the pinch.
 - fair_value_gap: price returns into a recent three-candle imbalance and holds it.
 - poc_cross: close crosses the volume-profile point of control of the prior n bars.
+- cvd_trend: the cumulative volume delta rose (fell) over the last n bars by more than a
+  share of the volume traded: takers buying (selling) drive the market.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.strategy.bars import Bars, rolling_max, rolling_min, rolling_std, shift
+from pipeline.strategy.bars import Bars, rolling_max, rolling_min, rolling_std, rolling_sum, shift
 
 
 @dataclass(frozen=True)
@@ -277,3 +280,13 @@ def poc_cross(b: Bars, n: float, bins: float) -> np.ndarray:
     poc = point_of_control(hi, lo, c, v, int(n), int(bins))
     pc = shift(c, 1)
     return _vote((pc <= poc) & (c > poc), (pc >= poc) & (c < poc), _ok(c, pc, poc))
+
+
+@subsignal("cvd_trend", ("delta", "volume"), lambda p: _n(p, "n") - 1, n=16, k=0.05)
+def cvd_trend(b: Bars, n: float, k: float) -> np.ndarray:
+    """The CVD's change over the last n bars (the sum of their deltas: the same for the
+    day-anchored and the rolling CVD, and across midnight) above k x their volume: long; below
+    -k x: short; NaN where a bar of the n has no order flow."""
+    flow = rolling_sum(b.col("delta"), int(n))
+    volume = rolling_sum(b.col("volume"), int(n))
+    return _vote(flow > k * volume, flow < -k * volume, _ok(flow, volume))
