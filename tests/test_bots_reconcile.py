@@ -23,6 +23,7 @@ CFG = BotConfig(
     params={"stop_loss_pct": 0.004, "take_profit_pct": 0.006},
     emergency_stop=None,
 )
+PARAMS = CFG.backtest_params()
 
 
 def run_bot(home, candles, sigs, down: tuple[int, int] | None = None, late: int = 0):
@@ -73,7 +74,7 @@ def frames(sigs):
 def test_a_faultless_day_reconciles_with_no_unexplained_trade(tmp_path):
     candles, sigs = market(480, every=7)
     paper, equity = run_bot(tmp_path, candles, sigs)
-    rec = reconcile("rec", T0.date(), candles, frames(sigs), paper, equity, CFG.backtest_params())
+    rec = reconcile("rec", T0.date(), {MARKET: (candles, frames(sigs))}, paper, equity, PARAMS)
     assert rec.matched > 20
     assert rec.differences == []
     assert abs(rec.equity_gap) < 1e-6 and abs(rec.unexplained_gap) < 1e-6
@@ -84,7 +85,7 @@ def test_a_faultless_day_reconciles_with_no_unexplained_trade(tmp_path):
 def test_trades_missed_while_the_bot_was_down_are_explained(tmp_path):
     candles, sigs = market(480, every=7)
     paper, equity = run_bot(tmp_path, candles, sigs, down=(150, 230))
-    rec = reconcile("rec", T0.date(), candles, frames(sigs), paper, equity, CFG.backtest_params())
+    rec = reconcile("rec", T0.date(), {MARKET: (candles, frames(sigs))}, paper, equity, PARAMS)
     missed = [d for d in rec.differences if d["kind"] == "missed"]
     assert missed and {d["why"] for d in missed} == {"bot_down"}
     assert rec.unexplained_trades == 0
@@ -94,7 +95,7 @@ def test_trades_missed_while_the_bot_was_down_are_explained(tmp_path):
 def test_a_signal_published_late_is_explained(tmp_path):
     candles, sigs = market(480, every=7)
     paper, equity = run_bot(tmp_path, candles, sigs, late=3)
-    rec = reconcile("rec", T0.date(), candles, frames(sigs), paper, equity, CFG.backtest_params())
+    rec = reconcile("rec", T0.date(), {MARKET: (candles, frames(sigs))}, paper, equity, PARAMS)
     whys = {(d["kind"], d["why"]) for d in rec.differences}
     assert ("missed", "late_signal") in whys or ("extra", "late_signal") in whys
     assert rec.unexplained_trades == 0
