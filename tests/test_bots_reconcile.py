@@ -214,9 +214,12 @@ def seed_warehouse(wh_path, t0: dt.datetime, data: dict) -> None:
             con.execute("INSERT INTO signals BY NAME SELECT * FROM sf")
 
 
-def home_with_bots(tmp_path, bots: list[dict], data: dict, t0: dt.datetime):
+def home_with_bots(
+    tmp_path, bots: list[dict], data: dict, t0: dt.datetime, minutes: dict | None = None
+):
     """A home whose config has `bots` (and the markets of `data`), each bot run over `data`
-    (journals on disk, not ingested yet), the warehouse seeded; (settings, resources)."""
+    (journals on disk, not ingested yet; `minutes`: a bot stopped after that many), the
+    warehouse seeded; (settings, resources)."""
     from pipeline.config import load_settings
     from pipeline.orchestration.resources import (
         ExchangeResource,
@@ -230,7 +233,12 @@ def home_with_bots(tmp_path, bots: list[dict], data: dict, t0: dt.datetime):
                                       "exchanges": {"bybit": symbols}})  # fmt: skip
     settings = load_settings(cfg, env={})
     for b in bots:
-        mine = {m: d for m, d in data.items() if m.partition(":")[2] in b["symbols"]}
+        n = (minutes or {}).get(b["name"])
+        mine = {
+            m: (c.head(n), sigs) if n else (c, sigs)
+            for m, (c, sigs) in data.items()
+            if m.partition(":")[2] in b["symbols"]
+        }
         run_bot(settings.home, mine, cfg=BotConfig(**b))
     wh_path = tmp_path / "wh.duckdb"
     seed_warehouse(wh_path, t0, data)

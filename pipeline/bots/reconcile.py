@@ -6,7 +6,8 @@ with the bot's parameters and starting equity; trades closed that day are matche
 by (market, entry time, side). Every difference gets an explanation where one can be given:
 
 - `bot_down`: the backtest traded a signal for which the bot has no order, and the bot
-  processed no bar around its close (it was not running);
+  processed no bar around its close (it was not running); or the bot had the order but was
+  not running at the bar it fills on or at the bar the backtest's trade exits in;
 - (no order although the bot was running: the signal never reached it. A fault, left
   unexplained, so the check fails);
 - `late_signal`: the bot recorded the order after the bar it fills on had closed (the
@@ -20,8 +21,9 @@ by (market, entry time, side). Every difference gets an explanation where one ca
   market that differs or that only the bot made.
 
 Paper fills use the backtest's slippage model, so "model vs actual next open" has nothing to
-explain here; it is the same arithmetic. The equity gap at the day's last close less the
-P&L the explained differences account for is the unexplained gap.
+explain here; it is the same arithmetic. The equity gap at the bot's last mark of the day less
+the P&L of the explained differences that exited by then is the unexplained gap (a position
+still open then counts on the day it closes).
 
 Several markets share one account in the bot (`Trader`: one cash, each entry sized from it).
 Per-market backtests reproduce that account only where sizes do not depend on the cash:
@@ -173,7 +175,7 @@ def reconcile(
         fees_bt += float(bt_trades["fees"].sum())
         out.fees_paper += float(exits["fees"].sum())
         sig_times = set(markets[m][1]["close_time"].to_list())
-        rows, explained = _match(
+        out.trades += _match(
             m,
             list(bt_trades.sort("entry_time").iter_rows(named=True)),
             exits,
@@ -183,9 +185,14 @@ def reconcile(
             sig_times,
             compare_pnl=out.equity_note is None,
         )
-        out.trades += rows
-        out.explained_pnl += explained
     out.trades.sort(key=lambda t: (t["entry_time"], t["market"]))
+    if not marked.is_empty():  # what the explained differences did to equity by its last mark
+        at = marked["time"][-1] - dt.timedelta(minutes=1)
+        out.explained_pnl = sum(
+            (r["paper_pnl"] or 0.0) - (r["backtest_pnl"] or 0.0)
+            for r in out.trades
+            if r["why"] is not None and r["exit_time"] <= at
+        )
     out.fees_backtest = fees_bt if out.equity_note is None else None
     return out
 
@@ -235,9 +242,8 @@ def _match(
     expiry: dt.timedelta,
     sig_times: set[dt.datetime],
     compare_pnl: bool,
-) -> tuple[list[dict[str, Any]], float]:
-    """One market's trades of the day, each matched or a difference with its explanation;
-    and the P&L the explained differences account for."""
+) -> list[dict[str, Any]]:
+    """One market's trades of the day, each matched or a difference with its explanation."""
     import polars as pl
 
     keyed = {(r["entry_time"], r["side"]): r for r in exits.iter_rows(named=True)}
@@ -252,13 +258,11 @@ def _match(
         return "knock_on" if first is not None and first < t else None
 
     rows: list[dict[str, Any]] = []
-    explained = 0.0
     for t in bt_rows:
         key = (t["entry_time"], t["side"])
         if key not in matched:
             why = _why_missed(t, orders, bars, expiry) or knock_on(t["entry_time"])
             rows.append(_row(market, "missed", t, None, why))
-            explained -= t["pnl"] if why is not None else 0.0
             continue
         p = keyed[key]
         same_px = _close(p["entry_price"], t["entry_price"]) and _close(
@@ -272,7 +276,6 @@ def _match(
         revised = p["exit_time"] == t["exit_time"] and not same_px
         why = "candle_revised" if revised else knock_on(max(p["exit_time"], t["exit_time"]))
         rows.append(_row(market, "different", t, p, why))
-        explained += p["pnl"] - t["pnl"] if why is not None else 0.0
     for p in extras:
         order = orders.filter(pl.col("seq") == p["seq"])
         close = order["time"][0] if order.height else None
@@ -281,8 +284,7 @@ def _match(
             why = "late_signal"  # filled after the bar the backtest fills it on
         why = why or knock_on(p["entry_time"])
         rows.append(_row(market, "extra", None, p, why))
-        explained += p["pnl"] if why is not None else 0.0
-    return rows, explained
+    return rows
 
 
 def _why_missed(
@@ -292,11 +294,13 @@ def _why_missed(
 
     close = t["signal_time"]
     mine = orders.filter(pl.col("time") == close)
-    if mine.height:  # the bot had the order: late, or its position differed (a knock-on)
+    if mine.height:  # the bot had the order: late, down, or its position differed (knock-on)
         received = mine["received_at"][0]
         fill_bar_closed = t["entry_time"] + dt.timedelta(minutes=1)
         if received is not None and (received > fill_bar_closed or received - close > expiry):
             return "late_signal"  # after the bar it fills on had closed: a later bar's open
+        if fill_bar_closed not in bars or t["exit_time"] + dt.timedelta(minutes=1) not in bars:
+            return "bot_down"  # not running at the fill, or when the backtest's trade exited
         return None
     if close + dt.timedelta(minutes=1) not in bars:
         return "bot_down"
@@ -316,6 +320,7 @@ def _row(
         "paper_entry": paper and paper["entry_price"],
         "backtest_exit": bt and bt["exit_price"],
         "paper_exit": paper and paper["exit_price"],
+        "exit_time": max(r["exit_time"] for r in (bt, paper) if r is not None),
         "exit_reason": ref.get("exit_reason"),
         "backtest_pnl": bt and bt["pnl"],
         "paper_pnl": paper and paper["pnl"],
