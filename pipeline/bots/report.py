@@ -25,12 +25,14 @@ def report_path(reports_dir: Path, bot: str, day: str) -> Path:
 
 
 def curves_chart(rec: Reconciliation) -> bytes:
-    """Both equity curves of the day (the bot's has gaps where it was down)."""
+    """Both equity curves of the day (the bot's has gaps where it was down), the bot's drawn
+    last so it shows where the two are equal."""
     from pipeline.backtest.plots import curves_png
 
     c = rec.curves
     assert c is not None and c.height
-    series = {name: c[name].cast(float).to_numpy() for name in c.columns if name != "time"}
+    names = [n for n in c.columns if n not in ("time", "paper")] + ["paper"]
+    series = {name: c[name].cast(float).to_numpy() for name in names}
     title = f"{rec.bot}: paper vs backtest equity, {rec.day}"
     return curves_png(c["time"].dt.epoch("us").to_numpy(), series, title)
 
