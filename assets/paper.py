@@ -6,6 +6,11 @@ journal grew, writes what is new into `paper_trades` and `paper_equity` together
 ingest cursor, in one transaction (pipeline/bots/ingest.py). The UI shows each bot's equity,
 open positions, trades and fees in the metadata; two blocking checks prove the rows are the
 journals, whole.
+
+`paper_vs_backtest`: per bot and UTC day, every market of the bot backtested over the same
+candles and signals and matched trade for trade (pipeline/bots/reconcile.py), an HTML report
+per bot and day (pipeline/bots/report.py) linked from the metadata. The `paper_reconcile`
+schedule runs it for yesterday with `paper_trades` first in the same run.
 """
 
 import datetime as dt
@@ -140,7 +145,7 @@ DCA_NOTE = "not reconciled: a DCA bot accumulates, and the backtest engine has n
 RECONCILE_CHECKS = {
     "reconciled": "Every bot's trades that day match the backtest's one to one or each "
     "difference is explained, and the unexplained equity gap is within the bot's "
-    "reconcile_tolerance.",
+    "reconcile_tolerance (where the shared account can be reproduced: see the bot's note).",
 }
 
 
@@ -151,8 +156,9 @@ RECONCILE_CHECKS = {
     group_name="paper",
     owners=OWNERS,
     kinds={"duckdb", "numba"},
-    description="Per bot and UTC day: the backtest over the same candles and signals, trades "
-    "matched one to one, every difference explained where it can be, the equity gap.",
+    description="Per bot and UTC day: the backtest over the same candles and signals on each "
+    "of its markets, trades matched one to one, every difference explained where it can be, "
+    "the equity gap; an HTML report per bot.",
     check_specs=check_specs("paper_vs_backtest", RECONCILE_CHECKS),
 )
 def paper_vs_backtest(
