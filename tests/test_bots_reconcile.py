@@ -142,10 +142,7 @@ UNITS = BotConfig(
 
 def test_a_two_market_bot_sized_in_units_reconciles_its_shared_account(tmp_path):
     """Sizes that do not follow the cash: the account is the sum of the markets' backtests."""
-    data = two_markets(480)
-    paper, equity = run_bot(tmp_path, data, cfg=UNITS)
-    inputs = {m: (c, frames(sigs)) for m, (c, sigs) in data.items()}
-    rec = reconcile("pair", T0.date(), inputs, paper, equity, UNITS.backtest_params())
+    data, _, _, rec = reconciled_pair(tmp_path, UNITS, 480)
     assert rec.equity_note is None
     per_market = {m: sum(1 for t in rec.trades if t["market"] == m) for m in data}
     assert min(per_market.values()) > 10
@@ -158,15 +155,25 @@ def test_a_two_market_bot_sized_in_units_reconciles_its_shared_account(tmp_path)
     assert rec.fees_backtest is not None and abs(rec.fees_paper - rec.fees_backtest) < 1e-9
 
 
+RISK_PAIR = BotConfig(name="pair", personality="swing", symbols=["BTCUSDT", "ETHUSDT"],
+                      params=CFG.params, emergency_stop=None)  # fmt: skip
+
+
+def reconciled_pair(home, cfg: BotConfig, minutes: int) -> tuple:
+    """A two-market bot run over `minutes` of replay data and reconciled: (data, the bot's
+    rows, the reconciliation inputs, the reconciliation)."""
+    data = two_markets(minutes)
+    paper, equity = run_bot(home, data, cfg=cfg)
+    inputs = {m: (c, frames(sigs)) for m, (c, sigs) in data.items()}
+    rec = reconcile(cfg.name, T0.date(), inputs, paper, equity, cfg.backtest_params())
+    return data, (paper, equity), inputs, rec
+
+
 def test_a_two_market_bot_sized_by_risk_is_matched_per_market_and_says_why_not_equity(tmp_path):
     """Sizes that follow the shared cash: trades matched on what the cash does not change,
     the equity gap not compared, and the reason given; a missed signal still shows."""
-    cfg = BotConfig(name="pair", personality="swing", symbols=["BTCUSDT", "ETHUSDT"],
-                    params=CFG.params, emergency_stop=None)  # fmt: skip
-    data = two_markets(480)
-    paper, equity = run_bot(tmp_path, data, cfg=cfg)
-    inputs = {m: (c, frames(sigs)) for m, (c, sigs) in data.items()}
-    rec = reconcile("pair", T0.date(), inputs, paper, equity, cfg.backtest_params())
+    cfg = RISK_PAIR
+    data, (paper, equity), inputs, rec = reconciled_pair(tmp_path, cfg, 480)
     assert rec.equity_note is not None and "share one account" in rec.equity_note
     assert "'risk'" in rec.equity_note
     assert rec.differences == [] and rec.matched > 20

@@ -14,7 +14,15 @@ import pytest
 from pipeline.bots.reconcile import reconcile
 from pipeline.bots.report import report_path, write_paper_report
 from tests.test_backtest_report import ink, render
-from tests.test_bots_reconcile import CFG, ETH, MARKET, PARAMS, frames, run_bot, two_markets
+from tests.test_bots_reconcile import (
+    ETH,
+    MARKET,
+    PARAMS,
+    RISK_PAIR,
+    frames,
+    reconciled_pair,
+    run_bot,
+)
 from tests.test_bots_trader import T0, market
 
 
@@ -69,14 +77,7 @@ def test_the_page_renders_in_headless_chromium_and_fits_the_window(down_day):
 
 
 def test_a_two_market_report_says_why_equity_is_not_compared(tmp_path: Path):
-    from pipeline.bots.config import BotConfig
-
-    cfg = BotConfig(name="pair", personality="swing", symbols=["BTCUSDT", "ETHUSDT"],
-                    params=CFG.params, emergency_stop=None)  # fmt: skip
-    data = two_markets(240)
-    paper, equity = run_bot(tmp_path, data, cfg=cfg)
-    inputs = {m: (c, frames(s)) for m, (c, s) in data.items()}
-    rec = reconcile("pair", T0.date(), inputs, paper, equity, cfg.backtest_params())
+    _, _, _, rec = reconciled_pair(tmp_path, RISK_PAIR, 240)
     paths = write_paper_report(rec, tmp_path / "r" / "report.html", 1.0, PARAMS, "swing")
     page = paths["html"].read_text()
     assert "<p id='equity-note'>equity not reconciled: the bot&#x27;s 2 markets share" in page
