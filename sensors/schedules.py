@@ -6,6 +6,7 @@ import datetime as dt
 import dagster as dg
 
 from assets.backtests import PERSONALITIES
+from assets.common import DAILY
 from pipeline.orchestration import tags
 from pipeline.orchestration.jobs import (
     backtest_job,
@@ -102,6 +103,9 @@ def paper_reconcile(context: dg.ScheduleEvaluationContext, settings: SettingsRes
     if not s.bots:
         return dg.SkipReason("no paper bots are configured (`bots:` in signalbox.yaml)")
     day = _yesterday(context)
+    first = DAILY.start.date()
+    if day < first:
+        return dg.SkipReason(f"{day} is before the home's first day partition ({first})")
     end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.UTC)
     busy = context.instance.get_run_ids(
         dg.RunsFilter(
@@ -115,7 +119,10 @@ def paper_reconcile(context: dg.ScheduleEvaluationContext, settings: SettingsRes
         )
     behind = {}
     for b in s.bots:
-        upto = closed_through(s.home, b.name)
+        try:
+            upto = closed_through(s.home, b.name)
+        except ValueError as err:  # a damaged state file: says which and why
+            return dg.SkipReason(f"cannot read bot {b.name}'s state: {err}")
         if upto is not None and upto < end:
             behind[b.name] = upto
     last_tick = context.scheduled_execution_time.astimezone(dt.UTC).hour == 23
