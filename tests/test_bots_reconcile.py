@@ -299,3 +299,33 @@ def test_the_asset_reconciles_a_day_and_fails_on_an_unexplained_trade(tmp_path):
                 [close, close - dt.timedelta(minutes=1), action],
             )
     assert not reconciled()
+
+
+def test_the_asset_reconciles_a_two_market_bot_and_fails_when_a_market_has_no_candles(tmp_path):
+    """A two-market bot through paper_trades and paper_vs_backtest (real Dagster and DuckDB):
+    the shared account reconciled; without one market's candles the check fails naming it."""
+    import dagster as dg
+    import duckdb
+
+    from assets import paper
+
+    day = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    t0 = dt.datetime.combine(day, dt.time(), dt.UTC)
+    pair = {**UNITS.model_dump(exclude={"dca"}), "symbols": ["BTCUSDT", "ETHUSDT"]}
+    _, res = home_with_bots(tmp_path, [pair], two_markets(240, t0), t0)
+
+    def run() -> tuple[bool, str]:
+        with dg.DagsterInstance.ephemeral() as instance:
+            assert dg.materialize([paper.paper_trades], resources=res, instance=instance).success
+            r = dg.materialize([paper.paper_vs_backtest], partition_key=day.isoformat(),
+                               resources=res, instance=instance, raise_on_error=False)  # fmt: skip
+        (check,) = r.get_asset_check_evaluations()
+        meta = r.asset_materializations_for_node("paper_vs_backtest")
+        return check.passed, meta[0].metadata["bots"].value if meta else str(check.metadata)
+
+    passed, bots = run()
+    assert passed and "| reconciled (the bot" in bots and f"{MARKET}, {ETH}" in bots
+    with duckdb.connect(str(tmp_path / "wh.duckdb")) as con:
+        con.execute("DELETE FROM klines_1m WHERE symbol = 'ETHUSDT'")
+    passed, bots = run()
+    assert not passed and f"cannot backtest: {ETH}: empty window" in bots

@@ -42,7 +42,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pipeline.backtest.params import BacktestParams
+from pipeline.backtest.params import BacktestParams, ParamError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -138,10 +138,12 @@ def reconcile(
     if equity.is_empty():
         return out
     start = equity["time"].min() - dt.timedelta(minutes=1)  # the bot's first processed bar
-    runs = {
-        m: run_backtest(candles, signals, params, start=start, end=day_end)
-        for m, (candles, signals) in markets.items()
-    }
+    runs = {}
+    for m, (candles, signals) in markets.items():
+        try:
+            runs[m] = run_backtest(candles, signals, params, start=start, end=day_end)
+        except ParamError as err:
+            raise ParamError(f"{m}: {err}") from None
     out.equity_note = _why_not_combined(params, runs)
     paper_curve = (
         equity.sort("n").group_by("time", maintain_order=True).last().select("time", "equity")
