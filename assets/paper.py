@@ -232,7 +232,7 @@ def paper_vs_backtest(
         not failing,
         "every bot reconciles with the backtest"
         if not failing
-        else f"unexplained differences for {', '.join(failing)}",
+        else f"not reconciled (see each bot's verdict): {', '.join(failing)}",
         {"bots": table},
     )
     meta = {
