@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import itertools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -199,7 +200,8 @@ def curves_png(times_us: np.ndarray, curves: dict[str, np.ndarray], title: str) 
     plt = _plt()
     t, *ys = _thin(times_us, *curves.values())
     fig, ax = plt.subplots(figsize=(10, 4))
-    for (label, _), y, color in zip(curves.items(), ys, (BLUE, GREY, GREEN, RED), strict=False):
+    colors = itertools.cycle((BLUE, GREY, GREEN, RED))
+    for (label, _), y, color in zip(curves.items(), ys, colors, strict=False):
         ax.plot(t, y, lw=1.1, label=label, color=color)
     ax.set_title(title)
     ax.set_ylabel("equity")

@@ -184,7 +184,7 @@ def rounded(v: Any) -> Any:
     return round(v, 2) if abs(v) >= 1 else float(f"{v:.4g}")
 
 
-def _table_html(frame: pl.DataFrame, limit: int | None = None) -> str:
+def table_html(frame: pl.DataFrame, limit: int | None = None) -> str:
     rows = frame.rows() if limit is None else frame.head(limit).rows()
     # Headers wrap at underscores (e.g. "entry_price" -> "entry price") so wide tables fit.
     head = "".join(f"<th>{html.escape(c.replace('_', ' '))}</th>" for c in frame.columns)
@@ -201,7 +201,8 @@ def title(res: BacktestResult, timeframes: Sequence[str] | None = None) -> str:
     return f"Backtest {res.personality} on {res.symbol}" + (f" ({tfs})" if tfs != "-" else "")
 
 
-def _img(name: str, data: bytes, alt: str) -> str:
+def img_html(name: str, data: bytes, alt: str) -> str:
+    """A chart embedded as a PNG data URI (the render tests find it by class `chart`)."""
     uri = "data:image/png;base64," + base64.b64encode(data).decode()
     return f'<img id="{name}" class="chart" alt="{html.escape(alt)}" src="{uri}">'
 
@@ -214,20 +215,15 @@ def report_html(
 ) -> str:
     """The report page as one string."""
     m = res.metrics
-    head = title(res, timeframes)
     parts = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-        f"<title>{html.escape(head)}</title><style>{CSS}</style></head><body>",
-        f"<h1>{html.escape(head)}</h1>",
         f"<p class='muted'>{html.escape(fmt(m.get('start')))} to "
         f"{html.escape(fmt(m.get('end')))} UTC, 1m fills at the next bar's open, "
         f"taker fee {res.params.taker:.4%}, maker fee {res.params.maker:.4%}, slippage "
         f"{res.params.slippage_bps:g} bp.</p>",
         "<h2>Charts</h2>",
-        _img("equity", charts["equity"], "equity curve against buy-and-hold"),
-        _img("drawdown", charts["drawdown"], "drawdown (underwater) curve"),
-        _img("candles", charts["candles"], "candlesticks with entries and exits"),
+        img_html("equity", charts["equity"], "equity curve against buy-and-hold"),
+        img_html("drawdown", charts["drawdown"], "drawdown (underwater) curve"),
+        img_html("candles", charts["candles"], "candlesticks with entries and exits"),
         "<h2>Metrics</h2><div class='grid'>",
     ]
     for section, items in SECTIONS:
@@ -243,9 +239,9 @@ def report_html(
         ("by_month", "By month"),
         ("by_confidence", "By confidence bucket"),
     ):
-        parts += [f"<h2>{heading}</h2>", _table_html(tables[name])]
+        parts += [f"<h2>{heading}</h2>", table_html(tables[name])]
     if walk_forward is not None and walk_forward.height:
-        parts += ["<h2>Walk-forward (out-of-sample folds)</h2>", _table_html(walk_forward)]
+        parts += ["<h2>Walk-forward (out-of-sample folds)</h2>", table_html(walk_forward)]
     # the trade columns up to its confidence; the rest are diagnostics (bars, stop, target)
     trades = res.trades[:, : res.trades.get_column_index("confidence") + 1]
     shown = min(trades.height, MAX_TRADE_ROWS)
@@ -253,7 +249,7 @@ def report_html(
         f"<h2>Trades ({trades.height}"
         + (f", first {shown} shown" if shown < trades.height else "")
         + ")</h2>",
-        _table_html(trades.with_row_index("no", offset=1), MAX_TRADE_ROWS),
+        table_html(trades.with_row_index("no", offset=1), MAX_TRADE_ROWS),
         "<h2>Parameters</h2>",
         "<table>"
         + "".join(
@@ -261,9 +257,22 @@ def report_html(
             for k, v in res.params.to_dict().items()
         )
         + "</table>",
-        "</body></html>",
     ]
-    return "\n".join(parts)
+    return page_html(title(res, timeframes), parts)
+
+
+def page_html(head: str, body: list[str]) -> str:
+    """A self-contained page titled `head` (title and h1) around the `body` parts."""
+    return "\n".join(
+        [
+            "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+            f"<title>{html.escape(head)}</title><style>{CSS}</style></head><body>",
+            f"<h1>{html.escape(head)}</h1>",
+            *body,
+            "</body></html>",
+        ]
+    )
 
 
 def write_report(

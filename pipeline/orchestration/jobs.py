@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets import backtests, klines, orderflow, timeframes
+from assets import backtests, klines, orderflow, paper, timeframes
 from assets.common import DAILY
 
 DAILY_GROUPS = ("ingest", "timeframes", "signals")
@@ -53,4 +53,13 @@ order_flow_job = dg.define_asset_job(
     "order_flow_hourly schedule).",
 )
 
-JOBS = [live_job, backfill_job, quality_job, backtest_job, order_flow_job]
+paper_reconcile_job = dg.define_asset_job(
+    "paper_reconcile",
+    selection=dg.AssetSelection.assets(paper.paper_trades, paper.paper_vs_backtest),
+    partitions_def=DAILY,
+    description="A day's paper trades reconciled with the backtest, every bot: first the bots' "
+    "journals ingested (paper_trades, in the same run, so what the bots committed is in the "
+    "warehouse), then paper_vs_backtest for the day (by the paper_reconcile schedule).",
+)
+
+JOBS = [live_job, backfill_job, quality_job, backtest_job, order_flow_job, paper_reconcile_job]
