@@ -7,7 +7,7 @@ import dagster as dg
 
 from assets.backtests import PERSONALITIES
 from pipeline.orchestration import tags
-from pipeline.orchestration.jobs import backtest_job, live_job, order_flow_job, quality_job
+from pipeline.orchestration.jobs import backtest_job, live_job, quality_job
 
 
 def _daily(job: dg.JobDefinition, cron: str, description: str):
@@ -61,15 +61,4 @@ def daily_backtests(context: dg.ScheduleEvaluationContext):
     ]
 
 
-@_daily(
-    order_flow_job,
-    "10 * * * *",
-    "Hourly: the trade collector's journal of the day into order_flow_1m (at 00:10 the "
-    "finished day, after the daily repair re-ingested its candles).",
-)
-def order_flow_hourly(context: dg.ScheduleEvaluationContext):
-    t = context.scheduled_execution_time.astimezone(dt.UTC) - dt.timedelta(minutes=15)
-    return dg.RunRequest(run_key=f"orderflow:{t:%Y-%m-%dT%H}", partition_key=f"{t:%Y-%m-%d}")
-
-
-SCHEDULES = [daily_repair, quality_schedule, daily_backtests, order_flow_hourly]
+SCHEDULES = [daily_repair, quality_schedule, daily_backtests]
