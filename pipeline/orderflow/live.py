@@ -109,10 +109,10 @@ def ingest(
     market = pl.concat_str("exchange", pl.lit(":"), "symbol")
     fresh = fresh.filter(market.is_in(list(markets)))
     if end == offset:
-        return Ingest(annotate(fresh, _no_klines(), now), [])
+        return Ingest(annotate(fresh, empty_klines(), now), [])
     if fresh.is_empty():
         return Ingest(
-            annotate(fresh, _no_klines(), now), [cursor_row(exchange, day, end, bars_from, now)]
+            annotate(fresh, empty_klines(), now), [cursor_row(exchange, day, end, bars_from, now)]
         )
     lo, hi = fresh["open_time"].min(), fresh["open_time"].max()
     klines = wh.query(
@@ -141,7 +141,7 @@ def ingest(
     )
 
 
-def _no_klines() -> pl.DataFrame:
+def empty_klines() -> pl.DataFrame:
     import polars as pl
 
     ts = pl.Datetime("us", "UTC")
