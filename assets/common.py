@@ -126,14 +126,20 @@ def live_start(context: dg.AssetExecutionContext) -> dt.datetime | None:
     return start if start < p_end else None
 
 
-def check_result(name: str, outcome: CheckOutcome, asset: str | None = None) -> dg.AssetCheckResult:
+def check_result(
+    name: str,
+    outcome: CheckOutcome,
+    asset: str | None = None,
+    severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR,
+) -> dg.AssetCheckResult:
+    """A check's result; a failed ERROR blocks what is downstream in the run, a WARN shows."""
     return dg.AssetCheckResult(
         check_name=name,
         passed=outcome.passed,
         asset_key=asset,
         metadata=display({"result": outcome.description, **outcome.metadata}),
         description=outcome.description,
-        severity=dg.AssetCheckSeverity.ERROR,
+        severity=severity,
     )
 
 

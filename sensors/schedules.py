@@ -11,7 +11,6 @@ from pipeline.orchestration import tags
 from pipeline.orchestration.jobs import (
     backtest_job,
     live_job,
-    order_flow_job,
     paper_reconcile_job,
     quality_job,
 )
@@ -67,17 +66,6 @@ def daily_backtests(context: dg.ScheduleEvaluationContext):
         dg.RunRequest(run_key=f"backtest:{p}:{day}", partition_key=p)
         for p in PERSONALITIES.get_partition_keys()
     ]
-
-
-@_daily(
-    order_flow_job,
-    "10 * * * *",
-    "Hourly: the trade collector's journal of the day into order_flow_1m (at 00:10 the "
-    "finished day, after the daily repair re-ingested its candles).",
-)
-def order_flow_hourly(context: dg.ScheduleEvaluationContext):
-    t = context.scheduled_execution_time.astimezone(dt.UTC) - dt.timedelta(minutes=15)
-    return dg.RunRequest(run_key=f"orderflow:{t:%Y-%m-%dT%H}", partition_key=f"{t:%Y-%m-%d}")
 
 
 IN_FLIGHT = (
@@ -136,4 +124,4 @@ def paper_reconcile(context: dg.ScheduleEvaluationContext, settings: SettingsRes
     return dg.RunRequest(run_key=f"paper-reconcile:{day}", partition_key=day.isoformat(), tags=tags)
 
 
-SCHEDULES = [daily_repair, quality_schedule, daily_backtests, order_flow_hourly, paper_reconcile]
+SCHEDULES = [daily_repair, quality_schedule, daily_backtests, paper_reconcile]

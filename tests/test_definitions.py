@@ -24,12 +24,12 @@ ASSETS = {
     "klines_1m", "candles", "indicators", "signals", "backtest_report",
     "order_flow_1m", "order_flow_bars", "paper_trades", "paper_vs_backtest",
 }  # fmt: skip
-JOBS = {"live", "backfill", "quality", "backtest_reports", "order_flow", "paper_reconcile"}
+JOBS = {"live", "backfill", "quality", "backtest_reports", "paper_reconcile"}
 SENSORS = {
     "live_candles", "kline_gap_repair", "purge_live_runs", "reap_dead_runs", "paper_journals",
 }  # fmt: skip
 SCHEDULES = {
-    "daily_repair", "quality_schedule", "daily_backtests", "order_flow_hourly", "paper_reconcile",
+    "daily_repair", "quality_schedule", "daily_backtests", "paper_reconcile",
 }  # fmt: skip
 
 

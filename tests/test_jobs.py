@@ -22,7 +22,7 @@ def test_every_run_kind_has_a_named_job():
     repo = defs.get_repository_def()
     names = {j.name for j in repo.get_all_jobs() if not j.name.startswith("__ASSET_JOB")}
     assert names == {
-        "live", "backfill", "quality", "backtest_reports", "order_flow", "paper_reconcile",
+        "live", "backfill", "quality", "backtest_reports", "paper_reconcile",
     }  # fmt: skip
     backfill = defs.resolve_job_def("backfill")
     keys = {k.to_user_string() for k in backfill.asset_layer.executable_asset_keys}

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets import backtests, klines, orderflow, paper, timeframes
+from assets import backtests, klines, paper, timeframes
 from assets.common import DAILY
 
 DAILY_GROUPS = ("ingest", "timeframes", "signals")
@@ -13,10 +13,12 @@ SLOW_CHECKS = dg.AssetSelection.checks(klines.klines_expectations, timeframes.in
 
 live_job = dg.define_asset_job(
     "live",
-    selection=dg.AssetSelection.groups(*DAILY_GROUPS) - SLOW_CHECKS,
+    # order flow too: the minute's trades reach the signals of the run that computes them
+    selection=dg.AssetSelection.groups(*DAILY_GROUPS, "orderflow") - SLOW_CHECKS,
     partitions_def=DAILY,
     description="Ingest new minutes into a day's partition, then update its timeframes, "
-    "indicators and signals. Launched by the live sensor and the gap and daily repairs.",
+    "indicators, order flow (from the trade collector's journal) and signals. Launched by the "
+    "live sensor and the gap and daily repairs.",
 )
 
 backfill_job = dg.define_asset_job(
@@ -44,15 +46,6 @@ backtest_job = dg.define_asset_job(
     description="Refresh every personality's backtest report over the rolling window.",
 )
 
-order_flow_job = dg.define_asset_job(
-    "order_flow",
-    selection=dg.AssetSelection.assets(orderflow.order_flow_1m, orderflow.order_flow_bars),
-    partitions_def=DAILY,
-    description="A day's order flow from the trade collector's journal into the warehouse, "
-    "checked against the 1m candles, then on every timeframe (hourly by the "
-    "order_flow_hourly schedule).",
-)
-
 paper_reconcile_job = dg.define_asset_job(
     "paper_reconcile",
     selection=dg.AssetSelection.assets(paper.paper_trades, paper.paper_vs_backtest),
@@ -62,4 +55,4 @@ paper_reconcile_job = dg.define_asset_job(
     "warehouse), then paper_vs_backtest for the day (by the paper_reconcile schedule).",
 )
 
-JOBS = [live_job, backfill_job, quality_job, backtest_job, order_flow_job, paper_reconcile_job]
+JOBS = [live_job, backfill_job, quality_job, backtest_job, paper_reconcile_job]

@@ -5,6 +5,8 @@ candles of the same (exchange, symbol, minute).
   qty step (|difference| < qty_step / 2, i.e. equal in whole steps), wherever both exist. A
   minute that does not is stored as collected with `volume_matches = false` and named here:
   flagged, never corrected.
+  A WARN, not an ERROR: a trade the stream lost is the venue's, and the minute is already
+  left out of every bar (NULL), so it must not stop the run's signals.
 - `prices_within_candles`: every minute's trade prices lie in the candle's [low, high].
 - Coverage: which minutes of the day have order flow at all (a row); the rest have none.
 """
@@ -26,6 +28,8 @@ CHECKS = {
     "prices_within_candles": "Every covered minute's trade prices lie within its 1m candle's "
     "[low, high], where both exist.",
 }
+
+WARN_ONLY = frozenset({"trades_match_candles"})
 
 
 def annotate(flow: pl.DataFrame, klines: pl.DataFrame, now: dt.datetime) -> pl.DataFrame:

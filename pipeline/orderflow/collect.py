@@ -67,6 +67,13 @@ class MinuteCollector:
                 if s in self.symbols:
                     self._seen[s] = max(self._seen.get(s, 0), ts)
 
+    def closed_through(self) -> int | None:
+        """Every covered minute opening before this (exchange ms) is closed; None while no
+        symbol is covered (nothing is coming)."""
+        with self._lock:
+            open_from = [m for m in self._from.values() if m is not None]
+        return min(open_from) if open_from else None
+
     def close(self, now_ms: int) -> list[dict[str, Any]]:
         """The covered minutes that closed by `now_ms` (exchange clock), as journal rows."""
         collected = dt.datetime.now(dt.UTC)

@@ -33,6 +33,7 @@ from pipeline.candles.timeframes import (
     bucket_start,
     day_bounds_ms,
     expected_minutes,
+    to_ms,
 )
 from pipeline.quality.checks import MAX_LISTED, CheckOutcome
 
@@ -96,63 +97,84 @@ def _minutes(flow: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def bars(flow: pl.DataFrame, timeframes: list[str], day: dt.date) -> pl.DataFrame:
+def bars(
+    flow: pl.DataFrame, timeframes: list[str], day: dt.date, since: dt.datetime | None = None
+) -> pl.DataFrame:
     """The rows of every timeframe the partition `day` owns, from `order_flow_1m` rows read
     over `partition_input_window(day, timeframes)`; buckets without a counted minute have no
-    row."""
+    row. `since`: only the buckets holding that minute or after (a live run's tail; `flow`
+    must then reach back to the earliest of them and to the day's CVD anchor). Every timeframe
+    in one group-by: for a tail, the fixed cost per timeframe was the cost."""
     import numpy as np
     import polars as pl
 
     d0, d1 = day_bounds_ms(day)
     minutes = _minutes(flow)
+    tfs = [as_timeframe(name) for name in timeframes]
+    t = minutes["t"].to_numpy()
+    n, k = len(t), len(tfs)
+    picks, tf_ids, bucket = [], [], []
+    for i, tf in enumerate(tfs):
+        start = np.asarray(bucket_start(tf, t), dtype=np.int64)
+        pick = (
+            np.arange(n)
+            if since is None
+            else np.nonzero(start >= bucket_start(tf, to_ms(since)))[0]
+        )
+        picks.append(pick)
+        tf_ids.append(np.full(len(pick), i, dtype=np.int32))
+        bucket.append(start[pick])
+    per_tf = minutes.select("exchange", "symbol", "taker_buy_volume", "taker_sell_volume")
+    grouped = (
+        per_tf[np.concatenate(picks)]
+        .with_columns(
+            tf=pl.Series(np.concatenate(tf_ids), dtype=pl.Int32),
+            b=pl.Series(np.concatenate(bucket), dtype=pl.Int64),
+        )
+        .group_by("tf", "exchange", "symbol", "b")
+        .agg(
+            covered_minutes=pl.len().cast(pl.Int32),
+            taker_buy_volume=pl.col("taker_buy_volume").sum(),
+            taker_sell_volume=pl.col("taker_sell_volume").sum(),
+        )
+        .sort("tf")
+    )
+    tf_of, b = grouped["tf"].to_numpy(), grouped["b"].to_numpy()
+    expected = np.zeros(len(b), dtype=np.int32)
+    edges = np.searchsorted(tf_of, np.arange(k + 1))
+    for i, tf in enumerate(tfs):
+        lo, hi = edges[i], edges[i + 1]
+        if hi > lo:
+            expected[lo:hi] = expected_minutes(tf, b[lo:hi])
+    day_long = np.array([tf.kind != "month" and tf.minutes <= 1440 for tf in tfs], dtype=bool)
     ts = pl.Datetime("ms", "UTC")
-    out = []
-    for name in timeframes:
-        tf = as_timeframe(name)
-        t = minutes["t"].to_numpy()
-        start = np.asarray(bucket_start(tf, t), dtype=np.int64) if len(t) else t
-        grouped = (
-            minutes.with_columns(b=pl.Series(start, dtype=pl.Int64))
-            .group_by("exchange", "symbol", "b")
-            .agg(
-                covered_minutes=pl.len().cast(pl.Int32),
-                taker_buy_volume=pl.col("taker_buy_volume").sum(),
-                taker_sell_volume=pl.col("taker_sell_volume").sum(),
-            )
-        )
-        b = grouped["b"].to_numpy()
-        close = np.asarray(b + expected_minutes(tf, b) * MINUTE_MS, dtype=np.int64)
-        grouped = grouped.with_columns(
-            close=pl.Series(close, dtype=pl.Int64),
-            expected_minutes=pl.Series(
-                np.asarray(expected_minutes(tf, b), dtype=np.int32), dtype=pl.Int32
-            ),
-        ).filter((pl.col("close") > d0) & (pl.col("close") <= d1))
-        whole = pl.col("covered_minutes") == pl.col("expected_minutes")
-        buy, sell = pl.col("taker_buy_volume"), pl.col("taker_sell_volume")
-        day_long = tf.kind != "month" and tf.minutes <= 1440
-        cvd = minutes.select(
-            "exchange", "symbol", (pl.col("t") + MINUTE_MS).alias("close"), "cvd", "cvd_24h"
-        )
-        grouped = grouped.join(cvd, on=["exchange", "symbol", "close"], how="left")
-        out.append(
-            grouped.select(
-                "exchange",
-                "symbol",
-                pl.lit(name).alias("timeframe"),
-                pl.col("b").cast(ts).cast(pl.Datetime("us", "UTC")).alias("open_time"),
-                pl.col("close").cast(ts).cast(pl.Datetime("us", "UTC")).alias("close_time"),
-                "covered_minutes",
-                "expected_minutes",
-                pl.when(whole).then(buy).alias("taker_buy_volume"),
-                pl.when(whole).then(sell).alias("taker_sell_volume"),
-                pl.when(whole).then(buy - sell).alias("delta"),
-                pl.when(whole & (buy + sell > 0)).then(buy / (buy + sell)).alias("buy_ratio"),
-                pl.when(whole & pl.lit(day_long)).then(pl.col("cvd")).alias("cvd_day"),
-                pl.when(whole).then(pl.col("cvd_24h")).alias("cvd_24h"),
-            )
-        )
-    return pl.concat(out).sort(*KEY)
+    grouped = grouped.with_columns(
+        close=pl.Series(b + expected.astype(np.int64) * MINUTE_MS, dtype=pl.Int64),
+        expected_minutes=pl.Series(expected, dtype=pl.Int32),
+        timeframe=pl.Series(np.array(timeframes, dtype=object)[tf_of], dtype=pl.String),
+        day_long=pl.Series(day_long[tf_of], dtype=pl.Boolean),
+    ).filter((pl.col("close") > d0) & (pl.col("close") <= d1))
+    cvd = minutes.select(
+        "exchange", "symbol", (pl.col("t") + MINUTE_MS).alias("close"), "cvd", "cvd_24h"
+    )
+    grouped = grouped.join(cvd, on=["exchange", "symbol", "close"], how="left")
+    whole = pl.col("covered_minutes") == pl.col("expected_minutes")
+    buy, sell = pl.col("taker_buy_volume"), pl.col("taker_sell_volume")
+    return grouped.select(
+        "exchange",
+        "symbol",
+        "timeframe",
+        pl.col("b").cast(ts).cast(pl.Datetime("us", "UTC")).alias("open_time"),
+        pl.col("close").cast(ts).cast(pl.Datetime("us", "UTC")).alias("close_time"),
+        "covered_minutes",
+        "expected_minutes",
+        pl.when(whole).then(buy).alias("taker_buy_volume"),
+        pl.when(whole).then(sell).alias("taker_sell_volume"),
+        pl.when(whole).then(buy - sell).alias("delta"),
+        pl.when(whole & (buy + sell > 0)).then(buy / (buy + sell)).alias("buy_ratio"),
+        pl.when(whole & pl.col("day_long")).then(pl.col("cvd")).alias("cvd_day"),
+        pl.when(whole).then(pl.col("cvd_24h")).alias("cvd_24h"),
+    ).sort(*KEY)
 
 
 CHECKS = {

@@ -48,14 +48,28 @@ def append(home: Path, exchange: str, rows: list[dict[str, Any]]) -> int:
 def read(home: Path, exchange: str, day: dt.date) -> pl.DataFrame:
     """The day's journaled minutes of one venue (the last line per minute), with `exchange`,
     `open_time`/`collected_at` as UTC datetimes, sorted by (symbol, open_time)."""
+    return read_from(home, exchange, day, 0)[0]
+
+
+def read_from(home: Path, exchange: str, day: dt.date, offset: int) -> tuple[pl.DataFrame, int]:
+    """The minutes journaled after byte `offset` (as `read`), and the offset after the last
+    whole line read: a live ingest reads only what the collector appended since the last one.
+    A file shorter than `offset` (the home's journal was removed and started over) is read
+    from its start."""
     import polars as pl
 
     try:
-        text = path(home, exchange, day).read_text()
+        with path(home, exchange, day).open("rb") as f:
+            f.seek(0, 2)
+            if f.tell() < offset:
+                offset = 0
+            f.seek(offset)
+            data = f.read()
     except FileNotFoundError:
-        text = ""
+        data = b""
+    whole = data[: data.rfind(b"\n") + 1]  # a torn last line is not a record yet
     recs = {}
-    for line in text.split("\n")[:-1]:
+    for line in whole.decode().split("\n")[:-1]:
         if line:
             rec = json.loads(line)
             recs[(rec["symbol"], rec["open_time"])] = rec
@@ -67,7 +81,7 @@ def read(home: Path, exchange: str, day: dt.date) -> pl.DataFrame:
     }
     frame = pl.DataFrame(list(recs.values()), schema=schema, orient="row")
     ts = pl.Datetime("us", "UTC")
-    return (
+    frame = (
         frame.select(
             pl.lit(exchange).alias("exchange"),
             *[pl.col(c) for c in FIELDS],
@@ -78,3 +92,4 @@ def read(home: Path, exchange: str, day: dt.date) -> pl.DataFrame:
         )
         .sort("symbol", "open_time")
     )
+    return frame, offset + len(whole)

@@ -50,6 +50,7 @@ class VenueTrades:
         self.connections = 0
         self.journaled = 0
         self._synced = 0.0
+        self._marked: int | None = None
         self.stream: Any = None
 
     def start(self) -> VenueTrades:
@@ -72,6 +73,7 @@ class VenueTrades:
     def tick(self) -> int:
         """Journal the minutes closed by now; how many."""
         from pipeline.orderflow import journal
+        from pipeline.orderflow.live import write_mark
 
         mono = time.monotonic()
         now = self.clock.sync() if mono - self._synced >= SYNC_S else self.clock.now()
@@ -81,6 +83,10 @@ class VenueTrades:
         if rows:
             journal.append(self.home, self.venue, rows)
             self.journaled += len(rows)
+        through = self.collector.closed_through()
+        if through is not None and (rows or through != self._marked):
+            write_mark(self.home, self.venue, through)  # after the journal: runs wait on it
+            self._marked = through
         return len(rows)
 
     def stop(self) -> None:
