@@ -73,7 +73,9 @@ def _to_messages(rows) -> list[dict]:
 @daily_table(
     "signals",
     CHECKS,
-    deps=["indicators"],
+    # order flow: rules read its columns, so a live run computes it first (context tables
+    # the same way, when their assets are in the run)
+    deps=["indicators", "order_flow_bars"],
     group_name="signals",
     kinds={"duckdb", "polars"},
     check_specs=[*check_specs("signals", CHECKS), PARITY],
