@@ -209,7 +209,8 @@ def run(n: int | None = None) -> str:
         + f"\n\nTarget: the live minute's aggregation adds under {LIVE_TARGET_MS} ms to the "
         f"live run: {'met' if lives[1][0] * 1000 < LIVE_TARGET_MS else 'MISSED'} at one symbol. "
         "Not in these figures: Dagster's own cost for the two order-flow steps of the run "
-        "(events, check results), which `python -m bench.runstart` shows per step.\n"
+        "(events, check results), which `python -m bench.runstart` shows per step. "
+        f"Load average when this ran: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.\n"
     )
 
 
