@@ -246,6 +246,7 @@ def main(settings: Settings) -> int:
         while not stop.is_set():
             try:
                 bars.start()
+                log.info("bots: following the bars of %s", ", ".join(bars.by_market))
                 break
             except Exception as err:  # the exchange not answering yet: try again
                 log.warning("cannot follow the bars yet (%s); retrying", err)
