@@ -211,7 +211,6 @@ def main(settings: Settings) -> int:
         return 2
     rs = runners(settings)
     stop = threading.Event()
-    os.nice(NICE)  # paper trading yields the CPU to the sidecar and the lanes it serves
     # at the default 5 ms GIL switch interval the reader, with a line in hand, would wait
     # behind the committer serialising states (as in the fast lane, fastlane.SWITCH_S)
     sys.setswitchinterval(SWITCH_S)
@@ -234,12 +233,17 @@ def main(settings: Settings) -> int:
     committer = Committer()
     for r in rs:
         r.committer = committer
-    committer.start()
-    threading.Thread(target=heartbeats, args=(rs, stop), daemon=True).start()
     reader = threading.Thread(
         target=_guard, args=(settings, rs, committer, stop), name="signals", daemon=True
     )
     reader.start()
+    # the rest yields the CPU to the sidecar and the lanes it serves: niceness is per thread
+    # on Linux and inherited by the threads this one starts (the committer's fsync pool, the
+    # bars' streams); the reader keeps the sidecar's, its work per line is the few ms of
+    # recording each bot's order that the latency target is about
+    os.nice(NICE)
+    committer.start()
+    threading.Thread(target=heartbeats, args=(rs, stop), daemon=True).start()
     caught_up(settings, rs, stop, wait_s=10.0)
     bars = Bars(settings, rs, committer)
     try:
