@@ -9,9 +9,9 @@ before it: so each signal's order is journaled once, never twice, never lost. Re
 
 `commit` does both steps for one event. `signalbox bots` splits them: `record` appends an
 event's lines the moment it is handled, and `persist_all` makes many bots' newest states
-durable in one pass (their fsyncs run side by side: one filesystem journal commit serves them
-all instead of one each). The order per bot is the same: its journal fsynced, its state file
-fsynced, then renamed into place, naming only bytes already on disk.
+durable in one pass, the bots side by side (their fsyncs and renames wait on the disk
+together, not one after another). The order per bot is the same: its journal fsynced, its
+state file fsynced, then renamed into place, naming only bytes already on disk.
 """
 
 from __future__ import annotations
@@ -90,6 +90,17 @@ class BotStore:
         os.write(fd, data)
         return fd
 
+    def _persist(self, data: bytes) -> None:
+        """The journal fsynced, then the state (`data`): temp file, fsync, rename."""
+        if self._fd is not None:
+            os.fsync(self._fd)
+        fd = self._stage(data)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(self._tmp, self.state_path)
+
     def beat(self, at: float | None = None) -> None:
         """The heartbeat: the file's content is the wall time of the bot's last sign of life."""
         tmp = self.heartbeat_path.with_name(".heartbeat.tmp")
@@ -118,17 +129,14 @@ def _body(e: dict[str, Any]) -> str:
 
 
 def persist_all(items: list[tuple[BotStore, bytes]], pool: Executor | None = None) -> None:
-    """Make each store's journal and state (`snapshot` bytes) durable: every journal and temp
-    file fsynced (side by side on `pool`), then each temp file renamed over its state."""
-    staged = [(s, s._stage(data)) for s, data in items]
-    fds = [fd for s, _ in staged if (fd := s._fd) is not None] + [fd for _, fd in staged]
-    try:
-        list(pool.map(os.fsync, fds) if pool is not None and len(fds) > 2 else map(os.fsync, fds))
-    finally:
-        for _, fd in staged:
-            os.close(fd)
-    for s, _ in staged:
-        os.replace(s._tmp, s.state_path)
+    """Make each store's journal and state (`snapshot` bytes) durable, the stores side by
+    side on `pool`: their fsyncs and renames wait on the disk together, not one by one."""
+    if pool is None or len(items) < 2:
+        for s, data in items:
+            s._persist(data)
+        return
+    for f in [pool.submit(s._persist, data) for s, data in items]:
+        f.result()  # every store's outcome: the first failure raised after all finished
 
 
 def committed_entries(home: Path, name: str, offset: int = 0) -> Iterator[tuple[int, dict]]:
