@@ -312,7 +312,8 @@ def run() -> str:
             per_round,
         )
         + f"\n\nMedian over rounds of the other subscriber's p99: {off:.2f} ms without the "
-        f"bots, {on:.2f} ms with them: **x{ratio:.2f}** (p50 x{ratio50:.2f}). "
+        f"bots (rounds {min(p99s[0]):.2f}-{max(p99s[0]):.2f}), {on:.2f} ms with them (rounds "
+        f"{min(p99s[1]):.2f}-{max(p99s[1]):.2f}): **x{ratio:.2f}** (p50 x{ratio50:.2f}). "
         f"Criterion (with/without p99 within x{SLOWER_OK}): "
         f"**{'met' if ratio <= SLOWER_OK else 'not met'}**. "
         f"With {N_BOTS} bots the median bot's recorded p99 is {med_bot:.2f} ms "
