@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 N_REACT = int(os.environ.get("BENCH_BOTS_SIGNALS", "300"))
 N_BOTS = int(os.environ.get("BENCH_BOTS", "50"))
 N_OTHER = int(os.environ.get("BENCH_BOTS_OTHER", "200"))
-ROUNDS = int(os.environ.get("BENCH_BOTS_ROUNDS", "4"))  # pairs of (without, with)
+ROUNDS = int(os.environ.get("BENCH_BOTS_ROUNDS", "3"))  # of each arm, interleaved
 GAP_S = 0.02  # between publishes
 SLOWER_OK = 1.5  # "without slowing": the other subscriber's p99 with the bots within this factor
 
@@ -153,16 +153,36 @@ def reaction(tmp: Path) -> tuple[list[float], list[float]]:
     return r.reaction_s, r.durable_s
 
 
+READERS = """
+import selectors, sys
+from pathlib import Path
+from pipeline.sidecar import protocol as proto
+sel = selectors.DefaultSelector()
+for _ in range(int(sys.argv[2])):
+    s = proto.connect_unix(Path(sys.argv[1]), 10)
+    s.sendall(proto.subscribe_line(personalities=["ma_trend"], symbols=["BTCUSDT"]))
+    s.setblocking(False)
+    sel.register(s, selectors.EVENT_READ)
+while True:
+    for key, _ in sel.select():
+        if not key.fileobj.recv(1 << 16):
+            sys.exit(0)
+"""  # N_BOTS subscribers that only read: what the sidecar's fan-out alone costs the others
+ARMS = ("without", "readers", "bots")
+
+
 @dataclass
 class Round:
-    bots: bool
+    arm: str  # ARMS
     latency: list[float]  # the other subscriber's publish -> receive, seconds
     rec99: list[float] = field(default_factory=list)  # each bot's p99, ms
     dur99: list[float] = field(default_factory=list)
 
 
 def rounds(tmp: Path) -> list[Round]:
-    """The other subscriber's latency in ROUNDS pairs of rounds: without, then with, N_BOTS."""
+    """The other subscriber's latency in ROUNDS triples of rounds: alone, with N_BOTS plain
+    subscribers that only read, with N_BOTS bots. Each arm's signals have their own
+    personality, so the bots never catch up on another arm's signals when they start."""
     from pipeline.config import load_settings
     from pipeline.replay import ReplayExchange
     from pipeline.sidecar.client import Client, server_status
@@ -214,10 +234,23 @@ def rounds(tmp: Path) -> list[Round]:
             _wait(settings.socket_path.exists, 30, "the sidecar")
             threading.Thread(target=listen, daemon=True).start()
             _wait(lambda: subscribers() == 1, 30, "the other subscriber")
-            for k in range(2 * ROUNDS):
+            for k in range(len(ARMS) * ROUNDS):
                 offset = 1000 * (k + 1)  # minutes back: distinct signals within the TTL
-                if k % 2 == 0:  # signals the bots do not subscribe to: none to catch up on later
-                    out.append(Round(False, burst(offset, "scalping")[0]))
+                arm = ARMS[k % len(ARMS)]
+                if arm == "without":
+                    out.append(Round(arm, burst(offset, "scalping")[0]))
+                    continue
+                if arm == "readers":
+                    readers = subprocess.Popen(
+                        [sys.executable, "-c", READERS, str(settings.socket_path), str(N_BOTS)],
+                        cwd=ROOT,
+                    )
+                    _wait(lambda: subscribers() == 1 + N_BOTS, 60, f"{N_BOTS} readers")
+                    time.sleep(1.0)
+                    out.append(Round(arm, burst(offset, "ma_trend")[0]))
+                    readers.terminate()
+                    readers.wait(20)
+                    _wait(lambda: subscribers() == 1, 30, "the readers to unsubscribe")
                     continue
                 log = tmp / f"bots-{k}.log"
                 bots = _spawn(["bots"], env, log)
@@ -230,7 +263,7 @@ def rounds(tmp: Path) -> list[Round]:
                 bots.wait(60)
                 _wait(lambda: subscribers() == 1, 30, "the bots to unsubscribe")
                 _, rec99, dur99 = _bots_p99(log.read_text())
-                out.append(Round(True, latency, rec99, dur99))
+                out.append(Round(arm, latency, rec99, dur99))
         finally:
             client.close()
             if bots is not None and bots.poll() is None:
@@ -264,6 +297,7 @@ def run() -> str:
         ["1 bot: line received → order recorded", len(recorded), *pcts(recorded, digits=3)],
         ["1 bot: line received → state durable (fsynced)", len(durable), *pcts(durable, digits=3)],
     ]
+    names = {"without": "alone", "readers": f"{N_BOTS} readers", "bots": f"{N_BOTS} bots"}
     per_round = []
     for i, r in enumerate(rs, 1):
         rec, dur = r.rec99, r.dur99
@@ -271,17 +305,21 @@ def run() -> str:
         if rec:
             bots = [f"{statistics.median(rec):.2f}", f"{max(rec):.2f}"]
             bots += [f"{statistics.median(dur):.1f}", f"{max(dur):.1f}"]
-        per_round.append(
-            [i, f"with {N_BOTS}" if r.bots else "without", *pcts(r.latency, digits=2), *bots]
-        )
-    p99s = {b: [percentile(r.latency, 99) * 1000 for r in rs if r.bots == b] for b in (0, 1)}
-    p50s = {b: [percentile(r.latency, 50) * 1000 for r in rs if r.bots == b] for b in (0, 1)}
-    off, on = statistics.median(p99s[0]), statistics.median(p99s[1])
-    ratio, ratio50 = on / off, statistics.median(p50s[1]) / statistics.median(p50s[0])
+        per_round.append([i, names[r.arm], *pcts(r.latency, digits=2), *bots])
+    p99s = {a: [percentile(r.latency, 99) * 1000 for r in rs if r.arm == a] for a in ARMS}
+    p50s = {a: [percentile(r.latency, 50) * 1000 for r in rs if r.arm == a] for a in ARMS}
+    med = {a: statistics.median(p99s[a]) for a in ARMS}
+    ratio = {a: med[a] / med["without"] for a in ARMS}
+    ratio50 = {a: statistics.median(p50s[a]) / statistics.median(p50s["without"]) for a in ARMS}
     rec99 = [x for r in rs for x in r.rec99]
     med_bot = statistics.median([statistics.median(r.rec99) for r in rs if r.rec99] or [math.nan])
     worst = max(rec99, default=math.nan)
-    logged = [len(r.rec99) for r in rs if r.bots]
+    logged = [len(r.rec99) for r in rs if r.arm == "bots"]
+
+    def arm(a: str) -> str:
+        lo, hi = min(p99s[a]), max(p99s[a])
+        return f"{med[a]:.2f} ms {names[a]} (rounds {lo:.2f}-{hi:.2f})"
+
     return (
         f"Signals published every {GAP_S * 1000:.0f} ms (`BENCH_BOTS_SIGNALS`={N_REACT}, "
         f"`BENCH_BOTS`={N_BOTS}, `BENCH_BOTS_OTHER`={N_OTHER}, `BENCH_BOTS_ROUNDS`={ROUNDS}). "
@@ -293,14 +331,16 @@ def run() -> str:
         + f"\n\nTarget: recorded p99 < 5 ms: {'meets' if p99 < 5 else 'misses'} it "
         f"({p99:.3f} ms).\n\n"
         "Another subscriber on the same sidecar, publish → receive, in interleaved rounds of "
-        f"{N_OTHER} signals without and with a `signalbox bots` process of {N_BOTS} bots that "
-        "all want every signal; the bots' columns are the p99 of line received → order "
-        "recorded (and → durable) over each bot's own orders of that round, for the median "
-        f"bot and the worst (from its log: {', '.join(map(str, logged))} bots reported).\n\n"
+        f"{N_OTHER} signals: alone; with {N_BOTS} plain subscribers in another process that "
+        "only read (what the sidecar's fan-out alone costs); with a `signalbox bots` process "
+        f"of {N_BOTS} bots that all want every signal. The bots' columns are the p99 of line "
+        "received → order recorded (and → durable) over each bot's own orders of that round, "
+        f"for the median bot and the worst (from its log: {', '.join(map(str, logged))} bots "
+        "reported).\n\n"
         + table(
             [
                 "round",
-                "bots",
+                "with",
                 "p50 ms",
                 "p95 ms",
                 "p99 ms",
@@ -311,11 +351,12 @@ def run() -> str:
             ],
             per_round,
         )
-        + f"\n\nMedian over rounds of the other subscriber's p99: {off:.2f} ms without the "
-        f"bots (rounds {min(p99s[0]):.2f}-{max(p99s[0]):.2f}), {on:.2f} ms with them (rounds "
-        f"{min(p99s[1]):.2f}-{max(p99s[1]):.2f}): **x{ratio:.2f}** (p50 x{ratio50:.2f}). "
-        f"Criterion (with/without p99 within x{SLOWER_OK}): "
-        f"**{'met' if ratio <= SLOWER_OK else 'not met'}**. "
+        + "\n\nMedian over rounds of the other subscriber's p99: "
+        f"{arm('without')}, {arm('readers')}, {arm('bots')}. With the bots / alone: "
+        f"**x{ratio['bots']:.2f}** (p50 x{ratio50['bots']:.2f}); with plain readers / alone: "
+        f"x{ratio['readers']:.2f} (p50 x{ratio50['readers']:.2f}); with the bots / with plain "
+        f"readers: x{med['bots'] / med['readers']:.2f}. Criterion (p99 with the bots within "
+        f"x{SLOWER_OK} of alone): **{'met' if ratio['bots'] <= SLOWER_OK else 'not met'}**. "
         f"With {N_BOTS} bots the median bot's recorded p99 is {med_bot:.2f} ms "
         f"(median over rounds), the worst bot's {worst:.2f} ms: "
         f"{'under' if worst < 5 else 'over'} the 5 ms target.\n\n"
