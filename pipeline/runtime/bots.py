@@ -33,7 +33,7 @@ from pipeline.bots.store import BotStore
 from pipeline.bots.trader import Bar, Trader
 from pipeline.candles.timeframes import MINUTE_US, from_us, to_us
 from pipeline.config import Settings
-from pipeline.runtime.botloop import Committer, Feed, Runner, serve
+from pipeline.runtime.botloop import Committer, Feed, Inbox, Runner, serve
 
 log = logging.getLogger("signalbox.bots")
 HEARTBEAT_S = 1.0
@@ -60,9 +60,14 @@ def runners(settings: Settings) -> list[Runner]:
 
 
 def follow(
-    settings: Settings, rs: list[Runner], committer: Committer, stop: threading.Event
+    settings: Settings,
+    rs: list[Runner],
+    committer: Committer,
+    stop: threading.Event,
+    inbox: Inbox | None = None,
 ) -> None:
-    """Every bot's sidecar subscription on this thread, until `stop`."""
+    """Every bot's sidecar subscription (and the bars `inbox` brings) on this thread, until
+    `stop`."""
     from pipeline.sidecar.client import server_status
 
     new = [r for r in rs if r.state.last_seq is None]
@@ -71,19 +76,19 @@ def follow(
         if status is not None:
             for r in new:
                 r.reset_seq(int(status.get("seq", 0)))
-            committer.kick()
+            committer.snap()
             break
         stop.wait(0.5)
-    serve(settings, [Feed(settings, r, r.state.last_seq) for r in rs], committer, stop)
+    serve(settings, [Feed(settings, r, r.state.last_seq) for r in rs], committer, stop, inbox)
 
 
 class Bars:
     """Closed 1m candles of the bots' markets, from each venue's stream, holes filled by REST."""
 
-    def __init__(self, settings: Settings, rs: list[Runner], committer: Committer) -> None:
+    def __init__(self, settings: Settings, rs: list[Runner], inbox: Inbox) -> None:
         from pipeline.runtime.processes import decided_endpoint
 
-        self.settings, self.runners, self.committer = settings, rs, committer
+        self.settings, self.runners, self.inbox = settings, rs, inbox
         self.endpoint = decided_endpoint(settings)
         self.by_market: dict[str, list[Runner]] = {}
         for r in rs:
@@ -166,9 +171,15 @@ class Bars:
     def _feed(self, bar: Bar) -> None:
         """To every bot of the market (each skips what it has processed already)."""
         self.seen[bar.market] = max(self.seen[bar.market], bar.open_us)
-        for r in self.by_market[bar.market]:
-            r.on_bar(bar)
-        self.committer.kick()
+        self.inbox.post(lambda: self._deliver(bar))
+
+    def _deliver(self, bar: Bar) -> None:
+        """On the loop's thread: to every bot of the market."""
+        try:
+            for r in self.by_market[bar.market]:
+                r.on_bar(bar)
+        except Exception:
+            log.exception("%s: a bar could not be processed", bar.market)
 
     def close(self) -> None:
         for s in self.streams:
@@ -233,8 +244,9 @@ def main(settings: Settings) -> int:
     committer = Committer()
     for r in rs:
         r.committer = committer
+    inbox = Inbox()
     reader = threading.Thread(
-        target=_guard, args=(settings, rs, committer, stop), name="signals", daemon=True
+        target=_guard, args=(settings, rs, committer, stop, inbox), name="signals", daemon=True
     )
     reader.start()
     # the rest yields the CPU to the sidecar and the lanes it serves: niceness is per thread
@@ -245,7 +257,7 @@ def main(settings: Settings) -> int:
     committer.start()
     threading.Thread(target=heartbeats, args=(rs, stop), daemon=True).start()
     caught_up(settings, rs, stop, wait_s=10.0)
-    bars = Bars(settings, rs, committer)
+    bars = Bars(settings, rs, inbox)
     try:
         while not stop.is_set():
             try:
@@ -261,6 +273,7 @@ def main(settings: Settings) -> int:
         reader.join(10)
         bars.close()
         committer.close()  # the last states made durable
+        inbox.close()
         for r in rs:
             with r.lock:
                 r.store.close()
@@ -284,10 +297,14 @@ def reaction_summary(r: Runner) -> str:
 
 
 def _guard(
-    settings: Settings, rs: list[Runner], committer: Committer, stop: threading.Event
+    settings: Settings,
+    rs: list[Runner],
+    committer: Committer,
+    stop: threading.Event,
+    inbox: Inbox,
 ) -> None:
     try:
-        follow(settings, rs, committer, stop)
+        follow(settings, rs, committer, stop, inbox)
     except Exception:
         for r in rs:
             r.alive = False  # no heartbeat any more: `signalbox status` shows them stale
