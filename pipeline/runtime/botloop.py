@@ -11,16 +11,13 @@ thread then makes every touched bot's state durable in one `persist_all` pass.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import queue
 import random
 import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -112,13 +109,10 @@ class Runner:
 
 
 class Committer:
-    """Group commit. The loop's thread snapshots the runners its events touched (`snap`,
-    after each batch: serialising holds the interpreter lock, so it stays on the thread that
-    would otherwise wait for it); this thread makes the newest snapshots durable together."""
+    """Group commit: the runners touched since the last pass, made durable together."""
 
     def __init__(self) -> None:
         self.dirty: dict[int, Runner] = {}
-        self.ready: dict[int, tuple[Runner, bytes, list[float]]] = {}
         self.mu = threading.Lock()
         self.wake = threading.Event()
         self.pool = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="fsync")
@@ -129,21 +123,8 @@ class Committer:
         with self.mu:
             self.dirty[id(r)] = r
 
-    def snap(self) -> None:
-        """A batch of events is handled: snapshot what it touched, for the next pass."""
-        with self.mu:
-            dirty, self.dirty = list(self.dirty.values()), {}
-        if not dirty:
-            return
-        batch = []
-        for r in dirty:
-            with r.lock:
-                batch.append((r, r.store.snapshot(r.state, time.time()), r.awaiting))
-                r.awaiting = []
-        with self.mu:
-            for r, data, waiting in batch:  # a newer snapshot replaces one not yet written
-                older = self.ready.get(id(r))
-                self.ready[id(r)] = (r, data, (older[2] if older else []) + waiting)
+    def kick(self) -> None:
+        """A batch of events is handled: commit what it touched."""
         self.wake.set()
 
     def start(self) -> None:
@@ -151,8 +132,7 @@ class Committer:
         self.thread.start()
 
     def close(self) -> None:
-        """The last snapshots made durable, then stop (the loop has stopped)."""
-        self.snap()
+        """The last pass, then stop."""
         self.stopping = True
         self.wake.set()
         if self.thread is not None:
@@ -173,55 +153,25 @@ class Committer:
 
     def flush(self) -> None:
         with self.mu:
-            ready, self.ready = list(self.ready.values()), {}
-        if not ready:
+            dirty, self.dirty = list(self.dirty.values()), {}
+        if not dirty:
             return
+        items, waiting = [], []
+        for r in dirty:
+            with r.lock:
+                items.append((r.store, r.store.snapshot(r.state, time.time())))
+                waiting.append(r.awaiting)
+                r.awaiting = []
+            time.sleep(0)  # the interpreter lock to the reader now, if a line is waiting
         try:
-            persist_all([(r.store, data) for r, data, _ in ready], self.pool)
+            persist_all(items, self.pool)
         except BaseException:
-            with self.mu:  # not durable yet: written again by the next pass, unless newer
-                for r, data, waiting in ready:
-                    newer = self.ready.get(id(r))
-                    if newer is None:
-                        self.ready[id(r)] = (r, data, waiting)
-                    else:
-                        self.ready[id(r)] = (r, newer[1], waiting + newer[2])
+            for r in dirty:  # not durable yet: the next pass writes them again
+                self.mark(r)
             raise
         done = time.perf_counter()
-        for r, _, waiting in ready:
-            r.durable_s.extend(done - t for t in waiting)
-
-
-class Inbox:
-    """Work other threads hand to the loop's thread (the bars from the venue's stream): every
-    runner is then touched by one thread, and nothing holds the interpreter lock while the
-    loop has a line in hand."""
-
-    def __init__(self) -> None:
-        self.q: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self.r, self.w = socket.socketpair()
-        self.r.setblocking(False)
-        self.w.setblocking(False)
-
-    def post(self, fn: Callable[[], None]) -> None:
-        self.q.put(fn)
-        with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending anyway
-            self.w.send(b"x")
-
-    def run(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            while self.r.recv(4096):
-                pass
-        while True:
-            try:
-                fn = self.q.get_nowait()
-            except queue.Empty:
-                return
-            fn()
-
-    def close(self) -> None:
-        self.r.close()
-        self.w.close()
+        for r, ts in zip(dirty, waiting, strict=True):
+            r.durable_s.extend(done - t for t in ts)
 
 
 class Feed:
@@ -335,17 +285,9 @@ class Feed:
         return True
 
 
-def serve(
-    settings: Settings,
-    feeds: list[Feed],
-    committer: Committer,
-    stop: threading.Event,
-    inbox: Inbox | None = None,
-) -> None:
-    """Every bot's subscription, and what `inbox` receives, on one thread until `stop`."""
+def serve(settings: Settings, feeds: list[Feed], committer: Committer, stop: threading.Event):
+    """Every bot's subscription on one thread, until `stop`."""
     sel = selectors.DefaultSelector()
-    if inbox is not None:
-        sel.register(inbox.r, selectors.EVENT_READ, inbox)
     try:
         while not stop.is_set():
             now = time.monotonic()
@@ -365,8 +307,6 @@ def serve(
             parsed: dict[bytes, dict[str, Any]] = {}
             for key, _ in events:
                 f = key.data
-                if f is inbox:
-                    continue  # after the lines: they come first
                 if f.sock is not None:
                     try:
                         f.read(sel, now, t, wall, parsed)
@@ -374,9 +314,7 @@ def serve(
                         f.r.alive = False
                         f.drop(sel, now, None)
                         log.exception("bot %s stopped following the sidecar", f.r.cfg.name)
-            if inbox is not None and any(key.data is inbox for key, _ in events):
-                inbox.run()
-            committer.snap()
+            committer.kick()
     finally:
         for f in feeds:
             f.drop(sel, time.monotonic(), None)

@@ -33,7 +33,7 @@ from pipeline.bots.store import BotStore
 from pipeline.bots.trader import Bar, Trader
 from pipeline.candles.timeframes import MINUTE_US, from_us, to_us
 from pipeline.config import Settings
-from pipeline.runtime.botloop import Committer, Feed, Inbox, Runner, serve
+from pipeline.runtime.botloop import Committer, Feed, Runner, serve
 
 log = logging.getLogger("signalbox.bots")
 HEARTBEAT_S = 1.0
@@ -60,14 +60,9 @@ def runners(settings: Settings) -> list[Runner]:
 
 
 def follow(
-    settings: Settings,
-    rs: list[Runner],
-    committer: Committer,
-    stop: threading.Event,
-    inbox: Inbox | None = None,
+    settings: Settings, rs: list[Runner], committer: Committer, stop: threading.Event
 ) -> None:
-    """Every bot's sidecar subscription (and the bars `inbox` brings) on this thread, until
-    `stop`."""
+    """Every bot's sidecar subscription on this thread, until `stop`."""
     from pipeline.sidecar.client import server_status
 
     new = [r for r in rs if r.state.last_seq is None]
@@ -76,19 +71,19 @@ def follow(
         if status is not None:
             for r in new:
                 r.reset_seq(int(status.get("seq", 0)))
-            committer.snap()
+            committer.kick()
             break
         stop.wait(0.5)
-    serve(settings, [Feed(settings, r, r.state.last_seq) for r in rs], committer, stop, inbox)
+    serve(settings, [Feed(settings, r, r.state.last_seq) for r in rs], committer, stop)
 
 
 class Bars:
     """Closed 1m candles of the bots' markets, from each venue's stream, holes filled by REST."""
 
-    def __init__(self, settings: Settings, rs: list[Runner], inbox: Inbox) -> None:
+    def __init__(self, settings: Settings, rs: list[Runner], committer: Committer) -> None:
         from pipeline.runtime.processes import decided_endpoint
 
-        self.settings, self.runners, self.inbox = settings, rs, inbox
+        self.settings, self.runners, self.committer = settings, rs, committer
         self.endpoint = decided_endpoint(settings)
         self.by_market: dict[str, list[Runner]] = {}
         for r in rs:
@@ -171,15 +166,9 @@ class Bars:
     def _feed(self, bar: Bar) -> None:
         """To every bot of the market (each skips what it has processed already)."""
         self.seen[bar.market] = max(self.seen[bar.market], bar.open_us)
-        self.inbox.post(lambda: self._deliver(bar))
-
-    def _deliver(self, bar: Bar) -> None:
-        """On the loop's thread: to every bot of the market."""
-        try:
-            for r in self.by_market[bar.market]:
-                r.on_bar(bar)
-        except Exception:
-            log.exception("%s: a bar could not be processed", bar.market)
+        for r in self.by_market[bar.market]:
+            r.on_bar(bar)
+        self.committer.kick()
 
     def close(self) -> None:
         for s in self.streams:
@@ -244,9 +233,8 @@ def main(settings: Settings) -> int:
     committer = Committer()
     for r in rs:
         r.committer = committer
-    inbox = Inbox()
     reader = threading.Thread(
-        target=_guard, args=(settings, rs, committer, stop, inbox), name="signals", daemon=True
+        target=_guard, args=(settings, rs, committer, stop), name="signals", daemon=True
     )
     reader.start()
     # the rest yields the CPU to the sidecar and the lanes it serves: niceness is per thread
@@ -257,7 +245,7 @@ def main(settings: Settings) -> int:
     committer.start()
     threading.Thread(target=heartbeats, args=(rs, stop), daemon=True).start()
     caught_up(settings, rs, stop, wait_s=10.0)
-    bars = Bars(settings, rs, inbox)
+    bars = Bars(settings, rs, committer)
     try:
         while not stop.is_set():
             try:
@@ -273,7 +261,6 @@ def main(settings: Settings) -> int:
         reader.join(10)
         bars.close()
         committer.close()  # the last states made durable
-        inbox.close()
         for r in rs:
             with r.lock:
                 r.store.close()
@@ -297,14 +284,10 @@ def reaction_summary(r: Runner) -> str:
 
 
 def _guard(
-    settings: Settings,
-    rs: list[Runner],
-    committer: Committer,
-    stop: threading.Event,
-    inbox: Inbox,
+    settings: Settings, rs: list[Runner], committer: Committer, stop: threading.Event
 ) -> None:
     try:
-        follow(settings, rs, committer, stop, inbox)
+        follow(settings, rs, committer, stop)
     except Exception:
         for r in rs:
             r.alive = False  # no heartbeat any more: `signalbox status` shows them stale
