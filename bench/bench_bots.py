@@ -7,10 +7,12 @@ sidecar slow another subscriber down.
    no longer lose it) and to its state committed with fsync ("durable": not even a machine
    crash can). Baseline: one bare write + fsync of a line on the same disk, in the same run.
 2. 50 bots: another subscriber's publish -> receive latency on one sidecar, in interleaved
-   rounds without and with a `signalbox bots` process of 50 bots (each its own subscription,
-   all wanting every signal), so the machine's load drifts over both alike. Each with-round
-   starts the bots process, waits for its 50 subscriptions, publishes, waits until every bot
-   has handled every signal, and stops it; the bots' reaction times come from its log.
+   rounds alone, with 50 plain subscribers that only read (the sidecar's fan-out alone), and
+   with a `signalbox bots` process of 50 bots (each its own subscription, all wanting every
+   signal), so the machine's load drifts over all arms alike. Each bots round starts the
+   process, waits for its 50 subscriptions and its bars, publishes, waits until every bot has
+   handled every signal, and stops it; the bots' reaction times come from its log. The verdict
+   is "undecided" when the alone rounds differ among themselves by more than the tolerance.
 """
 
 from __future__ import annotations
@@ -323,6 +325,15 @@ def run() -> str:
     worst = max(rec99, default=math.nan)
     logged = [len(r.rec99) for r in rs if r.arm == "bots"]
 
+    noise = max(p99s["without"]) / min(p99s["without"])
+    if noise > SLOWER_OK:  # the baseline moves more than the effect it is to bound
+        verdict = (
+            f"undecided: the alone rounds' p99 alone vary x{noise:.1f} (more than the "
+            f"x{SLOWER_OK} to resolve), so the machine's load, not the bots, sets these numbers"
+        )
+    else:
+        verdict = "met" if ratio["bots"] <= SLOWER_OK else "not met"
+
     def arm(a: str) -> str:
         lo, hi = min(p99s[a]), max(p99s[a])
         return f"{med[a]:.2f} ms {names[a]} (rounds {lo:.2f}-{hi:.2f})"
@@ -366,7 +377,7 @@ def run() -> str:
         f"**x{ratio['bots']:.2f}** (p50 x{ratio50['bots']:.2f}); with plain readers / alone: "
         f"x{ratio['readers']:.2f} (p50 x{ratio50['readers']:.2f}); with the bots / with plain "
         f"readers: x{med['bots'] / med['readers']:.2f}. Criterion (p99 with the bots within "
-        f"x{SLOWER_OK} of alone): **{'met' if ratio['bots'] <= SLOWER_OK else 'not met'}**. "
+        f"x{SLOWER_OK} of alone): **{verdict}**. "
         f"With {N_BOTS} bots the median bot's recorded p99 is {med_bot:.2f} ms "
         f"(median over rounds), the worst bot's {worst:.2f} ms: "
         f"{'under' if worst < 5 else 'over'} the 5 ms target.\n\n"
