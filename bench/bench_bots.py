@@ -328,8 +328,8 @@ def run() -> str:
     noise = max(p99s["without"]) / min(p99s["without"])
     if noise > SLOWER_OK:  # the baseline moves more than the effect it is to bound
         verdict = (
-            f"undecided: the alone rounds' p99 alone vary x{noise:.1f} (more than the "
-            f"x{SLOWER_OK} to resolve), so the machine's load, not the bots, sets these numbers"
+            f"undecided: the alone rounds' p99 vary x{noise:.1f} among themselves, more than "
+            f"the x{SLOWER_OK} to resolve"
         )
     else:
         verdict = "met" if ratio["bots"] <= SLOWER_OK else "not met"
@@ -351,7 +351,10 @@ def run() -> str:
         "Another subscriber on the same sidecar, publish → receive, in interleaved rounds of "
         f"{N_OTHER} signals: alone; with {N_BOTS} plain subscribers in another process that "
         "only read (what the sidecar's fan-out alone costs); with a `signalbox bots` process "
-        f"of {N_BOTS} bots that all want every signal. publish() is the part of the latency "
+        f"of {N_BOTS} bots that all want every signal (the replay exchange's clock at "
+        f"x{BAR_SPEED:g}, a 1m bar every {60 / BAR_SPEED:g} wall s, so the orders pending for "
+        "their fill bar settle as they would live instead of piling up in every state the bots "
+        "commit). publish() is the part of the latency "
         "spent in the publisher's outbox append (file writes on the disk the bots' journals "
         "and states share). The bots' columns are the p99 of line "
         "received → order recorded (and → durable) over each bot's own orders of that round, "
