@@ -170,6 +170,41 @@ def test_an_event_cut_off_by_a_crash_is_undone_on_load(tmp_path):
     again.close()
 
 
+def test_a_group_commit_cut_off_by_a_crash_leaves_every_bot_at_its_last_pass(tmp_path):
+    """`signalbox bots` records each event at once and commits many bots' states in one pass
+    (`persist_all`): killed after a pass, with new events recorded and a state staged but not
+    renamed, every bot reloads at that pass, its uncommitted journal lines cut off."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.bots.store import persist_all
+
+    stores = [BotStore(tmp_path, f"b{i}") for i in range(3)]
+    states = []
+    for s in stores:
+        assert s.load() is None
+        states.append(BotState(name=s.name, cash=1.0, peak=1.0, equity=1.0, slots={}))
+    with ThreadPoolExecutor(4) as pool:
+        for seq in (1, 2):  # two lines, each recorded by every bot, then one pass
+            for s, st in zip(stores, states, strict=True):
+                st.last_seq = seq
+                s.record(st, [{"kind": "order", "seq": seq}])
+            pairs = zip(stores, states, strict=True)
+            persist_all([(s, s.snapshot(st, float(seq))) for s, st in pairs], pool)
+    committed = [s.journal_path.stat().st_size for s in stores]
+    for s, st in zip(stores, states, strict=True):  # seq 3 recorded, its pass never ran
+        st.last_seq = 3
+        s.record(st, [{"kind": "order", "seq": 3}])
+    stores[0]._stage(stores[0].snapshot(states[0], 3.0))  # killed between stage and rename
+    for s, size in zip(stores, committed, strict=True):
+        s.close()
+        assert [e["seq"] for _, e in committed_entries(tmp_path, s.name)] == [1, 2]
+        again = BotStore(tmp_path, s.name)
+        st = again.load()
+        assert st is not None and st.last_seq == 2 and st.n == 2 and st.updated_at == 2.0
+        assert os.path.getsize(again.journal_path) == size  # seq 3 is redone, once
+        again.close()
+
+
 def test_emergency_stop_halts_the_bot_and_says_so(tmp_path, caplog):
     """The runner of `signalbox bots`: the halt is logged, and committed in the bot's state."""
     from pipeline.bots.config import BotConfig

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-@dataclass
+@dataclass(frozen=True)
 class Pending:
     """An order recorded when its signal arrived, filled at the first bar opening at or after
     its close_time (the backtest's rule)."""
@@ -50,7 +50,7 @@ class Slot:
             "entry_seq": self.entry_seq,
             "last_bar_us": self.last_bar_us,
             "last_close": self.last_close,
-            "pending": [dict(p.__dict__) for p in self.pending],
+            "pending": [p.__dict__ for p in self.pending],  # frozen: shared, not copied
             "dca_size": self.dca_size,
             "dca_cost": self.dca_cost,
         }

@@ -16,6 +16,7 @@ by the kernel's `fill_price` and `taker_fee`, and never sell.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -339,5 +340,6 @@ def _num(v: float) -> float | None:
     return None if v != v else float(v)
 
 
+@functools.lru_cache(maxsize=1024)  # fifty bots parse the same close_time
 def _us(text: str) -> int:
     return to_us(dt.datetime.fromisoformat(text.replace("Z", "+00:00")))

@@ -1,9 +1,11 @@
 """`signalbox bots`: the configured paper bots, each a subscriber of the sidecar, in one process.
 
-Per bot: a thread follows the sidecar (`Client`, resuming with `since_seq` = the last seq its
-state committed; a bot's first start begins at the sidecar's current seq, so it never acts on
-old news) and records an order per signal line; `<home>/bots/<name>/` holds its state,
-journal and heartbeat (pipeline/bots/store.py: exactly once across kills).
+Per bot: its own sidecar subscription (resuming with `since_seq` = the last seq its state
+committed; a bot's first start begins at the sidecar's current seq, so it never acts on old
+news) and an order recorded per signal line; `<home>/bots/<name>/` holds its state, journal
+and heartbeat (pipeline/bots/store.py: exactly once across kills). One thread reads every
+bot's subscription and one group-commits their states (pipeline/runtime/botloop.py), so fifty
+bots cost one reader, not fifty threads waking per line.
 
 Bars: the fill needs the open of the first bar opening at or after the signal's close_time,
 and stops need each bar's high and low. The process follows each venue's live 1m kline stream
@@ -24,71 +26,19 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.bots.config import BotConfig, bot_markets
-from pipeline.bots.state import BotState
+from pipeline.bots.config import bot_markets
 from pipeline.bots.store import BotStore
 from pipeline.bots.trader import Bar, Trader
 from pipeline.candles.timeframes import MINUTE_US, from_us, to_us
 from pipeline.config import Settings
+from pipeline.runtime.botloop import Committer, Feed, Runner, serve
 
 log = logging.getLogger("signalbox.bots")
 HEARTBEAT_S = 1.0
 SWITCH_S = 0.0005
 NICE = 5  # scheduling priority below the sidecar's (bench/bench_bots.py: other subscribers)
-
-
-@dataclass
-class Runner:
-    """One bot: its rules, files and state, one lock for its two event sources."""
-
-    cfg: BotConfig
-    trader: Trader
-    store: BotStore
-    state: BotState
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    alive: bool = True
-    # line received -> order line written (recorded), and -> state committed (durable)
-    reaction_s: list[float] = field(default_factory=list)
-    durable_s: list[float] = field(default_factory=list)
-
-    def on_signal(self, msg: dict[str, Any], received: float) -> None:
-        with self.lock:
-            if self.state.last_seq is not None and int(msg["seq"]) <= self.state.last_seq:
-                return  # handled before a restart: never twice
-            entries = self.trader.on_signal(self.state, msg)
-            for e in entries:
-                e["received_at"] = received
-            self.store.commit(self.state, entries, time.time())
-            if entries and entries[0]["kind"] == "order":
-                self.reaction_s.append(self.store.written_at - msg["_t"])
-                self.durable_s.append(time.perf_counter() - msg["_t"])
-
-    def on_bar(self, bar: Bar) -> None:
-        with self.lock:
-            slot = self.state.slots.get(bar.market)
-            if slot is None or (slot.last_bar_us is not None and bar.open_us <= slot.last_bar_us):
-                return
-            halted = self.state.halted
-            entries = self.trader.on_bar(self.state, bar)
-            self.store.commit(self.state, entries, time.time())
-        for e in entries:
-            if e["kind"] in ("fill", "exit"):
-                log.info(
-                    "bot %s: %s %s %s %.6g @ %.6g (signal #%s)%s",
-                    self.cfg.name,
-                    e["kind"],
-                    e["market"],
-                    e["side"],
-                    e["size"],
-                    e["price"],
-                    e.get("seq"),
-                    f" {e['reason']}" if e["kind"] == "exit" else "",
-                )
-        if self.state.halted and not halted:
-            log.error("bot %s HALTED: %s", self.cfg.name, self.state.why)
 
 
 def runners(settings: Settings) -> list[Runner]:
@@ -109,57 +59,31 @@ def runners(settings: Settings) -> list[Runner]:
     return out
 
 
-def follow_signals(settings: Settings, r: Runner, stop: threading.Event) -> None:
-    """The bot's sidecar subscription, until `stop`."""
-    from pipeline.sidecar.client import Client, server_status
+def follow(
+    settings: Settings, rs: list[Runner], committer: Committer, stop: threading.Event
+) -> None:
+    """Every bot's sidecar subscription on this thread, until `stop`."""
+    from pipeline.sidecar.client import server_status
 
-    since = r.state.last_seq
-    if since is None:  # first start: from now on (what the history holds is old news)
-        while not stop.is_set():
-            status = server_status(settings.socket_path, timeout=2)
-            if status is not None:
-                since = int(status.get("seq", 0))
-                break
-            stop.wait(0.5)
-        with r.lock:
-            r.state.last_seq = since
-            r.store.commit(r.state, [], time.time())
-    symbols = [m.partition(":")[2] for m in r.trader.markets]
-    client = Client(
-        settings.socket_path,
-        token=settings.sidecar.token,
-        personalities=[r.cfg.personality],
-        symbols=sorted(set(symbols)),
-        timeframes=r.cfg.timeframes,
-        since_seq=since,
-        on_status=lambda text: log.warning("bot %s: %s", r.cfg.name, text),
-    )
-    threading.Thread(target=lambda: (stop.wait(), client.close()), daemon=True).start()
-    for msg in client.messages():
-        kind = msg.get("type")
-        if kind == "signal":
-            msg["_t"] = time.perf_counter()
-            r.on_signal(msg, time.time())
-        elif kind == "gap":  # gone from the sidecar's history while the bot was away
-            log.warning("bot %s: %s; those signals get no order", r.cfg.name, msg.get("message"))
-        elif kind == "error" and msg.get("code") == "since_ahead":
-            log.warning(
-                "bot %s: the sidecar's outbox was reset; following its seqs anew", r.cfg.name
-            )
-            with r.lock:
-                r.state.last_seq = None
-                r.store.commit(r.state, [], time.time())
-        if stop.is_set():
+    new = [r for r in rs if r.state.last_seq is None]
+    while new and not stop.is_set():  # first start: from now on (the history is old news)
+        status = server_status(settings.socket_path, timeout=2)
+        if status is not None:
+            for r in new:
+                r.reset_seq(int(status.get("seq", 0)))
+            committer.kick()
             break
+        stop.wait(0.5)
+    serve(settings, [Feed(settings, r, r.state.last_seq) for r in rs], committer, stop)
 
 
 class Bars:
     """Closed 1m candles of the bots' markets, from each venue's stream, holes filled by REST."""
 
-    def __init__(self, settings: Settings, rs: list[Runner]) -> None:
+    def __init__(self, settings: Settings, rs: list[Runner], committer: Committer) -> None:
         from pipeline.runtime.processes import decided_endpoint
 
-        self.settings, self.runners = settings, rs
+        self.settings, self.runners, self.committer = settings, rs, committer
         self.endpoint = decided_endpoint(settings)
         self.by_market: dict[str, list[Runner]] = {}
         for r in rs:
@@ -244,6 +168,7 @@ class Bars:
         self.seen[bar.market] = max(self.seen[bar.market], bar.open_us)
         for r in self.by_market[bar.market]:
             r.on_bar(bar)
+        self.committer.kick()
 
     def close(self) -> None:
         for s in self.streams:
@@ -286,9 +211,8 @@ def main(settings: Settings) -> int:
         return 2
     rs = runners(settings)
     stop = threading.Event()
-    os.nice(NICE)  # paper trading yields the CPU to the sidecar and the lanes it serves
-    # 50 bots wake for one signal line; at the default 5 ms GIL switch interval a bot whose
-    # line arrived waits behind another's state write (as in the fast lane, fastlane.SWITCH_S)
+    # at the default 5 ms GIL switch interval the reader, with a line in hand, would wait
+    # behind the committer serialising states (as in the fast lane, fastlane.SWITCH_S)
     sys.setswitchinterval(SWITCH_S)
 
     def _stop(signum: int, frame: object) -> None:
@@ -306,26 +230,37 @@ def main(settings: Settings) -> int:
             r.state.last_seq,
             f", HALTED: {r.state.why}" if r.state.halted else "",
         )
-    threads = [threading.Thread(target=heartbeats, args=(rs, stop), daemon=True)]
+    committer = Committer()
     for r in rs:
-        threads.append(
-            threading.Thread(target=_guard, args=(settings, r, stop), name=r.cfg.name, daemon=True)
-        )
-    for t in threads:
-        t.start()
+        r.committer = committer
+    reader = threading.Thread(
+        target=_guard, args=(settings, rs, committer, stop), name="signals", daemon=True
+    )
+    reader.start()
+    # the rest yields the CPU to the sidecar and the lanes it serves: niceness is per thread
+    # on Linux and inherited by the threads this one starts (the committer's fsync pool, the
+    # bars' streams); the reader keeps the sidecar's, its work per line is the few ms of
+    # recording each bot's order that the latency target is about
+    os.nice(NICE)
+    committer.start()
+    threading.Thread(target=heartbeats, args=(rs, stop), daemon=True).start()
     caught_up(settings, rs, stop, wait_s=10.0)
-    bars = Bars(settings, rs)
+    bars = Bars(settings, rs, committer)
     try:
         while not stop.is_set():
             try:
                 bars.start()
+                log.info("bots: following the bars of %s", ", ".join(bars.by_market))
                 break
             except Exception as err:  # the exchange not answering yet: try again
                 log.warning("cannot follow the bars yet (%s); retrying", err)
                 stop.wait(2.0)
         stop.wait()
     finally:
+        stop.set()
+        reader.join(10)
         bars.close()
+        committer.close()  # the last states made durable
         for r in rs:
             with r.lock:
                 r.store.close()
@@ -348,9 +283,12 @@ def reaction_summary(r: Runner) -> str:
     )
 
 
-def _guard(settings: Settings, r: Runner, stop: threading.Event) -> None:
+def _guard(
+    settings: Settings, rs: list[Runner], committer: Committer, stop: threading.Event
+) -> None:
     try:
-        follow_signals(settings, r, stop)
+        follow(settings, rs, committer, stop)
     except Exception:
-        r.alive = False  # no heartbeat any more: `signalbox status` shows it stale
-        log.exception("bot %s stopped following the sidecar", r.cfg.name)
+        for r in rs:
+            r.alive = False  # no heartbeat any more: `signalbox status` shows them stale
+        log.exception("bots: the sidecar subscriptions stopped")
