@@ -25,7 +25,8 @@ JUNE10 = dt.datetime(2025, 6, 10, tzinfo=UTC)
 
 def _setup(tmp_path, ex, top=None):
     settings = load_settings(write_config(tmp_path, top={"source": "replay", **(top or {})}))
-    endpoint = Endpoint("replay", ex.rest_url, ex.ws_url, "replay-test", "replay test")
+    src = ex.market.source
+    endpoint = Endpoint("replay", ex.rest_url, ex.ws_url, src.ident, src.label)
     return settings, endpoint, Warehouse(tmp_path / "wh.duckdb", replica_sync=False)
 
 
@@ -67,7 +68,7 @@ def test_a_real_day_ingests_whole_passes_every_check_and_rewrites_the_same(
     assert (funding["known_at"] == funding["funding_time"]).all()
     oi = first[OPEN_INTEREST.name]
     assert (oi["known_at"] - oi["time"] == dt.timedelta(minutes=5)).all()
-    assert first[SPOT.name]["source"].unique().to_list() == ["replay test"]
+    assert first[SPOT.name]["source"].unique().to_list() == [endpoint.label]
     ingest_context(wh, settings, endpoint, JUNE10, JUNE10 + DAY, **kw)  # again: same rows
     again = _day(wh, JUNE10)
     for name, frame in first.items():
@@ -106,7 +107,11 @@ def test_a_live_ingest_fetches_only_what_is_due(tmp_path, replay_factory):
             wh, settings, endpoint, a, a + MIN, closed_by=clock, day=day, follow=True
         )
         after = ex.stats()["paths"]
-        return s, {p: n - before.get(p, 0) for p, n in after.items() if n > before.get(p, 0)}
+        return s, {
+            p: n - before.get(p, 0)
+            for p, n in after.items()
+            if n > before.get(p, 0) and p.startswith("/v5/")
+        }
 
     first, asked = live(t)  # an empty day: everything from midnight
     assert first.rows == {SPOT.name: 601, FUNDING.name: 2, OPEN_INTEREST.name: 121}

@@ -13,7 +13,8 @@ every minute. The spot candles are fetched every run, from the same clock as the
 
 A venue that cannot supply a table says so (`Unsupported`): recorded in the summary, never
 skipped silently. In a live-sensor run an exchange failure is recorded too (the next run asks
-again from the newest stored row); anywhere else it raises.
+again from the newest stored row); anywhere else it raises. Like the candles' ingest, the
+exchange is asked who it is first: rows of another source are never written.
 """
 
 from __future__ import annotations
@@ -103,7 +104,9 @@ def ingest_context(
     """Fetch and write [start, end) of every table for every configured market (module doc);
     `day` is the partition's first instant (a live run's tables start no earlier)."""
     from pipeline.exchanges import market_context
+    from pipeline.exchanges.sources import verify
 
+    verify(endpoint)  # the home's source, or nothing is written (as for the candles)
     summary = ContextSummary()
     items: list[Replacement] = []
     for venue, symbols in by_venue(settings.markets if markets is None else markets).items():

@@ -1,0 +1,150 @@
+"""`funding_rates`, `open_interest_5m`, `spot_klines_1m`: the market context beside the 1m
+candles (issue 16), per UTC day, from ONE step (pipeline/context/ingest.py).
+
+In the `ingest` group, so the backfill job fills them and the live job keeps them current:
+a live-sensor run ingests the spot candles of the very minutes it ingests of the perpetual
+(its klines op config), so a signal at a bar's close can see that minute's spot close;
+funding and open interest are asked only when a value is due.
+
+Blocking checks, except in the live sensor's runs: there a failed check (or an exchange that
+fails the context's requests) is recorded as a WARNING and the run goes on, because failing
+it would re-run the candle ingestion up to five times a minute and keep failing while the
+exchange keeps sending the same rows. The day is checked again, blocking, by every other run
+of the partition: the daily repair shortly after midnight, a gap repair, a backfill.
+`coverage` states how much of the day is there and is only ever a warning.
+"""
+
+import dagster as dg
+
+from assets.common import (
+    DAILY,
+    KLINES,
+    OWNERS,
+    SINGLE_RUN,
+    check_result,
+    display,
+    md_table,
+    parse_time,
+    pool_slot,
+)
+from assets.common import window as partition_window
+from pipeline.context.checks import CHECKS, WARN_ONLY
+from pipeline.orchestration import tags
+from pipeline.orchestration.resources import (
+    ExchangeResource,
+    SettingsResource,
+    WarehouseResource,
+)
+
+DESCRIPTIONS = {
+    "funding_rates": "Funding rate history (/v5/market/funding/history) settled in the day, "
+    "on the venue's 8-hour grid; known_at = funding_time.",
+    "open_interest_5m": "Open interest every 5 minutes (/v5/market/open-interest, "
+    "intervalTime=5min) in base coin; known_at = time + 5 min.",
+    "spot_klines_1m": "Closed 1-minute spot candles (category=spot) of each perpetual's base "
+    "asset, keyed by the perpetual's symbol: the spot leg of the spot-perp basis.",
+}
+SPECS = [
+    dg.AssetSpec(
+        name,
+        group_name="ingest",
+        owners=OWNERS,
+        kinds={"duckdb", "polars"},
+        description=text,
+        metadata={"table": name},
+    )
+    for name, text in DESCRIPTIONS.items()
+]
+
+
+@dg.multi_asset(
+    name="market_context",
+    specs=SPECS,
+    check_specs=[
+        dg.AssetCheckSpec(check, asset=name, blocking=True, description=text)
+        for name, checks in CHECKS.items()
+        for check, text in checks.items()
+    ],
+    partitions_def=DAILY,
+    backfill_policy=SINGLE_RUN,
+    pool=None,  # claimed only while reading and writing
+)
+def market_context(
+    context: dg.AssetExecutionContext,
+    settings: SettingsResource,
+    exchange: ExchangeResource,
+    warehouse: WarehouseResource,
+):
+    from pipeline.context.checks import context_checks
+    from pipeline.context.ingest import ingest_context
+    from pipeline.context.tables import SPOT, TABLES
+    from pipeline.markets import by_venue
+
+    s, ep, wh = settings.get(), exchange.source(), warehouse.get()
+    p_start, p_end = partition_window(context)
+    exchange_now = min(exchange.client(v).server_time() for v in by_venue(s.markets))
+    closed_by = exchange_now.replace(second=0, microsecond=0)
+    minutes = (context.run.run_config or {}).get("ops", {}).get(KLINES, {}).get("config", {})
+    start = max(p_start, parse_time(minutes.get("start")) or p_start)
+    end = min(p_end, parse_time(minutes.get("end")) or p_end, closed_by)
+    follow = tags.from_sensor(context.run.tags)
+    summary = ingest_context(
+        wh, s, ep, start, max(start, end), closed_by=closed_by, day=p_start, follow=follow,
+        write_guard=lambda: pool_slot(context),
+    )  # fmt: skip
+    for key, why in {**summary.unsupported, **summary.failed}.items():
+        context.log.warning(f"market context {key}: {why}")
+    markets = [str(m) for m in s.markets]
+    with pool_slot(context), wh.session() as w:
+        stored = {
+            t.name: w.query(
+                f"SELECT * FROM {t.name} WHERE {t.time} >= ? AND {t.time} < ?", [p_start, p_end]
+            )
+            for t in TABLES
+        }
+        perp = w.query(
+            "SELECT exchange, symbol, open_time FROM klines_1m"
+            " WHERE open_time >= ? AND open_time < ? AND close_time <= ?",
+            [p_start, p_end, closed_by],
+        )
+    for table in TABLES:
+        frame = stored[table.name]
+        outcomes = context_checks(
+            frame, table, exchange_now, markets, p_start, perp if table is SPOT else None
+        )
+        results = []
+        for name, outcome in outcomes.items():
+            result = check_result(name, outcome, table.name)
+            if follow or name in WARN_ONLY:
+                result = result._replace(severity=dg.AssetCheckSeverity.WARN)
+            results.append(result)
+        mine = [k for k in {**summary.unsupported, **summary.failed} if k.endswith(table.name)]
+        meta = {
+            "rows_written": summary.rows.get(table.name, 0),
+            "fetched": summary.fetched.get(table.name, "nothing"),
+            "partition_rows": frame.height,
+            "exchange_time": exchange_now.isoformat(),
+            "source": ep.label,
+            "checks_block": "no (live-sensor run: warnings)" if follow else "yes",
+        }
+        if mine:
+            meta["not_supplied"] = dg.MetadataValue.md(
+                md_table(_reasons(mine, summary.unsupported, summary.failed))
+            )
+        yield dg.MaterializeResult(
+            asset_key=table.name, metadata=display(meta), check_results=results
+        )
+
+
+def _reasons(keys: list[str], unsupported: dict[str, str], failed: dict[str, str]):
+    import polars as pl
+
+    return pl.DataFrame(
+        {
+            "venue:table": keys,
+            "why": [
+                f"unsupported: {unsupported[k]}" if k in unsupported else f"failed: {failed[k]}"
+                for k in keys
+            ],
+        }
+    )
