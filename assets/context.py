@@ -76,26 +76,35 @@ def market_context(
     warehouse: WarehouseResource,
 ):
     from pipeline.context.checks import context_checks
-    from pipeline.context.ingest import ingest_context
+    from pipeline.context.ingest import fetch_context
     from pipeline.context.tables import SPOT, TABLES
     from pipeline.markets import by_venue
 
     s, ep, wh = settings.get(), exchange.source(), warehouse.get()
     p_start, p_end = partition_window(context)
-    exchange_now = min(exchange.client(v).server_time() for v in by_venue(s.markets))
-    closed_by = exchange_now.replace(second=0, microsecond=0)
-    minutes = (context.run.run_config or {}).get("ops", {}).get(KLINES, {}).get("config", {})
-    start = max(p_start, parse_time(minutes.get("start")) or p_start)
-    end = min(p_end, parse_time(minutes.get("end")) or p_end, closed_by)
+    ops = (context.run.run_config or {}).get("ops", {})
+    minutes = ops.get(KLINES, {}).get("config", {})
     follow = tags.from_sensor(context.run.tags)
-    summary = ingest_context(
-        wh, s, ep, start, max(start, end), closed_by=closed_by, day=p_start, follow=follow,
-        write_guard=lambda: pool_slot(context),
+    # The live sensor hands its runs the close of the newest candle (the signals' clock): a
+    # request less per minute. Any other run asks the slowest venue, as klines_1m does.
+    handed = parse_time(ops.get("signals", {}).get("config", {}).get("exchange_now"))
+    exchange_now = handed if follow and handed else None
+    exchange_now = exchange_now or min(
+        exchange.client(v).server_time() for v in by_venue(s.markets)
+    )
+    closed_by = exchange_now.replace(second=0, microsecond=0)
+    start = max(p_start, parse_time(minutes.get("start")) or p_start)
+    end = max(start, min(p_end, parse_time(minutes.get("end")) or p_end, closed_by))
+    summary, items = fetch_context(
+        wh, s, ep, start, end, closed_by=closed_by, day=p_start, follow=follow,
+        read_guard=lambda: pool_slot(context),
     )  # fmt: skip
     for key, why in {**summary.unsupported, **summary.failed}.items():
         context.log.warning(f"market context {key}: {why}")
     markets = [str(m) for m in s.markets]
-    with pool_slot(context), wh.session() as w:
+    with pool_slot(context), wh.session() as w:  # one connection: the write, then the day
+        if items:
+            w.replace_many(items)
         stored = {
             t.name: w.query(
                 f"SELECT * FROM {t.name} WHERE {t.time} >= ? AND {t.time} < ?", [p_start, p_end]

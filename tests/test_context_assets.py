@@ -63,7 +63,7 @@ def test_a_day_beside_the_candles_with_every_check_and_rewritten_the_same(home):
     assert first.success
     checks = _checks(first)
     mine = {k: v for k, v in checks.items() if k[0] in TABLES}
-    assert len(mine) == 15 and all(passed for passed, _ in mine.values()), mine
+    assert len(mine) == 7 and all(passed for passed, _ in mine.values()), mine
     assert mine[("funding_rates", "on_funding_grid")] == (True, "ERROR")  # blocking here
     wh = res["warehouse"].get()
     count = "SELECT count(*) FROM {t} WHERE {c} >= ? AND {c} < ?"

@@ -156,11 +156,13 @@ def test_injected_bad_rows_fail_their_checks(tmp_path, replay_factory):
     )  # a settlement at 01:30: stored as sent, flagged
     got = context_checks(pl.concat([f, off]), FUNDING, now, markets, day)
     assert not got["on_funding_grid"].passed and "01:30" in str(got["on_funding_grid"].metadata)
-    assert got["known_at_rule"].passed and got["no_duplicates"].passed
+    assert got["keys_and_known_at"].passed
     early = f.with_columns(known_at=pl.col("known_at") - MIN)  # known before it settled
-    assert not context_checks(early, FUNDING, now, markets, day)["known_at_rule"].passed
+    keyed = context_checks(early, FUNDING, now, markets, day)["keys_and_known_at"]
+    assert not keyed.passed and "known_at rule" in keyed.description
     future = context_checks(f, FUNDING, day + dt.timedelta(hours=12), markets, day)
-    assert not future["nothing_from_future"].passed  # the 16:00 rate, "known" at 12:00
+    keyed = future["keys_and_known_at"]  # the 16:00 rate, "known" at 12:00
+    assert not keyed.passed and "known after" in keyed.description
 
     oi = frames[OPEN_INTEREST.name]
     neg = oi.with_columns(
@@ -170,7 +172,8 @@ def test_injected_bad_rows_fail_their_checks(tmp_path, replay_factory):
     )
     assert not context_checks(neg, OPEN_INTEREST, now, markets, day)["on_5min_grid"].passed
     dup = pl.concat([oi, oi.tail(1)])
-    assert not context_checks(dup, OPEN_INTEREST, now, markets, day)["no_duplicates"].passed
+    keyed = context_checks(dup, OPEN_INTEREST, now, markets, day)["keys_and_known_at"]
+    assert not keyed.passed and "duplicated" in keyed.description
 
     spot = frames[SPOT.name]
     broken = spot.with_columns(

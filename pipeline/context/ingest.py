@@ -88,7 +88,7 @@ def plan(
     return after if after <= table.last_due(end, closed_by) else None
 
 
-def ingest_context(
+def fetch_context(
     wh: Warehouse,
     settings: Settings,
     endpoint: Endpoint,
@@ -99,10 +99,12 @@ def ingest_context(
     day: dt.datetime,
     follow: bool = False,
     markets: list[Market] | None = None,
-    write_guard: Callable[[], AbstractContextManager[Any]] = nullcontext,
-) -> ContextSummary:
-    """Fetch and write [start, end) of every table for every configured market (module doc);
-    `day` is the partition's first instant (a live run's tables start no earlier)."""
+    read_guard: Callable[[], AbstractContextManager[Any]] = nullcontext,
+) -> tuple[ContextSummary, list[Replacement]]:
+    """Fetch [start, end) of every table for every configured market (module doc): what was
+    fetched and the replacements that write it (for the caller to write in one transaction).
+    `day` is the partition's first instant (a live run's tables start no earlier); a live
+    run reads the newest stored rows under `read_guard`."""
     from pipeline.exchanges import market_context
     from pipeline.exchanges.sources import verify
 
@@ -114,7 +116,7 @@ def ingest_context(
         try:
             newest: dict[str, dt.datetime | None] = {}
             if follow:
-                with write_guard():
+                with read_guard():
                     newest = newest_stored(wh, venue, symbols, day, end)
             for table in TABLES:
                 a = plan(table, start, end, closed_by, day, newest[table.name]) if follow else start
@@ -139,9 +141,21 @@ def ingest_context(
                 summary.rows[table.name] = summary.rows.get(table.name, 0) + frame.height
         finally:
             ctx.close()
+    return summary, items
+
+
+def ingest_context(
+    wh: Warehouse,
+    settings: Settings,
+    endpoint: Endpoint,
+    start: dt.datetime,
+    end: dt.datetime,
+    **kw: Any,
+) -> ContextSummary:
+    """`fetch_context`, then its replacements written in ONE transaction."""
+    summary, items = fetch_context(wh, settings, endpoint, start, end, **kw)
     if items:
-        with write_guard():
-            wh.replace_many(items)
+        wh.replace_many(items)
     return summary
 
 
