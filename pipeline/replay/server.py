@@ -168,8 +168,9 @@ class ReplayServer:
                 "hyperliquid", reader, writer, self.coins, self.clock, self.ws_push_s, self.stats
             )
         elif path.startswith("/v5/public/") and channel in CHANNELS:
+            market = self.spot if channel == "spot" else self.market  # the spot leg's candles
             session = WsSession(
-                channel, reader, writer, self.market, self.clock, self.ws_push_s, self.stats
+                channel, reader, writer, market, self.clock, self.ws_push_s, self.stats
             )
         else:
             writer.write(Reply(404, b"not found", ctype="text/plain").head() + b"not found")
