@@ -76,7 +76,7 @@ def market_context(
     warehouse: WarehouseResource,
 ):
     from pipeline.context.checks import context_checks
-    from pipeline.context.ingest import fetch_context
+    from pipeline.context.ingest import fetch_context, newest_in
     from pipeline.context.tables import SPOT, TABLES
     from pipeline.markets import by_venue
 
@@ -97,7 +97,7 @@ def market_context(
     end = max(start, min(p_end, parse_time(minutes.get("end")) or p_end, closed_by))
     summary, items = fetch_context(
         wh, s, ep, start, end, closed_by=closed_by, day=p_start, follow=follow,
-        read_guard=lambda: pool_slot(context),
+        newest=_last_newest(context) if follow else None, read_guard=lambda: pool_slot(context),
     )  # fmt: skip
     for key, why in {**summary.unsupported, **summary.failed}.items():
         context.log.warning(f"market context {key}: {why}")
@@ -116,6 +116,8 @@ def market_context(
             " WHERE open_time >= ? AND open_time < ? AND close_time <= ?",
             [p_start, p_end, closed_by],
         )
+    venues = by_venue(s.markets)
+    newest = {v: newest_in(stored, v, syms) for v, syms in venues.items()}
     for table in TABLES:
         frame = stored[table.name]
         outcomes = context_checks(
@@ -136,6 +138,10 @@ def market_context(
             "source": ep.label,
             "checks_block": "no (live-sensor run: warnings)" if follow else "yes",
         }
+        if table is SPOT:  # where the next live run of the day goes on from
+            meta["newest"] = dg.MetadataValue.json(
+                {v: {k: t and t.isoformat() for k, t in n.items()} for v, n in newest.items()}
+            )
         if mine:
             meta["not_supplied"] = dg.MetadataValue.md(
                 md_table(_reasons(mine, summary.unsupported, summary.failed))
@@ -143,6 +149,26 @@ def market_context(
         yield dg.MaterializeResult(
             asset_key=table.name, metadata=display(meta), check_results=results
         )
+
+
+def _last_newest(context: dg.AssetExecutionContext) -> dict | None:
+    """What the day's previous run found stored (its `newest` metadata), or None."""
+    import datetime as dt
+
+    found = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey("spot_klines_1m"), asset_partitions=[context.partition_key]
+        ),
+        limit=1,
+    ).records
+    mat = found[0].asset_materialization if found else None
+    value = mat.metadata.get("newest") if mat else None
+    if value is None:
+        return None
+    return {
+        v: {k: t and dt.datetime.fromisoformat(t) for k, t in tables.items()}
+        for v, tables in value.value.items()
+    }
 
 
 def _reasons(keys: list[str], unsupported: dict[str, str], failed: dict[str, str]):

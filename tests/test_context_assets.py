@@ -28,18 +28,18 @@ def home(tmp_path, replay):
     return res, day, dt.datetime.combine(day, dt.time(), UTC)
 
 
-def _run(res, day, *, start=None, end=None, live=False):
+def _run(res, day, *, start=None, end=None, live=False, instance=None):
     config = {}
     if start is not None:
         window = {"start": start.isoformat(), "end": end.isoformat()}
         config = {"ops": {"klines_1m": {"config": window}}}
     run_tags = tags.sensor_tags(tags.LIVE, "test") if live else {}
-    with dg.DagsterInstance.ephemeral() as instance:
+    with dg.DagsterInstance.ephemeral() as fresh:
         return dg.materialize(
             [klines.klines_1m, context.market_context],
             partition_key=day.isoformat(),
             resources=res,
-            instance=instance,
+            instance=instance or fresh,
             run_config=config,
             tags=run_tags,
             raise_on_error=False,
@@ -48,12 +48,8 @@ def _run(res, day, *, start=None, end=None, live=False):
 
 def _checks(result) -> dict[tuple[str, str], tuple[bool, str]]:
     return {
-        (ev.asset_key.to_user_string(), ev.check_name): (ev.passed, ev.severity.value)
-        for ev in (
-            e.asset_check_evaluation_data
-            for e in result.all_events
-            if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
-        )
+        (e.asset_key.to_user_string(), e.check_name): (e.passed, e.severity.value)
+        for e in result.get_asset_check_evaluations()
     }
 
 
@@ -82,10 +78,14 @@ def test_a_day_beside_the_candles_with_every_check_and_rewritten_the_same(home):
 def test_a_live_run_takes_its_minute_of_spot_and_only_due_funding_and_oi(home, replay):
     res, day, start = home
     t = start + dt.timedelta(hours=10)
-    assert _run(res, day, start=t, end=t + dt.timedelta(minutes=1), live=True).success
+    instance = dg.DagsterInstance.ephemeral()  # the runs of one home, one after another
+    first = _run(res, day, start=t, end=t + dt.timedelta(minutes=1), live=True, instance=instance)
+    assert first.success
     before = replay.stats()["paths"]
     one = t + dt.timedelta(minutes=1)
-    result = _run(res, day, start=one, end=one + dt.timedelta(minutes=1), live=True)
+    result = _run(
+        res, day, start=one, end=one + dt.timedelta(minutes=1), live=True, instance=instance
+    )
     assert result.success
     after = replay.stats()["paths"]
     asked = {
@@ -101,6 +101,9 @@ def test_a_live_run_takes_its_minute_of_spot_and_only_due_funding_and_oi(home, r
     }
     assert meta["spot_klines_1m"]["rows_written"].value == 1
     assert meta["funding_rates"]["fetched"].value == "not due"
+    newest = meta["spot_klines_1m"]["newest"].value["bybit"]  # where the next run goes on
+    assert newest["spot_klines_1m"] == one.isoformat()
+    assert newest["funding_rates"] == (start + dt.timedelta(hours=8)).isoformat()
     wh = res["warehouse"].get()
     closes = wh.query(
         "SELECT k.close AS perp, s.close AS spot FROM klines_1m k JOIN spot_klines_1m s"

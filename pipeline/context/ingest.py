@@ -6,7 +6,8 @@ threads, the exchange's rate limit) and replace that range of each venue's symbo
 transaction (`warehouse.Replacement`: a re-run rewrites the same rows).
 
 A live-sensor run (`follow=True`) keeps the tables current cheaply: each starts after the
-newest row the day already holds (so a minute missed by a failed run is fetched by the next),
+newest row the day already holds (so a minute missed by a failed run is fetched by the next;
+the previous run's read-back says where that is, so no warehouse read is needed before),
 and funding and open interest are asked only when a value is due (a grid time newer than the
 newest stored one is known by the clock): a request every 8 hours and every 5 minutes, not
 every minute. The spot candles are fetched every run, from the same clock as the perpetual's.
@@ -51,26 +52,39 @@ class ContextSummary:
     failed: dict[str, str] = field(default_factory=dict)
 
 
+Newest = dict[str, dict[str, "dt.datetime | None"]]  # venue -> table -> newest time
+
+
+def newest_in(
+    frames: dict[str, pl.DataFrame], venue: str, symbols: list[str]
+) -> dict[str, dt.datetime | None]:
+    """Per table, the newest time in `frames` (a day's rows) that EVERY symbol of the venue
+    has, None when one has none: where a live run goes on from."""
+    import polars as pl
+
+    out: dict[str, dt.datetime | None] = {}
+    for t in TABLES:
+        mine = frames[t.name].filter(
+            (pl.col("exchange") == venue) & pl.col("symbol").is_in(symbols)
+        )
+        per = mine.group_by("symbol").agg(pl.col(t.time).max())
+        out[t.name] = per[t.time].min() if per.height == len(symbols) else None
+    return out
+
+
 def newest_stored(
     wh: Warehouse, venue: str, symbols: list[str], day: dt.datetime, end: dt.datetime
 ) -> dict[str, dt.datetime | None]:
-    """Per table, the newest time in [day, end) that EVERY symbol of the venue has (None
-    when one has none): one query for the three tables."""
-    marks = ", ".join("?" * len(symbols))
-    parts, params = [], []
-    for t in TABLES:
-        parts.append(
-            f"SELECT '{t.name}' AS tbl, symbol, max({t.time}) AS newest FROM {t.name}"
-            f" WHERE exchange = ? AND symbol IN ({marks}) AND {t.time} >= ? AND {t.time} < ?"
-            " GROUP BY symbol"
+    """`newest_in` the warehouse's rows of [day, end)."""
+    frames = {
+        t.name: wh.query(
+            f"SELECT exchange, symbol, max({t.time}) AS {t.time} FROM {t.name} WHERE"
+            f" exchange = ? AND {t.time} >= ? AND {t.time} < ? GROUP BY ALL",
+            [venue, day, end],
         )
-        params += [venue, *symbols, day, end]
-    found = wh.query(" UNION ALL ".join(parts), params)
-    out: dict[str, dt.datetime | None] = {}
-    for t in TABLES:
-        mine = found.filter(found["tbl"] == t.name)
-        out[t.name] = mine["newest"].min() if mine.height == len(symbols) else None
-    return out
+        for t in TABLES
+    }
+    return newest_in(frames, venue, symbols)
 
 
 def plan(
@@ -99,12 +113,14 @@ def fetch_context(
     day: dt.datetime,
     follow: bool = False,
     markets: list[Market] | None = None,
+    newest: Newest | None = None,
     read_guard: Callable[[], AbstractContextManager[Any]] = nullcontext,
 ) -> tuple[ContextSummary, list[Replacement]]:
     """Fetch [start, end) of every table for every configured market (module doc): what was
     fetched and the replacements that write it (for the caller to write in one transaction).
-    `day` is the partition's first instant (a live run's tables start no earlier); a live
-    run reads the newest stored rows under `read_guard`."""
+    `day` is the partition's first instant (a live run's tables start no earlier). A live
+    run goes on from `newest` (what the previous run found stored: no warehouse read) or,
+    for a venue it lacks, from the warehouse's newest rows, read under `read_guard`."""
     from pipeline.exchanges import market_context
     from pipeline.exchanges.sources import verify
 
@@ -114,12 +130,14 @@ def fetch_context(
     for venue, symbols in by_venue(settings.markets if markets is None else markets).items():
         ctx = market_context(venue, settings, endpoint)
         try:
-            newest: dict[str, dt.datetime | None] = {}
-            if follow:
+            last = (newest or {}).get(venue)
+            if follow and last is None:
                 with read_guard():
-                    newest = newest_stored(wh, venue, symbols, day, end)
+                    last = newest_stored(wh, venue, symbols, day, end)
             for table in TABLES:
-                a = plan(table, start, end, closed_by, day, newest[table.name]) if follow else start
+                a = start
+                if follow and last is not None:
+                    a = plan(table, start, end, closed_by, day, last[table.name])
                 key = f"{venue}:{table.name}"
                 if a is None or a >= end:
                     summary.fetched.setdefault(table.name, "not due")
