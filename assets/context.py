@@ -14,6 +14,8 @@ of the partition: the daily repair shortly after midnight, a gap repair, a backf
 `coverage` states how much of the day is there and is only ever a warning.
 """
 
+import datetime as dt
+
 import dagster as dg
 
 from assets.common import (
@@ -95,9 +97,10 @@ def market_context(
     closed_by = exchange_now.replace(second=0, microsecond=0)
     start = max(p_start, parse_time(minutes.get("start")) or p_start)
     end = max(start, min(p_end, parse_time(minutes.get("end")) or p_end, closed_by))
+    last = _last_newest(context, p_start, p_end) if follow else None
     summary, items = fetch_context(
-        wh, s, ep, start, end, closed_by=closed_by, day=p_start, follow=follow,
-        newest=_last_newest(context) if follow else None, read_guard=lambda: pool_slot(context),
+        wh, s, ep, start, end, closed_by=closed_by, day=p_start, follow=follow, newest=last,
+        read_guard=lambda: pool_slot(context),
     )  # fmt: skip
     for key, why in {**summary.unsupported, **summary.failed}.items():
         context.log.warning(f"market context {key}: {why}")
@@ -151,10 +154,12 @@ def market_context(
         )
 
 
-def _last_newest(context: dg.AssetExecutionContext) -> dict | None:
-    """What the day's previous run found stored (its `newest` metadata), or None."""
-    import datetime as dt
-
+def _last_newest(
+    context: dg.AssetExecutionContext, p_start: dt.datetime, p_end: dt.datetime
+) -> dict | None:
+    """What the day's previous run found stored (its `newest` metadata), or None (then the
+    warehouse is read): also when a time lies outside the day (a backfill over several days
+    records the range's newest on each of them)."""
     found = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(
             asset_key=dg.AssetKey("spot_klines_1m"), asset_partitions=[context.partition_key]
@@ -165,10 +170,12 @@ def _last_newest(context: dg.AssetExecutionContext) -> dict | None:
     value = mat.metadata.get("newest") if mat else None
     if value is None:
         return None
-    return {
+    newest = {
         v: {k: t and dt.datetime.fromisoformat(t) for k, t in tables.items()}
         for v, tables in value.value.items()
     }
+    times = [t for tables in newest.values() for t in tables.values() if t is not None]
+    return newest if all(p_start <= t < p_end for t in times) else None
 
 
 def _reasons(keys: list[str], unsupported: dict[str, str], failed: dict[str, str]):

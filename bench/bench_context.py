@@ -18,7 +18,9 @@ RUNS = int(os.environ.get("BENCH_CONTEXT_RUNS", "8"))
 def run() -> str:
     from bench.runstart import live_runs
 
+    load = os.getloadavg()[0]
     rows = live_runs(RUNS)
+    load = max(load, os.getloadavg()[0])
 
     def med(key: str) -> float:
         return statistics.median(r[key] for r in rows if key in r)
@@ -36,7 +38,9 @@ def run() -> str:
         f"The `market_context` step adds **{ctx * 1000:.0f} ms** to a live run: "
         f"{ctx / kl:.2f}x the perpetual's own ingest step and {ctx / end:.1%} of the whole run. "
         "Per minute it asks the exchange for the clock, its identity and one spot kline page; "
-        "open interest once every 5 minutes and funding once every 8 hours (when due)."
+        "open interest once every 5 minutes and funding once every 8 hours (when due).\n\n"
+        f"Load average up to {load:.1f} on {os.cpu_count()} cores during the run (a shared "
+        "machine): absolute times are inflated; the ratios are what to compare."
     )
 
 

@@ -149,3 +149,12 @@ def test_a_broken_spot_candle_fails_ohlc_sane(home):
     result = _run(res, day, start=t, end=t + dt.timedelta(minutes=1))
     assert _checks(result)[("spot_klines_1m", "ohlc_sane")] == (False, "ERROR")
     assert not result.success
+
+
+def test_backfill_assets_name_the_context_tables_and_run_their_one_step():
+    from pipeline.runtime.backfill import BackfillError, validate_assets
+
+    assert validate_assets("funding_rates,spot_klines_1m") == "market_context"
+    assert validate_assets("klines_1m,open_interest_5m") == "klines_1m,market_context"
+    with pytest.raises(BackfillError, match="unknown asset"):
+        validate_assets("market_context")  # the op's name is not an asset's
