@@ -115,6 +115,7 @@ def fetch_context(
     markets: list[Market] | None = None,
     newest: Newest | None = None,
     read_guard: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    tables: tuple[Table, ...] = TABLES,
 ) -> tuple[ContextSummary, list[Replacement]]:
     """Fetch [start, end) of every table for every configured market (module doc): what was
     fetched and the replacements that write it (for the caller to write in one transaction).
@@ -134,7 +135,7 @@ def fetch_context(
             if follow and last is None:
                 with read_guard():
                     last = newest_stored(wh, venue, symbols, day, end)
-            for table in TABLES:
+            for table in tables:
                 a = start
                 if follow and last is not None:
                     a = plan(table, start, end, closed_by, day, last[table.name])
