@@ -129,7 +129,7 @@ def market_context(
             continue  # nothing changed: no materialization, no check events (a live run's cost)
         frame = stored[table.name]
         outcomes = context_checks(
-            frame, table, exchange_now, markets, p_start, perp if table is SPOT else None
+            frame, table, exchange_now, markets, p_start, perp if table is SPOT else None, p_end
         )
         results = []
         for name, outcome in outcomes.items():

@@ -185,3 +185,5 @@ def test_injected_bad_rows_fail_their_checks(tmp_path, replay_factory):
     cov = context_checks(holed, SPOT, now, markets, day, perp)["coverage"]
     assert not cov.passed and cov.metadata["perp_minutes_without_spot"] == 1
     assert "1439/1440" in cov.description
+    two_days = context_checks(spot, SPOT, now + DAY, markets, day, end=day + 2 * DAY)["coverage"]
+    assert not two_days.passed and "1440/2880" in two_days.description  # a 2-day backfill

@@ -146,8 +146,10 @@ def context_checks(
     markets: list[str],
     day: dt.datetime,
     perp_minutes: pl.DataFrame | None = None,
+    end: dt.datetime | None = None,
 ) -> dict[str, CheckOutcome]:
-    """Every check of `table` over its stored rows of a day (`frame`), by name (`CHECKS`)."""
+    """Every check of `table` over its stored rows of the days [day, end) (`frame`; `end`
+    defaults to the next day), by name (`CHECKS`)."""
     out = {
         "keys_and_known_at": _together(
             {
@@ -159,7 +161,7 @@ def context_checks(
     }
     if table is SPOT:
         out["ohlc_sane"] = ohlc_sane(frame, KEYS[table.name])
-        until = min(now, day + dt.timedelta(days=1))
+        until = min(now, end or day + dt.timedelta(days=1))
         out["coverage"] = coverage(frame, table, markets, day, until, perp_minutes)
     else:
         out["on_funding_grid" if table is FUNDING else "on_5min_grid"] = _on_grid(frame, table)
