@@ -59,7 +59,9 @@ def _one(instance, job, origin, start: dt.datetime, end: dt.datetime, home: Path
     return rec
 
 
-def main(n: int) -> None:
+def live_runs(n: int) -> list[dict]:
+    """N live-mode runs of the `live` job (after one warm-up ingesting the day so far) through
+    the real warm launcher against a wall-clock replay exchange: each run's record (`_one`)."""
     import dagster as dg
     from dagster._core.definitions.reconstruct import ReconstructableRepository
 
@@ -67,24 +69,36 @@ def main(n: int) -> None:
     from pipeline.replay import ReplayExchange
     from tests.daemon import Daemon, write_config
 
+    saved = dict(os.environ)
     with tempfile.TemporaryDirectory() as tmp, ReplayExchange(seed=7) as ex:
         home = Path(tmp)
         env = Daemon(home, ex, write_config(home, history_days=0)).env  # as the daemon's
         os.environ.clear()
         os.environ.update(env)
-        repo = ReconstructableRepository.for_module(
-            "pipeline.orchestration.definitions", "defs", working_directory=str(REPO_ROOT)
-        )
-        recon = repo.get_reconstructable_job("live")
-        job, origin = recon.get_definition(), recon.get_python_origin()
-        rows = []
-        with dg.DagsterInstance.get() as instance:
-            for i in range(n + 1):
-                now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
-                start = now.replace(hour=0, minute=0) if i == 0 else now - dt.timedelta(minutes=1)
-                rec = _one(instance, job, origin, start, now, home)
-                print("warm-up" if i == 0 else i, {k: round(v, 3) for k, v in rec.items()})
-                rows += [rec] if i else []
+        try:
+            repo = ReconstructableRepository.for_module(
+                "pipeline.orchestration.definitions", "defs", working_directory=str(REPO_ROOT)
+            )
+            recon = repo.get_reconstructable_job("live")
+            job, origin = recon.get_definition(), recon.get_python_origin()
+            rows = []
+            with dg.DagsterInstance.get() as instance:
+                for i in range(n + 1):
+                    now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+                    start = (
+                        now.replace(hour=0, minute=0) if i == 0 else now - dt.timedelta(minutes=1)
+                    )
+                    rec = _one(instance, job, origin, start, now, home)
+                    print("warm-up" if i == 0 else i, {k: round(v, 3) for k, v in rec.items()})
+                    rows += [rec] if i else []
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+    return rows
+
+
+def main(n: int) -> None:
+    rows = live_runs(n)
     print(f"median of {len(rows)} runs, s from the launch:")
     for k in rows[0]:
         print(f"  {k:28s} {statistics.median(r[k] for r in rows):8.3f}")

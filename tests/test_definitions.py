@@ -23,6 +23,7 @@ from pipeline.orchestration.resources import (
 ASSETS = {
     "klines_1m", "candles", "indicators", "signals", "backtest_report",
     "order_flow_1m", "order_flow_bars", "paper_trades", "paper_vs_backtest",
+    "funding_rates", "open_interest_5m", "spot_klines_1m",
 }  # fmt: skip
 JOBS = {"live", "backfill", "quality", "backtest_reports", "paper_reconcile"}
 SENSORS = {
@@ -47,6 +48,8 @@ def test_every_asset_check_job_sensor_and_schedule_is_there():
     assert ("signals", "no_lookahead") in checks
     assert ("signals", "fast_lane_parity") in checks
     assert ("order_flow_1m", "trades_match_candles") in checks
+    assert ("funding_rates", "on_funding_grid") in checks
+    assert ("spot_klines_1m", "ohlc_sane") in checks
     assert ("paper_trades", "journal_complete") in checks
     assert ("paper_trades", "fills_have_orders") in checks
     assert ("paper_vs_backtest", "reconciled") in checks

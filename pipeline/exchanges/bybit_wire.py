@@ -39,6 +39,31 @@ def shift(open_ms: int, k: int, interval: str) -> int:
 
 
 # -- validation ----------------------------------------------------------------------------
+def envelope(
+    payload: Any, bad: Callable[[str], MalformedResponse], category: str, limit: int
+) -> tuple[dict[str, Any], list[Any], int]:
+    """A v5 answer's result, its `list` (at most `limit` rows) and the server clock (ms), or
+    `bad(...)` naming what is wrong with the envelope."""
+    if not isinstance(payload, dict):
+        raise bad(f"expected a JSON object, got {type(payload).__name__}")
+    if payload.get("retCode") != 0:
+        raise bad(f"retCode is {payload.get('retCode')!r}, expected 0")
+    server_ms = payload.get("time")
+    if not isinstance(server_ms, int) or isinstance(server_ms, bool):
+        raise bad(f"field 'time' (the server clock) is {server_ms!r}, expected epoch ms")
+    result = payload.get("result")
+    if not isinstance(result, dict):
+        raise bad("field 'result' is missing or not an object")
+    if result.get("category", category) != category:
+        raise bad(f"result.category is {result.get('category')!r}, expected {category!r}")
+    rows = result.get("list")
+    if not isinstance(rows, list):
+        raise bad("field 'result.list' is missing or not a list")
+    if len(rows) > limit:
+        raise bad(f"{len(rows)} rows, more than the limit {limit}")
+    return result, rows, server_ms
+
+
 def parse_kline_page(
     payload: Any,
     *,
@@ -61,25 +86,9 @@ def parse_kline_page(
     def bad(msg: str) -> MalformedResponse:
         return MalformedResponse(f"malformed response for {what}: {msg}")
 
-    if not isinstance(payload, dict):
-        raise bad(f"expected a JSON object, got {type(payload).__name__}")
-    if payload.get("retCode") != 0:
-        raise bad(f"retCode is {payload.get('retCode')!r}, expected 0")
-    server_ms = payload.get("time")
-    if not isinstance(server_ms, int) or isinstance(server_ms, bool):
-        raise bad(f"field 'time' (the server clock) is {server_ms!r}, expected epoch ms")
-    result = payload.get("result")
-    if not isinstance(result, dict):
-        raise bad("field 'result' is missing or not an object")
+    result, rows, server_ms = envelope(payload, bad, category, PAGE_LIMIT)
     if result.get("symbol") != symbol:
         raise bad(f"result.symbol is {result.get('symbol')!r}, expected {symbol!r}")
-    if result.get("category", category) != category:
-        raise bad(f"result.category is {result.get('category')!r}, expected {category!r}")
-    rows = result.get("list")
-    if not isinstance(rows, list):
-        raise bad("field 'result.list' is missing or not a list")
-    if len(rows) > PAGE_LIMIT:
-        raise bad(f"{len(rows)} rows, more than the limit {PAGE_LIMIT}")
     if rows and not (set(map(type, rows)) == {list} and set(map(len, rows)) == {7}):
         for i, r in enumerate(rows):
             if not isinstance(r, list) or len(r) != 7:
@@ -88,9 +97,10 @@ def parse_kline_page(
     if not rows:
         return np.empty(0, np.int64), np.empty((0, 6)), server_ms
     cols = list(zip(*rows, strict=True))
-    times = np.array(_column(cols[0], int, bad, "startTime", "an integer (epoch ms)"), np.int64)
+    epoch_ms = "an integer (epoch ms)"
+    times = np.array(parse_column(cols[0], int, bad, "startTime", epoch_ms), np.int64)
     values = np.array(
-        [_column(cols[j], float, bad, FIELDS[j], "a number") for j in range(1, 7)], np.float64
+        [parse_column(cols[j], float, bad, FIELDS[j], "a number") for j in range(1, 7)], np.float64
     ).T
 
     def row_bad(i: int, msg: str) -> MalformedResponse:
@@ -139,7 +149,7 @@ def parse_kline_page(
     return times, values, server_ms
 
 
-def _column(
+def parse_column(
     column: tuple[Any, ...],
     kind: type[int] | type[float],
     bad: Callable[[str], MalformedResponse],

@@ -70,28 +70,36 @@ def fetch(
     closed_by: dt.datetime | None = None,
     workers: int = 4,
     on_window: OnWindow | None = None,
+    *,
+    get: Callable[..., pl.DataFrame] | None = None,
+    size: dt.timedelta = WINDOW,
 ) -> pl.DataFrame:
     """All closed candles in [start, end) for `symbols`, fetched page-sized windows in
-    parallel; `on_window(symbol, a, b)` (in the calling thread) as each window arrives."""
+    parallel; `on_window(symbol, a, b)` (in the calling thread) as each window arrives.
+
+    `get(symbol, a, b, closed_by=...)` fetches another series the same way (default
+    `client.fetch_klines`; the market context's funding and open interest), `size` its page's
+    span; the frame is sorted by its first two columns (symbol, time)."""
     import polars as pl
 
-    jobs = [(s, a, b) for s in symbols for a, b in windows(start, end)]
+    get = get or client.fetch_klines
+    jobs = [(s, a, b) for s in symbols for a, b in windows(start, end, size)]
     parts: list[pl.DataFrame] = []
     if len(jobs) == 1:
-        parts = [client.fetch_klines(*jobs[0], closed_by=closed_by)]
+        parts = [get(*jobs[0], closed_by=closed_by)]
         if on_window:
             on_window(*jobs[0])
     else:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(client.fetch_klines, *j, closed_by=closed_by): j for j in jobs}
+            futures = {pool.submit(get, *j, closed_by=closed_by): j for j in jobs}
             for future in as_completed(futures):
                 parts.append(future.result())
                 if on_window:
                     on_window(*futures[future])
     parts = [p for p in parts if p.height]
     if not parts:
-        return client.fetch_klines(symbols[0], start, start, closed_by=closed_by)  # empty, typed
-    return pl.concat(parts).sort("symbol", "open_time")
+        return get(symbols[0], start, start, closed_by=closed_by)  # empty, typed
+    return pl.concat(parts).sort(parts[0].columns[:2])
 
 
 def ingest(

@@ -43,6 +43,15 @@ class MalformedResponse(ExchangeError):
     """The exchange answered something that is not what its API documents."""
 
 
+class Unsupported(ExchangeError):
+    """The venue does not offer this data (or Signalbox does not fetch it from this venue):
+    said, never skipped silently. `data` names what was asked (e.g. `funding_rates`)."""
+
+    def __init__(self, venue: str, data: str, why: str) -> None:
+        super().__init__(f"{venue} cannot supply {data}: {why}")
+        self.venue, self.data, self.why = venue, data, why
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """The home's source as decided once (pipeline.exchanges.sources): kind ("live" for the
@@ -110,6 +119,29 @@ class Exchange(Protocol):
 
     def stream(self, symbols: list[str], on_candle: Callable[[ClosedCandle], None]) -> Stream:
         """Subscribe to the live 1m kline stream; `on_candle` gets each candle once closed."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class MarketContext(Protocol):
+    """A venue's market context (issue 16): funding, open interest, the spot leg. A venue
+    that cannot supply one raises `Unsupported` for it."""
+
+    def fetch_funding(
+        self, symbol: str, start: dt.datetime, end: dt.datetime, *, closed_by: dt.datetime | None
+    ) -> pl.DataFrame:
+        """(symbol, funding_time, funding_rate) settled in [start, end), by `closed_by`."""
+        ...
+
+    def fetch_open_interest(
+        self, symbol: str, start: dt.datetime, end: dt.datetime, *, closed_by: dt.datetime | None
+    ) -> pl.DataFrame:
+        """(symbol, time, open_interest): 5-minute readings in [start, end), interval over."""
+        ...
+
+    def spot_client(self) -> Exchange:
+        """The venue's spot candles of the same symbol, as an `Exchange` (its fetch_klines)."""
         ...
 
     def close(self) -> None: ...

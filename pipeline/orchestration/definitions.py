@@ -9,7 +9,7 @@ first asks for them. Asset modules stay thin; the work is in pipeline/ and wareh
 
 import dagster as dg
 
-from assets import backtests, klines, orderflow, paper, signals, timeframes
+from assets import backtests, context, klines, orderflow, paper, signals, timeframes
 from pipeline.orchestration.jobs import JOBS
 from pipeline.orchestration.reaper import watched_in_process_executor
 from pipeline.orchestration.resources import resources
@@ -20,6 +20,7 @@ from sensors.schedules import SCHEDULES
 defs = dg.Definitions(
     assets=[
         klines.klines_1m,
+        context.market_context,
         timeframes.candles,
         timeframes.indicators,
         signals.signals,

@@ -30,6 +30,7 @@ ROOMS = (
     "assets",
     "warehouse",
     "pipeline.candles",
+    "pipeline.context",
     "pipeline.indicators",
     "pipeline.strategy",
     "pipeline.exchanges",

@@ -1,5 +1,8 @@
 """The replay exchange's Bybit v5 face: `GET /v5/market/kline`, `/v5/market/time`,
-`/v5/market/instruments-info` and `/v5/market/tickers` (the WebSocket side is `ws.py`).
+`/v5/market/instruments-info`, `/v5/market/tickers`, and the market context's
+`/v5/market/funding/history` and `/v5/market/open-interest` (`context_face.py`) (the
+WebSocket side is `ws.py`). Klines with `category=spot` are the spot market's
+(`context.SpotSource`, when the server passes one), every other category the perpetual's.
 
 Request errors are HTTP 200 with a Bybit retCode, as on the real exchange. Parameter errors
 other than Bybit's documented ones ("Invalid period!", "Not supported symbols") use retCode
@@ -13,9 +16,9 @@ from __future__ import annotations
 import json
 import time
 
+from pipeline.replay import context_face, wire
 from pipeline.replay import instruments as ins
 from pipeline.replay import intervals as iv
-from pipeline.replay import wire
 from pipeline.replay.faults import GROUPS, Fault, malformed_kline, malformed_time
 from pipeline.replay.http import GATEWAY, Reply
 from pipeline.replay.market import Market
@@ -25,19 +28,30 @@ PATHS = (
     "/v5/market/time",
     "/v5/market/instruments-info",
     "/v5/market/tickers",
+    *context_face.PATHS,
 )
 CATEGORIES = ("spot", "linear", "inverse")
 MALFORMED = set(GROUPS["malformed"])
 
 
-def reply(path: str, query: dict[str, str], market: Market, fault: Fault | None, now: int) -> Reply:
+def reply(
+    path: str,
+    query: dict[str, str],
+    market: Market,
+    fault: Fault | None,
+    now: int,
+    spot: Market | None = None,
+) -> Reply:
     """The answer to one market request, broken as `fault` says."""
     kind = fault.kind if fault else None
     replaced = fault_reply(kind, now) if kind else None
     if replaced is not None:
         return replaced
     if path == "/v5/market/kline":
-        return _kline(market, query, fault, now)
+        is_spot = spot is not None and query.get("category") == "spot"
+        return _kline(spot if is_spot else market, query, fault, now)  # type: ignore[arg-type]
+    if path in context_face.PATHS:
+        return context_face.reply(path, query, market, fault, now)
     if path == "/v5/market/instruments-info":
         return _instruments(market, query, fault, now)
     if path == "/v5/market/tickers":

@@ -231,20 +231,9 @@ def malformed_kline(
         "retExtInfo": {},
         "time": now_ms,
     }
-    if kind == "bad_json":
-        body = fault.pick(
-            [
-                "<html><head><title>502 Bad Gateway</title></head><body>cloudfront</body></html>",
-                _dumps(envelope)[:-1] + ',"retExtInfo":}',
-                "OK",
-                "[]",
-            ]
-        )
-        return body.encode(), kind
-    if kind == "truncated":
-        text = _dumps(envelope)
-        cut = max(1, int(len(text) * (0.1 + 0.8 * fault.q)))
-        return text[:cut].encode(), kind
+    broken = broken_json(fault, envelope)
+    if broken is not None:
+        return broken, kind
     if kind == "wrong_symbol":
         envelope["result"]["symbol"] = "ETHUSDT" if symbol != "ETHUSDT" else "BTCUSDT"
     elif kind == "high_below_low":
@@ -278,6 +267,24 @@ def malformed_kline(
             template[0] = str(now_ms // interval_ms * interval_ms + k * interval_ms)
             parsed.insert(0, template)
     return _dumps(envelope).encode(), kind
+
+
+def broken_json(fault: Fault, envelope: dict[str, Any]) -> bytes | None:
+    """The body of a `bad_json` or `truncated` fault over `envelope` (None for other kinds)."""
+    if fault.kind == "bad_json":
+        body = fault.pick(
+            [
+                "<html><head><title>502 Bad Gateway</title></head><body>cloudfront</body></html>",
+                _dumps(envelope)[:-1] + ',"retExtInfo":}',
+                "OK",
+                "[]",
+            ]
+        )
+        return body.encode()
+    if fault.kind == "truncated":
+        text = _dumps(envelope)
+        return text[: max(1, int(len(text) * (0.1 + 0.8 * fault.q)))].encode()
+    return None
 
 
 def malformed_time(fault: Fault, now_ms: int) -> tuple[bytes, str]:

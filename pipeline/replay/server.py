@@ -9,6 +9,9 @@ exact control over broken responses for fault injection) that hands WebSocket up
     GET  /v5/market/time            the exchange clock
     GET  /v5/market/instruments-info  the listed symbols, cursor-paged (instruments.py)
     GET  /v5/market/tickers         lastPrice and a seeded turnover24h per symbol
+    GET  /v5/market/funding/history, /v5/market/open-interest  the market context
+                                    (context_face.py); kline with category=spot: the spot
+                                    leg (context.SpotSource)
     WS   /v5/public/{linear,spot,inverse,option}
     POST /info                      Hyperliquid meta, spotMeta, candleSnapshot
     WS   /ws                        Hyperliquid candle channel (hyperliquid_face.py)
@@ -44,6 +47,7 @@ from urllib.parse import parse_qsl, urlsplit
 from pipeline.candles.timeframes import MINUTE_MS
 from pipeline.replay import bybit_face, hyperliquid_face, wire
 from pipeline.replay.clock import ExchangeClock, to_ms
+from pipeline.replay.context import SpotSource
 from pipeline.replay.data import FileSource, Source, make_source
 from pipeline.replay.faults import Fault, Faults
 from pipeline.replay.http import Reply, http_date, json_reply, parse_head
@@ -71,6 +75,8 @@ class ReplayServer:
         self.market, self.clock, self.faults = market, clock, faults
         self.limits = limits or RateLimit()
         self.coins = Market(hyperliquid_face.CoinSource(market.source))  # Hyperliquid's face
+        seed = int(getattr(market.source, "seed", 0))
+        self.spot = Market(SpotSource(market.source, seed))  # Bybit's category=spot
         self.host, self.port = host, port
         self.ws_push_s = ws_push_s
         self.stats: Counter[str] = Counter()
@@ -162,8 +168,9 @@ class ReplayServer:
                 "hyperliquid", reader, writer, self.coins, self.clock, self.ws_push_s, self.stats
             )
         elif path.startswith("/v5/public/") and channel in CHANNELS:
+            market = self.spot if channel == "spot" else self.market  # the spot leg's candles
             session = WsSession(
-                channel, reader, writer, self.market, self.clock, self.ws_push_s, self.stats
+                channel, reader, writer, market, self.clock, self.ws_push_s, self.stats
             )
         else:
             writer.write(Reply(404, b"not found", ctype="text/plain").head() + b"not found")
@@ -195,7 +202,7 @@ class ReplayServer:
                 await writer.drain()
                 return True
             face = lambda fault, now: _limited(  # noqa: E731
-                bybit_face.reply(path, query, self.market, fault, now), verdict.headers
+                bybit_face.reply(path, query, self.market, fault, now, self.spot), verdict.headers
             )
         elif path == "/info" and method == "POST":
             face = lambda fault, now: hyperliquid_face.reply(body, self.coins, fault, now)  # noqa: E731

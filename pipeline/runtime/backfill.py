@@ -29,6 +29,8 @@ DAILY_SELECTION = "group:ingest or group:timeframes or group:signals"
 BACKFILL_JOB = "backfill"  # pipeline/orchestration/definitions.py: DAILY_SELECTION as a named job
 BACKTEST_JOB = "backtest_reports"  # assets/backtests.py: one personality's report
 BACKFILL_ASSETS = ("klines_1m", "candles", "indicators", "signals")  # its assets, in order
+CONTEXT_ASSETS = ("funding_rates", "open_interest_5m", "spot_klines_1m")  # one op: market_context
+BACKFILL_ASSETS += CONTEXT_ASSETS
 _STEP = re.compile(r" - (\w+) - STEP_START")
 _CHECK = re.compile(
     r"ASSET_CHECK_EVALUATION - Asset check '(\w+)' on '([^']+)' (passed|did not pass)\."
@@ -56,7 +58,10 @@ def validate_assets(assets: str) -> str | None:
                 f"--assets: unknown asset {name[:40]!r}; the backfill job's assets are "
                 f"{', '.join(BACKFILL_ASSETS)} (or 'all')"
             )
-    return ",".join(names) or None
+    ops = [  # the market context's three assets are one op (assets/context.py)
+        "market_context" if n.strip("*+") in CONTEXT_ASSETS else n for n in names
+    ]
+    return ",".join(dict.fromkeys(ops)) or None
 
 
 def validate_range(settings: Settings, start: dt.date, end: dt.date) -> None:

@@ -1,0 +1,211 @@
+"""Fetch the market context of a range and replace exactly that range in the warehouse.
+
+Backfills (and every run that is not the live sensor's) fetch [start, end) of every table
+with the 1m candles' paging (`pipeline.exchanges.ingest.fetch`: page-sized windows, a few
+threads, the exchange's rate limit) and replace that range of each venue's symbols in ONE
+transaction (`warehouse.Replacement`: a re-run rewrites the same rows).
+
+A live-sensor run (`follow=True`) keeps the tables current cheaply: each starts after the
+newest row the day already holds (so a minute missed by a failed run is fetched by the next;
+the previous run's read-back says where that is, so no warehouse read is needed before),
+and funding and open interest are asked only when a value is due (a grid time newer than the
+newest stored one is known by the clock): a request every 8 hours and every 5 minutes, not
+every minute. The spot candles are fetched every run, from the same clock as the perpetual's.
+
+A venue that cannot supply a table says so (`Unsupported`): recorded in the summary, never
+skipped silently. In a live-sensor run an exchange failure is recorded too (the next run asks
+again from the newest stored row); anywhere else it raises. Like the candles' ingest, the
+exchange is asked who it is first: rows of another source are never written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pipeline.context.tables import FUNDING, SPOT, TABLES, Table
+from pipeline.exchanges.protocol import ExchangeError, Unsupported
+from pipeline.markets import Market, by_venue
+from warehouse import Replacement
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from pipeline.config import Settings
+    from pipeline.exchanges.protocol import Endpoint, MarketContext
+    from warehouse import Warehouse
+
+WHERE = "exchange = ? AND symbol IN ({marks}) AND {time} >= ? AND {time} < ?"
+
+
+@dataclass
+class ContextSummary:
+    """What a run fetched and wrote, per table; what a venue could not supply, and (live
+    runs only) what failed, each keyed `venue:table`."""
+
+    rows: dict[str, int] = field(default_factory=dict)
+    fetched: dict[str, str] = field(default_factory=dict)  # table -> "[a, b)" or "not due"
+    unsupported: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+Newest = dict[str, dict[str, "dt.datetime | None"]]  # venue -> table -> newest time
+
+
+def newest_in(
+    frames: dict[str, pl.DataFrame], venue: str, symbols: list[str]
+) -> dict[str, dt.datetime | None]:
+    """Per table, the newest time in `frames` (a day's rows) that EVERY symbol of the venue
+    has, None when one has none: where a live run goes on from."""
+    import polars as pl
+
+    out: dict[str, dt.datetime | None] = {}
+    for t in TABLES:
+        mine = frames[t.name].filter(
+            (pl.col("exchange") == venue) & pl.col("symbol").is_in(symbols)
+        )
+        per = mine.group_by("symbol").agg(pl.col(t.time).max())
+        out[t.name] = per[t.time].min() if per.height == len(symbols) else None
+    return out
+
+
+def newest_stored(
+    wh: Warehouse, venue: str, symbols: list[str], day: dt.datetime, end: dt.datetime
+) -> dict[str, dt.datetime | None]:
+    """`newest_in` the warehouse's rows of [day, end)."""
+    frames = {
+        t.name: wh.query(
+            f"SELECT exchange, symbol, max({t.time}) AS {t.time} FROM {t.name} WHERE"
+            f" exchange = ? AND {t.time} >= ? AND {t.time} < ? GROUP BY ALL",
+            [venue, day, end],
+        )
+        for t in TABLES
+    }
+    return newest_in(frames, venue, symbols)
+
+
+def plan(
+    table: Table,
+    start: dt.datetime,
+    end: dt.datetime,
+    closed_by: dt.datetime,
+    day: dt.datetime,
+    newest: dt.datetime | None,
+) -> dt.datetime | None:
+    """Where a live-sensor run fetches `table` from (to `end`), or None when nothing is due."""
+    after = day if newest is None else newest + table.step
+    if table is SPOT:
+        return min(start, after)  # the run's own minutes always, and any the day missed
+    return after if after <= table.last_due(end, closed_by) else None
+
+
+def fetch_context(
+    wh: Warehouse,
+    settings: Settings,
+    endpoint: Endpoint,
+    start: dt.datetime,
+    end: dt.datetime,
+    *,
+    closed_by: dt.datetime,
+    day: dt.datetime,
+    follow: bool = False,
+    markets: list[Market] | None = None,
+    newest: Newest | None = None,
+    read_guard: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    tables: tuple[Table, ...] = TABLES,
+) -> tuple[ContextSummary, list[Replacement]]:
+    """Fetch [start, end) of every table for every configured market (module doc): what was
+    fetched and the replacements that write it (for the caller to write in one transaction).
+    `day` is the partition's first instant (a live run's tables start no earlier). A live
+    run goes on from `newest` (what the previous run found stored: no warehouse read) or,
+    for a venue it lacks, from the warehouse's newest rows, read under `read_guard`."""
+    from pipeline.exchanges import market_context
+    from pipeline.exchanges.sources import verify
+
+    verify(endpoint)  # the home's source, or nothing is written (as for the candles)
+    summary = ContextSummary()
+    items: list[Replacement] = []
+    for venue, symbols in by_venue(settings.markets if markets is None else markets).items():
+        ctx = market_context(venue, settings, endpoint)
+        try:
+            last = (newest or {}).get(venue)
+            if follow and last is None:
+                with read_guard():
+                    last = newest_stored(wh, venue, symbols, day, end)
+            for table in tables:
+                a = start
+                if follow and last is not None:
+                    a = plan(table, start, end, closed_by, day, last[table.name])
+                key = f"{venue}:{table.name}"
+                if a is None or a >= end:
+                    summary.fetched.setdefault(table.name, "not due")
+                    continue
+                try:
+                    frame = _fetch(ctx, table, symbols, a, end, closed_by)
+                except Unsupported as err:
+                    summary.unsupported[key] = err.why
+                    continue
+                except ExchangeError as err:
+                    if not follow:
+                        raise
+                    summary.failed[key] = str(err)
+                    continue
+                frame = _stamp(frame, table, venue, endpoint.label)
+                where = WHERE.format(marks=", ".join("?" * len(symbols)), time=table.time)
+                items.append(Replacement(table.name, frame, where, (venue, *symbols, a, end)))
+                summary.fetched[table.name] = f"[{a:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M})"
+                summary.rows[table.name] = summary.rows.get(table.name, 0) + frame.height
+        finally:
+            ctx.close()
+    return summary, items
+
+
+def ingest_context(
+    wh: Warehouse,
+    settings: Settings,
+    endpoint: Endpoint,
+    start: dt.datetime,
+    end: dt.datetime,
+    **kw: Any,
+) -> ContextSummary:
+    """`fetch_context`, then its replacements written in ONE transaction."""
+    summary, items = fetch_context(wh, settings, endpoint, start, end, **kw)
+    if items:
+        wh.replace_many(items)
+    return summary
+
+
+def _fetch(
+    ctx: MarketContext,
+    table: Table,
+    symbols: list[str],
+    a: dt.datetime,
+    b: dt.datetime,
+    closed_by: dt.datetime,
+) -> pl.DataFrame:
+    """One table's rows of [a, b) for `symbols`, paged like the 1m candles."""
+    from pipeline.exchanges.bybit_context import FUNDING_WINDOW, OI_WINDOW
+    from pipeline.exchanges.ingest import fetch
+
+    if table is SPOT:
+        return fetch(ctx.spot_client(), symbols, a, b, closed_by=closed_by)
+    if table is FUNDING:
+        get, size = ctx.fetch_funding, FUNDING_WINDOW
+    else:
+        get, size = ctx.fetch_open_interest, OI_WINDOW
+    return fetch(ctx, symbols, a, b, closed_by=closed_by, get=get, size=size)  # type: ignore[arg-type]
+
+
+def _stamp(frame: pl.DataFrame, table: Table, venue: str, source: str) -> pl.DataFrame:
+    """The table's own columns: exchange, known_at (not for spot: its close_time is), source
+    (spot), ingested_at."""
+    import polars as pl
+
+    now = pl.lit(dt.datetime.now(dt.UTC), dtype=pl.Datetime("us", "UTC"))
+    frame = frame.with_columns(exchange=pl.lit(venue), ingested_at=now)
+    if table is SPOT:
+        return frame.with_columns(source=pl.lit(source))
+    return frame.with_columns(known_at=pl.col(table.time) + table.known_after)

@@ -1,0 +1,189 @@
+"""The market-context room without Dagster: ingest a day from the replay into a real DuckDB
+warehouse, idempotently; the live path's plan; and checks that catch an injected bad row."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+import pytest
+
+from pipeline.config import load_settings
+from pipeline.context.checks import context_checks
+from pipeline.context.ingest import ingest_context, plan
+from pipeline.context.tables import FUNDING, OPEN_INTEREST, SPOT, TABLES
+from pipeline.exchanges.protocol import Endpoint
+from tests.daemon import write_config
+from tests.test_context_fetch import REAL
+from warehouse import Warehouse
+
+UTC = dt.UTC
+DAY = dt.timedelta(days=1)
+MIN = dt.timedelta(minutes=1)
+JUNE10 = dt.datetime(2025, 6, 10, tzinfo=UTC)
+
+
+def _setup(tmp_path, ex, top=None):
+    settings = load_settings(write_config(tmp_path, top={"source": "replay", **(top or {})}))
+    src = ex.market.source
+    endpoint = Endpoint("replay", ex.rest_url, ex.ws_url, src.ident, src.label)
+    return settings, endpoint, Warehouse(tmp_path / "wh.duckdb", replica_sync=False)
+
+
+def _day(wh: Warehouse, day: dt.datetime) -> dict[str, pl.DataFrame]:
+    return {
+        t.name: wh.query(
+            f"SELECT * FROM {t.name} WHERE {t.time} >= ? AND {t.time} < ? ORDER BY ALL",
+            [day, day + DAY],
+        )
+        for t in TABLES
+    }
+
+
+def _checks(frames, now, day, markets):
+    return {
+        t.name: {
+            n: o.passed for n, o in context_checks(frames[t.name], t, now, markets, day).items()
+        }
+        for t in TABLES
+    }
+
+
+@pytest.mark.skipif(not REAL.is_file(), reason=f"no real candles at {REAL}")
+def test_a_real_day_ingests_whole_passes_every_check_and_rewrites_the_same(
+    tmp_path, replay_factory
+):
+    """Real BTCUSDT perpetual candles served by the replay; spot, funding and OI around them."""
+    ex = replay_factory(data=REAL, clock_start="2025-07-01T00:00:00Z")
+    settings, endpoint, wh = _setup(tmp_path, ex)
+    now = ex.now()
+    kw = {"closed_by": now, "day": JUNE10}
+    summary = ingest_context(wh, settings, endpoint, JUNE10, JUNE10 + DAY, **kw)
+    assert summary.rows == {SPOT.name: 1440, FUNDING.name: 3, OPEN_INTEREST.name: 288}
+    assert not summary.unsupported and not summary.failed
+    first = _day(wh, JUNE10)
+    checks = _checks(first, now, JUNE10, ["bybit:BTCUSDT"])
+    assert all(all(v.values()) for v in checks.values()), checks
+    funding = first[FUNDING.name]
+    assert (funding["known_at"] == funding["funding_time"]).all()
+    oi = first[OPEN_INTEREST.name]
+    assert (oi["known_at"] - oi["time"] == dt.timedelta(minutes=5)).all()
+    assert first[SPOT.name]["source"].unique().to_list() == [endpoint.label]
+    ingest_context(wh, settings, endpoint, JUNE10, JUNE10 + DAY, **kw)  # again: same rows
+    again = _day(wh, JUNE10)
+    for name, frame in first.items():
+        assert again[name].drop("ingested_at").equals(frame.drop("ingested_at")), name
+
+
+def test_the_live_plan_asks_only_for_what_is_due():
+    day = dt.datetime(2024, 1, 5, tzinfo=UTC)
+    t = day + dt.timedelta(hours=10, minutes=1)  # a live run for the 10:01 candle
+    clock = t + MIN
+    # Funding: the 08:00 settlement is due until stored; then nothing until 16:00.
+    assert plan(FUNDING, t, t + MIN, clock, day, day) == day + dt.timedelta(hours=8)
+    assert plan(FUNDING, t, t + MIN, clock, day, day + dt.timedelta(hours=8)) is None
+    # Open interest: the 09:55 reading is over at 10:00; 10:00's only at 10:05.
+    assert plan(OPEN_INTEREST, t, t + MIN, clock, day, t - dt.timedelta(minutes=11)) == (
+        t - dt.timedelta(minutes=6)
+    )
+    assert plan(OPEN_INTEREST, t, t + MIN, clock, day, t - dt.timedelta(minutes=6)) is None
+    # Spot: always the run's own minute, and from any minute the day missed.
+    assert plan(SPOT, t, t + MIN, clock, day, t - MIN) == t
+    assert plan(SPOT, t, t + MIN, clock, day, t - 30 * MIN) == t - 29 * MIN
+    assert plan(SPOT, t, t + MIN, clock, day, t + MIN) == t  # a retry rewrites its minute
+    assert plan(SPOT, t, t + MIN, clock, day, None) == day
+
+
+def test_a_live_ingest_fetches_only_what_is_due(tmp_path, replay_factory):
+    ex = replay_factory(clock_start="2024-01-05T10:06:30Z", clock_speed=1e-9)  # 10:05 not over
+    settings, endpoint, wh = _setup(tmp_path, ex)
+    day = dt.datetime(2024, 1, 5, tzinfo=UTC)
+    t = day + dt.timedelta(hours=10)
+    clock = ex.now()
+
+    def live(a: dt.datetime):
+        before = ex.stats()["paths"]
+        s = ingest_context(
+            wh, settings, endpoint, a, a + MIN, closed_by=clock, day=day, follow=True
+        )
+        after = ex.stats()["paths"]
+        return s, {
+            p: n - before.get(p, 0)
+            for p, n in after.items()
+            if n > before.get(p, 0) and p.startswith("/v5/")
+        }
+
+    first, asked = live(t)  # an empty day: everything from midnight
+    assert first.rows == {SPOT.name: 601, FUNDING.name: 2, OPEN_INTEREST.name: 121}
+    second, asked = live(t + MIN)
+    assert second.rows == {SPOT.name: 1} and asked == {"/v5/market/kline": 1}
+    assert second.fetched[FUNDING.name] == second.fetched[OPEN_INTEREST.name] == "not due"
+    third, asked = live(t + 5 * MIN)  # 10:05: the spot minutes 10:02-10:05; OI not yet
+    assert third.rows == {SPOT.name: 4} and asked == {"/v5/market/kline": 1}
+    ex.set_clock("2024-01-05T10:11:30Z")  # the 10:05 reading is over
+    clock = ex.now()
+    fourth, asked = live(t + 6 * MIN)
+    assert fourth.rows == {SPOT.name: 1, OPEN_INTEREST.name: 1}
+    assert asked == {"/v5/market/kline": 1, "/v5/market/open-interest": 1}
+
+
+def test_a_venue_without_context_is_named_not_skipped(tmp_path, replay_factory):
+    ex = replay_factory(clock_start="2024-01-06T00:00:00Z")
+    settings, endpoint, wh = _setup(
+        tmp_path, ex, top={"exchanges": {"bybit": ["BTCUSDT"], "hyperliquid": ["BTC"]}}
+    )
+    day = dt.datetime(2024, 1, 5, tzinfo=UTC)
+    summary = ingest_context(wh, settings, endpoint, day, day + DAY, closed_by=ex.now(), day=day)
+    assert set(summary.unsupported) == {f"hyperliquid:{t.name}" for t in TABLES}
+    assert "hourly" in summary.unsupported["hyperliquid:funding_rates"]
+    assert summary.rows[SPOT.name] == 1440  # Bybit's rows are there all the same
+
+
+def test_injected_bad_rows_fail_their_checks(tmp_path, replay_factory):
+    ex = replay_factory(clock_start="2024-01-06T00:00:00Z")
+    settings, endpoint, wh = _setup(tmp_path, ex)
+    day = dt.datetime(2024, 1, 5, tzinfo=UTC)
+    now = ex.now()
+    ingest_context(wh, settings, endpoint, day, day + DAY, closed_by=now, day=day)
+    frames = _day(wh, day)
+    markets = ["bybit:BTCUSDT"]
+    assert all(all(v.values()) for v in _checks(frames, now, day, markets).values())
+
+    f = frames[FUNDING.name]
+    off = f.head(1).with_columns(
+        funding_time=pl.col("funding_time") + dt.timedelta(hours=1, minutes=30),
+        known_at=pl.col("known_at") + dt.timedelta(hours=1, minutes=30),
+    )  # a settlement at 01:30: stored as sent, flagged
+    got = context_checks(pl.concat([f, off]), FUNDING, now, markets, day)
+    assert not got["on_funding_grid"].passed and "01:30" in str(got["on_funding_grid"].metadata)
+    assert got["keys_and_known_at"].passed
+    early = f.with_columns(known_at=pl.col("known_at") - MIN)  # known before it settled
+    keyed = context_checks(early, FUNDING, now, markets, day)["keys_and_known_at"]
+    assert not keyed.passed and "known_at rule" in keyed.description
+    future = context_checks(f, FUNDING, day + dt.timedelta(hours=12), markets, day)
+    keyed = future["keys_and_known_at"]  # the 16:00 rate, "known" at 12:00
+    assert not keyed.passed and "known after" in keyed.description
+
+    oi = frames[OPEN_INTEREST.name]
+    neg = oi.with_columns(
+        open_interest=pl.when(pl.int_range(pl.len()) == 7)
+        .then(-1.0)
+        .otherwise(pl.col("open_interest"))
+    )
+    assert not context_checks(neg, OPEN_INTEREST, now, markets, day)["on_5min_grid"].passed
+    dup = pl.concat([oi, oi.tail(1)])
+    keyed = context_checks(dup, OPEN_INTEREST, now, markets, day)["keys_and_known_at"]
+    assert not keyed.passed and "duplicated" in keyed.description
+
+    spot = frames[SPOT.name]
+    broken = spot.with_columns(
+        high=pl.when(pl.int_range(pl.len()) == 100).then(pl.col("low") - 1).otherwise("high")
+    )
+    assert not context_checks(broken, SPOT, now, markets, day)["ohlc_sane"].passed
+    holed = spot.filter(pl.int_range(pl.len()) != 200)
+    perp = spot.select("exchange", "symbol", "open_time")
+    cov = context_checks(holed, SPOT, now, markets, day, perp)["coverage"]
+    assert not cov.passed and cov.metadata["perp_minutes_without_spot"] == 1
+    assert "1439/1440" in cov.description
+    two_days = context_checks(spot, SPOT, now + DAY, markets, day, end=day + 2 * DAY)["coverage"]
+    assert not two_days.passed and "1440/2880" in two_days.description  # a 2-day backfill
