@@ -73,9 +73,10 @@ def _to_messages(rows) -> list[dict]:
 @daily_table(
     "signals",
     CHECKS,
-    # order flow: rules read its columns, so a live run computes it first (context tables
-    # the same way, when their assets are in the run)
-    deps=["indicators", "order_flow_bars"],
+    # rules read order flow and the market context, so a live run builds them first; the
+    # context step is ordered by its spot table, the one it writes every minute (funding and
+    # open interest, when not due, are not materialized and must not skip the signals)
+    deps=["indicators", "order_flow_bars", "spot_klines_1m"],
     group_name="signals",
     kinds={"duckdb", "polars"},
     check_specs=[*check_specs("signals", CHECKS), PARITY],
