@@ -8,7 +8,7 @@ indicators never see another's candles, and the caller replaces them per venue.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pipeline.candles.build import with_exchange
@@ -29,6 +29,11 @@ _GAP_RUNS = (
     " FROM kline_gaps WHERE exchange = ? AND open_time >= ? AND open_time < ?)"
     " GROUP BY symbol, run"
 )
+# Indicator rows a backfill holds before writing them (~30 columns: ~250 MB), and DuckDB's
+# memory limit while it writes them (its buffer cache grew to ~1.5 GB over 7.4M rows without;
+# 1 GB held 7.4M rows in 1M-row runs: bench/bench_backfill_scale.py).
+INDICATOR_ROWS = 1_000_000
+RUN_MEMORY = "1GB"
 
 
 def with_history(wh: Any, exchange: str, candles: pl.DataFrame) -> pl.DataFrame:
@@ -64,6 +69,35 @@ def build_indicators(
     With `ranges` (a live run's tail, pipeline.candles.tail): only the rows in them, of their
     timeframes, each computed over the day's warm-up window up to the range's end (the same
     values as over the whole day: a value never depends on a later bar)."""
+    outcomes: dict[str, list[Any]] = {}
+    parts = list(
+        indicator_runs(
+            wh, exchange, days, end, timeframes, spec, outcomes,
+            checked=checked, progress=progress, ranges=ranges, most=None,
+        )
+    )  # fmt: skip
+    return (parts[0] if parts else None), outcomes
+
+
+def indicator_runs(
+    wh: Any,
+    exchange: str,
+    days: Sequence[dt.date],
+    end: dt.datetime,
+    timeframes: Sequence[str],
+    spec: IndicatorSpec,
+    outcomes: dict[str, list[Any]],
+    *,
+    checked: Callable[[str], bool] = lambda tf: True,
+    progress: Callable[[int, str], None] | None = None,
+    ranges: Ranges | None = None,
+    most: int | None = INDICATOR_ROWS,
+) -> Iterator[pl.DataFrame]:
+    """`build_indicators` as it goes: its rows (`exchange` first) in runs of whole
+    timeframe-days of about `most` rows each (None: one run), in the same order; the checks'
+    outcomes are added to `outcomes` as each day is checked. A backfill writes each run as it
+    comes, so its output is never in memory whole (7.4M rows x 30 columns at 100 symbols x 30
+    days)."""
     import polars as pl
 
     from pipeline.candles.tail import in_ranges
@@ -71,10 +105,9 @@ def build_indicators(
     from pipeline.indicators.compute import indicators_for_partition
     from pipeline.quality.checks import by_market
 
-    parts, outcomes = [], {}
     if ranges is not None:
         if not ranges:
-            return None, outcomes
+            return
         timeframes, end = list(ranges), max(hi for _, hi in ranges.values())
     # One read for every timeframe's window (from its warm-up before the first day).
     windows = [(tf, indicator_input_window(days[0], tf, spec)[0]) for tf in timeframes]
@@ -88,6 +121,8 @@ def build_indicators(
     by_tf = with_history(wh, exchange, everything).partition_by("timeframe", as_dict=True)
     empty = everything.clear()
     del everything  # from here on each timeframe's candles are dropped once it is done
+    parts: list[pl.DataFrame] = []
+    held = 0
     for n, tf in enumerate(timeframes, 1):
         hist_all = by_tf.pop((tf,), empty)
         for day in days:
@@ -96,7 +131,9 @@ def build_indicators(
             ind = indicators_for_partition(hist, day, spec)
             if ranges is not None:
                 ind = in_ranges(ind, {tf: ranges[tf]})
-            parts.append(ind)
+            if ind.height:
+                parts.append(ind)
+                held += ind.height
             if checked(tf):  # checked by market, so what they report names the venue
                 # Day by day, against exactly the candles the day was computed from: checked
                 # over runs of days, real gaps made `nulls_where_not_due` expect values the
@@ -105,13 +142,15 @@ def build_indicators(
                 found = check_indicators(named, by_market(with_exchange(ind, exchange)), spec)
                 for name, outcome in found.items():
                     outcomes.setdefault(name, []).append(outcome)
+            if most is not None and held >= most:
+                run, parts, held = with_exchange(_concat(parts), exchange), [], 0
+                yield run
+                del run
         del hist_all
         if progress:
             progress(n, f"{exchange} {tf}: {len(days)} day(s)")
-    parts = [p for p in parts if p.height]
-    if not parts:
-        return None, outcomes
-    return with_exchange(_concat(parts), exchange), outcomes
+    if parts:
+        yield with_exchange(_concat(parts), exchange)
 
 
 def candle_rows_per_day(
@@ -171,12 +210,7 @@ def write_indicators(
     from pipeline.candles.tail import tail_replacements
     from warehouse import Replacement
 
-    ids = {"exchange", *ID_COLUMNS}
-    columns = dict.fromkeys(c for f in built.values() if f is not None for c in f.columns)
-    wh.ensure_columns(
-        "indicators",
-        {c: "BOOLEAN" if c == "bb_squeeze" else "DOUBLE" for c in columns if c not in ids},
-    )
+    _ensure_columns(wh, [c for f in built.values() if f is not None for c in f.columns])
     if tails is not None:
         return wh.replace_many(
             [
@@ -197,3 +231,35 @@ def write_indicators(
             for v, f in built.items()
         ]
     )
+
+
+def write_indicator_runs(
+    wh: Any,
+    runs: dict[str, Iterator[pl.DataFrame]],
+    start: dt.datetime,
+    end: dt.datetime,
+    columns: Sequence[str],
+) -> int:
+    """`write_indicators` of whole partitions from each venue's `indicator_runs` (venue ->
+    its runs, made while they are written), each run committed and freed once inserted
+    (`Warehouse.replace_many(commit_runs=True)`: DuckDB would hold a 7M-row transaction in
+    memory). `columns`: the indicator columns the runs carry (added to the table first)."""
+    from pipeline.candles.build import owned_where
+    from warehouse import Replacement
+
+    _ensure_columns(wh, columns)
+    return wh.replace_many(
+        [Replacement("indicators", r, *owned_where(v, start, end)) for v, r in runs.items()],
+        commit_runs=True,
+        memory_limit=RUN_MEMORY,
+    )
+
+
+def _ensure_columns(wh: Any, columns: Sequence[str]) -> None:
+    """Add any indicator column the table lacks (bb_squeeze BOOLEAN, every other DOUBLE)."""
+    ids = {"exchange", *ID_COLUMNS}
+    wh.ensure_columns(
+        "indicators",
+        {c: "BOOLEAN" if c == "bb_squeeze" else "DOUBLE" for c in dict.fromkeys(columns)
+         if c not in ids},
+    )  # fmt: skip
