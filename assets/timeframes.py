@@ -243,7 +243,7 @@ def indicators(
                 end,
                 s.timeframes,
                 spec,
-                found,
+                outcomes=found,
                 # a tail is checked whole; a live day (no tail) on the timeframe of every minute
                 checked=lambda tf: tails is not None or not live or tf == "1m",
                 progress=lambda n, note, k=k: report(k * len(s.timeframes) + n, note),

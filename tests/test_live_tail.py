@@ -185,7 +185,7 @@ def test_indicators_written_run_by_run_equal_one_pass(template: Path, tmp_path: 
     _, once = build_indicators(wh, VENUE, days, end, s.timeframes, spec)
     found: dict[str, list] = {}
     sizes: list[int] = []
-    runs = indicator_runs(wh, VENUE, days, end, s.timeframes, spec, found, most=2000)
+    runs = indicator_runs(wh, VENUE, days, end, s.timeframes, spec, outcomes=found, most=2000)
     counted = (sizes.append(r.height) or r for r in runs)
     assert write_indicator_runs(wh, {VENUE: counted}, FIRST, end, spec.columns) == want.height
     assert len(sizes) > 2 and sum(sizes) == want.height

@@ -52,30 +52,13 @@ def with_history(wh: Any, exchange: str, candles: pl.DataFrame) -> pl.DataFrame:
 
 
 def build_indicators(
-    wh: Any,
-    exchange: str,
-    days: Sequence[dt.date],
-    end: dt.datetime,
-    timeframes: Sequence[str],
-    spec: IndicatorSpec,
-    *,
-    checked: Callable[[str], bool] = lambda tf: True,
-    progress: Callable[[int, str], None] | None = None,
-    ranges: Ranges | None = None,
+    *args: Any, **options: Any
 ) -> tuple[pl.DataFrame | None, dict[str, list[Any]]]:
-    """The indicators `days` own for the venue (`exchange` first; None when there are none),
-    and the checks' outcomes per check name for the timeframes `checked` selects.
-
-    With `ranges` (a live run's tail, pipeline.candles.tail): only the rows in them, of their
-    timeframes, each computed over the day's warm-up window up to the range's end (the same
-    values as over the whole day: a value never depends on a later bar)."""
+    """`indicator_runs` (the same arguments, but `outcomes` and `most`) in one run: the
+    indicators `days` own for the venue (`exchange` first; None when there are none), and the
+    checks' outcomes per check name."""
     outcomes: dict[str, list[Any]] = {}
-    parts = list(
-        indicator_runs(
-            wh, exchange, days, end, timeframes, spec, outcomes,
-            checked=checked, progress=progress, ranges=ranges, most=None,
-        )
-    )  # fmt: skip
+    parts = list(indicator_runs(*args, outcomes=outcomes, most=None, **options))
     return (parts[0] if parts else None), outcomes
 
 
@@ -86,18 +69,22 @@ def indicator_runs(
     end: dt.datetime,
     timeframes: Sequence[str],
     spec: IndicatorSpec,
-    outcomes: dict[str, list[Any]],
     *,
+    outcomes: dict[str, list[Any]],
     checked: Callable[[str], bool] = lambda tf: True,
     progress: Callable[[int, str], None] | None = None,
     ranges: Ranges | None = None,
     most: int | None = INDICATOR_ROWS,
 ) -> Iterator[pl.DataFrame]:
-    """`build_indicators` as it goes: its rows (`exchange` first) in runs of whole
-    timeframe-days of about `most` rows each (None: one run), in the same order; the checks'
-    outcomes are added to `outcomes` as each day is checked. A backfill writes each run as it
-    comes, so its output is never in memory whole (7.4M rows x 30 columns at 100 symbols x 30
-    days)."""
+    """The indicators `days` own for the venue (`exchange` first) in runs of whole
+    timeframe-days of about `most` rows each (None: one run), in row order; the outcomes of
+    the checks, for the timeframes `checked` selects, are added to `outcomes` (check name ->
+    list) as each day is checked. A backfill writes each run as it comes, so its output is
+    never in memory whole (7.4M rows x 30 columns at 100 symbols x 30 days).
+
+    With `ranges` (a live run's tail, pipeline.candles.tail): only the rows in them, of their
+    timeframes, each computed over the day's warm-up window up to the range's end (the same
+    values as over the whole day: a value never depends on a later bar)."""
     import polars as pl
 
     from pipeline.candles.tail import in_ranges
