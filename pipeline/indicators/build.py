@@ -96,22 +96,20 @@ def indicator_runs(
         if not ranges:
             return
         timeframes, end = list(ranges), max(hi for _, hi in ranges.values())
-    # One read for every timeframe's window (from its warm-up before the first day).
-    windows = [(tf, indicator_input_window(days[0], tf, spec)[0]) for tf in timeframes]
-    values = ", ".join("(?, ?)" for _ in windows)
-    everything = wh.query(
-        f"SELECT c.* EXCLUDE (exchange) FROM candles c JOIN (VALUES {values}) w(tf, lo)"
-        " ON c.timeframe = w.tf AND c.open_time >= w.lo AND c.close_time <= ?"
-        " WHERE c.exchange = ? ORDER BY c.timeframe, c.symbol, c.open_time",
-        [v for pair in windows for v in pair] + [end, exchange],
-    )
-    by_tf = with_history(wh, exchange, everything).partition_by("timeframe", as_dict=True)
-    empty = everything.clear()
-    del everything  # from here on each timeframe's candles are dropped once it is done
     parts: list[pl.DataFrame] = []
     held = 0
     for n, tf in enumerate(timeframes, 1):
-        hist_all = by_tf.pop((tf,), empty)
+        # Each timeframe's candles from its warm-up before the first day, read on their own:
+        # all of them at once (and their copies while read) was the backfill's memory peak.
+        hist_all = with_history(
+            wh,
+            exchange,
+            wh.query(
+                "SELECT * EXCLUDE (exchange) FROM candles WHERE exchange = ? AND timeframe = ?"
+                " AND open_time >= ? AND close_time <= ? ORDER BY symbol, open_time",
+                [exchange, tf, indicator_input_window(days[0], tf, spec)[0], end],
+            ),
+        )
         for day in days:
             lo, hi = indicator_input_window(day, tf, spec)
             hist = hist_all.filter((pl.col("open_time") >= lo) & (pl.col("close_time") <= hi))
