@@ -214,8 +214,13 @@ def indicators(
     progress: ProgressResource,
 ) -> dg.MaterializeResult:
     from pipeline.candles.tail import live_tail
-    from pipeline.indicators import ID_COLUMNS, load_spec, warmup_bars
-    from pipeline.indicators.build import build_indicators, write_indicators
+    from pipeline.indicators import load_spec, warmup_bars
+    from pipeline.indicators.build import (
+        INDICATOR_ROWS,
+        indicator_runs,
+        write_indicator_runs,
+        write_indicators,
+    )
 
     s, wh, spec = settings.get(), warehouse.get(), load_spec()
     with wh.session() as wh:  # one connection for the step's reads and write
@@ -229,32 +234,37 @@ def indicators(
         not_live = not tags.from_sensor(context.run.tags)  # the sensor's runs: no progress lines
         steps = len(s.timeframes) * len(venues(s))
         report = progress.reporter(context, "timeframes", steps, enabled=not_live)
-        frames, outcomes = {}, {name: [] for name in INDICATOR_CHECKS}
-        for k, venue in enumerate(venues(s)):
-            frames[venue], found = build_indicators(
+        found: dict[str, list] = {}
+        runs = {
+            venue: indicator_runs(
                 wh,
                 venue,
                 days,
                 end,
                 s.timeframes,
                 spec,
+                outcomes=found,
                 # a tail is checked whole; a live day (no tail) on the timeframe of every minute
                 checked=lambda tf: tails is not None or not live or tf == "1m",
                 progress=lambda n, note, k=k: report(k * len(s.timeframes) + n, note),
                 ranges=tails[venue].ranges if tails else None,
+                most=None if tails else INDICATOR_ROWS,  # a tail is small: one run
             )
-            for name, listed in found.items():
-                outcomes[name] += listed
-        written = write_indicators(
-            wh, frames, start, end, {v: t.ranges for v, t in tails.items()} if tails else None
-        )
-        columns = {c for f in frames.values() if f is not None for c in f.columns} - {"exchange"}
-        columns -= set(ID_COLUMNS)
+            for k, venue in enumerate(venues(s))
+        }
+        if tails:
+            frames = {v: next(r, None) for v, r in runs.items()}
+            written = write_indicators(
+                wh, frames, start, end, {v: t.ranges for v, t in tails.items()}
+            )
+        else:  # whole days: each run written as it is made, in one transaction
+            written = write_indicator_runs(wh, runs, start, end, spec.columns)
+        outcomes = {name: found.get(name, []) for name in INDICATOR_CHECKS}
         meta = {
             "source": exchange.source().label,
             "rows_written": written,
             "days": len(days),
-            "indicators": len(columns),
+            "indicators": len(spec.columns),
             "warmup_bars": dg.MetadataValue.json(warmup_bars(spec)),
         }
         if tails:

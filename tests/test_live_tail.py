@@ -22,7 +22,12 @@ import pytest
 from pipeline.candles.tail import build_tail_candles, live_tail, write_tail_candles
 from pipeline.config import Settings
 from pipeline.indicators import load_spec
-from pipeline.indicators.build import build_indicators, write_indicators
+from pipeline.indicators.build import (
+    build_indicators,
+    indicator_runs,
+    write_indicator_runs,
+    write_indicators,
+)
 from pipeline.strategy.build import build_signals, write_signals
 from pipeline.strategy.personality import load_personalities
 from tests.test_fastlane_engine import FILE, OTHER, SYMBOL, VENUE, build, ingest, klines
@@ -166,6 +171,27 @@ def test_a_live_run_rebuilds_only_what_its_minutes_change(lived):
         "5m": (LATE, FILLED + MINUTE),
     }
     assert late["candles"] == 2 * (11 + 3 + 2)
+
+
+def test_indicators_written_run_by_run_equal_one_pass(template: Path, tmp_path: Path):
+    """A backfill's indicators in runs of about `most` rows, each committed as it is made
+    (`write_indicator_runs`, what the asset does for whole days), equal one pass written at
+    once (the template's, `build_indicators` + `write_indicators`): same rows, same values,
+    same check outcomes, and more than one run."""
+    shutil.copy(template, tmp_path / template.name)
+    wh, s, spec = Warehouse(tmp_path / template.name, replica_sync=False), Settings(), load_spec()
+    days, end = [FIRST.date(), D0.date()], D0 + DAY
+    want = table(wh, "indicators")
+    _, once = build_indicators(wh, VENUE, days, end, s.timeframes, spec)
+    found: dict[str, list] = {}
+    sizes: list[int] = []
+    runs = indicator_runs(wh, VENUE, days, end, s.timeframes, spec, outcomes=found, most=2000)
+    counted = (sizes.append(r.height) or r for r in runs)
+    assert write_indicator_runs(wh, {VENUE: counted}, FIRST, end, spec.columns) == want.height
+    assert len(sizes) > 2 and sum(sizes) == want.height
+    got = table(wh, "indicators")
+    assert got.equals(want), _first_difference(got, want, TABLES["indicators"])
+    assert found == once and all(o.passed for listed in found.values() for o in listed)
 
 
 def _first_difference(a: pl.DataFrame, b: pl.DataFrame, keys: list[str]) -> str:

@@ -124,6 +124,36 @@ def test_failed_write_leaves_the_old_content(tmp_path: Path):
     assert count(wh.path) == 1440
 
 
+def test_a_replacement_made_of_runs_writes_each_as_it_comes(tmp_path: Path):
+    """An iterator frame: the range deleted once, each run inserted as it is made (with
+    commit_runs each committed on its own, so another connection sees it before the next run),
+    DuckDB's memory limit set for the write and reset after, the replica synced at the end."""
+    wh = Warehouse(tmp_path / "w.duckdb")
+    days = klines(DAY0, 3)
+    span = ("BTCUSDT", DAY0, DAY0 + 3 * DAY)
+    wh.replace("klines_1m", days, WHERE, span)
+    whole = wh.query("SELECT * FROM klines_1m ORDER BY open_time")
+
+    def runs(s: Warehouse, seen: list[int]):
+        for d in range(3):  # rows another connection sees as each run is made
+            seen.append(s.held.cursor().sql("SELECT count(*) FROM klines_1m").fetchall()[0][0])
+            yield days.filter(pl.col("open_time").dt.date() == (DAY0 + d * DAY).date())
+
+    for commit_runs, expected in ((True, [3 * 1440, 1440, 2 * 1440]), (False, [3 * 1440] * 3)):
+        seen: list[int] = []
+        with wh.session() as s:
+            limit = s.held.sql("SELECT current_setting('memory_limit')").fetchall()
+            n = s.replace_many(
+                [Replacement("klines_1m", runs(s, seen), WHERE, span)],
+                commit_runs=commit_runs,
+                memory_limit="500MB",
+            )
+            assert s.held.sql("SELECT current_setting('memory_limit')").fetchall() == limit
+        assert n == 3 * 1440 and seen == expected
+        assert wh.query("SELECT * FROM klines_1m ORDER BY open_time").equals(whole)
+        assert count(wh.replica_path) == 3 * 1440
+
+
 def test_lock_conflict_waits_then_names_the_holder(tmp_path: Path):
     wh = Warehouse(tmp_path / "w.duckdb")
     wh.replace("klines_1m", klines(DAY0), WHERE, ["BTCUSDT", DAY0, DAY0 + DAY])

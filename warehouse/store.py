@@ -67,11 +67,13 @@ class Replacement:
     """Rows of `table` matching `where` (with `params`) are replaced by `frame`.
 
     `table` and `where` come from code: they are checked here (a plain name; a predicate of
-    names, comparisons and `?` only), values go in `params`.
+    names, comparisons and `?` only), values go in `params`. `frame` may also be an iterator
+    of frames (`runs`), inserted one after another as they are made, so a big replacement
+    never has to be in memory whole.
     """
 
     table: str
-    frame: Any  # pl.DataFrame | pa.Table
+    frame: Any  # pl.DataFrame | pa.Table | Iterator of them
     where: str
     params: tuple[Any, ...] = ()
 
@@ -138,34 +140,61 @@ class Warehouse:
         """Atomically replace the rows matching `where` with `frame`; returns rows inserted."""
         return self.replace_many([Replacement(table, frame, where, tuple(params))])
 
-    def replace_many(self, items: Sequence[Replacement]) -> int:
+    def replace_many(
+        self,
+        items: Sequence[Replacement],
+        *,
+        commit_runs: bool = False,
+        memory_limit: str | None = None,
+    ) -> int:
         """Replace several tables' ranges in ONE transaction; returns rows inserted.
 
         Set-based: each frame goes in from Arrow in one statement. Callers pass frames whose
         rows all match their `where`, so a later replacement of the same range removes them.
+
+        `commit_runs` (a backfill): commit after each run of an iterator frame, so the write is
+        atomic per run, not whole (a failed step leaves its range part-written until it is run
+        again). DuckDB holds an open transaction's inserts and their key index in memory
+        (~0.45 GB per 1.5M indicator rows, bench/bench_backfill_scale.py): committed runs let
+        its buffer manager write them out. The replica is still synced once, at the end.
+        `memory_limit` (e.g. '1GB'): DuckDB's, from the first insert to the end of the write
+        (then reset), so its buffer cache gives way to the step's frames; the reads an
+        iterator frame makes before its first run are not limited.
         """
         inserted = 0
         with self.writer() as con:
             con.execute("BEGIN TRANSACTION")
+            limited = False
             try:
                 for it in items:
-                    arrow = it.frame.to_arrow() if hasattr(it.frame, "to_arrow") else it.frame
                     table = ident(it.table, "table")
                     con.execute(f"DELETE FROM {table} WHERE {it.where}", list(it.params))
-                    if arrow.num_rows:
-                        con.register("_incoming", arrow)
-                        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _incoming")
-                        con.unregister("_incoming")
-                    inserted += arrow.num_rows
-                    con.execute(
+                    con.execute(  # what the replica replays: the range, re-read from the file
                         "INSERT INTO replica_log (seq, tbl, predicate, params) SELECT"
                         " coalesce(max(seq), 0) + 1, ?, ?, ? FROM replica_log",
                         [it.table, it.where, json.dumps([_jsonable(p) for p in it.params])],
                     )
+                    for frame in runs(it.frame):
+                        arrow = frame.to_arrow() if hasattr(frame, "to_arrow") else frame
+                        if memory_limit and not limited:
+                            con.execute("SET memory_limit = ?", [memory_limit])
+                            limited = True
+                        if arrow.num_rows:
+                            con.register("_incoming", arrow)
+                            con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _incoming")
+                            con.unregister("_incoming")
+                        inserted += arrow.num_rows
+                        del frame, arrow  # a run is freed before the next is made
+                        if commit_runs:
+                            con.execute("COMMIT")
+                            con.execute("BEGIN TRANSACTION")
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
+            finally:
+                if limited:
+                    con.execute("RESET memory_limit")
             if self.replica_sync:
                 self.sync_replica(con, rows=inserted)
         return inserted
@@ -291,6 +320,14 @@ class Warehouse:
             self.ensure_replica()
         with connect(self.replica_path, read_only=True, wait_s=wait_s, sealed=True) as con:
             yield con
+
+
+def runs(frame: Any) -> Iterator[Any]:
+    """A replacement's frames: the one frame or table, or each of an iterator of them."""
+    if hasattr(frame, "to_arrow") or hasattr(frame, "num_rows"):
+        yield frame
+    else:
+        yield from frame
 
 
 class _NeedsCopy(Exception):

@@ -8,7 +8,7 @@ indicators never see another's candles, and the caller replaces them per venue.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pipeline.candles.build import with_exchange
@@ -29,6 +29,11 @@ _GAP_RUNS = (
     " FROM kline_gaps WHERE exchange = ? AND open_time >= ? AND open_time < ?)"
     " GROUP BY symbol, run"
 )
+# Indicator rows a backfill holds before writing them (~30 columns: ~250 MB), and DuckDB's
+# memory limit while it writes them (its buffer cache grew to ~1.5 GB over 7.4M rows without;
+# 1 GB held 7.4M rows in 1M-row runs: bench/bench_backfill_scale.py).
+INDICATOR_ROWS = 1_000_000
+RUN_MEMORY = "1GB"
 
 
 def with_history(wh: Any, exchange: str, candles: pl.DataFrame) -> pl.DataFrame:
@@ -47,6 +52,17 @@ def with_history(wh: Any, exchange: str, candles: pl.DataFrame) -> pl.DataFrame:
 
 
 def build_indicators(
+    *args: Any, **options: Any
+) -> tuple[pl.DataFrame | None, dict[str, list[Any]]]:
+    """`indicator_runs` (the same arguments, but `outcomes` and `most`) in one run: the
+    indicators `days` own for the venue (`exchange` first; None when there are none), and the
+    checks' outcomes per check name."""
+    outcomes: dict[str, list[Any]] = {}
+    parts = list(indicator_runs(*args, outcomes=outcomes, most=None, **options))
+    return (parts[0] if parts else None), outcomes
+
+
+def indicator_runs(
     wh: Any,
     exchange: str,
     days: Sequence[dt.date],
@@ -54,12 +70,17 @@ def build_indicators(
     timeframes: Sequence[str],
     spec: IndicatorSpec,
     *,
+    outcomes: dict[str, list[Any]],
     checked: Callable[[str], bool] = lambda tf: True,
     progress: Callable[[int, str], None] | None = None,
     ranges: Ranges | None = None,
-) -> tuple[pl.DataFrame | None, dict[str, list[Any]]]:
-    """The indicators `days` own for the venue (`exchange` first; None when there are none),
-    and the checks' outcomes per check name for the timeframes `checked` selects.
+    most: int | None = INDICATOR_ROWS,
+) -> Iterator[pl.DataFrame]:
+    """The indicators `days` own for the venue (`exchange` first) in runs of whole
+    timeframe-days of about `most` rows each (None: one run), in row order; the outcomes of
+    the checks, for the timeframes `checked` selects, are added to `outcomes` (check name ->
+    list) as each day is checked. A backfill writes each run as it comes, so its output is
+    never in memory whole (7.4M rows x 30 columns at 100 symbols x 30 days).
 
     With `ranges` (a live run's tail, pipeline.candles.tail): only the rows in them, of their
     timeframes, each computed over the day's warm-up window up to the range's end (the same
@@ -71,32 +92,33 @@ def build_indicators(
     from pipeline.indicators.compute import indicators_for_partition
     from pipeline.quality.checks import by_market
 
-    parts, outcomes = [], {}
     if ranges is not None:
         if not ranges:
-            return None, outcomes
+            return
         timeframes, end = list(ranges), max(hi for _, hi in ranges.values())
-    # One read for every timeframe's window (from its warm-up before the first day).
-    windows = [(tf, indicator_input_window(days[0], tf, spec)[0]) for tf in timeframes]
-    values = ", ".join("(?, ?)" for _ in windows)
-    everything = wh.query(
-        f"SELECT c.* EXCLUDE (exchange) FROM candles c JOIN (VALUES {values}) w(tf, lo)"
-        " ON c.timeframe = w.tf AND c.open_time >= w.lo AND c.close_time <= ?"
-        " WHERE c.exchange = ? ORDER BY c.timeframe, c.symbol, c.open_time",
-        [v for pair in windows for v in pair] + [end, exchange],
-    )
-    by_tf = with_history(wh, exchange, everything).partition_by("timeframe", as_dict=True)
-    empty = everything.clear()
-    del everything  # from here on each timeframe's candles are dropped once it is done
+    parts: list[pl.DataFrame] = []
+    held = 0
     for n, tf in enumerate(timeframes, 1):
-        hist_all = by_tf.pop((tf,), empty)
+        # Each timeframe's candles from its warm-up before the first day, read on their own:
+        # all of them at once (and their copies while read) was the backfill's memory peak.
+        hist_all = with_history(
+            wh,
+            exchange,
+            wh.query(
+                "SELECT * EXCLUDE (exchange) FROM candles WHERE exchange = ? AND timeframe = ?"
+                " AND open_time >= ? AND close_time <= ? ORDER BY symbol, open_time",
+                [exchange, tf, indicator_input_window(days[0], tf, spec)[0], end],
+            ),
+        )
         for day in days:
             lo, hi = indicator_input_window(day, tf, spec)
             hist = hist_all.filter((pl.col("open_time") >= lo) & (pl.col("close_time") <= hi))
             ind = indicators_for_partition(hist, day, spec)
             if ranges is not None:
                 ind = in_ranges(ind, {tf: ranges[tf]})
-            parts.append(ind)
+            if ind.height:
+                parts.append(ind)
+                held += ind.height
             if checked(tf):  # checked by market, so what they report names the venue
                 # Day by day, against exactly the candles the day was computed from: checked
                 # over runs of days, real gaps made `nulls_where_not_due` expect values the
@@ -105,13 +127,15 @@ def build_indicators(
                 found = check_indicators(named, by_market(with_exchange(ind, exchange)), spec)
                 for name, outcome in found.items():
                     outcomes.setdefault(name, []).append(outcome)
+            if most is not None and held >= most:
+                run, parts, held = with_exchange(_concat(parts), exchange), [], 0
+                yield run
+                del run
         del hist_all
         if progress:
             progress(n, f"{exchange} {tf}: {len(days)} day(s)")
-    parts = [p for p in parts if p.height]
-    if not parts:
-        return None, outcomes
-    return with_exchange(_concat(parts), exchange), outcomes
+    if parts:
+        yield with_exchange(_concat(parts), exchange)
 
 
 def candle_rows_per_day(
@@ -171,12 +195,7 @@ def write_indicators(
     from pipeline.candles.tail import tail_replacements
     from warehouse import Replacement
 
-    ids = {"exchange", *ID_COLUMNS}
-    columns = dict.fromkeys(c for f in built.values() if f is not None for c in f.columns)
-    wh.ensure_columns(
-        "indicators",
-        {c: "BOOLEAN" if c == "bb_squeeze" else "DOUBLE" for c in columns if c not in ids},
-    )
+    _ensure_columns(wh, [c for f in built.values() if f is not None for c in f.columns])
     if tails is not None:
         return wh.replace_many(
             [
@@ -197,3 +216,35 @@ def write_indicators(
             for v, f in built.items()
         ]
     )
+
+
+def write_indicator_runs(
+    wh: Any,
+    runs: dict[str, Iterator[pl.DataFrame]],
+    start: dt.datetime,
+    end: dt.datetime,
+    columns: Sequence[str],
+) -> int:
+    """`write_indicators` of whole partitions from each venue's `indicator_runs` (venue ->
+    its runs, made while they are written), each run committed and freed once inserted
+    (`Warehouse.replace_many(commit_runs=True)`: DuckDB would hold a 7M-row transaction in
+    memory). `columns`: the indicator columns the runs carry (added to the table first)."""
+    from pipeline.candles.build import owned_where
+    from warehouse import Replacement
+
+    _ensure_columns(wh, columns)
+    return wh.replace_many(
+        [Replacement("indicators", r, *owned_where(v, start, end)) for v, r in runs.items()],
+        commit_runs=True,
+        memory_limit=RUN_MEMORY,
+    )
+
+
+def _ensure_columns(wh: Any, columns: Sequence[str]) -> None:
+    """Add any indicator column the table lacks (bb_squeeze BOOLEAN, every other DOUBLE)."""
+    ids = {"exchange", *ID_COLUMNS}
+    wh.ensure_columns(
+        "indicators",
+        {c: "BOOLEAN" if c == "bb_squeeze" else "DOUBLE" for c in dict.fromkeys(columns)
+         if c not in ids},
+    )  # fmt: skip

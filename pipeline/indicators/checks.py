@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from pipeline.candles.timeframes import from_ms
@@ -87,20 +88,64 @@ def check_ranges(indicators: pl.DataFrame, spec: IndicatorSpec | None = None) ->
     )
 
 
+class _Firsts:
+    """One `prepare`d candle frame and, per series, the first row each value depends on
+    (`first_row_arrays`), computed once for all the checks of the same rows."""
+
+    def __init__(self, prep: Prepared, spec: IndicatorSpec) -> None:
+        self.prep, self.spec = prep, spec
+        self._of: dict[SeriesRange, dict[str, np.ndarray]] = {}
+
+    def of(self, s: SeriesRange) -> dict[str, np.ndarray]:
+        if s not in self._of:
+            self._of[s] = first_row_arrays(self.prep.inputs(s)[1], self.spec)
+        return self._of[s]
+
+
+def _all_due_exactly(firsts: _Firsts, keyed: pl.DataFrame) -> bool:
+    """Whether every row of `keyed` (indicators, UTC open_time) has its candle and a value
+    exactly where due: the whole frame at once, column by column. False sends `check_nulls`
+    through its series-by-series pass, which counts and names what is wrong."""
+    import numpy as np
+
+    prep = firsts.prep
+    key = ["symbol", "timeframe", "open_time"]
+    at = keyed.select(key).join(
+        prep.df.select(key).with_row_index("_row"), on=key, how="left", maintain_order="left"
+    )["_row"]
+    if at.null_count():
+        return False  # a row without a candle: an orphan
+    row = at.to_numpy().astype(np.int64)
+    for c in _value_columns(firsts.spec, keyed):
+        due = np.empty(prep.df.height, dtype=bool)
+        for s in prep.series:
+            due[s.lo : s.hi] = firsts.of(s)[c] >= 0
+        if not np.array_equal(due[row], keyed[c].is_not_null().to_numpy()):
+            return False
+    return True
+
+
 def check_nulls(
-    candles: pl.DataFrame, indicators: pl.DataFrame, spec: IndicatorSpec | None = None
+    candles: pl.DataFrame,
+    indicators: pl.DataFrame,
+    spec: IndicatorSpec | None = None,
+    *,
+    firsts: _Firsts | None = None,
 ) -> CheckOutcome:
     """NULL exactly where a value is not due: a value wherever its warm-up was in `candles`
     (no NaN where a value is due) and none where it was not (no silently different number).
 
-    `candles` are the candles the indicators were computed from (with their history).
+    `candles` are the candles the indicators were computed from (with their history);
+    `firsts`: their `prepare` and first rows, shared with the other checks of the same rows.
     """
     import numpy as np
 
     spec = spec or load_spec()
-    prep = prepare(candles, spec)
-    df = prep.df
+    firsts = firsts or _Firsts(prepare(candles, spec), spec)
+    prep, df = firsts.prep, firsts.prep.df
     keyed = indicators.with_columns(utc_times(indicators, "open_time"))
+    if _all_due_exactly(firsts, keyed):
+        return CheckOutcome(True, f"values present exactly where due on {indicators.height} rows")
     missing: dict[str, int] = {}
     unexpected: dict[str, int] = {}
     examples: list[str] = []
@@ -117,7 +162,7 @@ def check_nulls(
         _, ctx = prep.inputs(s)
         pos = np.searchsorted(ctx.open_ms, rows["open_time"].dt.epoch("ms").to_numpy())
         pos = np.clip(pos, 0, len(ctx.open_ms) - 1)
-        first = first_row_arrays(ctx, spec)
+        first = firsts.of(s)
         for c in _value_columns(spec, rows):
             due = first[c][pos] >= 0
             null = rows[c].is_null().to_numpy()
@@ -149,9 +194,11 @@ def _differs(
     got: Mapping[str, float],
     want: Mapping[str, float],
     close: float,
-    magnitude: Mapping[str, float],
+    stored: _Stored,
 ) -> list[str]:
-    """Columns where two values of one bar differ by more than the tolerance (NULL vs value too)."""
+    """Columns where two values of one bar differ by more than the tolerance (NULL vs value too);
+    the stored series' magnitudes (the scale of plain values) are computed only for a
+    difference."""
     bad = []
     for ind in spec.indicators:
         for c in ind.outputs:
@@ -164,6 +211,8 @@ def _differs(
                 if (a is None) != (b is None):
                     bad.append(c)
                 continue
+            if a == b:
+                continue  # within any tolerance, whatever the scale
             if ind.boolean:
                 scale = 0.0
             elif ind.scale == "price":
@@ -171,7 +220,7 @@ def _differs(
             elif ind.scale == "range" and ind.bounds:
                 scale = float(ind.bounds[1]) - float(ind.bounds[0])  # type: ignore[arg-type]
             else:
-                scale = max(magnitude.get(c, 0.0), 1e-300)
+                scale = max(stored.magnitudes.get(c, 0.0), 1e-300)
             if abs(a - b) > spec.tolerance * scale:
                 bad.append(c)
     return bad
@@ -206,20 +255,27 @@ class _Stored:
     close: np.ndarray  # the series' closes (the scale of price-like values)
     ctx: Context
     first: dict[str, np.ndarray]  # per column, the first row each value depends on
-    magnitudes: dict[str, float]
+    spec: IndicatorSpec
+
+    @cached_property
+    def magnitudes(self) -> dict[str, float]:
+        """Per column, the rows' mean magnitude: only needed where two values differ."""
+        return _magnitudes(self.rows, self.spec)
 
 
-def _iter_stored(prep: Prepared, stored: pl.DataFrame, spec: IndicatorSpec) -> Iterator[_Stored]:
-    by_series = stored.with_columns(utc_times(stored, "open_time")).partition_by(
-        "symbol", "timeframe", as_dict=True
+def _iter_stored(firsts: _Firsts, stored: pl.DataFrame) -> Iterator[_Stored]:
+    prep = firsts.prep
+    # sorted once, not series by series (partition_by keeps the order within each)
+    by_series = (
+        stored.with_columns(utc_times(stored, "open_time"))
+        .sort("symbol", "timeframe", "open_time")
+        .partition_by("symbol", "timeframe", as_dict=True)
     )
     for s in prep.series:
         rows = by_series.get((s.symbol, s.timeframe))
         if rows is not None and rows.height:
-            rows = rows.sort("open_time")
             cols, ctx = prep.inputs(s)
-            first = first_row_arrays(ctx, spec)
-            yield _Stored(s, rows, cols["close"], ctx, first, _magnitudes(rows, spec))
+            yield _Stored(s, rows, cols["close"], ctx, firsts.of(s), firsts.spec)
 
 
 def check_lookahead(
@@ -229,6 +285,7 @@ def check_lookahead(
     *,
     per_series: int = 5,
     seed: int = 0,
+    firsts: _Firsts | None = None,
 ) -> CheckOutcome:
     """For a sample of stored bars per series (always the newest), recompute from the candles
     truncated at that bar's close: the values must equal the stored ones (within the
@@ -240,11 +297,12 @@ def check_lookahead(
     import numpy as np
 
     spec = spec or load_spec()
-    prep = prepare(candles, spec)
+    firsts = firsts or _Firsts(prepare(candles, spec), spec)
+    prep = firsts.prep
     failures: list[str] = []
     checked = 0
-    for st in _iter_stored(prep, indicators, spec):
-        s, rows, ctx_all, first, mags = st.series, st.rows, st.ctx, st.first, st.magnitudes
+    for st in _iter_stored(firsts, indicators):
+        s, rows, ctx_all, first = st.series, st.rows, st.ctx, st.first
         stored_t = rows["open_time"].dt.epoch("ms").to_numpy()
         for j in _sample(rows.height, 0, per_series, seed):
             i = int(np.searchsorted(ctx_all.open_ms, stored_t[j]))
@@ -256,7 +314,7 @@ def check_lookahead(
             cols, ctx = prep.inputs(s, lo=s.lo + lo, hi=s.lo + i + 1)
             got = {c: v[-1] for c, v in compute_series(cols, ctx, spec).items()}
             want = rows.row(j, named=True)
-            bad = _differs(spec, got, want, float(st.close[i]), mags)
+            bad = _differs(spec, got, want, float(st.close[i]), st)
             checked += 1
             if bad:
                 failures.append(
@@ -283,11 +341,12 @@ def check_warmup(
     `candles` within the tolerance, for a sample of bars per series and every column."""
     spec = spec or load_spec()
     full = compute_indicators(candles, spec)
-    prep = prepare(candles, spec)
+    firsts = _Firsts(prepare(candles, spec), spec)
+    prep = firsts.prep
     failures: list[str] = []
     checked = 0
-    for st in _iter_stored(prep, full, spec):
-        s, rows, first, mags = st.series, st.rows, st.first, st.magnitudes
+    for st in _iter_stored(firsts, full):
+        s, rows, first = st.series, st.rows, st.first
         for i in _sample(rows.height, min(spec.warmup.values(), default=0), per_series, seed):
             want_all = rows.row(i, named=True)
             by_start: dict[int, list[str]] = {}
@@ -299,7 +358,7 @@ def check_warmup(
                 res = compute_series(sub, ctx, spec)
                 got = {c: res[c][-1] for c in cols}
                 want = {c: want_all[c] for c in cols}
-                bad = _differs(spec, got, want, float(st.close[i]), mags)
+                bad = _differs(spec, got, want, float(st.close[i]), st)
                 checked += 1
                 if bad:
                     failures.append(f"{s.symbol} {s.timeframe} row {i} from row {start}: {bad}")
@@ -323,8 +382,9 @@ def check_indicators(
 ) -> dict[str, CheckOutcome]:
     """The per-partition checks by name (the warm-up check wants long history: run it apart)."""
     spec = spec or load_spec()
+    firsts = _Firsts(prepare(candles, spec), spec)
     return {
         "ranges": check_ranges(indicators, spec),
-        "nulls_where_not_due": check_nulls(candles, indicators, spec),
-        "no_lookahead": check_lookahead(candles, indicators, spec),
+        "nulls_where_not_due": check_nulls(candles, indicators, spec, firsts=firsts),
+        "no_lookahead": check_lookahead(candles, indicators, spec, firsts=firsts),
     }

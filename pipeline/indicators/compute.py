@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeline.candles.timeframes import as_timeframe, day_bounds_ms, from_ms, owned_by
-from pipeline.indicators.custom import CUSTOM, Context
+from pipeline.indicators.custom import CUSTOM, Context, talib_fn
 from pipeline.indicators.history import JOINED, WHOLE, history_flags, segments, utc_times
 from pipeline.indicators.spec import CANDLE_INPUTS, Indicator, IndicatorSpec, load_spec
 
@@ -34,7 +34,33 @@ def _first_rows(ctx: Context, spec: IndicatorSpec, exact: bool = True) -> dict[s
     Kept as a plain count w (row i needs row i - w) while no time-anchored custom function is
     involved, which is every column but VWAP and its dependants; those get arrays, unless
     `exact` is off: then w only says that the first w rows are NULL (enough to mask them).
+    Counts only depend on the spec and the custom functions' NULL prefixes: those are
+    remembered (every series of a backfill asks, most with the same few prefixes).
     """
+    key = None
+    if not exact:
+        prefixes = tuple(
+            CUSTOM[i.fn].null_rows(ctx, i.kwargs)  # type: ignore[misc]
+            for i in spec.indicators
+            if i.custom and CUSTOM[i.fn].null_rows is not None
+        )
+        key = (id(spec), prefixes)
+        hit = _COUNTS.get(key)
+        if hit is not None and hit[0] is spec:
+            return hit[1]
+    found = _first_rows_of(ctx, spec, exact)
+    if key is not None and all(isinstance(v, int) for v in found.values()):
+        if len(_COUNTS) >= 4096:
+            _COUNTS.clear()
+        _COUNTS[key] = (spec, found)
+    return found
+
+
+# (id(spec), NULL prefixes) -> (spec, its counts): see _first_rows.
+_COUNTS: dict[tuple[int, tuple[int, ...]], tuple[IndicatorSpec, dict[str, Any]]] = {}
+
+
+def _first_rows_of(ctx: Context, spec: IndicatorSpec, exact: bool) -> dict[str, Any]:
     import numpy as np
 
     needs: dict[str, Any] = dict.fromkeys(CANDLE_INPUTS, 0)
@@ -94,7 +120,6 @@ def compute_series(
     waits on an input waits on one that is already running or done: no deadlock at any size.
     """
     import numpy as np
-    import talib
 
     n = len(ctx.open_ms)
     segs = segments(ctx.whole, ctx.joined)
@@ -113,7 +138,7 @@ def compute_series(
         elif ind.custom:
             res = CUSTOM[ind.fn].compute(ctx, *args, **ind.kwargs)
         else:
-            res = getattr(talib, ind.fn)(*args, **ind.kwargs)
+            res = talib_fn(ind.fn)(*args, **ind.kwargs)
         res = res if isinstance(res, tuple | list) else (res,)
         done = {}
         for col, arr in zip(ind.outputs, res, strict=True):
