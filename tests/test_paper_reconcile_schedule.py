@@ -37,8 +37,14 @@ def definitions(res: dict) -> dg.Definitions:
     )
 
 
+_DEFS: dict[int, tuple[dict, dg.Definitions]] = {}  # the home's resources kept: ids unique
+
+
 def tick(instance, res, day: dt.date, hour: int):
-    defs = definitions(res)
+    """One evaluation of the schedule at `hour`:45 of the day after `day`. The repository is
+    resolved once per home: resolving it again inside a test instance can find Dagster's
+    definitions-state storage bound to an instance already gone (it failed so in a full run)."""
+    _, defs = _DEFS.setdefault(id(res), (res, definitions(res)))
     at = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(hour, 45), dt.UTC)
     ctx = dg.build_schedule_context(
         instance=instance,
