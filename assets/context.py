@@ -131,12 +131,11 @@ def market_context(
         outcomes = context_checks(
             frame, table, exchange_now, markets, p_start, perp if table is SPOT else None, p_end
         )
-        results = []
-        for name, outcome in outcomes.items():
-            result = check_result(name, outcome, table.name)
-            if follow or name in WARN_ONLY:
-                result = result._replace(severity=dg.AssetCheckSeverity.WARN)
-            results.append(result)
+        warn, error = dg.AssetCheckSeverity.WARN, dg.AssetCheckSeverity.ERROR
+        results = [
+            check_result(name, outcome, table.name, warn if follow or name in WARN_ONLY else error)
+            for name, outcome in outcomes.items()
+        ]
         mine = [k for k in {**summary.unsupported, **summary.failed} if k.endswith(table.name)]
         meta = {
             "rows_written": summary.rows.get(table.name, 0),
