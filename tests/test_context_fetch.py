@@ -114,7 +114,7 @@ def test_unknown_symbols_and_venues_without_context_are_refused_by_name(replay_f
     for call in (
         lambda: hl.fetch_funding("BTC", JAN1, JAN1 + DAY, closed_by=None),
         lambda: hl.fetch_open_interest("BTC", JAN1, JAN1 + DAY, closed_by=None),
-        hl.spot_client,
+        lambda: hl.fetch_spot("BTC", JAN1, JAN1 + DAY, closed_by=None),
     ):
         with pytest.raises(Unsupported, match="hyperliquid cannot supply") as err:
             call()

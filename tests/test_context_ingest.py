@@ -40,10 +40,13 @@ def _day(wh: Warehouse, day: dt.datetime) -> dict[str, pl.DataFrame]:
     }
 
 
-def _checks(frames, now, day, markets):
+def _checks(frames, now, day, markets, intervals):
     return {
         t.name: {
-            n: o.passed for n, o in context_checks(frames[t.name], t, now, markets, day).items()
+            n: o.passed
+            for n, o in context_checks(
+                frames[t.name], t, now, markets, day, intervals=intervals
+            ).items()
         }
         for t in TABLES
     }
@@ -62,7 +65,8 @@ def test_a_real_day_ingests_whole_passes_every_check_and_rewrites_the_same(
     assert summary.rows == {SPOT.name: 1440, FUNDING.name: 3, OPEN_INTEREST.name: 288}
     assert not summary.unsupported and not summary.failed
     first = _day(wh, JUNE10)
-    checks = _checks(first, now, JUNE10, ["bybit:BTCUSDT"])
+    assert summary.intervals() == {"bybit:BTCUSDT": dt.timedelta(hours=8)}
+    checks = _checks(first, now, JUNE10, ["bybit:BTCUSDT"], summary.intervals())
     assert all(all(v.values()) for v in checks.values()), checks
     funding = first[FUNDING.name]
     assert (funding["known_at"] == funding["funding_time"]).all()
@@ -100,12 +104,14 @@ def test_a_live_ingest_fetches_only_what_is_due(tmp_path, replay_factory):
     day = dt.datetime(2024, 1, 5, tzinfo=UTC)
     t = day + dt.timedelta(hours=10)
     clock = ex.now()
+    legs: dict = {}  # what the asset hands on from run to run (its spot_legs metadata)
 
     def live(a: dt.datetime):
         before = ex.stats()["paths"]
         s = ingest_context(
-            wh, settings, endpoint, a, a + MIN, closed_by=clock, day=day, follow=True
+            wh, settings, endpoint, a, a + MIN, closed_by=clock, day=day, follow=True, legs=legs
         )
+        legs.update(s.legs)
         after = ex.stats()["paths"]
         return s, {
             p: n - before.get(p, 0)
@@ -115,6 +121,7 @@ def test_a_live_ingest_fetches_only_what_is_due(tmp_path, replay_factory):
 
     first, asked = live(t)  # an empty day: everything from midnight
     assert first.rows == {SPOT.name: 601, FUNDING.name: 2, OPEN_INTEREST.name: 121}
+    assert asked["/v5/market/instruments-info"] == 2  # linear and spot, once
     second, asked = live(t + MIN)
     assert second.rows == {SPOT.name: 1} and asked == {"/v5/market/kline": 1}
     assert second.fetched[FUNDING.name] == second.fetched[OPEN_INTEREST.name] == "not due"
@@ -144,18 +151,21 @@ def test_injected_bad_rows_fail_their_checks(tmp_path, replay_factory):
     settings, endpoint, wh = _setup(tmp_path, ex)
     day = dt.datetime(2024, 1, 5, tzinfo=UTC)
     now = ex.now()
-    ingest_context(wh, settings, endpoint, day, day + DAY, closed_by=now, day=day)
+    summary = ingest_context(wh, settings, endpoint, day, day + DAY, closed_by=now, day=day)
     frames = _day(wh, day)
-    markets = ["bybit:BTCUSDT"]
-    assert all(all(v.values()) for v in _checks(frames, now, day, markets).values())
+    markets, grids = ["bybit:BTCUSDT"], summary.intervals()
+    assert all(all(v.values()) for v in _checks(frames, now, day, markets, grids).values())
 
     f = frames[FUNDING.name]
     off = f.head(1).with_columns(
         funding_time=pl.col("funding_time") + dt.timedelta(hours=1, minutes=30),
         known_at=pl.col("known_at") + dt.timedelta(hours=1, minutes=30),
     )  # a settlement at 01:30: stored as sent, flagged
-    got = context_checks(pl.concat([f, off]), FUNDING, now, markets, day)
+    got = context_checks(pl.concat([f, off]), FUNDING, now, markets, day, intervals=grids)
     assert not got["on_funding_grid"].passed and "01:30" in str(got["on_funding_grid"].metadata)
+    assert got["on_funding_grid"].metadata["funding_interval"] == {"bybit:BTCUSDT": "8h"}
+    unstated = context_checks(pl.concat([f, off]), FUNDING, now, markets, day)["on_funding_grid"]
+    assert "not checked (no interval stated): bybit:BTCUSDT" in unstated.description
     assert got["keys_and_known_at"].passed
     early = f.with_columns(known_at=pl.col("known_at") - MIN)  # known before it settled
     keyed = context_checks(early, FUNDING, now, markets, day)["keys_and_known_at"]

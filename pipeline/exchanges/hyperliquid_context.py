@@ -16,6 +16,7 @@ from pipeline.exchanges.protocol import Unsupported
 
 if TYPE_CHECKING:
     from pipeline.config import Settings
+    from pipeline.context.legs import Leg
     from pipeline.exchanges.protocol import Endpoint
 
 VENUE = "hyperliquid"
@@ -35,7 +36,13 @@ class HyperliquidContext:
     def _refuse(self, table: str) -> NoReturn:
         raise Unsupported(VENUE, table, WHY[table])
 
-    def spot_client(self) -> NoReturn:
+    def legs(self, symbols: list[str], known: dict[str, Leg] | None = None) -> dict[str, Leg]:
+        """Nothing described: every table is refused below."""
+        return {}
+
+    def fetch_spot(
+        self, symbol: str, start: dt.datetime, end: dt.datetime, *, closed_by: dt.datetime | None
+    ) -> NoReturn:
         self._refuse("spot_klines_1m")
 
     def fetch_funding(
