@@ -4,6 +4,7 @@ warehouse, idempotently; the live path's plan; and checks that catch an injected
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import polars as pl
 import pytest
@@ -21,6 +22,10 @@ UTC = dt.UTC
 DAY = dt.timedelta(days=1)
 MIN = dt.timedelta(minutes=1)
 JUNE10 = dt.datetime(2025, 6, 10, tzinfo=UTC)
+
+
+def ms_of(t: dt.datetime) -> int:
+    return int(t.timestamp() * 1000)
 
 
 def _setup(tmp_path, ex, top=None):
@@ -86,6 +91,10 @@ def test_the_live_plan_asks_only_for_what_is_due():
     # Funding: the 08:00 settlement is due until stored; then nothing until 16:00.
     assert plan(FUNDING, t, t + MIN, clock, day, day) == day + dt.timedelta(hours=8)
     assert plan(FUNDING, t, t + MIN, clock, day, day + dt.timedelta(hours=8)) is None
+    # A venue with a 4-hour market: the 08:00 one stored, 12:00 is due once it is 12:00.
+    four, noon = dt.timedelta(hours=4), day + dt.timedelta(hours=12)
+    assert plan(FUNDING, t, t + MIN, clock, day, day + dt.timedelta(hours=8), four) is None
+    assert plan(FUNDING, noon, noon + MIN, noon + MIN, day, noon - four, four) == noon
     # Open interest: the 09:55 reading is over at 10:00; 10:00's only at 10:05.
     assert plan(OPEN_INTEREST, t, t + MIN, clock, day, t - dt.timedelta(minutes=11)) == (
         t - dt.timedelta(minutes=6)
@@ -197,3 +206,76 @@ def test_injected_bad_rows_fail_their_checks(tmp_path, replay_factory):
     assert "1439/1440" in cov.description
     two_days = context_checks(spot, SPOT, now + DAY, markets, day, end=day + 2 * DAY)["coverage"]
     assert not two_days.passed and "1440/2880" in two_days.description  # a 2-day backfill
+
+
+ODD = ["BTCUSDT", "1000PEPEUSDT", "WIFUSDT", "BTCPERP"]  # tests/test_context_fetch.py
+
+
+def test_each_market_on_its_own_funding_grid_and_spot_pair(tmp_path, replay_factory):
+    """A 4-hour market's funding passes the grid check held to its stated interval (and
+    fails it held to 8 hours, as before); 1000PEPEUSDT's spot candles are PEPEUSDT's in its
+    units; BTCPERP, without a spot pair, is named with how to configure one, not fetched."""
+    ex = replay_factory(clock_start="2024-01-06T00:00:00Z", symbols=ODD)
+    settings, endpoint, wh = _setup(tmp_path, ex, top={"exchanges": {"bybit": ODD}})
+    day, now = dt.datetime(2024, 1, 5, tzinfo=UTC), ex.now()
+    summary = ingest_context(wh, settings, endpoint, day, day + DAY, closed_by=now, day=day)
+    grids = summary.intervals()
+    assert grids["bybit:WIFUSDT"] == 4 * dt.timedelta(hours=1)
+    assert grids["bybit:BTCUSDT"] == grids["bybit:1000PEPEUSDT"] == 8 * dt.timedelta(hours=1)
+    assert summary.rows == {
+        SPOT.name: 3 * 1440,
+        FUNDING.name: 3 * 3 + 6,
+        OPEN_INTEREST.name: 4 * 288,
+    }
+    refused = summary.unsupported["bybit:spot_klines_1m"]
+    assert "bybit:BTCPERP" in refused and "spot_legs" in refused
+    frames = _day(wh, day)
+    markets = [f"bybit:{s}" for s in ODD]
+    got = context_checks(frames[FUNDING.name], FUNDING, now, markets, day, intervals=grids)
+    grid = got["on_funding_grid"]
+    assert grid.passed, grid.description
+    assert grid.metadata["funding_interval"]["bybit:WIFUSDT"] == "4h"
+    as_before = {**grids, "bybit:WIFUSDT": 8 * dt.timedelta(hours=1)}
+    old = context_checks(frames[FUNDING.name], FUNDING, now, markets, day, intervals=as_before)
+    assert (
+        not old["on_funding_grid"].passed and old["on_funding_grid"].metadata["flagged_rows"] == 3
+    )
+    spot = frames[SPOT.name]
+    assert sorted(spot["symbol"].unique()) == ["1000PEPEUSDT", "BTCUSDT", "WIFUSDT"]
+    pepe = spot.filter(pl.col("symbol") == "1000PEPEUSDT")["close"].mean()
+    perp = ex.market.kline("1000PEPEUSDT", "1", None, None, 1, ms_of(day + MIN))
+    assert abs(pepe / float(json.loads(perp[0])[4]) - 1) < 0.2  # same units, not 1000x off
+    spot_checks = context_checks(spot, SPOT, now, markets, day)
+    assert spot_checks["ohlc_sane"].passed and spot_checks["keys_and_known_at"].passed
+    assert not spot_checks["coverage"].passed and "bybit:BTCPERP 0/1440" in (
+        spot_checks["coverage"].description
+    )  # a warning: BTCPERP has no spot leg
+
+
+def test_a_configured_spot_leg_is_used_and_a_bad_one_refused_by_the_configuration(
+    tmp_path, replay_factory
+):
+    from pipeline.config import ConfigError
+    from pipeline.context.legs import resolve
+
+    ex = replay_factory(clock_start="2024-01-06T00:00:00Z", symbols=ODD)
+    legs = {"BTCPERP": {"symbol": "BTCUSDT", "multiplier": 1}}
+    top = {"exchanges": {"bybit": ["BTCPERP"]}, "bybit": {"spot_legs": legs}}
+    settings, endpoint, wh = _setup(tmp_path, ex, top=top)
+    day = dt.datetime(2024, 1, 5, tzinfo=UTC)
+    summary = ingest_context(wh, settings, endpoint, day, day + DAY, closed_by=ex.now(), day=day)
+    assert summary.rows[SPOT.name] == 1440 and not summary.unsupported
+    assert summary.legs["bybit"]["BTCPERP"].how == "configured: bybit.spot_legs.BTCPERP"
+    bad = {
+        "exchanges": {"bybit": ["BTCPERP"]},
+        "bybit": {"spot_legs": {"BTCPERP": {"symbol": "btc usdt"}}},
+    }
+    (tmp_path / "bad").mkdir()
+    with pytest.raises(ConfigError, match="spot_legs"):
+        _setup(tmp_path / "bad", ex, top=bad)
+    # a coin whose own name starts with 1000, listed so on spot, is not divided by 1000
+    spot = [{"symbol": "1000CATUSDT", "baseCoin": "1000CAT", "quoteCoin": "USDT"},
+            {"symbol": "CATUSDT", "baseCoin": "CAT", "quoteCoin": "USDT"}]  # fmt: skip
+    linear = {"symbol": "1000CATUSDT", "baseCoin": "1000CAT", "quoteCoin": "USDT"}
+    leg = resolve("bybit", "1000CATUSDT", linear, spot)
+    assert (leg.spot, leg.multiplier, leg.funding_interval) == ("1000CATUSDT", 1, None)
