@@ -185,8 +185,11 @@ def test_a_perpetual_without_a_spot_pair_is_refused_by_name_unless_configured(re
     with pytest.raises(Unsupported, match="bybit:BTCPERP") as err:
         client(ex).fetch_spot("BTCPERP", JAN1, JAN1 + DAY, closed_by=None)
     assert err.value.data == "spot_klines_1m"
+    before = ex.stats()["paths"]["/v5/market/instruments-info"]
+    assert client(ex).legs(["BTCPERP"], {"BTCPERP": leg})["BTCPERP"] == leg  # reused: no request
+    assert ex.stats()["paths"]["/v5/market/instruments-info"] == before
     configured = client(ex, spot_legs={"BTCPERP": ("BTCUSDT", 1)})
-    leg = configured.legs(["BTCPERP"])["BTCPERP"]
+    leg = configured.legs(["BTCPERP"], {"BTCPERP": leg})["BTCPERP"]  # configured since: asked
     assert (leg.spot, leg.multiplier, leg.how) == (
         "BTCUSDT",
         1,

@@ -78,10 +78,11 @@ class BybitContext(BybitClient):
     def legs(self, symbols: list[str], known: dict[str, Leg] | None = None) -> dict[str, Leg]:
         """Each perpetual's spot pair, multiplier and funding interval from the linear and
         spot instrument lists (two listings) and the overrides, or from `known` when it has
-        them all; remembered for `fetch_spot`."""
+        them all and they agree with the overrides (one edited since is asked again);
+        remembered for `fetch_spot`."""
         from pipeline.context.legs import resolve
 
-        if known is not None and all(s in known for s in symbols):
+        if known is not None and all(s in known and self._fits(s, known[s]) for s in symbols):
             self.known.update(known)
             return {s: known[s] for s in symbols}
         linear = {str(i["symbol"]): i for i in self.instruments_info()}
@@ -91,6 +92,13 @@ class BybitContext(BybitClient):
         }
         self.known.update(got)
         return got
+
+    def _fits(self, symbol: str, leg: Leg) -> bool:
+        """`leg` (found earlier) agrees with the configuration as it is now."""
+        override = self.overrides.get(symbol)
+        if override is None:
+            return not leg.how.startswith("configured")
+        return (leg.spot, leg.multiplier) == override
 
     def fetch_spot(
         self, symbol: str, start: dt.datetime, end: dt.datetime, *, closed_by: dt.datetime | None
