@@ -14,9 +14,10 @@ Both bounds are inclusive. Requests go through the klines client's `_call` (Bybi
 same pacing, tenacity retry policy and error family. A range is asked in windows no page can
 overflow (200 hourly fundings; 200 five-minute readings); a page that comes back full is asked
 again below its oldest row, so nothing is cut off. Rows are validated like kline pages: a
-funding timestamp must be on the minute (the 8-hour grid is the asset's check: flagged, never
-refused), an open-interest timestamp on the 5-minute grid. Only readings whose interval is
-over by the response's clock (and `closed_by`) are kept: time + 5 min for open interest.
+funding timestamp must be on the minute (the market's funding grid is the asset's check:
+flagged, never refused), an open-interest timestamp on the 5-minute grid. Only readings whose
+interval is over by the response's clock (and `closed_by`) are kept: time + 5 min for open
+interest.
 The spot candles are the kline path itself with `category=spot` (`spot_client`), asked for
 the perpetual's spot pair as the instrument lists state it (`legs`, pipeline/context/legs.py:
 `1000PEPEUSDT`'s is `PEPEUSDT`, 1000 coins a contract) and returned by `fetch_spot` in the

@@ -1,7 +1,7 @@
 """Hyperliquid's market context: none of it, said by name (`Unsupported`), never skipped.
 
-- funding: Hyperliquid settles funding every hour (`fundingHistory` on /info), not on the
-  8-hour grid `funding_rates` is checked against; Signalbox does not fetch it (yet);
+- funding: Hyperliquid settles funding every hour (`fundingHistory` on /info); Signalbox does
+  not fetch it (yet), nor state its interval (`legs` describes nothing here);
 - open interest: the public API has only the current value (`metaAndAssetCtxs`), no history;
 - spot candles: Hyperliquid's spot market lists few coins, under other names (UBTC/USDC for
   BTC); no spot pair is matched to a perpetual here.
@@ -21,8 +21,7 @@ if TYPE_CHECKING:
 
 VENUE = "hyperliquid"
 WHY = {
-    "funding_rates": "it settles funding hourly (fundingHistory), not on the 8-hour grid, and "
-    "Signalbox does not fetch it",
+    "funding_rates": "it settles funding hourly (fundingHistory), and Signalbox does not fetch it",
     "open_interest_5m": "its public API has only the current open interest "
     "(metaAndAssetCtxs), no history",
     "spot_klines_1m": "its spot market names coins differently (UBTC/USDC) and lists few; no "
