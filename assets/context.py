@@ -126,7 +126,7 @@ def market_context(
             [p_start, p_end, closed_by],
         )
     venues = by_venue(s.markets)
-    newest = {v: newest_in(stored, v, syms) for v, syms in venues.items()}
+    newest = {v: newest_in(stored, v, syms, summary.legs.get(v)) for v, syms in venues.items()}
     for table in tables:
         if follow and summary.fetched.get(table.name) == "not due":
             continue  # nothing changed: no materialization, no check events (a live run's cost)
@@ -172,6 +172,7 @@ def _previous(
     warehouse is read): also when a time lies outside the day (a backfill over several days
     records the range's newest on each of them); and the legs it used (`spot_legs`, None:
     the instruments are listed again)."""
+    from pipeline.context.ingest import DUE
     from pipeline.context.legs import Leg
 
     found = context.instance.fetch_materializations(
@@ -192,7 +193,7 @@ def _previous(
         v: {k: t and dt.datetime.fromisoformat(t) for k, t in tables.items()}
         for v, tables in value.value.items()
     }
-    times = [t for tables in newest.values() for t in tables.values() if t is not None]
+    times = [t for n in newest.values() for k, t in n.items() if t is not None and k != DUE]
     return (newest if all(p_start <= t < p_end for t in times) else None), legs
 
 

@@ -279,3 +279,27 @@ def test_a_configured_spot_leg_is_used_and_a_bad_one_refused_by_the_configuratio
     linear = {"symbol": "1000CATUSDT", "baseCoin": "1000CAT", "quoteCoin": "USDT"}
     leg = resolve("bybit", "1000CATUSDT", linear, spot)
     assert (leg.spot, leg.multiplier, leg.funding_interval) == ("1000CATUSDT", 1, None)
+
+
+def test_a_live_run_asks_funding_when_one_of_its_markets_has_one_due(tmp_path, replay_factory):
+    """BTCUSDT funds every 8 hours, WIFUSDT every 4: at 04:01 WIFUSDT's 04:00 rate is asked
+    (an 8-hour grid would miss it until the day's repair), then nothing until 08:00, when
+    both have one due (not a request every minute while BTCUSDT has none)."""
+    two = ["BTCUSDT", "WIFUSDT"]
+    ex = replay_factory(clock_start="2024-01-05T04:01:30Z", clock_speed=1e-9, symbols=two)
+    settings, endpoint, wh = _setup(tmp_path, ex, top={"exchanges": {"bybit": two}})
+    day = dt.datetime(2024, 1, 5, tzinfo=UTC)
+
+    def live(t: dt.datetime):
+        ex.set_clock((t + MIN + dt.timedelta(seconds=30)).isoformat())
+        s = ingest_context(
+            wh, settings, endpoint, t, t + MIN, closed_by=t + MIN, day=day, follow=True
+        )
+        return s.rows.get(FUNDING.name), s.fetched[FUNDING.name]
+
+    at = [day + dt.timedelta(hours=4, minutes=m) for m in (0, 1, 30)]
+    assert live(at[0])[0] == 3  # 00:00 of both, 04:00 of WIFUSDT
+    assert live(at[1]) == (None, "not due") and live(at[2]) == (None, "not due")
+    assert live(day + dt.timedelta(hours=8)) == (2, "[2024-01-05 08:00, 2024-01-05 08:01)")
+    stored = wh.query("SELECT symbol, funding_time FROM funding_rates ORDER BY ALL")
+    assert stored["symbol"].to_list() == ["BTCUSDT", "BTCUSDT", "WIFUSDT", "WIFUSDT", "WIFUSDT"]

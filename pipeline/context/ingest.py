@@ -65,14 +65,20 @@ class ContextSummary:
         return {f"{v}:{s}": g.funding_interval for v, d in self.legs.items() for s, g in d.items()}
 
 
-Newest = dict[str, dict[str, "dt.datetime | None"]]  # venue -> table -> newest time
+Newest = dict[str, dict[str, "dt.datetime | None"]]  # venue -> table (or DUE) -> time
+DUE = "funding_due"  # the next settlement any market of the venue has due
 
 
 def newest_in(
-    frames: dict[str, pl.DataFrame], venue: str, symbols: list[str]
+    frames: dict[str, pl.DataFrame],
+    venue: str,
+    symbols: list[str],
+    legs: dict[str, Leg] | None = None,
 ) -> dict[str, dt.datetime | None]:
     """Per table, the newest time in `frames` (a day's rows) that EVERY symbol of the venue
-    has, None when one has none: where a live run goes on from."""
+    has, None when one has none: where a live run goes on from. With the symbols' `legs`,
+    also `DUE`: the earliest of each symbol's newest funding + its own interval (a venue of
+    8- and 4-hour markets is asked for funding when one is due, not every minute between)."""
     import polars as pl
 
     out: dict[str, dt.datetime | None] = {}
@@ -82,11 +88,23 @@ def newest_in(
         )
         per = mine.group_by("symbol").agg(pl.col(t.time).max())
         out[t.name] = per[t.time].min() if per.height == len(symbols) else None
+        if t is FUNDING and legs and out[t.name] is not None:
+            steps = [g.funding_interval for g in legs.values() if g.funding_interval]
+            newest = dict(per.iter_rows())
+            out[DUE] = min(
+                newest[s] + ((g.funding_interval if (g := legs.get(s)) else None) or min(steps))
+                for s in symbols
+            ) if steps else None  # fmt: skip
     return out
 
 
 def newest_stored(
-    wh: Warehouse, venue: str, symbols: list[str], day: dt.datetime, end: dt.datetime
+    wh: Warehouse,
+    venue: str,
+    symbols: list[str],
+    day: dt.datetime,
+    end: dt.datetime,
+    legs: dict[str, Leg] | None = None,
 ) -> dict[str, dt.datetime | None]:
     """`newest_in` the warehouse's rows of [day, end)."""
     frames = {
@@ -97,7 +115,7 @@ def newest_stored(
         )
         for t in TABLES
     }
-    return newest_in(frames, venue, symbols)
+    return newest_in(frames, venue, symbols, legs)
 
 
 def plan(
@@ -108,11 +126,13 @@ def plan(
     day: dt.datetime,
     newest: dt.datetime | None,
     step: dt.timedelta | None = None,
+    due: dt.datetime | None = None,
 ) -> dt.datetime | None:
     """Where a live-sensor run fetches `table` from (to `end`), or None when nothing is due;
-    `step` is the grid (default the table's: funding passes the venue's shortest interval)."""
+    `step` is the grid (default the table's: funding passes the venue's shortest interval),
+    `due` the next time a row is due when known (funding: `newest_in`'s `DUE`)."""
     step = step or table.step
-    after = day if newest is None else newest + step
+    after = day if newest is None else due or newest + step
     if table is SPOT:
         return min(start, after)  # the run's own minutes always, and any the day missed
     return after if after <= table.last_due(end, closed_by, step) else None
@@ -149,11 +169,11 @@ def fetch_context(
     for venue, symbols in by_venue(settings.markets if markets is None else markets).items():
         ctx = market_context(venue, settings, endpoint)
         try:
+            mine = _legs(ctx, venue, symbols, tables, (legs or {}).get(venue), follow, summary)
             last = (newest or {}).get(venue)
             if follow and last is None:
                 with read_guard():
-                    last = newest_stored(wh, venue, symbols, day, end)
-            mine = _legs(ctx, venue, symbols, tables, (legs or {}).get(venue), follow, summary)
+                    last = newest_stored(wh, venue, symbols, day, end, mine)
             for table in tables:
                 a, step, key = start, None, f"{venue}:{table.name}"
                 if table is FUNDING:
@@ -161,7 +181,8 @@ def fetch_context(
                         filter(None, (g.funding_interval for g in mine.values())), default=None
                     )
                 if follow and last is not None:
-                    a = plan(table, start, end, closed_by, day, last[table.name], step)
+                    due = last.get(DUE) if table is FUNDING else None
+                    a = plan(table, start, end, closed_by, day, last[table.name], step, due)
                 if a is None or a >= end:
                     summary.fetched.setdefault(table.name, "not due")
                     continue
