@@ -9,8 +9,9 @@ A live-sensor run (`follow=True`) keeps the tables current cheaply: each starts 
 newest row the day already holds (so a minute missed by a failed run is fetched by the next;
 the previous run's read-back says where that is, so no warehouse read is needed before),
 and funding and open interest are asked only when a value is due (a grid time newer than the
-newest stored one is known by the clock): a request per funding interval (the venue's
-shortest, as its instruments state it) and every 5 minutes, not every minute. The spot
+newest stored one is known by the clock): funding when one of the venue's markets has a
+settlement due on its own interval (as its instruments state it, `DUE`), open interest every
+5 minutes, not every minute. The spot
 candles are fetched every run, from the same clock as the perpetual's.
 
 Before spot or funding, each venue's perpetuals are described once (`legs`: their spot pair,
