@@ -121,7 +121,7 @@ def market_context(
             for t in TABLES
         }
         perp = w.query(
-            "SELECT exchange, symbol, open_time FROM klines_1m"
+            "SELECT exchange, symbol, open_time, close FROM klines_1m"
             " WHERE open_time >= ? AND open_time < ? AND close_time <= ?",
             [p_start, p_end, closed_by],
         )

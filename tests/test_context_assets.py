@@ -59,7 +59,7 @@ def test_a_day_beside_the_candles_with_every_check_and_rewritten_the_same(home):
     assert first.success
     checks = _checks(first)
     mine = {k: v for k, v in checks.items() if k[0] in TABLES}
-    assert len(mine) == 7 and all(passed for passed, _ in mine.values()), mine
+    assert len(mine) == 8 and all(passed for passed, _ in mine.values()), mine
     assert mine[("funding_rates", "on_funding_grid")] == (True, "ERROR")  # blocking here
     wh = res["warehouse"].get()
     count = "SELECT count(*) FROM {t} WHERE {c} >= ? AND {c} < ?"
@@ -196,3 +196,20 @@ def test_each_market_is_checked_on_its_stated_funding_grid_and_spot_pair(tmp_pat
     wh = res["warehouse"].get()
     n = wh.query("SELECT symbol, count(*) AS n FROM funding_rates GROUP BY ALL ORDER BY ALL")
     assert dict(n.iter_rows()) == {"1000PEPEUSDT": 3, "BTCPERP": 3, "BTCUSDT": 3, "WIFUSDT": 6}
+
+
+def test_a_wrongly_configured_multiplier_fails_the_run_not_the_basis(tmp_path, replay_factory):
+    """bybit.spot_legs giving BTCPERP the BTCUSDT pair x 1000: the spot leg is stored as told,
+    and the blocking spot_price_matches check fails naming the market and the setting."""
+    two = ["BTCUSDT", "BTCPERP"]
+    ex = replay_factory(symbols=two)
+    legs = {"BTCPERP": {"symbol": "BTCUSDT", "multiplier": 1000}}
+    top = {"source": "replay", "exchanges": {"bybit": two}, "bybit": {"spot_legs": legs}}
+    res = resources(config_path=str(write_config(tmp_path, top=top)), endpoint=endpoint_json(ex))
+    result = _run(res, (dt.datetime.now(UTC) - dt.timedelta(days=1)).date())
+    assert not result.success
+    evals = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    match = evals["spot_price_matches"]
+    assert not match.passed and match.severity == dg.AssetCheckSeverity.ERROR
+    assert match.metadata["median_abs_basis_bps"].value["bybit:BTCUSDT"] < 30
+    assert match.metadata["median_abs_basis_bps"].value["bybit:BTCPERP"] > 9_000

@@ -13,6 +13,7 @@ from pipeline.config import load_settings
 from pipeline.context.checks import context_checks
 from pipeline.context.ingest import ingest_context, plan
 from pipeline.context.tables import FUNDING, OPEN_INTEREST, SPOT, TABLES
+from pipeline.exchanges.bybit_context import BybitContext
 from pipeline.exchanges.protocol import Endpoint
 from tests.daemon import write_config
 from tests.test_context_fetch import REAL
@@ -204,6 +205,13 @@ def test_injected_bad_rows_fail_their_checks(tmp_path, replay_factory):
     cov = context_checks(holed, SPOT, now, markets, day, perp)["coverage"]
     assert not cov.passed and cov.metadata["perp_minutes_without_spot"] == 1
     assert "1439/1440" in cov.description
+    near = spot.select(*perp.columns, close=pl.col("close") * 1.0005)  # a 5 bp premium
+    match = context_checks(spot, SPOT, now, markets, day, near)["spot_price_matches"]
+    assert match.passed and match.metadata["median_abs_basis_bps"] == {"bybit:BTCUSDT": 5.0}
+    unscaled = spot.with_columns(close=pl.col("close") / 1000)  # a leg 1000x off
+    off = context_checks(unscaled, SPOT, now, markets, day, near)["spot_price_matches"]
+    assert not off.passed and "bybit:BTCUSDT" in off.description
+    assert "bybit.spot_legs" in off.description
     two_days = context_checks(spot, SPOT, now + DAY, markets, day, end=day + 2 * DAY)["coverage"]
     assert not two_days.passed and "1440/2880" in two_days.description  # a 2-day backfill
 
@@ -245,8 +253,17 @@ def test_each_market_on_its_own_funding_grid_and_spot_pair(tmp_path, replay_fact
     pepe = spot.filter(pl.col("symbol") == "1000PEPEUSDT")["close"].mean()
     perp = ex.market.kline("1000PEPEUSDT", "1", None, None, 1, ms_of(day + MIN))
     assert abs(pepe / float(json.loads(perp[0])[4]) - 1) < 0.2  # same units, not 1000x off
-    spot_checks = context_checks(spot, SPOT, now, markets, day)
+    c = BybitContext(ex.rest_url)
+    perp = pl.concat([c.fetch_klines(s, day, day + DAY) for s in ODD]).select(
+        pl.lit("bybit").alias("exchange"), "symbol", "open_time", "close"
+    )
+    spot_checks = context_checks(spot, SPOT, now, markets, day, perp)
     assert spot_checks["ohlc_sane"].passed and spot_checks["keys_and_known_at"].passed
+    assert spot_checks["spot_price_matches"].passed
+    assert (
+        spot_checks["spot_price_matches"].metadata["median_abs_basis_bps"]["bybit:1000PEPEUSDT"]
+        < 30
+    )  # basis points, not the -99.9 % of an unscaled leg
     assert not spot_checks["coverage"].passed and "bybit:BTCPERP 0/1440" in (
         spot_checks["coverage"].description
     )  # a warning: BTCPERP has no spot leg

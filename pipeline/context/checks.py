@@ -9,7 +9,9 @@ Open interest: readings on the 5-minute grid, finite and >= 0. Spot: OHLC sane, 
 (`quality.checks.ohlc_sane`: the exchange's own numbers, times the leg's multiplier, which
 keeps their order, so the tolerance is 0 per FLOAT_RTOL's rule). `coverage` states how
 much of the day the spot candles cover: it is a warning only (`WARN_ONLY`), since a quiet spot
-minute may have no candle, and a rule reads a missing value as NULL, never zero. The rules of
+minute may have no candle, and a rule reads a missing value as NULL, never zero.
+`spot_price_matches` holds the spot leg near the perpetual's price (median |basis| under
+`BASIS_LIMIT`), so a leg at another scale fails the run instead of skewing basis_bps. The rules of
 keys and time are one check per table (`keys_and_known_at`, naming which rule failed): every
 check result is two events in Dagster's log, a live run's biggest cost.
 """
@@ -59,8 +61,13 @@ CHECKS = {
         ),
         "coverage": "States how many of the day's closed minutes have a spot candle, and "
         "which perpetual minutes lack one (a warning only: a quiet spot minute may have none).",
+        "spot_price_matches": "Per market, the median |perpetual close / spot close - 1| over "
+        "the minutes both have is under 10 % (real basis is a fraction of that): a spot leg at "
+        "another scale (a wrong bybit.spot_legs multiplier) or of another asset fails here, "
+        "never as a silently wrong basis_bps.",
     },
 }
+BASIS_LIMIT = 0.10  # a spot-perp spread no real leg keeps for a median minute of a day
 WARN_ONLY = {"coverage"}
 
 
@@ -172,6 +179,32 @@ def coverage(
     return CheckOutcome(False, f"{table.name} incomplete: {text}{extra}", meta)
 
 
+def spot_price_matches(frame: pl.DataFrame, perp: pl.DataFrame | None) -> CheckOutcome:
+    """`CHECKS[SPOT]["spot_price_matches"]` over the spot rows and the perpetual's candles
+    (`perp`: exchange, symbol, open_time, close) of the same minutes."""
+    import polars as pl
+
+    if perp is None or "close" not in perp.columns:
+        return CheckOutcome(True, "no perpetual closes given: nothing compared", {})
+    keys = KEYS[SPOT.name]
+    both = perp.select(*keys, pl.col("close").alias("_perp")).join(
+        frame.select(*keys, "close"), on=keys
+    )
+    per = (
+        both.group_by(pl.concat_str("exchange", pl.lit(":"), "symbol").alias("m"))
+        .agg(((pl.col("_perp") / pl.col("close") - 1).abs().median() * 1e4).alias("bps"))
+        .sort("m")
+    )
+    median = {m: round(b, 1) for m, b in per.iter_rows()}
+    meta: dict[str, object] = {"median_abs_basis_bps": median}
+    bad = ", ".join(f"{m} {b:,} bp" for m, b in median.items() if b >= BASIS_LIMIT * 1e4)
+    if bad:
+        what = f"spot leg not at the perpetual's price: {bad} (median |basis|); check its pair"
+        return CheckOutcome(False, f"{what} and multiplier (bybit.spot_legs)", meta)
+    good = f"median |basis| under {BASIS_LIMIT:.0%} for {per.height} market(s)"
+    return CheckOutcome(True, good, meta)
+
+
 def context_checks(
     frame: pl.DataFrame,
     table: Table,
@@ -198,6 +231,7 @@ def context_checks(
         out["ohlc_sane"] = ohlc_sane(frame, KEYS[table.name])
         until = min(now, end or day + dt.timedelta(days=1))
         out["coverage"] = coverage(frame, table, markets, day, until, perp_minutes)
+        out["spot_price_matches"] = spot_price_matches(frame, perp_minutes)
     elif table is FUNDING:
         out["on_funding_grid"] = on_funding_grid(frame, intervals or {})
     else:
