@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from pipeline.config import load_settings
-from pipeline.context.checks import context_checks
+from pipeline.context.checks import context_checks, spot_price_matches
 from pipeline.context.ingest import ingest_context, plan
 from pipeline.context.tables import FUNDING, OPEN_INTEREST, SPOT, TABLES
 from pipeline.exchanges.bybit_context import BybitContext
@@ -206,10 +206,10 @@ def test_injected_bad_rows_fail_their_checks(tmp_path, replay_factory):
     assert not cov.passed and cov.metadata["perp_minutes_without_spot"] == 1
     assert "1439/1440" in cov.description
     near = spot.select(*perp.columns, close=pl.col("close") * 1.0005)  # a 5 bp premium
-    match = context_checks(spot, SPOT, now, markets, day, near)["spot_price_matches"]
-    assert match.passed and match.metadata["median_abs_basis_bps"] == {"bybit:BTCUSDT": 5.0}
+    assert spot_price_matches(spot, near).metadata["median_abs_basis_bps"] == {"bybit:BTCUSDT": 5.0}
+    assert context_checks(spot, SPOT, now, markets, day, near)["ohlc_sane"].passed
     unscaled = spot.with_columns(close=pl.col("close") / 1000)  # a leg 1000x off
-    off = context_checks(unscaled, SPOT, now, markets, day, near)["spot_price_matches"]
+    off = context_checks(unscaled, SPOT, now, markets, day, near)["ohlc_sane"]
     assert not off.passed and "bybit:BTCUSDT" in off.description
     assert "bybit.spot_legs" in off.description
     two_days = context_checks(spot, SPOT, now + DAY, markets, day, end=day + 2 * DAY)["coverage"]
@@ -259,11 +259,8 @@ def test_each_market_on_its_own_funding_grid_and_spot_pair(tmp_path, replay_fact
     )
     spot_checks = context_checks(spot, SPOT, now, markets, day, perp)
     assert spot_checks["ohlc_sane"].passed and spot_checks["keys_and_known_at"].passed
-    assert spot_checks["spot_price_matches"].passed
-    assert (
-        spot_checks["spot_price_matches"].metadata["median_abs_basis_bps"]["bybit:1000PEPEUSDT"]
-        < 30
-    )  # basis points, not the -99.9 % of an unscaled leg
+    median = spot_price_matches(spot, perp).metadata["median_abs_basis_bps"]
+    assert median["bybit:1000PEPEUSDT"] < 30  # type: ignore[index]  # bp, not -99.9 %
     assert not spot_checks["coverage"].passed and "bybit:BTCPERP 0/1440" in (
         spot_checks["coverage"].description
     )  # a warning: BTCPERP has no spot leg

@@ -11,8 +11,9 @@ keeps their order, so the tolerance is 0 per FLOAT_RTOL's rule). `coverage` stat
 much of the day the spot candles cover: it is a warning only (`WARN_ONLY`), since a quiet spot
 minute may have no candle, and a rule reads a missing value as NULL, never zero.
 `spot_price_matches` holds the spot leg near the perpetual's price (median |basis| under
-`BASIS_LIMIT`), so a leg at another scale fails the run instead of skewing basis_bps. The rules of
-keys and time are one check per table (`keys_and_known_at`, naming which rule failed): every
+`BASIS_LIMIT`), so a leg at another scale fails the run instead of skewing basis_bps; it is
+part of `ohlc_sane`, as the rules of keys and time are one check per table
+(`keys_and_known_at`, naming which rule failed): every
 check result is two events in Dagster's log, a live run's biggest cost.
 """
 
@@ -55,16 +56,16 @@ CHECKS = {
     },
     SPOT.name: {
         "ohlc_sane": "low <= open, close <= high; volume >= 0; prices positive and finite "
-        "(exact: the exchange's own numbers).",
+        "(exact: the exchange's own numbers); and at the perpetual's price: per market, the "
+        "median |perpetual close / spot close - 1| over the minutes both have is under 10 % "
+        "(real basis is a fraction of that), so a spot leg at another scale (a wrong "
+        "bybit.spot_legs multiplier) or of another asset fails here, never as a silently "
+        "wrong basis_bps.",
         "keys_and_known_at": _KEYED.format(
             time="open_time", rule="close_time = open_time + 1 min (close_time is its known_at)"
         ),
         "coverage": "States how many of the day's closed minutes have a spot candle, and "
         "which perpetual minutes lack one (a warning only: a quiet spot minute may have none).",
-        "spot_price_matches": "Per market, the median |perpetual close / spot close - 1| over "
-        "the minutes both have is under 10 % (real basis is a fraction of that): a spot leg at "
-        "another scale (a wrong bybit.spot_legs multiplier) or of another asset fails here, "
-        "never as a silently wrong basis_bps.",
     },
 }
 BASIS_LIMIT = 0.10  # a spot-perp spread no real leg keeps for a median minute of a day
@@ -180,8 +181,8 @@ def coverage(
 
 
 def spot_price_matches(frame: pl.DataFrame, perp: pl.DataFrame | None) -> CheckOutcome:
-    """`CHECKS[SPOT]["spot_price_matches"]` over the spot rows and the perpetual's candles
-    (`perp`: exchange, symbol, open_time, close) of the same minutes."""
+    """The spot rows at the perpetual's price (`CHECKS[SPOT]["ohlc_sane"]`'s second rule),
+    against its candles (`perp`: exchange, symbol, open_time, close) of the same minutes."""
     import polars as pl
 
     if perp is None or "close" not in perp.columns:
@@ -228,10 +229,14 @@ def context_checks(
         )
     }
     if table is SPOT:
-        out["ohlc_sane"] = ohlc_sane(frame, KEYS[table.name])
+        out["ohlc_sane"] = _together(
+            {
+                "ohlc_sane": ohlc_sane(frame, KEYS[table.name]),
+                "spot_price_matches": spot_price_matches(frame, perp_minutes),
+            }
+        )
         until = min(now, end or day + dt.timedelta(days=1))
         out["coverage"] = coverage(frame, table, markets, day, until, perp_minutes)
-        out["spot_price_matches"] = spot_price_matches(frame, perp_minutes)
     elif table is FUNDING:
         out["on_funding_grid"] = on_funding_grid(frame, intervals or {})
     else:
