@@ -40,11 +40,14 @@ from pipeline.orchestration.resources import (
 
 DESCRIPTIONS = {
     "funding_rates": "Funding rate history (/v5/market/funding/history) settled in the day, "
-    "on the venue's 8-hour grid; known_at = funding_time.",
+    "on each market's funding grid (the interval its exchange states: 8 h for most Bybit "
+    "perpetuals, 1, 2 or 4 h for some); known_at = funding_time.",
     "open_interest_5m": "Open interest every 5 minutes (/v5/market/open-interest, "
     "intervalTime=5min) in base coin; known_at = time + 5 min.",
     "spot_klines_1m": "Closed 1-minute spot candles (category=spot) of each perpetual's base "
-    "asset, keyed by the perpetual's symbol: the spot leg of the spot-perp basis.",
+    "asset, keyed by the perpetual's symbol and in its units (1000PEPEUSDT: PEPEUSDT's "
+    "prices x 1000): the spot leg of the spot-perp basis. The pair and multiplier of each "
+    "market are in the `spot_legs` metadata.",
 }
 SPECS = [
     dg.AssetSpec(
@@ -98,12 +101,12 @@ def market_context(
     closed_by = exchange_now.replace(second=0, microsecond=0)
     start = max(p_start, parse_time(minutes.get("start")) or p_start)
     end = max(start, min(p_end, parse_time(minutes.get("end")) or p_end, closed_by))
-    last = _last_newest(context, p_start, p_end) if follow else None
+    last, legs = _previous(context, p_start, p_end) if follow else (None, None)
     selected = {k.to_user_string() for k in context.selected_asset_keys}
     tables = tuple(t for t in TABLES if t.name in selected)
     summary, items = fetch_context(
         wh, s, ep, start, end, closed_by=closed_by, day=p_start, follow=follow, newest=last,
-        read_guard=lambda: pool_slot(context), tables=tables,
+        read_guard=lambda: pool_slot(context), tables=tables, legs=legs,
     )  # fmt: skip
     for key, why in {**summary.unsupported, **summary.failed}.items():
         context.log.warning(f"market context {key}: {why}")
@@ -118,19 +121,20 @@ def market_context(
             for t in TABLES
         }
         perp = w.query(
-            "SELECT exchange, symbol, open_time FROM klines_1m"
+            "SELECT exchange, symbol, open_time, close FROM klines_1m"
             " WHERE open_time >= ? AND open_time < ? AND close_time <= ?",
             [p_start, p_end, closed_by],
         )
     venues = by_venue(s.markets)
-    newest = {v: newest_in(stored, v, syms) for v, syms in venues.items()}
+    newest = {v: newest_in(stored, v, syms, summary.legs.get(v)) for v, syms in venues.items()}
     for table in tables:
         if follow and summary.fetched.get(table.name) == "not due":
             continue  # nothing changed: no materialization, no check events (a live run's cost)
         frame = stored[table.name]
         outcomes = context_checks(
-            frame, table, exchange_now, markets, p_start, perp if table is SPOT else None, p_end
-        )
+            frame, table, exchange_now, markets, p_start, perp if table is SPOT else None, p_end,
+            summary.intervals(),
+        )  # fmt: skip
         warn, error = dg.AssetCheckSeverity.WARN, dg.AssetCheckSeverity.ERROR
         results = [
             check_result(name, outcome, table.name, warn if follow or name in WARN_ONLY else error)
@@ -145,9 +149,12 @@ def market_context(
             "source": ep.label,
             "checks_block": "no (live-sensor run: warnings)" if follow else "yes",
         }
-        if table is SPOT:  # where the next live run of the day goes on from
+        if table is SPOT:  # where the next live run of the day goes on from, with what legs
             meta["newest"] = dg.MetadataValue.json(
                 {v: {k: t and t.isoformat() for k, t in n.items()} for v, n in newest.items()}
+            )
+            meta["spot_legs"] = dg.MetadataValue.json(
+                {v: {s: g.as_json() for s, g in d.items()} for v, d in summary.legs.items()}
             )
         if mine:
             meta["not_supplied"] = dg.MetadataValue.md(
@@ -158,12 +165,16 @@ def market_context(
         )
 
 
-def _last_newest(
+def _previous(
     context: dg.AssetExecutionContext, p_start: dt.datetime, p_end: dt.datetime
-) -> dict | None:
+) -> tuple[dict | None, dict | None]:
     """What the day's previous run found stored (its `newest` metadata), or None (then the
     warehouse is read): also when a time lies outside the day (a backfill over several days
-    records the range's newest on each of them)."""
+    records the range's newest on each of them); and the legs it used (`spot_legs`, None:
+    the instruments are listed again)."""
+    from pipeline.context.ingest import DUE
+    from pipeline.context.legs import Leg
+
     found = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(
             asset_key=dg.AssetKey("spot_klines_1m"), asset_partitions=[context.partition_key]
@@ -172,14 +183,18 @@ def _last_newest(
     ).records
     mat = found[0].asset_materialization if found else None
     value = mat.metadata.get("newest") if mat else None
+    stated = mat.metadata.get("spot_legs") if mat else None
+    legs = stated and {
+        v: {s: Leg.from_json(g) for s, g in d.items()} for v, d in stated.value.items()
+    }
     if value is None:
-        return None
+        return None, legs
     newest = {
         v: {k: t and dt.datetime.fromisoformat(t) for k, t in tables.items()}
         for v, tables in value.value.items()
     }
-    times = [t for tables in newest.values() for t in tables.values() if t is not None]
-    return newest if all(p_start <= t < p_end for t in times) else None
+    times = [t for n in newest.values() for k, t in n.items() if t is not None and k != DUE]
+    return (newest if all(p_start <= t < p_end for t in times) else None), legs
 
 
 def _reasons(keys: list[str], unsupported: dict[str, str], failed: dict[str, str]):

@@ -12,6 +12,7 @@ key first, so the pipeline lane's own time comes from its latency log (close →
 
 At 1 symbol the bench-only `pulse_*` personalities (bench/common.py) ride beside the four
 shipped ones so most minutes have a signal; at 50 symbols the four shipped ones give enough.
+The fast lane evaluates the ones that read no market context (all but `vote`).
 
 Knobs: BENCH_FAST_SIGNALS (candles timed per run, default 5), BENCH_FAST_SYMBOLS (the wide
 run's symbols, default 50; 1 skips it), BENCH_FAST_HISTORY_DAYS (days `up` backfills, default 1).
@@ -369,8 +370,10 @@ def run() -> str:
         'pipeline row is every signal line of that origin; "first lane" is each candle\'s '
         'first line, whichever lane sent it; the pipeline\'s "close → its publish" comes '
         "from its latency log (its copy of a signal the fast lane sent first is dropped). "
-        "1 symbol runs the four shipped personalities and three bench-only `pulse_*` ones"
-        + (f"; {WIDE} symbols the four shipped ones" if WIDE > 1 else "")
+        "1 symbol configures the four shipped personalities and three bench-only `pulse_*` "
+        "ones" + (f"; {WIDE} symbols the four shipped ones" if WIDE > 1 else "") + "; the "
+        "fast lane evaluates those that read no market context (not `vote`, which reads "
+        "funding and order flow: its signals come from the pipeline lane only)"
         + ". With this few samples p99 is about the maximum. The floor's subscriber is a "
         "second session on the replay exchange, which pushes a close's confirms to every "
         "session before any forming candle, one session after the other (about a millisecond "

@@ -43,12 +43,29 @@ class _VenueConfig(_Section):
         }
 
 
+class SpotLeg(_Section):
+    """A perpetual's spot pair where Bybit's instrument list cannot tell it (market context,
+    pipeline/context/legs.py): the spot `symbol` and how many spot coins one perpetual unit is
+    (`multiplier`: 1000 for 1000PEPEUSDT against PEPEUSDT)."""
+
+    symbol: str
+    multiplier: int = Field(1, ge=1)
+
+    @field_validator("symbol")
+    @classmethod
+    def _symbol(cls, v: str) -> str:
+        if not SYMBOL_RE.match(v):
+            raise ValueError("must be a Bybit spot symbol such as PEPEUSDT")
+        return v
+
+
 class BybitConfig(_VenueConfig):
     _example = "https://api.bybit.com or ws://127.0.0.1:8765"
     rest_url: str = "https://api.bybit.com"
     ws_url: str = "wss://stream.bybit.com/v5/public/linear"
     category: Literal["linear", "spot", "inverse"] = "linear"
     min_turnover_24h: float | None = Field(None, ge=0)  # `exchanges: {bybit: all}` filter
+    spot_legs: dict[str, SpotLeg] = {}  # perpetual -> its spot pair, where not derived
 
 
 class HyperliquidConfig(_VenueConfig):

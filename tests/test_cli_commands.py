@@ -74,6 +74,18 @@ def test_personalities_new_writes_a_template_that_loads_and_never_overwrites(tmp
     assert text.count("#") > 10  # commented
     p = load_personality(path)
     assert p.name == "my_trend" and p.timeframes == ("15m", "1h") and p.rules
+    # the market-context columns are documented, with their rule examples shipped off
+    from pipeline.strategy.context import COLUMNS, reads_context
+    from pipeline.strategy.personality import personality_from_dict
+
+    for word in (*COLUMNS, "NULL", "when_unknown", "pipeline-only", "enabled: false"):
+        assert word in text, word
+    assert reads_context(p) == []  # so it stays a fast-lane personality as written
+    data = yaml.safe_load(text)
+    for rule in data["rules"]:
+        rule.pop("enabled", None)
+    on = personality_from_dict(data, str(path))
+    assert reads_context(on) == ["basis_bps", "buy_ratio", "funding_rate"]
     # listed in a configuration, it is accepted and shown with its summary
     cfg = config(tmp_path, personalities=["swing", str(path)])
     assert run(["config", "check"], home, SIGNALBOX_CONFIG=str(cfg)).returncode == 0

@@ -159,3 +159,58 @@ def test_backfill_assets_name_the_context_tables_and_run_their_one_step():
     assert validate_assets("klines_1m,open_interest_5m") == "klines_1m,market_context"
     with pytest.raises(BackfillError, match="unknown asset"):
         validate_assets("market_context")  # the op's name is not an asset's
+
+
+def test_each_market_is_checked_on_its_stated_funding_grid_and_spot_pair(tmp_path, replay_factory):
+    """A 4-hour market (WIFUSDT), a multiplied one (1000PEPEUSDT) and one without a spot
+    pair (BTCPERP): the blocking funding check passes, naming each market's interval; the
+    spot legs are in the metadata; BTCPERP's missing leg is a warning naming it, not a
+    failed run."""
+    odd = ["BTCUSDT", "1000PEPEUSDT", "WIFUSDT", "BTCPERP"]
+    ex = replay_factory(symbols=odd)
+    cfg = write_config(tmp_path, top={"source": "replay", "exchanges": {"bybit": odd}})
+    res = resources(config_path=str(cfg), endpoint=endpoint_json(ex))
+    day = (dt.datetime.now(UTC) - dt.timedelta(days=1)).date()
+    result = _run(res, day)
+    assert result.success
+    evals = {
+        (e.asset_key.to_user_string(), e.check_name): e
+        for e in result.get_asset_check_evaluations()
+    }
+    grid = evals[("funding_rates", "on_funding_grid")]
+    assert grid.passed and grid.severity == dg.AssetCheckSeverity.ERROR
+    assert grid.metadata["funding_interval"].value == {
+        "bybit:1000PEPEUSDT": "8h", "bybit:BTCPERP": "8h", "bybit:BTCUSDT": "8h",
+        "bybit:WIFUSDT": "4h",
+    }  # fmt: skip
+    cover = evals[("spot_klines_1m", "coverage")]
+    assert not cover.passed and cover.severity == dg.AssetCheckSeverity.WARN
+    meta = {
+        m.asset_key.to_user_string(): m.metadata
+        for m in result.asset_materializations_for_node("market_context")
+    }
+    legs = meta["spot_klines_1m"]["spot_legs"].value["bybit"]
+    assert (legs["1000PEPEUSDT"]["spot"], legs["1000PEPEUSDT"]["multiplier"]) == ("PEPEUSDT", 1000)
+    assert legs["WIFUSDT"]["funding_minutes"] == 240 and legs["BTCPERP"]["spot"] is None
+    assert "bybit:BTCPERP" in meta["spot_klines_1m"]["not_supplied"].value
+    wh = res["warehouse"].get()
+    n = wh.query("SELECT symbol, count(*) AS n FROM funding_rates GROUP BY ALL ORDER BY ALL")
+    assert dict(n.iter_rows()) == {"1000PEPEUSDT": 3, "BTCPERP": 3, "BTCUSDT": 3, "WIFUSDT": 6}
+
+
+def test_a_wrongly_configured_multiplier_fails_the_run_not_the_basis(tmp_path, replay_factory):
+    """bybit.spot_legs giving BTCPERP the BTCUSDT pair x 1000: the spot leg is stored as told,
+    and the blocking ohlc_sane check fails on its price rule (spot_price_matches)."""
+    two = ["BTCUSDT", "BTCPERP"]
+    ex = replay_factory(symbols=two)
+    legs = {"BTCPERP": {"symbol": "BTCUSDT", "multiplier": 1000}}
+    top = {"source": "replay", "exchanges": {"bybit": two}, "bybit": {"spot_legs": legs}}
+    res = resources(config_path=str(write_config(tmp_path, top=top)), endpoint=endpoint_json(ex))
+    result = _run(res, (dt.datetime.now(UTC) - dt.timedelta(days=1)).date())
+    assert not result.success
+    evals = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    match = evals["ohlc_sane"]
+    assert not match.passed and match.severity == dg.AssetCheckSeverity.ERROR
+    median = match.metadata["spot_price_matches: median_abs_basis_bps"].value
+    assert median["bybit:BTCUSDT"] < 30 and median["bybit:BTCPERP"] > 9_000
+    assert "ohlc_sane: flagged" not in str(match.metadata)  # the OHLC order itself is fine

@@ -19,6 +19,7 @@ from pipeline.replay.data import SyntheticSource
 UTC = dt.UTC
 JAN1 = dt.datetime(2024, 1, 1, tzinfo=UTC)
 DAY = dt.timedelta(days=1)
+HOUR = dt.timedelta(hours=1)
 REAL = SHARED_DATA / "bybit_linear_BTCUSDT_1m_2025-05-29_2025-06-29.parquet"
 
 
@@ -114,7 +115,7 @@ def test_unknown_symbols_and_venues_without_context_are_refused_by_name(replay_f
     for call in (
         lambda: hl.fetch_funding("BTC", JAN1, JAN1 + DAY, closed_by=None),
         lambda: hl.fetch_open_interest("BTC", JAN1, JAN1 + DAY, closed_by=None),
-        hl.spot_client,
+        lambda: hl.fetch_spot("BTC", JAN1, JAN1 + DAY, closed_by=None),
     ):
         with pytest.raises(Unsupported, match="hyperliquid cannot supply") as err:
             call()
@@ -144,3 +145,71 @@ def test_real_bybit_candles_get_a_spot_leg_funding_and_open_interest(replay_fact
     assert last == dt.datetime(2025, 6, 29, 16, tzinfo=UTC)  # and ends 06-29 16:38
     oi = c.fetch_open_interest("BTCUSDT", day, day + DAY, closed_by=None)
     assert oi.height == 288 and oi["open_interest"].min() > 0
+
+
+# -- each perpetual's spot pair, multiplier and funding interval (pipeline/context/legs.py) --
+ODD = ["BTCUSDT", "1000PEPEUSDT", "WIFUSDT", "BTCPERP"]  # BTCPERP: USDC, no spot pair here
+
+
+def test_a_multiplied_perpetual_takes_its_spot_pair_in_its_own_units(replay_factory):
+    """1000PEPEUSDT (baseCoin 1000PEPE) has no spot pair of its name, as on Bybit: its spot
+    leg is PEPEUSDT, 1000x cheaper, returned x 1000 under the perpetual's symbol, so the
+    basis is the replay's premium again (not -99.9 %)."""
+    ex = replay_factory(clock_start="2024-01-03T00:00:00Z", symbols=ODD)
+    c = client(ex)
+    leg = c.legs(["1000PEPEUSDT"])["1000PEPEUSDT"]
+    assert (leg.spot, leg.multiplier, leg.funding_interval) == ("PEPEUSDT", 1000, 8 * HOUR)
+    assert "baseCoin 1000PEPE = 1000 x spot baseCoin PEPE" in leg.how
+    with pytest.raises(InvalidRequest, match="Not supported symbols"):  # the name as it is
+        c.spot_client().fetch_klines("1000PEPEUSDT", JAN1, JAN1 + DAY)
+    spot = c.fetch_spot("1000PEPEUSDT", JAN1, JAN1 + DAY, closed_by=None)
+    raw = c.spot_client().fetch_klines("PEPEUSDT", JAN1, JAN1 + DAY)
+    assert spot["symbol"].unique().to_list() == ["1000PEPEUSDT"]
+    assert np.allclose(spot["close"], raw["close"] * 1000, rtol=1e-12, atol=0)
+    assert np.allclose(spot["volume"], raw["volume"] / 1000, rtol=1e-12, atol=0)
+    assert spot["turnover"].equals(raw["turnover"])  # quote coin: the same either way
+    perp = c.fetch_klines("1000PEPEUSDT", JAN1, JAN1 + DAY)
+    joined = perp.join(spot, on="open_time", suffix="_spot")
+    bps = (joined["close"] / joined["close_spot"] - 1).to_numpy() * 1e4
+    truth = cx.premium(7, "1000PEPEUSDT", np.array([ms(t) for t in joined["open_time"]])) * 1e4
+    # tolerance: the spot price's last decimal (5 significant digits) is < 0.5 bp of it
+    assert len(bps) == 1440 and np.abs(bps - truth).max() < 0.5
+
+
+def test_a_perpetual_without_a_spot_pair_is_refused_by_name_unless_configured(replay_factory):
+    ex = replay_factory(clock_start="2024-01-03T00:00:00Z", symbols=ODD)
+    leg = client(ex).legs(["BTCPERP"])["BTCPERP"]
+    assert leg.spot is None
+    for words in ("bybit:BTCPERP", "baseCoin 'BTC'", "'USDC'", "spot_legs", "basis_bps is NULL"):
+        assert words in leg.how
+    with pytest.raises(Unsupported, match="bybit:BTCPERP") as err:
+        client(ex).fetch_spot("BTCPERP", JAN1, JAN1 + DAY, closed_by=None)
+    assert err.value.data == "spot_klines_1m"
+    before = ex.stats()["paths"]["/v5/market/instruments-info"]
+    assert client(ex).legs(["BTCPERP"], {"BTCPERP": leg})["BTCPERP"] == leg  # reused: no request
+    assert ex.stats()["paths"]["/v5/market/instruments-info"] == before
+    configured = client(ex, spot_legs={"BTCPERP": ("BTCUSDT", 1)})
+    leg = configured.legs(["BTCPERP"], {"BTCPERP": leg})["BTCPERP"]  # configured since: asked
+    assert (leg.spot, leg.multiplier, leg.how) == (
+        "BTCUSDT",
+        1,
+        "configured: bybit.spot_legs.BTCPERP",
+    )
+    assert configured.fetch_spot("BTCPERP", JAN1, JAN1 + DAY, closed_by=None).height == 1440
+    wrong = client(ex, spot_legs={"BTCPERP": ("BTCUSDC", 1)}).legs(["BTCPERP"])["BTCPERP"]
+    assert wrong.spot is None and "names spot pair BTCUSDC, which bybit spot does not list" in (
+        wrong.how
+    )
+
+
+def test_a_4_hour_market_states_its_interval_and_funds_on_it(replay_factory):
+    ex = replay_factory(clock_start="2024-01-03T00:00:00Z", symbols=ODD)
+    c = client(ex)
+    legs = c.legs(["BTCUSDT", "WIFUSDT"])
+    assert legs["WIFUSDT"].funding_interval == 4 * HOUR
+    assert legs["BTCUSDT"].funding_interval == 8 * HOUR
+    got = c.fetch_funding("WIFUSDT", JAN1, JAN1 + DAY, closed_by=None)
+    assert got["funding_time"].dt.hour().to_list() == [0, 4, 8, 12, 16, 20]
+    assert [(ms(t), r) for t, r in got.select("funding_time", "funding_rate").iter_rows()] == (
+        funding_truth("WIFUSDT", JAN1, JAN1 + DAY)
+    )

@@ -373,3 +373,45 @@ def test_a_live_tail_gives_the_partitions_rows(warehouse) -> None:
         want = full.by_personality[p.name].filter((t > lo) & (t <= hi))
         assert tail.by_personality[p.name].equals(want), p.name
     assert tail.context is not None
+
+
+def test_basis_bps_of_a_multiplied_perpetual_is_its_premium(tmp_path, replay_factory) -> None:
+    """1000PEPEUSDT's spot pair is PEPEUSDT, 1000x cheaper: ingested from the replay by the
+    real client into DuckDB and joined by the rule language, basis_bps is the premium the
+    replay put between the two (not -99.9 %), and a 4-hour market's funding_rate is its own
+    newest settlement."""
+    from pipeline.config import load_settings
+    from pipeline.context.ingest import ingest_context
+    from pipeline.exchanges.bybit_context import BybitContext
+    from pipeline.exchanges.protocol import Endpoint
+    from pipeline.replay import context as cx
+    from pipeline.strategy.context import read_context
+    from tests.daemon import write_config
+
+    odd = ["1000PEPEUSDT", "WIFUSDT"]
+    ex = replay_factory(clock_start="2024-01-03T00:00:00Z", symbols=odd)
+    cfg = write_config(tmp_path, top={"source": "replay", "exchanges": {"bybit": odd}})
+    src = ex.market.source
+    endpoint = Endpoint("replay", ex.rest_url, ex.ws_url, src.ident, src.label)
+    wh = Warehouse(tmp_path / "w.duckdb", replica_sync=False)
+    day = dt.datetime(2024, 1, 2, tzinfo=UTC)
+    ingest_context(wh, load_settings(cfg), endpoint, day, day + DAY, closed_by=ex.now(), day=day)
+    perp = pl.concat(
+        [BybitContext(ex.rest_url).fetch_klines(s, day, day + DAY) for s in odd]
+    ).select("symbol", "open_time", "close_time", "close")
+    need = {"1m": {"basis_bps", "funding_rate"}}
+    ctx = read_context(wh, "bybit", {"1m": (day, day + DAY)}, need)
+    out = join_context({"1m": perp}, ctx, need)["1m"]
+    pepe = out.filter(pl.col("symbol") == "1000PEPEUSDT")
+    t = pepe["open_time"].dt.epoch("ms").to_numpy()
+    truth = cx.premium(SEED, "1000PEPEUSDT", t) * 1e4
+    # tolerance: the spot close's last decimal is under 0.5 bp of it (5 significant digits)
+    assert pepe.height == 1440 and abs(pepe["basis_bps"].to_numpy() - truth).max() < 0.5
+    wif = dict(
+        out.filter(pl.col("symbol") == "WIFUSDT").select("close_time", "funding_rate").iter_rows()
+    )
+    settled = ctx.funding.filter(pl.col("symbol") == "WIFUSDT")  # type: ignore[union-attr]
+    assert settled.height == 6  # 00:00, 04:00, ..., 20:00
+    for known_at, rate in settled.select("known_at", "funding_rate").iter_rows():
+        if known_at > day:  # the bar closing at a settlement reads that settlement
+            assert wif[known_at] == rate

@@ -12,22 +12,27 @@ MINUTE = dt.timedelta(minutes=1)
 @dataclass(frozen=True)
 class Table:
     """`name`'s rows are keyed by (exchange, symbol, `time`); the venue keeps `time` on a
-    `step` grid (funding: the 8-hour grid the check holds it to); a row is known at
-    `time + known_after` (spot: its close_time)."""
+    `step` grid (funding: Bybit's usual 8 hours; a market's own interval, as its exchange
+    states it, is pipeline/context/legs.py's and is passed as `step` where it matters); a row
+    is known at `time + known_after` (spot: its close_time)."""
 
     name: str
     time: str
     step: dt.timedelta
     known_after: dt.timedelta
 
-    def floor(self, t: dt.datetime) -> dt.datetime:
-        """The grid time at or before `t` (UTC)."""
+    def floor(self, t: dt.datetime, step: dt.timedelta | None = None) -> dt.datetime:
+        """The grid time (of `step`, default the table's) at or before `t` (UTC)."""
         epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-        return epoch + (t - epoch) // self.step * self.step
+        step = step or self.step
+        return epoch + (t - epoch) // step * step
 
-    def last_due(self, end: dt.datetime, closed_by: dt.datetime) -> dt.datetime:
+    def last_due(
+        self, end: dt.datetime, closed_by: dt.datetime, step: dt.timedelta | None = None
+    ) -> dt.datetime:
         """The newest grid time before `end` whose row is known by `closed_by`."""
-        return self.floor(min(end - dt.timedelta(microseconds=1), closed_by - self.known_after))
+        last = min(end - dt.timedelta(microseconds=1), closed_by - self.known_after)
+        return self.floor(last, step)
 
 
 FUNDING = Table("funding_rates", "funding_time", dt.timedelta(hours=8), dt.timedelta(0))

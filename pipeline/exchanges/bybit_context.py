@@ -14,10 +14,15 @@ Both bounds are inclusive. Requests go through the klines client's `_call` (Bybi
 same pacing, tenacity retry policy and error family. A range is asked in windows no page can
 overflow (200 hourly fundings; 200 five-minute readings); a page that comes back full is asked
 again below its oldest row, so nothing is cut off. Rows are validated like kline pages: a
-funding timestamp must be on the minute (the 8-hour grid is the asset's check: flagged, never
-refused), an open-interest timestamp on the 5-minute grid. Only readings whose interval is
-over by the response's clock (and `closed_by`) are kept: time + 5 min for open interest.
-The spot candles are the kline path itself with `category=spot` (`spot_client`).
+funding timestamp must be on the minute (the market's funding grid is the asset's check:
+flagged, never refused), an open-interest timestamp on the 5-minute grid. Only readings whose
+interval is over by the response's clock (and `closed_by`) are kept: time + 5 min for open
+interest.
+The spot candles are the kline path itself with `category=spot` (`spot_client`), asked for
+the perpetual's spot pair as the instrument lists state it (`legs`, pipeline/context/legs.py:
+`1000PEPEUSDT`'s is `PEPEUSDT`, 1000 coins a contract) and returned by `fetch_spot` in the
+perpetual's units, keyed by its symbol: prices x the multiplier, volume / it (turnover, in
+quote coin, as it is), so perpetual close / spot close - 1 is the basis for every market.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ if TYPE_CHECKING:
     import polars as pl
 
     from pipeline.config import Settings
+    from pipeline.context.legs import Leg
     from pipeline.exchanges.protocol import Endpoint
 
 FUNDING, OPEN_INTEREST = "/v5/market/funding/history", "/v5/market/open-interest"
@@ -49,18 +55,72 @@ OI_COLUMNS = ("symbol", "time", "open_interest")
 
 
 class BybitContext(BybitClient):
-    """The linear client plus a spot one (`spot_client`) at the same URL."""
+    """The linear client plus a spot one (`spot_client`) at the same URL; `spot_legs` is the
+    configuration's `bybit.spot_legs` (perpetual -> (spot pair, multiplier))."""
 
     def __init__(
-        self, rest_url: str, *, category: str = "linear", **tuning: Unpack[Tuning]
+        self,
+        rest_url: str,
+        *,
+        category: str = "linear",
+        spot_legs: dict[str, tuple[str, int]] | None = None,
+        **tuning: Unpack[Tuning],
     ) -> None:
         super().__init__(rest_url, category=category, **tuning)
         spot_tuning = {k: v for k, v in tuning.items() if k != "ws_url"}
         self.spot = BybitClient(rest_url, category="spot", **spot_tuning)  # type: ignore[arg-type]
+        self.overrides = dict(spot_legs or {})
+        self.known: dict[str, Leg] = {}
 
     def spot_client(self) -> BybitClient:
-        """Spot 1m candles of the same symbol (BTCUSDT spot for the BTCUSDT perpetual)."""
+        """The spot category's client (its candles under the spot pair's own name)."""
         return self.spot
+
+    def legs(self, symbols: list[str], known: dict[str, Leg] | None = None) -> dict[str, Leg]:
+        """Each perpetual's spot pair, multiplier and funding interval from the linear and
+        spot instrument lists (two listings) and the overrides, or from `known` when it has
+        them all and they agree with the overrides (one edited since is asked again);
+        remembered for `fetch_spot`."""
+        from pipeline.context.legs import resolve
+
+        if known is not None and all(s in known and self._fits(s, known[s]) for s in symbols):
+            self.known.update(known)
+            return {s: known[s] for s in symbols}
+        linear = {str(i["symbol"]): i for i in self.instruments_info()}
+        spot = self.spot.instruments_info()
+        got = {
+            s: resolve(self.name, s, linear.get(s), spot, self.overrides.get(s)) for s in symbols
+        }
+        self.known.update(got)
+        return got
+
+    def _fits(self, symbol: str, leg: Leg) -> bool:
+        """`leg` (found earlier) agrees with the configuration as it is now."""
+        override = self.overrides.get(symbol)
+        if override is None:
+            return not leg.how.startswith("configured")
+        return (leg.spot, leg.multiplier) == override
+
+    def fetch_spot(
+        self, symbol: str, start: dt.datetime, end: dt.datetime, *, closed_by: dt.datetime | None
+    ) -> pl.DataFrame:
+        """The closed spot 1m candles of perpetual `symbol`'s spot pair in [start, end), in the
+        perpetual's units and under its symbol (module doc); its leg is `legs`' (or given to
+        `known`). A perpetual without a spot pair raises `Unsupported` with the reason."""
+        import polars as pl
+
+        from pipeline.exchanges.protocol import Unsupported
+
+        leg = self.known.get(symbol) or self.legs([symbol])[symbol]
+        if leg.spot is None:
+            raise Unsupported(self.name, "spot_klines_1m", leg.how)
+        frame = self.spot.fetch_klines(leg.spot, start, end, closed_by=closed_by)
+        m = leg.multiplier
+        return frame.with_columns(
+            pl.lit(symbol, pl.String).alias("symbol"),
+            *[(pl.col(c) * m if m != 1 else pl.col(c)) for c in ("open", "high", "low", "close")],
+            volume=pl.col("volume") / m if m != 1 else pl.col("volume"),
+        )
 
     def close(self) -> None:
         super().close()
@@ -232,5 +292,9 @@ def connect(settings: Settings, endpoint: Endpoint) -> BybitContext:
     """The context client at the home's source (as `bybit.connect` for candles)."""
     b = settings.bybit
     return BybitContext(
-        endpoint.rest_url, category=b.category, ws_url=endpoint.ws_url, **b.client_options()
+        endpoint.rest_url,
+        category=b.category,
+        spot_legs={k: (v.symbol, v.multiplier) for k, v in b.spot_legs.items()},
+        ws_url=endpoint.ws_url,
+        **b.client_options(),
     )

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 if TYPE_CHECKING:
     import polars as pl
 
+    from pipeline.context.legs import Leg
+
 
 class ExchangeError(RuntimeError):
     """An exchange call failed; the message says what was asked, of whom, and what failed."""
@@ -140,8 +142,16 @@ class MarketContext(Protocol):
         """(symbol, time, open_interest): 5-minute readings in [start, end), interval over."""
         ...
 
-    def spot_client(self) -> Exchange:
-        """The venue's spot candles of the same symbol, as an `Exchange` (its fetch_klines)."""
+    def legs(self, symbols: list[str], known: dict[str, Leg] | None = None) -> dict[str, Leg]:
+        """Each perpetual's spot pair, multiplier and funding interval as the venue states
+        them (pipeline/context/legs.py; `known`: a previous answer, used if complete)."""
+        ...
+
+    def fetch_spot(
+        self, symbol: str, start: dt.datetime, end: dt.datetime, *, closed_by: dt.datetime | None
+    ) -> pl.DataFrame:
+        """The spot 1m candles of perpetual `symbol`'s spot pair in [start, end), in the
+        perpetual's units and under its symbol; `Unsupported` if it has none."""
         ...
 
     def close(self) -> None: ...

@@ -7,8 +7,9 @@ WebSocket side is `ws.py`). Klines with `category=spot` are the spot market's
 Request errors are HTTP 200 with a Bybit retCode, as on the real exchange. Parameter errors
 other than Bybit's documented ones ("Invalid period!", "Not supported symbols") use retCode
 10001 with a "params error: ..." message; real Bybit's wording for those is not verified.
-Instruments and tickers (category linear) are `instruments.py`'s; the rate limit headers
-every answer carries are `ratelimit.py`'s (added by the server).
+Instruments (linear; with `category=spot` the spot market's pairs) and tickers are
+`instruments.py`'s; the rate limit headers every answer carries are `ratelimit.py`'s (added
+by the server).
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ def reply(
     if path in context_face.PATHS:
         return context_face.reply(path, query, market, fault, now)
     if path == "/v5/market/instruments-info":
-        return _instruments(market, query, fault, now)
+        is_spot = spot is not None and query.get("category") == "spot"
+        listing = spot if is_spot and spot is not None else market
+        return _instruments(listing, query, fault, now, spot=is_spot)
     if path == "/v5/market/tickers":
         return _tickers(market, query, fault, now)
     if fault and fault.kind in MALFORMED:
@@ -97,14 +100,16 @@ def _kline(market: Market, q: dict[str, str], fault: Fault | None, now: int) -> 
     return Reply(200, wire.kline_body(symbol, category, rows, now))
 
 
-def _instruments(market: Market, q: dict[str, str], fault: Fault | None, now: int) -> Reply:
+def _instruments(
+    market: Market, q: dict[str, str], fault: Fault | None, now: int, *, spot: bool = False
+) -> Reply:
     category = q.get("category") or "linear"
     if category not in CATEGORIES:
         return Reply(200, wire.error_body(10001, "Illegal category", now))
     try:
         listed = market.source.listed()
         sizes = {s: market.decimals(s)[1] for s in listed}
-        items, cursor = ins.instruments_page(listed, q, sizes)
+        items, cursor = ins.instruments_page(listed, q, sizes, spot=spot)
     except ins.CursorError as err:
         return Reply(200, wire.error_body(10001, str(err), now))
     result = {"category": category, "list": items, "nextPageCursor": cursor}

@@ -6,9 +6,13 @@ random access like `synthetic.py`), consistent with each other:
 - spot 1m candles (`SpotSource`) are the perpetual's candles divided by (1 + premium) at each
   minute, rounded to the same decimals (rounding is monotone, so low <= open, close <= high
   still holds), with a seeded share of its volume. Over a file of real candles they are the
-  real candles' spot leg, so the basis is the premium again;
-- funding settles on Bybit's 8-hour grid (00:00, 08:00, 16:00 UTC) at Bybit's formula: the
-  mean premium of the 8 hours before, plus clamp(0.01% - premium, +-0.05%);
+  real candles' spot leg, so the basis is the premium again. As on Bybit, a perpetual with a
+  multiplier prefix (`1000PEPEUSDT`: a contract is 1000 PEPE, baseCoin `1000PEPE`) has its
+  spot pair under the coin's own name (`PEPEUSDT`), priced 1000x lower (`spot_name`);
+- funding settles on the market's funding grid at Bybit's formula: the mean premium of the
+  interval before, plus clamp(0.01% - premium, +-0.05%). The interval is Bybit's usual 8 hours
+  (00:00, 08:00, 16:00 UTC) except for the markets of `FUNDING_MINUTES` (instruments-info
+  states it as `fundingInterval`, in minutes);
 - open interest, one reading per 5 minutes, drifts around a level of ~$2 billion at the
   symbol's base price.
 
@@ -18,6 +22,7 @@ clock; the faces are `context_face.py`.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,13 +35,26 @@ if TYPE_CHECKING:
     from pipeline.replay.wire import Decimals
 
 HOUR_MS = 60 * MINUTE_MS
-FUNDING_MS = 8 * HOUR_MS
 OI_MS = 5 * MINUTE_MS
 INTEREST = 0.0001  # Bybit's interest rate per funding interval (0.01%)
 CLAMP = 0.0005
 PREMIUM_MEAN, PREMIUM_SWING, PREMIUM_NOISE = 1e-4, 6e-4, 4e-5
 PREMIUM_SCALE_MS = 6 * HOUR_MS
 OI_NOTIONAL = 2e9  # USD of open interest at the symbol's base price
+FUNDING_MINUTES = {"WIFUSDT": 240}  # the replay's markets that fund off the 8-hour grid
+_MULTIPLIED = re.compile(r"^(10{2,})([A-Z][A-Z0-9]*USDT)$")  # 1000PEPEUSDT, 10000SATSUSDT
+
+
+def funding_ms(symbol: str) -> int:
+    """The market's funding interval in ms (instruments-info `fundingInterval` x 60 000)."""
+    return FUNDING_MINUTES.get(symbol, 480) * MINUTE_MS
+
+
+def spot_name(symbol: str) -> tuple[str, int]:
+    """The spot pair of a USDT perpetual and how many spot coins one perpetual unit is:
+    (`PEPEUSDT`, 1000) for `1000PEPEUSDT`, (`BTCUSDT`, 1) for `BTCUSDT`."""
+    m = _MULTIPLIED.match(symbol)
+    return (m.group(2), int(m.group(1))) if m else (symbol, 1)
 
 
 def _smooth(seed: int, symbol: str, name: str, t_ms: np.ndarray, scale_ms: int) -> np.ndarray:
@@ -68,35 +86,47 @@ def premium(seed: int, symbol: str, t_ms: np.ndarray) -> np.ndarray:
 
 
 class SpotSource:
-    """The spot market of a perpetual source: same symbols, candles at the perpetual's price
-    less the premium (module doc)."""
+    """The spot market of a perpetual source: one pair per USDT perpetual (`spot_name`; a
+    plain perpetual's name wins over a multiplied one's), candles at the perpetual's price less
+    the premium, divided by the multiplier (module doc)."""
 
     def __init__(self, base: Source, seed: int) -> None:
         self.base, self.seed = base, seed
         self.name, self.ident, self.label = base.name, base.ident, base.label
+        perps = [s for s in base.listed() if not s.endswith("PERP")]
+        by_multiplier = sorted(perps, key=lambda s: -spot_name(s)[1])  # the plain one last
+        self.perp = {spot_name(s)[0]: s for s in by_multiplier}
 
     def listed(self) -> list[str]:
-        return self.base.listed()
+        return sorted(self.perp)
 
     def supports(self, symbol: str) -> bool:
-        return self.base.supports(symbol)
+        return symbol in self.perp and self.base.supports(self.perp[symbol])
+
+    def _of(self, symbol: str) -> tuple[str, int]:
+        perp = self.perp[symbol]
+        return perp, spot_name(perp)[1]
 
     def span(self, symbol: str) -> tuple[int, int | None]:
-        return self.base.span(symbol)
+        return self.base.span(self._of(symbol)[0])
 
     def decimals(self, symbol: str) -> Decimals:
-        return self.base.decimals(symbol)
+        perp, mult = self._of(symbol)
+        p, v, t = self.base.decimals(perp)
+        shift = len(str(mult)) - 1
+        return p + shift, max(v - shift, 0), t
 
     def day(self, symbol: str, day: int) -> np.ndarray:
-        rows = self.base.day(symbol, day).copy()
+        perp, mult = self._of(symbol)
+        rows = self.base.day(perp, day).copy()
         if not len(rows):
             return rows
         p, v, t = self.decimals(symbol)
         rows[:, 1:5] = np.round(
-            rows[:, 1:5] / (1 + premium(self.seed, symbol, rows[:, 0]))[:, None], p
+            rows[:, 1:5] / (1 + premium(self.seed, perp, rows[:, 0]))[:, None] / mult, p
         )
-        share = 0.25 + 0.3 * synthetic._rng(self.seed, symbol, "spot-share", day).random()
-        rows[:, 5] = np.round(rows[:, 5] * share, v)
+        share = 0.25 + 0.3 * synthetic._rng(self.seed, perp, "spot-share", day).random()
+        rows[:, 5] = np.round(rows[:, 5] * share * mult, v)
         rows[:, 6] = np.round(rows[:, 5] * rows[:, 1:5].mean(axis=1), t)
         return rows
 
@@ -114,11 +144,13 @@ def _served(source: Source, symbol: str, lo: int, hi: int, now_ms: int, step: in
 
 
 def funding(source: Source, seed: int, symbol: str, lo: int, hi: int, now_ms: int) -> np.ndarray:
-    """(funding_time ms, rate) rows for settlements in [lo, hi] up to the clock, oldest first."""
-    times = _served(source, symbol, lo, hi, now_ms, FUNDING_MS)
+    """(funding_time ms, rate) rows for settlements in [lo, hi] up to the clock, on the
+    market's funding grid (`funding_ms`), oldest first."""
+    step = funding_ms(symbol)
+    times = _served(source, symbol, lo, hi, now_ms, step)
     if not len(times):
         return np.empty((0, 2))
-    window = (times[:, None] - FUNDING_MS + np.arange(0, FUNDING_MS, MINUTE_MS)[None, :]).ravel()
+    window = (times[:, None] - step + np.arange(0, step, MINUTE_MS)[None, :]).ravel()
     mean = premium(seed, symbol, window).reshape(len(times), -1).mean(axis=1)
     rate = np.round(mean + np.clip(INTEREST - mean, -CLAMP, CLAMP), 8)
     return np.column_stack([times.astype(np.float64), rate])

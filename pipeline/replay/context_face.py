@@ -4,7 +4,7 @@ here; the malformed kinds are applied to these object lists below, each detectab
 
 - `GET /v5/market/funding/history`: category linear|inverse, symbol, startTime with endTime
   (startTime alone is refused, as on Bybit), limit 1-200 (default 200); the newest `limit`
-  settlements in [startTime, endTime] (inclusive), newest first, as
+  settlements (on the market's funding grid) in [startTime, endTime] (inclusive), newest first, as
   `{symbol, fundingRate, fundingRateTimestamp}`.
 - `GET /v5/market/open-interest`: category, symbol, intervalTime (only `5min` is served),
   startTime, endTime, limit 1-200 (default 50), cursor; newest first as
@@ -185,7 +185,7 @@ def _break(
         items[i][time_key] = str(int(items[i][time_key]) + 1000 * (1 + int(fault.q * 58)))
     elif kind == "out_of_range":
         k = 1 + int(fault.q * 5)
-        step = cx.OI_MS if oi else cx.FUNDING_MS
+        step = cx.OI_MS if oi else cx.funding_ms(symbol)
         template = dict(items[0]) if items else {time_key: "0", value_key: "1"}
         if not oi:
             template["symbol"] = symbol

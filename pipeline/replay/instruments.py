@@ -3,7 +3,10 @@
 
 Every served symbol is listed. What an instrument is follows from its name, as on Bybit:
 `...PERP` is a USDC-settled perpetual, `UNIVERSE_EXTRAS`' `NEWCOINUSDT` is not trading yet
-(`PreLaunch`), every other one is a trading USDT perpetual. The list pages like Bybit's:
+(`PreLaunch`), every other one is a trading USDT perpetual; it funds every 8 hours unless
+`context.FUNDING_MINUTES` says otherwise (`fundingInterval`, minutes, a JSON number as on
+Bybit). With `category=spot` the list is the spot pairs (`spot_instrument`: `context.spot_name`
+of each USDT perpetual, so `1000PEPEUSDT`'s is `PEPEUSDT`). The list pages like Bybit's:
 `limit` 1-1000 (default 500), an opaque `nextPageCursor` that is empty on the last page.
 
 A ticker's `lastPrice` is the newest 1m candle's close on the exchange clock; its
@@ -20,7 +23,8 @@ import math
 from typing import Any
 
 from pipeline.replay import synthetic
-from pipeline.replay.intervals import DAY_MS
+from pipeline.replay.context import funding_ms
+from pipeline.replay.intervals import DAY_MS, MINUTE_MS
 from pipeline.replay.market import Market
 
 PRELAUNCH = frozenset({"NEWCOINUSDT"})
@@ -49,6 +53,18 @@ def instrument(symbol: str, size_decimals: int = 3) -> dict[str, Any]:
         "launchTime": str(LAUNCH_MS),
         "priceScale": str(synthetic.price_decimals(symbol)),
         "lotSizeFilter": {"qtyStep": f"{10.0**-size_decimals:.{size_decimals}f}"},
+        "fundingInterval": funding_ms(symbol) // MINUTE_MS,
+    }
+
+
+def spot_instrument(symbol: str, size_decimals: int = 3) -> dict[str, Any]:
+    """One `category=spot` item: the pair's own coins (`PEPEUSDT`: baseCoin `PEPE`)."""
+    return {
+        "symbol": symbol,
+        "baseCoin": symbol.removesuffix("USDT"),
+        "quoteCoin": "USDT",
+        "status": "Trading",
+        "lotSizeFilter": {"basePrecision": f"{10.0**-size_decimals:.{size_decimals}f}"},
     }
 
 
@@ -65,12 +81,18 @@ def _offset(cursor: str) -> int:
 
 
 def instruments_page(
-    symbols: list[str], q: dict[str, str], size_decimals: dict[str, int] | None = None
+    symbols: list[str],
+    q: dict[str, str],
+    size_decimals: dict[str, int] | None = None,
+    *,
+    spot: bool = False,
 ) -> tuple[list[dict], str]:
-    """One page of the sorted instrument list for query `q` (`symbol`, `status`, `limit`,
-    `cursor`), and the cursor of the next page ("" when it was the last)."""
+    """One page of the sorted instrument list (`spot`: of spot pairs) for query `q`
+    (`symbol`, `status`, `limit`, `cursor`), and the cursor of the next page ("" when it was
+    the last)."""
     dec = size_decimals or {}
-    items = [instrument(s, dec.get(s, 3)) for s in sorted(symbols)]
+    make = spot_instrument if spot else instrument
+    items = [make(s, dec.get(s, 3)) for s in sorted(symbols)]
     if q.get("symbol"):
         items = [i for i in items if i["symbol"] == q["symbol"]]
     if q.get("status"):

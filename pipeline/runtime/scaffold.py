@@ -61,6 +61,38 @@ rules:
     direction: short
     weight: 1
     reason: "RSI 14 at {{rsi_14:.0f}} (overbought)"
+  # Market context (README "Market context in rules"): more columns, each what was public at
+  # the bar's close, on this timeframe or another (1h.buy_ratio):
+  #   buy_ratio     taker buy volume / (buy + sell) of the bar, 0..1 (order_flow_bars)
+  #   delta         taker buy - taker sell volume of the bar, in base coin
+  #   cvd           the deltas' sum over the 24 h ending at the bar's close; cvd_day: since
+  #                 00:00 UTC through the bar
+  #   funding_rate  the newest funding rate settled, per the market's funding interval (8 h
+  #                 for most Bybit perpetuals, 1, 2 or 4 h for some: 0.0001 = 0.01 %)
+  #   oi_change_1h  open interest now / an hour ago - 1
+  #   basis_bps     (close - spot close) / spot close x 10 000: the premium over spot
+  # Outside coverage they are NULL, never 0: no order flow for the bar (it is collected from
+  # when the trade collector started), no funding settled in the last 8 h, an open interest
+  # reading missing, no spot candle (or no spot pair: bybit.spot_legs). A NULL condition
+  # never holds: a gate blocks its side, a weighted rule does not vote. With `when_unknown:
+  # <text>` the rule steps aside instead (a gate lets its side through, a weighted rule
+  # abstains) and the signal's reasons carry the text. Reading any of them makes this a
+  # pipeline-only personality (the fast lane has no market context). Shipped off below
+  # (`enabled: false`: still checked when loaded); set it to true to use it.
+  - name: funding_not_expensive
+    when: funding_rate < 0.0005
+    direction: long
+    gate: true
+    enabled: false
+    when_unknown: "funding filter not applied: no funding rate known"
+    reason: "funding {{funding_rate:.4%}} below 0.05 %: longs are not expensive to hold"
+  - name: takers_buying
+    when: buy_ratio >= 0.55 and basis_bps > 0
+    direction: long
+    weight: 1
+    enabled: false
+    when_unknown: "order-flow vote abstained: no order flow or spot price for this bar"
+    reason: "takers bought {{buy_ratio:.0%}} of the bar, {{basis_bps:.1f}} bp over spot"
 """
 
 
