@@ -135,7 +135,7 @@ def reaction(tmp: Path) -> tuple[list[float], list[float]]:
     sc = _spawn(["sidecar"], env, tmp / "sidecar-react.log")
     stop = threading.Event()
     (r,) = runners(settings)
-    committer = r.committer = Committer()
+    committer = r.committer = Committer(home)
     committer.start()
     t = threading.Thread(target=follow, args=(settings, [r], committer, stop), daemon=True)
     try:

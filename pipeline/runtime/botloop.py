@@ -18,14 +18,15 @@ import selectors
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.bots.config import BotConfig
 from pipeline.bots.state import BotState
 from pipeline.bots.store import BotStore, persist_all
 from pipeline.bots.trader import Bar, Trader
+from pipeline.bots.wal import Entry, Wal
 from pipeline.sidecar import protocol as proto
 from pipeline.sidecar.client import FATAL_CODES
 
@@ -34,7 +35,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("signalbox.bots")
 BACKOFF_S = (0.05, 5.0)  # reconnect backoff, as the sidecar client's
-FSYNC_THREADS = 16
+CHECKPOINT_S = 10.0  # the bots' files fsynced and the write-ahead log emptied this often
+WAL_MAX = 64 << 20  # or when the log grows past this
+STATE_S = 0.2  # the state files (what readers see) trail the log by at most this
 
 
 @dataclass
@@ -109,13 +112,20 @@ class Runner:
 
 
 class Committer:
-    """Group commit: the runners touched since the last pass, made durable together."""
+    """Group commit: the runners touched since the last pass, made durable together by one
+    record of the bots' write-ahead log (pipeline/bots/wal.py: one fsync a pass), then their
+    state files written without fsync; every CHECKPOINT_S a checkpoint fsyncs those files
+    and empties the log."""
 
-    def __init__(self) -> None:
+    def __init__(self, home: Path) -> None:
         self.dirty: dict[int, Runner] = {}
         self.mu = threading.Lock()
         self.wake = threading.Event()
-        self.pool = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="fsync")
+        self.wal = Wal(home)
+        self.unwritten: dict[int, tuple[Runner, bytes]] = {}  # logged, state file not written
+        self.unsynced: dict[int, Runner] = {}  # state files written since the last checkpoint
+        self.write_at = 0.0
+        self.checkpoint_at = time.monotonic() + CHECKPOINT_S
         self.thread: threading.Thread | None = None
         self.stopping = False
 
@@ -132,16 +142,19 @@ class Committer:
         self.thread.start()
 
     def close(self) -> None:
-        """The last pass, then stop."""
+        """The last pass and a checkpoint, then stop."""
         self.stopping = True
         self.wake.set()
         if self.thread is not None:
             self.thread.join(30)
-        self.pool.shutdown()
+        else:
+            self.flush()
+        self.wal.close()
 
     def _run(self) -> None:
         while True:
-            self.wake.wait()
+            due = self.write_at if self.unwritten else self.checkpoint_at if self.wal.size else None
+            self.wake.wait(None if due is None else max(due - time.monotonic(), 0.0))
             self.wake.clear()
             try:
                 self.flush()
@@ -152,26 +165,61 @@ class Committer:
                 return
 
     def flush(self) -> None:
+        """A pass over the dirty runners, then the checkpoint if it is due (only after a pass
+        that fully succeeded: the log is emptied only when every state it held is written)."""
         with self.mu:
             dirty, self.dirty = list(self.dirty.values()), {}
-        if not dirty:
-            return
-        items, waiting = [], []
+        if dirty:
+            self._pass(dirty)
+        now = time.monotonic()
+        if self.wal.size and (
+            self.stopping or now >= self.checkpoint_at or self.wal.size > WAL_MAX
+        ):
+            self.checkpoint()
+        elif self.unwritten and now >= self.write_at:
+            self.write_states()
+
+    def _pass(self, dirty: list[Runner]) -> None:
+        entries, waiting = [], []
         for r in dirty:
             with r.lock:
-                items.append((r.store, r.store.snapshot(r.state, time.time())))
+                offset, lines, state = r.store.take(r.state, time.time())
                 waiting.append(r.awaiting)
                 r.awaiting = []
+            entries.append(Entry(r.cfg.name, offset, lines, state))
             time.sleep(0)  # the interpreter lock to the reader now, if a line is waiting
         try:
-            persist_all(items, self.pool)
+            self.wal.append(entries)
         except BaseException:
-            for r in dirty:  # not durable yet: the next pass writes them again
+            for r, e, ts in zip(dirty, entries, waiting, strict=True):
+                with r.lock:  # not logged: the next pass logs these lines again
+                    r.store.untake(e.offset, e.lines)
+                    r.awaiting[:0] = ts
                 self.mark(r)
             raise
         done = time.perf_counter()
-        for r, ts in zip(dirty, waiting, strict=True):
+        for r, ts, e in zip(dirty, waiting, entries, strict=True):
             r.durable_s.extend(done - t for t in ts)
+            self.unwritten[id(r)] = (r, e.state)
+
+    def write_states(self) -> None:
+        """The newest logged state of each runner to its `state.json` (no fsync: the log
+        holds it), what `committed_entries` and `signalbox status` read."""
+        while self.unwritten:
+            key, (r, state) = next(iter(self.unwritten.items()))
+            r.store.write_state(state, durable=False)  # failed: stays, the next call retries
+            del self.unwritten[key]
+            self.unsynced[key] = r
+        self.write_at = time.monotonic() + STATE_S
+
+    def checkpoint(self) -> None:
+        """Every state written, the bots' files fsynced, then the log emptied."""
+        self.write_states()
+        for r in self.unsynced.values():
+            r.store.sync()
+        self.wal.reset()
+        self.unsynced = {}
+        self.checkpoint_at = time.monotonic() + CHECKPOINT_S
 
 
 class Feed:

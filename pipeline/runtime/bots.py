@@ -43,6 +43,9 @@ NICE = 5  # scheduling priority below the sidecar's (bench/bench_bots.py: other 
 
 def runners(settings: Settings) -> list[Runner]:
     """Every configured bot, resumed from its committed state (or new)."""
+    from pipeline.bots.wal import recover
+
+    recover(settings.home)  # the last passes' states, before any bot loads its own
     out = []
     markets = settings.markets
     for cfg in settings.bots:
@@ -230,7 +233,7 @@ def main(settings: Settings) -> int:
             r.state.last_seq,
             f", HALTED: {r.state.why}" if r.state.halted else "",
         )
-    committer = Committer()
+    committer = Committer(settings.home)
     for r in rs:
         r.committer = committer
     reader = threading.Thread(
