@@ -7,11 +7,12 @@ state says, cuts the uncommitted tail off, and handles the event again from the 
 before it: so each signal's order is journaled once, never twice, never lost. Readers (the
 `paper_trades` asset) read only the committed part: up to `journal_bytes` of the state.
 
-`commit` does both steps for one event. `signalbox bots` splits them: `record` appends an
-event's lines the moment it is handled, and `persist_all` makes many bots' newest states
-durable in one pass, the bots side by side (their fsyncs and renames wait on the disk
-together, not one after another). The order per bot is the same: its journal fsynced, its
-state file fsynced, then renamed into place, naming only bytes already on disk.
+`commit` does both steps for one event, fsyncing each (a bot on its own, the tests). `signalbox
+bots` splits them: `record` appends an event's lines the moment it is handled; its group
+commit (pipeline/runtime/botloop.py) then `take`s many bots' new lines and states into one
+record of the process's write-ahead log (pipeline/bots/wal.py), one fsync for them all, and
+only after it writes their state files without fsync (`write_state`); a checkpoint `sync`s
+them. Either way a state file names only journal bytes that a crash cannot take back.
 """
 
 from __future__ import annotations

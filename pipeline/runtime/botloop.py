@@ -6,7 +6,9 @@ they queued for the interpreter lock and for fifty fsyncs in turn (bench/bench_b
 median bot's p99 was 16 ms). Here each bot is still its own subscriber (its own connection,
 filter and `since_seq`, as `pipeline.sidecar.client.Client` would send them), but one
 selector thread reads them all and records each bot's order as its line is parsed; a second
-thread then makes every touched bot's state durable in one `persist_all` pass.
+thread then makes every touched bot's state durable in one pass: one write-ahead log record,
+one fsync (fifty bots' journal and state fsyncs on a thread pool took the interpreter lock
+from the reader at every return).
 """
 
 from __future__ import annotations
@@ -121,6 +123,13 @@ class Committer:
         self.dirty: dict[int, Runner] = {}
         self.mu = threading.Lock()
         self.wake = threading.Event()
+        # cleared while the reader handles a round of lines; the other threads (this one,
+        # the heartbeats, the bars) wait for it before each unit of their work, so they do
+        # not take the interpreter lock from the reader at each of its syscalls (every recv
+        # and journal write lets another thread run). A gate, not a lock: the reader never
+        # waits for them
+        self.idle = threading.Event()
+        self.idle.set()
         self.wal = Wal(home)
         self.unwritten: dict[int, tuple[Runner, bytes]] = {}  # logged, state file not written
         self.unsynced: dict[int, Runner] = {}  # state files written since the last checkpoint
@@ -128,6 +137,14 @@ class Committer:
         self.checkpoint_at = time.monotonic() + CHECKPOINT_S
         self.thread: threading.Thread | None = None
         self.stopping = False
+        self.passes = self.logged = self.fsyncs = 0  # for the summary at stop
+
+    def summary(self) -> str:
+        per = self.fsyncs / self.passes if self.passes else 0.0
+        return (
+            f"{self.passes} commit passes of {self.logged / max(self.passes, 1):.1f} bots each, "
+            f"{self.fsyncs} fsyncs ({per:.2f} a pass, checkpoints included)"
+        )
 
     def mark(self, r: Runner) -> None:
         with self.mu:
@@ -182,12 +199,12 @@ class Committer:
     def _pass(self, dirty: list[Runner]) -> None:
         entries, waiting = [], []
         for r in dirty:
+            self.idle.wait()
             with r.lock:
                 offset, lines, state = r.store.take(r.state, time.time())
                 waiting.append(r.awaiting)
                 r.awaiting = []
             entries.append(Entry(r.cfg.name, offset, lines, state))
-            time.sleep(0)  # the interpreter lock to the reader now, if a line is waiting
         try:
             self.wal.append(entries)
         except BaseException:
@@ -198,6 +215,11 @@ class Committer:
                 self.mark(r)
             raise
         done = time.perf_counter()
+        self.passes, self.logged, self.fsyncs = (
+            self.passes + 1,
+            self.logged + len(dirty),
+            self.fsyncs + 1,
+        )
         for r, ts, e in zip(dirty, waiting, entries, strict=True):
             r.durable_s.extend(done - t for t in ts)
             self.unwritten[id(r)] = (r, e.state)
@@ -207,6 +229,7 @@ class Committer:
         holds it), what `committed_entries` and `signalbox status` read."""
         while self.unwritten:
             key, (r, state) = next(iter(self.unwritten.items()))
+            self.idle.wait()
             r.store.write_state(state, durable=False)  # failed: stays, the next call retries
             del self.unwritten[key]
             self.unsynced[key] = r
@@ -216,8 +239,10 @@ class Committer:
         """Every state written, the bots' files fsynced, then the log emptied."""
         self.write_states()
         for r in self.unsynced.values():
+            self.idle.wait()
             r.store.sync()
         self.wal.reset()
+        self.fsyncs += 3 * len(self.unsynced) + 1  # journal, state file, folder; the log
         self.unsynced = {}
         self.checkpoint_at = time.monotonic() + CHECKPOINT_S
 
@@ -353,15 +378,19 @@ def serve(settings: Settings, feeds: list[Feed], committer: Committer, stop: thr
                 continue
             t, wall, now = time.perf_counter(), time.time(), time.monotonic()
             parsed: dict[bytes, dict[str, Any]] = {}
-            for key, _ in events:
-                f = key.data
-                if f.sock is not None:
-                    try:
-                        f.read(sel, now, t, wall, parsed)
-                    except Exception:
-                        f.r.alive = False
-                        f.drop(sel, now, None)
-                        log.exception("bot %s stopped following the sidecar", f.r.cfg.name)
+            committer.idle.clear()
+            try:
+                for key, _ in events:
+                    f = key.data
+                    if f.sock is not None:
+                        try:
+                            f.read(sel, now, t, wall, parsed)
+                        except Exception:
+                            f.r.alive = False
+                            f.drop(sel, now, None)
+                            log.exception("bot %s stopped following the sidecar", f.r.cfg.name)
+            finally:
+                committer.idle.set()
             committer.kick()
     finally:
         for f in feeds:

@@ -170,6 +170,7 @@ class Bars:
         """To every bot of the market (each skips what it has processed already)."""
         self.seen[bar.market] = max(self.seen[bar.market], bar.open_us)
         for r in self.by_market[bar.market]:
+            self.committer.idle.wait()  # between the reader's rounds
             r.on_bar(bar)
         self.committer.kick()
 
@@ -196,10 +197,11 @@ def caught_up(settings: Settings, rs: list[Runner], stop: threading.Event, wait_
         stop.wait(0.05)
 
 
-def heartbeats(rs: list[Runner], stop: threading.Event) -> None:
+def heartbeats(rs: list[Runner], committer: Committer, stop: threading.Event) -> None:
     while not stop.is_set():
         for r in rs:
             if r.alive:
+                committer.idle.wait()  # between the reader's rounds
                 r.store.beat()
         stop.wait(HEARTBEAT_S)
 
@@ -246,7 +248,7 @@ def main(settings: Settings) -> int:
     # recording each bot's order that the latency target is about
     os.nice(NICE)
     committer.start()
-    threading.Thread(target=heartbeats, args=(rs, stop), daemon=True).start()
+    threading.Thread(target=heartbeats, args=(rs, committer, stop), daemon=True).start()
     caught_up(settings, rs, stop, wait_s=10.0)
     bars = Bars(settings, rs, committer)
     try:
@@ -270,6 +272,7 @@ def main(settings: Settings) -> int:
     for r in rs:
         if r.reaction_s:
             log.info("bot %s: %s", r.cfg.name, reaction_summary(r))
+    log.info("bots: %s", committer.summary())
     log.info("stopped")
     return 0
 
