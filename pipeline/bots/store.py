@@ -200,8 +200,8 @@ def committed_entries(home: Path, name: str, offset: int = 0) -> Iterator[tuple[
         f.seek(offset)
         pos = offset
         for line in f:
-            if pos + len(line) > end:
-                return
+            if pos + len(line) > end or not line.endswith(b"\n"):
+                return  # uncommitted; or cut by a machine crash, until the log restores it
             pos += len(line)
             yield pos, json.loads(line)
 
