@@ -137,13 +137,13 @@ class Committer:
         self.checkpoint_at = time.monotonic() + CHECKPOINT_S
         self.thread: threading.Thread | None = None
         self.stopping = False
-        self.passes = self.logged = self.fsyncs = 0  # for the summary at stop
+        self.passes = self.logged = self.checkpoints = self.synced = 0  # for the summary
 
     def summary(self) -> str:
-        per = self.fsyncs / self.passes if self.passes else 0.0
+        each = self.logged / self.passes if self.passes else 0.0
         return (
-            f"{self.passes} commit passes of {self.logged / max(self.passes, 1):.1f} bots each, "
-            f"{self.fsyncs} fsyncs ({per:.2f} a pass, checkpoints included)"
+            f"{self.passes} commit passes of {each:.1f} bots each, one fsync each; "
+            f"{self.checkpoints} checkpoints of {self.synced} fsyncs in all"
         )
 
     def mark(self, r: Runner) -> None:
@@ -215,11 +215,7 @@ class Committer:
                 self.mark(r)
             raise
         done = time.perf_counter()
-        self.passes, self.logged, self.fsyncs = (
-            self.passes + 1,
-            self.logged + len(dirty),
-            self.fsyncs + 1,
-        )
+        self.passes, self.logged = self.passes + 1, self.logged + len(dirty)
         for r, ts, e in zip(dirty, waiting, entries, strict=True):
             r.durable_s.extend(done - t for t in ts)
             self.unwritten[id(r)] = (r, e.state)
@@ -242,7 +238,8 @@ class Committer:
             self.idle.wait()
             r.store.sync()
         self.wal.reset()
-        self.fsyncs += 3 * len(self.unsynced) + 1  # journal, state file, folder; the log
+        self.checkpoints += 1
+        self.synced += 3 * len(self.unsynced) + 1  # journal, state file, folder; the log
         self.unsynced = {}
         self.checkpoint_at = time.monotonic() + CHECKPOINT_S
 
