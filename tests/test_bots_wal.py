@@ -10,6 +10,8 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
+
 from pipeline.bots.config import BotConfig
 from pipeline.bots.store import BotStore, committed_entries, summary
 from pipeline.bots.trader import Trader
@@ -188,3 +190,35 @@ def test_close_checkpoints_and_empties_the_log(tmp_path):
     for r in rs:
         assert summary(tmp_path, r.cfg.name)["last_seq"] == 2
         assert len(r.durable_s) == 2  # both orders reported durable, once each
+
+
+def test_a_bot_deleted_while_down_starts_afresh(tmp_path, caplog):
+    c = Committer(tmp_path)
+    rs = runners(tmp_path, c)
+    handle(rs, 1)
+    logged_pass(c)
+    c.wal.close()
+    close(rs)
+    shutil.rmtree(tmp_path / "bots" / "a")  # README: delete the bot's folder to start afresh
+    with caplog.at_level("WARNING", logger="signalbox.bots"):
+        assert recover(tmp_path) == 1
+    assert any("bots/a is gone; its logged passes are dropped" in m for m in caplog.messages)
+    assert not (tmp_path / "bots" / "a").exists()
+    assert seqs(tmp_path, "b") == seqs(tmp_path, "c") == [1]
+
+
+def test_a_journal_cut_behind_the_logs_back_is_refused_with_what_to_do(tmp_path):
+    c = Committer(tmp_path)
+    rs = runners(tmp_path, c)
+    handle(rs, 1)
+    c.flush()
+    c.checkpoint()  # seq 1 in the bots' own files, the log empty
+    handle(rs, 2)
+    logged_pass(c)  # the log continues each journal after seq 1's line
+    c.wal.close()
+    close(rs)
+    (tmp_path / "bots" / "c" / "journal.jsonl").write_bytes(b"")
+    with pytest.raises(RuntimeError, match="continues bot c's journal at byte") as err:
+        recover(tmp_path)
+    assert f"Delete {tmp_path / 'bots' / 'c'} to start the bot afresh" in str(err.value)
+    assert wal_path(tmp_path).stat().st_size > 0  # kept for the next start

@@ -132,18 +132,33 @@ def recover(home: Path) -> int:
         for entries in records:
             for e in entries:
                 d = home / "bots" / e.bot
-                d.mkdir(parents=True, exist_ok=True)
-                if e.bot not in journals:  # pwrite: no O_APPEND, the offsets are the record's
+                if e.bot not in journals:
+                    if not d.is_dir():  # deleted while the process was down: started afresh
+                        log.warning("bots: %s is gone; its logged passes are dropped", d)
+                        journals[e.bot] = -1
+                        continue
+                    # pwrite: no O_APPEND, the offsets are the record's
                     journals[e.bot] = os.open(d / "journal.jsonl", os.O_WRONLY | os.O_CREAT, 0o644)
-                if e.lines:
-                    os.pwrite(journals[e.bot], e.lines, e.offset)
+                fd = journals[e.bot]
+                if fd < 0:
+                    continue
+                if e.offset > os.fstat(fd).st_size:
+                    raise RuntimeError(
+                        f"{path} continues bot {e.bot}'s journal at byte {e.offset}, but "
+                        f"{d / 'journal.jsonl'} is shorter: its files were changed while the "
+                        f"bots were down. Delete {d} to start the bot afresh, or {path} to "
+                        "drop the logged passes"
+                    )
+                os.pwrite(fd, e.lines, e.offset)
                 states[e.bot] = e.state
         for bot, fd in journals.items():
-            os.fsync(fd)
-            BotStore(home, bot).write_state(states[bot], durable=True)
+            if fd >= 0:
+                os.fsync(fd)
+                BotStore(home, bot).write_state(states[bot], durable=True)
     finally:
         for fd in journals.values():
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
     fd = os.open(path, os.O_WRONLY)
     try:
         os.ftruncate(fd, 0)
