@@ -295,7 +295,11 @@ def _passes(log: str) -> str:
     pat = r"bots: (\d+) commit passes of ([\d.]+) bots each, one fsync each; (\d+) checkpoints "
     pat += r"of (\d+)"
     m = re.search(pat, log)
-    return "?" if m is None else f"{m[1]} of {m[2]} bots, 1 fsync each; {m[3]} of {m[4]} fsyncs"
+    cpu = re.search(r"([\d.]+) CPU s since following the bars", log)
+    if m is None or cpu is None:
+        return "?"
+    ms = float(cpu[1]) * 1000 / N_OTHER
+    return f"{m[1]} of {m[2]} bots, 1 fsync each; {m[3]} of {m[4]} fsyncs; {ms:.1f}"
 
 
 def run() -> str:
@@ -374,7 +378,9 @@ def run() -> str:
         "reported); the last column: the bots process's commit passes that round (how many, "
         "the bots each made durable on average, one fsync each where each bot used to cost "
         "two: its journal's and its state file's) and its checkpoints (every 10 s and at stop: "
-        "each touched bot's journal, state file and folder fsynced, then the log).\n\n"
+        "each touched bot's journal, state file and folder fsynced, then the log); and the "
+        "bots process's CPU time from following the bars to its stop (the signals, their "
+        "commits, the bars, the heartbeats) divided by the round's signals.\n\n"
         + table(
             [
                 "round",
@@ -387,7 +393,7 @@ def run() -> str:
                 "worst bot ms",
                 "durable p99: median bot ms",
                 "worst bot ms",
-                "commit passes; checkpoints",
+                "commit passes; checkpoints; bots' CPU ms a line",
             ],
             per_round,
         )

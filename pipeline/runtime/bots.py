@@ -253,12 +253,14 @@ def main(settings: Settings) -> int:
     threading.Thread(target=heartbeats, args=(rs, committer, stop), daemon=True).start()
     caught_up(settings, rs, stop, wait_s=10.0)
     bars = Bars(settings, rs, committer)
+    cpu0 = time.process_time()
     try:
         while not stop.is_set():
             try:
                 bars.start()
                 gc.freeze()  # the venue clients' objects too (no collection: the reader runs)
                 log.info("bots: following the bars of %s", ", ".join(bars.by_market))
+                cpu0 = time.process_time()
                 break
             except Exception as err:  # the exchange not answering yet: try again
                 log.warning("cannot follow the bars yet (%s); retrying", err)
@@ -272,10 +274,11 @@ def main(settings: Settings) -> int:
         for r in rs:
             with r.lock:
                 r.store.close()
+    cpu = time.process_time() - cpu0
     for r in rs:
         if r.reaction_s:
             log.info("bot %s: %s", r.cfg.name, reaction_summary(r))
-    log.info("bots: %s", committer.summary())
+    log.info("bots: %s; %.2f CPU s since following the bars", committer.summary(), cpu)
     log.info("stopped")
     return 0
 
