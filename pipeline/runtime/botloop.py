@@ -39,7 +39,7 @@ log = logging.getLogger("signalbox.bots")
 BACKOFF_S = (0.05, 5.0)  # reconnect backoff, as the sidecar client's
 CHECKPOINT_S = 10.0  # the bots' files fsynced and the write-ahead log emptied this often
 WAL_MAX = 64 << 20  # or when the log grows past this
-STATE_S = 0.2  # the state files (what readers see) trail the log by at most this
+STATE_S = 1.0  # the state files (what readers see) trail the log by at most this
 
 
 @dataclass
