@@ -7,11 +7,12 @@ state says, cuts the uncommitted tail off, and handles the event again from the 
 before it: so each signal's order is journaled once, never twice, never lost. Readers (the
 `paper_trades` asset) read only the committed part: up to `journal_bytes` of the state.
 
-`commit` does both steps for one event. `signalbox bots` splits them: `record` appends an
-event's lines the moment it is handled, and `persist_all` makes many bots' newest states
-durable in one pass, the bots side by side (their fsyncs and renames wait on the disk
-together, not one after another). The order per bot is the same: its journal fsynced, its
-state file fsynced, then renamed into place, naming only bytes already on disk.
+`commit` does both steps for one event, fsyncing each (a bot on its own, the tests). `signalbox
+bots` splits them: `record` appends an event's lines the moment it is handled; its group
+commit (pipeline/runtime/botloop.py) then `take`s many bots' new lines and states into one
+record of the process's write-ahead log (pipeline/bots/wal.py), one fsync for them all, and
+only after it writes their state files without fsync (`write_state`); a checkpoint `sync`s
+them. Either way a state file names only journal bytes that a crash cannot take back.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class BotStore:
         self._tmp = self.dir / f".state.json.{os.getpid()}.tmp"
         self._quoted = json.dumps(name)
         self._fd: int | None = None
+        self._unlogged: list[bytes] = []  # recorded, not yet in the write-ahead log
+        self._logged = 0  # the journal's length up to which the log (or an fsync) holds it
         self.written_at = 0.0  # perf_counter when the last entries were written (recorded)
 
     def load(self) -> BotState | None:
@@ -57,6 +60,7 @@ class BotStore:
         if os.fstat(self._fd).st_size > committed:
             os.ftruncate(self._fd, committed)  # an event that never committed: redone
             os.fsync(self._fd)
+        self._logged, self._unlogged = committed, []
         return None if rec is None else BotState.from_json(rec)
 
     def commit(self, state: BotState, entries: list[dict[str, Any]], at: float) -> None:
@@ -76,6 +80,7 @@ class BotStore:
             state.n += 1
         data = ("\n".join(lines) + "\n").encode()
         os.write(self._fd, data)  # recorded: a process kill no longer loses it
+        self._unlogged.append(data)
         self.written_at = time.perf_counter()
         state.journal_bytes += len(data)
 
@@ -90,6 +95,19 @@ class BotStore:
         os.write(fd, data)
         return fd
 
+    def write_state(self, data: bytes, durable: bool) -> None:
+        """`state.json` replaced by `data`: temp file, rename; `durable`: the temp file
+        fsynced before the rename and the folder after it."""
+        fd = self._stage(data)
+        try:
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(self._tmp, self.state_path)
+        if durable:
+            fsync_dir(self.dir)
+
     def _persist(self, data: bytes) -> None:
         """The journal fsynced, then the state (`data`): temp file, fsync, rename."""
         if self._fd is not None:
@@ -100,6 +118,30 @@ class BotStore:
         finally:
             os.close(fd)
         os.replace(self._tmp, self.state_path)
+        self._unlogged, self._logged = [], os.lseek(self._fd, 0, os.SEEK_END) if self._fd else 0
+
+    def take(self, state: BotState, at: float) -> tuple[int, bytes, bytes]:
+        """For the write-ahead log: the journal lines recorded since the last `take` (and the
+        offset they start at), and the state file's content as of now."""
+        lines, self._unlogged = b"".join(self._unlogged), []
+        offset, self._logged = self._logged, state.journal_bytes
+        return offset, lines, self.snapshot(state, at)
+
+    def untake(self, offset: int, lines: bytes) -> None:
+        """A `take` whose log record failed: its lines go into the next one."""
+        self._unlogged.insert(0, lines)
+        self._logged = offset
+
+    def sync(self) -> None:
+        """The checkpoint: the journal, the state file and its rename on disk (fsynced)."""
+        if self._fd is not None:
+            os.fsync(self._fd)
+        fd = os.open(self.state_path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(self.dir)
 
     def beat(self, at: float | None = None) -> None:
         """The heartbeat: the file's content is the wall time of the bot's last sign of life."""
@@ -128,6 +170,14 @@ def _body(e: dict[str, Any]) -> str:
     return body
 
 
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def persist_all(items: list[tuple[BotStore, bytes]], pool: Executor | None = None) -> None:
     """Make each store's journal and state (`snapshot` bytes) durable, the stores side by
     side on `pool`: their fsyncs and renames wait on the disk together, not one by one."""
@@ -150,8 +200,8 @@ def committed_entries(home: Path, name: str, offset: int = 0) -> Iterator[tuple[
         f.seek(offset)
         pos = offset
         for line in f:
-            if pos + len(line) > end:
-                return
+            if pos + len(line) > end or not line.endswith(b"\n"):
+                return  # uncommitted; or cut by a machine crash, until the log restores it
             pos += len(line)
             yield pos, json.loads(line)
 

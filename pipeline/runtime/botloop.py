@@ -6,7 +6,9 @@ they queued for the interpreter lock and for fifty fsyncs in turn (bench/bench_b
 median bot's p99 was 16 ms). Here each bot is still its own subscriber (its own connection,
 filter and `since_seq`, as `pipeline.sidecar.client.Client` would send them), but one
 selector thread reads them all and records each bot's order as its line is parsed; a second
-thread then makes every touched bot's state durable in one `persist_all` pass.
+thread then makes every touched bot's state durable in one pass: one write-ahead log record,
+one fsync (fifty bots' journal and state fsyncs on a thread pool took the interpreter lock
+from the reader at every return).
 """
 
 from __future__ import annotations
@@ -18,14 +20,15 @@ import selectors
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.bots.config import BotConfig
 from pipeline.bots.state import BotState
 from pipeline.bots.store import BotStore, persist_all
 from pipeline.bots.trader import Bar, Trader
+from pipeline.bots.wal import Entry, Wal
 from pipeline.sidecar import protocol as proto
 from pipeline.sidecar.client import FATAL_CODES
 
@@ -34,7 +37,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("signalbox.bots")
 BACKOFF_S = (0.05, 5.0)  # reconnect backoff, as the sidecar client's
-FSYNC_THREADS = 16
+CHECKPOINT_S = 10.0  # the bots' files fsynced and the write-ahead log emptied this often
+WAL_MAX = 64 << 20  # or when the log grows past this
+STATE_S = 1.0  # the state files (what readers see) trail the log by at most this
 
 
 @dataclass
@@ -109,15 +114,37 @@ class Runner:
 
 
 class Committer:
-    """Group commit: the runners touched since the last pass, made durable together."""
+    """Group commit: the runners touched since the last pass, made durable together by one
+    record of the bots' write-ahead log (pipeline/bots/wal.py: one fsync a pass), then their
+    state files written without fsync; every CHECKPOINT_S a checkpoint fsyncs those files
+    and empties the log."""
 
-    def __init__(self) -> None:
+    def __init__(self, home: Path) -> None:
         self.dirty: dict[int, Runner] = {}
         self.mu = threading.Lock()
         self.wake = threading.Event()
-        self.pool = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="fsync")
+        # cleared while the reader handles a round of lines; the other threads (this one,
+        # the heartbeats, the bars) wait for it before each unit of their work, so they do
+        # not take the interpreter lock from the reader at each of its syscalls (every recv
+        # and journal write lets another thread run). A gate, not a lock: the reader never
+        # waits for them
+        self.idle = threading.Event()
+        self.idle.set()
+        self.wal = Wal(home)
+        self.unwritten: dict[int, tuple[Runner, bytes]] = {}  # logged, state file not written
+        self.unsynced: dict[int, Runner] = {}  # state files written since the last checkpoint
+        self.write_at = 0.0
+        self.checkpoint_at = time.monotonic() + CHECKPOINT_S
         self.thread: threading.Thread | None = None
         self.stopping = False
+        self.passes = self.logged = self.checkpoints = self.synced = 0  # for the summary
+
+    def summary(self) -> str:
+        each = self.logged / self.passes if self.passes else 0.0
+        return (
+            f"{self.passes} commit passes of {each:.1f} bots each, one fsync each; "
+            f"{self.checkpoints} checkpoints of {self.synced} fsyncs in all"
+        )
 
     def mark(self, r: Runner) -> None:
         with self.mu:
@@ -132,16 +159,19 @@ class Committer:
         self.thread.start()
 
     def close(self) -> None:
-        """The last pass, then stop."""
+        """The last pass and a checkpoint, then stop."""
         self.stopping = True
         self.wake.set()
         if self.thread is not None:
             self.thread.join(30)
-        self.pool.shutdown()
+        else:
+            self.flush()
+        self.wal.close()
 
     def _run(self) -> None:
         while True:
-            self.wake.wait()
+            due = self.write_at if self.unwritten else self.checkpoint_at if self.wal.size else None
+            self.wake.wait(None if due is None else max(due - time.monotonic(), 0.0))
             self.wake.clear()
             try:
                 self.flush()
@@ -152,26 +182,66 @@ class Committer:
                 return
 
     def flush(self) -> None:
+        """A pass over the dirty runners, then the checkpoint if it is due (only after a pass
+        that fully succeeded: the log is emptied only when every state it held is written)."""
         with self.mu:
             dirty, self.dirty = list(self.dirty.values()), {}
-        if not dirty:
-            return
-        items, waiting = [], []
+        if dirty:
+            self._pass(dirty)
+        now = time.monotonic()
+        if self.wal.size and (
+            self.stopping or now >= self.checkpoint_at or self.wal.size > WAL_MAX
+        ):
+            self.checkpoint()
+        elif self.unwritten and now >= self.write_at:
+            self.write_states()
+
+    def _pass(self, dirty: list[Runner]) -> None:
+        entries, waiting = [], []
         for r in dirty:
+            self.idle.wait()
             with r.lock:
-                items.append((r.store, r.store.snapshot(r.state, time.time())))
+                offset, lines, state = r.store.take(r.state, time.time())
                 waiting.append(r.awaiting)
                 r.awaiting = []
-            time.sleep(0)  # the interpreter lock to the reader now, if a line is waiting
+            entries.append(Entry(r.cfg.name, offset, lines, state))
         try:
-            persist_all(items, self.pool)
+            self.wal.append(entries)
         except BaseException:
-            for r in dirty:  # not durable yet: the next pass writes them again
+            for r, e, ts in zip(dirty, entries, waiting, strict=True):
+                with r.lock:  # not logged: the next pass logs these lines again
+                    r.store.untake(e.offset, e.lines)
+                    r.awaiting[:0] = ts
                 self.mark(r)
             raise
         done = time.perf_counter()
-        for r, ts in zip(dirty, waiting, strict=True):
+        self.passes, self.logged = self.passes + 1, self.logged + len(dirty)
+        for r, ts, e in zip(dirty, waiting, entries, strict=True):
             r.durable_s.extend(done - t for t in ts)
+            self.unwritten[id(r)] = (r, e.state)
+
+    def write_states(self) -> None:
+        """The newest logged state of each runner to its `state.json` (no fsync: the log
+        holds it), what `committed_entries` and `signalbox status` read."""
+        while self.unwritten:
+            key, (r, state) = next(iter(self.unwritten.items()))
+            self.idle.wait()
+            r.store.write_state(state, durable=False)  # failed: stays, the next call retries
+            del self.unwritten[key]
+            self.unsynced[key] = r
+        self.write_at = time.monotonic() + STATE_S
+
+    def checkpoint(self) -> None:
+        """Every state written, the bots' files fsynced, then the log emptied."""
+        self.write_states()
+        for r in self.unsynced.values():
+            self.idle.wait()
+            r.store.sync()
+        self.wal.reset()
+        self.checkpoints += 1
+        self.synced += 3 * len(self.unsynced) + 1  # journal, state file, folder; the log
+        self.unsynced = {}
+        self.checkpoint_at = time.monotonic() + CHECKPOINT_S
 
 
 class Feed:
@@ -232,7 +302,8 @@ class Feed:
     ) -> None:
         """What arrived, each whole line handled; `t`: when the loop saw it (perf_counter).
         `parsed`: the lines of this round already parsed for another bot (each bot gets the
-        same line; parsing it once saves 49 of 50 parses)."""
+        same line; parsing it once saves 49 of 50 parses, and every bot reads the one dict:
+        nothing below writes to it but `_t`, the same for every bot of the round)."""
         assert self.sock is not None
         try:
             chunk = self.sock.recv(1 << 16)
@@ -256,7 +327,7 @@ class Feed:
                 except ValueError as err:
                     self.drop(sel, now, f"connection lost ({err})")
                     return
-            if not self.handle(sel, now, dict(msg), t, wall):
+            if not self.handle(sel, now, msg, t, wall):  # shared: read-only below
                 return
 
     def handle(
@@ -305,15 +376,19 @@ def serve(settings: Settings, feeds: list[Feed], committer: Committer, stop: thr
                 continue
             t, wall, now = time.perf_counter(), time.time(), time.monotonic()
             parsed: dict[bytes, dict[str, Any]] = {}
-            for key, _ in events:
-                f = key.data
-                if f.sock is not None:
-                    try:
-                        f.read(sel, now, t, wall, parsed)
-                    except Exception:
-                        f.r.alive = False
-                        f.drop(sel, now, None)
-                        log.exception("bot %s stopped following the sidecar", f.r.cfg.name)
+            committer.idle.clear()
+            try:
+                for key, _ in events:
+                    f = key.data
+                    if f.sock is not None:
+                        try:
+                            f.read(sel, now, t, wall, parsed)
+                        except Exception:
+                            f.r.alive = False
+                            f.drop(sel, now, None)
+                            log.exception("bot %s stopped following the sidecar", f.r.cfg.name)
+            finally:
+                committer.idle.set()
             committer.kick()
     finally:
         for f in feeds:

@@ -20,6 +20,7 @@ stores (a later revision is what reconciliation calls "candle revised").
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import logging
 import os
 import signal
@@ -43,6 +44,9 @@ NICE = 5  # scheduling priority below the sidecar's (bench/bench_bots.py: other 
 
 def runners(settings: Settings) -> list[Runner]:
     """Every configured bot, resumed from its committed state (or new)."""
+    from pipeline.bots.wal import recover
+
+    recover(settings.home)  # the last passes' states, before any bot loads its own
     out = []
     markets = settings.markets
     for cfg in settings.bots:
@@ -167,6 +171,7 @@ class Bars:
         """To every bot of the market (each skips what it has processed already)."""
         self.seen[bar.market] = max(self.seen[bar.market], bar.open_us)
         for r in self.by_market[bar.market]:
+            self.committer.idle.wait()  # between the reader's rounds
             r.on_bar(bar)
         self.committer.kick()
 
@@ -193,10 +198,11 @@ def caught_up(settings: Settings, rs: list[Runner], stop: threading.Event, wait_
         stop.wait(0.05)
 
 
-def heartbeats(rs: list[Runner], stop: threading.Event) -> None:
+def heartbeats(rs: list[Runner], committer: Committer, stop: threading.Event) -> None:
     while not stop.is_set():
         for r in rs:
             if r.alive:
+                committer.idle.wait()  # between the reader's rounds
                 r.store.beat()
         stop.wait(HEARTBEAT_S)
 
@@ -210,6 +216,7 @@ def main(settings: Settings) -> int:
         log.error("no bots are configured: add a `bots:` section to %s", settings.config_path)
         return 2
     rs = runners(settings)
+    settle(rs)
     stop = threading.Event()
     # at the default 5 ms GIL switch interval the reader, with a line in hand, would wait
     # behind the committer serialising states (as in the fast lane, fastlane.SWITCH_S)
@@ -230,7 +237,7 @@ def main(settings: Settings) -> int:
             r.state.last_seq,
             f", HALTED: {r.state.why}" if r.state.halted else "",
         )
-    committer = Committer()
+    committer = Committer(settings.home)
     for r in rs:
         r.committer = committer
     reader = threading.Thread(
@@ -243,14 +250,17 @@ def main(settings: Settings) -> int:
     # recording each bot's order that the latency target is about
     os.nice(NICE)
     committer.start()
-    threading.Thread(target=heartbeats, args=(rs, stop), daemon=True).start()
+    threading.Thread(target=heartbeats, args=(rs, committer, stop), daemon=True).start()
     caught_up(settings, rs, stop, wait_s=10.0)
     bars = Bars(settings, rs, committer)
+    cpu0 = time.process_time()
     try:
         while not stop.is_set():
             try:
                 bars.start()
+                gc.freeze()  # the venue clients' objects too (no collection: the reader runs)
                 log.info("bots: following the bars of %s", ", ".join(bars.by_market))
+                cpu0 = time.process_time()
                 break
             except Exception as err:  # the exchange not answering yet: try again
                 log.warning("cannot follow the bars yet (%s); retrying", err)
@@ -264,11 +274,27 @@ def main(settings: Settings) -> int:
         for r in rs:
             with r.lock:
                 r.store.close()
+    cpu = time.process_time() - cpu0
     for r in rs:
         if r.reaction_s:
             log.info("bot %s: %s", r.cfg.name, reaction_summary(r))
+    log.info("bots: %s; %.2f CPU s since following the bars", committer.summary(), cpu)
     log.info("stopped")
     return 0
+
+
+def settle(rs: list[Runner]) -> None:
+    """Before the reader starts: the backtest kernel loaded (its first call reads numba's
+    cache, ~10 ms) and every object of the start moved out of the garbage collector's way.
+    A full collection walks every tracked object holding the interpreter lock; over the
+    ~120k that the imports leave it took 160-270 ms on a loaded 2-core machine, and one in a
+    round of signals stalled every bot's order alike (bench/bench_bots.py: median bot's p99 =
+    worst bot's). `gc.freeze` leaves them out of every later collection."""
+    for r in [r for r in rs if r.trader.markets][:1]:
+        market = r.trader.markets[0]
+        r.trader.on_bar(r.trader.new_state(), Bar(market, 0, 1.0, 1.0, 1.0, 1.0))
+    gc.collect()
+    gc.freeze()
 
 
 def reaction_summary(r: Runner) -> str:
