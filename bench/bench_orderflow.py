@@ -141,15 +141,13 @@ def live_minute(symbols: int, minutes: int = 10) -> tuple[float, float]:
         for m in range(1300):
             journal.append(home, "bybit", _journal_rows(names, d0 + dt.timedelta(minutes=m), rng))
         with wh.session() as h:
-            h.replace_many(live.ingest(h, home, "bybit", day, markets, now).items)
-            h.replace_many(live.tail_bars(h, "bybit", day, tfs, now)[1])
+            h.replace_many(live.advance(h, home, "bybit", day, markets, tfs, now).items)
             tail, whole = [], []
             for m in range(1300, 1300 + minutes):
                 rows = _journal_rows(names, d0 + dt.timedelta(minutes=m), rng)
                 journal.append(home, "bybit", rows)
                 t = time.perf_counter()
-                h.replace_many(live.ingest(h, home, "bybit", day, markets, now).items)
-                h.replace_many(live.tail_bars(h, "bybit", day, tfs, now)[1])
+                h.replace_many(live.advance(h, home, "bybit", day, markets, tfs, now).items)
                 tail.append(time.perf_counter() - t)
                 t = time.perf_counter()  # the same minute by rebuilding the day, writes too
                 flow = annotate(journal.read(home, "bybit", day), live.empty_klines(), now)

@@ -62,12 +62,18 @@ def day_and_resources(tmp_path_factory, replay_session):
 def _materialize(res, day):
     with dg.DagsterInstance.ephemeral() as instance:
         return dg.materialize(
-            [orderflow.order_flow_1m, orderflow.order_flow_bars],
+            [orderflow.order_flow],
             partition_key=day.isoformat(),
             resources=res,
             instance=instance,
             raise_on_error=False,
         )
+
+
+def materialized(result, asset: str) -> dict:
+    """The metadata of `asset`'s materialization in a run of the one `order_flow` step."""
+    done = result.asset_materializations_for_node("order_flow")
+    return next(m for m in done if m.asset_key.path[-1] == asset).metadata
 
 
 def _checks(result) -> dict[str, bool]:
@@ -103,7 +109,7 @@ def test_covered_minutes_go_in_whole_and_the_rest_stay_absent(day_and_resources)
     )
     # an uncovered minute has no order flow at all: NULL, not zero
     assert candles["flow"].null_count() == 600 and (candles["flow"].drop_nulls() > 0).all()
-    meta = result.asset_materializations_for_node("order_flow_1m")[0].metadata
+    meta = materialized(result, "order_flow_1m")
     assert meta["covered_minutes"].value == len(COVERED)
     assert "bybit:BTCUSDT | 60 |" in meta["coverage"].value
     assert meta["flagged_minutes"].value == 0

@@ -3,11 +3,13 @@ reaches the signals in the same run as its candle.
 
 - Ingest: the journal bytes the collector appended after the day's cursor (`order_flow_ingest`)
   become rows of `order_flow_1m`, merged with the rows already stored for the minutes they
-  cover; the rows and the moved cursor are one transaction, and the cursor's `bars_from`
-  remembers the earliest minute whose bars are now stale.
+  cover; the cursor's `bars_from` remembers the earliest minute whose bars are stale.
 - Bars: per timeframe, the buckets from the one holding `bars_from` on are rebuilt by the same
-  `bars()` as a whole partition (from every minute those buckets and the day's CVD anchor
-  read), replace exactly those rows, and clear `bars_from` in the same transaction.
+  `bars()` as a whole partition (from every minute those buckets and the day's CVDs read, the
+  new minutes taken as ingested instead of re-read) and replace exactly those rows.
+- One transaction: the minutes, the bars and the moved cursor (`bars_from` cleared) commit
+  together, or nothing does (a failed rebuild leaves the journal to the next run). Only when
+  the new minutes fail a blocking check do they go in without their bars, `bars_from` kept.
 - Waiting: a running collector journals a minute at most its grace after the minute's end, so
   the run waits (bounded) until the collector's mark passes the newest candle: a minute that
   was watched is never left out of the run that computes its bar's signal.
@@ -96,56 +98,123 @@ def cursor_row(
 
 
 @dataclass(frozen=True)
-class Ingest:
-    """One venue's live ingest: the new minutes (annotated) and what to write."""
+class Advance:
+    """One venue's live step: the new minutes (annotated), the bars rebuilt (None: not
+    asked), and what to write: `items` (minutes, bars and the cursor, ONE transaction) or,
+    when the new minutes fail a blocking check, `minutes_only` (the cursor keeps their bars
+    stale for the next run)."""
 
     new: pl.DataFrame
+    bars: pl.DataFrame | None
     items: list[Replacement]
+    minutes_only: list[Replacement]
 
 
-def ingest(
-    wh: Warehouse, home: Path, exchange: str, day: dt.date, markets: Sequence[str], now: dt.datetime
-) -> Ingest:
-    """The day's journal after the cursor, merged into `order_flow_1m` (configured markets)."""
+def advance(
+    wh: Warehouse,
+    home: Path,
+    exchange: str,
+    day: dt.date,
+    markets: Sequence[str],
+    timeframes: Sequence[str] | None,
+    now: dt.datetime,
+    *,
+    ingest: bool = True,
+) -> Advance:
+    """The day's journal after the cursor merged into `order_flow_1m` (configured markets;
+    `ingest=False`: not read), then, unless `timeframes` is None, the buckets from the
+    earliest stale minute on rebuilt by the same `bars()` as a whole partition. One cursor
+    read and one read of `order_flow_1m` (the bars' input, the new minutes in it instead of
+    re-read; all columns only where a stored minute must be kept beside them)."""
     import polars as pl
 
     from pipeline.orderflow.checks import annotate
 
-    offset, bars_from = cursor(wh, exchange, day)
-    fresh, end = journal.read_from(home, exchange, day, offset)
-    market = pl.concat_str("exchange", pl.lit(":"), "symbol")
-    fresh = fresh.filter(market.is_in(list(markets)))
-    if end == offset:
-        return Ingest(annotate(fresh, empty_klines(), now), [])
-    if fresh.is_empty():
-        return Ingest(
-            annotate(fresh, empty_klines(), now), [cursor_row(exchange, day, end, bars_from, now)]
+    offset, stale = cursor(wh, exchange, day)
+    end, new = offset, annotate(journal.empty(exchange), empty_klines(), now)
+    span: tuple[dt.datetime, dt.datetime] | None = None
+    if ingest:
+        fresh, end = journal.read_from(home, exchange, day, offset)
+        market = pl.concat_str("exchange", pl.lit(":"), "symbol")
+        fresh = fresh.filter(market.is_in(list(markets)))
+        if fresh.height:
+            span = (fresh["open_time"].min(), fresh["open_time"].max())
+            klines = wh.query(
+                "SELECT exchange, symbol, open_time, low, high, volume FROM klines_1m"
+                " WHERE exchange = ? AND open_time >= ? AND open_time <= ?",
+                [exchange, *span],
+            )
+            new = annotate(fresh, klines, now)
+            stale = span[0] if stale is None else min(stale, span[0])
+        else:
+            new = annotate(fresh, empty_klines(), now)
+    rebuild = timeframes is not None and stale is not None
+    if end == offset and not rebuild:
+        return Advance(new, None, [], [])
+    d0, d1 = (from_ms(x) for x in day_bounds_ms(day))
+    stored = None
+    if rebuild:
+        assert stale is not None and timeframes is not None
+        first = tail_input_start(day, timeframes, stale)
+        stored = wh.query(
+            f"SELECT {FLOW_COLUMNS_READ} FROM order_flow_1m"
+            " WHERE exchange = ? AND open_time >= ? AND open_time < ?",
+            [exchange, first, d1],
         )
-    lo, hi = fresh["open_time"].min(), fresh["open_time"].max()
-    klines = wh.query(
-        "SELECT exchange, symbol, open_time, low, high, volume FROM klines_1m"
-        " WHERE exchange = ? AND open_time >= ? AND open_time <= ?",
-        [exchange, lo, hi],
+    written = []
+    if span is not None:
+        written.append(_merged(wh, exchange, span, new, stored))
+    head = cursor_row(exchange, day, end, stale, now)
+    if not rebuild:
+        return Advance(new, None, [*written, head], [*written, head])
+    assert stored is not None and stale is not None and timeframes is not None
+    from pipeline.orderflow.derived import bars
+
+    key = ["symbol", "open_time"]
+    flow = pl.concat(
+        [stored.join(new.select(key), on=key, how="anti"), new.select(stored.columns)],
+        how="vertical_relaxed",
     )
-    new = annotate(fresh, klines, now)
-    kept = wh.query(
-        "SELECT * FROM order_flow_1m WHERE exchange = ? AND open_time >= ? AND open_time <= ?",
-        [exchange, lo, hi],
-    ).join(new.select("symbol", "open_time"), on=["symbol", "open_time"], how="anti")
-    merged = pl.concat([kept, new.select(kept.columns)], how="vertical_relaxed")
-    stale = lo if bars_from is None else min(bars_from, lo)
-    return Ingest(
-        new,
-        [
-            Replacement(
-                "order_flow_1m",
-                merged,
-                "exchange = ? AND open_time >= ? AND open_time <= ?",
-                (exchange, lo, hi),
-            ),
-            cursor_row(exchange, day, end, stale, now),
-        ],
-    )
+    # The buckets holding `stale` and after are exactly those closing after it: one range.
+    lo = max(stale, d0)
+    rows = bars(flow, list(timeframes), day, stale).filter(pl.col("close_time") > lo)
+    where = "exchange = ? AND close_time > ? AND close_time <= ?"
+    items = [
+        *written,
+        Replacement("order_flow_bars", rows, where, (exchange, lo, d1)),
+        cursor_row(exchange, day, end, None, now),
+    ]
+    return Advance(new, rows, items, [*written, head])
+
+
+def _merged(
+    wh: Warehouse,
+    exchange: str,
+    span: tuple[dt.datetime, dt.datetime],
+    new: pl.DataFrame,
+    stored: pl.DataFrame | None,
+) -> Replacement:
+    """The write of the new minutes: the range they span, with the stored minutes in it that
+    they do not replace (read whole only if `stored`, the bars' input, shows there are any)."""
+    import polars as pl
+
+    lo, hi = span
+    key = ["symbol", "open_time"]
+    time = pl.col("open_time")
+    others = None if stored is None else stored.filter(time.is_between(lo, hi)).join(
+        new.select(key), on=key, how="anti"
+    )  # fmt: skip
+    frame = new
+    if others is None or others.height:
+        kept = wh.query(
+            "SELECT * FROM order_flow_1m WHERE exchange = ? AND open_time >= ? AND open_time <= ?",
+            [exchange, lo, hi],
+        ).join(new.select(key), on=key, how="anti")
+        frame = pl.concat([kept, new.select(kept.columns)], how="vertical_relaxed")
+    return Replacement(
+        "order_flow_1m", frame, "exchange = ? AND open_time >= ? AND open_time <= ?",
+        (exchange, lo, hi),
+    )  # fmt: skip
 
 
 def empty_klines() -> pl.DataFrame:
@@ -166,30 +235,3 @@ def tail_input_start(day: dt.date, timeframes: Sequence[str], since: dt.datetime
     t = to_ms(since)
     starts = [bucket_start(tf, t) for tf in timeframes if bucket_end(tf, bucket_start(tf, t)) <= d1]
     return from_ms(min([d0, t - DAY_MS, *starts]))
-
-
-def tail_bars(
-    wh: Warehouse, exchange: str, day: dt.date, timeframes: Sequence[str], now: dt.datetime
-) -> tuple[pl.DataFrame, list[Replacement]]:
-    """The bars a live run's new minutes changed (with the replacements writing them and
-    clearing `bars_from`); nothing when no minute is stale."""
-    import polars as pl
-
-    from pipeline.orderflow.derived import bars
-
-    offset, since = cursor(wh, exchange, day)
-    if since is None:
-        return pl.DataFrame(), []
-    d0, d1 = (from_ms(x) for x in day_bounds_ms(day))
-    flow = wh.query(
-        f"SELECT {FLOW_COLUMNS_READ} FROM order_flow_1m"
-        " WHERE exchange = ? AND open_time >= ? AND open_time < ?",
-        [exchange, tail_input_start(day, timeframes, since), d1],
-    )
-    # The buckets holding `since` and after are exactly those closing after it: one range.
-    lo = max(since, d0)
-    rows = bars(flow, list(timeframes), day, since).filter(pl.col("close_time") > lo)
-    where = "exchange = ? AND close_time > ? AND close_time <= ?"
-    items = [Replacement("order_flow_bars", rows, where, (exchange, lo, d1))]
-    items.append(cursor_row(exchange, day, offset, None, now))
-    return rows, items
