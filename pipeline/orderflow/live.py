@@ -131,23 +131,22 @@ def advance(
     from pipeline.orderflow.checks import annotate
 
     offset, stale = cursor(wh, exchange, day)
-    end, new = offset, annotate(journal.empty(exchange), empty_klines(), now)
-    span: tuple[dt.datetime, dt.datetime] | None = None
     if ingest:
         fresh, end = journal.read_from(home, exchange, day, offset)
-        market = pl.concat_str("exchange", pl.lit(":"), "symbol")
-        fresh = fresh.filter(market.is_in(list(markets)))
-        if fresh.height:
-            span = (fresh["open_time"].min(), fresh["open_time"].max())
-            klines = wh.query(
-                "SELECT exchange, symbol, open_time, low, high, volume FROM klines_1m"
-                " WHERE exchange = ? AND open_time >= ? AND open_time <= ?",
-                [exchange, *span],
-            )
-            new = annotate(fresh, klines, now)
-            stale = span[0] if stale is None else min(stale, span[0])
-        else:
-            new = annotate(fresh, empty_klines(), now)
+    else:
+        fresh, end = journal.empty(exchange), offset
+    market = pl.concat_str("exchange", pl.lit(":"), "symbol")
+    fresh = fresh.filter(market.is_in(list(markets)))
+    span, klines = None, None
+    if fresh.height:
+        span = (fresh["open_time"].min(), fresh["open_time"].max())
+        klines = wh.query(
+            "SELECT exchange, symbol, open_time, low, high, volume FROM klines_1m"
+            " WHERE exchange = ? AND open_time >= ? AND open_time <= ?",
+            [exchange, *span],
+        )
+        stale = span[0] if stale is None else min(stale, span[0])
+    new = annotate(fresh, empty_klines() if klines is None else klines, now)
     rebuild = timeframes is not None and stale is not None
     if end == offset and not rebuild:
         return Advance(new, None, [], [])
