@@ -78,8 +78,16 @@ def wait_for_mark(home: Path, exchange: str, through: dt.datetime, timeout_s: fl
 
 
 def cursor(wh: Warehouse, exchange: str, day: dt.date) -> tuple[int, dt.datetime | None]:
-    rows = wh.query(f"SELECT bytes, bars_from FROM {CURSOR} WHERE {CURSOR_WHERE}", [exchange, day])
-    return (int(rows["bytes"][0]), rows["bars_from"][0]) if rows.height else (0, None)
+    """How far the day's journal is ingested (bytes) and its earliest stale minute."""
+    with wh.writer() as con:  # one row: no frame (a live run's fixed cost)
+        rows = con.execute(
+            f"SELECT bytes, bars_from FROM {CURSOR} WHERE {CURSOR_WHERE}", [exchange, day]
+        ).fetchall()
+    if not rows:
+        return 0, None
+    row = rows[0]
+    stale = row[1] if row[1] is None else row[1].astimezone(dt.UTC)
+    return int(row[0]), stale
 
 
 def cursor_row(
