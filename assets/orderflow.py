@@ -211,7 +211,7 @@ def _live(context, s, wh, selected, venues, markets, day, now) -> Iterator[dg.Ma
         new = pl.concat([st.new for st in steps], how="vertical_relaxed")
         outcomes = flow_checks(new)
         blocked = minutes and _blocks(outcomes)
-        items = [it for st in steps for it in (st.minutes_only if blocked else st.items)]
+        items = [it for st in steps for it in (st.minutes_only() if blocked else st.items)]
         w.replace_many(items)
     if minutes:
         late = {v: x for v, x in waited.items() if x == "timeout"}

@@ -166,8 +166,8 @@ def test_minutes_failing_a_blocking_check_go_in_without_their_bars(tmp_path):
     wh.replace_many(live.advance(wh, home, "bybit", DAY, MARKETS, TFS, now).items)
     journal.append(home, "bybit", lines[20:])
     got = live.advance(wh, home, "bybit", DAY, MARKETS, TFS, now)
-    assert {it.table for it in got.minutes_only} == {"order_flow_1m", live.CURSOR}
-    wh.replace_many(got.minutes_only)
+    assert {it.table for it in got.minutes_only()} == {"order_flow_1m", live.CURSOR}
+    wh.replace_many(got.minutes_only())
     assert live.cursor(wh, "bybit", DAY)[1] == d0 + dt.timedelta(minutes=10)
     one = wh.query("SELECT max(close_time) AS t FROM order_flow_bars WHERE timeframe = '1m'")
     assert one["t"][0] == d0 + dt.timedelta(minutes=10)  # the new minutes have no bars yet

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -109,13 +109,13 @@ def cursor_row(
 class Advance:
     """One venue's live step: the new minutes (annotated), the bars rebuilt (None: not
     asked), and what to write: `items` (minutes, bars and the cursor, ONE transaction) or,
-    when the new minutes fail a blocking check, `minutes_only` (the cursor keeps their bars
-    stale for the next run)."""
+    when the new minutes fail a blocking check, `minutes_only()` (the cursor keeps their bars
+    stale for the next run; made only if asked)."""
 
     new: pl.DataFrame
     bars: pl.DataFrame | None
     items: list[Replacement]
-    minutes_only: list[Replacement]
+    minutes_only: Callable[[], list[Replacement]]
 
 
 def advance(
@@ -157,7 +157,7 @@ def advance(
     new = annotate(fresh, empty_klines() if klines is None else klines, now)
     rebuild = timeframes is not None and stale is not None
     if end == offset and not rebuild:
-        return Advance(new, None, [], [])
+        return Advance(new, None, [], list)
     d0, d1 = (from_ms(x) for x in day_bounds_ms(day))
     stored = None
     if rebuild:
@@ -168,20 +168,24 @@ def advance(
             " WHERE exchange = ? AND open_time >= ? AND open_time < ?",
             [exchange, first, d1],
         )
-    written = []
-    if span is not None:
-        written.append(_merged(wh, exchange, span, new, stored))
-    head = cursor_row(exchange, day, end, stale, now)
+    # the stored minutes the new ones' span holds: none in a live minute, so no join
+    inside = None
+    if span is not None and stored is not None:
+        inside = stored.filter(pl.col("open_time").is_between(*span))
+    written = [] if span is None else [_merged(wh, exchange, span, new, inside)]
+
+    def minutes_only() -> list[Replacement]:
+        return [*written, cursor_row(exchange, day, end, stale, now)]
+
     if not rebuild:
-        return Advance(new, None, [*written, head], [*written, head])
+        return Advance(new, None, minutes_only(), minutes_only)
     assert stored is not None and stale is not None and timeframes is not None
     from pipeline.orderflow.derived import bars
 
     key = ["symbol", "open_time"]
-    flow = pl.concat(
-        [stored.join(new.select(key), on=key, how="anti"), new.select(stored.columns)],
-        how="vertical_relaxed",
-    )
+    if inside is not None and inside.height:
+        stored = stored.join(new.select(key), on=key, how="anti")
+    flow = pl.concat([stored, new.select(stored.columns)], how="vertical_relaxed")
     # The buckets holding `stale` and after are exactly those closing after it: one range.
     lo = max(stale, d0)
     rows = bars(flow, list(timeframes), day, stale).filter(pl.col("close_time") > lo)
@@ -191,7 +195,7 @@ def advance(
         Replacement("order_flow_bars", rows, where, (exchange, lo, d1)),
         cursor_row(exchange, day, end, None, now),
     ]
-    return Advance(new, rows, items, [*written, head])
+    return Advance(new, rows, items, minutes_only)
 
 
 def _merged(
@@ -199,18 +203,18 @@ def _merged(
     exchange: str,
     span: tuple[dt.datetime, dt.datetime],
     new: pl.DataFrame,
-    stored: pl.DataFrame | None,
+    inside: pl.DataFrame | None,
 ) -> Replacement:
     """The write of the new minutes: the range they span, with the stored minutes in it that
-    they do not replace (read whole only if `stored`, the bars' input, shows there are any)."""
+    they do not replace (read whole only if `inside`, the bars' input in the span, shows
+    there are any or was not read)."""
     import polars as pl
 
     lo, hi = span
     key = ["symbol", "open_time"]
-    time = pl.col("open_time")
-    others = None if stored is None else stored.filter(time.is_between(lo, hi)).join(
-        new.select(key), on=key, how="anti"
-    )  # fmt: skip
+    others = None
+    if inside is not None:
+        others = inside.join(new.select(key), on=key, how="anti") if inside.height else inside
     frame = new
     if others is None or others.height:
         kept = wh.query(
