@@ -48,8 +48,7 @@ def annotate(flow: pl.DataFrame, klines: pl.DataFrame, now: dt.datetime) -> pl.D
     )
     total = pl.col("taker_buy_volume") + pl.col("taker_sell_volume")
     return (
-        flow.lazy()
-        .join(candles.lazy(), on=["exchange", "symbol", "open_time"], how="left")
+        flow.join(candles, on=["exchange", "symbol", "open_time"], how="left")
         .with_columns(
             close_time=pl.col("open_time") + pl.duration(minutes=1),
             volume_matches=(total - pl.col("candle_volume")).abs() < pl.col("qty_step") / 2,
@@ -58,7 +57,6 @@ def annotate(flow: pl.DataFrame, klines: pl.DataFrame, now: dt.datetime) -> pl.D
             ingested_at=pl.lit(now).cast(pl.Datetime("us", "UTC")),
         )
         .drop("_low", "_high")
-        .collect()
     )
 
 

@@ -55,8 +55,7 @@ def _minutes(flow: pl.DataFrame) -> pl.DataFrame:
     ms = pl.col("open_time").dt.epoch("ms")
     group = ("exchange", "symbol", "day")
     return (
-        flow.lazy()
-        .filter(pl.col("volume_matches").is_null() | pl.col("volume_matches"))
+        flow.filter(pl.col("volume_matches").is_null() | pl.col("volume_matches"))
         .select(
             "exchange",
             "symbol",
@@ -74,21 +73,21 @@ def _minutes(flow: pl.DataFrame) -> pl.DataFrame:
             cum=pl.col("delta").cum_sum().over(group),
             suffix=pl.col("delta").cum_sum(reverse=True).over(group),
         )
-        .collect()
     )
 
 
-def _cvd(minutes: pl.DataFrame, since: int | None) -> pl.LazyFrame:
+def _cvd(minutes: pl.DataFrame, since: int | None) -> pl.DataFrame:
     """Per counted minute from `since` (ms; None: all), at its close: the day-anchored CVD
     (NULL where a minute of the day before it is missing) and the rolling 24h CVD (NULL
     unless its 1,440 minutes all count). Each value is elementwise over `_minutes`' sums, so
     computing fewer of them changes no bit."""
     import polars as pl
 
-    earlier = minutes.lazy()
     if since is not None:  # minute t's window reaches back to t - 1439 min, no further
-        earlier = earlier.filter(pl.col("t") >= since - (DAY_MINUTES - 1) * MINUTE_MS)
-    later = earlier if since is None else earlier.filter(pl.col("t") >= since)
+        later = minutes.filter(pl.col("t") >= since - (DAY_MINUTES - 1) * MINUTE_MS)
+        minutes, earlier = later.filter(pl.col("t") >= since), later
+    else:
+        earlier = minutes
     # the rolling window of minute t starts at t - 1439 min, in the day before unless t is
     # the day's last minute: that day's suffix sum from there, complete if no minute is missing
     first = earlier.select(
@@ -100,7 +99,7 @@ def _cvd(minutes: pl.DataFrame, since: int | None) -> pl.LazyFrame:
     )
     today = pl.col("n") == pl.col("mod")
     tail = (pl.col("mod") == DAY_MINUTES) | (pl.col("before_n") == DAY_MINUTES - pl.col("mod"))
-    return later.join(first, on=["exchange", "symbol", "t"], how="left").select(
+    return minutes.join(first, on=["exchange", "symbol", "t"], how="left").select(
         "exchange",
         "symbol",
         (pl.col("t") + MINUTE_MS).alias("close"),
@@ -165,39 +164,31 @@ def bars(
             expected[lo:hi] = expected_minutes(tf, b[lo:hi])
     day_long = np.array([tf.kind != "month" and tf.minutes <= 1440 for tf in tfs], dtype=bool)
     ts = pl.Datetime("ms", "UTC")
-    lazy = (
-        grouped.lazy()
-        .with_columns(
-            close=pl.Series(b + expected.astype(np.int64) * MINUTE_MS, dtype=pl.Int64),
-            expected_minutes=pl.Series(expected, dtype=pl.Int32),
-            timeframe=pl.Series(np.array(timeframes, dtype=object)[tf_of], dtype=pl.String),
-            day_long=pl.Series(day_long[tf_of], dtype=pl.Boolean),
-        )
-        .filter((pl.col("close") > d0) & (pl.col("close") <= d1))
-    )
+    grouped = grouped.with_columns(
+        close=pl.Series(b + expected.astype(np.int64) * MINUTE_MS, dtype=pl.Int64),
+        expected_minutes=pl.Series(expected, dtype=pl.Int32),
+        timeframe=pl.Series(np.array(timeframes, dtype=object)[tf_of], dtype=pl.String),
+        day_long=pl.Series(day_long[tf_of], dtype=pl.Boolean),
+    ).filter((pl.col("close") > d0) & (pl.col("close") <= d1))
     cvd = _cvd(minutes, None if since is None else to_ms(since))
-    lazy = lazy.join(cvd, on=["exchange", "symbol", "close"], how="left")
+    grouped = grouped.join(cvd, on=["exchange", "symbol", "close"], how="left")
     whole = pl.col("covered_minutes") == pl.col("expected_minutes")
     buy, sell = pl.col("taker_buy_volume"), pl.col("taker_sell_volume")
-    return (
-        lazy.select(
-            "exchange",
-            "symbol",
-            "timeframe",
-            pl.col("b").cast(ts).cast(pl.Datetime("us", "UTC")).alias("open_time"),
-            pl.col("close").cast(ts).cast(pl.Datetime("us", "UTC")).alias("close_time"),
-            "covered_minutes",
-            "expected_minutes",
-            pl.when(whole).then(buy).alias("taker_buy_volume"),
-            pl.when(whole).then(sell).alias("taker_sell_volume"),
-            pl.when(whole).then(buy - sell).alias("delta"),
-            pl.when(whole & (buy + sell > 0)).then(buy / (buy + sell)).alias("buy_ratio"),
-            pl.when(whole & pl.col("day_long")).then(pl.col("cvd")).alias("cvd_day"),
-            pl.when(whole).then(pl.col("cvd_24h")).alias("cvd_24h"),
-        )
-        .sort(*KEY)
-        .collect()
-    )
+    return grouped.select(
+        "exchange",
+        "symbol",
+        "timeframe",
+        pl.col("b").cast(ts).cast(pl.Datetime("us", "UTC")).alias("open_time"),
+        pl.col("close").cast(ts).cast(pl.Datetime("us", "UTC")).alias("close_time"),
+        "covered_minutes",
+        "expected_minutes",
+        pl.when(whole).then(buy).alias("taker_buy_volume"),
+        pl.when(whole).then(sell).alias("taker_sell_volume"),
+        pl.when(whole).then(buy - sell).alias("delta"),
+        pl.when(whole & (buy + sell > 0)).then(buy / (buy + sell)).alias("buy_ratio"),
+        pl.when(whole & pl.col("day_long")).then(pl.col("cvd")).alias("cvd_day"),
+        pl.when(whole).then(pl.col("cvd_24h")).alias("cvd_24h"),
+    ).sort(*KEY)
 
 
 CHECKS = {
