@@ -35,37 +35,35 @@ ASSET = "order_flow_1m"
 BARS = "order_flow_bars"
 MARK_WAIT_S = 6.0  # a running collector journals a quiet minute 5 s after its end at most
 
+
+def _spec(name: str, dep: str, text: str) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        name,
+        deps=[dep],
+        group_name="orderflow",
+        owners=OWNERS,
+        kinds={"duckdb", "polars"},
+        metadata={"table": name},
+        skippable=True,  # the bars are left out when the minutes fail a blocking check
+        description=text,
+    )
+
+
 SPECS = [
-    dg.AssetSpec(
+    _spec(
         ASSET,
-        deps=[KLINES],
-        group_name="orderflow",
-        owners=OWNERS,
-        kinds={"duckdb", "polars"},
-        metadata={"table": ASSET},
-        skippable=True,
-        description=(
-            "Taker buy/sell volume and turnover, trade count, VWAP and the price range of every "
-            "minute the trade collector watched whole (its coverage), per (exchange, symbol, "
-            "open_time). A minute without a row has no order flow (NULL, never zero). Checked "
-            "against the day's 1m candles; a minute that disagrees is stored flagged, never "
-            "fixed."
-        ),
+        KLINES,
+        "Taker buy/sell volume and turnover, trade count, VWAP and the price range of every "
+        "minute the trade collector watched whole (its coverage), per (exchange, symbol, "
+        "open_time). A minute without a row has no order flow (NULL, never zero). Checked "
+        "against the day's 1m candles; a minute that disagrees is stored flagged, never fixed.",
     ),
-    dg.AssetSpec(
+    _spec(
         BARS,
-        deps=[ASSET],
-        group_name="orderflow",
-        owners=OWNERS,
-        kinds={"duckdb", "polars"},
-        metadata={"table": BARS},
-        skippable=True,
-        description=(
-            "Order flow on every timeframe's bars: taker buy/sell volume, delta, buy ratio, "
-            "the CVD anchored at 00:00 UTC and the rolling 24h CVD, from order_flow_1m's "
-            "covered minutes that matched their candle. A bar not covered whole has NULL values "
-            "(never zero)."
-        ),
+        ASSET,
+        "Order flow on every timeframe's bars: taker buy/sell volume, delta, buy ratio, the CVD "
+        "anchored at 00:00 UTC and the rolling 24h CVD, from order_flow_1m's covered minutes "
+        "that matched their candle. A bar not covered whole has NULL values (never zero).",
     ),
 ]
 
