@@ -83,11 +83,12 @@ def _cvd(minutes: pl.DataFrame, since: int | None) -> pl.DataFrame:
     computing fewer of them changes no bit."""
     import polars as pl
 
-    if since is not None:  # minute t's window reaches back to t - 1439 min, no further
-        later = minutes.filter(pl.col("t") >= since - (DAY_MINUTES - 1) * MINUTE_MS)
-        minutes, earlier = later.filter(pl.col("t") >= since), later
-    else:
-        earlier = minutes
+    earlier = minutes
+    if since is not None:  # minute t's window starts t - 1439 min before it: only those
+        back = (DAY_MINUTES - 1) * MINUTE_MS
+        t = pl.col("t")
+        minutes = minutes.filter(t >= since)
+        earlier = earlier.filter(t.is_between(since - back, t.max() - back))
     # the rolling window of minute t starts at t - 1439 min, in the day before unless t is
     # the day's last minute: that day's suffix sum from there, complete if no minute is missing
     first = earlier.select(
@@ -130,16 +131,15 @@ def bars(
     n, k = len(t), len(tfs)
     picks, tf_ids, bucket = [], [], []
     for i, tf in enumerate(tfs):
-        start = np.asarray(bucket_start(tf, t), dtype=np.int64)
         if since is None:
             pick = np.arange(n)
         elif bucket_end(tf, first := bucket_start(tf, to_ms(since))) > d1:
             pick = np.arange(0)  # the bucket holding `since` closes after the day: none owned
         else:
-            pick = np.nonzero(start >= first)[0]
+            pick = np.nonzero(t >= first)[0]  # `first` opens a bucket: t >= it iff its bucket is
         picks.append(pick)
         tf_ids.append(np.full(len(pick), i, dtype=np.int32))
-        bucket.append(start[pick])
+        bucket.append(np.asarray(bucket_start(tf, t[pick]), dtype=np.int64))
     per_tf = minutes.select("exchange", "symbol", "taker_buy_volume", "taker_sell_volume")
     grouped = (
         per_tf[np.concatenate(picks)]
