@@ -250,8 +250,8 @@ def _whole_bars(context, s, wh, venues, now) -> dg.MaterializeResult:
         first = min(first, start - dt.timedelta(days=1))  # cvd_24h reads the day before
         flow = w.query(
             f"SELECT {live.FLOW_COLUMNS_READ} FROM order_flow_1m"
-            " WHERE open_time >= ? AND open_time < ?",
-            [first, end],
+            " WHERE open_time >= ? AND open_time < ? ORDER BY exchange, symbol, open_time",
+            [first, end],  # sorted as bars() sorts: polars re-sorting sorted rows is cheap
         )
         items = []
         for day in days:

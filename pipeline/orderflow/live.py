@@ -159,33 +159,21 @@ def advance(
     if end == offset and not rebuild:
         return Advance(new, None, [], list)
     d0, d1 = (from_ms(x) for x in day_bounds_ms(day))
-    stored = None
+    flow, kept = None, None
     if rebuild:
         assert stale is not None and timeframes is not None
         first = tail_input_start(day, timeframes, stale)
-        stored = wh.query(
-            f"SELECT {FLOW_COLUMNS_READ} FROM order_flow_1m"
-            " WHERE exchange = ? AND open_time >= ? AND open_time < ?",
-            [exchange, first, d1],
-        )
-    # the stored minutes the new ones' span holds: none in a live minute, so no join
-    inside = None
-    if span is not None and stored is not None:
-        inside = stored.filter(pl.col("open_time").is_between(*span))
-    written = [] if span is None else [_merged(wh, exchange, span, new, inside)]
+        flow, kept = _bars_input(wh, exchange, (first, d1), new, span)
+    written = [] if span is None else [_merged(wh, exchange, span, new, kept)]
 
     def minutes_only() -> list[Replacement]:
         return [*written, cursor_row(exchange, day, end, stale, now)]
 
     if not rebuild:
         return Advance(new, None, minutes_only(), minutes_only)
-    assert stored is not None and stale is not None and timeframes is not None
+    assert flow is not None and stale is not None and timeframes is not None
     from pipeline.orderflow.derived import bars
 
-    key = ["symbol", "open_time"]
-    if inside is not None and inside.height:
-        stored = stored.join(new.select(key), on=key, how="anti")
-    flow = pl.concat([stored, new.select(stored.columns)], how="vertical_relaxed")
     # The buckets holding `stale` and after are exactly those closing after it: one range.
     lo = max(stale, d0)
     rows = bars(flow, list(timeframes), day, stale).filter(pl.col("close_time") > lo)
@@ -198,30 +186,57 @@ def advance(
     return Advance(new, rows, items, minutes_only)
 
 
+def _bars_input(
+    wh: Warehouse,
+    exchange: str,
+    read: tuple[dt.datetime, dt.datetime],
+    new: pl.DataFrame,
+    span: tuple[dt.datetime, dt.datetime] | None,
+) -> tuple[pl.DataFrame, bool]:
+    """The minutes the rebuilt bars read over `read` = [from, to): the stored ones, the new
+    ones taken as ingested in place of any stored at the same minute, sorted as bars() sorts
+    them (by DuckDB: polars re-sorting sorted rows is cheap, sorting them is not); and whether
+    stored minutes the new ones do not replace lie in the new ones' `span`."""
+    cols = FLOW_COLUMNS_READ.split(", ")
+    lo, hi = span or read  # no new minutes: nothing is kept beside them
+    with wh.writer() as con:
+        con.register("_new", new.select(cols).to_arrow())
+        try:
+            flow = con.sql(
+                f"SELECT {FLOW_COLUMNS_READ}, open_time BETWEEN ? AND ? AS kept"
+                " FROM order_flow_1m ANTI JOIN _new USING (exchange, symbol, open_time)"
+                " WHERE exchange = ? AND open_time >= ? AND open_time < ?"
+                f" UNION ALL SELECT {FLOW_COLUMNS_READ}, false FROM _new"
+                " ORDER BY symbol, open_time",
+                params=[lo, hi, exchange, *read],
+            ).pl()
+        finally:
+            con.unregister("_new")
+    kept = span is not None and bool(flow["kept"].any())
+    return flow.drop("kept"), kept
+
+
 def _merged(
     wh: Warehouse,
     exchange: str,
     span: tuple[dt.datetime, dt.datetime],
     new: pl.DataFrame,
-    inside: pl.DataFrame | None,
+    kept: bool | None,
 ) -> Replacement:
     """The write of the new minutes: the range they span, with the stored minutes in it that
-    they do not replace (read whole only if `inside`, the bars' input in the span, shows
-    there are any or was not read)."""
+    they do not replace (read whole only if `kept`: the bars' input showed there are some, or
+    None: it was not read)."""
     import polars as pl
 
     lo, hi = span
     key = ["symbol", "open_time"]
-    others = None
-    if inside is not None:
-        others = inside.join(new.select(key), on=key, how="anti") if inside.height else inside
     frame = new
-    if others is None or others.height:
-        kept = wh.query(
+    if kept is None or kept:
+        stored = wh.query(
             "SELECT * FROM order_flow_1m WHERE exchange = ? AND open_time >= ? AND open_time <= ?",
             [exchange, lo, hi],
         ).join(new.select(key), on=key, how="anti")
-        frame = pl.concat([kept, new.select(kept.columns)], how="vertical_relaxed")
+        frame = pl.concat([stored, new.select(stored.columns)], how="vertical_relaxed")
     return Replacement(
         "order_flow_1m", frame, "exchange = ? AND open_time >= ? AND open_time <= ?",
         (exchange, lo, hi),
