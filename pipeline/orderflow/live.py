@@ -11,8 +11,8 @@ reaches the signals in the same run as its candle.
   together, or nothing does (a failed rebuild leaves the journal to the next run). Only when
   the new minutes fail a blocking check do they go in without their bars, `bars_from` kept.
 - Waiting: a running collector journals a minute at most its grace after the minute's end, so
-  the run waits (bounded) until the collector's mark passes the newest candle: a minute that
-  was watched is never left out of the run that computes its bar's signal.
+  the run waits (bounded) until the collector's mark passes the run's own minute: a minute
+  that was watched is never left out of the run that computes its bar's signal.
 """
 
 from __future__ import annotations
