@@ -62,12 +62,18 @@ def day_and_resources(tmp_path_factory, replay_session):
 def _materialize(res, day):
     with dg.DagsterInstance.ephemeral() as instance:
         return dg.materialize(
-            [orderflow.order_flow_1m, orderflow.order_flow_bars],
+            [orderflow.order_flow],
             partition_key=day.isoformat(),
             resources=res,
             instance=instance,
             raise_on_error=False,
         )
+
+
+def materialized(result, asset: str) -> dict:
+    """The metadata of `asset`'s materialization in a run of the one `order_flow` step."""
+    done = result.asset_materializations_for_node("order_flow")
+    return next(m for m in done if m.asset_key.path[-1] == asset).metadata
 
 
 def _checks(result) -> dict[str, bool]:
@@ -103,7 +109,7 @@ def test_covered_minutes_go_in_whole_and_the_rest_stay_absent(day_and_resources)
     )
     # an uncovered minute has no order flow at all: NULL, not zero
     assert candles["flow"].null_count() == 600 and (candles["flow"].drop_nulls() > 0).all()
-    meta = result.asset_materializations_for_node("order_flow_1m")[0].metadata
+    meta = materialized(result, "order_flow_1m")
     assert meta["covered_minutes"].value == len(COVERED)
     assert "bybit:BTCUSDT | 60 |" in meta["coverage"].value
     assert meta["flagged_minutes"].value == 0
@@ -148,3 +154,30 @@ def test_a_short_minute_is_stored_flagged_warned_of_and_left_out_of_its_bars(day
         [bad.replace(minute=0)],
     ).to_dicts()
     assert h10 == [{"covered_minutes": 59, "delta": None}]
+
+
+def test_minutes_failing_a_blocking_check_stop_their_bars_as_an_upstream_step_would(
+    day_and_resources,
+):
+    """One step writes both tables: when the minutes fail an ERROR check (a price outside its
+    candle), the bars are not built or materialized and the step fails, as a separate bars
+    step would have been skipped."""
+    replay, res, day = day_and_resources
+    home = res["settings"].get().home
+    journal.path(home, "bybit", day).unlink(missing_ok=True)
+    _journal(home, replay.market, day)
+    rows = journal.read(home, "bybit", day).to_dicts()
+    bad = dt.datetime.combine(day, dt.time(10, 33), dt.UTC)
+    for r in rows:
+        r["price_high"] += 1000.0 if r["open_time"] == bad else 0.0
+    journal.path(home, "bybit", day).unlink()
+    journal.append(home, "bybit", rows)
+    wh = res["warehouse"].get()
+    wh.replace("order_flow_bars", pl.DataFrame(), "exchange = ?", ["bybit"])
+    result = _materialize(res, day)
+    assert not result.success
+    assert _checks(result)["prices_within_candles"] is False
+    done = result.asset_materializations_for_node("order_flow")
+    assert [m.asset_key.path[-1] for m in done] == ["order_flow_1m"]
+    assert wh.query("SELECT count(*) AS n FROM order_flow_bars")["n"][0] == 0
+    assert wh.query("SELECT count(*) AS n FROM order_flow_1m")["n"][0] == len(COVERED)

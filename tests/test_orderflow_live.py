@@ -19,6 +19,7 @@ from pipeline.orderflow.aggregate import FLOW_COLUMNS
 from pipeline.orderflow.derived import KEY, bars
 from tests.daemon import write_config
 from tests.fx_replay import endpoint_json
+from tests.test_orderflow_asset import materialized
 from warehouse import Warehouse
 
 UTC = dt.UTC
@@ -64,8 +65,9 @@ def _klines(lines: list[dict], short: set) -> pl.DataFrame:
 
 def test_live_ingest_and_tail_bars_equal_the_day_built_whole(tmp_path):
     """Minutes arrive in batches as the collector journals them (gaps in coverage, a late
-    batch, a flagged minute, both sides of midnight); after each batch the live path runs.
-    The stored minutes and bars are then those of one whole build, to the bit."""
+    batch, a flagged minute, both sides of midnight, two stored minutes journaled again around
+    others that must be kept); after each batch the live path runs. The stored minutes and
+    bars are then those of one whole build, to the bit."""
     rng = random.Random(5)
     home, wh = tmp_path, Warehouse(tmp_path / "wh.duckdb", replica_sync=False)
     start = dt.datetime.combine(DAY, dt.time(), UTC) - dt.timedelta(minutes=90)
@@ -81,6 +83,7 @@ def test_live_ingest_and_tail_bars_equal_the_day_built_whole(tmp_path):
         batches.append(covered[i : i + n])
         i += n
     batches[20], batches[21] = batches[21], batches[20]
+    batches.insert(31, [batches[25][0], batches[28][-1]])  # a collector's restart re-journals
     now = dt.datetime(2024, 3, 6, tzinfo=UTC)
     written = []
     with wh.session() as held:  # one connection for the whole feed (a file open is ~25 ms)
@@ -88,16 +91,23 @@ def test_live_ingest_and_tail_bars_equal_the_day_built_whole(tmp_path):
             part = [r for r in lines if r["open_time"] in set(batch)]
             journal.append(home, "bybit", part)
             for day in sorted({m.date() for m in batch}):
-                got = live.ingest(held, home, "bybit", day, MARKETS, now)
+                got = live.advance(held, home, "bybit", day, MARKETS, TFS, now)
+                written.append(0 if got.bars is None else got.bars.height)
                 held.replace_many(got.items)
-                built, items = live.tail_bars(held, "bybit", day, TFS, now)
-                written.append(built.height)
-                held.replace_many(items)
     assert live.cursor(wh, "bybit", DAY)[1] is None  # nothing left stale
     stored = wh.query("SELECT * FROM order_flow_1m ORDER BY symbol, open_time")
-    assert stored.height == len(lines)
+    bars_of_day = _assert_equals_whole(wh, stored, len(lines), minutes[150])
+    assert max(written) < bars_of_day / 4  # each run rebuilt its tail, never the day
+    # a live run with nothing new writes nothing
+    assert live.advance(wh, home, "bybit", DAY, MARKETS, TFS, now).items == []
+
+
+def _assert_equals_whole(wh, stored: pl.DataFrame, n: int, short: dt.datetime) -> int:
+    """The stored minutes are the `n` journaled (the ETHUSDT one at `short` flagged), and the
+    day's stored bars are those of one whole build from them, to the bit: how many."""
+    assert stored.height == n
     flagged = stored.filter(~pl.col("volume_matches"))
-    assert flagged.select("symbol", "open_time").rows() == [("ETHUSDT", minutes[150])]
+    assert flagged.select("symbol", "open_time").rows() == [("ETHUSDT", short)]
     flow = stored.select(live.FLOW_COLUMNS_READ.split(", "))
     whole = bars(flow, TFS, DAY)
     tail = wh.query(
@@ -106,9 +116,69 @@ def test_live_ingest_and_tail_bars_equal_the_day_built_whole(tmp_path):
     ).sort(*KEY)
     assert tail.height == whole.height > 0
     assert tail.select(whole.columns).equals(whole)
-    assert max(written) < whole.height / 4  # each run rebuilt its tail, never the day
-    # a live ingest with nothing new writes nothing
-    assert live.ingest(wh, home, "bybit", DAY, MARKETS, now).items == []
+    return whole.height
+
+
+def test_a_failed_bars_write_leaves_the_minutes_unwritten_and_the_cursor_unmoved(tmp_path):
+    """Minutes, bars and cursor are one transaction: when the bars' write fails (here their
+    table is gone), the new minutes are not stored and the cursor has not moved, so the next
+    run ingests them again; the day then equals one whole build, to the bit."""
+    rng = random.Random(9)
+    home, wh = tmp_path, Warehouse(tmp_path / "wh.duckdb", replica_sync=False)
+    d0 = dt.datetime.combine(DAY, dt.time(), UTC)
+    first, late = [d0 + dt.timedelta(minutes=i) for i in range(30)], d0 + dt.timedelta(minutes=30)
+    lines = [_line(s.split(":")[1], m, rng) for m in [*first, late] for s in MARKETS]
+    short = {("ETHUSDT", first[7])}
+    wh.replace("klines_1m", _klines(lines, short), "exchange = ?", ["bybit"])
+    now = dt.datetime(2024, 3, 6, tzinfo=UTC)
+    journal.append(home, "bybit", lines[:-2])
+    wh.replace_many(live.advance(wh, home, "bybit", DAY, MARKETS, TFS, now).items)
+    before = live.cursor(wh, "bybit", DAY)
+    journal.append(home, "bybit", lines[-2:])
+    got = live.advance(wh, home, "bybit", DAY, MARKETS, TFS, now)
+    assert got.new.height == 2 and got.bars is not None and got.bars.height > 0
+    with wh.writer() as con:
+        con.execute("ALTER TABLE order_flow_bars RENAME TO order_flow_bars_away")
+    with pytest.raises(Exception, match="order_flow_bars"):
+        wh.replace_many(got.items)
+    with wh.writer() as con:
+        con.execute("ALTER TABLE order_flow_bars_away RENAME TO order_flow_bars")
+    assert live.cursor(wh, "bybit", DAY) == before
+    assert wh.query("SELECT count(*) AS n FROM order_flow_1m")["n"][0] == len(lines) - 2
+    again = live.advance(wh, home, "bybit", DAY, MARKETS, TFS, now)
+    assert again.new.height == 2
+    wh.replace_many(again.items)
+    stored = wh.query("SELECT * FROM order_flow_1m ORDER BY symbol, open_time")
+    _assert_equals_whole(wh, stored, len(lines), first[7])
+
+
+def test_minutes_failing_a_blocking_check_go_in_without_their_bars(tmp_path):
+    """What a live run writes when the new minutes fail a blocking check: the minutes and the
+    cursor, whose `bars_from` keeps them stale, so the next run builds their bars."""
+    rng = random.Random(3)
+    home, wh = tmp_path, Warehouse(tmp_path / "wh.duckdb", replica_sync=False)
+    d0 = dt.datetime.combine(DAY, dt.time(), UTC)
+    lines = [_line(s.split(":")[1], d0 + dt.timedelta(minutes=m), rng)
+             for m in range(20) for s in MARKETS]  # fmt: skip
+    wh.replace("klines_1m", _klines(lines, set()), "exchange = ?", ["bybit"])
+    now = dt.datetime(2024, 3, 6, tzinfo=UTC)
+    journal.append(home, "bybit", lines[:20])
+    wh.replace_many(live.advance(wh, home, "bybit", DAY, MARKETS, TFS, now).items)
+    journal.append(home, "bybit", lines[20:])
+    got = live.advance(wh, home, "bybit", DAY, MARKETS, TFS, now)
+    assert {it.table for it in got.minutes_only()} == {"order_flow_1m", live.CURSOR}
+    wh.replace_many(got.minutes_only())
+    assert live.cursor(wh, "bybit", DAY)[1] == d0 + dt.timedelta(minutes=10)
+    one = wh.query("SELECT max(close_time) AS t FROM order_flow_bars WHERE timeframe = '1m'")
+    assert one["t"][0] == d0 + dt.timedelta(minutes=10)  # the new minutes have no bars yet
+    wh.replace_many(live.advance(wh, home, "bybit", DAY, MARKETS, TFS, now).items)  # next run
+    assert live.cursor(wh, "bybit", DAY)[1] is None
+    stored = wh.query("SELECT * FROM order_flow_1m ORDER BY symbol, open_time")
+    assert stored.height == len(lines)
+    flow = stored.select(live.FLOW_COLUMNS_READ.split(", "))
+    kept = wh.query("SELECT * FROM order_flow_bars ORDER BY ALL").sort(*KEY)
+    whole = bars(flow, TFS, DAY)
+    assert kept.select(whole.columns).equals(whole)
 
 
 def test_the_collector_mark_is_waited_for_only_while_a_collector_runs(tmp_path):
@@ -152,7 +222,7 @@ def test_a_live_run_ingests_the_new_minute_and_rebuilds_its_buckets(live_home):
     s = res["settings"].get()
     day = (dt.datetime.now(UTC) - dt.timedelta(days=1)).date()
     minute = dt.datetime.combine(day, dt.time(0, 44), UTC)
-    assets = [klines.klines_1m, orderflow.order_flow_1m, orderflow.order_flow_bars]
+    assets = [klines.klines_1m, orderflow.order_flow]
     job = defs.resolve_job_def("live")
     selected = {k.to_user_string() for k in job.asset_layer.executable_asset_keys}
     assert {"order_flow_1m", "order_flow_bars"} <= selected
@@ -165,8 +235,7 @@ def test_a_live_run_ingests_the_new_minute_and_rebuilds_its_buckets(live_home):
                 run_config={"ops": {"klines_1m": {"config": config}}}, tags=tagged,
             )  # fmt: skip
         assert result.success
-        return {n: result.asset_materializations_for_node(n)[0].metadata for n in
-                ("order_flow_1m", "order_flow_bars")}  # fmt: skip
+        return {n: materialized(result, n) for n in ("order_flow_1m", "order_flow_bars")}
 
     d0 = dt.datetime.combine(day, dt.time(), UTC)
     journal.append(s.home, "bybit", _replayed(replay.market, [d0 + dt.timedelta(minutes=m)

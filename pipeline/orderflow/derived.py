@@ -30,6 +30,7 @@ from pipeline.candles.timeframes import (
     DAY_MS,
     MINUTE_MS,
     as_timeframe,
+    bucket_end,
     bucket_start,
     day_bounds_ms,
     expected_minutes,
@@ -46,14 +47,14 @@ DAY_MINUTES = DAY_MS // MINUTE_MS
 
 
 def _minutes(flow: pl.DataFrame) -> pl.DataFrame:
-    """Counted minutes with ms times, their delta, the day-anchored CVD (NULL where a minute
-    of the day before it is missing) and the rolling 24h CVD (NULL unless its 1,440 minutes
-    all count)."""
+    """Counted minutes with ms times, sorted: their delta and, per (market, UTC day), the
+    running sum `cum` with its row count `n`, and the suffix sum to the day's end with its
+    row count `rest`."""
     import polars as pl
 
     ms = pl.col("open_time").dt.epoch("ms")
     group = ("exchange", "symbol", "day")
-    minutes = (
+    return (
         flow.filter(pl.col("volume_matches").is_null() | pl.col("volume_matches"))
         .select(
             "exchange",
@@ -73,9 +74,24 @@ def _minutes(flow: pl.DataFrame) -> pl.DataFrame:
             suffix=pl.col("delta").cum_sum(reverse=True).over(group),
         )
     )
+
+
+def _cvd(minutes: pl.DataFrame, since: int | None) -> pl.DataFrame:
+    """Per counted minute from `since` (ms; None: all), at its close: the day-anchored CVD
+    (NULL where a minute of the day before it is missing) and the rolling 24h CVD (NULL
+    unless its 1,440 minutes all count). Each value is elementwise over `_minutes`' sums, so
+    computing fewer of them changes no bit."""
+    import polars as pl
+
+    earlier = minutes
+    if since is not None:  # minute t's window starts t - 1439 min before it: only those
+        back = (DAY_MINUTES - 1) * MINUTE_MS
+        t = pl.col("t")
+        minutes = minutes.filter(t >= since)
+        earlier = earlier.filter(t.is_between(since - back, t.max() - back))
     # the rolling window of minute t starts at t - 1439 min, in the day before unless t is
     # the day's last minute: that day's suffix sum from there, complete if no minute is missing
-    first = minutes.select(
+    first = earlier.select(
         "exchange",
         "symbol",
         (pl.col("t") + (DAY_MINUTES - 1) * MINUTE_MS).alias("t"),
@@ -84,16 +100,16 @@ def _minutes(flow: pl.DataFrame) -> pl.DataFrame:
     )
     today = pl.col("n") == pl.col("mod")
     tail = (pl.col("mod") == DAY_MINUTES) | (pl.col("before_n") == DAY_MINUTES - pl.col("mod"))
-    return (
-        minutes.join(first, on=["exchange", "symbol", "t"], how="left")
-        .with_columns(
-            cvd=pl.when(today).then(pl.col("cum")),
-            cvd_24h=pl.when(today & (pl.col("mod") == DAY_MINUTES))
-            .then(pl.col("cum"))
-            .when(today & tail)
-            .then(pl.col("cum") + pl.col("before")),
-        )
-        .sort("exchange", "symbol", "t")
+    return minutes.join(first, on=["exchange", "symbol", "t"], how="left").select(
+        "exchange",
+        "symbol",
+        (pl.col("t") + MINUTE_MS).alias("close"),
+        pl.when(today).then(pl.col("cum")).alias("cvd"),
+        pl.when(today & (pl.col("mod") == DAY_MINUTES))
+        .then(pl.col("cum"))
+        .when(today & tail)
+        .then(pl.col("cum") + pl.col("before"))
+        .alias("cvd_24h"),
     )
 
 
@@ -115,15 +131,15 @@ def bars(
     n, k = len(t), len(tfs)
     picks, tf_ids, bucket = [], [], []
     for i, tf in enumerate(tfs):
-        start = np.asarray(bucket_start(tf, t), dtype=np.int64)
-        pick = (
-            np.arange(n)
-            if since is None
-            else np.nonzero(start >= bucket_start(tf, to_ms(since)))[0]
-        )
+        if since is None:
+            pick = np.arange(n)
+        elif bucket_end(tf, first := bucket_start(tf, to_ms(since))) > d1:
+            pick = np.arange(0)  # the bucket holding `since` closes after the day: none owned
+        else:
+            pick = np.nonzero(t >= first)[0]  # `first` opens a bucket: t >= it iff its bucket is
         picks.append(pick)
         tf_ids.append(np.full(len(pick), i, dtype=np.int32))
-        bucket.append(start[pick])
+        bucket.append(np.asarray(bucket_start(tf, t[pick]), dtype=np.int64))
     per_tf = minutes.select("exchange", "symbol", "taker_buy_volume", "taker_sell_volume")
     grouped = (
         per_tf[np.concatenate(picks)]
@@ -154,9 +170,7 @@ def bars(
         timeframe=pl.Series(np.array(timeframes, dtype=object)[tf_of], dtype=pl.String),
         day_long=pl.Series(day_long[tf_of], dtype=pl.Boolean),
     ).filter((pl.col("close") > d0) & (pl.col("close") <= d1))
-    cvd = minutes.select(
-        "exchange", "symbol", (pl.col("t") + MINUTE_MS).alias("close"), "cvd", "cvd_24h"
-    )
+    cvd = _cvd(minutes, None if since is None else to_ms(since))
     grouped = grouped.join(cvd, on=["exchange", "symbol", "close"], how="left")
     whole = pl.col("covered_minutes") == pl.col("expected_minutes")
     buy, sell = pl.col("taker_buy_volume"), pl.col("taker_sell_volume")

@@ -56,8 +56,6 @@ def read_from(home: Path, exchange: str, day: dt.date, offset: int) -> tuple[pl.
     whole line read: a live ingest reads only what the collector appended since the last one.
     A file shorter than `offset` (the home's journal was removed and started over) is read
     from its start."""
-    import polars as pl
-
     try:
         with path(home, exchange, day).open("rb") as f:
             f.seek(0, 2)
@@ -73,15 +71,26 @@ def read_from(home: Path, exchange: str, day: dt.date, offset: int) -> tuple[pl.
         if line:
             rec = json.loads(line)
             recs[(rec["symbol"], rec["open_time"])] = rec
+    return _frame(exchange, list(recs.values())), offset + len(whole)
+
+
+def empty(exchange: str) -> pl.DataFrame:
+    """No minutes, as `read` types them."""
+    return _frame(exchange, [])
+
+
+def _frame(exchange: str, recs: list[dict[str, Any]]) -> pl.DataFrame:
+    import polars as pl
+
     schema = {c: pl.Float64 for c in FIELDS} | {
         "symbol": pl.String,
         "open_time": pl.String,
         "collected_at": pl.String,
         "trade_count": pl.Int64,
     }
-    frame = pl.DataFrame(list(recs.values()), schema=schema, orient="row")
+    frame = pl.DataFrame(recs, schema=schema, orient="row")
     ts = pl.Datetime("us", "UTC")
-    frame = (
+    return (
         frame.select(
             pl.lit(exchange).alias("exchange"),
             *[pl.col(c) for c in FIELDS],
@@ -92,4 +101,3 @@ def read_from(home: Path, exchange: str, day: dt.date, offset: int) -> tuple[pl.
         )
         .sort("symbol", "open_time")
     )
-    return frame, offset + len(whole)

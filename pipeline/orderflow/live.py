@@ -3,21 +3,23 @@ reaches the signals in the same run as its candle.
 
 - Ingest: the journal bytes the collector appended after the day's cursor (`order_flow_ingest`)
   become rows of `order_flow_1m`, merged with the rows already stored for the minutes they
-  cover; the rows and the moved cursor are one transaction, and the cursor's `bars_from`
-  remembers the earliest minute whose bars are now stale.
+  cover; the cursor's `bars_from` remembers the earliest minute whose bars are stale.
 - Bars: per timeframe, the buckets from the one holding `bars_from` on are rebuilt by the same
-  `bars()` as a whole partition (from every minute those buckets and the day's CVD anchor
-  read), replace exactly those rows, and clear `bars_from` in the same transaction.
+  `bars()` as a whole partition (from every minute those buckets and the day's CVDs read, the
+  new minutes taken as ingested instead of re-read) and replace exactly those rows.
+- One transaction: the minutes, the bars and the moved cursor (`bars_from` cleared) commit
+  together, or nothing does (a failed rebuild leaves the journal to the next run). Only when
+  the new minutes fail a blocking check do they go in without their bars, `bars_from` kept.
 - Waiting: a running collector journals a minute at most its grace after the minute's end, so
-  the run waits (bounded) until the collector's mark passes the newest candle: a minute that
-  was watched is never left out of the run that computes its bar's signal.
+  the run waits (bounded) until the collector's mark passes the run's own minute: a minute
+  that was watched is never left out of the run that computes its bar's signal.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -76,8 +78,16 @@ def wait_for_mark(home: Path, exchange: str, through: dt.datetime, timeout_s: fl
 
 
 def cursor(wh: Warehouse, exchange: str, day: dt.date) -> tuple[int, dt.datetime | None]:
-    rows = wh.query(f"SELECT bytes, bars_from FROM {CURSOR} WHERE {CURSOR_WHERE}", [exchange, day])
-    return (int(rows["bytes"][0]), rows["bars_from"][0]) if rows.height else (0, None)
+    """How far the day's journal is ingested (bytes) and its earliest stale minute."""
+    with wh.writer() as con:  # one row: no frame (a live run's fixed cost)
+        rows = con.execute(
+            f"SELECT bytes, bars_from FROM {CURSOR} WHERE {CURSOR_WHERE}", [exchange, day]
+        ).fetchall()
+    if not rows:
+        return 0, None
+    row = rows[0]
+    stale = row[1] if row[1] is None else row[1].astimezone(dt.UTC)
+    return int(row[0]), stale
 
 
 def cursor_row(
@@ -96,56 +106,141 @@ def cursor_row(
 
 
 @dataclass(frozen=True)
-class Ingest:
-    """One venue's live ingest: the new minutes (annotated) and what to write."""
+class Advance:
+    """One venue's live step: the new minutes (annotated), the bars rebuilt (None: not
+    asked), and what to write: `items` (minutes, bars and the cursor, ONE transaction) or,
+    when the new minutes fail a blocking check, `minutes_only()` (the cursor keeps their bars
+    stale for the next run; made only if asked)."""
 
     new: pl.DataFrame
+    bars: pl.DataFrame | None
     items: list[Replacement]
+    minutes_only: Callable[[], list[Replacement]]
 
 
-def ingest(
-    wh: Warehouse, home: Path, exchange: str, day: dt.date, markets: Sequence[str], now: dt.datetime
-) -> Ingest:
-    """The day's journal after the cursor, merged into `order_flow_1m` (configured markets)."""
+def advance(
+    wh: Warehouse,
+    home: Path,
+    exchange: str,
+    day: dt.date,
+    markets: Sequence[str],
+    timeframes: Sequence[str] | None,
+    now: dt.datetime,
+    *,
+    ingest: bool = True,
+) -> Advance:
+    """The day's journal after the cursor merged into `order_flow_1m` (configured markets;
+    `ingest=False`: not read), then, unless `timeframes` is None, the buckets from the
+    earliest stale minute on rebuilt by the same `bars()` as a whole partition. One cursor
+    read and one read of `order_flow_1m` (the bars' input, the new minutes in it instead of
+    re-read; all columns only where a stored minute must be kept beside them)."""
     import polars as pl
 
     from pipeline.orderflow.checks import annotate
 
-    offset, bars_from = cursor(wh, exchange, day)
-    fresh, end = journal.read_from(home, exchange, day, offset)
+    offset, stale = cursor(wh, exchange, day)
+    if ingest:
+        fresh, end = journal.read_from(home, exchange, day, offset)
+    else:
+        fresh, end = journal.empty(exchange), offset
     market = pl.concat_str("exchange", pl.lit(":"), "symbol")
     fresh = fresh.filter(market.is_in(list(markets)))
-    if end == offset:
-        return Ingest(annotate(fresh, empty_klines(), now), [])
-    if fresh.is_empty():
-        return Ingest(
-            annotate(fresh, empty_klines(), now), [cursor_row(exchange, day, end, bars_from, now)]
+    span, klines = None, None
+    if fresh.height:
+        span = (fresh["open_time"].min(), fresh["open_time"].max())
+        klines = wh.query(
+            "SELECT exchange, symbol, open_time, low, high, volume FROM klines_1m"
+            " WHERE exchange = ? AND open_time >= ? AND open_time <= ?",
+            [exchange, *span],
         )
-    lo, hi = fresh["open_time"].min(), fresh["open_time"].max()
-    klines = wh.query(
-        "SELECT exchange, symbol, open_time, low, high, volume FROM klines_1m"
-        " WHERE exchange = ? AND open_time >= ? AND open_time <= ?",
-        [exchange, lo, hi],
-    )
-    new = annotate(fresh, klines, now)
-    kept = wh.query(
-        "SELECT * FROM order_flow_1m WHERE exchange = ? AND open_time >= ? AND open_time <= ?",
-        [exchange, lo, hi],
-    ).join(new.select("symbol", "open_time"), on=["symbol", "open_time"], how="anti")
-    merged = pl.concat([kept, new.select(kept.columns)], how="vertical_relaxed")
-    stale = lo if bars_from is None else min(bars_from, lo)
-    return Ingest(
-        new,
-        [
-            Replacement(
-                "order_flow_1m",
-                merged,
-                "exchange = ? AND open_time >= ? AND open_time <= ?",
-                (exchange, lo, hi),
-            ),
-            cursor_row(exchange, day, end, stale, now),
-        ],
-    )
+        stale = span[0] if stale is None else min(stale, span[0])
+    new = annotate(fresh, empty_klines() if klines is None else klines, now)
+    rebuild = timeframes is not None and stale is not None
+    if end == offset and not rebuild:
+        return Advance(new, None, [], list)
+    d0, d1 = (from_ms(x) for x in day_bounds_ms(day))
+    flow, kept = None, None
+    if rebuild:
+        assert stale is not None and timeframes is not None
+        first = tail_input_start(day, timeframes, stale)
+        flow, kept = _bars_input(wh, exchange, (first, d1), new, span)
+    written = [] if span is None else [_merged(wh, exchange, span, new, kept)]
+
+    def minutes_only() -> list[Replacement]:
+        return [*written, cursor_row(exchange, day, end, stale, now)]
+
+    if not rebuild:
+        return Advance(new, None, minutes_only(), minutes_only)
+    assert flow is not None and stale is not None and timeframes is not None
+    from pipeline.orderflow.derived import bars
+
+    # The buckets holding `stale` and after are exactly those closing after it: one range.
+    lo = max(stale, d0)
+    rows = bars(flow, list(timeframes), day, stale).filter(pl.col("close_time") > lo)
+    where = "exchange = ? AND close_time > ? AND close_time <= ?"
+    items = [
+        *written,
+        Replacement("order_flow_bars", rows, where, (exchange, lo, d1)),
+        cursor_row(exchange, day, end, None, now),
+    ]
+    return Advance(new, rows, items, minutes_only)
+
+
+def _bars_input(
+    wh: Warehouse,
+    exchange: str,
+    read: tuple[dt.datetime, dt.datetime],
+    new: pl.DataFrame,
+    span: tuple[dt.datetime, dt.datetime] | None,
+) -> tuple[pl.DataFrame, bool]:
+    """The minutes the rebuilt bars read over `read` = [from, to): the stored ones, the new
+    ones taken as ingested in place of any stored at the same minute, sorted as bars() sorts
+    them (by DuckDB: polars re-sorting sorted rows is cheap, sorting them is not); and whether
+    stored minutes the new ones do not replace lie in the new ones' `span`."""
+    cols = FLOW_COLUMNS_READ.split(", ")
+    lo, hi = span or read  # no new minutes: nothing is kept beside them
+    with wh.writer() as con:
+        con.register("_new", new.select(cols).to_arrow())
+        try:
+            flow = con.sql(
+                f"SELECT {FLOW_COLUMNS_READ}, open_time BETWEEN ? AND ? AS kept"
+                " FROM order_flow_1m ANTI JOIN _new USING (exchange, symbol, open_time)"
+                " WHERE exchange = ? AND open_time >= ? AND open_time < ?"
+                f" UNION ALL SELECT {FLOW_COLUMNS_READ}, false FROM _new"
+                " ORDER BY symbol, open_time",
+                params=[lo, hi, exchange, *read],
+            ).pl()
+        finally:
+            con.unregister("_new")
+    kept = span is not None and bool(flow["kept"].any())
+    return flow.drop("kept"), kept
+
+
+def _merged(
+    wh: Warehouse,
+    exchange: str,
+    span: tuple[dt.datetime, dt.datetime],
+    new: pl.DataFrame,
+    kept: bool | None,
+) -> Replacement:
+    """The write of the new minutes: the range they span, with the stored minutes in it that
+    they do not replace (read whole only if `kept`: the bars' input showed there are some, or
+    None: it was not read)."""
+    import polars as pl
+
+    lo, hi = span
+    key = ["symbol", "open_time"]
+    frame = new
+    if kept is None or kept:
+        stored = wh.query(
+            "SELECT * FROM order_flow_1m WHERE exchange = ? AND open_time >= ? AND open_time <= ?",
+            [exchange, lo, hi],
+        ).join(new.select(key), on=key, how="anti")
+        frame = pl.concat([stored, new.select(stored.columns)], how="vertical_relaxed")
+    return Replacement(
+        "order_flow_1m", frame, "exchange = ? AND open_time >= ? AND open_time <= ?",
+        (exchange, lo, hi),
+    )  # fmt: skip
 
 
 def empty_klines() -> pl.DataFrame:
@@ -166,30 +261,3 @@ def tail_input_start(day: dt.date, timeframes: Sequence[str], since: dt.datetime
     t = to_ms(since)
     starts = [bucket_start(tf, t) for tf in timeframes if bucket_end(tf, bucket_start(tf, t)) <= d1]
     return from_ms(min([d0, t - DAY_MS, *starts]))
-
-
-def tail_bars(
-    wh: Warehouse, exchange: str, day: dt.date, timeframes: Sequence[str], now: dt.datetime
-) -> tuple[pl.DataFrame, list[Replacement]]:
-    """The bars a live run's new minutes changed (with the replacements writing them and
-    clearing `bars_from`); nothing when no minute is stale."""
-    import polars as pl
-
-    from pipeline.orderflow.derived import bars
-
-    offset, since = cursor(wh, exchange, day)
-    if since is None:
-        return pl.DataFrame(), []
-    d0, d1 = (from_ms(x) for x in day_bounds_ms(day))
-    flow = wh.query(
-        f"SELECT {FLOW_COLUMNS_READ} FROM order_flow_1m"
-        " WHERE exchange = ? AND open_time >= ? AND open_time < ?",
-        [exchange, tail_input_start(day, timeframes, since), d1],
-    )
-    # The buckets holding `since` and after are exactly those closing after it: one range.
-    lo = max(since, d0)
-    rows = bars(flow, list(timeframes), day, since).filter(pl.col("close_time") > lo)
-    where = "exchange = ? AND close_time > ? AND close_time <= ?"
-    items = [Replacement("order_flow_bars", rows, where, (exchange, lo, d1))]
-    items.append(cursor_row(exchange, day, offset, None, now))
-    return rows, items
