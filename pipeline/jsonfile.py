@@ -56,6 +56,16 @@ def replace(path: Path, rec: dict, durable: bool = False) -> None:
     os.replace(_staged(path, rec, durable), path)
 
 
+def fsync_dir(path: Path) -> None:
+    """Put a directory's creates and renames on disk (a replaced file's new name survives a
+    machine crash only once its folder is fsynced)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def append_lines(batches: dict[Path, list[bytes]]) -> None:
     """Append each file's lines in one O_APPEND write (a reader never sees half a batch from
     a writer that was not killed mid-write), creating the file and its folder (private)."""

@@ -106,18 +106,13 @@ class BotStore:
             os.close(fd)
         os.replace(self._tmp, self.state_path)
         if durable:
-            fsync_dir(self.dir)
+            jsonfile.fsync_dir(self.dir)
 
     def _persist(self, data: bytes) -> None:
         """The journal fsynced, then the state (`data`): temp file, fsync, rename."""
         if self._fd is not None:
             os.fsync(self._fd)
-        fd = self._stage(data)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(self._tmp, self.state_path)
+        self.write_state(data, durable=True)
         self._unlogged, self._logged = [], os.lseek(self._fd, 0, os.SEEK_END) if self._fd else 0
 
     def take(self, state: BotState, at: float) -> tuple[int, bytes, bytes]:
@@ -141,7 +136,7 @@ class BotStore:
             os.fsync(fd)
         finally:
             os.close(fd)
-        fsync_dir(self.dir)
+        jsonfile.fsync_dir(self.dir)
 
     def beat(self, at: float | None = None) -> None:
         """The heartbeat: the file's content is the wall time of the bot's last sign of life."""
@@ -168,14 +163,6 @@ def _body(e: dict[str, Any]) -> str:
             _BODIES.clear()
         body = _BODIES[key] = json.dumps(e)[1:]
     return body
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def persist_all(items: list[tuple[BotStore, bytes]], pool: Executor | None = None) -> None:

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline import jsonfile
 from pipeline.candles.timeframes import MINUTE_US, to_us
 from pipeline.sidecar.files import check_dir, open_private
 from pipeline.sidecar.protocol import SCHEMA, encode, iso, unix_address
@@ -211,9 +212,9 @@ def _checkpoint(book: _Book, cutoff_us: int) -> None:
 def _fsync(path: Path, directory: bool = False) -> None:
     """Put a file's data, or a directory's creates and renames, on disk (~0.1 ms here)."""
     if directory:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    else:
-        fd = open_private(path, os.O_RDONLY)
+        jsonfile.fsync_dir(path)
+        return
+    fd = open_private(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
