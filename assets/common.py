@@ -109,6 +109,13 @@ def parse_time(ts: str | None) -> dt.datetime | None:
     return v if v.tzinfo else v.replace(tzinfo=dt.UTC)
 
 
+def handed(context: dg.AssetExecutionContext) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """The minutes a run was launched for: the klines op's `start` and `end` (the live
+    sensor's, a catch-up's), each None when not given."""
+    minutes = (context.run.run_config or {}).get("ops", {}).get(KLINES, {}).get("config", {})
+    return parse_time(minutes.get("start")), parse_time(minutes.get("end"))
+
+
 def live_start(context: dg.AssetExecutionContext) -> dt.datetime | None:
     """The first minute a mode=live run ingests (the klines op's `start`, inside the partition):
     its candles, indicators and signals rebuild only what minutes from there change
@@ -117,8 +124,7 @@ def live_start(context: dg.AssetExecutionContext) -> dt.datetime | None:
 
     if not tags.is_live(context.run.tags):
         return None
-    ops = (context.run.run_config or {}).get("ops", {})
-    start = parse_time(ops.get(KLINES, {}).get("config", {}).get("start"))
+    start, _ = handed(context)
     if start is None:
         return None
     p_start, p_end = window(context)

@@ -20,11 +20,11 @@ import dagster as dg
 
 from assets.common import (
     DAILY,
-    KLINES,
     OWNERS,
     SINGLE_RUN,
     check_result,
     display,
+    handed,
     md_table,
     parse_time,
     pool_slot,
@@ -89,18 +89,18 @@ def market_context(
     s, ep, wh = settings.get(), exchange.source(), warehouse.get()
     p_start, p_end = partition_window(context)
     ops = (context.run.run_config or {}).get("ops", {})
-    minutes = ops.get(KLINES, {}).get("config", {})
+    first, last_minute = handed(context)
     follow = tags.from_sensor(context.run.tags)
     # The live sensor hands its runs the close of the newest candle (the signals' clock): a
     # request less per minute. Any other run asks the slowest venue, as klines_1m does.
-    handed = parse_time(ops.get("signals", {}).get("config", {}).get("exchange_now"))
-    exchange_now = handed if follow and handed else None
+    clock = parse_time(ops.get("signals", {}).get("config", {}).get("exchange_now"))
+    exchange_now = clock if follow and clock else None
     exchange_now = exchange_now or min(
         exchange.client(v).server_time() for v in by_venue(s.markets)
     )
     closed_by = exchange_now.replace(second=0, microsecond=0)
-    start = max(p_start, parse_time(minutes.get("start")) or p_start)
-    end = max(start, min(p_end, parse_time(minutes.get("end")) or p_end, closed_by))
+    start = max(p_start, first or p_start)
+    end = max(start, min(p_end, last_minute or p_end, closed_by))
     last, legs = _previous(context, p_start, p_end) if follow else (None, None)
     selected = {k.to_user_string() for k in context.selected_asset_keys}
     tables = tuple(t for t in TABLES if t.name in selected)

@@ -21,9 +21,9 @@ from assets.common import (
     check_result,
     check_specs,
     display,
+    handed,
     live_start,
     md_table,
-    parse_time,
     pool_slot,
 )
 from assets.common import window as partition_window
@@ -175,11 +175,10 @@ def _whole_minutes(context, s, wh, venues, markets, now) -> tuple[dg.Materialize
 def _through(context, wh, venue: str, day: dt.date, now: dt.datetime) -> dt.datetime | None:
     """The end of the newest minute of the run: the klines op's `end` the live run was
     launched with; without one, after the newest candle stored (None: there is none)."""
-    ops = (context.run.run_config or {}).get("ops", {})
-    handed = parse_time(ops.get(KLINES, {}).get("config", {}).get("end"))
+    _, end = handed(context)
     d0 = dt.datetime.combine(day, dt.time(), dt.UTC)
-    if handed is not None:
-        return min(handed, d0 + dt.timedelta(days=1))
+    if end is not None:
+        return min(end, d0 + dt.timedelta(days=1))
     newest = wh.query(
         "SELECT max(open_time) AS t FROM klines_1m WHERE exchange = ? AND open_time >= ?"
         " AND open_time < ?",
