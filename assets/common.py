@@ -59,6 +59,19 @@ def check_specs(asset: str, checks: dict[str, str]) -> list[dg.AssetCheckSpec]:
     ]
 
 
+def table_spec(table: str, description: str, **spec: Any) -> dg.AssetSpec:
+    """One warehouse table of a multi-asset step (as `daily_table` is for a step of its own);
+    `spec` adds to that (group_name, deps, ...)."""
+    return dg.AssetSpec(
+        table,
+        owners=OWNERS,
+        kinds={"duckdb", "polars"},
+        metadata={"table": table},
+        description=description,
+        **spec,
+    )
+
+
 def daily_table(table: str, checks: dict[str, str], **asset: Any) -> Any:
     """`dg.asset` for a daily partitioned, single-run backfilled asset writing warehouse table
     `table` and evaluating `checks` in its own step; `asset` adds to or overrides that."""

@@ -20,14 +20,15 @@ import dagster as dg
 
 from assets.common import (
     DAILY,
-    OWNERS,
     SINGLE_RUN,
     check_result,
+    check_specs,
     display,
     handed,
     md_table,
     parse_time,
     pool_slot,
+    table_spec,
 )
 from assets.common import window as partition_window
 from pipeline.context.checks import CHECKS, WARN_ONLY
@@ -49,27 +50,13 @@ DESCRIPTIONS = {
     "prices x 1000): the spot leg of the spot-perp basis. The pair and multiplier of each "
     "market are in the `spot_legs` metadata.",
 }
-SPECS = [
-    dg.AssetSpec(
-        name,
-        group_name="ingest",
-        owners=OWNERS,
-        kinds={"duckdb", "polars"},
-        description=text,
-        metadata={"table": name},
-    )
-    for name, text in DESCRIPTIONS.items()
-]
+SPECS = [table_spec(name, text, group_name="ingest") for name, text in DESCRIPTIONS.items()]
 
 
 @dg.multi_asset(
     name="market_context",
     specs=SPECS,
-    check_specs=[
-        dg.AssetCheckSpec(check, asset=name, blocking=True, description=text)
-        for name, checks in CHECKS.items()
-        for check, text in checks.items()
-    ],
+    check_specs=[spec for name, checks in CHECKS.items() for spec in check_specs(name, checks)],
     partitions_def=DAILY,
     backfill_policy=SINGLE_RUN,
     pool=None,  # claimed only while reading and writing

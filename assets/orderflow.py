@@ -16,7 +16,6 @@ import dagster as dg
 from assets.common import (
     DAILY,
     KLINES,
-    OWNERS,
     SINGLE_RUN,
     check_result,
     check_specs,
@@ -25,6 +24,7 @@ from assets.common import (
     live_start,
     md_table,
     pool_slot,
+    table_spec,
 )
 from assets.common import window as partition_window
 from pipeline.orchestration.resources import SettingsResource, WarehouseResource
@@ -37,16 +37,8 @@ MARK_WAIT_S = 6.0  # a running collector journals a quiet minute 5 s after its e
 
 
 def _spec(name: str, dep: str, text: str) -> dg.AssetSpec:
-    return dg.AssetSpec(
-        name,
-        deps=[dep],
-        group_name="orderflow",
-        owners=OWNERS,
-        kinds={"duckdb", "polars"},
-        metadata={"table": name},
-        skippable=True,  # the bars are left out when the minutes fail a blocking check
-        description=text,
-    )
+    # skippable: the bars are left out when the minutes fail a blocking check
+    return table_spec(name, text, deps=[dep], group_name="orderflow", skippable=True)
 
 
 SPECS = [
