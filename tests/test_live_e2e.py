@@ -72,6 +72,8 @@ def test_daemon_killed_across_midnight_catches_up_exactly(tmp_path, replay_facto
         # While it is down, the exchange's clock jumps past midnight and runs on at 6x (a minute
         # every 10 s): no process of ours sees the minutes between, so none is waited out.
         ex.clock.set(midnight + 2 * MINUTE + dt.timedelta(seconds=5), speed=6.0)
+        # a replay minute (10 s) for anything left of the killed daemon (a run worker) to write
+        wait_for(lambda: ex.now() > midnight + 3 * MINUTE, 60, "the exchange to pass 00:03")
         assert replica_rows(tmp_path, KLINES)[-1][0] < midnight  # nothing arrived meanwhile
         daemon.start()  # ... to after it
         target = ex.now().replace(second=0, microsecond=0) - MINUTE
